@@ -1,0 +1,73 @@
+"""Bearer tokens: issuer accounts and devices, looked up in the replicated buckets."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from typing import Any
+
+from starlette.requests import HTTPConnection
+
+from tocsin.api.services import Services
+from tocsin.errors import DEVICE_UNKNOWN, UNAUTHENTICATED, UNKNOWN_TOKEN, Rejected
+from tocsin.policy import Issuer
+
+# A revoked token stops working on every node within this many seconds.
+ISSUER_CACHE_S = 10.0
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+def bearer(conn: HTTPConnection) -> str | None:
+    header = conn.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return conn.query_params.get("token") or None
+
+
+async def issuer_for(conn: HTTPConnection, services: Services) -> Issuer:
+    """The issuer account behind the request's bearer token.
+
+    Raises:
+        Rejected: no token (401 auth.missing-token) or an unknown one (401).
+    """
+    token = bearer(conn)
+    if not token:
+        raise Rejected(UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
+    digest = token_digest(token)
+    cached = services.issuer_cache.get(digest)
+    if cached and time.monotonic() - cached[0] < ISSUER_CACHE_S:
+        record: Any = cached[1]
+    else:
+        record = await services.store.kv_get(services.store.issuers, digest)
+        services.issuer_cache[digest] = (time.monotonic(), record)
+    if record is None:
+        raise Rejected(UNKNOWN_TOKEN, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    return Issuer.from_json(record)
+
+
+async def device_for(conn: HTTPConnection, services: Services) -> tuple[str, dict[str, Any]]:
+    """The device behind a device token (`<device id>.<secret>`).
+
+    Raises:
+        Rejected: 401 device.unknown, so the client registers again.
+    """
+    token = bearer(conn) or ""
+    device_id, _, secret = token.partition(".")
+    record = services.device_cache.get(device_id)
+    if record is None and device_id:
+        record = await services.store.kv_get(services.store.devices, device_id)
+        if record is not None:
+            services.device_cache[device_id] = record
+    if record is None or not hmac.compare_digest(record.get("secret_sha256", ""), token_digest(secret)):
+        raise Rejected(DEVICE_UNKNOWN, "register the device again", headers={"WWW-Authenticate": "Bearer"})
+    return device_id, record

@@ -1,0 +1,31 @@
+"""The HTTP edge's route table, and the app built from it."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.routing import Route, WebSocketRoute
+
+from tocsin.api import alerts, devices, public, streams
+from tocsin.api.problems import HANDLERS
+from tocsin.api.services import Services
+
+ROUTES = [
+    Route("/api/v1/alerts", alerts.post_alert, methods=["POST"]),
+    Route("/api/v1/alerts/{alert_id}.xml", alerts.get_alert_xml, methods=["GET"]),
+    Route("/api/v1/alerts/{alert_id}", alerts.get_alert, methods=["GET"]),
+    Route("/api/v1/devices", devices.register_device, methods=["POST"]),
+    Route("/api/v1/stream", streams.stream, methods=["GET"]),
+    WebSocketRoute("/api/v1/ws", streams.websocket),
+    Route("/.well-known/tocsin/keys", public.keys, methods=["GET"]),
+    Route("/livez", public.livez, methods=["GET"]),
+    Route("/readyz", public.readyz, methods=["GET"]),
+    Route("/metrics", public.metrics, methods=["GET"]),
+    Route("/openapi.json", public.openapi, methods=["GET"]),
+]
+
+
+def make_app(services: Services) -> Starlette:
+    app = Starlette(routes=ROUTES, exception_handlers=HANDLERS)
+    app.state.services = services
+    app.state.refused = lambda code: services.metrics.refused.labels(code).inc()
+    return app

@@ -1,0 +1,110 @@
+"""Live channels: Server-Sent Events and WebSocket, resumable by event id on any node."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from tocsin.api.auth import device_for
+from tocsin.api.services import Services
+from tocsin.channels.live import Audience, Connection, ConnectionDropped, Event, Protocol
+from tocsin.errors import EVENT_ID_INVALID, Rejected
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE = b": keepalive\n\n"
+# Tells EventSource clients to retry after 2 s (our own client adds full jitter).
+PREAMBLE = b"retry: 2000\n\n"
+
+
+def _last_event_id(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return 0
+    if not raw.isdigit():
+        raise Rejected(EVENT_ID_INVALID, f"got {raw[:40]!r}")
+    return int(raw)
+
+
+def _connection(device_id: str, record: dict[str, Any], protocol: Protocol, depth: int) -> Connection:
+    return Connection(
+        device_id=device_id,
+        cells=frozenset(record["cells"]),
+        audience=Audience(tests=bool(record.get("tests")), canary=bool(record.get("canary"))),
+        protocol=protocol,
+        depth=depth,
+    )
+
+
+def _synced(services: Services) -> dict[str, Any]:
+    return {"node": services.settings.node_name, "seq": services.target.last_seq}
+
+
+async def stream(request: Request) -> Response:
+    services: Services = request.app.state.services
+    device_id, record = await device_for(request, services)
+    after = _last_event_id(request.headers.get("last-event-id") or request.query_params.get("last_event_id"))
+    connection = _connection(device_id, record, Protocol.SSE, services.settings.device_queue_depth)
+    missed = services.target.attach(connection, after)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Tocsin-Node": services.settings.node_name}
+    return StreamingResponse(
+        _sse_body(services, connection, missed), media_type="text/event-stream", headers=headers
+    )
+
+
+async def _sse_body(services: Services, connection: Connection, missed: list[Event]) -> AsyncIterator[bytes]:
+    gauge = services.metrics.devices.labels("sse")
+    gauge.inc()
+    try:
+        yield PREAMBLE
+        for event in missed:
+            yield event.sse
+        yield b"event: synced\ndata: " + json.dumps(_synced(services)).encode() + b"\n\n"
+        keepalive = services.settings.sse_keepalive_s
+        while True:
+            item = await connection.next(keepalive)
+            yield KEEPALIVE if item is None else item  # type: ignore[misc]
+    except ConnectionDropped:
+        services.metrics.dropped.inc()
+    finally:
+        gauge.dec()
+        services.live.remove(connection)
+
+
+async def websocket(ws: WebSocket) -> None:
+    services: Services = ws.app.state.services
+    try:
+        device_id, record = await device_for(ws, services)
+        after = _last_event_id(ws.query_params.get("last_event_id"))
+    except Rejected as exc:
+        await ws.close(code=4401 if exc.problem.status == 401 else 4400, reason=exc.problem.code)
+        return
+    await ws.accept()
+    connection = _connection(device_id, record, Protocol.WS, services.settings.device_queue_depth)
+    missed = services.target.attach(connection, after)
+    gauge = services.metrics.devices.labels("ws")
+    gauge.inc()
+    try:
+        for event in missed:
+            await ws.send_text(event.ws)
+        await ws.send_text(json.dumps({"type": "synced", **_synced(services)}))
+        while True:
+            item = await connection.next(services.settings.sse_keepalive_s)
+            if item is None:
+                await ws.send_text('{"type":"keepalive"}')
+            else:
+                assert isinstance(item, str)
+                await ws.send_text(item)
+    except ConnectionDropped:
+        services.metrics.dropped.inc()
+        await ws.close(code=1013, reason="too far behind; resume by event id")
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        pass
+    finally:
+        gauge.dec()
+        services.live.remove(connection)

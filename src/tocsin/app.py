@@ -1,0 +1,176 @@
+"""Composition root: builds a node from Settings and runs its parts in one TaskGroup."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import uvicorn
+
+from tocsin.api.auth import new_token, token_digest
+from tocsin.api.routes import make_app
+from tocsin.api.services import Services
+from tocsin.channels.live import LiveRegistry
+from tocsin.cluster.nats_server import NatsServer, check_varz_sync_always
+from tocsin.pipeline.accept import Accept
+from tocsin.pipeline.target import Target
+from tocsin.policy import Issuer
+from tocsin.settings import Settings
+from tocsin.signing import SigningKey
+from tocsin.store.jetstream import JetStreamStore, connect
+from tocsin.store.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+_BOOTSTRAP_KEY = "bootstrap"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True, kw_only=True)
+class Node:
+    """A running node's parts, for the CLI, tests and benches."""
+
+    settings: Settings
+    services: Services
+    nats: NatsServer | None
+    admin_token: str | None  # set only when this start created the admin account
+    server: uvicorn.Server
+    ledger: Ledger
+
+    @property
+    def url(self) -> str:
+        return self.settings.base_url
+
+
+async def _check_monitor(url: str) -> None:
+    import json
+    import urllib.request
+
+    def read() -> None:
+        with urllib.request.urlopen(f"{url}/varz", timeout=5) as response:
+            check_varz_sync_always(json.load(response), url)
+
+    await asyncio.to_thread(read)
+
+
+async def _bootstrap_admin(store: JetStreamStore, settings: Settings) -> str | None:
+    """Create the admin account on first start; return its token only when created here."""
+    admin = Issuer(name="admin", admin=True)
+    if settings.admin_token:
+        await store.kv_put(store.issuers, token_digest(settings.admin_token), admin.as_json())
+        return None
+    token = new_token("tca")
+    if not await store.kv_create(store.issuers, _BOOTSTRAP_KEY, {"created": utc_now().isoformat()}):
+        return None
+    await store.kv_put(store.issuers, token_digest(token), admin.as_json())
+    return token
+
+
+def _bind(settings: Settings) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the node owns Ctrl-C."""
+
+    def install_signal_handlers(self) -> None:  # older uvicorn
+        pass
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:  # newer uvicorn: a context manager
+        yield
+
+
+@asynccontextmanager
+async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> AsyncIterator[Node]:
+    """Start every part of a node; stop them in order on exit."""
+    async with AsyncExitStack() as stack:
+        nats_server: NatsServer | None = None
+        if settings.nats_url:
+            servers = [u.strip() for u in settings.nats_url.split(",") if u.strip()]
+            for monitor in filter(None, (m.strip() for m in settings.nats_monitor_url.split(","))):
+                await _check_monitor(monitor)
+        else:
+            nats_server = NatsServer(store_dir=settings.data_dir / "nats", name=settings.node_name)
+            await nats_server.start()
+            stack.push_async_callback(nats_server.stop)
+            servers = [nats_server.client_url]
+        nc = await connect(settings, servers, name=settings.node_name)
+        stack.push_async_callback(nc.close)
+        store = JetStreamStore(nc, settings)
+        await store.ensure()
+        admin_token = await _bootstrap_admin(store, settings)
+        signer = SigningKey.load_or_create(settings.data_dir / "keys" / "signing-key.pem")
+        ledger = Ledger(settings.data_dir / "ledger.sqlite3")
+        stack.callback(ledger.close)
+        live = LiveRegistry()
+        target = Target(store, live, default_lifetime_s=settings.default_lifetime_s, clock=clock)
+        accept = Accept(
+            store=store, ledger=ledger, signer=signer, node=settings.node_name,
+            max_cap_bytes=settings.max_cap_bytes, max_skew_s=settings.max_clock_skew_s, clock=clock,
+        )
+        services = Services(
+            settings=settings, store=store, accept=accept, target=target, live=live, signer=signer, clock=clock
+        )
+        config = uvicorn.Config(
+            make_app(services), log_config=None, access_log=False, lifespan="off",
+            loop="none", http="httptools", ws="websockets-sansio", timeout_graceful_shutdown=2,
+        )
+        server = _Server(config)
+        yield Node(
+            settings=settings, services=services, nats=nats_server, admin_token=admin_token,
+            server=server, ledger=ledger,
+        )
+
+
+async def run_node(node: Node, ready: Callable[[Node], None] | None = None) -> None:
+    """Serve until the server is told to exit; every task runs in one TaskGroup."""
+    sock = _bind(node.settings)
+    if node.settings.port == 0:
+        port = sock.getsockname()[1]
+        node.settings = node.settings.replace(listen=f"{node.settings.host}:{port}")
+        node.services.settings = node.settings
+    with sock:
+        await _run_tasks(node, sock, ready)
+
+
+async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], None] | None) -> None:
+    async with asyncio.TaskGroup() as tasks:
+        follower = tasks.create_task(node.services.target.run(), name="target")
+        supervisor = tasks.create_task(node.nats.supervise(), name="nats") if node.nats else None
+        http = tasks.create_task(node.server.serve(sockets=[sock]), name="http")
+        while not node.server.started and not http.done():
+            await asyncio.sleep(0.01)
+        if ready is not None and node.server.started:
+            ready(node)
+        await http
+        follower.cancel()
+        if supervisor is not None:
+            supervisor.cancel()
+
+
+def stop_on_signals(node: Node) -> None:
+    """Ctrl-C or SIGTERM: stop serving, then the rest stops in order."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: setattr(node.server, "should_exit", True))
+
+
+async def serve(settings: Settings, ready: Callable[[Node], None] | None = None) -> None:
+    async with open_node(settings) as node:
+        stop_on_signals(node)
+        await run_node(node, ready)

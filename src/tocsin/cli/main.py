@@ -1,0 +1,65 @@
+"""The `tocsin` command: thin subcommands over the same code the service runs."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from tocsin.settings import Settings, SettingsError
+
+
+@click.group()
+@click.version_option(package_name="tocsin")
+def cli() -> None:
+    """tocsin: public emergency alerts, CAP 1.2 in, every device in the area out."""
+
+
+@cli.command()
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Data directory (default ./tocsin-data, or TOCSIN_DATA_DIR).")
+@click.option("--listen", default=None, help="HOST:PORT to serve HTTP on (default 127.0.0.1:8080).")
+def serve(data_dir: Path | None, listen: str | None) -> None:
+    """Run a node: an embedded nats-server (unless TOCSIN_NATS_URL is set) and the HTTP API."""
+    from tocsin import app, logs
+
+    try:
+        settings = Settings.from_env(data_dir=data_dir, listen=listen)
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+    logs.setup(settings.log_level)
+
+    def ready(node: app.Node) -> None:
+        click.echo(f"tocsin {node.settings.node_name} serving on {node.url} (data in {node.settings.data_dir})")
+        if node.admin_token:
+            click.echo("admin token, shown once; keep it safe:")
+            click.echo(f"  TOCSIN_TOKEN={node.admin_token}")
+        sys.stdout.flush()
+
+    try:
+        asyncio.run(app.serve(settings, ready))
+    except KeyboardInterrupt:
+        pass
+
+
+def _register_optional() -> None:
+    from tocsin.cli.cap_cmd import cap
+    from tocsin.cli.issue_cmd import issue
+    from tocsin.cli.watch_cmd import watch
+
+    cli.add_command(cap)
+    cli.add_command(issue)
+    cli.add_command(watch)
+
+
+_register_optional()
+
+
+def main() -> None:  # pragma: no cover
+    cli()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

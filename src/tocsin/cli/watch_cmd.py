@@ -1,0 +1,113 @@
+"""`tocsin watch`: be a device from the terminal, printing each alert it would show."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import click
+
+from tocsin.client.node import NodeIncompatible, RegistrationRefused
+from tocsin.client.state import StateInvalid
+from tocsin.client.watch import Display, Watcher
+
+# Exit codes: 0 stopped by the user, 2 a node refused the registration for good.
+EXIT_REFUSED = 2
+
+
+class WatchRefused(click.ClickException):
+    """A node refused this device for good (e.g. an invalid registration)."""
+
+    exit_code = EXIT_REFUSED
+
+
+def _urls(values: tuple[str, ...]) -> list[str]:
+    raw = list(values) or os.environ.get("TOCSIN_URL", "").split(",")
+    urls = [u.strip().rstrip("/") for value in raw for u in value.split(",") if u.strip()]
+    if not urls:
+        raise click.UsageError("give --url or set TOCSIN_URL")
+    return urls
+
+
+def _place(text: str) -> tuple[float, float]:
+    lat_text, sep, lon_text = text.partition(",")
+    try:
+        lat, lon = float(lat_text), float(lon_text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected LAT,LON", param_hint="--place") from None
+    if not sep or not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise click.BadParameter(f"{text!r}: expected LAT,LON in range", param_hint="--place")
+    return lat, lon
+
+
+def _places(lat: float | None, lon: float | None, places: tuple[str, ...]) -> list[tuple[float, float]]:
+    found = [_place(p) for p in places]
+    if (lat is None) != (lon is None):
+        raise click.UsageError("--lat and --lon go together")
+    if lat is not None and lon is not None:
+        found.insert(0, _place(f"{lat},{lon}"))
+    if not found:
+        raise click.UsageError("give --lat and --lon, or --place LAT,LON")
+    return found
+
+
+def render(display: Display) -> str:
+    """One readable line; anything but a real alert says so loudly first."""
+    tag = "" if display.status == "Actual" else f"[{display.status.upper()}] "
+    kind = "" if display.msg_type == "Alert" else f"({display.msg_type}) "
+    return (
+        f"{tag}{kind}{display.event}: {display.headline} "
+        f"[{display.sender} {display.identifier}, {display.language or '-'}, "
+        f"after {display.delay_s:.1f} s via {display.node}]"
+    )
+
+
+@click.command(name="watch")
+@click.option("--url", "urls", multiple=True, help="Node URL; repeat for a cluster (default TOCSIN_URL, comma separated).")
+@click.option("--lat", type=float, default=None, help="Latitude of the place to watch.")
+@click.option("--lon", type=float, default=None, help="Longitude of the place to watch.")
+@click.option("--place", "places", multiple=True, help="A place as LAT,LON; repeatable.")
+@click.option("--lang", "languages", multiple=True, help="Preferred language, in order; repeatable (default en).")
+@click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="State file: keeps the device, pinned keys, last event and shown alerts.")
+@click.option("--tests", is_flag=True, help="Also show Test and Exercise alerts.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per shown alert.")
+def watch(
+    urls: tuple[str, ...],
+    lat: float | None,
+    lon: float | None,
+    places: tuple[str, ...],
+    languages: tuple[str, ...],
+    state_path: Path | None,
+    tests: bool,
+    as_json: bool,
+) -> None:
+    """Watch places for alerts, as a device would, until Ctrl-C."""
+    try:
+        watcher = Watcher(
+            _urls(urls),
+            _places(lat, lon, places),
+            languages=languages or ("en",),
+            tests=tests,
+            state_path=state_path,
+        )
+    except StateInvalid as exc:
+        raise click.ClickException(f"state file: {exc}") from None
+    try:
+        asyncio.run(_print_displays(watcher, as_json))
+    except KeyboardInterrupt:
+        pass  # the watcher saved its state on the way out
+    except ExceptionGroup as group:
+        refused = group.subgroup((RegistrationRefused, NodeIncompatible))
+        if refused is None:
+            raise
+        raise WatchRefused(str(refused.exceptions[0])) from None
+
+
+async def _print_displays(watcher: Watcher, as_json: bool) -> None:
+    async with watcher:
+        async for display in watcher.displays():
+            line = json.dumps(display.as_json(), ensure_ascii=False) if as_json else render(display)
+            click.echo(line)

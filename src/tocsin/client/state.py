@@ -1,0 +1,178 @@
+"""The watcher's memory: registration, pinned keys, last event seq and shown alerts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# An alert is identified by its CAP sender and identifier (CAP 1.2 §3.2.1).
+Identity = tuple[str, str]
+
+_VERSION = 1
+
+
+class StateInvalid(ValueError):
+    """The state file exists but cannot be read as a watcher state."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Registration:
+    """A device registered with the deployment, and what it registered for."""
+
+    device_id: str
+    token: str
+    node: str
+    cells: tuple[str, ...]
+    languages: tuple[str, ...]
+    tests: bool
+    # A canary (the prober's device) also receives System alerts.
+    canary: bool = False
+
+    def matches(
+        self, cells: tuple[str, ...], languages: tuple[str, ...], tests: bool, canary: bool = False
+    ) -> bool:
+        """Whether this registration already asked for exactly these cells and options."""
+        mine = (self.cells, self.languages, self.tests, self.canary)
+        return mine == (cells, languages, tests, canary)
+
+
+@dataclass(slots=True, kw_only=True)
+class WatchState:
+    """Mutable on purpose: the watcher updates it after every event and saves it."""
+
+    registration: Registration | None = None
+    # Pinned public keys (JWK by kid), learned on first use.
+    keys: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The stream seq of the last event processed; sent back as Last-Event-ID.
+    last_seq: int | None = None
+    # Identities already shown, with the time after which they can be forgotten.
+    seen: dict[Identity, datetime] = field(default_factory=dict)
+
+    def prune(self, now: datetime) -> int:
+        """Forget identities whose alert has expired; returns how many were dropped."""
+        gone = [identity for identity, expires in self.seen.items() if expires < now]
+        for identity in gone:
+            del self.seen[identity]
+        return len(gone)
+
+    def as_dict(self) -> dict[str, Any]:
+        reg = self.registration
+        return {
+            "version": _VERSION,
+            "registration": None if reg is None else _registration_dict(reg),
+            "keys": self.keys,
+            "last_seq": self.last_seq,
+            "seen": [
+                {"sender": sender, "identifier": identifier, "expires": expires.isoformat()}
+                for (sender, identifier), expires in sorted(self.seen.items())
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> WatchState:
+        """Raises:
+        StateInvalid: `raw` is not a state this version wrote.
+        """
+        try:
+            if raw.get("version") != _VERSION:
+                raise StateInvalid(f"unsupported state version {raw.get('version')!r}")
+            reg = raw.get("registration")
+            last_seq = raw.get("last_seq")
+            return cls(
+                registration=None if reg is None else _registration(reg),
+                keys={str(k): dict(v) for k, v in raw.get("keys", {}).items()},
+                last_seq=None if last_seq is None else int(last_seq),
+                seen={
+                    (str(s["sender"]), str(s["identifier"])): datetime.fromisoformat(s["expires"])
+                    for s in raw.get("seen", [])
+                },
+            )
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, StateInvalid):
+                raise
+            raise StateInvalid(f"malformed state: {exc}") from exc
+
+
+def _registration_dict(reg: Registration) -> dict[str, Any]:
+    return {
+        "device_id": reg.device_id,
+        "token": reg.token,
+        "node": reg.node,
+        "cells": list(reg.cells),
+        "languages": list(reg.languages),
+        "tests": reg.tests,
+        "canary": reg.canary,
+    }
+
+
+def _registration(raw: dict[str, Any]) -> Registration:
+    return Registration(
+        device_id=str(raw["device_id"]),
+        token=str(raw["token"]),
+        node=str(raw["node"]),
+        cells=tuple(str(c) for c in raw["cells"]),
+        languages=tuple(str(lang) for lang in raw["languages"]),
+        tests=bool(raw["tests"]),
+        canary=bool(raw.get("canary", False)),
+    )
+
+
+def load_state(path: Path | None) -> WatchState:
+    """The state saved at `path`, or a fresh one when there is no file (or no path).
+
+    Raises:
+        StateInvalid: the file exists but is not a state file.
+    """
+    if path is None:
+        return WatchState()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return WatchState()
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StateInvalid(f"{path} is not JSON: {exc}") from exc
+    return WatchState.from_dict(raw)
+
+
+def save_state(path: Path | None, state: WatchState) -> None:
+    """Write the state atomically (temp file, fsync, rename); mode 0600, it holds a token."""
+    if path is None:
+        return
+    data = json.dumps(state.as_dict(), separators=(",", ":")).encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(file.fileno(), 0o600)
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (POSIX: the directory entry needs its own fsync)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

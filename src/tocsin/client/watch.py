@@ -1,0 +1,409 @@
+"""What an app does: register, stream, verify, check, dedupe, show, and resume anywhere.
+
+Embeddable:
+
+    async with Watcher(urls=["http://127.0.0.1:8080"], places=[(48.85, 2.35)]) as watcher:
+        async for display in watcher.displays():
+            print(display.headline)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from tocsin.cap.model import Alert, Info
+from tocsin.cap.parse import parse_xml
+from tocsin.client.backoff import Backoff, Rotation
+from tocsin.client.decide import Audience, Verdict, decide, expiry_of
+from tocsin.client.node import (
+    STREAM_PATH,
+    DeviceUnknown,
+    NodeRefused,
+    RegistrationRefused,
+    fetch_keys,
+    refusal,
+    register,
+)
+from tocsin.client.sse import SseEvent, SseParser
+from tocsin.client.state import Registration, WatchState, load_state, save_state
+from tocsin.errors import CapInvalid
+from tocsin.geo.cells import cell_for_point
+from tocsin.signing import verify
+
+log = logging.getLogger(__name__)
+
+LatLon = tuple[float, float]
+Now = Callable[[], datetime]
+Sleep = Callable[[float], Awaitable[None]]
+
+# The server sends a keepalive comment every 15 s; three missed ones mean the link is dead.
+READ_TIMEOUT_S = 45.0
+CONNECT_TIMEOUT_S = 5.0
+# Displays waiting for the consumer of `displays()`; when full, reading the stream pauses.
+DISPLAY_QUEUE_DEPTH = 256
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Display:
+    """An alert shown to the user: what was shown, and when, from where."""
+
+    identifier: str
+    sender: str
+    sent: datetime
+    status: str
+    msg_type: str
+    event: str
+    headline: str
+    language: str
+    alert_id: str
+    seq: int
+    node: str
+    displayed_at: datetime
+    delay_s: float
+    expires: datetime
+    alert: Alert = field(repr=False, compare=False)
+    # None for an Update or Cancel without info, shown because its target was shown.
+    info: Info | None = field(repr=False, compare=False)
+
+    def as_json(self) -> dict[str, Any]:
+        """The display as a JSON object (CAP element names where CAP has one)."""
+        return {
+            "identifier": self.identifier,
+            "sender": self.sender,
+            "sent": self.sent.isoformat(),
+            "status": self.status,
+            "msgType": self.msg_type,
+            "event": self.event,
+            "headline": self.headline,
+            "language": self.language,
+            "expires": self.expires.isoformat(),
+            "delay_s": round(self.delay_s, 3),
+            "displayed_at": self.displayed_at.isoformat(),
+            "id": self.alert_id,
+            "seq": self.seq,
+            "node": self.node,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Synced:
+    """The node caught the device up: everything it missed has been replayed."""
+
+    node: str
+    seq: int | None
+    url: str
+
+
+@dataclass(slots=True, kw_only=True)
+class WatchStats:
+    """Counters of what the watcher saw; read them, don't log per event."""
+
+    connects: int = 0
+    disconnects: int = 0
+    registrations: int = 0
+    events: int = 0
+    bad_signatures: int = 0
+    invalid: int = 0
+    verdicts: dict[str, int] = field(default_factory=dict)
+
+
+class Watcher:
+    """A device: follows the deployment and yields the alerts to show, each once."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        places: Sequence[LatLon],
+        *,
+        languages: Sequence[str] = ("en",),
+        tests: bool = False,
+        canary: bool = False,
+        issuer_token: str | None = None,
+        state_path: Path | None = None,
+        keys: dict[str, dict[str, Any]] | None = None,
+        on_display: Callable[[Display], Awaitable[None]] | None = None,
+        backoff: Backoff | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        now: Now = utc_now,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if not places:
+            raise ValueError("a watcher needs at least one place")
+        self.audience = Audience(
+            places=tuple((float(lat), float(lon)) for lat, lon in places),
+            languages=tuple(languages) or ("en",),
+            tests=tests,
+            canary=canary,
+        )
+        self.cells = tuple(sorted({cell_for_point(lat, lon) for lat, lon in self.audience.places}))
+        self.rotation = Rotation(urls)
+        self.stats = WatchStats()
+        self.state = load_state(state_path)
+        self._state_path = state_path
+        # Keys given by the caller are the only ones trusted; otherwise pin on first use.
+        self._fixed_keys = keys is not None
+        if keys is not None:
+            self.state.keys = dict(keys)
+        self._issuer_token = issuer_token
+        self._on_display = on_display
+        self._backoff = backoff or Backoff()
+        self._transport = transport
+        self._now = now
+        self._sleep = sleep
+        self._queue: asyncio.Queue[Display] = asyncio.Queue(maxsize=DISPLAY_QUEUE_DEPTH)
+        self._synced = asyncio.Event()
+        self._last_synced: Synced | None = None
+        self._last_failure = ""
+        self._http: httpx.AsyncClient | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+        self._runner: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Watcher:
+        timeout = httpx.Timeout(CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
+        self._http = httpx.AsyncClient(transport=self._transport, timeout=timeout)
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        self._runner = self._tasks.create_task(self.run(), name="watcher")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._tasks is not None and self._http is not None
+        if self._runner is not None:
+            self._runner.cancel()
+        try:
+            await self._tasks.__aexit__(exc_type, exc, tb)
+        finally:
+            await self._http.aclose()
+            self._save()
+
+    async def displays(self) -> AsyncIterator[Display]:
+        """The alerts to show, in order, for as long as the watcher runs."""
+        while True:
+            yield await self._queue.get()
+
+    async def wait_synced(self) -> Synced:
+        """Wait until a node has replayed everything this device missed."""
+        await self._synced.wait()
+        assert self._last_synced is not None
+        return self._last_synced
+
+    async def run(self) -> None:
+        """Follow the deployment until cancelled; reconnects with backoff across the URLs.
+
+        Raises:
+            RegistrationRefused: a node refused the registration, and retrying cannot help.
+            NodeIncompatible: a node uses another cell resolution.
+        """
+        if self._http is None:
+            raise RuntimeError("use `async with Watcher(...)` to run a watcher")
+        while True:
+            url = self.rotation.current
+            try:
+                await self._follow(url)
+            except RegistrationRefused:
+                raise
+            except DeviceUnknown:
+                self._note_failure(url, "device-unknown")
+                self._forget_registration()
+            except NodeRefused as exc:
+                self._note_failure(url, f"refused-{exc.status}")
+            except (httpx.HTTPError, OSError) as exc:
+                self._note_failure(url, type(exc).__name__)
+            self._synced.clear()
+            self.stats.disconnects += 1
+            await self._sleep(self._backoff.next_delay())
+            self.rotation.advance()
+
+    async def _follow(self, url: str) -> None:
+        """Register if needed, then stream from `url` until the stream ends or fails."""
+        registration = await self._ensure_registered(url)
+        await self._stream(url, registration)
+        self._note_failure(url, "closed")
+
+    def _note_failure(self, url: str, kind: str) -> None:
+        """Log the first failure and each change of kind, not every repeat."""
+        if kind != self._last_failure:
+            log.warning("stream lost", extra={"url": url, "kind": kind})
+        self._last_failure = kind
+
+    def _forget_registration(self) -> None:
+        """The deployment no longer knows the device (e.g. a fresh one): start over."""
+        self.state.registration = None
+        # Event seqs belong to the deployment that issued them.
+        self.state.last_seq = None
+        self._save()
+
+    async def _ensure_registered(self, url: str) -> Registration:
+        assert self._http is not None
+        reg = self.state.registration
+        audience = self.audience
+        if reg is not None and reg.matches(self.cells, audience.languages, audience.tests, audience.canary):
+            return reg
+        if not self._fixed_keys:
+            await self._learn_keys(url)
+        reg = await register(
+            self._http,
+            url,
+            cells=self.cells,
+            languages=audience.languages,
+            tests=audience.tests,
+            canary=audience.canary,
+            issuer_token=self._issuer_token,
+        )
+        self.stats.registrations += 1
+        self.state.registration = reg
+        self._save()
+        return reg
+
+    async def _learn_keys(self, url: str) -> None:
+        """Pin the node's keys on first use; a new registration may add (never drop) keys."""
+        assert self._http is not None
+        keys = await fetch_keys(self._http, url)
+        added = sorted(set(keys) - set(self.state.keys))
+        if added:
+            log.info("signing keys pinned", extra={"url": url, "kids": added})
+        self.state.keys = {**keys, **self.state.keys}
+
+    async def _stream(self, url: str, reg: Registration) -> None:
+        assert self._http is not None
+        headers = {
+            "Authorization": f"Bearer {reg.token}",
+            "Accept": "text/event-stream",
+            "Cache-Control": "no-cache",
+        }
+        if self.state.last_seq is not None:
+            headers["Last-Event-ID"] = str(self.state.last_seq)
+        async with self._http.stream("GET", url + STREAM_PATH, headers=headers) as response:
+            if response.status_code != 200:
+                await response.aread()
+                raise refusal(url, response)
+            self._backoff.reset()
+            self.stats.connects += 1
+            if self._last_failure:
+                log.info("stream connected", extra={"url": url, "last_seq": self.state.last_seq})
+            self._last_failure = ""
+            parser = SseParser()
+            async for chunk in response.aiter_bytes():
+                for event in parser.feed(chunk):
+                    await self._on_event(event, url)
+
+    async def _on_event(self, event: SseEvent, url: str) -> None:
+        try:
+            payload = json.loads(event.data)
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            self.stats.invalid += 1
+            return
+        await self.on_message(event.event, payload, url)
+
+    async def on_message(self, kind: str, payload: dict[str, Any], url: str) -> None:
+        """Handle one stream message (`alert` or `synced`), whatever the transport."""
+        if kind == "synced":
+            seq = payload.get("seq")
+            node = str(payload.get("node", ""))
+            self._last_synced = Synced(node=node, seq=seq if isinstance(seq, int) else None, url=url)
+            self._synced.set()
+        elif kind == "alert":
+            await self._on_alert(payload, url)
+
+    async def _on_alert(self, payload: dict[str, Any], url: str) -> None:
+        seq = payload.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            self.stats.invalid += 1
+            return
+        if self.state.last_seq is not None and seq <= self.state.last_seq:
+            return
+        self.stats.events += 1
+        display = self._check(payload, seq, url)
+        self.state.last_seq = seq
+        self.state.prune(self._now())
+        # Saved before it is shown: a crash may lose a display, never repeat one.
+        self._save()
+        if display is not None:
+            await self._emit(display)
+
+    def _check(self, payload: dict[str, Any], seq: int, url: str) -> Display | None:
+        """Verify, parse and decide; a Display when the alert is to be shown."""
+        cap, kid, sig = payload.get("cap"), payload.get("kid"), payload.get("sig")
+        if not (isinstance(cap, str) and isinstance(kid, str) and isinstance(sig, str)):
+            self.stats.invalid += 1
+            return None
+        data = cap.encode("utf-8")
+        if not verify(self.state.keys, kid, data, sig):
+            if self.stats.bad_signatures == 0:
+                log.warning("signature rejected", extra={"url": url, "seq": seq, "kid": kid})
+            self.stats.bad_signatures += 1
+            return None
+        try:
+            alert = parse_xml(data)
+        except CapInvalid as exc:
+            self.stats.invalid += 1
+            log.warning("alert unreadable", extra={"url": url, "seq": seq, "error": str(exc)})
+            return None
+        now = self._now()
+        decision = decide(alert, self.audience, self.state.seen, now)
+        verdicts = self.stats.verdicts
+        verdicts[decision.verdict] = verdicts.get(decision.verdict, 0) + 1
+        if decision.verdict is not Verdict.SHOW:
+            return None
+        expires = expiry_of(alert)
+        self.state.seen[alert.identity] = expires
+        alert_id = str(payload.get("id", ""))
+        return _display(alert, decision.info, alert_id=alert_id, seq=seq, node=url, now=now)
+
+    async def _emit(self, display: Display) -> None:
+        if self._on_display is not None:
+            await self._on_display(display)
+        else:
+            await self._queue.put(display)
+
+    def _save(self) -> None:
+        save_state(self._state_path, self.state)
+
+
+def _display(alert: Alert, info: Info | None, *, alert_id: str, seq: int, node: str, now: datetime) -> Display:
+    return Display(
+        identifier=alert.identifier,
+        sender=alert.sender,
+        sent=alert.sent,
+        status=str(alert.status),
+        msg_type=str(alert.msg_type),
+        event=info.event if info else str(alert.msg_type),
+        headline=(info.headline or info.event) if info else _follow_up_headline(alert),
+        language=info.language if info else "",
+        alert_id=alert_id,
+        seq=seq,
+        node=node,
+        displayed_at=now,
+        delay_s=(now - alert.sent).total_seconds(),
+        expires=expiry_of(alert),
+        alert=alert,
+        info=info,
+    )
+
+
+def _follow_up_headline(alert: Alert) -> str:
+    """A headline for an Update or Cancel that has no info of its own."""
+    targets = ", ".join(ref.identifier for ref in alert.references)
+    return f"{alert.msg_type} of {targets}" if targets else str(alert.msg_type)

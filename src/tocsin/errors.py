@@ -1,0 +1,209 @@
+"""The one error base, the problem catalog with its stable codes, and delivery failures.
+
+Every problem an API caller or a CLI user can meet is declared here once. Codes are
+documented in docs/api.md and never reused for another meaning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A kind of refusal: stable code, HTTP status and a human title (RFC 9457)."""
+
+    code: str
+    status: int
+    title: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Violation:
+    """One broken rule, at one element of a document (`info[0].area[1].polygon`)."""
+
+    problem: Problem
+    path: str
+    detail: str
+    # "schema" for what the OASIS XSD enforces, "semantic" for rules beyond it.
+    kind: str = "schema"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.problem.code, "path": self.path, "detail": self.detail}
+
+
+class TocsinError(Exception):
+    """Base of every error tocsin raises on purpose."""
+
+
+class Rejected(TocsinError):
+    """A request refused for a reason in the catalog; nothing was stored or changed."""
+
+    def __init__(
+        self,
+        problem: Problem,
+        detail: str = "",
+        *,
+        violations: tuple[Violation, ...] = (),
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{problem.code}: {detail or problem.title}")
+        self.problem = problem
+        self.detail = detail or problem.title
+        self.violations = violations
+        self.headers = headers or {}
+
+
+class CapInvalid(Rejected):
+    """A CAP document that breaks one or more rules; `violations` lists each of them."""
+
+    def __init__(self, violations: tuple[Violation, ...]) -> None:
+        first = violations[0]
+        super().__init__(first.problem, f"{first.path}: {first.detail}", violations=violations)
+
+
+class StoreUnavailable(TocsinError):
+    """The replicated store could not confirm an operation; its outcome may be unknown."""
+
+    def __init__(self, operation: str, detail: str = "") -> None:
+        super().__init__(f"store unavailable during {operation}: {detail}".rstrip(": "))
+        self.operation = operation
+
+
+class AlertNotFound(TocsinError):
+    """No alert with this id is stored."""
+
+    def __init__(self, alert_id: str) -> None:
+        super().__init__(f"alert {alert_id} not found")
+        self.alert_id = alert_id
+
+
+class Reason(StrEnum):
+    """Why a delivery failed; also a metric label."""
+
+    REJECTED = "rejected"
+    UNREACHABLE = "unreachable"
+    RATE_LIMITED = "rate_limited"
+    TOKEN_GONE = "token_gone"
+    SLOW = "slow"
+
+
+@dataclass
+class DeliveryFailed(TocsinError):
+    """A channel could not deliver; `retryable` says whether trying again may help."""
+
+    reason: Reason
+    retryable: bool = False
+    detail: str = field(default="")
+
+
+# ---------------------------------------------------------------------------------------
+# The catalog. Grouped by prefix; each code is documented in docs/api.md.
+# ---------------------------------------------------------------------------------------
+
+# Requests in general
+BAD_REQUEST = Problem("request.malformed", 400, "The request could not be read.")
+UNSUPPORTED_MEDIA = Problem(
+    "request.unsupported-media-type", 415, "Send CAP as application/cap+xml, application/xml or application/json."
+)
+TOO_LARGE = Problem("request.too-large", 413, "The request body is larger than the limit.")
+NOT_FOUND = Problem("request.not-found", 404, "No such resource.")
+METHOD_NOT_ALLOWED = Problem("request.method-not-allowed", 405, "This method is not allowed here.")
+INTERNAL = Problem("server.internal", 500, "An internal error occurred; it has been logged.")
+
+# Authentication and authorisation
+UNAUTHENTICATED = Problem("auth.missing-token", 401, "A bearer token is required.")
+UNKNOWN_TOKEN = Problem("auth.unknown-token", 401, "The token is not valid.")
+FORBIDDEN = Problem("auth.forbidden", 403, "This account may not do that.")
+
+# Storage
+STORE_UNAVAILABLE = Problem(
+    "store.unavailable", 503, "The alert store cannot confirm durable storage right now; retry."
+)
+ALERT_NOT_FOUND = Problem("alert.not-found", 404, "No alert with this id.")
+
+# Policy: what may be distributed
+EXPIRED = Problem("cap.expired", 422, "The alert expired before it was received.")
+SENT_IN_FUTURE = Problem("cap.sent-in-future", 422, "The alert's sent time is too far in the future.")
+DRAFT = Problem("policy.draft", 422, "Draft alerts are templates and are never distributed.")
+NOT_PUBLIC = Problem("policy.scope-not-public", 422, "Only Public alerts are distributed to devices.")
+NO_AREA = Problem("policy.no-area", 422, "The alert has no area tocsin can locate, so it would reach no device.")
+UNLOCATABLE_AREA = Problem(
+    "policy.unlocatable-area", 422, "An area has neither polygon nor circle, and no gazetteer knows its geocodes."
+)
+SENDER_NOT_ALLOWED = Problem("policy.sender-not-allowed", 403, "This account may not send as this sender.")
+SYSTEM_NOT_ALLOWED = Problem("policy.status-not-allowed", 403, "This account may not send alerts of this status.")
+REFERENCE_UNKNOWN = Problem("policy.reference-unknown", 422, "A referenced alert is not known to tocsin.")
+
+# Devices
+DEVICE_INVALID = Problem("device.invalid", 422, "The device registration is not valid.")
+CELL_INVALID = Problem("device.cell-invalid", 422, "A cell is not a valid H3 cell at or below the service's resolution.")
+DEVICE_UNKNOWN = Problem("device.unknown", 401, "The device token is not valid.")
+EVENT_ID_INVALID = Problem("device.event-id-invalid", 400, "Last-Event-ID must be a non-negative integer.")
+
+# CAP parsing and validation. Kind "schema": what the OASIS CAP 1.2 XSD enforces;
+# kind "semantic": rules of the CAP 1.2 specification that the schema cannot express.
+# (CAP section below: codes added by cap/ as rules are implemented.)
+
+# Reading the document.
+CAP_TOO_LARGE = Problem("cap.too-large", 413, "The CAP document is larger than the limit; it was not read.")
+CAP_NOT_XML = Problem("cap.not-xml", 422, "The document is not well-formed XML.")
+CAP_DOCTYPE_FORBIDDEN = Problem(
+    "cap.doctype-forbidden", 422, "The document has a DOCTYPE or entity declarations; CAP needs neither and tocsin refuses them."
+)
+CAP_WRONG_NAMESPACE = Problem(
+    "cap.wrong-namespace", 422, "The root element is not in the CAP 1.2 namespace urn:oasis:names:tc:emergency:cap:1.2."
+)
+CAP_WRONG_ROOT = Problem("cap.wrong-root", 422, "The root element must be a single CAP <alert>.")
+CAP_NOT_JSON = Problem("cap.not-json", 422, "The document is not valid JSON.")
+CAP_JSON_TYPE = Problem("cap.json-type", 422, "A JSON value has the wrong type for its CAP element.")
+CAP_INVALID_CHARACTER = Problem("cap.invalid-character", 422, "A text holds a character that XML cannot carry.")
+
+# Kind "schema": structure and types, exactly as the OASIS CAP 1.2 XSD checks them.
+CAP_REQUIRED = Problem("cap.required", 422, "A required CAP element is missing.")
+CAP_ORDER = Problem("cap.order", 422, "CAP elements are out of order; CAP 1.2 fixes the order of elements.")
+CAP_TOO_MANY = Problem("cap.too-many", 422, "A CAP element appears more often than CAP 1.2 allows.")
+CAP_UNKNOWN_ELEMENT = Problem("cap.unknown-element", 422, "An element is not part of CAP 1.2 at this place.")
+CAP_ATTRIBUTE_NOT_ALLOWED = Problem("cap.attribute-not-allowed", 422, "CAP 1.2 elements carry no attributes.")
+CAP_TEXT_NOT_ALLOWED = Problem("cap.text-not-allowed", 422, "This CAP element holds other elements only, not text.")
+CAP_ELEMENT_IN_TEXT = Problem("cap.element-in-text", 422, "This CAP element holds text only, not other elements.")
+CAP_ENUM = Problem("cap.enum", 422, "The value is not one of those CAP 1.2 allows for this element.")
+CAP_DATETIME = Problem(
+    "cap.datetime", 422, "A CAP date-time must read YYYY-MM-DDThh:mm:ss+hh:mm (or -hh:mm), with no Z and no fractions."
+)
+CAP_DATETIME_INVALID = Problem("cap.datetime-invalid", 422, "The date-time names a day or time that does not exist.")
+CAP_INTEGER = Problem("cap.integer", 422, "The value must be a whole number.")
+CAP_DECIMAL = Problem("cap.decimal", 422, "The value must be a decimal number such as 120 or -3.5.")
+CAP_LANGUAGE = Problem("cap.language", 422, "The language must be an RFC 3066 code such as en-US.")
+CAP_URI = Problem("cap.uri", 422, "The value is not a valid URI.")
+
+# Kind "semantic": CAP 1.2 rules the XSD cannot express.
+CAP_FORBIDDEN_CHARACTERS = Problem(
+    "cap.forbidden-characters", 422, "Identifier and sender must not contain spaces, commas, '<' or '&'."
+)
+CAP_REFERENCES_REQUIRED = Problem(
+    "cap.references-required", 422, "An Update, Cancel, Ack or Error must name the messages it refers to in <references>."
+)
+CAP_REFERENCES_MALFORMED = Problem(
+    "cap.references-malformed", 422, "Each reference must read sender,identifier,sent, separated by spaces."
+)
+CAP_RESTRICTION_REQUIRED = Problem("cap.restriction-required", 422, "A Restricted alert must say who may see it in <restriction>.")
+CAP_ADDRESSES_REQUIRED = Problem("cap.addresses-required", 422, "A Private alert must list its recipients in <addresses>.")
+CAP_LIST_MALFORMED = Problem(
+    "cap.list-malformed", 422, "A list must be space-separated values, with multi-word values in double quotes."
+)
+CAP_EXPIRES_BEFORE_SENT = Problem("cap.expires-before-sent", 422, "The info expires before, or when, the alert was sent.")
+CAP_EXPIRES_BEFORE_START = Problem("cap.expires-before-start", 422, "The info expires before it becomes effective or before its onset.")
+CAP_POLYGON_MALFORMED = Problem(
+    "cap.polygon-malformed", 422, "A polygon must be space-separated lat,lon pairs of decimal degrees."
+)
+CAP_POLYGON_TOO_FEW_POINTS = Problem("cap.polygon-too-few-points", 422, "A polygon needs at least four points, the last repeating the first.")
+CAP_POLYGON_NOT_CLOSED = Problem("cap.polygon-not-closed", 422, "A polygon's last point must repeat its first point.")
+CAP_COORDINATE_OUT_OF_RANGE = Problem(
+    "cap.coordinate-out-of-range", 422, "Latitude must lie within -90..90 and longitude within -180..180."
+)
+CAP_CIRCLE_INVALID = Problem("cap.circle-invalid", 422, "A circle must read lat,lon radius, the radius in km and not negative.")
+CAP_CEILING_WITHOUT_ALTITUDE = Problem("cap.ceiling-without-altitude", 422, "An area with a ceiling must also give its altitude.")
+CAP_CEILING_BELOW_ALTITUDE = Problem("cap.ceiling-below-altitude", 422, "An area's ceiling must not be lower than its altitude.")
+CAP_DEREF_URI_NOT_BASE64 = Problem("cap.deref-uri-not-base64", 422, "A resource's derefUri must hold base64-encoded data.")

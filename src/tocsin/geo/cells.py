@@ -1,0 +1,232 @@
+"""Alert areas -> coarse H3 cells for targeting, and the client's precise point-in-area check.
+
+The server only ever sees cells at CELL_RESOLUTION, never a precise position; the client
+makes the final check against the alert's polygons and circles before it shows anything.
+
+Longitudes: a polygon edge that spans more than 180° of longitude is taken to cross the
+antimeridian (as H3 does), both for the cover and for the precise check. Areas that enclose a
+pole are not supported: they do not crash, but their cover may miss cells near the pole.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import h3
+import shapely
+from shapely.geometry import Polygon as ShapelyPolygon
+
+if TYPE_CHECKING:
+    from tocsin.cap.model import Area, Circle, Polygon
+
+log = logging.getLogger(__name__)
+
+# H3 resolution 6: ~36 km² cells, coarse enough that the server never learns a precise
+# position, fine enough that an alert for a town does not wake a whole département.
+CELL_RESOLUTION = 6
+
+# A circle becomes a polygon of this many vertices for the cover.
+_CIRCLE_VERTICES = 64
+# The vertices sit outside the circle so that every chord stays outside it: R / cos(pi/n),
+# plus 1% because H3 draws polygon edges straight in lat/lng, not along great circles.
+_CIRCLE_MARGIN = 1.01 / math.cos(math.pi / _CIRCLE_VERTICES)
+# Mean Earth radius (IUGG), as H3 uses for great-circle distances.
+_EARTH_RADIUS_KM = 6371.0088
+
+LatLon = tuple[float, float]
+
+# H3 index layout (h3geo.org/docs/library/index/cell): resolution in bits 52-55, then one
+# 3-bit digit per resolution 1..15, digit r at bit 3 * (15 - r); unused digits are 7.
+_RES_SHIFT = 52
+_RES_CLEAR = ~(0xF << _RES_SHIFT)
+
+
+def _digits_fill(res: int) -> int:
+    """The bits that set every digit finer than `res` to 7 (unused)."""
+    return sum(7 << (3 * (15 - r)) for r in range(res + 1, 16))
+
+
+_PARENT_BITS = tuple((r << _RES_SHIFT) | _digits_fill(r) for r in range(CELL_RESOLUTION + 1))
+
+
+def cell_for_point(lat: float, lon: float) -> str:
+    """The cell at CELL_RESOLUTION that holds the point."""
+    return str(h3.latlng_to_cell(lat, lon, CELL_RESOLUTION))
+
+
+def normalize_cell(cell: str) -> str:
+    """The cell's ancestor at CELL_RESOLUTION.
+
+    Raises:
+        ValueError: `cell` is not a valid H3 cell, or is coarser than CELL_RESOLUTION.
+    """
+    if not isinstance(cell, str) or not h3.is_valid_cell(cell):
+        raise ValueError(f"{cell!r} is not a valid H3 cell")
+    res = h3.get_resolution(cell)
+    if res < CELL_RESOLUTION:
+        raise ValueError(
+            f"cell {cell} is at resolution {res}, coarser than the service's {CELL_RESOLUTION}"
+        )
+    return cell if res == CELL_RESOLUTION else str(h3.cell_to_parent(cell, CELL_RESOLUTION))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cover:
+    """The compacted set of cells that an alert's areas touch; conservative by design."""
+
+    cells: frozenset[str] = frozenset()
+    # Per resolution, the compacted cells as integers: `touches` walks a few ancestors.
+    _levels: tuple[tuple[int, frozenset[int]], ...] = field(
+        init=False, repr=False, compare=False, default=()
+    )
+
+    def __post_init__(self) -> None:
+        by_res: dict[int, set[int]] = {}
+        for cell in self.cells:
+            res = h3.get_resolution(cell)
+            if res > CELL_RESOLUTION:
+                raise ValueError(f"cover cell {cell} is finer than resolution {CELL_RESOLUTION}")
+            by_res.setdefault(res, set()).add(int(cell, 16))
+        levels = tuple((res, frozenset(ints)) for res, ints in sorted(by_res.items()))
+        object.__setattr__(self, "_levels", levels)
+
+    @classmethod
+    def of(cls, cells: Iterable[str]) -> Cover:
+        """Compact `cells` (each at CELL_RESOLUTION or coarser) into a Cover."""
+        return cls(cells=frozenset(str(c) for c in h3.compact_cells(list(set(cells)))))
+
+    @property
+    def is_empty(self) -> bool:
+        """True when no area had a polygon or circle (geocodes only)."""
+        return not self.cells
+
+    def touches(self, cell: str) -> bool:
+        """Whether the cell (made CELL_RESOLUTION) or one of its ancestors is in the cover.
+
+        Raises:
+            ValueError: `cell` is not a valid H3 cell at or below CELL_RESOLUTION.
+        """
+        try:
+            index = int(cell, 16)
+        except (TypeError, ValueError):
+            raise ValueError(f"{cell!r} is not a valid H3 cell") from None
+        if (index >> _RES_SHIFT) & 0xF != CELL_RESOLUTION:
+            index = int(normalize_cell(cell), 16)
+        bare = index & _RES_CLEAR
+        for res, members in self._levels:
+            if (bare | _PARENT_BITS[res]) in members:
+                return True
+        return False
+
+    def expand(self) -> frozenset[str]:
+        """Every cell of the cover at CELL_RESOLUTION (may be large for a big area)."""
+        return frozenset(str(c) for c in h3.uncompact_cells(list(self.cells), CELL_RESOLUTION))
+
+
+def cover_for(areas: Iterable[Area]) -> Cover:
+    """Every cell at CELL_RESOLUTION that intersects a polygon or circle of `areas`."""
+    cells: set[str] = set()
+    for area in areas:
+        for polygon in area.polygons:
+            cells.update(_ring_cells(polygon))
+        for circle in area.circles:
+            cells.update(_ring_cells(_circle_ring(circle)))
+    return Cover.of(cells)
+
+
+def _ring_cells(ring: Sequence[LatLon]) -> set[str]:
+    """Cells that overlap the ring, plus the cells of its vertices (for degenerate rings)."""
+    points = list(ring)
+    if len(points) > 1 and points[0] == points[-1]:
+        points.pop()
+    cells = {cell_for_point(lat, lon) for lat, lon in points}
+    if len(points) >= 3:
+        try:
+            shape = h3.LatLngPoly(points)
+            found = h3.h3shape_to_cells_experimental(shape, CELL_RESOLUTION, contain="overlap")
+        except (h3.H3BaseException, ValueError) as exc:
+            log.warning("polygon not covered", extra={"points": len(points), "error": str(exc)})
+        else:
+            cells.update(str(c) for c in found)
+    return cells
+
+
+def _circle_ring(circle: Circle) -> list[LatLon]:
+    """A polygon around the circle (vertices on a geodesic circle just outside it)."""
+    radius_km = max(circle.radius_km, 0.0) * _CIRCLE_MARGIN
+    return [
+        _destination(circle.lat, circle.lon, 360.0 * i / _CIRCLE_VERTICES, radius_km)
+        for i in range(_CIRCLE_VERTICES)
+    ]
+
+
+def _destination(lat: float, lon: float, bearing_deg: float, distance_km: float) -> LatLon:
+    """The point `distance_km` from (lat, lon) along `bearing_deg`, on a sphere."""
+    phi1, lam1 = math.radians(lat), math.radians(lon)
+    theta, delta = math.radians(bearing_deg), distance_km / _EARTH_RADIUS_KM
+    sin_phi2 = math.sin(phi1) * math.cos(delta) + math.cos(phi1) * math.sin(delta) * math.cos(theta)
+    phi2 = math.asin(max(-1.0, min(1.0, sin_phi2)))
+    y = math.sin(theta) * math.sin(delta) * math.cos(phi1)
+    x = math.cos(delta) - math.sin(phi1) * sin_phi2
+    lam2 = lam1 + math.atan2(y, x)
+    lon2 = (math.degrees(lam2) + 540.0) % 360.0 - 180.0
+    return (math.degrees(phi2), lon2)
+
+
+def distance_km(a: LatLon, b: LatLon) -> float:
+    """The great-circle distance between two (lat, lon) points."""
+    phi1, phi2 = math.radians(a[0]), math.radians(b[0])
+    dphi, dlam = phi2 - phi1, math.radians(b[1] - a[1])
+    h = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlam / 2) ** 2
+    return 2 * _EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
+
+
+def covers_point(areas: Iterable[Area], lat: float, lon: float) -> bool:
+    """Whether (lat, lon) lies in a polygon or circle of `areas` (boundary included)."""
+    for area in areas:
+        for circle in area.circles:
+            if distance_km((circle.lat, circle.lon), (lat, lon)) <= circle.radius_km:
+                return True
+        for polygon in area.polygons:
+            if _polygon_covers(polygon, lat, lon):
+                return True
+    return False
+
+
+def _polygon_covers(ring: Polygon, lat: float, lon: float) -> bool:
+    """Planar lat/lng point-in-polygon, as H3 draws polygons, antimeridian aware."""
+    planar = _planar(ring)
+    if planar is None:
+        return False
+    shape, crosses = planar
+    x = _unwrap(lon) if crosses else lon
+    return bool(shapely.covers(shape, shapely.Point(x, lat)))
+
+
+@functools.lru_cache(maxsize=256)
+def _planar(ring: Polygon) -> tuple[ShapelyPolygon, bool] | None:
+    """The ring as a prepared shapely polygon in (lon, lat), and whether it was unwrapped.
+
+    Cached: a client checks the same alert's rings for each of its places, and again on
+    replays; a région's outline has thousands of points.
+    """
+    crosses = any(abs(b[1] - a[1]) > 180.0 for a, b in zip(ring, ring[1:]))
+    xy = [(_unwrap(p_lon) if crosses else p_lon, p_lat) for p_lat, p_lon in ring]
+    if len(xy) < 3:
+        return None
+    shape = ShapelyPolygon(xy)
+    if not shape.is_valid:
+        # A self-touching outline: keep its area rather than refuse the whole alert.
+        shape = shapely.make_valid(shape)
+    shapely.prepare(shape)
+    return shape, crosses
+
+
+def _unwrap(lon: float) -> float:
+    """Longitude in [0, 360), so that a ring across the antimeridian is contiguous."""
+    return lon + 360.0 if lon < 0 else lon

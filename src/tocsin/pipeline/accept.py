@@ -1,0 +1,108 @@
+"""Stage 1: issuer request -> a validated, policy-checked, signed alert, durably stored.
+
+The issuer is answered only after JetStream acknowledged the alert and the node's ledger
+holds it. An alert is published once, on its own subject, create-if-absent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from tocsin.cap.model import Alert
+from tocsin.cap.parse import parse_json, parse_xml
+from tocsin.cap.render import to_xml
+from tocsin.errors import Problem, Rejected
+from tocsin.policy import Issuer, check
+from tocsin.signing import SigningKey
+from tocsin.store.base import Envelope, Stored, alert_id_for
+from tocsin.store.jetstream import JetStreamStore
+from tocsin.store.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+IDENTITY_CONFLICT = Problem(
+    "alert.identity-conflict",
+    409,
+    "An alert with this sender and identifier is already stored with different content.",
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Accepted:
+    """The outcome for the issuer: the stored alert, and whether this call created it."""
+
+    alert: Alert
+    stored: Stored
+
+    @property
+    def created(self) -> bool:
+        return self.stored.created
+
+
+class Accept:
+    """Parse, check, sign, record, publish."""
+
+    def __init__(
+        self,
+        *,
+        store: JetStreamStore,
+        ledger: Ledger,
+        signer: SigningKey,
+        node: str,
+        max_cap_bytes: int,
+        max_skew_s: float,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._store = store
+        self._ledger = ledger
+        self._signer = signer
+        self._node = node
+        self._max_bytes = max_cap_bytes
+        self._max_skew_s = max_skew_s
+        self._clock = clock
+
+    def parse(self, body: bytes | object) -> Alert:
+        """CAP XML bytes or the JSON form, through the same rules."""
+        if isinstance(body, bytes):
+            return parse_xml(body, max_bytes=self._max_bytes)
+        return parse_json(body)
+
+    async def __call__(self, alert: Alert, issuer: Issuer, original: bytes | None = None) -> Accepted:
+        """Store the alert and return it with its seq.
+
+        Raises:
+            Rejected: a policy refusal, or an identity conflict (409).
+            StoreUnavailable: no durable acknowledgement (the issuer gets a 503).
+        """
+        now = self._clock()
+        check(alert, issuer, now=now, max_skew_s=self._max_skew_s)
+        payload = to_xml(alert)
+        envelope = Envelope(
+            alert_id=alert_id_for(alert.sender, alert.identifier),
+            payload=payload,
+            sig=self._signer.sign(payload),
+            kid=self._signer.kid,
+            issuer=issuer.name,
+            node=self._node,
+            accepted_at=now,
+        )
+        stored = await self._store.put(envelope)
+        if not stored.created and stored.envelope.payload != payload:
+            raise Rejected(
+                IDENTITY_CONFLICT,
+                f"{alert.sender} / {alert.identifier} is stored as seq {stored.seq}; "
+                "send an Update with references instead",
+                headers={"Location": f"/api/v1/alerts/{stored.envelope.alert_id}"},
+            )
+        # The ledger holds what was acknowledged, before the issuer hears of it.
+        await self._ledger.record(stored, original)
+        if stored.created:
+            log.info(
+                "alert accepted",
+                extra={"alert_id": envelope.alert_id, "seq": stored.seq, "issuer": issuer.name,
+                       "status": alert.status.value, "msg_type": alert.msg_type.value},
+            )
+        return Accepted(alert=alert, stored=stored)

@@ -1,0 +1,172 @@
+"""Stage 2: stored alert -> the live devices on this node whose cells its area touches.
+
+Each node follows the alerts stream with one consumer, keeps the alerts that have not
+expired (for replay to reconnecting devices), and offers each new alert's pre-encoded
+event to the matching connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from tocsin.cap.model import Alert, Area
+from tocsin.cap.parse import parse_xml
+from tocsin.channels.live import Connection, Event, LiveRegistry
+from tocsin.errors import CapInvalid, StoreUnavailable
+from tocsin.geo.cells import Cover, cover_for
+from tocsin.store.base import AlertId, Stored, alert_id_for
+from tocsin.store.jetstream import JetStreamStore
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Active:
+    """An alert that has not expired, ready to replay."""
+
+    stored: Stored
+    alert: Alert
+    areas: tuple[Area, ...]
+    cover: Cover
+    expires_at: datetime
+    event: Event
+
+
+def encode_event(stored: Stored, status: str) -> Event:
+    """The alert's event bytes, once for SSE and once for WebSocket."""
+    env = stored.envelope
+    body = {
+        "seq": stored.seq,
+        "id": env.alert_id,
+        "kid": env.kid,
+        "sig": env.sig,
+        "cap": env.payload.decode("utf-8"),
+    }
+    data = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    sse = f"id: {stored.seq}\nevent: alert\ndata: {data}\n\n".encode()
+    ws = json.dumps({"type": "alert", **body}, ensure_ascii=False, separators=(",", ":"))
+    return Event(seq=stored.seq, status=status, sse=sse, ws=ws)
+
+
+class Target:
+    """Follows the stream; keeps the active alerts; fans each new one out to live devices."""
+
+    def __init__(
+        self,
+        store: JetStreamStore,
+        live: LiveRegistry,
+        *,
+        default_lifetime_s: float,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._store = store
+        self._live = live
+        self._lifetime = timedelta(seconds=default_lifetime_s)
+        self._clock = clock
+        self.active: dict[int, Active] = {}
+        self.by_id: dict[AlertId, Active] = {}
+        self.offered: dict[AlertId, int] = {}
+        self.last_seq = 0
+        self.caught_up = asyncio.Event()
+        self._next_prune = clock()
+
+    async def run(self) -> None:
+        """Follow the stream forever; re-follow from the last seen seq after any error."""
+        while True:
+            try:
+                goal = await self._store.last_seq()
+                if goal <= self.last_seq:
+                    self.caught_up.set()
+                async for stored in self._store.follow(self.last_seq):
+                    self.take(stored)
+                    if stored.seq >= goal:
+                        self.caught_up.set()
+            except (StoreUnavailable, OSError, asyncio.TimeoutError) as exc:
+                log.warning("alert follower restarting", extra={"after": self.last_seq, "error": repr(exc)})
+                await asyncio.sleep(1.0)
+            except Exception as exc:  # a nats-py error we did not translate: follow again
+                log.error("alert follower failed", extra={"after": self.last_seq}, exc_info=exc)
+                await asyncio.sleep(1.0)
+
+    def take(self, stored: Stored) -> None:
+        """Index one stored alert and offer it to the live devices it concerns."""
+        if stored.seq <= self.last_seq:
+            return
+        self.last_seq = stored.seq
+        active = self._activate(stored)
+        if active is None:
+            return
+        self.active[stored.seq] = active
+        self.by_id[stored.envelope.alert_id] = active
+        matched = self._live.matching(active.cover.touches)
+        self.offered[stored.envelope.alert_id] = self._live.publish(active.event, matched)
+        if self._clock() >= self._next_prune:
+            self._prune()
+
+    def _activate(self, stored: Stored) -> Active | None:
+        try:
+            alert = parse_xml(stored.envelope.payload)
+        except CapInvalid as exc:
+            log.error("stored alert unreadable", extra={"seq": stored.seq, "error": str(exc)})
+            return None
+        expires_at = alert.expires or alert.sent + self._lifetime
+        if expires_at <= self._clock():
+            return None
+        areas = tuple(area for info in alert.infos for area in info.areas)
+        if not any(a.polygons or a.circles for a in areas):
+            areas = self._referenced_areas(alert)
+        return Active(
+            stored=stored,
+            alert=alert,
+            areas=areas,
+            cover=cover_for(areas),
+            expires_at=expires_at,
+            event=encode_event(stored, alert.status.value),
+        )
+
+    def _referenced_areas(self, alert: Alert) -> tuple[Area, ...]:
+        """A Cancel or Update without an area goes where the alerts it references went."""
+        areas: list[Area] = []
+        for ref in alert.references:
+            found = self.by_id.get(alert_id_for(ref.sender, ref.identifier))
+            if found is not None:
+                areas.extend(found.areas)
+        return tuple(areas)
+
+    def attach(self, connection: Connection, after_seq: int) -> list[Event]:
+        """Register a live connection and return what it missed, oldest first.
+
+        Synchronous on purpose: no alert can slip between the replay (seq up to now) and
+        the live queue (seq after now), and none is in both.
+        """
+        self._live.add(connection)
+        connection.last_seq = max(after_seq, self.last_seq)
+        now = self._clock()
+        missed: list[Event] = []
+        for seq, active in self.active.items():
+            if seq <= after_seq or active.expires_at <= now:
+                continue
+            if not connection.audience.receives(active.event.status):
+                continue
+            if any(active.cover.touches(cell) for cell in connection.cells):
+                missed.append(active.event)
+        return missed
+
+    def _prune(self) -> None:
+        now = self._clock()
+        self._next_prune = now + timedelta(seconds=1)
+        expired = [seq for seq, a in self.active.items() if a.expires_at <= now]
+        for seq in expired:
+            gone = self.active.pop(seq)
+            self.by_id.pop(gone.stored.envelope.alert_id, None)

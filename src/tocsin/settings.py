@@ -1,0 +1,109 @@
+"""Settings: one frozen value, loaded once from TOCSIN_<FIELD> variables and passed down."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class SettingsError(ValueError):
+    """A TOCSIN_* variable is malformed; the message names it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    # Where the embedded nats-server keeps its store, plus the node's ledger and keys.
+    data_dir: Path = Path("tocsin-data")
+    listen: str = "127.0.0.1:8080"
+    # Empty: start and supervise an embedded nats-server child. Otherwise a comma
+    # separated list of servers of an existing cluster.
+    nats_url: str = ""
+    # Monitoring endpoint(s) of the NATS server(s), read at startup to check sync_interval.
+    nats_monitor_url: str = ""
+    node_name: str = "tocsin-1"
+    # The public base URL of this node, used in links; derived from `listen` when empty.
+    public_url: str = ""
+    stream: str = "TOCSIN_ALERTS"
+    replicas: int = 1
+    # The stream refuses new alerts (discard: new) rather than dropping old ones.
+    stream_max_bytes: int = 2 * 1024**3
+    # Publish dedupe window: a retry with the same message id within it is not stored twice.
+    duplicate_window_s: float = 120.0
+    publish_timeout_s: float = 5.0
+    publish_attempts: int = 4
+    # nats-py pings every 120 s by default; a frozen server would go unnoticed for minutes.
+    nats_ping_interval_s: float = 2.0
+    nats_max_outstanding_pings: int = 2
+    admin_token: str = ""
+    # CAP documents larger than this are refused before any parsing.
+    max_cap_bytes: int = 1024 * 1024
+    # An alert sent further than this in the future is refused (clock skew bound).
+    max_clock_skew_s: float = 300.0
+    # An alert without <expires> is shown and replayed for this long after it was sent.
+    default_lifetime_s: float = 24 * 3600.0
+    # Proxies often close idle streams after 60 s; a comment line every 15 s keeps SSE open.
+    sse_keepalive_s: float = 15.0
+    # A device this far behind is dropped rather than buffered; it resumes by event id.
+    device_queue_depth: int = 64
+    # Restart back-off for the embedded nats-server child.
+    nats_restart_delay_s: float = 0.5
+    log_level: str = "INFO"
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.listen}"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read TOCSIN_<FIELD> variables; `overrides` (from CLI flags) win over them."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f"TOCSIN_{f.name.upper()}"
+            if name in env:
+                values[f.name] = _convert(name, env[name], f.default)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        _check(settings)
+        return settings
+
+
+def _convert(name: str, raw: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+        return raw
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {type(default).__name__}") from None
+
+
+def _check(settings: Settings) -> None:
+    host, sep, port = settings.listen.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise SettingsError(f"TOCSIN_LISTEN / --listen must be HOST:PORT, got {settings.listen!r}")
+    if settings.replicas not in (1, 3, 5):
+        raise SettingsError(f"TOCSIN_REPLICAS must be 1, 3 or 5, got {settings.replicas}")

@@ -1,0 +1,68 @@
+"""The second copy: this node's append-only ledger of the alerts it accepted (SQLite WAL).
+
+JetStream can still lose acknowledged writes when block files are corrupted, so each node
+records what the stream acknowledged, durably, before answering the issuer; the
+reconciler republishes from it what the stream lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+from tocsin.store.base import Stored
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS accepted (
+    alert_id    TEXT PRIMARY KEY,
+    seq         INTEGER NOT NULL,
+    accepted_at TEXT NOT NULL,
+    issuer      TEXT NOT NULL,
+    kid         TEXT NOT NULL,
+    sig         TEXT NOT NULL,
+    payload     BLOB NOT NULL,
+    original    BLOB
+);
+CREATE TRIGGER IF NOT EXISTS accepted_no_delete BEFORE DELETE ON accepted
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+"""
+
+
+class Ledger:
+    """Append-only: each alert this node had acknowledged by the stream, with its seq."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # Every commit reaches the disk before the issuer is answered.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def _write(self, sql: str, args: tuple[object, ...]) -> None:
+        with self._lock:
+            self._db.execute(sql, args)
+
+    async def record(self, stored: Stored, original: bytes | None) -> None:
+        """Write an acknowledged alert with its seq (idempotent on its id)."""
+        env = stored.envelope
+        await asyncio.to_thread(
+            self._write,
+            "INSERT OR IGNORE INTO accepted"
+            " (alert_id, seq, accepted_at, issuer, kid, sig, payload, original)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (env.alert_id, stored.seq, env.accepted_at.isoformat(), env.issuer, env.kid, env.sig,
+             env.payload, original),
+        )
+
+    def count(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT count(*) FROM accepted").fetchone()
+        return int(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,80 @@
+"""`tocsin watch`: arguments and output lines."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tocsin.cli.watch_cmd import _places, _urls, render, watch
+from tocsin.client.watch import Display
+
+from .cap_samples import NOW, alert, info
+
+
+def _display(status: str = "Actual") -> Display:
+    value = alert()
+    return Display(
+        identifier="A-1", sender="pref@x", sent=NOW, status=status, msg_type="Alert",
+        event="Inondation", headline="Crue", language="fr-FR", alert_id="al_1", seq=3,
+        node="http://a", displayed_at=NOW + timedelta(seconds=1.5), delay_s=1.5,
+        expires=NOW + timedelta(hours=1), alert=value, info=info(),
+    )
+
+
+def test_real_alert_line_has_no_tag() -> None:
+    line = render(_display())
+    assert line.startswith("Inondation: Crue [pref@x A-1, fr-FR, after 1.5 s via http://a]")
+
+
+@pytest.mark.parametrize("status", ["Test", "Exercise", "System"])
+def test_other_statuses_are_loud(status: str) -> None:
+    assert render(_display(status)).startswith(f"[{status.upper()}] ")
+
+
+def test_json_line_fields() -> None:
+    fields = _display().as_json()
+    for name in ("identifier", "sender", "sent", "status", "msgType", "event", "headline",
+                 "language", "delay_s", "id", "seq", "node"):
+        assert name in fields
+    assert replace(_display(), seq=4).as_json()["seq"] == 4
+
+
+def test_urls_come_from_options_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOCSIN_URL", "http://a/, http://b")
+    assert _urls(()) == ["http://a", "http://b"]
+    assert _urls(("http://c",)) == ["http://c"]
+
+
+def test_places_from_lat_lon_and_place() -> None:
+    assert _places(48.85, 2.35, ("45.76,4.83",)) == [(48.85, 2.35), (45.76, 4.83)]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--url", "http://a"],
+        ["--url", "http://a", "--lat", "48.8"],
+        ["--url", "http://a", "--place", "48.8"],
+        ["--url", "http://a", "--place", "91,2"],
+    ],
+)
+def test_missing_or_bad_place_is_a_usage_error(args: list[str]) -> None:
+    result = CliRunner().invoke(watch, args)
+    assert result.exit_code == 2
+
+
+def test_missing_url_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TOCSIN_URL", raising=False)
+    result = CliRunner().invoke(watch, ["--place", "48.8,2.3"])
+    assert result.exit_code == 2 and "TOCSIN_URL" in result.output
+
+
+def test_unreadable_state_file_is_reported(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    state.write_text("garbage")
+    result = CliRunner().invoke(watch, ["--url", "http://a", "--place", "48.8,2.3", "--state", str(state)])
+    assert result.exit_code == 1 and "state file" in result.output

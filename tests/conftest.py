@@ -1,0 +1,32 @@
+"""Shared fixtures: a real nats-server for the session, and real tocsin nodes on port 0."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tocsin.cluster.nats_server import NatsServer
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+CAP_DATA = SHARED_DATA / "cap"
+
+_names = itertools.count(1)
+
+
+def unique_name(prefix: str = "T") -> str:
+    return f"{prefix}{next(_names)}"
+
+
+@pytest.fixture(scope="session")
+async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
+    """One real nats-server with JetStream (sync_interval: always) for many tests."""
+    server = NatsServer(store_dir=tmp_path_factory.mktemp("nats"), name="test-nats")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

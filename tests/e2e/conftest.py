@@ -1,0 +1,89 @@
+"""A running tocsin node (HTTP on a loopback port) on the session's nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tocsin.app import Node, open_node, run_node
+from tocsin.cluster.nats_server import NatsServer
+from tocsin.settings import Settings
+
+from tests.conftest import unique_name
+
+ADMIN_TOKEN = "tca_test-admin-token"
+
+
+async def start_node(
+    settings: Settings, clock: Callable[[], datetime] | None = None
+) -> tuple[Node, asyncio.Task[None], object]:
+    started: asyncio.Future[Node] = asyncio.get_running_loop().create_future()
+    cm = open_node(settings, clock=clock) if clock else open_node(settings)
+    node = await cm.__aenter__()
+    task = asyncio.get_running_loop().create_task(run_node(node, started.set_result))
+    async with asyncio.timeout(20):
+        await asyncio.wait([started, task], return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            await cm.__aexit__(None, None, None)
+            task.result()  # raises what stopped the node
+        await node.services.target.caught_up.wait()
+    return node, task, cm
+
+
+async def stop_node(node: Node, task: asyncio.Task[None], cm: object) -> None:
+    node.server.should_exit = True
+    async with asyncio.timeout(20):
+        await task
+    await cm.__aexit__(None, None, None)  # type: ignore[attr-defined]
+
+
+def node_settings(tmp_path: Path, nats_server: NatsServer, **changes: object) -> Settings:
+    return Settings(
+        data_dir=tmp_path,
+        listen="127.0.0.1:0",
+        nats_url=nats_server.client_url,
+        nats_monitor_url=nats_server.monitor_url,
+        node_name=unique_name("node"),
+        stream=unique_name("ALERTS_T"),
+        admin_token=ADMIN_TOKEN,
+        sse_keepalive_s=1.0,
+        stream_max_bytes=32 * 1024 * 1024,
+    ).replace(**changes)
+
+
+@pytest.fixture
+async def node(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Node]:
+    running = await start_node(node_settings(tmp_path, nats_server))
+    try:
+        yield running[0]
+    finally:
+        await stop_node(*running)
+
+
+@pytest.fixture
+async def http(node: Node) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=node.url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+def admin() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+class FakeClock:
+    """Real time plus an offset the test moves forward."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += timedelta(seconds=seconds)
