@@ -11,14 +11,18 @@ from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import nats.errors
 import uvicorn
+from nats.aio.client import Client
 
 from tocsin.api.auth import new_token, token_digest
 from tocsin.api.routes import make_app
 from tocsin.api.services import Services
 from tocsin.channels.live import LiveRegistry
+from tocsin.errors import StoreUnavailable
 from tocsin.cluster.nats_server import NatsServer, check_varz_sync_always
 from tocsin.pipeline.accept import Accept
+from tocsin.pipeline.reconcile import Reconciler
 from tocsin.pipeline.target import Target
 from tocsin.policy import Issuer
 from tocsin.settings import Settings
@@ -45,6 +49,7 @@ class Node:
     admin_token: str | None  # set only when this start created the admin account
     server: uvicorn.Server
     ledger: Ledger
+    reconciler: Reconciler
 
     @property
     def url(self) -> str:
@@ -60,6 +65,40 @@ async def _check_monitor(url: str) -> None:
             check_varz_sync_always(json.load(response), url)
 
     await asyncio.to_thread(read)
+
+
+async def _connect_when_up(settings: Settings, servers: list[str]) -> Client:
+    """Connect once NATS answers (a node may start before its server); check sync_always.
+
+    Raises:
+        NatsServerError: a server runs without `sync_interval: always` (never retried).
+    """
+    monitors = [m.strip() for m in settings.nats_monitor_url.split(",") if m.strip()]
+    deadline = asyncio.get_running_loop().time() + settings.startup_timeout_s
+    while True:
+        try:
+            for monitor in monitors:
+                await _check_monitor(monitor)
+            return await connect(settings, servers, name=settings.node_name)
+        except (OSError, nats.errors.Error) as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            log.warning("waiting for nats", extra={"servers": servers, "error": repr(exc)[:200]})
+            await asyncio.sleep(1.0)
+
+
+async def _prepare_store(store: JetStreamStore, settings: Settings) -> str | None:
+    """Create streams and buckets and the admin account, waiting for a quorum if needed."""
+    deadline = asyncio.get_running_loop().time() + settings.startup_timeout_s
+    while True:
+        try:
+            await store.ensure()
+            return await _bootstrap_admin(store, settings)
+        except StoreUnavailable as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            log.warning("waiting for the stream", extra={"error": str(exc)[:200]})
+            await asyncio.sleep(1.0)
 
 
 async def _bootstrap_admin(store: JetStreamStore, settings: Settings) -> str | None:
@@ -102,19 +141,16 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
         nats_server: NatsServer | None = None
         if settings.nats_url:
             servers = [u.strip() for u in settings.nats_url.split(",") if u.strip()]
-            for monitor in filter(None, (m.strip() for m in settings.nats_monitor_url.split(","))):
-                await _check_monitor(monitor)
         else:
             nats_server = NatsServer(store_dir=settings.data_dir / "nats", name=settings.node_name)
             await nats_server.start()
             stack.push_async_callback(nats_server.stop)
             servers = [nats_server.client_url]
-        nc = await connect(settings, servers, name=settings.node_name)
+        nc = await _connect_when_up(settings, servers)
         stack.push_async_callback(nc.close)
         store = JetStreamStore(nc, settings)
-        await store.ensure()
-        admin_token = await _bootstrap_admin(store, settings)
-        signer = SigningKey.load_or_create(settings.data_dir / "keys" / "signing-key.pem")
+        admin_token = await _prepare_store(store, settings)
+        signer = SigningKey.load_or_create(settings.signing_key_path)
         ledger = Ledger(settings.data_dir / "ledger.sqlite3")
         stack.callback(ledger.close)
         live = LiveRegistry()
@@ -131,9 +167,10 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
             loop="none", http="httptools", ws="websockets-sansio", timeout_graceful_shutdown=2,
         )
         server = _Server(config)
+        reconciler = Reconciler(store, ledger, interval_s=settings.reconcile_interval_s)
         yield Node(
             settings=settings, services=services, nats=nats_server, admin_token=admin_token,
-            server=server, ledger=ledger,
+            server=server, ledger=ledger, reconciler=reconciler,
         )
 
 
@@ -151,6 +188,7 @@ async def run_node(node: Node, ready: Callable[[Node], None] | None = None) -> N
 async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], None] | None) -> None:
     async with asyncio.TaskGroup() as tasks:
         follower = tasks.create_task(node.services.target.run(), name="target")
+        reconciler = tasks.create_task(node.reconciler.run(), name="reconciler")
         supervisor = tasks.create_task(node.nats.supervise(), name="nats") if node.nats else None
         http = tasks.create_task(node.server.serve(sockets=[sock]), name="http")
         while not node.server.started and not http.done():
@@ -159,6 +197,7 @@ async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], No
             ready(node)
         await http
         follower.cancel()
+        reconciler.cancel()
         if supervisor is not None:
             supervisor.cancel()
 

@@ -22,7 +22,7 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in _STANDARD and not key.startswith("_") and key != "color_message":
                 line[key] = value
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)

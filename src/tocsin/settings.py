@@ -32,12 +32,19 @@ class Settings:
     stream_max_bytes: int = 2 * 1024**3
     # Publish dedupe window: a retry with the same message id within it is not stored twice.
     duplicate_window_s: float = 120.0
-    publish_timeout_s: float = 5.0
-    publish_attempts: int = 4
+    publish_timeout_s: float = 2.0
+    # A stream leader election takes about 5 s (RELIABILITY.md); publishes are retried with
+    # the same message id for this long before the issuer gets a 503 with Retry-After.
+    publish_deadline_s: float = 10.0
     # nats-py pings every 120 s by default; a frozen server would go unnoticed for minutes.
     nats_ping_interval_s: float = 2.0
     nats_max_outstanding_pings: int = 2
     admin_token: str = ""
+    # The deployment's Ed25519 key; every node of a cluster must use the same file.
+    # Empty: DATA_DIR/keys/signing-key.pem, created on first start.
+    signing_key_file: str = ""
+    # How often the reconciler compares this node's ledger with the stream.
+    reconcile_interval_s: float = 5.0
     # CAP documents larger than this are refused before any parsing.
     max_cap_bytes: int = 1024 * 1024
     # An alert sent further than this in the future is refused (clock skew bound).
@@ -50,6 +57,8 @@ class Settings:
     device_queue_depth: int = 64
     # Restart back-off for the embedded nats-server child.
     nats_restart_delay_s: float = 0.5
+    # How long a starting node waits for NATS to answer before giving up.
+    startup_timeout_s: float = 60.0
     log_level: str = "INFO"
 
     @property
@@ -59,6 +68,10 @@ class Settings:
     @property
     def port(self) -> int:
         return int(self.listen.rsplit(":", 1)[1])
+
+    @property
+    def signing_key_path(self) -> Path:
+        return Path(self.signing_key_file) if self.signing_key_file else self.data_dir / "keys" / "signing-key.pem"
 
     @property
     def base_url(self) -> str:

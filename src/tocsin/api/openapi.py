@@ -1,9 +1,429 @@
-"""The OpenAPI 3.1 document of the HTTP API, as built (kept beside the routes)."""
+"""The OpenAPI 3.1 document of the HTTP API as built, served at /openapi.json.
+
+Problem codes come from the catalog (`tocsin.errors` and the stage modules that declare
+their own) and the JSON form of CAP from `tocsin.cap.schema`, so neither can drift.
+"""
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
+from tocsin import errors, policy
+from tocsin.api.devices import MAX_CELLS, MAX_LANGUAGES
+from tocsin.cap.from_json import EXTENSIONS_KEY
+from tocsin.cap.schema import ALERT, AREA, INFO, RESOURCE, VALUE_PAIR, ComplexType, Field, Lexical
+from tocsin.errors import Problem
+from tocsin.geo.cells import CELL_RESOLUTION
+from tocsin.pipeline import accept
 
-def document(base_url: str) -> dict[str, Any]:
-    return {"openapi": "3.1.0", "info": {"title": "tocsin", "version": "1"}, "servers": [{"url": base_url}], "paths": {}}
+Json = dict[str, Any]
+
+# Every module that declares catalog problems; a new one is added here.
+CATALOG_MODULES: tuple[ModuleType, ...] = (errors, policy, accept)
+# Alert elements whose JSON value may be a list of strings or the CAP string (cap/from_json.py).
+_CAP_LIST_TEXTS = ("references", "addresses", "incidents")
+_CAP_TYPES: tuple[tuple[ComplexType, str], ...] = (
+    (ALERT, "CapAlert"), (INFO, "CapInfo"), (AREA, "CapArea"),
+    (RESOURCE, "CapResource"), (VALUE_PAIR, "CapValuePair"),
+)
+# CAP 1.2 §3.3.2: "2002-05-24T16:49:00-07:00"; no Z, no fractions.
+_CAP_DATETIME = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d$"
+_ALERT_ID = {
+    "type": "string", "pattern": "^[0-9a-f]{32}$",
+    "description": "The first 32 hex digits of sha256(sender + LF + identifier).",
+}
+
+
+def problem_catalog() -> list[Problem]:
+    """Every catalog problem, once, in declaration order."""
+    found: dict[str, Problem] = {}
+    for module in CATALOG_MODULES:
+        for value in vars(module).values():
+            if isinstance(value, Problem):
+                found.setdefault(value.code, value)
+    return list(found.values())
+
+
+def document(base_url: str) -> Json:
+    """The whole OpenAPI 3.1 document, with `base_url` as its server."""
+    catalog = problem_catalog()
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "tocsin",
+            "version": "1",
+            "summary": "Public emergency alerts: CAP 1.2 in, every device in the area out.",
+            "description": "Errors are application/problem+json (RFC 9457) with a stable `code`; "
+            "`x-problem-codes` lists the whole catalog. See docs/api.md.",
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
+        },
+        "servers": [{"url": base_url}],
+        "tags": [
+            {"name": "issuer", "description": "Issuing alerts and reading them back."},
+            {"name": "device", "description": "Registering devices and receiving alerts live."},
+            {"name": "public", "description": "Keys, health, metrics, this document."},
+        ],
+        "paths": {**_issuer_paths(catalog), **_device_paths(catalog), **_public_paths()},
+        "components": _components(catalog),
+        "x-problem-codes": [{"code": p.code, "status": p.status, "title": p.title} for p in catalog],
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Small builders
+# ---------------------------------------------------------------------------------------
+
+
+def _ref(name: str) -> Json:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: Json, description: str, headers: Json | None = None) -> Json:
+    response: Json = {"description": description, "content": {"application/json": {"schema": schema}}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _problems(catalog: list[Problem], status: int, prefixes: tuple[str, ...], headers: Json | None = None) -> Json:
+    """A problem+json response listing the catalog codes of this status under these prefixes."""
+    codes = [p.code for p in catalog if p.status == status and p.code.startswith(prefixes)]
+    response: Json = {
+        "description": "Problem: " + ", ".join(f"`{code}`" for code in codes),
+        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+        "x-problem-codes": codes,
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _header(description: str, **schema: Any) -> Json:
+    return {"description": description, "schema": schema or {"type": "string"}}
+
+
+_RETRY_AFTER = {"Retry-After": _header("Seconds to wait before retrying; a retry never stores twice.", type="integer")}
+_LOCATION = {"Location": _header("Path of the stored alert.")}
+_COMMON = {"500": {"$ref": "#/components/responses/Internal"}}
+_ISSUER: list[Json] = [{"issuerToken": []}, {"issuerTokenQuery": []}]
+_DEVICE: list[Json] = [{"deviceToken": []}, {"deviceTokenQuery": []}]
+_ALERT_ID_PARAM = {"name": "alert_id", "in": "path", "required": True, "schema": _ALERT_ID}
+
+
+# ---------------------------------------------------------------------------------------
+# Paths
+# ---------------------------------------------------------------------------------------
+
+
+def _issuer_paths(catalog: list[Problem]) -> Json:
+    xml = {"schema": {"type": "string", "contentMediaType": "application/cap+xml"}}
+    post = {
+        "tags": ["issuer"],
+        "operationId": "postAlert",
+        "summary": "Issue an alert",
+        "description": "Answered only once JetStream acknowledged the alert and this node's ledger "
+        "holds it. Identity is CAP sender + identifier: the same alert sent again gets 200 with "
+        "the stored one; other content under the same identity gets 409. A body above "
+        "TOCSIN_MAX_CAP_BYTES is refused before parsing.",
+        "security": _ISSUER,
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/cap+xml": xml, "application/xml": xml, "text/xml": xml,
+                "application/json": {"schema": _ref("CapAlert")},
+            },
+        },
+        "responses": {
+            "201": _json(_ref("AlertDescription"), "Stored by this request.", _LOCATION),
+            "200": _json(_ref("AlertDescription"), "Already stored with the same content.", _LOCATION),
+            "400": _problems(catalog, 400, ("request.",)),
+            "401": _problems(catalog, 401, ("auth.",)),
+            "403": _problems(catalog, 403, ("auth.", "policy.")),
+            "409": _problems(catalog, 409, ("alert.",), _LOCATION),
+            "413": _problems(catalog, 413, ("request.", "cap.")),
+            "415": _problems(catalog, 415, ("request.",)),
+            "422": _problems(catalog, 422, ("cap.", "policy.")),
+            "503": _problems(catalog, 503, ("store.",), _RETRY_AFTER),
+            **_COMMON,
+        },
+    }
+    get = {
+        "tags": ["issuer"],
+        "operationId": "getAlert",
+        "summary": "An alert, its state and this node's delivery progress",
+        "description": "No token is required.",
+        "parameters": [_ALERT_ID_PARAM],
+        "responses": {
+            "200": _json(_ref("AlertDetail"), "The alert."),
+            "404": _problems(catalog, 404, ("alert.",)),
+            "503": _problems(catalog, 503, ("store.",), _RETRY_AFTER),
+            **_COMMON,
+        },
+    }
+    get_xml = {
+        "tags": ["issuer"],
+        "operationId": "getAlertXml",
+        "summary": "The signed CAP 1.2 XML of an alert",
+        "description": "Exactly the bytes the signature covers. No token is required.",
+        "parameters": [_ALERT_ID_PARAM],
+        "responses": {
+            "200": {
+                "description": "CAP 1.2 XML, as tocsin rendered and signed it.",
+                "content": {"application/cap+xml": xml},
+                "headers": {
+                    "Tocsin-Signature": _header("Ed25519 signature of the body, base64url without padding."),
+                    "Tocsin-Key-Id": _header("kid of the key in /.well-known/tocsin/keys."),
+                },
+            },
+            "404": _problems(catalog, 404, ("alert.",)),
+            "503": _problems(catalog, 503, ("store.",), _RETRY_AFTER),
+            **_COMMON,
+        },
+    }
+    return {
+        "/api/v1/alerts": {"post": post},
+        "/api/v1/alerts/{alert_id}.xml": {"get": get_xml},
+        "/api/v1/alerts/{alert_id}": {"get": get},
+    }
+
+
+_STREAM_TEXT = """Server-Sent Events. The stream opens with `retry: 2000`, then replays every active
+(unexpired) alert for the device's cells and audience after `Last-Event-ID`, oldest first,
+then sends `event: synced` (data `{"node", "seq"}`, no id), then live alerts. Each alert is
+`id: <seq>` / `event: alert` / `data: <AlertEvent JSON>`. A comment line `: keepalive` is sent
+after TOCSIN_SSE_KEEPALIVE_S of silence. A device too far behind is disconnected; it
+reconnects with its last id. Verify `sig` over the UTF-8 bytes of `cap` before showing."""
+
+_WS_TEXT = """WebSocket upgrade (OpenAPI cannot describe WebSocket; see `x-websocket`). Same
+content as /api/v1/stream as JSON text messages: `{"type":"alert", ...AlertEvent}`,
+`{"type":"synced","node","seq"}`, `{"type":"keepalive"}`. Resume with the `last_event_id`
+query parameter (the Last-Event-ID header is not read). A device too far behind is closed
+with code 1013. An unknown token or bad `last_event_id` is refused before the upgrade
+(HTTP 403 as served by uvicorn)."""
+
+
+def _device_paths(catalog: list[Problem]) -> Json:
+    token = {"name": "token", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "The device token, for clients that cannot set Authorization (EventSource)."}
+    after = {"name": "last_event_id", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 0}, "description": "The seq of the last alert event seen."}
+    register = {
+        "tags": ["device"],
+        "operationId": "registerDevice",
+        "summary": "Register a device for cells",
+        "description": "No token is needed, except for a canary (`canary: true`), which needs any "
+        "issuer token. Points are turned into cells at once and never stored.",
+        "security": [{}, *_ISSUER],
+        "requestBody": {"required": True,
+                        "content": {"application/json": {"schema": _ref("DeviceRegistration")}}},
+        "responses": {
+            "201": _json(_ref("DeviceRegistered"), "Registered; keep the token.",
+                         {"Location": _header("/api/v1/devices/{id} (not a route yet).")}),
+            "400": _problems(catalog, 400, ("request.",)),
+            "401": _problems(catalog, 401, ("auth.",)),
+            "413": _problems(catalog, 413, ("request.",)),
+            "422": _problems(catalog, 422, ("device.",)),
+            "503": _problems(catalog, 503, ("store.",), _RETRY_AFTER),
+            **_COMMON,
+        },
+    }
+    stream = {
+        "tags": ["device"],
+        "operationId": "stream",
+        "summary": "Alerts for this device, live (SSE)",
+        "description": _STREAM_TEXT,
+        "security": _DEVICE,
+        "parameters": [
+            {"name": "Last-Event-ID", "in": "header", "required": False,
+             "schema": {"type": "string", "pattern": "^[0-9]*$"},
+             "description": "The seq of the last alert event seen; wins over `last_event_id`."},
+            after, token,
+        ],
+        "responses": {
+            "200": {
+                "description": "An endless text/event-stream.",
+                "headers": {"Tocsin-Node": _header("The node serving the stream.")},
+                "content": {"text/event-stream": {"schema": {"type": "string"}, "x-events": {
+                    "alert": _ref("AlertEvent"), "synced": _ref("Synced")}}},
+            },
+            "400": _problems(catalog, 400, ("device.",)),
+            "401": _problems(catalog, 401, ("device.",)),
+            "503": _problems(catalog, 503, ("store.",), _RETRY_AFTER),
+            **_COMMON,
+        },
+    }
+    websocket = {
+        "tags": ["device"],
+        "operationId": "websocket",
+        "summary": "Alerts for this device, live (WebSocket)",
+        "description": _WS_TEXT,
+        "security": _DEVICE,
+        "parameters": [after, token],
+        "responses": {"101": {"description": "Switching protocols to WebSocket."},
+                      "403": {"description": "Unknown device token or invalid last_event_id."}},
+        "x-websocket": {
+            "messages": {"alert": _ref("WsAlert"), "synced": _ref("WsSynced"), "keepalive": _ref("WsKeepalive")},
+            "closeCodes": {"1013": "too far behind; reconnect with last_event_id"},
+        },
+    }
+    return {"/api/v1/devices": {"post": register}, "/api/v1/stream": {"get": stream}, "/api/v1/ws": {"get": websocket}}
+
+
+def _public_paths() -> Json:
+    def simple(op: str, summary: str, responses: Json) -> Json:
+        return {"get": {"tags": ["public"], "operationId": op, "summary": summary, "responses": responses}}
+
+    return {
+        "/.well-known/tocsin/keys": simple("keys", "The deployment's public signing keys (JWK)", {
+            "200": _json(_ref("Keys"), "Cache-Control: public, max-age=300.")}),
+        "/livez": simple("livez", "The process answers", {"200": _json(_ref("Liveness"), "Live.")}),
+        "/readyz": simple("readyz", "This node is connected to NATS and has caught up with the stream", {
+            "200": _json(_ref("Readiness"), "Ready."), "503": _json(_ref("Readiness"), "Not ready.")}),
+        "/metrics": simple("metrics", "Prometheus metrics of this node", {
+            "200": {"description": "Prometheus text format.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}}}),
+        "/openapi.json": simple("openapi", "This document", {
+            "200": _json({"type": "object"}, "OpenAPI 3.1.")}),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Components
+# ---------------------------------------------------------------------------------------
+
+
+def _components(catalog: list[Problem]) -> Json:
+    schemas = {**_problem_schemas(catalog), **_cap_schemas(), **_alert_schemas(), **_device_schemas()}
+    bearer = "Authorization: Bearer <token>"
+    return {
+        "schemas": schemas,
+        "responses": {"Internal": {
+            "description": "Problem: `server.internal` (logged with its traceback).",
+            "content": {"application/problem+json": {"schema": _ref("Problem")}}}},
+        "securitySchemes": {
+            "issuerToken": {"type": "http", "scheme": "bearer", "description": f"Issuer account token ({bearer})."},
+            "issuerTokenQuery": {"type": "apiKey", "in": "query", "name": "token",
+                                 "description": "The issuer token in the URL: accepted, but URLs get logged."},
+            "deviceToken": {"type": "http", "scheme": "bearer", "bearerFormat": "<device id>.<secret>",
+                            "description": f"Device token from POST /api/v1/devices ({bearer})."},
+            "deviceTokenQuery": {"type": "apiKey", "in": "query", "name": "token",
+                                 "description": "The device token as a query parameter (EventSource, WebSocket)."},
+        },
+    }
+
+
+def _problem_schemas(catalog: list[Problem]) -> Json:
+    violation = {"type": "object", "required": ["code", "path", "detail"], "properties": {
+        "code": _ref("ProblemCode"), "detail": {"type": "string"},
+        "path": {"type": "string", "examples": ["info[0].area[0].polygon[0]"]}}}
+    problem = {"type": "object", "required": ["type", "title", "status", "code", "detail"], "properties": {
+        "type": {"type": "string", "examples": ["urn:tocsin:problem:cap.expired"]},
+        "title": {"type": "string"}, "status": {"type": "integer"}, "code": _ref("ProblemCode"),
+        "detail": {"type": "string"}, "instance": {"type": "string", "description": "The request path."},
+        "errors": {"type": "array", "items": _ref("Violation"),
+                   "description": "Every broken rule; the first is `code`."}}}
+    codes = {"type": "string", "enum": [p.code for p in catalog], "description": "Stable code; never reused."}
+    return {"Problem": problem, "Violation": violation, "ProblemCode": codes}
+
+
+def _cap_value(field: Field) -> Json:
+    if field.content is not None:
+        return _ref(next(name for ctype, name in _CAP_TYPES if ctype is field.content))
+    if field.lexical is Lexical.ENUM:
+        return {"type": "string", "enum": list(field.choices)}
+    if field.lexical is Lexical.INTEGER:
+        return {"type": "integer"}
+    if field.lexical is Lexical.DECIMAL:
+        return {"type": "number"}
+    if field.lexical is Lexical.DATETIME:
+        return {"type": "string", "pattern": _CAP_DATETIME}
+    return {"type": "string"}
+
+
+def _cap_object(ctype: ComplexType) -> Json:
+    properties: Json = {}
+    for field in ctype.fields:
+        value = _cap_value(field)
+        if ctype is ALERT and field.name in _CAP_LIST_TEXTS:
+            value = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+        elif field.is_repeatable:
+            value = {"type": "array", "items": value}
+            if field.min_occurs:
+                value["minItems"] = field.min_occurs
+        properties[field.name] = value
+    if ctype is ALERT:
+        properties[EXTENSIONS_KEY] = {"type": "array", "items": {"type": "string"},
+                                      "description": "XML-DSig <Signature> elements, as XML text."}
+    required = [field.name for field in ctype.fields if field.min_occurs > 0]
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+def _cap_schemas() -> Json:
+    schemas = {name: _cap_object(ctype) for ctype, name in _CAP_TYPES}
+    schemas["CapAlert"]["description"] = (
+        "The JSON form of CAP 1.2 (tocsin.cap.render.to_json): CAP element names as keys, "
+        "repeatable elements as lists, polygon/circle as their CAP strings, size an integer, "
+        "altitude/ceiling numbers, null the same as absent. Checked by the same rules as XML.")
+    return schemas
+
+
+def _alert_schemas() -> Json:
+    string, nullable = {"type": "string"}, {"type": ["string", "null"]}
+    description = {"type": "object", "properties": {
+        "id": _ALERT_ID, "seq": {"type": "integer", "description": "Stream sequence = device event id."},
+        "sender": string, "identifier": string, "sent": string, "status": string, "msgType": string,
+        "expires": nullable, "state": {"type": "string", "enum": ["active", "expired"]},
+        "acceptedAt": string, "acceptedBy": string, "issuer": string,
+        "signature": {"type": "object", "properties": {"kid": string, "sig": string, "alg": {"const": "EdDSA"}}},
+        "delivery": {"type": "object", "properties": {
+            "node": string,
+            "followed": {"type": "boolean", "description": "This node's follower has reached the alert."},
+            "liveDevicesOffered": {"type": ["integer", "null"],
+                                   "description": "Live devices on this node it was queued to (null: not active)."}}},
+        "links": {"type": "object", "properties": {"self": string, "cap": string}},
+    }, "required": ["id", "seq", "sender", "identifier", "status", "msgType", "state", "signature", "links"]}
+    detail = {"allOf": [_ref("AlertDescription"), {"type": "object", "properties": {"alert": _ref("CapAlert")}}]}
+    event = {"type": "object", "required": ["seq", "id", "kid", "sig", "cap"], "properties": {
+        "seq": {"type": "integer"}, "id": _ALERT_ID, "kid": string,
+        "sig": {"type": "string", "description": "Ed25519 over the UTF-8 bytes of `cap`, base64url."},
+        "cap": {"type": "string", "description": "The signed CAP 1.2 XML."}}}
+    synced = {"type": "object", "properties": {"node": string, "seq": {"type": "integer"}}}
+    return {
+        "AlertDescription": description, "AlertDetail": detail, "AlertEvent": event, "Synced": synced,
+        "WsAlert": {"allOf": [event, {"properties": {"type": {"const": "alert"}}}]},
+        "WsSynced": {"allOf": [synced, {"properties": {"type": {"const": "synced"}}}]},
+        "WsKeepalive": {"type": "object", "properties": {"type": {"const": "keepalive"}}},
+    }
+
+
+def _device_schemas() -> Json:
+    string, boolean = {"type": "string"}, {"type": "boolean"}
+    res = CELL_RESOLUTION
+    point = {"type": "object", "required": ["lat", "lon"], "properties": {
+        "lat": {"type": "number", "minimum": -90, "maximum": 90},
+        "lon": {"type": "number", "minimum": -180, "maximum": 180}}}
+    registration = {"type": "object", "description": f"Give 1-{MAX_CELLS} cells (after points) in all.", "properties": {
+        "cells": {"type": "array", "items": string,
+                  "description": f"H3 cells at resolution {res} or finer (kept at {res})."},
+        "points": {"type": "array", "items": point,
+                   "description": f"Turned into resolution-{res} cells; never stored."},
+        "languages": {"type": "array", "items": {"type": "string", "maxLength": 35}, "maxItems": MAX_LANGUAGES},
+        "tests": {**boolean, "description": "Also receive Test and Exercise alerts."},
+        "canary": {**boolean, "description": "Also receive System alerts; needs an issuer token."}}}
+    registered = {"type": "object", "properties": {
+        "id": string, "token": {"type": "string", "description": "<id>.<secret>; shown once."},
+        "cells": {"type": "array", "items": string}, "languages": {"type": "array", "items": string},
+        "tests": boolean, "canary": boolean, "cell_resolution": {"type": "integer", "const": res}}}
+    jwk = {"type": "object", "properties": {"kty": {"const": "OKP"}, "crv": {"const": "Ed25519"}, "x": string,
+                                            "kid": string, "alg": {"const": "EdDSA"}, "use": {"const": "sig"}}}
+    return {
+        "DeviceRegistration": registration, "DeviceRegistered": registered, "Jwk": jwk,
+        "Keys": {"type": "object", "properties": {"keys": {"type": "array", "items": _ref("Jwk")},
+                                                  "cell_resolution": {"type": "integer"}}},
+        "Liveness": {"type": "object", "properties": {"status": {"const": "live"}, "node": string}},
+        "Readiness": {"type": "object", "properties": {
+            "status": {"type": "string", "enum": ["ready", "not ready"]}, "node": string,
+            "checks": {"type": "object", "properties": {"nats_connected": boolean, "stream_followed": boolean}},
+            "redundancy": {"type": "string", "examples": ["none: a single node (R1)", "R3"]}}},
+    }

@@ -118,11 +118,17 @@ class LiveRegistry:
     by_cell: dict[str, set[Connection]] = field(default_factory=lambda: defaultdict(set))
     count: int = 0
     dropped_total: int = 0
+    # Counters read by /metrics and /status: per protocol, connected now, events queued
+    # to a connection and devices dropped for falling behind.
+    connected: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    queued: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    dropped: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def add(self, connection: Connection) -> None:
         for cell in connection.cells:
             self.by_cell[cell].add(connection)
         self.count += 1
+        self.connected[connection.protocol] += 1
 
     def remove(self, connection: Connection) -> None:
         for cell in connection.cells:
@@ -132,6 +138,7 @@ class LiveRegistry:
                 if not members:
                     del self.by_cell[cell]
         self.count -= 1
+        self.connected[connection.protocol] -= 1
 
     def matching(self, touches: Callable[[str], bool]) -> set[Connection]:
         """Connections with at least one cell the alert's cover touches."""
@@ -149,6 +156,8 @@ class LiveRegistry:
                 continue
             if connection.offer(event):
                 delivered += 1
+                self.queued[connection.protocol] += 1
             else:
                 self.dropped_total += 1
+                self.dropped[connection.protocol] += 1
         return delivered

@@ -152,6 +152,8 @@ class NatsServer:
         while raw := await self.process.stderr.readline():
             line = raw.decode(errors="replace").rstrip()
             level = logging.WARNING if ("[ERR]" in line or "[WRN]" in line) else logging.DEBUG
+            if "connect to route" in line or "Waiting for routing" in line:
+                level = logging.DEBUG  # peers come and go; the cluster's health says the rest
             log.log(level, "nats-server said", extra={"node": self.name, "line": line[:500]})
 
     def check_sync_always(self) -> None:

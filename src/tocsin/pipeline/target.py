@@ -80,6 +80,9 @@ class Target:
         self.last_seq = 0
         self.caught_up = asyncio.Event()
         self._next_prune = clock()
+        # Fault injection for tests of readiness (F16): while this event is unset, the
+        # follower waits before taking the next alert, as a stuck fan-out would.
+        self.hold: asyncio.Event | None = None
 
     async def run(self) -> None:
         """Follow the stream forever; re-follow from the last seen seq after any error."""
@@ -89,6 +92,8 @@ class Target:
                 if goal <= self.last_seq:
                     self.caught_up.set()
                 async for stored in self._store.follow(self.last_seq):
+                    if self.hold is not None:
+                        await self.hold.wait()
                     self.take(stored)
                     if stored.seq >= goal:
                         self.caught_up.set()
@@ -170,3 +175,5 @@ class Target:
         for seq in expired:
             gone = self.active.pop(seq)
             self.by_id.pop(gone.stored.envelope.alert_id, None)
+            # Bounded memory: a probe every few seconds would otherwise grow this forever.
+            self.offered.pop(gone.stored.envelope.alert_id, None)

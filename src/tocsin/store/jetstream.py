@@ -10,6 +10,7 @@ import json
 import logging
 import random
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,6 +85,39 @@ async def _log_reconnected() -> None:
     log.info("nats reconnected")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamHealth:
+    """What stream info says about the alerts stream: its end, leader and replicas."""
+
+    last_seq: int
+    replicas: int
+    leader: str | None
+    # (peer name, current and online) for each follower; empty with R1.
+    peers: tuple[tuple[str, bool], ...] = ()
+
+    @property
+    def has_quorum(self) -> bool:
+        """A leader answered, and with R>1 a majority (leader included) is current."""
+        if self.replicas <= 1:
+            return True
+        current = 1 + sum(1 for _, ok in self.peers if ok)
+        return self.leader is not None and current >= self.replicas // 2 + 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsumerHealth:
+    """A durable consumer's backlog: unacked deliveries against its bound."""
+
+    name: str
+    ack_pending: int
+    max_ack_pending: int
+    pending: int
+
+    @property
+    def is_at_max_ack_pending(self) -> bool:
+        return self.max_ack_pending > 0 and self.ack_pending >= self.max_ack_pending
+
+
 class JetStreamStore:
     """Alerts on one stream, one subject each, written create-if-absent."""
 
@@ -134,8 +168,9 @@ class JetStreamStore:
             raise StoreUnavailable("ensure", repr(exc)) from exc
 
     async def _bucket(self, name: str) -> KeyValue:
+        # direct: any replica answers reads, so devices resume during a leader election.
         config = KeyValueConfig(
-            bucket=name, history=1, storage=StorageType.FILE, replicas=self._settings.replicas
+            bucket=name, history=1, storage=StorageType.FILE, replicas=self._settings.replicas, direct=True
         )
         try:
             return await self._js.create_key_value(config)
@@ -161,12 +196,19 @@ class JetStreamStore:
             _H_ACCEPTED: envelope.accepted_at.isoformat(),
         }
         last_error: BaseException | None = None
-        for attempt in range(self._settings.publish_attempts):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.publish_deadline_s
+        attempt = 0
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            attempt += 1
             try:
                 ack = await self._js.publish(
                     subject_for(self.stream, envelope.alert_id),
                     envelope.payload,
-                    timeout=self._settings.publish_timeout_s,
+                    timeout=min(self._settings.publish_timeout_s, max(remaining, 0.05)),
                     stream=self.stream,
                     headers=headers,
                 )
@@ -176,11 +218,16 @@ class JetStreamStore:
                     existing = await self.get(envelope.alert_id)
                     return Stored(seq=existing.seq, envelope=existing.envelope, created=False)
                 last_error = exc
-                if exc.code is not None and exc.code < 500 and exc.code != 408:
+                if exc.code is not None and exc.code < 500 and exc.code not in (408, 503):
                     break  # a refusal (e.g. stream full), not a passing fault
             except (nats.errors.Error, asyncio.TimeoutError) as exc:
+                # No responders while a leader is elected, a timeout: outcome unknown, so
+                # send the same message again (same Nats-Msg-Id) until the deadline.
                 last_error = exc
-            await asyncio.sleep(random.uniform(0, 0.1 * 2**attempt))
+            pause = random.uniform(0, min(1.0, 0.05 * 2**attempt))
+            await asyncio.sleep(min(pause, max(deadline - loop.time(), 0)))
+        log.warning("publish not acknowledged", extra={"alert_id": envelope.alert_id, "attempts": attempt,
+                                                       "error": repr(last_error)[:200]})
         raise StoreUnavailable("publish", repr(last_error)) from last_error
 
     async def get(self, alert_id: AlertId) -> Stored:
@@ -206,6 +253,56 @@ class JetStreamStore:
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
             raise StoreUnavailable("stream_info", repr(exc)) from exc
         return int(info.state.last_seq)
+
+    async def alert_ids(self) -> set[str]:
+        """The id of every alert the stream holds now (one subject per alert)."""
+        try:
+            info = await self._js.stream_info(self.stream, subjects_filter=f"{self.stream}.>")
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable("stream_info", repr(exc)) from exc
+        subjects = info.state.subjects or {}
+        return {subject.rsplit(".", 1)[1] for subject in subjects}
+
+    async def stream_health(self) -> StreamHealth:
+        """The stream's last seq and replication state, for readiness checks.
+
+        Raises:
+            StoreUnavailable: no answer (with R>1, no leader answers without quorum).
+        """
+        try:
+            info = await self._js.stream_info(self.stream)
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable("stream_info", repr(exc)) from exc
+        cluster = info.cluster
+        replicas = (cluster.replicas or []) if cluster else []
+        peers = tuple((p.name or "?", bool(p.current) and not p.offline) for p in replicas)
+        return StreamHealth(
+            last_seq=int(info.state.last_seq),
+            replicas=int(info.config.num_replicas or 1),
+            leader=cluster.leader if cluster else None,
+            peers=peers,
+        )
+
+    async def consumer_health(self) -> list[ConsumerHealth]:
+        """Every durable consumer on the stream, with its ack-pending count and bound.
+
+        Raises:
+            StoreUnavailable: no answer.
+        """
+        try:
+            infos = await self._js.consumers_info(self.stream)
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable("consumers_info", repr(exc)) from exc
+        return [
+            ConsumerHealth(
+                name=info.name,
+                ack_pending=int(info.num_ack_pending or 0),
+                max_ack_pending=int(info.config.max_ack_pending or 0),
+                pending=int(info.num_pending or 0),
+            )
+            for info in infos
+            if info.config.durable_name
+        ]
 
     async def follow(self, after_seq: int = 0) -> AsyncIterator[Stored]:
         """Every stored alert after `after_seq`, then each new one as it is stored.
@@ -241,14 +338,21 @@ class JetStreamStore:
                 pass
 
     async def kv_get(self, bucket: KeyValue | None, key: str) -> dict[str, Any] | None:
+        """Read a key, retried for a few seconds while the bucket elects a leader."""
         assert bucket is not None
-        try:
-            entry = await bucket.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
-            raise StoreUnavailable("kv_get", repr(exc)) from exc
-        return json.loads(entry.value) if entry.value else None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.publish_deadline_s
+        while True:
+            try:
+                entry = await bucket.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                return None
+            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+                if loop.time() > deadline:
+                    raise StoreUnavailable("kv_get", repr(exc)) from exc
+                await asyncio.sleep(random.uniform(0.05, 0.3))
+                continue
+            return json.loads(entry.value) if entry.value else None
 
     async def kv_put(self, bucket: KeyValue | None, key: str, value: dict[str, Any]) -> None:
         assert bucket is not None

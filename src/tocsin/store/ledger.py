@@ -12,7 +12,9 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from tocsin.store.base import Stored
+from datetime import datetime
+
+from tocsin.store.base import AlertId, Envelope, Stored
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accepted (
@@ -23,10 +25,12 @@ CREATE TABLE IF NOT EXISTS accepted (
     kid         TEXT NOT NULL,
     sig         TEXT NOT NULL,
     payload     BLOB NOT NULL,
-    original    BLOB
+    original    BLOB,
+    node        TEXT
 );
 CREATE TRIGGER IF NOT EXISTS accepted_no_delete BEFORE DELETE ON accepted
 BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+CREATE TABLE IF NOT EXISTS writable (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
 """
 
 
@@ -52,11 +56,39 @@ class Ledger:
         await asyncio.to_thread(
             self._write,
             "INSERT OR IGNORE INTO accepted"
-            " (alert_id, seq, accepted_at, issuer, kid, sig, payload, original)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " (alert_id, seq, accepted_at, issuer, kid, sig, payload, original, node)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (env.alert_id, stored.seq, env.accepted_at.isoformat(), env.issuer, env.kid, env.sig,
-             env.payload, original),
+             env.payload, original, env.node),
         )
+
+    def ids(self) -> list[str]:
+        """Every alert id this node acknowledged, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT alert_id FROM accepted ORDER BY rowid").fetchall()
+        return [str(r[0]) for r in rows]
+
+    def envelope(self, alert_id: str) -> Envelope | None:
+        """The envelope recorded for this id, to publish again."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT alert_id, accepted_at, issuer, kid, sig, payload, node FROM accepted WHERE alert_id = ?",
+                (alert_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return Envelope(
+            alert_id=AlertId(row[0]), accepted_at=datetime.fromisoformat(row[1]), issuer=row[2],
+            kid=row[3], sig=row[4], payload=bytes(row[5]), node=row[6] or "",
+        )
+
+    def touch(self, at: str) -> None:
+        """Write one row outside `accepted`, synchronously (readiness: can the ledger take writes?).
+
+        Raises:
+            sqlite3.Error: the ledger cannot take a write now (disk full, read-only, I/O error).
+        """
+        self._write("INSERT OR REPLACE INTO writable (id, at) VALUES (1, ?)", (at,))
 
     def count(self) -> int:
         with self._lock:

@@ -1,0 +1,522 @@
+"""Bench: accept latency and issue-to-display latency of `tocsin serve` (embedded default).
+
+    python bench/serve_bench.py [--devices 1000] [--alerts 1000] [--rounds 5] [--json]
+
+Starts `tocsin serve` on a temporary data directory and a free loopback port, then:
+
+1. issue-to-display: `bench/fleet.py` (another process) registers and connects the devices
+   over SSE; this process issues one fresh alert per round and the fleet times its arrival
+   on every device (wall clock on both sides, same machine);
+2. accept: N distinct alerts, one after the other on one keep-alive client (then, unless
+   `--concurrency 0`, N more with that many in flight), timed from send to 201.
+
+The server, its nats-server child and the fleet are stopped by pid at the end, on error
+and on Ctrl-C. See docs/performance.md for what the figures mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import queue
+import re
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.samples builds the CAP documents, as the e2e tests do
+
+from bench.fleet import percentile, raise_nofile  # noqa: E402
+from tests.samples import PARIS_BOX, alert_xml  # noqa: E402
+
+# Devices sit in central Paris (fleet.INSIDE_BOX); the display alerts cover it. The accept
+# alerts go to Marseille, where no device is, so they measure accept alone.
+DISPLAY_POLYGON = PARIS_BOX
+ACCEPT_POLYGON = "43.25,5.30 43.25,5.45 43.35,5.45 43.35,5.30 43.25,5.30"
+XML = "application/cap+xml"
+
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 20.0
+FLEET_READY_TIMEOUT_S = 300.0
+ROUND_TIMEOUT_S = 30.0
+# A pause between rounds, so that one round's stragglers never overlap the next.
+ROUND_GAP_S = 1.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def proc_cpu_s(pid: int | None) -> float:
+    """User + system CPU of a live process, from /proc/<pid>/stat (0 when it is gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def child_pids(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(p) for p in task.read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+def stop_pid(process: subprocess.Popen[bytes], first: signal.Signals, timeout_s: float) -> int | None:
+    """Send `first`, wait up to `timeout_s`, then SIGKILL; returns the exit code."""
+    if process.poll() is None:
+        try:
+            process.send_signal(first)
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    return process.returncode
+
+
+@dataclass(slots=True, kw_only=True)
+class Server:
+    """`tocsin serve` as a child process, with its log in the data directory."""
+
+    data_dir: Path
+    port: int
+    admin_token: str
+    process: subprocess.Popen[bytes] | None = None
+    nats_pid: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / "server.log"
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOCSIN_")}
+        env["TOCSIN_ADMIN_TOKEN"] = self.admin_token
+        out = open(self.log_path, "wb")  # stdout and stderr (JSON log lines) in one file
+        with out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tocsin.cli.main", "serve", "--data", str(self.data_dir),
+                 "--listen", f"127.0.0.1:{self.port}"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while "serving on" not in self.log_path.read_text(errors="replace"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("tocsin serve did not start:\n" + self.log_tail())
+            time.sleep(0.05)
+        kids = child_pids(self.process.pid)
+        self.nats_pid = kids[0] if kids else None
+
+    def cpu_s(self) -> tuple[float, float]:
+        """(tocsin, nats-server) CPU seconds so far."""
+        return proc_cpu_s(self.process.pid if self.process else None), proc_cpu_s(self.nats_pid)
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        code = stop_pid(self.process, signal.SIGINT, STOP_TIMEOUT_S)
+        # tocsin stops its nats-server child; if tocsin had to be killed, the child is ours.
+        if self.nats_pid is not None and Path(f"/proc/{self.nats_pid}").exists():
+            try:
+                os.kill(self.nats_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return code
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def log_problems(self) -> list[str]:
+        """The server's warning and error lines (JSON log lines, or plain tracebacks)."""
+        found: list[str] = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                level = json.loads(line).get("level", "")
+            except ValueError:
+                level = "error" if "Traceback" in line or "Error" in line else ""
+            if level in ("warning", "error", "critical"):
+                found.append(line[:300])
+        return found
+
+
+@dataclass(slots=True, kw_only=True)
+class Fleet:
+    """`bench/fleet.py` as a child process speaking JSON lines."""
+
+    url: str
+    devices: int
+    outside: float
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    lines: queue.Queue[dict[str, Any] | None] = field(default_factory=queue.Queue)
+
+    def start(self) -> None:
+        cmd = [sys.executable, str(ROOT / "bench" / "fleet.py"), "--url", self.url,
+               "--devices", str(self.devices), "--outside", str(self.outside),
+               "--round-timeout", str(ROUND_TIMEOUT_S)]
+        with open(self.log_path, "wb") as err:
+            self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        threading.Thread(target=self._read, daemon=True, name="fleet-stdout").start()
+
+    def _read(self) -> None:
+        assert self.process and self.process.stdout
+        for raw in self.process.stdout:
+            try:
+                self.lines.put(json.loads(raw))
+            except ValueError:
+                self.lines.put({"type": "noise", "line": raw.decode(errors="replace")})
+        self.lines.put(None)
+
+    def expect(self, kind: str, timeout_s: float) -> dict[str, Any]:
+        """The next message of this kind; raises if the fleet exits or the deadline passes."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                message = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"fleet sent no {kind!r} within {timeout_s} s") from None
+            if message is None:
+                raise RuntimeError(f"fleet exited before {kind!r}:\n{self.log_path.read_text()[-2000:]}")
+            if message.get("type") == kind:
+                return message
+
+    def send(self, **command: Any) -> None:
+        assert self.process and self.process.stdin
+        self.process.stdin.write((json.dumps(command) + "\n").encode())
+        self.process.stdin.flush()
+
+    def cpu_s(self) -> float:
+        return proc_cpu_s(self.process.pid if self.process else None)
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.stdin and not self.process.stdin.closed:
+            try:
+                self.process.stdin.close()
+            except OSError:
+                pass
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        return stop_pid(self.process, signal.SIGINT, 5)
+
+
+def summarize(latencies_s: list[float], wall_s: float) -> dict[str, float]:
+    values = sorted(latencies_s)
+    ms = 1000.0
+    return {
+        "count": len(values),
+        "p50_ms": percentile(values, 50) * ms,
+        "p99_ms": percentile(values, 99) * ms,
+        "max_ms": values[-1] * ms,
+        "mean_ms": sum(values) / len(values) * ms,
+        "wall_s": wall_s,
+        "per_s": len(values) / wall_s,
+    }
+
+
+def check_issued(response: httpx.Response) -> dict[str, Any]:
+    if response.status_code != 201:
+        raise RuntimeError(f"alert refused: {response.status_code} {response.text[:300]}")
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def accept_sequential(url: str, token: str, count: int) -> dict[str, Any]:
+    """`count` alerts one after the other on one keep-alive connection."""
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": XML}
+    documents = [alert_xml(polygon=ACCEPT_POLYGON, headline=f"bench accept {i}") for i in range(count)]
+    latencies: list[float] = []
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+        check_issued(http.post("/api/v1/alerts", content=alert_xml(polygon=ACCEPT_POLYGON)))  # warm-up
+        started = time.perf_counter()
+        for document in documents:
+            sent = time.perf_counter()
+            response = http.post("/api/v1/alerts", content=document)
+            latencies.append(time.perf_counter() - sent)
+            check_issued(response)
+        wall = time.perf_counter() - started
+    return summarize(latencies, wall)
+
+
+async def _accept_concurrent(url: str, token: str, count: int, concurrency: int) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": XML}
+    documents = iter([alert_xml(polygon=ACCEPT_POLYGON, headline=f"bench conc {i}") for i in range(count)])
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def worker(http: httpx.AsyncClient) -> None:
+        for document in documents:
+            sent = time.perf_counter()
+            response = await http.post("/api/v1/alerts", content=document)
+            latencies.append(time.perf_counter() - sent)
+            check_issued(response)
+
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30, limits=limits) as http:
+        started = time.perf_counter()
+        async with asyncio.timeout(600), asyncio.TaskGroup() as tasks:
+            for _ in range(concurrency):
+                tasks.create_task(worker(http))
+        wall = time.perf_counter() - started
+    return {**summarize(latencies, wall), "concurrency": concurrency}
+
+
+def accept_concurrent(url: str, token: str, count: int, concurrency: int) -> dict[str, Any]:
+    """`count` alerts with `concurrency` requests in flight (one connection each)."""
+    return asyncio.run(_accept_concurrent(url, token, count, concurrency))
+
+
+def display_rounds(server: Server, fleet: Fleet, rounds: int) -> list[dict[str, Any]]:
+    """One fresh alert per round over the devices' area; the fleet times its arrival."""
+    headers = {"Authorization": f"Bearer {server.admin_token}", "Content-Type": XML}
+    results: list[dict[str, Any]] = []
+    with httpx.Client(base_url=server.url, headers=headers, timeout=30) as http:
+        http.get("/livez")  # open the keep-alive connection before the first timed request
+        for n in range(1, rounds + 1):
+            document = alert_xml(polygon=DISPLAY_POLYGON, headline=f"bench display {n}")
+            tocsin_cpu, nats_cpu = server.cpu_s()
+            issued_at = time.time()
+            response = http.post("/api/v1/alerts", content=document)
+            accept_ms = (time.time() - issued_at) * 1000
+            seq = int(check_issued(response)["seq"])
+            fleet.send(cmd="round", round=n, seq=seq, issued_at=issued_at)
+            result = fleet.expect("round", ROUND_TIMEOUT_S + 30)
+            tocsin_after, nats_after = server.cpu_s()
+            result.update(accept_ms=accept_ms, server_cpu_s=tocsin_after - tocsin_cpu,
+                          nats_cpu_s=nats_after - nats_cpu, fleet_cpu_s=result.pop("cpu_s"))
+            results.append(result)
+            time.sleep(ROUND_GAP_S)
+    return results
+
+
+def nats_version() -> str:
+    from tocsin.cluster.nats_server import find_binary
+
+    out = subprocess.run([find_binary(), "--version"], capture_output=True, text=True, timeout=10).stdout
+    return out.strip().removeprefix("nats-server: ")
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        model = next(
+            (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("model name")), "")
+    except OSError:
+        pass
+    mem_kb = 0
+    try:
+        mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))  # type: ignore[union-attr]
+    except (OSError, AttributeError):
+        pass
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "absent"
+
+    return {
+        "cpus": os.cpu_count(), "cpu_model": model, "memory_gb": round(mem_kb / 1024**2, 1),
+        "platform": platform.platform(), "python": platform.python_version(),
+        "tocsin": version("tocsin"), "nats_server": nats_version(), "uvloop": version("uvloop"),
+        "uvicorn": version("uvicorn"), "starlette": version("starlette"), "nats_py": version("nats-py"),
+    }
+
+
+def data_filesystem(path: Path) -> str:
+    out = subprocess.run(["df", "-T", str(path)], capture_output=True, text=True, timeout=10).stdout.splitlines()
+    return out[-1].split()[1] if len(out) > 1 else "unknown"
+
+
+def server_metrics(url: str) -> dict[str, float]:
+    """Server-side accept time (request to durable ack) and live drops, from /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    wanted = ("tocsin_accept_seconds_sum", "tocsin_accept_seconds_count", "tocsin_live_dropped_total")
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in wanted:
+            found[name] = float(value)
+    return found
+
+
+def run(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
+    nofile = raise_nofile()  # inherited by the server
+    workdir = Path(tempfile.mkdtemp(prefix="tocsin-bench-", dir=args.tmp))
+    if not args.keep:
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+    server = Server(data_dir=workdir / "data", port=free_port(), admin_token=f"tca_{secrets.token_urlsafe(24)}")
+    stack.callback(server.stop)
+    started = time.monotonic()
+    server.start()
+    report: dict[str, Any] = {
+        "machine": machine(), "nofile": nofile, "data_fs": data_filesystem(workdir),
+        "server_start_s": time.monotonic() - started,
+        "params": {"devices": args.devices, "outside": args.outside, "alerts": args.alerts,
+                   "rounds": args.rounds, "concurrency": args.concurrency},
+    }
+    say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    say(f"server pid {server.process.pid if server.process else '?'} nats pid {server.nats_pid} at {server.url}")
+
+    if args.devices and args.rounds:
+        fleet = Fleet(url=server.url, devices=args.devices, outside=args.outside, log_path=workdir / "fleet.log")
+        stop_fleet = stack.callback(fleet.stop)
+        cpu_before = server.cpu_s()
+        fleet.start()
+        ready = fleet.expect("ready", FLEET_READY_TIMEOUT_S)
+        cpu_after = server.cpu_s()
+        say(f"fleet ready: {ready['devices']} devices, registered in {ready['register_s']:.1f} s, "
+            f"connected in {ready['connect_s']:.1f} s")
+        ready["server_cpu_s"] = cpu_after[0] - cpu_before[0]
+        rounds = display_rounds(server, fleet, args.rounds)
+        for r in rounds:
+            say(f"round {r['round']}: {r['received']}/{r['expected']} p50 {r['p50_ms']:.1f} ms "
+                f"p99 {r['p99_ms']:.1f} ms max {r['max_ms']:.1f} ms")
+        fleet.send(cmd="stop")
+        summary = fleet.expect("summary", 30)
+        stop_fleet()
+        report["display"] = {"ready": ready, "rounds": rounds, "summary": summary}
+
+    if args.alerts:
+        before = server_metrics(server.url), server.cpu_s()
+        sequential = accept_sequential(server.url, server.admin_token, args.alerts)
+        after = server_metrics(server.url), server.cpu_s()
+        sequential.update(_server_share(before, after, args.alerts + 1))
+        say(f"accept sequential: p50 {sequential['p50_ms']:.2f} ms p99 {sequential['p99_ms']:.2f} ms")
+        report["accept"] = {"sequential": sequential}
+        if args.concurrency:
+            concurrent = accept_concurrent(server.url, server.admin_token, args.alerts, args.concurrency)
+            final = server_metrics(server.url), server.cpu_s()
+            concurrent.update(_server_share(after, final, args.alerts))
+            say(f"accept x{args.concurrency}: p50 {concurrent['p50_ms']:.2f} ms p99 {concurrent['p99_ms']:.2f} ms")
+            report["accept"]["concurrent"] = concurrent
+
+    report["server_log_problems"] = server.log_problems()
+    report["server_exit"] = server.stop()
+    return report
+
+
+def _server_share(
+    before: tuple[dict[str, float], tuple[float, float]], after: tuple[dict[str, float], tuple[float, float]], n: int
+) -> dict[str, float]:
+    """What the server says accept took (its own histogram) and the CPU it spent."""
+    (m0, (t0, s0)), (m1, (t1, s1)) = before, after
+    count = m1.get("tocsin_accept_seconds_count", 0) - m0.get("tocsin_accept_seconds_count", 0)
+    total = m1.get("tocsin_accept_seconds_sum", 0) - m0.get("tocsin_accept_seconds_sum", 0)
+    return {
+        "server_mean_ms": total / count * 1000 if count else float("nan"),
+        "server_cpu_ms_per_alert": (t1 - t0) / n * 1000,
+        "nats_cpu_ms_per_alert": (s1 - s0) / n * 1000,
+    }
+
+
+def table(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        f"machine   {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gb']} GB, {m['platform']}",
+        f"versions  Python {m['python']}, tocsin {m['tocsin']}, nats-server {m['nats_server']}, "
+        f"uvicorn {m['uvicorn']}, starlette {m['starlette']}, uvloop {m['uvloop']}",
+        f"data on   {report['data_fs']}; open-files limit {report['nofile']}",
+        "",
+    ]
+    if "display" in report:
+        d = report["display"]
+        ready, summary = d["ready"], d["summary"]
+        lines += [
+            f"issue-to-display over SSE: {ready['devices']} devices ({ready['inside']} in the area), one process"
+            f" (registered in {ready['register_s']:.1f} s, connected + synced in {ready['connect_s']:.1f} s)",
+            f"{'round':>5} {'got':>11} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'min ms':>8} {'spread ms':>9}"
+            f" {'accept ms':>9} {'srv cpu s':>9} {'nats cpu':>8} {'fleet cpu':>9}",
+        ]
+        for r in d["rounds"]:
+            lines.append(
+                f"{r['round']:>5} {r['received']:>5}/{r['expected']:<5} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f}"
+                f" {r['max_ms']:>8.1f} {r['min_ms']:>8.1f} {r['spread_ms']:>9.1f} {r['accept_ms']:>9.1f}"
+                f" {r['server_cpu_s']:>9.3f} {r['nats_cpu_s']:>8.3f} {r['fleet_cpu_s']:>9.3f}"
+            )
+        lines += [
+            f"missing {summary['missing']}, duplicates {summary['duplicates']}, outside devices reached "
+            f"{summary['unexpected']}, other alerts {summary['foreign']}, connections lost "
+            f"{summary['lost_connections']}; fleet CPU total {summary['cpu_s']:.1f} s, "
+            f"max RSS {summary['max_rss_mb']:.0f} MB",
+            "",
+        ]
+    if "accept" in report:
+        lines.append(f"{'accept':<14} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'mean ms':>8}"
+                     f" {'alerts/s':>9} {'srv mean':>8} {'srv cpu/al':>10} {'nats/al':>8}")
+        for name, a in report["accept"].items():
+            label = name if name == "sequential" else f"{a['concurrency']} in flight"
+            lines.append(
+                f"{label:<14} {a['count']:>5} {a['p50_ms']:>8.2f} {a['p99_ms']:>8.2f} {a['max_ms']:>8.2f}"
+                f" {a['mean_ms']:>8.2f} {a['per_s']:>9.0f} {a['server_mean_ms']:>8.2f}"
+                f" {a['server_cpu_ms_per_alert']:>10.2f} {a['nats_cpu_ms_per_alert']:>8.2f}"
+            )
+        lines.append("(srv mean: the server's own tocsin_accept_seconds; cpu/al: CPU ms per alert)")
+    problems = report["server_log_problems"]
+    lines += ["", f"server log: {len(problems)} warning/error lines; server exit code {report['server_exit']}"]
+    lines += [f"  {p}" for p in problems[:5]]
+    return "\n".join(lines)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, default=1000, help="simulated SSE devices (0: skip)")
+    parser.add_argument("--outside", type=float, default=0.0, help="share of devices outside the alert area")
+    parser.add_argument("--alerts", type=int, default=1000, help="alerts for the accept figures (0: skip)")
+    parser.add_argument("--concurrency", type=int, default=8, help="in-flight accepts for the 2nd run (0: skip)")
+    parser.add_argument("--rounds", type=int, default=5, help="issue-to-display rounds (0: skip)")
+    parser.add_argument("--tmp", default=None, help="parent of the temporary data directory (default: $TMPDIR)")
+    parser.add_argument("--keep", action="store_true", help="keep the data directory and logs")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    args = parser.parse_args()
+    with ExitStack() as stack:
+        # SIGTERM unwinds like Ctrl-C, so the children are stopped either way.
+        signal.signal(signal.SIGTERM, _interrupt)
+        report = run(args, stack)
+    print(json.dumps(report, indent=2) if args.json else table(report))
+
+
+if __name__ == "__main__":
+    main()

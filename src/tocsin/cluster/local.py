@@ -1,0 +1,262 @@
+"""A local cluster on one machine: per node a nats-server and a tocsin process beside it.
+
+For demos, tests, the fault suite and drills. Each process is started, stopped, killed or
+paused by its pid; DIR/cluster.json lists every node's name, URLs and pids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tocsin.cluster.nats_server import ClusterSpec, NatsServer
+from tocsin.signing import SigningKey
+
+log = logging.getLogger(__name__)
+
+CLUSTER_NAME = "tocsin"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSpec:
+    """One node's name, directory and ports."""
+
+    name: str
+    data_dir: Path
+    http_port: int
+    nats_port: int
+    monitor_port: int
+    route_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.nats_port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://127.0.0.1:{self.monitor_port}"
+
+
+def free_port_block(count: int) -> int:
+    """A base port P such that P..P+count-1 look free now (bounded search on loopback)."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + count >= 65000:
+            continue
+        if all(_is_free(base + i) for i in range(count)):
+            return base
+    raise RuntimeError("no free block of loopback ports")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def node_specs(data_dir: Path, nodes: int, base_port: int) -> list[NodeSpec]:
+    """Node i serves HTTP on P+i, NATS on P+10+i, monitoring on P+20+i, routes on P+30+i."""
+    return [
+        NodeSpec(
+            name=f"node{i + 1}",
+            data_dir=data_dir / f"node{i + 1}",
+            http_port=base_port + i,
+            nats_port=base_port + 10 + i,
+            monitor_port=base_port + 20 + i,
+            route_port=base_port + 30 + i,
+        )
+        for i in range(nodes)
+    ]
+
+
+@dataclass(slots=True)
+class LocalCluster:
+    """Starts and controls the processes of an N-node cluster on loopback."""
+
+    data_dir: Path
+    nodes: int = 3
+    base_port: int = 0
+    admin_token: str = ""
+    sync_always: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
+    specs: list[NodeSpec] = field(init=False)
+    nats: dict[str, NatsServer] = field(init=False, default_factory=dict)
+    tocsin: dict[str, asyncio.subprocess.Process] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.nodes not in (1, 3, 5):
+            raise ValueError("a cluster has 1, 3 or 5 nodes")
+        self.data_dir = self.data_dir.resolve()
+        self.base_port = self.base_port or free_port_block(40)
+        self.admin_token = self.admin_token or f"tca_{secrets.token_urlsafe(32)}"
+        self.specs = node_specs(self.data_dir, self.nodes, self.base_port)
+
+    @property
+    def replicas(self) -> int:
+        return 3 if self.nodes >= 3 else 1
+
+    @property
+    def signing_key_file(self) -> Path:
+        return self.data_dir / "keys" / "signing-key.pem"
+
+    def spec(self, name: str) -> NodeSpec:
+        return next(s for s in self.specs if s.name == name)
+
+    async def start(self) -> None:
+        """Start every nats-server, then every tocsin node; write cluster.json."""
+        SigningKey.load_or_create(self.signing_key_file)
+        await asyncio.gather(*(self.start_nats(s.name) for s in self.specs))
+        await asyncio.gather(*(self.start_tocsin(s.name) for s in self.specs))
+        self.write_description()
+
+    def _nats_server(self, spec: NodeSpec) -> NatsServer:
+        routes = tuple(f"nats-route://127.0.0.1:{s.route_port}" for s in self.specs if s is not spec)
+        cluster = ClusterSpec(name=CLUSTER_NAME, port=spec.route_port, routes=routes) if self.nodes > 1 else None
+        return NatsServer(
+            store_dir=spec.data_dir / "nats",
+            name=spec.name,
+            client_port=spec.nats_port,
+            monitor_port=spec.monitor_port,
+            cluster=cluster,
+            sync_always=self.sync_always,
+        )
+
+    async def start_nats(self, name: str) -> NatsServer:
+        server = self._nats_server(self.spec(name))
+        await server.start()
+        self.nats[name] = server
+        self.write_description()
+        return server
+
+    def node_env(self, spec: NodeSpec) -> dict[str, str]:
+        own_first = [spec.nats_url] + [s.nats_url for s in self.specs if s is not spec]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOCSIN_")}
+        env.update(
+            TOCSIN_NODE_NAME=spec.name,
+            TOCSIN_NATS_URL=",".join(own_first),
+            TOCSIN_NATS_MONITOR_URL=spec.monitor_url,
+            TOCSIN_REPLICAS=str(self.replicas),
+            TOCSIN_SIGNING_KEY_FILE=str(self.signing_key_file),
+            TOCSIN_ADMIN_TOKEN=self.admin_token,
+            TOCSIN_PUBLIC_URL=spec.url,
+        )
+        env.update(self.extra_env)
+        return env
+
+    async def start_tocsin(self, name: str, timeout_s: float = 60.0) -> asyncio.subprocess.Process:
+        """Start the node's tocsin process and wait until it serves."""
+        spec = self.spec(name)
+        spec.data_dir.mkdir(parents=True, exist_ok=True)
+        log_file = open(spec.data_dir / "tocsin.log", "ab")  # noqa: SIM115 - owned by the child
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tocsin.cli.main", "serve",
+            "--data", str(spec.data_dir), "--listen", f"127.0.0.1:{spec.http_port}",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log_file,
+            env=self.node_env(spec), start_new_session=True,
+        )
+        log_file.close()
+        self.tocsin[name] = process
+        assert process.stdout is not None
+        try:
+            async with asyncio.timeout(timeout_s):
+                line = await process.stdout.readline()
+        except TimeoutError:
+            raise RuntimeError(f"{name}: tocsin did not start in {timeout_s} s; see {spec.data_dir}/tocsin.log") from None
+        if b"serving on" not in line:
+            raise RuntimeError(f"{name}: tocsin failed to start; see {spec.data_dir}/tocsin.log")
+        self.write_description()
+        return process
+
+    def pids(self, name: str) -> dict[str, int | None]:
+        nats = self.nats.get(name)
+        process = self.tocsin.get(name)
+        return {
+            "nats": nats.pid if nats else None,
+            "tocsin": process.pid if process and process.returncode is None else None,
+        }
+
+    def signal(self, name: str, sig: signal.Signals, *, nats: bool = True, tocsin: bool = True) -> None:
+        """Send a signal to the node's processes by pid (SIGKILL, SIGSTOP, SIGCONT, ...)."""
+        pids = self.pids(name)
+        for kind, pid in pids.items():
+            if pid is not None and ((kind == "nats" and nats) or (kind == "tocsin" and tocsin)):
+                os.kill(pid, sig)
+
+    async def kill(self, name: str, *, nats: bool = True, tocsin: bool = True) -> None:
+        """kill -9 the node's processes and reap them."""
+        if tocsin and (process := self.tocsin.get(name)) and process.returncode is None:
+            process.kill()
+            await process.wait()
+        if nats and (server := self.nats.get(name)):
+            await server.kill()
+        self.write_description()
+
+    async def stop_node(self, name: str) -> None:
+        """Stop the node in order: tocsin first (SIGTERM), then its nats-server."""
+        process = self.tocsin.get(name)
+        if process and process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(15):
+                    await process.wait()
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if server := self.nats.get(name):
+            await server.stop()
+        self.write_description()
+
+    async def stop(self) -> None:
+        """Stop everything; nothing is left running."""
+        for name in list(self.tocsin):
+            if (p := self.tocsin[name]).returncode is None:
+                p.send_signal(signal.SIGCONT)
+        for server in self.nats.values():
+            if server.pid:
+                os.kill(server.pid, signal.SIGCONT)
+        await asyncio.gather(*(self.stop_node(s.name) for s in self.specs), return_exceptions=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "nodes": [
+                {
+                    "name": s.name,
+                    "url": s.url,
+                    "nats_url": s.nats_url,
+                    "monitor_url": s.monitor_url,
+                    "data_dir": str(s.data_dir),
+                    "pids": self.pids(s.name),
+                }
+                for s in self.specs
+            ],
+            "replicas": self.replicas,
+            "admin_token": self.admin_token,
+            "signing_key_file": str(self.signing_key_file),
+        }
+
+    def write_description(self) -> None:
+        path = self.data_dir / "cluster.json"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the admin token
+        with os.fdopen(fd, "w") as out:
+            json.dump(self.describe(), out, indent=2)
+        os.replace(tmp, path)
