@@ -259,12 +259,24 @@ def check_issued(response: httpx.Response) -> dict[str, Any]:
     return body
 
 
-def accept_sequential(url: str, token: str, count: int) -> dict[str, Any]:
-    """`count` alerts one after the other on one keep-alive connection."""
+def issuer_client(url: str, token: str, *, nagle: bool = False) -> httpx.Client:
+    """A keep-alive client for the issuer API.
+
+    httpx's sync transport leaves Nagle's algorithm on and writes a request's headers and
+    body in two sends: the body then waits for the server's delayed ACK (40 ms on Linux).
+    asyncio (and so httpx.AsyncClient) sets TCP_NODELAY itself; here we ask for it.
+    """
+    options = [] if nagle else [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
     headers = {"Authorization": f"Bearer {token}", "Content-Type": XML}
+    transport = httpx.HTTPTransport(socket_options=options)
+    return httpx.Client(base_url=url, headers=headers, timeout=30, transport=transport)
+
+
+def accept_sequential(url: str, token: str, count: int, *, nagle: bool = False) -> dict[str, Any]:
+    """`count` alerts one after the other on one keep-alive connection."""
     documents = [alert_xml(polygon=ACCEPT_POLYGON, headline=f"bench accept {i}") for i in range(count)]
     latencies: list[float] = []
-    with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+    with issuer_client(url, token, nagle=nagle) as http:
         check_issued(http.post("/api/v1/alerts", content=alert_xml(polygon=ACCEPT_POLYGON)))  # warm-up
         started = time.perf_counter()
         for document in documents:
@@ -305,9 +317,8 @@ def accept_concurrent(url: str, token: str, count: int, concurrency: int) -> dic
 
 def display_rounds(server: Server, fleet: Fleet, rounds: int) -> list[dict[str, Any]]:
     """One fresh alert per round over the devices' area; the fleet times its arrival."""
-    headers = {"Authorization": f"Bearer {server.admin_token}", "Content-Type": XML}
     results: list[dict[str, Any]] = []
-    with httpx.Client(base_url=server.url, headers=headers, timeout=30) as http:
+    with issuer_client(server.url, server.admin_token) as http:
         http.get("/livez")  # open the keep-alive connection before the first timed request
         for n in range(1, rounds + 1):
             document = alert_xml(polygon=DISPLAY_POLYGON, headline=f"bench display {n}")
@@ -391,7 +402,8 @@ def run(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
         "machine": machine(), "nofile": nofile, "data_fs": data_filesystem(workdir),
         "server_start_s": time.monotonic() - started,
         "params": {"devices": args.devices, "outside": args.outside, "alerts": args.alerts,
-                   "rounds": args.rounds, "concurrency": args.concurrency},
+                   "rounds": args.rounds, "concurrency": args.concurrency,
+                   "nagle": args.nagle},
     }
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
     say(f"server pid {server.process.pid if server.process else '?'} nats pid {server.nats_pid} at {server.url}")
@@ -417,7 +429,7 @@ def run(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
 
     if args.alerts:
         before = server_metrics(server.url), server.cpu_s()
-        sequential = accept_sequential(server.url, server.admin_token, args.alerts)
+        sequential = accept_sequential(server.url, server.admin_token, args.alerts, nagle=args.nagle)
         after = server_metrics(server.url), server.cpu_s()
         sequential.update(_server_share(before, after, args.alerts + 1))
         say(f"accept sequential: p50 {sequential['p50_ms']:.2f} ms p99 {sequential['p99_ms']:.2f} ms")
@@ -507,6 +519,8 @@ def main() -> None:
     parser.add_argument("--alerts", type=int, default=1000, help="alerts for the accept figures (0: skip)")
     parser.add_argument("--concurrency", type=int, default=8, help="in-flight accepts for the 2nd run (0: skip)")
     parser.add_argument("--rounds", type=int, default=5, help="issue-to-display rounds (0: skip)")
+    parser.add_argument("--nagle", action="store_true",
+                        help="leave Nagle on in the sequential issuer client (httpx's default) to see its cost")
     parser.add_argument("--tmp", default=None, help="parent of the temporary data directory (default: $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the data directory and logs")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")

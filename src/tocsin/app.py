@@ -20,11 +20,14 @@ from tocsin.api.routes import make_app
 from tocsin.api.services import Services
 from tocsin.channels.live import LiveRegistry
 from tocsin.errors import StoreUnavailable
+from tocsin.health.readiness import Limits, Readiness
 from tocsin.cluster.nats_server import NatsServer, check_varz_sync_always
 from tocsin.pipeline.accept import Accept
 from tocsin.pipeline.reconcile import Reconciler
 from tocsin.pipeline.target import Target
 from tocsin.policy import Issuer
+from tocsin.prober.heartbeat import Heartbeat, heartbeat_urls
+from tocsin.prober.probe import Prober, load_or_create_token, prober_account
 from tocsin.settings import Settings
 from tocsin.signing import SigningKey
 from tocsin.store.jetstream import JetStreamStore, connect
@@ -50,6 +53,7 @@ class Node:
     server: uvicorn.Server
     ledger: Ledger
     reconciler: Reconciler
+    prober_token: str | None = None  # the node's prober account (System alerts only)
 
     @property
     def url(self) -> str:
@@ -114,6 +118,65 @@ async def _bootstrap_admin(store: JetStreamStore, settings: Settings) -> str | N
     return token
 
 
+async def _bootstrap_prober(store: JetStreamStore, settings: Settings) -> str | None:
+    """The node's prober account and its token (kept in DATA_DIR/keys); None when probing is off."""
+    if settings.probe_interval_s <= 0:
+        return None
+    token = load_or_create_token(settings.data_dir / "keys" / "prober-token")
+    await store.kv_put(store.issuers, token_digest(token), prober_account(settings.node_name).as_json())
+    return token
+
+
+def _loopback_url(settings: Settings) -> str:
+    """This node's own HTTP endpoint as a local client reaches it (the canary's way in)."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(settings.host, settings.host)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}"
+
+
+@dataclass(slots=True, kw_only=True)
+class _Health:
+    prober: Prober | None
+    readiness: Readiness
+    heartbeat: Heartbeat
+
+
+def _health(node: Node) -> _Health:
+    """The prober, the readiness checks and the heartbeat, wired to the node's metrics."""
+    s, services = node.settings, node.services
+    prober = None
+    if node.prober_token is not None:
+        prober = Prober(
+            base_url=_loopback_url(s), token=node.prober_token, node=s.node_name,
+            interval_s=s.probe_interval_s, expires_in_s=s.probe_expires_s, deadline_s=s.probe_deadline_s,
+            read_timeout_s=max(3 * s.sse_keepalive_s, s.probe_deadline_s),
+            canary_file=s.data_dir / "keys" / "canary-sse.json",
+            on_result=services.metrics.observe_probe, clock=services.clock,
+        )
+    limits = Limits(
+        interval_s=s.readiness_interval_s, check_timeout_s=s.check_timeout_s, stall_s=s.stall_s,
+        disk_min_free_bytes=int(s.disk_min_free_mb * 2**20), reconcile_interval_s=s.reconcile_interval_s,
+    )
+    readiness = Readiness(
+        node=s.node_name, replicas=s.replicas, data_dir=s.data_dir, limits=limits, store=services.store,
+        follower=services.target, ledger=node.ledger, prober=prober, reconciler=node.reconciler,
+    )
+
+    def healthy() -> dict[str, object] | None:
+        if prober is None or not prober.is_healthy():
+            return None
+        return {"node": s.node_name, "canary": prober.as_json()["channels"]}
+
+    heartbeat = Heartbeat(
+        heartbeat_urls(s.watchdog_urls, s.node_name), period_s=s.heartbeat_interval_s, healthy=healthy,
+        on_outcome=lambda outcome: services.metrics.heartbeats.labels(outcome).inc(),
+    )
+    services.prober, services.readiness = prober, readiness
+    services.metrics.watch(services.live, readiness, prober)
+    return _Health(prober=prober, readiness=readiness, heartbeat=heartbeat)
+
+
 def _bind(settings: Settings) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -150,6 +213,7 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
         stack.push_async_callback(nc.close)
         store = JetStreamStore(nc, settings)
         admin_token = await _prepare_store(store, settings)
+        prober_token = await _bootstrap_prober(store, settings)
         signer = SigningKey.load_or_create(settings.signing_key_path)
         ledger = Ledger(settings.data_dir / "ledger.sqlite3")
         stack.callback(ledger.close)
@@ -167,10 +231,12 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
             loop="none", http="httptools", ws="websockets-sansio", timeout_graceful_shutdown=2,
         )
         server = _Server(config)
-        reconciler = Reconciler(store, ledger, interval_s=settings.reconcile_interval_s)
+        reconciler = Reconciler(
+            store, ledger, interval_s=settings.reconcile_interval_s, on_republish=services.metrics.republished.inc
+        )
         yield Node(
             settings=settings, services=services, nats=nats_server, admin_token=admin_token,
-            server=server, ledger=ledger, reconciler=reconciler,
+            server=server, ledger=ledger, reconciler=reconciler, prober_token=prober_token,
         )
 
 
@@ -186,8 +252,10 @@ async def run_node(node: Node, ready: Callable[[Node], None] | None = None) -> N
 
 
 async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], None] | None) -> None:
+    health = _health(node)
     async with asyncio.TaskGroup() as tasks:
         follower = tasks.create_task(node.services.target.run(), name="target")
+        checks = tasks.create_task(health.readiness.run(), name="readiness")
         reconciler = tasks.create_task(node.reconciler.run(), name="reconciler")
         supervisor = tasks.create_task(node.nats.supervise(), name="nats") if node.nats else None
         http = tasks.create_task(node.server.serve(sockets=[sock]), name="http")
@@ -195,6 +263,15 @@ async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], No
             await asyncio.sleep(0.01)
         if ready is not None and node.server.started:
             ready(node)
+        # The prober reads this node through its own HTTP endpoint, so it starts once serving.
+        prober = tasks.create_task(health.prober.run(), name="prober") if health.prober else None
+        heartbeat = tasks.create_task(health.heartbeat.run(), name="heartbeat")
+        while not (http.done() or node.server.should_exit):
+            await asyncio.wait([http], timeout=0.05)
+        # Stop probing first: the canary's open stream would hold the graceful shutdown.
+        for task in (checks, prober, heartbeat):
+            if task is not None:
+                task.cancel()
         await http
         follower.cancel()
         reconciler.cancel()

@@ -59,6 +59,24 @@ class Settings:
     nats_restart_delay_s: float = 0.5
     # How long a starting node waits for NATS to answer before giving up.
     startup_timeout_s: float = 60.0
+    # The prober: a System alert through the public issuer API every interval, read back by
+    # a canary device on this node (docs/health.md). 0 turns it off (and /readyz stays 503).
+    probe_interval_s: float = 5.0
+    # Probes expire soon: the follower prunes them, and a reconnecting canary replays few.
+    probe_expires_s: float = 30.0
+    # A probe not displayed this long after it was issued counts as lost.
+    probe_deadline_s: float = 10.0
+    # Readiness checks run in the background this often, each under its own deadline.
+    readiness_interval_s: float = 1.0
+    check_timeout_s: float = 2.0
+    # A follower behind the stream, or a consumer at its max ack pending, this long is stalled.
+    stall_s: float = 5.0
+    # /readyz fails when the data directory has less free space than this.
+    disk_min_free_mb: float = 256.0
+    # Dead man's switch: comma separated URLs POSTed every heartbeat_interval_s while this
+    # node's canary is fresh; a bare base URL gets /heartbeat/NODE_NAME appended.
+    watchdog_urls: str = ""
+    heartbeat_interval_s: float = 10.0
     log_level: str = "INFO"
 
     @property

@@ -17,6 +17,7 @@ from tocsin.cap.render import to_json
 from tocsin.errors import Problem
 from tocsin.pipeline import accept
 
+from tests.conftest import ROOT
 from tests.samples import alert_xml
 
 BASE = "http://127.0.0.1:8080"
@@ -105,3 +106,34 @@ def test_json_form_of_a_sample_alert_matches_the_cap_schema() -> None:
     _check(to_json(parse_xml(alert_xml())), "CapAlert", spec)
     refs = "sender,FR-1,2026-01-01T00:00:00+00:00"
     _check(to_json(parse_xml(alert_xml(msg_type="Update", references=refs))), "CapAlert", spec)
+
+
+def catalog_table() -> str:
+    """The problem table of docs/api.md, as generated from the catalog."""
+    rows = ["| code | status | meaning |", "| --- | --- | --- |"]
+    for problem in problem_catalog():
+        title = re.sub(r"(<[^>]+>)", r"`\1`", problem.title)
+        rows.append(f"| `{problem.code}` | {problem.status} | {title} |")
+    return "\n".join(rows)
+
+
+def test_api_docs_list_the_catalog_exactly() -> None:
+    text = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    start = text.index("<!-- problem-catalog:")
+    start = text.index("\n", start) + 1
+    end = text.index("<!-- /problem-catalog -->")
+    assert text[start:end].strip() == catalog_table(), "regenerate: python -m tests.api.test_openapi"
+
+
+def test_operations_docs_list_every_setting() -> None:
+    from dataclasses import fields
+
+    from tocsin.settings import Settings
+
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    missing = [f.name for f in fields(Settings) if f"`TOCSIN_{f.name.upper()}`" not in text]
+    assert not missing, f"document these settings in docs/operations.md: {missing}"
+
+
+if __name__ == "__main__":
+    print(catalog_table())

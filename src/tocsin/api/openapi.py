@@ -278,8 +278,16 @@ def _public_paths() -> Json:
         "/.well-known/tocsin/keys": simple("keys", "The deployment's public signing keys (JWK)", {
             "200": _json(_ref("Keys"), "Cache-Control: public, max-age=300.")}),
         "/livez": simple("livez", "The process answers", {"200": _json(_ref("Liveness"), "Live.")}),
-        "/readyz": simple("readyz", "This node is connected to NATS and has caught up with the stream", {
-            "200": _json(_ref("Readiness"), "Ready."), "503": _json(_ref("Readiness"), "Not ready.")}),
+        "/readyz": simple("readyz", "Whether this node measured, seconds ago, that it can deliver", {
+            "200": _json(_ref("Readiness"), "Ready: every check passed and is fresh."),
+            "503": _json(_ref("Readiness"), "Not ready: `failing` names the checks.")}),
+        "/status": {"get": {
+            "tags": ["public"], "operationId": "status", "summary": "The node's status page",
+            "description": "HTML for browsers; JSON with `?format=json` or `Accept: application/json`. Always 200.",
+            "parameters": [{"name": "format", "in": "query", "required": False, "schema": {"enum": ["json"]}}],
+            "responses": {"200": {"description": "Readiness, canaries, devices, measured availability.",
+                                  "content": {"text/html": {"schema": {"type": "string"}},
+                                              "application/json": {"schema": {"type": "object"}}}}}}},
         "/metrics": simple("metrics", "Prometheus metrics of this node", {
             "200": {"description": "Prometheus text format.",
                     "content": {"text/plain": {"schema": {"type": "string"}}}}}),
@@ -423,7 +431,11 @@ def _device_schemas() -> Json:
                                                   "cell_resolution": {"type": "integer"}}},
         "Liveness": {"type": "object", "properties": {"status": {"const": "live"}, "node": string}},
         "Readiness": {"type": "object", "properties": {
-            "status": {"type": "string", "enum": ["ready", "not ready"]}, "node": string,
-            "checks": {"type": "object", "properties": {"nats_connected": boolean, "stream_followed": boolean}},
-            "redundancy": {"type": "string", "examples": ["none: a single node (R1)", "R3"]}}},
+            "status": {"type": "string", "enum": ["ready", "not ready"]}, "ready": boolean, "node": string,
+            "failing": {"type": "array", "items": string}, "checked_age_s": {"type": ["number", "null"]},
+            "redundancy": {"type": "object", "properties": {
+                "replicas": {"type": "integer"}, "redundant": boolean, "statement": string}},
+            "checks": {"type": "object", "additionalProperties": {"type": "object", "properties": {
+                "ok": boolean, "age_s": {"type": ["number", "null"]}, "max_age_s": {"type": ["number", "null"]},
+                "value": {}, "detail": string}}}}},
     }

@@ -83,7 +83,7 @@ async def on_not_found(request: Request, exc: Exception) -> Response:
 async def on_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     problem = {404: NOT_FOUND, 405: METHOD_NOT_ALLOWED}.get(exc.status_code, BAD_REQUEST)
-    return problem_response(problem, str(exc.detail), headers=exc.headers, instance=request.url.path)
+    return problem_response(problem, str(exc.detail), headers=dict(exc.headers or {}), instance=request.url.path)
 
 
 async def on_internal(request: Request, exc: Exception) -> Response:

@@ -1,14 +1,24 @@
-"""Public endpoints: signing keys, liveness, readiness, metrics, the OpenAPI document."""
+"""Public endpoints: signing keys, liveness, readiness, metrics, the status page, OpenAPI.
+
+`/readyz` and `/status` read what the background checks and the prober measured; they
+never wait on NATS or the disk, so they answer at once even when those are frozen.
+"""
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+import html
+from typing import Any
+
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from tocsin.api.openapi import document
 from tocsin.api.services import Services
 from tocsin.geo.cells import CELL_RESOLUTION
+from tocsin.health.readiness import redundancy
+
+_NO_STORE = {"Cache-Control": "no-store"}
 
 
 def _services(request: Request) -> Services:
@@ -23,24 +33,27 @@ async def keys(request: Request) -> Response:
 
 
 async def livez(request: Request) -> Response:
-    return JSONResponse({"status": "live", "node": _services(request).settings.node_name})
+    """The process answers HTTP; says nothing about delivery (that is /readyz)."""
+    return JSONResponse({"status": "live", "node": _services(request).settings.node_name}, headers=_NO_STORE)
+
+
+def readiness_report(services: Services) -> dict[str, Any]:
+    """The last readiness results; a node without readiness checks is never ready."""
+    if services.readiness is None:
+        return {
+            "status": "not ready", "ready": False, "node": services.settings.node_name,
+            "failing": ["checks"], "checked_age_s": None,
+            "redundancy": redundancy(services.settings.replicas),
+            "checks": {"checks": {"ok": False, "age_s": None, "max_age_s": None, "value": None,
+                                  "detail": "readiness checks are not running"}},
+        }
+    return services.readiness.report()
 
 
 async def readyz(request: Request) -> Response:
-    """Ready when the store is reachable and this node follows the stream."""
-    services = _services(request)
-    checks = {
-        "nats_connected": services.store.is_connected,
-        "stream_followed": services.target.caught_up.is_set(),
-    }
-    ready = all(checks.values())
-    body = {
-        "status": "ready" if ready else "not ready",
-        "node": services.settings.node_name,
-        "checks": checks,
-        "redundancy": "none: a single node (R1)" if services.settings.replicas == 1 else f"R{services.settings.replicas}",
-    }
-    return JSONResponse(body, status_code=200 if ready else 503)
+    """200 only when this node measured, seconds ago, that it can deliver; else 503."""
+    report = readiness_report(_services(request))
+    return JSONResponse(report, status_code=200 if report["ready"] else 503, headers=_NO_STORE)
 
 
 async def metrics(request: Request) -> Response:
@@ -50,3 +63,90 @@ async def metrics(request: Request) -> Response:
 
 async def openapi(request: Request) -> Response:
     return JSONResponse(document(_services(request).settings.base_url))
+
+
+def status_document(services: Services) -> dict[str, Any]:
+    """What /status shows: readiness, canaries, devices, backlog, measured availability."""
+    report = readiness_report(services)
+    prober = services.prober
+    live = services.live
+    readiness = services.readiness
+    return {
+        "node": services.settings.node_name,
+        "url": services.settings.base_url,
+        "ready": report["ready"],
+        "failing": report["failing"],
+        "failing_details": {name: report["checks"][name]["detail"] for name in report["failing"]},
+        "redundancy": report["redundancy"],
+        "canary": prober.as_json() if prober else None,
+        "devices": {"total": live.count, **{k: v for k, v in sorted(live.connected.items())}},
+        "pending_deliveries": readiness.lag if readiness else None,
+        "follower_behind_s": round(readiness.behind_s, 3) if readiness else None,
+        "measured": prober.history.as_json() if prober else {},
+        "readiness": report,
+    }
+
+
+async def status(request: Request) -> Response:
+    """The public status page: HTML for browsers, JSON when asked (Accept or ?format=json)."""
+    body = status_document(_services(request))
+    accept = request.headers.get("accept", "")
+    wants_json = request.query_params.get("format") == "json" or (
+        "application/json" in accept and "text/html" not in accept
+    )
+    # Always 200: this page is a view for people and `tocsin status`; /readyz is the probe.
+    if wants_json:
+        return JSONResponse(body, headers=_NO_STORE)
+    return HTMLResponse(render_status(body), headers=_NO_STORE)
+
+
+def _pct(value: float | None) -> str:
+    return "no probes" if value is None else f"{100 * value:.3f} %"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value == float("inf"):
+        return "> 60 s"
+    return f"{1000 * value:.0f} ms"
+
+
+def render_status(body: dict[str, Any]) -> str:
+    """A small page that needs no script and refreshes itself every 10 s."""
+    e = html.escape
+    state = "Delivering" if body["ready"] else "NOT delivering"
+    colour = "#1b5e20" if body["ready"] else "#b71c1c"
+    rows = []
+    for window, channels in body["measured"].items():
+        for channel, s in channels.items():
+            rows.append(
+                f"<tr><td>{e(window)}</td><td>{e(channel)}</td><td>{_pct(s['availability'])}</td>"
+                f"<td>{s['probes']}</td><td>{_ms(s['latency_p50_s'])}</td><td>{_ms(s['latency_p99_s'])}</td>"
+                f"<td>{_ms(s['latency_max_s'])}</td></tr>"
+            )
+    failing = "".join(
+        f"<li><b>{e(name)}</b>: {e(str(detail))}</li>" for name, detail in body["failing_details"].items()
+    )
+    table = "".join(rows) or '<tr><td colspan="7">no probe measured yet</td></tr>'
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>tocsin {e(body['node'])}: {state}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:48rem;margin:2rem auto;padding:0 1rem}}
+table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ccc;padding:.3rem;text-align:left}}
+.state{{color:#fff;background:{colour};padding:.5rem 1rem;display:inline-block}}</style></head>
+<body><h1>tocsin node {e(body['node'])}</h1>
+<p class="state">{state}</p>
+{f'<ul>{failing}</ul>' if failing else ''}
+<p>{e(body['redundancy']['statement'])}</p>
+<p>Devices connected: {body['devices']['total']}. Alerts not yet fanned out: {body['pending_deliveries']}.</p>
+<h2>Measured end to end</h2>
+<p>A test alert goes through the public API to a canary device on this node every few seconds;
+availability is the share displayed within the deadline.</p>
+<table><tr><th>window</th><th>channel</th><th>availability</th><th>probes</th><th>p50</th><th>p99</th>
+<th>max</th></tr>{table}</table>
+<p><a href="/readyz">readiness JSON</a> · <a href="/status?format=json">status JSON</a> ·
+<a href="/metrics">metrics</a></p>
+</body></html>
+"""

@@ -20,6 +20,7 @@ ROUTES = [
     Route("/livez", public.livez, methods=["GET"]),
     Route("/readyz", public.readyz, methods=["GET"]),
     Route("/metrics", public.metrics, methods=["GET"]),
+    Route("/status", public.status, methods=["GET"]),
     Route("/openapi.json", public.openapi, methods=["GET"]),
 ]
 

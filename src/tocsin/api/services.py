@@ -3,32 +3,44 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from tocsin.channels.live import LiveRegistry
+from tocsin.health.readiness import Readiness
 from tocsin.pipeline.accept import Accept
 from tocsin.pipeline.target import Target
+from tocsin.prober.probe import ProbeResult, Prober
 from tocsin.settings import Settings
 from tocsin.signing import SigningKey
 from tocsin.store.jetstream import JetStreamStore
 
 
+# Issue-to-display latency of the probes: loopback is milliseconds, a stalled path is seconds.
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
 @dataclass(slots=True)
 class Metrics:
-    """The node's Prometheus metrics, on a registry of its own."""
+    """The node's Prometheus metrics, on a registry of its own (names in docs/health.md)."""
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     accepted: Counter = field(init=False)
     refused: Counter = field(init=False)
     accept_seconds: Histogram = field(init=False)
     devices: Gauge = field(init=False)
-    offered: Counter = field(init=False)
     dropped: Counter = field(init=False)
+    # The reconciler calls republished.inc(n) for each alert it had to publish again.
+    republished: Counter = field(init=False)
+    probes: Counter = field(init=False)
+    probe_seconds: Histogram = field(init=False)
+    heartbeats: Counter = field(init=False)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -41,8 +53,86 @@ class Metrics:
             registry=r,
         )
         self.devices = Gauge("tocsin_live_devices", "Devices connected to this node.", ["protocol"], registry=r)
-        self.offered = Counter("tocsin_live_events_total", "Alert events queued to live devices.", registry=r)
         self.dropped = Counter("tocsin_live_dropped_total", "Live devices dropped for falling behind.", registry=r)
+        self.republished = Counter(
+            "tocsin_reconciler_republished_total",
+            "Alerts in this node's ledger that the stream had lost and the reconciler published again.",
+            registry=r,
+        )
+        self.probes = Counter(
+            "tocsin_probes_total", "Probes by channel and outcome (delivered, lost, refused).",
+            ["channel", "outcome"], registry=r,
+        )
+        self.probe_seconds = Histogram(
+            "tocsin_probe_latency_seconds", "Issue-to-display latency of the probes, by channel.",
+            ["channel"], buckets=LATENCY_BUCKETS_S, registry=r,
+        )
+        self.heartbeats = Counter(
+            "tocsin_heartbeats_total", "Heartbeat periods by outcome (sent, failed, withheld).",
+            ["outcome"], registry=r,
+        )
+
+    def observe_probe(self, result: ProbeResult) -> None:
+        """Count one probe outcome; a delivered probe's latency goes to the histogram."""
+        self.probes.labels(result.channel, result.outcome.value).inc()
+        if result.latency_s is not None:
+            self.probe_seconds.labels(result.channel).observe(result.latency_s)
+
+    def watch(self, live: LiveRegistry, readiness: Readiness | None, prober: Prober | None) -> None:
+        """Read the node's in-memory counters at each scrape (no bookkeeping on the hot path)."""
+        self.registry.register(_NodeCollector(live, readiness, prober))
+
+
+class _NodeCollector(Collector):
+    """Values owned by lower layers, read when /metrics is scraped."""
+
+    def __init__(self, live: LiveRegistry, readiness: Readiness | None, prober: Prober | None) -> None:
+        self._live = live
+        self._readiness = readiness
+        self._prober = prober
+
+    def describe(self) -> list[Metric]:
+        return []  # collected at scrape time only; no names to reserve at registration
+
+    def collect(self) -> Iterator[Metric]:
+        deliveries = CounterMetricFamily(
+            "tocsin_deliveries", "Deliveries by channel and outcome (live: queued, dropped).",
+            labels=["channel", "outcome"],
+        )
+        for protocol, n in sorted(self._live.queued.items()):
+            deliveries.add_metric([protocol, "queued"], n)
+        for protocol, n in sorted(self._live.dropped.items()):
+            deliveries.add_metric([protocol, "dropped"], n)
+        yield deliveries
+        connected = GaugeMetricFamily("tocsin_connected_devices", "Devices connected now, by channel.",
+                                      labels=["channel"])
+        for protocol, n in sorted(self._live.connected.items()):
+            connected.add_metric([protocol], n)
+        yield connected
+        if self._prober is not None:
+            age = GaugeMetricFamily("tocsin_canary_age_seconds",
+                                    "Seconds since a probe was last displayed on this channel's canary.",
+                                    labels=["channel"])
+            for channel in sorted(self._prober.channels):
+                value = self._prober.canary_age_s(channel)
+                age.add_metric([channel], float("inf") if value is None else value)
+            yield age
+        if self._readiness is not None:
+            yield from self._readiness_metrics(self._readiness)
+
+    def _readiness_metrics(self, readiness: Readiness) -> Iterator[Metric]:
+        yield GaugeMetricFamily("tocsin_pending_deliveries",
+                                "Alerts in the stream this node's follower has not fanned out yet.",
+                                value=readiness.lag)
+        yield GaugeMetricFamily("tocsin_follower_behind_seconds",
+                                "How long this node's follower has been behind the stream.",
+                                value=readiness.behind_s)
+        report = readiness.report()
+        yield GaugeMetricFamily("tocsin_ready", "1 when /readyz answers 200.", value=1 if report["ready"] else 0)
+        checks = GaugeMetricFamily("tocsin_readiness_check", "1 when the readiness check passes.", labels=["check"])
+        for name, check in report["checks"].items():
+            checks.add_metric([name], 1 if check["ok"] else 0)
+        yield checks
 
 
 @dataclass(slots=True, kw_only=True)
@@ -57,6 +147,9 @@ class Services:
     signer: SigningKey
     clock: Callable[[], datetime]
     metrics: Metrics = field(default_factory=Metrics)
+    # Set by app.py when the node starts its prober and readiness checks.
+    prober: Prober | None = None
+    readiness: Readiness | None = None
     started_monotonic: float = field(default_factory=time.monotonic)
     # Looked-up issuer accounts and devices, with the monotonic time they were read.
     issuer_cache: dict[str, tuple[float, Any]] = field(default_factory=dict)

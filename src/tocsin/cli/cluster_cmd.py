@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from tocsin.cluster.local import LocalCluster
+from tocsin.cluster.supervise import supervise
 
 
 @click.group(name="cluster")
@@ -46,7 +47,10 @@ async def _run(local: LocalCluster) -> None:
         click.echo(f"cluster.json: {local.data_dir / 'cluster.json'}")
         click.echo(f"TOCSIN_URL={','.join(s.url for s in local.specs)}")
         click.echo(f"TOCSIN_TOKEN={local.admin_token}")
-        click.echo("Ctrl-C stops the cluster.", err=True)
+        click.echo("Ctrl-C stops the cluster. A node that dies is restarted unless DIR/nodeN/hold-down exists.",
+                   err=True)
+        keeper = asyncio.get_running_loop().create_task(supervise(local), name="supervise")
         await stop.wait()
+        keeper.cancel()
     finally:
         await local.stop()

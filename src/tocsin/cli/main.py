@@ -47,11 +47,13 @@ def serve(data_dir: Path | None, listen: str | None) -> None:
 def _register_optional() -> None:
     from tocsin.cli.cap_cmd import cap
     from tocsin.cli.cluster_cmd import cluster
+    from tocsin.cli.drill_cmd import drill
     from tocsin.cli.issue_cmd import issue
     from tocsin.cli.watch_cmd import watch
 
     cli.add_command(cap)
     cli.add_command(cluster)
+    cli.add_command(drill)
     cli.add_command(issue)
     cli.add_command(watch)
 

@@ -55,7 +55,7 @@ def free_port_block(count: int) -> int:
     for _ in range(200):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
+            base = int(probe.getsockname()[1])
         if base + count >= 65000:
             continue
         if all(_is_free(base + i) for i in range(count)):

@@ -318,7 +318,8 @@ class JetStreamStore:
             f"{self.stream}.>",
             stream=self.stream,
             ordered_consumer=True,
-            idle_heartbeat=2.0,
+            # Two missed heartbeats and the consumer is recreated from the last seq.
+            idle_heartbeat=1.0,
             config=config,
             pending_msgs_limit=100_000,
         )
