@@ -9,6 +9,7 @@ a few redundant uses of them), since CAP never needs them.
 from __future__ import annotations
 
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -59,10 +60,12 @@ class ComplexType:
 
     fields: tuple[Field, ...]
     signatures: bool = False
+    # "{urn:...cap:1.2}name" -> index in `fields`, for a quick lookup of each child.
+    positions: dict[str, int] = dataclasses.field(init=False, compare=False, hash=False, repr=False)
 
-    def field(self, name: str) -> Field | None:
-        """The declaration of child `name`, None when CAP has no such child here."""
-        return next((field for field in self.fields if field.name == name), None)
+    def __post_init__(self) -> None:
+        positions = {f"{{{CAP_NS}}}{declared.name}": index for index, declared in enumerate(self.fields)}
+        object.__setattr__(self, "positions", positions)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,6 +164,7 @@ ALERT = ComplexType(
     signatures=True,
 )
 
+_DSIG_PREFIX = f"{{{DSIG_NS}}}"
 _OTHER_CAP_VERSIONS = {
     "urn:oasis:names:tc:emergency:cap:1.1": "CAP 1.1",
     "http://www.incident.com/cap/1.0": "CAP 1.0",
@@ -205,14 +209,10 @@ def _has_text(element: Element) -> bool:
 
 def _position(ctype: ComplexType, child: Element) -> int | None:
     """The index of the child's declaration in the sequence; len(fields) is the DSig wildcard."""
-    found = namespace(child)
-    if found == CAP_NS:
-        names = [field.name for field in ctype.fields]
-        name = local_name(child)
-        return names.index(name) if name in names else None
-    if ctype.signatures and found == DSIG_NS:
+    position = ctype.positions.get(child.tag)
+    if position is None and ctype.signatures and child.tag.startswith(_DSIG_PREFIX):
         return len(ctype.fields)
-    return None
+    return position
 
 
 def _check_sequence(element: Element, ctype: ComplexType, path: str, sink: list[Violation]) -> None:
