@@ -238,23 +238,27 @@ class Fleet:
         return stop_pid(self.process, signal.SIGINT, 5)
 
 
-def summarize(latencies_s: list[float], wall_s: float) -> dict[str, float]:
-    values = sorted(latencies_s)
+def summarize(latencies_s: list[float], wall_s: float, errors: list[str]) -> dict[str, Any]:
+    values = sorted(latencies_s) or [float("nan")]
     ms = 1000.0
     return {
-        "count": len(values),
+        "count": len(latencies_s),
+        "errors": len(errors),
+        "error_examples": errors[:3],
         "p50_ms": percentile(values, 50) * ms,
         "p99_ms": percentile(values, 99) * ms,
         "max_ms": values[-1] * ms,
         "mean_ms": sum(values) / len(values) * ms,
         "wall_s": wall_s,
-        "per_s": len(values) / wall_s,
+        "per_s": len(latencies_s) / wall_s,
     }
 
 
-def check_issued(response: httpx.Response) -> dict[str, Any]:
+def check_issued(response: httpx.Response, errors: list[str]) -> dict[str, Any] | None:
+    """The 201 body; anything else is counted (the bench goes on and reports it)."""
     if response.status_code != 201:
-        raise RuntimeError(f"alert refused: {response.status_code} {response.text[:300]}")
+        errors.append(f"{response.status_code} {response.text[:300]}")
+        return None
     body: dict[str, Any] = response.json()
     return body
 
@@ -276,30 +280,34 @@ def accept_sequential(url: str, token: str, count: int, *, nagle: bool = False) 
     """`count` alerts one after the other on one keep-alive connection."""
     documents = [alert_xml(polygon=ACCEPT_POLYGON, headline=f"bench accept {i}") for i in range(count)]
     latencies: list[float] = []
+    errors: list[str] = []
     with issuer_client(url, token, nagle=nagle) as http:
-        check_issued(http.post("/api/v1/alerts", content=alert_xml(polygon=ACCEPT_POLYGON)))  # warm-up
+        check_issued(http.post("/api/v1/alerts", content=alert_xml(polygon=ACCEPT_POLYGON)), errors)  # warm-up
         started = time.perf_counter()
         for document in documents:
             sent = time.perf_counter()
             response = http.post("/api/v1/alerts", content=document)
-            latencies.append(time.perf_counter() - sent)
-            check_issued(response)
+            elapsed = time.perf_counter() - sent
+            if check_issued(response, errors) is not None:
+                latencies.append(elapsed)
         wall = time.perf_counter() - started
-    return summarize(latencies, wall)
+    return summarize(latencies, wall, errors)
 
 
 async def _accept_concurrent(url: str, token: str, count: int, concurrency: int) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {token}", "Content-Type": XML}
     documents = iter([alert_xml(polygon=ACCEPT_POLYGON, headline=f"bench conc {i}") for i in range(count)])
     latencies: list[float] = []
+    errors: list[str] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
     async def worker(http: httpx.AsyncClient) -> None:
         for document in documents:
             sent = time.perf_counter()
             response = await http.post("/api/v1/alerts", content=document)
-            latencies.append(time.perf_counter() - sent)
-            check_issued(response)
+            elapsed = time.perf_counter() - sent
+            if check_issued(response, errors) is not None:
+                latencies.append(elapsed)
 
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30, limits=limits) as http:
         started = time.perf_counter()
@@ -307,7 +315,7 @@ async def _accept_concurrent(url: str, token: str, count: int, concurrency: int)
             for _ in range(concurrency):
                 tasks.create_task(worker(http))
         wall = time.perf_counter() - started
-    return {**summarize(latencies, wall), "concurrency": concurrency}
+    return {**summarize(latencies, wall, errors), "concurrency": concurrency}
 
 
 def accept_concurrent(url: str, token: str, count: int, concurrency: int) -> dict[str, Any]:
@@ -326,7 +334,12 @@ def display_rounds(server: Server, fleet: Fleet, rounds: int) -> list[dict[str, 
             issued_at = time.time()
             response = http.post("/api/v1/alerts", content=document)
             accept_ms = (time.time() - issued_at) * 1000
-            seq = int(check_issued(response)["seq"])
+            errors: list[str] = []
+            issued = check_issued(response, errors)
+            if issued is None:
+                results.append({"round": n, "error": errors[0]})
+                continue
+            seq = int(issued["seq"])
             fleet.send(cmd="round", round=n, seq=seq, issued_at=issued_at)
             result = fleet.expect("round", ROUND_TIMEOUT_S + 30)
             tocsin_after, nats_after = server.cpu_s()
@@ -392,8 +405,15 @@ def server_metrics(url: str) -> dict[str, float]:
 def run(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
     nofile = raise_nofile()  # inherited by the server
     workdir = Path(tempfile.mkdtemp(prefix="tocsin-bench-", dir=args.tmp))
-    if not args.keep:
-        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+    outcome = {"ok": False}
+
+    def clean_up() -> None:
+        if args.keep or not outcome["ok"]:
+            print(f"logs and data kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    stack.callback(clean_up)
     server = Server(data_dir=workdir / "data", port=free_port(), admin_token=f"tca_{secrets.token_urlsafe(24)}")
     stack.callback(server.stop)
     started = time.monotonic()
@@ -405,7 +425,11 @@ def run(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
                    "rounds": args.rounds, "concurrency": args.concurrency,
                    "nagle": args.nagle},
     }
-    say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
+
+    def say(text: str) -> None:
+        if not args.json:
+            print(text, file=sys.stderr, flush=True)
+
     say(f"server pid {server.process.pid if server.process else '?'} nats pid {server.nats_pid} at {server.url}")
 
     if args.devices and args.rounds:
@@ -420,8 +444,8 @@ def run(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
         ready["server_cpu_s"] = cpu_after[0] - cpu_before[0]
         rounds = display_rounds(server, fleet, args.rounds)
         for r in rounds:
-            say(f"round {r['round']}: {r['received']}/{r['expected']} p50 {r['p50_ms']:.1f} ms "
-                f"p99 {r['p99_ms']:.1f} ms max {r['max_ms']:.1f} ms")
+            say(f"round {r['round']}: " + (r["error"] if "error" in r else f"{r['received']}/{r['expected']} "
+                f"p50 {r['p50_ms']:.1f} ms p99 {r['p99_ms']:.1f} ms max {r['max_ms']:.1f} ms"))
         fleet.send(cmd="stop")
         summary = fleet.expect("summary", 30)
         stop_fleet()
@@ -443,6 +467,9 @@ def run(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
 
     report["server_log_problems"] = server.log_problems()
     report["server_exit"] = server.stop()
+    errors = sum(a.get("errors", 0) for a in report.get("accept", {}).values())
+    errors += sum(1 for r in report.get("display", {}).get("rounds", []) if "error" in r)
+    outcome["ok"] = not errors and not report["server_log_problems"]
     return report
 
 
@@ -477,8 +504,13 @@ def table(report: dict[str, Any]) -> str:
             f" (registered in {ready['register_s']:.1f} s, connected + synced in {ready['connect_s']:.1f} s)",
             f"{'round':>5} {'got':>11} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'min ms':>8} {'spread ms':>9}"
             f" {'accept ms':>9} {'srv cpu s':>9} {'nats cpu':>8} {'fleet cpu':>9}",
+            "(ms from the issuer sending the alert to a device reading it; accept ms: to the issuer's 201;"
+            " cpu: seconds of CPU in the round)",
         ]
         for r in d["rounds"]:
+            if "error" in r:
+                lines.append(f"{r['round']:>5} refused: {r['error'][:100]}")
+                continue
             lines.append(
                 f"{r['round']:>5} {r['received']:>5}/{r['expected']:<5} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f}"
                 f" {r['max_ms']:>8.1f} {r['min_ms']:>8.1f} {r['spread_ms']:>9.1f} {r['accept_ms']:>9.1f}"
@@ -502,6 +534,9 @@ def table(report: dict[str, Any]) -> str:
                 f" {a['server_cpu_ms_per_alert']:>10.2f} {a['nats_cpu_ms_per_alert']:>8.2f}"
             )
         lines.append("(srv mean: the server's own tocsin_accept_seconds; cpu/al: CPU ms per alert)")
+        for name, a in report["accept"].items():
+            if a["errors"]:
+                lines.append(f"{name}: {a['errors']} refused, e.g. {a['error_examples'][0][:200]}")
     problems = report["server_log_problems"]
     lines += ["", f"server log: {len(problems)} warning/error lines; server exit code {report['server_exit']}"]
     lines += [f"  {p}" for p in problems[:5]]
@@ -524,11 +559,14 @@ def main() -> None:
     parser.add_argument("--tmp", default=None, help="parent of the temporary data directory (default: $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the data directory and logs")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--save", metavar="PATH", help="also write the JSON report to PATH")
     args = parser.parse_args()
     with ExitStack() as stack:
         # SIGTERM unwinds like Ctrl-C, so the children are stopped either way.
         signal.signal(signal.SIGTERM, _interrupt)
         report = run(args, stack)
+    if args.save:
+        Path(args.save).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2) if args.json else table(report))
 
 

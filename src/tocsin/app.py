@@ -205,7 +205,10 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
         if settings.nats_url:
             servers = [u.strip() for u in settings.nats_url.split(",") if u.strip()]
         else:
-            nats_server = NatsServer(store_dir=settings.data_dir / "nats", name=settings.node_name)
+            nats_server = NatsServer(
+                store_dir=settings.data_dir / "nats", name=settings.node_name,
+                restart_delay_s=settings.nats_restart_delay_s,
+            )
             await nats_server.start()
             stack.push_async_callback(nats_server.stop)
             servers = [nats_server.client_url]
@@ -264,7 +267,7 @@ async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], No
         if ready is not None and node.server.started:
             ready(node)
         # The prober reads this node through its own HTTP endpoint, so it starts once serving.
-        prober = tasks.create_task(health.prober.run(), name="prober") if health.prober else None
+        prober = tasks.create_task(health.prober.run(), name=f"prober:{node.settings.node_name}") if health.prober else None
         heartbeat = tasks.create_task(health.heartbeat.run(), name="heartbeat")
         while not (http.done() or node.server.should_exit):
             await asyncio.wait([http], timeout=0.05)
@@ -272,6 +275,8 @@ async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], No
         for task in (checks, prober, heartbeat):
             if task is not None:
                 task.cancel()
+        # Open device streams would hold the graceful shutdown: end them; devices resume.
+        node.services.live.close_all()
         await http
         follower.cancel()
         reconciler.cancel()

@@ -105,7 +105,9 @@ class DeliveryFailed(TocsinError):
 # Requests in general
 BAD_REQUEST = Problem("request.malformed", 400, "The request could not be read.")
 UNSUPPORTED_MEDIA = Problem(
-    "request.unsupported-media-type", 415, "Send CAP as application/cap+xml, application/xml or application/json."
+    "request.unsupported-media-type",
+    415,
+    "Send CAP as application/cap+xml, application/xml, text/xml or application/json.",
 )
 TOO_LARGE = Problem("request.too-large", 413, "The request body is larger than the limit.")
 NOT_FOUND = Problem("request.not-found", 404, "No such resource.")
@@ -115,7 +117,6 @@ INTERNAL = Problem("server.internal", 500, "An internal error occurred; it has b
 # Authentication and authorisation
 UNAUTHENTICATED = Problem("auth.missing-token", 401, "A bearer token is required.")
 UNKNOWN_TOKEN = Problem("auth.unknown-token", 401, "The token is not valid.")
-FORBIDDEN = Problem("auth.forbidden", 403, "This account may not do that.")
 
 # Storage
 STORE_UNAVAILABLE = Problem(
@@ -134,7 +135,6 @@ UNLOCATABLE_AREA = Problem(
 )
 SENDER_NOT_ALLOWED = Problem("policy.sender-not-allowed", 403, "This account may not send as this sender.")
 SYSTEM_NOT_ALLOWED = Problem("policy.status-not-allowed", 403, "This account may not send alerts of this status.")
-REFERENCE_UNKNOWN = Problem("policy.reference-unknown", 422, "A referenced alert is not known to tocsin.")
 
 # Devices
 DEVICE_INVALID = Problem("device.invalid", 422, "The device registration is not valid.")

@@ -136,5 +136,10 @@ def _check(settings: Settings) -> None:
     host, sep, port = settings.listen.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise SettingsError(f"TOCSIN_LISTEN / --listen must be HOST:PORT, got {settings.listen!r}")
+    if settings.nats_url and not settings.nats_monitor_url:
+        raise SettingsError(
+            "TOCSIN_NATS_URL is set but TOCSIN_NATS_MONITOR_URL is not: tocsin must read the server's "
+            "/varz to check sync_interval: always before it serves"
+        )
     if settings.replicas not in (1, 3, 5):
         raise SettingsError(f"TOCSIN_REPLICAS must be 1, 3 or 5, got {settings.replicas}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 
@@ -82,3 +83,38 @@ async def test_device_of_a_killed_node_resumes_on_another_and_misses_nothing(clu
         for alert in missed:
             assert (await http.get(f"/api/v1/alerts/{alert['id']}")).status_code == 200
     assert all(pid and os.kill(pid, 0) is None for pid in cluster.pids(victim.name).values())
+
+
+async def test_watcher_on_three_nodes_loses_nothing_when_its_node_is_killed(cluster: LocalCluster) -> None:
+    """Issue 3's acceptance: kill -9 (both processes) of the watcher's node during a burst."""
+    from tocsin.client.watch import Watcher
+
+    victim = cluster.specs[1]
+    others = [s for s in cluster.specs if s is not victim]
+    urls = [victim.url] + [s.url for s in others]
+    issued: list[dict[str, object]] = []
+    async with Watcher(urls, [IN_PARIS]) as watcher:
+        synced = await watcher.wait_synced()
+        assert synced.node == victim.name
+        displays = watcher.displays()
+
+        async def burst() -> None:
+            for i in range(10):
+                issued.append(await issue(others[i % 2].url, cluster))
+                if i == 3:
+                    await cluster.kill(victim.name)
+
+        await burst()
+        wanted = {str(a["identifier"]) for a in issued}
+        shown = []  # also alerts of earlier tests still active here, replayed on connect
+        async with asyncio.timeout(30):
+            while not wanted <= {d.identifier for d in shown}:
+                shown.append(await anext(displays))
+        barrier = await issue(others[0].url, cluster)
+        async with asyncio.timeout(20):
+            after = await anext(displays)
+    assert len({d.identifier for d in shown}) == len(shown)  # nothing twice
+    assert after.identifier == barrier["identifier"]
+    assert {d.node for d in shown if d.identifier in wanted} - {victim.url}
+    await cluster.start_nats(victim.name)
+    await cluster.start_tocsin(victim.name)

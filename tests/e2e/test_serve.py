@@ -55,7 +55,8 @@ async def _pump(stream: asyncio.StreamReader, served: Served) -> None:
 
 @asynccontextmanager
 async def tocsin_serve(data: Path, **env: str) -> AsyncIterator[Served]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("TOCSIN_")} | env
+    # No prober: these tests count the stream's seqs (probing is tested in tests/health).
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TOCSIN_")} | {"TOCSIN_PROBE_INTERVAL_S": "0"} | env
     process = await asyncio.create_subprocess_exec(
         *TOCSIN, "serve", "--data", str(data), "--listen", "127.0.0.1:0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=environ,

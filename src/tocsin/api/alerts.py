@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -14,9 +15,10 @@ from tocsin.api.services import Services
 from tocsin.cap.model import Alert
 from tocsin.cap.parse import parse_xml
 from tocsin.cap.render import to_json
-from tocsin.errors import BAD_REQUEST, TOO_LARGE, UNSUPPORTED_MEDIA, Rejected
+from tocsin.errors import CAP_NOT_JSON, TOO_LARGE, UNSUPPORTED_MEDIA, AlertNotFound, Rejected
 from tocsin.store.base import AlertId, Stored
 
+_ALERT_ID = re.compile(r"[0-9a-f]{32}")
 XML_TYPES = ("application/cap+xml", "application/xml", "text/xml")
 JSON_TYPES = ("application/json",)
 
@@ -57,24 +59,24 @@ async def post_alert(request: Request) -> Response:
         try:
             document = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise Rejected(BAD_REQUEST, f"the body is not JSON: {exc}") from None
+            raise Rejected(CAP_NOT_JSON, f"the body is not JSON: {exc}") from None
         alert = services.accept.parse(document)
     accepted = await services.accept(alert, issuer, original)
     services.metrics.accept_seconds.observe(time.perf_counter() - started)
     if accepted.created:
         services.metrics.accepted.labels(alert.status.value).inc()
-    body_json = describe(accepted.stored, accepted.alert, services)
+    body_json = describe(accepted.stored, accepted.alert, services, for_issuer=True)
     headers = {"Location": body_json["links"]["self"]}
     return JSONResponse(body_json, status_code=201 if accepted.created else 200, headers=headers)
 
 
-def describe(stored: Stored, alert: Alert, services: Services) -> dict[str, Any]:
-    """The alert's id, identity, state and links, as the API shows it."""
+def describe(stored: Stored, alert: Alert, services: Services, *, for_issuer: bool = False) -> dict[str, Any]:
+    """The alert's id, identity, state and links; the account name only for its issuer."""
     env = stored.envelope
     now = services.clock()
     expires = alert.expires
     active = services.target.by_id.get(env.alert_id)
-    return {
+    described: dict[str, Any] = {
         "id": env.alert_id,
         "seq": stored.seq,
         "sender": alert.sender,
@@ -86,7 +88,6 @@ def describe(stored: Stored, alert: Alert, services: Services) -> dict[str, Any]
         "state": "expired" if expires and expires <= now else "active",
         "acceptedAt": env.accepted_at.isoformat(),
         "acceptedBy": env.node,
-        "issuer": env.issuer,
         "signature": {"kid": env.kid, "sig": env.sig, "alg": "EdDSA"},
         "delivery": {
             "node": services.settings.node_name,
@@ -98,18 +99,29 @@ def describe(stored: Stored, alert: Alert, services: Services) -> dict[str, Any]
             "cap": f"/api/v1/alerts/{env.alert_id}.xml",
         },
     }
+    if for_issuer:
+        described["issuer"] = env.issuer
+    return described
+
+
+def _alert_id(request: Request) -> AlertId:
+    """The id in the path; only 32 hex digits can name an alert (and a NATS subject)."""
+    raw = str(request.path_params["alert_id"])
+    if not _ALERT_ID.fullmatch(raw):
+        raise AlertNotFound(raw[:64])
+    return AlertId(raw)
 
 
 async def get_alert(request: Request) -> Response:
     services = _services(request)
-    stored = await services.store.get(AlertId(request.path_params["alert_id"]))
+    stored = await services.store.get(_alert_id(request))
     alert = parse_xml(stored.envelope.payload)
     return JSONResponse({**describe(stored, alert, services), "alert": to_json(alert)})
 
 
 async def get_alert_xml(request: Request) -> Response:
     services = _services(request)
-    stored = await services.store.get(AlertId(request.path_params["alert_id"]))
+    stored = await services.store.get(_alert_id(request))
     env = stored.envelope
     headers = {"Tocsin-Signature": env.sig, "Tocsin-Key-Id": env.kid}
     return Response(env.payload, media_type="application/cap+xml", headers=headers)

@@ -26,12 +26,13 @@ def new_token(prefix: str) -> str:
     return f"{prefix}_{secrets.token_urlsafe(32)}"
 
 
-def bearer(conn: HTTPConnection) -> str | None:
+def bearer(conn: HTTPConnection, *, query: bool = False) -> str | None:
+    """The bearer token; `?token=` only where a browser cannot set headers (device streams)."""
     header = conn.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return conn.query_params.get("token") or None
+    return (conn.query_params.get("token") or None) if query else None
 
 
 async def issuer_for(conn: HTTPConnection, services: Services) -> Issuer:
@@ -61,7 +62,7 @@ async def device_for(conn: HTTPConnection, services: Services) -> tuple[str, dic
     Raises:
         Rejected: 401 device.unknown, so the client registers again.
     """
-    token = bearer(conn) or ""
+    token = bearer(conn, query=True) or ""
     device_id, _, secret = token.partition(".")
     record = services.device_cache.get(device_id)
     if record is None and device_id:

@@ -85,4 +85,4 @@ async def register_device(request: Request) -> Response:
         "canary": canary,
         "cell_resolution": CELL_RESOLUTION,
     }
-    return JSONResponse(body, status_code=201, headers={"Location": f"/api/v1/devices/{device_id}"})
+    return JSONResponse(body, status_code=201)

@@ -67,9 +67,14 @@ async def on_rejected(request: Request, exc: Exception) -> Response:
 
 async def on_store_unavailable(request: Request, exc: Exception) -> Response:
     log.warning("store unavailable", extra={"path": request.url.path, "error": str(exc)})
+    detail = (
+        "the alert was not confirmed as stored; retry (the same alert is never stored twice)"
+        if isinstance(exc, StoreUnavailable) and exc.operation == "publish"
+        else "the replicated store did not answer in time; retry"
+    )
     return problem_response(
         STORE_UNAVAILABLE,
-        "the alert was not confirmed as stored; retry (the same alert is never stored twice)",
+        detail,
         headers={"Retry-After": RETRY_AFTER_S},
         instance=request.url.path,
     )

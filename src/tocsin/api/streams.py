@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -82,6 +84,9 @@ async def websocket(ws: WebSocket) -> None:
         device_id, record = await device_for(ws, services)
         after = _last_event_id(ws.query_params.get("last_event_id"))
     except Rejected as exc:
+        # Accept, then close with the problem code: a refused handshake would reach the
+        # client as a bare 403 and it could not tell that it must register again.
+        await ws.accept()
         await ws.close(code=4401 if exc.problem.status == 401 else 4400, reason=exc.problem.code)
         return
     await ws.accept()
@@ -90,21 +95,33 @@ async def websocket(ws: WebSocket) -> None:
     gauge = services.metrics.devices.labels("ws")
     gauge.inc()
     try:
-        for event in missed:
-            await ws.send_text(event.ws)
-        await ws.send_text(json.dumps({"type": "synced", **_synced(services)}))
-        while True:
-            item = await connection.next(services.settings.sse_keepalive_s)
-            if item is None:
-                await ws.send_text('{"type":"keepalive"}')
-            else:
-                assert isinstance(item, str)
-                await ws.send_text(item)
-    except ConnectionDropped:
+        async with asyncio.TaskGroup() as tasks:
+            sender = tasks.create_task(_ws_send(services, ws, connection, missed))
+            tasks.create_task(_ws_watch_close(ws, sender))
+    except* ConnectionDropped:
         services.metrics.dropped.inc()
-        await ws.close(code=1013, reason="too far behind; resume by event id")
-    except (WebSocketDisconnect, RuntimeError, OSError):
+        with contextlib.suppress(RuntimeError, OSError):
+            await ws.close(code=1013, reason="too far behind; resume by event id")
+    except* (WebSocketDisconnect, RuntimeError, OSError):
         pass
     finally:
         gauge.dec()
         services.live.remove(connection)
+
+
+async def _ws_send(services: Services, ws: WebSocket, connection: Connection, missed: list[Event]) -> None:
+    for event in missed:
+        await ws.send_text(event.ws)
+    await ws.send_text(json.dumps({"type": "synced", **_synced(services)}))
+    while True:
+        item = await connection.next(services.settings.sse_keepalive_s)
+        await ws.send_text('{"type":"keepalive"}' if item is None else str(item))
+
+
+async def _ws_watch_close(ws: WebSocket, sender: asyncio.Task[None]) -> None:
+    """Devices send nothing; reading notices at once when one goes away."""
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            sender.cancel()
+            return

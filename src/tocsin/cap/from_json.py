@@ -30,12 +30,16 @@ def _wrong_type(path: str, expected: str, value: object, sink: list[Violation]) 
 
 
 def tree_from_json(obj: object) -> tuple[Element, list[Violation]]:
-    """The <alert> tree a JSON form stands for, and the JSON-level violations met on the way."""
+    """The <alert> tree a JSON form stands for, and the JSON-level violations met on the way.
+
+    Raises:
+        CapInvalid: `obj` is not a JSON object at all.
+    """
     sink: list[Violation] = []
-    root = new_alert_root()
     if not isinstance(obj, Mapping):
         _wrong_type("", "a JSON object", obj, sink)
-        return root, sink
+        raise CapInvalid(tuple(sink))
+    root = new_alert_root()
     _fill(root, obj, ALERT, "", sink)
     extensions = obj.get(EXTENSIONS_KEY)
     if extensions is not None:

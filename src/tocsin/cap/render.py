@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from tocsin.cap.datatypes import format_datetime, format_decimal
+from tocsin.cap.datatypes import format_datetime
 from tocsin.cap.from_json import EXTENSIONS_KEY, tree_from_json
 from tocsin.cap.model import Alert, Area, Info, Resource, ValuePair
 from tocsin.cap.schema import check_schema

@@ -140,6 +140,11 @@ class LiveRegistry:
         self.count -= 1
         self.connected[connection.protocol] -= 1
 
+    def close_all(self) -> None:
+        """End every live connection (shutdown): devices reconnect, to this node or another."""
+        for connection in {c for members in self.by_cell.values() for c in members}:
+            connection.drop()
+
     def matching(self, touches: Callable[[str], bool]) -> set[Connection]:
         """Connections with at least one cell the alert's cover touches."""
         found: set[Connection] = set()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from tocsin import logs
 from tocsin.client.node import NodeIncompatible, RegistrationRefused
 from tocsin.client.state import StateInvalid
 from tocsin.client.watch import Display, Watcher
@@ -95,6 +96,8 @@ def watch(
         )
     except StateInvalid as exc:
         raise click.ClickException(f"state file: {exc}") from None
+    # Alerts go to stdout; the watcher's own log lines (JSON) to stderr.
+    logs.setup(os.environ.get("TOCSIN_LOG_LEVEL", "WARNING"))
     try:
         asyncio.run(_print_displays(watcher, as_json))
     except KeyboardInterrupt:

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
-from tocsin.cap.model import Alert, Info
 from tocsin.cap.parse import parse_xml
 from tocsin.client.backoff import Backoff, Rotation
 from tocsin.client.decide import Audience, Verdict, decide, expiry_of
+from tocsin.client.display import Display, make_display
 from tocsin.client.node import (
     STREAM_PATH,
     DeviceUnknown,
@@ -35,10 +35,13 @@ from tocsin.client.node import (
     register,
 )
 from tocsin.client.sse import SseEvent, SseParser
-from tocsin.client.state import Registration, WatchState, load_state, save_state
+from tocsin.client.state import Registration, load_state, save_state
+from tocsin.client.ws import messages, open_ws
 from tocsin.errors import CapInvalid
 from tocsin.geo.cells import cell_for_point
 from tocsin.signing import verify
+
+__all__ = ["Display", "Synced", "WatchStats", "Watcher"]
 
 log = logging.getLogger(__name__)
 
@@ -56,48 +59,6 @@ DISPLAY_QUEUE_DEPTH = 256
 def utc_now() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Display:
-    """An alert shown to the user: what was shown, and when, from where."""
-
-    identifier: str
-    sender: str
-    sent: datetime
-    status: str
-    msg_type: str
-    event: str
-    headline: str
-    language: str
-    alert_id: str
-    seq: int
-    node: str
-    displayed_at: datetime
-    delay_s: float
-    expires: datetime
-    alert: Alert = field(repr=False, compare=False)
-    # None for an Update or Cancel without info, shown because its target was shown.
-    info: Info | None = field(repr=False, compare=False)
-
-    def as_json(self) -> dict[str, Any]:
-        """The display as a JSON object (CAP element names where CAP has one)."""
-        return {
-            "identifier": self.identifier,
-            "sender": self.sender,
-            "sent": self.sent.isoformat(),
-            "status": self.status,
-            "msgType": self.msg_type,
-            "event": self.event,
-            "headline": self.headline,
-            "language": self.language,
-            "expires": self.expires.isoformat(),
-            "delay_s": round(self.delay_s, 3),
-            "displayed_at": self.displayed_at.isoformat(),
-            "id": self.alert_id,
-            "seq": self.seq,
-            "node": self.node,
-        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,6 +96,7 @@ class Watcher:
         canary: bool = False,
         issuer_token: str | None = None,
         state_path: Path | None = None,
+        protocol: Literal["sse", "ws"] = "sse",
         keys: dict[str, dict[str, Any]] | None = None,
         on_display: Callable[[Display], Awaitable[None]] | None = None,
         backoff: Backoff | None = None,
@@ -152,6 +114,9 @@ class Watcher:
         )
         self.cells = tuple(sorted({cell_for_point(lat, lon) for lat, lon in self.audience.places}))
         self.rotation = Rotation(urls)
+        if protocol not in ("sse", "ws"):
+            raise ValueError(f"protocol must be sse or ws, not {protocol!r}")
+        self.protocol = protocol
         self.stats = WatchStats()
         self.state = load_state(state_path)
         self._state_path = state_path
@@ -237,7 +202,10 @@ class Watcher:
     async def _follow(self, url: str) -> None:
         """Register if needed, then stream from `url` until the stream ends or fails."""
         registration = await self._ensure_registered(url)
-        await self._stream(url, registration)
+        if self.protocol == "ws":
+            await self._stream_ws(url, registration)
+        else:
+            await self._stream(url, registration)
         self._note_failure(url, "closed")
 
     def _note_failure(self, url: str, kind: str) -> None:
@@ -297,15 +265,25 @@ class Watcher:
             if response.status_code != 200:
                 await response.aread()
                 raise refusal(url, response)
-            self._backoff.reset()
-            self.stats.connects += 1
-            if self._last_failure:
-                log.info("stream connected", extra={"url": url, "last_seq": self.state.last_seq})
-            self._last_failure = ""
+            self._connected(url)
             parser = SseParser()
             async for chunk in response.aiter_bytes():
                 for event in parser.feed(chunk):
                     await self._on_event(event, url)
+
+    async def _stream_ws(self, url: str, reg: Registration) -> None:
+        opened = open_ws(url, reg.token, self.state.last_seq, open_timeout_s=CONNECT_TIMEOUT_S)
+        async with opened as ws:
+            self._connected(url)
+            async for kind, payload in messages(ws, read_timeout_s=READ_TIMEOUT_S):
+                await self.on_message(kind, payload, url)
+
+    def _connected(self, url: str) -> None:
+        self._backoff.reset()
+        self.stats.connects += 1
+        if self._last_failure:
+            log.info("stream connected", extra={"url": url, "last_seq": self.state.last_seq})
+        self._last_failure = ""
 
     async def _on_event(self, event: SseEvent, url: str) -> None:
         try:
@@ -364,13 +342,13 @@ class Watcher:
         now = self._now()
         decision = decide(alert, self.audience, self.state.seen, now)
         verdicts = self.stats.verdicts
-        verdicts[decision.verdict] = verdicts.get(decision.verdict, 0) + 1
+        verdicts[str(decision.verdict)] = verdicts.get(str(decision.verdict), 0) + 1
         if decision.verdict is not Verdict.SHOW:
             return None
         expires = expiry_of(alert)
         self.state.seen[alert.identity] = expires
         alert_id = str(payload.get("id", ""))
-        return _display(alert, decision.info, alert_id=alert_id, seq=seq, node=url, now=now)
+        return make_display(alert, decision.info, alert_id=alert_id, seq=seq, node=url, now=now)
 
     async def _emit(self, display: Display) -> None:
         if self._on_display is not None:
@@ -380,30 +358,3 @@ class Watcher:
 
     def _save(self) -> None:
         save_state(self._state_path, self.state)
-
-
-def _display(alert: Alert, info: Info | None, *, alert_id: str, seq: int, node: str, now: datetime) -> Display:
-    return Display(
-        identifier=alert.identifier,
-        sender=alert.sender,
-        sent=alert.sent,
-        status=str(alert.status),
-        msg_type=str(alert.msg_type),
-        event=info.event if info else str(alert.msg_type),
-        headline=(info.headline or info.event) if info else _follow_up_headline(alert),
-        language=info.language if info else "",
-        alert_id=alert_id,
-        seq=seq,
-        node=node,
-        displayed_at=now,
-        delay_s=(now - alert.sent).total_seconds(),
-        expires=expiry_of(alert),
-        alert=alert,
-        info=info,
-    )
-
-
-def _follow_up_headline(alert: Alert) -> str:
-    """A headline for an Update or Cancel that has no info of its own."""
-    targets = ", ".join(ref.identifier for ref in alert.references)
-    return f"{alert.msg_type} of {targets}" if targets else str(alert.msg_type)

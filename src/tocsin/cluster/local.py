@@ -36,18 +36,21 @@ class NodeSpec:
     nats_port: int
     monitor_port: int
     route_port: int
+    # Loopback by default; the fault suite gives each node its own address in a network
+    # namespace (tocsin.faults.netns) so that it can be cut off from its peers.
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     @property
     def nats_url(self) -> str:
-        return f"nats://127.0.0.1:{self.nats_port}"
+        return f"nats://{self.host}:{self.nats_port}"
 
     @property
     def monitor_url(self) -> str:
-        return f"http://127.0.0.1:{self.monitor_port}"
+        return f"http://{self.host}:{self.monitor_port}"
 
 
 def free_port_block(count: int) -> int:
@@ -72,7 +75,7 @@ def _is_free(port: int) -> bool:
     return True
 
 
-def node_specs(data_dir: Path, nodes: int, base_port: int) -> list[NodeSpec]:
+def node_specs(data_dir: Path, nodes: int, base_port: int, hosts: list[str] | None = None) -> list[NodeSpec]:
     """Node i serves HTTP on P+i, NATS on P+10+i, monitoring on P+20+i, routes on P+30+i."""
     return [
         NodeSpec(
@@ -82,6 +85,7 @@ def node_specs(data_dir: Path, nodes: int, base_port: int) -> list[NodeSpec]:
             nats_port=base_port + 10 + i,
             monitor_port=base_port + 20 + i,
             route_port=base_port + 30 + i,
+            host=hosts[i] if hosts else "127.0.0.1",
         )
         for i in range(nodes)
     ]
@@ -97,6 +101,13 @@ class LocalCluster:
     admin_token: str = ""
     sync_always: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The fault suite's hooks, empty by default: an address per node, a command prefix per
+    # node for both processes (`ip netns exec NS`), one for its tocsin process only
+    # (`faketime`), and extra environment per node.
+    hosts: list[str] | None = None
+    launchers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    tocsin_launchers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    node_extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
     specs: list[NodeSpec] = field(init=False)
     nats: dict[str, NatsServer] = field(init=False, default_factory=dict)
     tocsin: dict[str, asyncio.subprocess.Process] = field(init=False, default_factory=dict)
@@ -107,7 +118,7 @@ class LocalCluster:
         self.data_dir = self.data_dir.resolve()
         self.base_port = self.base_port or free_port_block(40)
         self.admin_token = self.admin_token or f"tca_{secrets.token_urlsafe(32)}"
-        self.specs = node_specs(self.data_dir, self.nodes, self.base_port)
+        self.specs = node_specs(self.data_dir, self.nodes, self.base_port, self.hosts)
 
     @property
     def replicas(self) -> int:
@@ -128,7 +139,7 @@ class LocalCluster:
         self.write_description()
 
     def _nats_server(self, spec: NodeSpec) -> NatsServer:
-        routes = tuple(f"nats-route://127.0.0.1:{s.route_port}" for s in self.specs if s is not spec)
+        routes = tuple(f"nats-route://{s.host}:{s.route_port}" for s in self.specs if s is not spec)
         cluster = ClusterSpec(name=CLUSTER_NAME, port=spec.route_port, routes=routes) if self.nodes > 1 else None
         return NatsServer(
             store_dir=spec.data_dir / "nats",
@@ -137,6 +148,8 @@ class LocalCluster:
             monitor_port=spec.monitor_port,
             cluster=cluster,
             sync_always=self.sync_always,
+            host=spec.host,
+            launcher=self.launchers.get(spec.name, ()),
         )
 
     async def start_nats(self, name: str) -> NatsServer:
@@ -159,6 +172,7 @@ class LocalCluster:
             TOCSIN_PUBLIC_URL=spec.url,
         )
         env.update(self.extra_env)
+        env.update(self.node_extra_env.get(spec.name, {}))
         return env
 
     async def start_tocsin(self, name: str, timeout_s: float = 60.0) -> asyncio.subprocess.Process:
@@ -166,9 +180,10 @@ class LocalCluster:
         spec = self.spec(name)
         spec.data_dir.mkdir(parents=True, exist_ok=True)
         log_file = open(spec.data_dir / "tocsin.log", "ab")  # noqa: SIM115 - owned by the child
+        prefix = (*self.launchers.get(name, ()), *self.tocsin_launchers.get(name, ()))
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tocsin.cli.main", "serve",
-            "--data", str(spec.data_dir), "--listen", f"127.0.0.1:{spec.http_port}",
+            *prefix, sys.executable, "-m", "tocsin.cli.main", "serve",
+            "--data", str(spec.data_dir), "--listen", f"{spec.host}:{spec.http_port}",
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log_file,
             env=self.node_env(spec), start_new_session=True,
         )

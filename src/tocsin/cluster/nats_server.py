@@ -67,7 +67,11 @@ class NatsServer:
     cluster: ClusterSpec | None = None
     # Only the mutation test of the fault suite turns this off, to show the loss it causes.
     sync_always: bool = True
+    # A command prefix (e.g. `ip netns exec NS`, which execs: the pid stays the server's).
+    launcher: tuple[str, ...] = ()
     ready_timeout_s: float = 30.0
+    # First wait before restarting a child that exited; doubles up to 10 s while it fails.
+    restart_delay_s: float = 0.5
     process: asyncio.subprocess.Process | None = field(default=None, init=False)
     restarts: int = field(default=0, init=False)
     _drain: asyncio.Task[None] | None = field(default=None, init=False)
@@ -109,7 +113,7 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / "nats-server.conf"
         conf.write_text(self.config_text())
-        args = [find_binary(), "-c", str(conf), "-a", self.host]
+        args = [*self.launcher, find_binary(), "-c", str(conf), "-a", self.host]
         args += ["-p", str(self.client_port or -1), "-m", str(self.monitor_port or -1)]
         self.process = await asyncio.create_subprocess_exec(
             *args,
@@ -171,7 +175,7 @@ class NatsServer:
                 return
             self.restarts += 1
             log.error("nats-server exited; restarting", extra={"node": self.name, "code": code})
-            delay = 0.5
+            delay = self.restart_delay_s
             while not self._stopping:
                 await asyncio.sleep(delay)
                 try:

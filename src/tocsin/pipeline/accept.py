@@ -7,6 +7,7 @@ holds it. An alert is published once, on its own subject, create-if-absent.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -97,8 +98,13 @@ class Accept:
                 "send an Update with references instead",
                 headers={"Location": f"/api/v1/alerts/{stored.envelope.alert_id}"},
             )
-        # The ledger holds what was acknowledged, before the issuer hears of it.
-        await self._ledger.record(stored, original)
+        # The ledger holds what was acknowledged, before the issuer hears of it. The alert
+        # is stored either way; a ledger that cannot write is an alarm, not a refusal.
+        try:
+            await self._ledger.record(stored, original)
+        except sqlite3.Error as exc:
+            self._ledger.failed(exc)
+            log.error("ledger write failed", extra={"alert_id": envelope.alert_id, "error": str(exc)})
         if stored.created:
             log.info(
                 "alert accepted",

@@ -245,6 +245,13 @@ class Prober:
         return seen
 
     async def _issue_loop(self, http: httpx.AsyncClient) -> None:
+        # The first probe waits (a bounded time) for the canaries to connect, so that its
+        # latency measures delivery rather than the canaries' start.
+        waited = self._monotonic()
+        while not all(c.is_connected for c in self._canaries.values()):
+            if self._monotonic() - waited > self.deadline_s:
+                break
+            await asyncio.sleep(0.02)
         next_at = self._monotonic()
         while True:
             await self._issue_one(http)

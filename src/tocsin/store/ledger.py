@@ -30,6 +30,8 @@ CREATE TABLE IF NOT EXISTS accepted (
 );
 CREATE TRIGGER IF NOT EXISTS accepted_no_delete BEFORE DELETE ON accepted
 BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS accepted_no_update BEFORE UPDATE ON accepted
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 CREATE TABLE IF NOT EXISTS writable (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
 """
 
@@ -45,10 +47,16 @@ class Ledger:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
+        # The last write error, for readiness; cleared by the next successful write.
+        self.last_error: str | None = None
 
     def _write(self, sql: str, args: tuple[object, ...]) -> None:
         with self._lock:
             self._db.execute(sql, args)
+        self.last_error = None
+
+    def failed(self, exc: BaseException) -> None:
+        self.last_error = str(exc) or type(exc).__name__
 
     async def record(self, stored: Stored, original: bytes | None) -> None:
         """Write an acknowledged alert with its seq (idempotent on its id)."""

@@ -1,0 +1,101 @@
+"""`tocsin status`: every node at a glance, from what each one measured (its /status)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import click
+import httpx
+
+# Exit status with --once: 0 every node ready, 1 at least one not ready or unreachable.
+EXIT_NOT_READY = 1
+_CLEAR = "\x1b[H\x1b[2J"
+_GREEN, _RED, _RESET = "\x1b[32m", "\x1b[31m", "\x1b[0m"
+
+
+def _urls(values: tuple[str, ...]) -> list[str]:
+    raw = list(values) or [u for u in os.environ.get("TOCSIN_URL", "").split(",") if u.strip()]
+    if not raw:
+        raise click.UsageError("give --url or set TOCSIN_URL")
+    return [u.strip().rstrip("/") for u in raw]
+
+
+def fetch(http: httpx.Client, url: str) -> dict[str, Any]:
+    """One node's /status document, or a stand-in saying why it could not be read."""
+    try:
+        response = http.get(f"{url}/status", headers={"Accept": "application/json"})
+        body: dict[str, Any] = response.json()
+        return {**body, "url": url}
+    except (httpx.HTTPError, ValueError) as exc:
+        return {"url": url, "node": "?", "ready": False, "failing": ["unreachable"],
+                "failing_details": {"unreachable": repr(exc)[:200]}}
+
+
+def _latency(body: dict[str, Any]) -> str:
+    channels = (body.get("canary") or {}).get("channels") or {}
+    parts = []
+    for channel, c in sorted(channels.items()):
+        last = c.get("last_latency_s")
+        age = c.get("canary_age_s")
+        parts.append(f"{channel} {'-' if last is None else f'{1000 * last:.0f} ms'}"
+                     f" ({'never' if age is None else f'{age:.1f} s ago'})")
+    return ", ".join(parts) or "no prober"
+
+
+def _availability(body: dict[str, Any], window: str) -> str:
+    measured = (body.get("measured") or {}).get(window) or {}
+    values = [s.get("availability") for s in measured.values() if s.get("availability") is not None]
+    return "-" if not values else f"{100 * min(values):.2f} %"
+
+
+def render(bodies: list[dict[str, Any]], colour: bool) -> str:
+    """A few lines per node: ready or why not, canary latency, devices, backlog."""
+    lines = []
+    for body in bodies:
+        ready = bool(body.get("ready"))
+        word = "READY" if ready else "NOT READY"
+        if colour:
+            word = f"{_GREEN if ready else _RED}{word}{_RESET}"
+        lines.append(f"{body.get('node', '?')}  {body['url']}  {word}")
+        for name, detail in (body.get("failing_details") or {}).items():
+            lines.append(f"    ! {name}: {detail}")
+        if "devices" in body:
+            lines.append(f"    canary: {_latency(body)}")
+            lines.append(f"    devices: {body['devices'].get('total', 0)}   pending deliveries: "
+                         f"{body.get('pending_deliveries')}   availability hour {_availability(body, 'hour')}, "
+                         f"day {_availability(body, 'day')}")
+            redundancy = body.get("redundancy") or {}
+            if not redundancy.get("redundant", True):
+                lines.append(f"    {redundancy.get('statement', '')}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--url", "urls", multiple=True, help="Node URL (repeatable); default TOCSIN_URL.")
+@click.option("--once", is_flag=True, help="Print once and exit: 0 if every node is ready, else 1.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per node (the node's /status).")
+@click.option("--interval", "interval_s", type=float, default=2.0, show_default=True, help="Refresh period.")
+def status(urls: tuple[str, ...], once: bool, as_json: bool, interval_s: float) -> None:
+    """Show every node: ready or not and why, canary latency, devices, pending deliveries."""
+    nodes = _urls(urls)
+    colour = sys.stdout.isatty() and not as_json
+    with httpx.Client(timeout=min(5.0, max(1.0, interval_s))) as http:
+        while True:
+            bodies = [fetch(http, url) for url in nodes]
+            if as_json:
+                for body in bodies:
+                    click.echo(json.dumps(body, ensure_ascii=False))
+            else:
+                prefix = _CLEAR if (colour and not once) else ""
+                stamp = time.strftime("%H:%M:%S")
+                click.echo(f"{prefix}tocsin status at {stamp}\n{render(bodies, colour)}")
+            if once:
+                raise SystemExit(0 if all(b.get("ready") for b in bodies) else EXIT_NOT_READY)
+            try:
+                time.sleep(interval_s)
+            except KeyboardInterrupt:
+                return

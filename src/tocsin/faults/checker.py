@@ -1,0 +1,263 @@
+"""The five invariants of RELIABILITY.md, checked against a run's history and final state.
+
+1. no acknowledged alert lost: in the stream (at the seq it was acknowledged with) and shown
+   by every device inside its area;
+2. no duplicate display per (device, identity); no identity stored twice; no event re-sent
+   at or below the Last-Event-ID a device resumed from;
+3. nothing shown that was not issued, outside its area, or failing signature verification;
+4. replicas agree (last seq, message count and bytes on every node);
+5. timeliness: the first delivery after the fault heals within 15 s; `/readyz` red within
+   10 s of delivery stopping and green within 15 s of recovery (where the scenario expects
+   delivery to stop).
+
+A scenario adds its own figure checks (p99 latency, longest gap, expected 503s...).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Expect:
+    """What a scenario requires beyond the invariants."""
+
+    max_gap_s: float | None = 15.0  # longest fleet-wide delivery gap (the "canary gap")
+    recover_s: float = 15.0  # first delivery after the last heal
+    p99_s: float | None = None  # issue-to-display, over every (device, alert)
+    # Nodes whose /readyz must turn red within `red_within_s` of the first fault and be
+    # green again within `green_within_s` of recovery.
+    red_nodes: tuple[str, ...] = ()
+    red_within_s: float = 10.0
+    green_within_s: float = 15.0
+    expect_503: bool = False  # issuers must have been refused (no false success)
+    # Acknowledgements that must not happen in a window (F06: the minority never acknowledges).
+    no_ack_from: tuple[str, ...] = ()
+    refusals_expected: int = 0  # 4xx refusals the scenario provokes on purpose (F15)
+
+
+@dataclass(slots=True, kw_only=True)
+class Result:
+    fault: str
+    acked: int = 0
+    issued: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    redelivered: int = 0
+    gave_up: int = 0
+    max_gap_s: float = 0.0
+    max_device_gap_s: float = 0.0
+    recover_s: float | None = None
+    p99_s: float | None = None
+    red_after_s: dict[str, float | None] = field(default_factory=dict)
+    green_after_s: dict[str, float | None] = field(default_factory=dict)
+    refused: int = 0
+    unavailable: int = 0  # 503 answers
+    republished_alarms: int = 0
+    violations: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    skipped: str | None = None
+    duration_s: float = 0.0
+
+    @property
+    def verdict(self) -> str:
+        if self.skipped:
+            return "skipped"
+        return "pass" if not self.violations else "FAIL"
+
+    def as_json(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        out["verdict"] = self.verdict
+        return out
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, int(round(q / 100 * len(values) + 0.5)) - 1))]
+
+
+class Checker:
+    def __init__(self, fault: str, entries: list[dict[str, Any]], final: dict[str, Any], expect: Expect) -> None:
+        self.fault = fault
+        self.entries = entries
+        self.final = final
+        self.expect = expect
+        self.result = Result(fault=fault)
+        self.by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for entry in entries:
+            self.by_kind[entry["k"]].append(entry)
+        fleet = self.by_kind["fleet"][0]["devices"] if self.by_kind["fleet"] else []
+        self.inside = {d["i"] for d in fleet if d["inside"]}
+        self.outside = {d["i"] for d in fleet if not d["inside"]}
+
+    def check(self) -> Result:
+        r = self.result
+        self.acked = {e["id"]: e for e in self.by_kind["acked"]}
+        self.issued = {e["id"] for e in self.by_kind["issue_start"]}
+        r.acked, r.issued = len(self.acked), len(self.issued)
+        r.gave_up = len(self.by_kind["gave_up"])
+        r.refused = len(self.by_kind["refused"])
+        r.unavailable = sum(1 for e in self.by_kind["issue"] if e.get("status") == 503)
+        r.republished_alarms = int(self.final.get("republished_alarms", 0))
+        self.lost()
+        self.duplicates()
+        self.foreign()
+        self.replicas()
+        self.timeliness()
+        self.issuers()
+        return r
+
+    # 1
+    def lost(self) -> None:
+        stream: dict[str, list[int]] = self.final.get("stream", {})
+        shown: dict[str, set[int]] = defaultdict(set)
+        for e in self.by_kind["d"]:
+            if e["disp"]:
+                shown[e["id"]].add(e["dev"])
+        lost = set()
+        moved = 0
+        for alert_id, ack in self.acked.items():
+            seqs = stream.get(alert_id, [])
+            if not seqs:
+                lost.add(alert_id)
+                self._violation(f"acknowledged alert {alert_id} (seq {ack['seq']}) is not in the stream")
+            elif ack["seq"] not in seqs:
+                moved += 1
+                lost.add(alert_id)
+                self._violation(f"acknowledged write lost: {alert_id} was acked at seq {ack['seq']}, "
+                                f"the stream holds it at {seqs} (republished)")
+            missing = self.inside - shown[alert_id]
+            if missing:
+                lost.add(alert_id)
+                self._violation(f"alert {alert_id} (seq {ack['seq']}) not shown by {len(missing)} devices in its area"
+                                f" (e.g. device {min(missing)})")
+        self.result.lost = len(lost)
+        if moved:
+            self.result.notes.append(f"{moved} acknowledged alerts found at another seq than acknowledged")
+
+    # 2
+    def duplicates(self) -> None:
+        counts: dict[tuple[int, str], int] = defaultdict(int)
+        redelivered = 0
+        for e in self.by_kind["d"]:
+            if e["disp"]:
+                counts[(e["dev"], e["id"])] += 1
+            if e.get("stale"):
+                redelivered += 1
+        dup_displays = sum(n - 1 for n in counts.values() if n > 1)
+        stored_twice = [i for i, seqs in self.final.get("stream", {}).items() if len(seqs) > 1]
+        self.result.duplicated = dup_displays + len(stored_twice)
+        self.result.redelivered = redelivered
+        if dup_displays:
+            self._violation(f"{dup_displays} duplicate displays")
+        for alert_id in stored_twice[:5]:
+            self._violation(f"identity {alert_id} stored twice: seqs {self.final['stream'][alert_id]}")
+        if redelivered:
+            self._violation(f"{redelivered} events re-sent at or below the device's Last-Event-ID")
+
+    # 3
+    def foreign(self) -> None:
+        bad = [e for e in self.by_kind["d"] if e["why"] in ("bad signature", "bad identity")]
+        if bad:
+            self._violation(f"{len(bad)} events failed signature or identity checks (e.g. seq {bad[0]['seq']})")
+        not_issued = {e["id"] for e in self.by_kind["d"] if e["disp"] and e["id"] not in self.issued}
+        if not_issued:
+            self._violation(f"{len(not_issued)} alerts shown that the workload never issued")
+        astray = [e for e in self.by_kind["d"] if e["disp"] and e["dev"] in self.outside]
+        if astray:
+            self._violation(f"{len(astray)} displays on devices outside the alert's area")
+
+    # 4
+    def replicas(self) -> None:
+        states = self.final.get("replicas", {})
+        if not states or any(v is None for v in states.values()):
+            self._violation(f"a replica did not report its stream state: {states}")
+            return
+        distinct = {tuple(sorted(v.items())) for v in states.values()}
+        if len(distinct) > 1:
+            self._violation(f"replicas disagree: {states}")
+
+    # 5
+    def timeliness(self) -> None:
+        r, x = self.result, self.expect
+        phases = {e["what"]: e["t"] for e in self.by_kind["phase"]}
+        start, end = phases.get("issuing"), phases.get("issuing stopped")
+        faults = self.by_kind["fault"]
+        heals = self.by_kind["heal"]
+        displays = [e for e in self.by_kind["d"] if e["disp"] and e["dev"] in self.inside]
+        if start is None or end is None:
+            return
+        # Issue-to-display latency.
+        latencies = [d["t"] - self.acked[d["id"]]["first_t"] for d in displays if d["id"] in self.acked]
+        r.p99_s = _percentile(latencies, 99)
+        if x.p99_s is not None and (r.p99_s is None or r.p99_s > x.p99_s):
+            self._violation(f"p99 issue-to-display {r.p99_s} s exceeds {x.p99_s} s")
+        # Longest gap between deliveries, fleet-wide (the canary gap) and on any one device.
+        window = [start + 2.0] + sorted(d["t"] for d in displays if start + 2.0 <= d["t"] <= end) + [end]
+        r.max_gap_s = round(max(b - a for a, b in zip(window, window[1:])), 2)
+        per_device: dict[int, list[float]] = defaultdict(list)
+        for d in displays:
+            if start + 2.0 <= d["t"] <= end:
+                per_device[d["dev"]].append(d["t"])
+        gaps = [max(b - a for a, b in zip([start + 2.0, *ts, end], [*ts, end])) for ts in per_device.values()]
+        r.max_device_gap_s = round(max(gaps, default=0.0), 2)
+        if x.max_gap_s is not None and r.max_gap_s > x.max_gap_s:
+            self._violation(f"delivery gap {r.max_gap_s} s exceeds {x.max_gap_s} s")
+        # Recovery: the first delivery after the last heal.
+        if heals:
+            healed = heals[-1]["t"]
+            after = [d["t"] for d in displays if d["t"] >= healed]
+            r.recover_s = round(min(after) - healed, 2) if after else None
+            if r.recover_s is None or r.recover_s > x.recover_s:
+                self._violation(f"no delivery within {x.recover_s} s of the heal (first after {r.recover_s} s)")
+        # /readyz: red within 10 s of the fault (delivery stopping), green after recovery.
+        if x.red_nodes and faults:
+            fault_t = faults[0]["t"]
+            recovered_t = (heals[-1]["t"] + (r.recover_s or 0.0)) if heals else end
+            samples: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for e in self.by_kind["ready"]:
+                samples[e["node"]].append(e)
+            for node in x.red_nodes:
+                red = [s["t"] for s in samples[node] if s["t"] >= fault_t and not s["ok"]]
+                r.red_after_s[node] = round(red[0] - fault_t, 2) if red else None
+                if not red or red[0] - fault_t > x.red_within_s:
+                    self._violation(f"/readyz of {node} not red within {x.red_within_s} s of the fault "
+                                    f"(first red after {r.red_after_s[node]} s)")
+                green = [s["t"] for s in samples[node] if s["t"] >= recovered_t and s["ok"]]
+                r.green_after_s[node] = round(green[0] - recovered_t, 2) if green else None
+                if not green or green[0] - recovered_t > x.green_within_s:
+                    self._violation(f"/readyz of {node} not green within {x.green_within_s} s of recovery "
+                                    f"(first green after {r.green_after_s[node]} s)")
+
+    def issuers(self) -> None:
+        r, x = self.result, self.expect
+        if r.gave_up:
+            self._violation(f"{r.gave_up} alerts never acknowledged after the issuer's retries")
+        if r.refused > x.refusals_expected:
+            refusals = self.by_kind["refused"]
+            self._violation(f"{r.refused} alerts refused (e.g. {refusals[0]['status']}: {refusals[0]['body'][:120]})")
+        if x.expect_503 and not r.unavailable:
+            self._violation("the issuer never got a 503 although the stream had no quorum")
+        if x.no_ack_from:
+            faults = self.by_kind["fault"]
+            heals = self.by_kind["heal"]
+            if faults and heals:
+                a, b = faults[0]["t"], heals[-1]["t"]
+                bad = [e for e in self.by_kind["issue"] if e.get("seq") is not None and e["node"] in x.no_ack_from
+                       and a + 1.0 <= e["t"] <= b]
+                if bad:
+                    self._violation(f"{len(bad)} acknowledgements from the cut-off node(s) {x.no_ack_from}")
+
+    def _violation(self, text: str) -> None:
+        if len(self.result.violations) < 40:
+            self.result.violations.append(text)
+        elif len(self.result.violations) == 40:
+            self.result.violations.append("... (more)")
+
+
+def check(fault: str, entries: list[dict[str, Any]], final: dict[str, Any], expect: Expect) -> Result:
+    return Checker(fault, entries, final, expect).check()

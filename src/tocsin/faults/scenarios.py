@@ -1,0 +1,715 @@
+"""F01-F22 of RELIABILITY.md's fault matrix, each a setup, an injection (with its heal) and
+the expectations its run is checked against. `ci=True` runs the shorter CI variant: lower
+rates and durations, the same invariants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import nats
+import uvicorn
+
+from tocsin.faults import disks, netns
+from tocsin.faults.checker import Expect, Result, check
+from tocsin.faults.harness import STREAM, Options, Run
+from tocsin.faults.history import read
+from tocsin.faults.inproc import InProcessNode
+from tocsin.faults.workload import SENDER, alert_xml
+from tocsin.store.base import alert_id_for
+
+Inject = Callable[[Run, bool], Awaitable[None]]
+Prepare = Callable[[Run, bool], Awaitable[None]]
+Verify = Callable[[Run, Result, bool], Awaitable[None]]
+
+
+@dataclass(slots=True, kw_only=True)
+class Scenario:
+    id: str
+    fault: str
+    must: str
+    inject: Inject
+    options: Options = field(default_factory=Options)
+    ci_options: dict[str, Any] = field(default_factory=dict)
+    expect: Expect = field(default_factory=Expect)
+    prepare: Prepare | None = None  # before the cluster starts (disks, namespaces, launchers)
+    verify: Verify | None = None  # extra checks after the run
+    needs: Callable[[], str | None] = lambda: None  # None, or why it cannot run here
+
+    def options_for(self, ci: bool) -> Options:
+        return replace(self.options, **self.ci_options) if ci else self.options
+
+
+def _ci_seconds(ci: bool, full: float, short: float) -> float:
+    return short if ci else full
+
+
+async def _sleep(run: Run, seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+# -- F01 none ------------------------------------------------------------------------------
+
+async def inject_none(run: Run, ci: bool) -> None:
+    run.fault("none: steady load")
+    await asyncio.sleep(_ci_seconds(ci, 120, 30))
+    run.heal("none")
+
+
+# -- F02 kill -9 a random NATS node every 20 s, restarted after 5 s ---------------------------
+
+async def inject_kill_random_nats(run: Run, ci: bool) -> None:
+    for cycle in range(2 if ci else 4):
+        name = run.rng.choice([s.name for s in run.cluster.specs])
+        run.fault("kill -9 nats-server", node=name, cycle=cycle)
+        await run.cluster.kill(name, tocsin=False)
+        await asyncio.sleep(5)
+        await run.restart_node(name, tocsin=False)
+        run.heal("nats-server restarted", node=name)
+        await asyncio.sleep(15)
+
+
+# -- F03 kill -9 the stream leader during a burst --------------------------------------------
+
+async def inject_kill_leader_in_burst(run: Run, ci: bool) -> None:
+    assert run.issuer is not None
+    leader = await run.leader() or "node1"
+    burst = asyncio.get_running_loop().create_task(run.issuer.burst(40 if ci else 100))
+    await asyncio.sleep(0.3)
+    run.fault("kill -9 the stream leader during a burst", node=leader)
+    await run.cluster.kill(leader, tocsin=False)
+    await asyncio.sleep(5)
+    await run.restart_node(leader, tocsin=False)
+    run.heal("leader's nats-server restarted", node=leader)
+    outcomes = await burst
+    run.note("burst done", acked=sum(o.acked for o in outcomes), total=len(outcomes))
+
+
+# -- F04 SIGSTOP the leader 5/15/30 s ----------------------------------------------------------
+
+async def inject_stop_leader(run: Run, ci: bool) -> None:
+    for pause in ((5, 15) if ci else (5, 15, 30)):
+        leader = await run.leader() or "node1"
+        run.fault("SIGSTOP the stream leader's nats-server", node=leader, seconds=pause)
+        run.cluster.signal(leader, signal.SIGSTOP, tocsin=False)
+        try:
+            await asyncio.sleep(pause)
+        finally:
+            run.cluster.signal(leader, signal.SIGCONT, tocsin=False)
+        run.heal("SIGCONT", node=leader)
+        await asyncio.sleep(8)
+
+
+# -- F05 freeze a whole node ---------------------------------------------------------------
+
+async def inject_freeze_node(run: Run, ci: bool) -> None:
+    name = "node2"
+    run.fault("SIGSTOP nats-server and tocsin of a node", node=name, seconds=30)
+    run.cluster.signal(name, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(_ci_seconds(ci, 30, 20))
+    finally:
+        run.cluster.signal(name, signal.SIGCONT)
+    run.heal("SIGCONT", node=name)
+
+
+# -- F06 partition one node (netns) ------------------------------------------------------------
+
+def _netns_tag(run: Run) -> int:
+    return run.cluster.base_port % 250
+
+
+async def prepare_netns(run: Run, ci: bool) -> None:
+    spaces = netns.Namespaces(tag=int(os.environ.get("TOCSIN_FAULTS_NETNS_TAG", "0")) or random.randrange(1, 250))
+    await asyncio.to_thread(spaces.setup)
+    run.after_stop(lambda: asyncio.to_thread(spaces.teardown))
+    cluster = run.cluster
+    cluster.hosts = spaces.hosts
+    from tocsin.cluster.local import node_specs
+
+    cluster.specs = node_specs(cluster.data_dir, cluster.nodes, cluster.base_port, spaces.hosts)
+    cluster.launchers = {s.name: spaces.launcher(i) for i, s in enumerate(cluster.specs)}
+    run.spaces = spaces  # type: ignore[attr-defined]
+
+
+async def inject_partition(run: Run, ci: bool) -> None:
+    spaces: netns.Namespaces = run.spaces  # type: ignore[attr-defined]
+    run.fault("partition node3 from its peers (tc drop both ways)", node="node3", seconds=30)
+    await asyncio.to_thread(spaces.partition, 2)
+    try:
+        # Issue straight to the cut-off node meanwhile: it must never acknowledge (the
+        # issuer moves on to another node after each refusal, as always).
+        assert run.issuer is not None
+        probes = [asyncio.get_running_loop().create_task(
+            run.issuer.issue(run.issuer.new_identifier("minority"), first_node="node3")) for _ in range(3)]
+        await asyncio.sleep(_ci_seconds(ci, 30, 20))
+    finally:
+        await asyncio.to_thread(spaces.heal)
+    run.heal("partition healed", node="node3")
+    await asyncio.gather(*probes)
+
+
+# -- F07 kill -9 2 of 3 NATS nodes for 30 s ---------------------------------------------------
+
+async def inject_quorum_loss(run: Run, ci: bool) -> None:
+    victims = ["node1", "node2"]
+    run.fault("kill -9 two nats-servers (no quorum)", nodes=victims)
+    for name in victims:
+        await run.cluster.kill(name, tocsin=False)
+    await asyncio.sleep(30)
+    for name in victims:
+        await run.restart_node(name, tocsin=False)
+    run.heal("nats-servers restarted", nodes=victims)
+
+
+# -- F08 cold restart ----------------------------------------------------------------------------
+
+async def inject_cold_restart(run: Run, ci: bool) -> None:
+    names = [s.name for s in run.cluster.specs]
+    run.fault("kill -9 every process of every node")
+    for name in names:
+        await run.cluster.kill(name)
+    await asyncio.sleep(3)
+    order = names[:]
+    run.rng.shuffle(order)
+    run.note("restart order", order=order)
+    # The nats-servers must come up together to elect (each waits for its routes);
+    # start them in random order without waiting for one before the next.
+    starts = []
+    for name in order:
+        starts.append(asyncio.get_running_loop().create_task(run.cluster.start_nats(name)))
+        await asyncio.sleep(run.rng.uniform(0, 1.5))
+    await asyncio.gather(*starts)
+    run.rng.shuffle(order)
+    for name in order:
+        await run.cluster.start_tocsin(name)
+    last_start = time.time()
+    run.heal("every node restarted", order=order)
+    waited = max([await run.wait_ready(n, 60) for n in names])
+    run.note("serving after cold restart", seconds=round(time.time() - last_start, 2), ready_s=waited)
+
+
+# -- F09 rolling restart --------------------------------------------------------------------------
+
+async def inject_rolling_restart(run: Run, ci: bool) -> None:
+    for spec in run.cluster.specs:
+        name = spec.name
+        run.fault("rolling restart: lame duck / graceful stop", node=name)
+        if ci:
+            await run.cluster.stop_node(name)
+        else:
+            # Lame duck: the nats-server stops taking clients and moves them over 30 s.
+            run.cluster.signal(name, signal.SIGUSR2, tocsin=False)
+            await run.cluster.stop_node(name)
+        await run.restart_node(name)
+        await run.wait_ready(name, 60)
+        run.heal("node back and ready", node=name)
+        await asyncio.sleep(3)
+
+
+# -- F10 a node returns with an empty disk, same name --------------------------------------------
+
+async def inject_empty_disk(run: Run, ci: bool) -> None:
+    name = "node3"
+    spec = run.cluster.spec(name)
+    run.fault("kill -9 a node and wipe its data directory", node=name)
+    await run.cluster.kill(name)
+    for child in spec.data_dir.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child)
+        elif child.name != "tocsin.log":
+            child.unlink()
+    await asyncio.sleep(5)
+    await run.restart_node(name)
+    run.heal("node back with an empty disk", node=name)
+    await run.wait_ready(name, 60)
+
+
+# -- F11 power-loss copy of one node's disk; the mutation run on every node ---------------------
+
+async def prepare_loop_disks(run: Run, ci: bool, names: tuple[str, ...]) -> None:
+    loops: dict[str, disks.LoopDisk] = {}
+    for name in names:
+        spec = run.cluster.spec(name)
+        disk = disks.LoopDisk(image=run.workdir / "disks" / f"{name}.img", mountpoint=spec.data_dir)
+        await asyncio.to_thread(disk.create)
+        loops[name] = disk
+        run.after_stop(lambda d=disk: asyncio.to_thread(d.detach))  # type: ignore[misc]
+    run.loops = loops  # type: ignore[attr-defined]
+
+
+async def power_loss(run: Run, names: list[str]) -> None:
+    loops: dict[str, disks.LoopDisk] = run.loops  # type: ignore[attr-defined]
+    copies = {name: await asyncio.to_thread(loops[name].power_loss_copy) for name in names}
+    run.fault("power loss: disk images copied unsynced, processes killed", nodes=names)
+    for name in names:
+        await run.cluster.kill(name)
+    for name in names:
+        await asyncio.to_thread(loops[name].replace_with, copies[name])
+    await asyncio.sleep(2)
+    starts = [asyncio.get_running_loop().create_task(run.cluster.start_nats(n)) for n in names]
+    await asyncio.gather(*starts)
+    for name in names:
+        await run.cluster.start_tocsin(name)
+    run.heal("nodes restarted on their power-loss disks", nodes=names)
+
+
+async def inject_power_loss_one(run: Run, ci: bool) -> None:
+    await asyncio.sleep(10)
+    await power_loss(run, ["node3"])
+    await run.wait_ready("node3", 60)
+
+
+async def inject_power_loss_all(run: Run, ci: bool) -> None:
+    await asyncio.sleep(10)
+    await power_loss(run, [s.name for s in run.cluster.specs])
+
+
+# -- F12 disk full on one node -------------------------------------------------------------------
+
+async def prepare_tmpfs(run: Run, ci: bool) -> None:
+    spec = run.cluster.spec("node3")
+    await asyncio.to_thread(disks.mount_tmpfs, spec.data_dir, 96)
+    run.after_stop(lambda: asyncio.to_thread(disks.umount, spec.data_dir))
+
+
+async def inject_disk_full(run: Run, ci: bool) -> None:
+    spec = run.cluster.spec("node3")
+    run.fault("fill node3's disk (tmpfs)", node="node3")
+    junk = await asyncio.to_thread(disks.fill, spec.data_dir)
+    await asyncio.sleep(_ci_seconds(ci, 30, 20))
+    junk.unlink()
+    run.heal("disk space freed", node="node3")
+    # A nats-server that hit ENOSPC turns JetStream off; note whether it came back by itself.
+    await asyncio.sleep(10)
+    stream = await run.jsz("node3")
+    if not stream:
+        run.note("node3's JetStream did not come back after the disk was freed; restarting its nats-server")
+        await run.cluster.kill("node3", tocsin=False)
+        await run.restart_node("node3", tocsin=False)
+        run.heal("node3 nats-server restarted", node="node3")
+
+
+# -- F13 slow disk ---------------------------------------------------------------------------------
+
+def _blkio() -> Path:
+    return Path("/sys/fs/cgroup/blkio")
+
+
+def needs_blkio() -> str | None:
+    if not (_blkio() / "blkio.throttle.write_bps_device").exists():
+        return "no cgroup v1 blkio throttling here to slow a loop device"
+    return None
+
+
+async def inject_slow_disk(run: Run, ci: bool) -> None:
+    disk: disks.LoopDisk = run.loops["node3"]  # type: ignore[attr-defined]
+    group = _blkio() / f"tocsin-faults-{os.getpid()}"
+    group.mkdir(exist_ok=True)
+    pids = [p for p in run.cluster.pids("node3").values() if p]
+    run.fault("throttle node3's disk to 64 KiB/s and 10 writes/s", node="node3", seconds=30)
+    (group / "blkio.throttle.write_bps_device").write_text(f"{disk.major_minor} 65536")
+    (group / "blkio.throttle.write_iops_device").write_text(f"{disk.major_minor} 10")
+    for pid in pids:
+        (group / "cgroup.procs").write_text(str(pid))
+    try:
+        await asyncio.sleep(30)
+    finally:
+        for pid in pids:
+            try:
+                (_blkio() / "cgroup.procs").write_text(str(pid))
+            except OSError:
+                pass
+        (group / "blkio.throttle.write_bps_device").write_text(f"{disk.major_minor} 0")
+        (group / "blkio.throttle.write_iops_device").write_text(f"{disk.major_minor} 0")
+        try:
+            group.rmdir()
+        except OSError:
+            pass
+    run.heal("throttle removed", node="node3")
+
+
+# -- F14 corrupt block files on stopped nodes, restart ---------------------------------------------
+
+async def inject_corrupt_blocks(run: Run, ci: bool) -> None:
+    await asyncio.sleep(5)
+    names = [s.name for s in run.cluster.specs]
+    run.fault("stop every node; truncate the alert stream's last block file on every node")
+    for name in names:
+        await run.cluster.kill(name)
+    cut = 0
+    for name in names:
+        store = run.cluster.spec(name).data_dir / "nats"
+        blocks = sorted(store.rglob(f"streams/{STREAM}/msgs/*.blk"), key=lambda p: int(p.stem))
+        if blocks:
+            last = blocks[-1]
+            size = last.stat().st_size
+            with open(last, "r+b") as f:
+                f.truncate(size // 2)
+            cut += 1
+            # Also drop the stream index so the server must rebuild it from the damaged blocks.
+            for index in store.rglob(f"streams/{STREAM}/msgs/*.idx"):
+                index.unlink()
+            for state in store.rglob(f"streams/{STREAM}/msgs/index.db"):
+                state.unlink()
+    run.note("block files truncated", nodes=cut)
+    starts = [asyncio.get_running_loop().create_task(run.cluster.start_nats(n)) for n in names]
+    await asyncio.gather(*starts)
+    for name in names:
+        await run.cluster.start_tocsin(name)
+    run.heal("nodes restarted on damaged block files")
+    await asyncio.sleep(15)  # at least two reconciler passes
+
+
+async def verify_alarm(run: Run, result: Result, ci: bool) -> None:
+    if result.republished_alarms == 0:
+        result.violations.append("the reconciler raised no alarm (no 'reconciler republished alert' in any log)")
+
+
+# -- F15 clock skew on one tocsin node ----------------------------------------------------------------
+
+def needs_faketime() -> str | None:
+    return None if shutil.which("faketime") else "faketime is not installed (apt-get install faketime)"
+
+
+async def prepare_skew(run: Run, ci: bool) -> None:
+    run.cluster.tocsin_launchers = {"node2": ("faketime", "-f", "+5m"), "node3": ("faketime", "-f", "-5m")}
+    run.cluster.node_extra_env = {n: {"FAKETIME_DONT_FAKE_MONOTONIC": "1"} for n in ("node2", "node3")}
+
+
+async def inject_skew(run: Run, ci: bool) -> None:
+    assert run.issuer is not None
+    run.fault("tocsin on node2 runs 5 min ahead, node3 5 min behind (faketime)")
+    # Same identity through the skewed nodes and a normal one: stored once.
+    ident = run.issuer.new_identifier("skew")
+    body = alert_xml(ident)
+    for node in ("node2", "node3", "node1"):
+        await run.issuer.issue(ident, xml=body, first_node=node)
+    # Beyond the bound: sent 10 min in the future is refused by every node.
+    from datetime import UTC, datetime, timedelta
+
+    future = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=10)
+    for node in ("node1", "node2", "node3"):
+        ident = run.issuer.new_identifier("future")
+        await run.issuer.issue(ident, xml=alert_xml(ident, sent=future), first_node=node)
+    await asyncio.sleep(20)
+    run.heal("end of the skewed window (processes keep their clocks)")
+
+
+async def verify_skew(run: Run, result: Result, ci: bool) -> None:
+    entries = read(run.workdir / "history.jsonl")
+    refused = [e for e in entries if e["k"] == "refused"]
+    future = [e for e in refused if "future" in str(e)]
+    if len({e["node"] for e in refused}) < 3:
+        result.violations.append(f"an alert sent 10 min ahead was not refused by every node: {refused}")
+    result.notes.append(f"{len(refused)} refusals of alerts beyond the skew bound ({len(future)} named future)")
+
+
+# -- F16 delivery broken while NATS is healthy ----------------------------------------------------------
+
+async def prepare_inproc(run: Run, ci: bool) -> None:
+    run.inproc_nodes = ["node3"]  # type: ignore[attr-defined]
+
+
+async def inject_stuck_fanout(run: Run, ci: bool) -> None:
+    node: InProcessNode = run.inproc["node3"]  # type: ignore[attr-defined]
+    assert node.node is not None
+    target = node.node.services.target
+    target.hold = asyncio.Event()
+    run.fault("node3's fan-out stuck (follower held), every process running", node="node3")
+    await asyncio.sleep(_ci_seconds(ci, 30, 20))
+    target.hold.set()
+    target.hold = None
+    run.heal("fan-out released", node="node3")
+
+
+# -- F17 the prober dies --------------------------------------------------------------------------------
+
+async def inject_prober_dies(run: Run, ci: bool) -> None:
+    from tocsin.prober.watchdog import Watchdog, _app
+
+    period = 2.0
+    watchdog = Watchdog(["node3"], period_s=period)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", int(run.watchdog_port)))  # type: ignore[attr-defined]
+    sock.listen(64)
+    server = uvicorn.Server(uvicorn.Config(_app(watchdog), log_config=None, access_log=False, lifespan="off"))
+    serving = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    try:
+        deadline = time.monotonic() + 40
+        while watchdog.watched["node3"].beats < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        run.note("heartbeats before the fault", beats=watchdog.watched["node3"].beats)
+        node: InProcessNode = run.inproc["node3"]  # type: ignore[attr-defined]
+        prober = node.task_named("prober:node3")
+        run.fault("the prober task of node3 dies (cancelled)", node="node3", found=prober is not None)
+        killed = time.monotonic()
+        if prober is not None:
+            prober.cancel()
+        fired = None
+        while time.monotonic() - killed < 30:
+            if watchdog.late():
+                fired = time.monotonic() - killed
+                break
+            await asyncio.sleep(0.2)
+        run.note("dead man's switch", fired_after_s=fired, period_s=period)
+        run.watchdog_fired = fired  # type: ignore[attr-defined]
+        run.heal("watchdog observed", node="node3")
+    finally:
+        server.should_exit = True
+        await serving
+        sock.close()
+
+
+async def prepare_watchdog(run: Run, ci: bool) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run.watchdog_port = port  # type: ignore[attr-defined]
+    run.cluster.node_extra_env = {"node3": {"TOCSIN_WATCHDOG_URLS": f"http://127.0.0.1:{port}",
+                                            "TOCSIN_HEARTBEAT_INTERVAL_S": "2"}}
+    run.inproc_nodes = ["node3"]  # type: ignore[attr-defined]
+
+
+async def verify_watchdog(run: Run, result: Result, ci: bool) -> None:
+    fired = getattr(run, "watchdog_fired", None)
+    result.notes.append(f"dead man's switch fired {fired} s after the prober died (period 2 s)")
+    if fired is None or fired > 2 * 2.0 + 1.0:
+        result.violations.append(f"the dead man's switch did not fire within two heartbeat periods (+1 s): {fired}")
+
+
+# -- F18 reconnect storm -------------------------------------------------------------------------------------
+
+async def inject_storm(run: Run, ci: bool) -> None:
+    run.fault("kill -9 the node holding most devices (both processes)", node="node1")
+    await run.cluster.kill("node1")
+    await asyncio.sleep(20)
+    await run.restart_node("node1")
+    run.heal("node1 restarted", node="node1")
+
+
+# -- F19 all NATS down, then up --------------------------------------------------------------------------------
+
+async def inject_all_nats_down(run: Run, ci: bool) -> None:
+    names = [s.name for s in run.cluster.specs]
+    run.tocsin_pids = {n: run.cluster.pids(n)["tocsin"] for n in names}  # type: ignore[attr-defined]
+    run.fault("kill -9 every nats-server", seconds=_ci_seconds(ci, 180, 60))
+    for name in names:
+        await run.cluster.kill(name, tocsin=False)
+    await asyncio.sleep(_ci_seconds(ci, 180, 60))
+    await asyncio.gather(*(run.cluster.start_nats(n) for n in names))
+    run.heal("every nats-server restarted")
+
+
+async def verify_same_pids(run: Run, result: Result, ci: bool) -> None:
+    before = getattr(run, "tocsin_pids", {})
+    for name, pid in before.items():
+        if pid is None or not _alive(pid):
+            result.violations.append(f"tocsin on {name} (pid {pid}) did not survive the NATS outage")
+    result.notes.append("every tocsin process reconnected without a restart" if not result.violations else "")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# -- F20 kill -9 between the publish ack and the HTTP reply -------------------------------------------------
+
+async def inject_kill_before_reply(run: Run, ci: bool) -> None:
+    assert run.issuer is not None
+    nc = await nats.connect(servers=[s.nats_url for s in run.cluster.specs], connect_timeout=2)
+    try:
+        for round_ in range(5):
+            ident = run.issuer.new_identifier("race")
+            subject = f"{STREAM}.{alert_id_for(SENDER, ident)}"
+            seen = asyncio.get_running_loop().create_future()
+            sub = await nc.subscribe(subject, cb=lambda msg, f=seen: None if f.done() else f.set_result(None))  # type: ignore[misc]
+            issuing = asyncio.get_running_loop().create_task(run.issuer.issue(ident, first_node="node3"))
+            try:
+                async with asyncio.timeout(10):
+                    await seen
+            except TimeoutError:
+                run.note("no publish seen to race", round=round_)
+            run.fault("kill -9 node3 the moment its publish reaches NATS", node="node3", round=round_)
+            await run.cluster.kill("node3")
+            await sub.unsubscribe()
+            outcome = await issuing
+            run.note("raced alert", id=outcome.alert_id, acked=outcome.acked, statuses=outcome.statuses)
+            await run.restart_node("node3")
+            run.heal("node3 restarted", node="node3")
+            await asyncio.sleep(2)
+    finally:
+        await nc.close()
+
+
+# -- F21 a dispatcher paused longer than ack_wait -------------------------------------------------------------
+
+async def inject_pause_dispatcher(run: Run, ci: bool) -> None:
+    run.fault("SIGSTOP node2's tocsin (its fan-out) for 20 s, nats-server running", node="node2")
+    run.cluster.signal("node2", signal.SIGSTOP, nats=False)
+    try:
+        await asyncio.sleep(20)
+    finally:
+        run.cluster.signal("node2", signal.SIGCONT, nats=False)
+    run.heal("SIGCONT", node="node2")
+
+
+# -- F22 noisy neighbour ---------------------------------------------------------------------------------------------
+
+def needs_stress() -> str | None:
+    return None if shutil.which("stress-ng") else "stress-ng is not installed (apt-get install stress-ng)"
+
+
+async def inject_noisy(run: Run, ci: bool) -> None:
+    seconds = int(_ci_seconds(ci, 120, 30))
+    stress = await asyncio.create_subprocess_exec(
+        "stress-ng", "--cpu", "2", "--io", "1", "--vm", "1", "--vm-bytes", "256M", "--timeout", f"{seconds}s",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+    )
+    run.fault("stress-ng: 2 cpu, 1 io, 1 vm workers", pid=stress.pid, seconds=seconds)
+    try:
+        async with asyncio.timeout(seconds + 15):
+            await stress.wait()
+    finally:
+        if stress.returncode is None:
+            os.killpg(stress.pid, signal.SIGKILL)
+            await stress.wait()
+    run.heal("stress-ng finished")
+
+
+# -- the matrix ---------------------------------------------------------------------------------------------------------
+
+CI_OPTIONS: dict[str, Any] = {"devices": 150, "rate": 3.0, "warmup_s": 4.0, "after_s": 10.0, "settle_s": 30.0}
+
+
+def _matrix() -> list[Scenario]:
+    ci = CI_OPTIONS
+    return [
+        Scenario(id="F01", fault="none: steady load, 5 alerts/s for 2 min", must="invariants; p99 under 2 s",
+                 inject=inject_none, expect=Expect(p99_s=2.0), ci_options=ci),
+        Scenario(id="F02", fault="kill -9 a random NATS node every 20 s, restarted after 5 s",
+                 must="invariants; canary gap at most 15 s", inject=inject_kill_random_nats, ci_options=ci),
+        Scenario(id="F03", fault="kill -9 the stream leader during a burst",
+                 must="invariants; no issuer-visible failure after its retries",
+                 inject=inject_kill_leader_in_burst, ci_options=ci),
+        Scenario(id="F04", fault="SIGSTOP the leader 5/15/30 s, then SIGCONT", must="invariants; gap at most 15 s",
+                 inject=inject_stop_leader, ci_options=ci),
+        Scenario(id="F05", fault="freeze a whole node (nats + tocsin) 30 s",
+                 must="devices and issuers fail over to other nodes", inject=inject_freeze_node, ci_options=ci),
+        Scenario(id="F06", fault="partition one node (netns) 30 s, heal",
+                 must="the minority never acknowledges; invariants", inject=inject_partition,
+                 prepare=prepare_netns, expect=Expect(no_ack_from=("node3",)), ci_options=ci,
+                 needs=netns.available),
+        Scenario(id="F07", fault="kill -9 2 of 3 NATS nodes for 30 s",
+                 must="503, never a false 201; /readyz red; resumes after restart", inject=inject_quorum_loss,
+                 expect=Expect(max_gap_s=None, expect_503=True, red_nodes=("node1", "node2", "node3")),
+                 ci_options=ci),
+        Scenario(id="F08", fault="cold restart: kill everything, restart in random order",
+                 must="all acknowledged alerts present; serving within 60 s", inject=inject_cold_restart,
+                 expect=Expect(max_gap_s=None, recover_s=60.0), ci_options=ci),
+        Scenario(id="F09", fault="rolling restart (lame duck, wait healthy, next)",
+                 must="no issuer failure after retries; no duplicate; gap at most 15 s",
+                 inject=inject_rolling_restart, ci_options=ci),
+        Scenario(id="F10", fault="a node returns with an empty disk, same name",
+                 must="it catches up; replicas current again", inject=inject_empty_disk, ci_options=ci),
+        Scenario(id="F11", fault="power-loss copy of one node's disk (sync_interval: always)",
+                 must="invariants with sync always", inject=inject_power_loss_one,
+                 prepare=lambda r, c: prepare_loop_disks(r, c, ("node3",)), ci_options=ci, needs=_needs_loop),
+        Scenario(id="F11-mutation", fault="power-loss copy of every disk, default sync_interval (unsafe)",
+                 must="the checker reports the loss", inject=inject_power_loss_all,
+                 options=Options(sync_always=False),
+                 prepare=lambda r, c: prepare_loop_disks(r, c, ("node1", "node2", "node3")),
+                 expect=Expect(max_gap_s=None, recover_s=60.0), ci_options=ci, needs=_needs_loop),
+        Scenario(id="F11-control", fault="power-loss copy of every disk, sync_interval: always",
+                 must="no loss", inject=inject_power_loss_all,
+                 prepare=lambda r, c: prepare_loop_disks(r, c, ("node1", "node2", "node3")),
+                 expect=Expect(max_gap_s=None, recover_s=60.0), ci_options=ci, needs=_needs_loop),
+        Scenario(id="F12", fault="disk full on one node (tmpfs)",
+                 must="never acknowledged then lost; red, then recovers", inject=inject_disk_full,
+                 prepare=prepare_tmpfs, expect=Expect(red_nodes=("node3",)), ci_options=ci),
+        Scenario(id="F13", fault="slow disk (throttled loop device)", must="no duplicate display",
+                 inject=inject_slow_disk, prepare=lambda r, c: prepare_loop_disks(r, c, ("node3",)),
+                 ci_options=ci, needs=lambda: _needs_loop() or needs_blkio()),
+        Scenario(id="F14", fault="truncate block files on stopped nodes, restart",
+                 must="the reconciler detects and republishes; an alarm is raised", inject=inject_corrupt_blocks,
+                 expect=Expect(max_gap_s=None, recover_s=60.0), verify=verify_alarm, ci_options=ci),
+        Scenario(id="F15", fault="clock skew +/- 5 min on two tocsin nodes",
+                 must="dedupe by identity not time; skew beyond the bound is rejected", inject=inject_skew,
+                 prepare=prepare_skew, verify=verify_skew, expect=Expect(refusals_expected=3), ci_options=ci,
+                 needs=needs_faketime),
+        Scenario(id="F16", fault="fan-out stuck on one node while NATS is healthy",
+                 must="/readyz red within 10 s although every process runs", inject=inject_stuck_fanout,
+                 prepare=prepare_inproc, expect=Expect(red_nodes=("node3",)), ci_options=ci),
+        Scenario(id="F17", fault="the prober itself dies", must="dead man's switch within two heartbeat periods",
+                 inject=inject_prober_dies, prepare=prepare_watchdog, verify=verify_watchdog, ci_options=ci),
+        Scenario(id="F18", fault="reconnect storm: the node holding 2,000 devices dies",
+                 must="jittered reconnects; every device resyncs; no node overloads", inject=inject_storm,
+                 options=Options(devices=2000, homes=[0], rate=1.0, outside=0.05, settle_s=90.0),
+                 ci_options={**ci, "devices": 300}),
+        Scenario(id="F19", fault="all NATS down for 3 min, then up", must="every tocsin node reconnects without a restart",
+                 inject=inject_all_nats_down, verify=verify_same_pids,
+                 options=Options(give_up_s=300.0), expect=Expect(max_gap_s=None),
+                 ci_options={**ci, "give_up_s": 150.0}),
+        Scenario(id="F20", fault="kill -9 a node between the publish ack and its HTTP reply",
+                 must="displayed once", inject=inject_kill_before_reply, ci_options=ci),
+        Scenario(id="F21", fault="a dispatcher (the live fan-out) paused longer than its timeouts",
+                 must="redelivered, displayed once", inject=inject_pause_dispatcher, ci_options=ci),
+        Scenario(id="F22", fault="noisy neighbour (stress-ng) during F01", must="p99 under 10 s; invariants",
+                 inject=inject_noisy, expect=Expect(p99_s=10.0), ci_options=ci, needs=needs_stress),
+    ]
+
+
+def _needs_loop() -> str | None:
+    if os.geteuid() != 0:
+        return "loop devices need root"
+    if not shutil.which("mkfs.ext4") or not shutil.which("losetup"):
+        return "mkfs.ext4 or losetup missing"
+    probe = subprocess.run(["losetup", "-f"], capture_output=True, text=True, timeout=10)
+    return None if probe.returncode == 0 else f"no free loop device: {probe.stderr.strip()[:100]}"
+
+
+SCENARIOS: dict[str, Scenario] = {s.id: s for s in _matrix()}
+CI_SUBSET = ("F01", "F02", "F03", "F04", "F07", "F08", "F09", "F12", "F16", "F19")
+
+
+async def run_scenario(scenario: Scenario, workdir: Path, *, ci: bool = False) -> Result:
+    """Set up, run, check; every process is stopped whatever happens."""
+    started = time.monotonic()
+    reason = scenario.needs()
+    if reason:
+        return Result(fault=scenario.id, skipped=reason)
+    options = scenario.options_for(ci)
+    if os.environ.get("TOCSIN_FAULTS_SEED"):
+        options = replace(options, seed=int(os.environ["TOCSIN_FAULTS_SEED"]))
+    async with Run(workdir / scenario.id, scenario.id, options) as run:
+        if scenario.prepare:
+            await scenario.prepare(run, ci)
+        await _start(run)
+        await run.execute(lambda r: scenario.inject(r, ci))
+        await run.stop_fleet()  # the fleet writes its last lines as it stops
+        run.history.flush()
+        result = check(scenario.id, read(run.workdir / "history.jsonl", run.fleet_history), run.final,
+                       scenario.expect)
+        if scenario.verify:
+            await scenario.verify(run, result, ci)
+    result.duration_s = round(time.monotonic() - started, 1)
+    return result
+
+
+async def _start(run: Run) -> None:
+    await run.start()

@@ -1,0 +1,193 @@
+"""The issuer workload: CAP alerts at a steady rate through the public API, spread over the
+nodes, each retried on another node with the same CAP identity until acknowledged.
+
+A 503 (with Retry-After), a 5xx, a timeout or a dropped connection means "not stored, or
+unknown": a real issuer sends the same document again, to another node. A 201 or a 200
+(already stored) is an acknowledgement; the checker holds tocsin to every one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import httpx
+
+from tocsin.faults.history import History
+from tocsin.store.base import alert_id_for
+
+SENDER = "faults@tocsin.test"
+# The workload's area: central Paris; the fleet's inside devices all sit within it.
+PARIS_BOX = "48.80,2.25 48.80,2.42 48.90,2.42 48.90,2.25 48.80,2.25"
+
+
+def cap_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+
+
+def alert_xml(identifier: str, *, sent: datetime | None = None, expires_in_s: float = 3600.0,
+              status: str = "Actual", polygon: str = PARIS_BOX) -> bytes:
+    """A Public CAP 1.2 alert over `polygon`, identity (SENDER, identifier)."""
+    sent = sent or datetime.now(UTC).replace(microsecond=0)
+    expires = sent + timedelta(seconds=expires_in_s)
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<alert xmlns="urn:oasis:names:tc:emergency:cap:1.2">
+  <identifier>{identifier}</identifier>
+  <sender>{SENDER}</sender>
+  <sent>{cap_time(sent)}</sent>
+  <status>{status}</status>
+  <msgType>Alert</msgType>
+  <scope>Public</scope>
+  <info>
+    <language>fr-FR</language>
+    <category>Met</category>
+    <event>Inondation</event>
+    <urgency>Immediate</urgency>
+    <severity>Severe</severity>
+    <certainty>Observed</certainty>
+    <expires>{cap_time(expires)}</expires>
+    <headline>Exercice de panne {identifier}</headline>
+    <description>Alerte du banc de pannes.</description>
+    <area>
+      <areaDesc>Paris centre</areaDesc>
+      <polygon>{polygon}</polygon>
+    </area>
+  </info>
+</alert>
+""".encode()
+
+
+@dataclass(slots=True, kw_only=True)
+class Outcome:
+    alert_id: str
+    identifier: str
+    acked: bool = False
+    seq: int | None = None
+    node: str | None = None
+    attempts: int = 0
+    statuses: list[str] = field(default_factory=list)
+
+
+class Issuer:
+    """Issues alerts; every attempt and outcome goes to the history."""
+
+    def __init__(
+        self,
+        urls: dict[str, str],
+        token: str,
+        history: History,
+        *,
+        run_id: str,
+        attempt_timeout_s: float = 15.0,
+        give_up_s: float = 120.0,
+        max_in_flight: int = 64,
+    ) -> None:
+        self.urls = urls
+        self.names = list(urls)
+        self.token = token
+        self.history = history
+        self.run_id = run_id
+        self.attempt_timeout_s = attempt_timeout_s
+        self.give_up_s = give_up_s
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._numbers = itertools.count(1)
+        self._next_node = itertools.cycle(range(len(self.names)))
+        self.outcomes: dict[str, Outcome] = {}
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(attempt_timeout_s, connect=2.0),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        )
+        self.stopping = False
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    def new_identifier(self, prefix: str = "") -> str:
+        return f"{self.run_id}-{prefix}{next(self._numbers):06d}"
+
+    async def run(self, rate: float, stop: asyncio.Event) -> None:
+        """Issue `rate` alerts a second until `stop`; then wait for those in flight (bounded)."""
+        async with asyncio.TaskGroup() as tasks:
+            start = time.monotonic()
+            for n in itertools.count():
+                wait = start + n / rate - time.monotonic()
+                if wait > 0:
+                    try:
+                        await asyncio.wait_for(stop.wait(), wait)
+                    except TimeoutError:
+                        pass
+                if stop.is_set():
+                    break
+                await self._slots.acquire()
+                tasks.create_task(self._issue_slot(self.new_identifier()))
+
+    async def _issue_slot(self, identifier: str) -> None:
+        try:
+            await self.issue(identifier)
+        finally:
+            self._slots.release()
+
+    async def burst(self, count: int, *, first_node: str | None = None) -> list[Outcome]:
+        """`count` alerts at once (all in flight together)."""
+        async with asyncio.TaskGroup() as tasks:
+            running = [tasks.create_task(self.issue(self.new_identifier("b"), first_node=first_node))
+                       for _ in range(count)]
+        return [task.result() for task in running]
+
+    async def issue(self, identifier: str, *, xml: bytes | None = None, first_node: str | None = None) -> Outcome:
+        """One alert, retried on the next node until acknowledged, refused, or `give_up_s`."""
+        body = xml or alert_xml(identifier)
+        outcome = Outcome(alert_id=alert_id_for(SENDER, identifier), identifier=identifier)
+        self.outcomes[outcome.alert_id] = outcome
+        first_t = time.time()
+        deadline = time.monotonic() + self.give_up_s
+        index = self.names.index(first_node) if first_node else next(self._next_node)
+        self.history.record("issue_start", id=outcome.alert_id, ident=identifier)
+        while time.monotonic() < deadline:
+            node = self.names[index % len(self.names)]
+            outcome.attempts += 1
+            retry_after, final = await self._attempt(outcome, node, body, first_t)
+            if final:
+                return outcome
+            index += 1  # another node, as a real issuer would
+            await asyncio.sleep(min(retry_after, 2.0) * random.uniform(0.5, 1.0))
+        self.history.record("gave_up", id=outcome.alert_id, attempts=outcome.attempts, statuses=outcome.statuses)
+        return outcome
+
+    async def _attempt(self, outcome: Outcome, node: str, body: bytes, first_t: float) -> tuple[float, bool]:
+        """One POST; returns (pause before the next try, whether the outcome is final)."""
+        sent = time.time()
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/cap+xml"}
+        try:
+            response = await self._http.post(f"{self.urls[node]}/api/v1/alerts", content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            kind = type(exc).__name__
+            outcome.statuses.append(kind)
+            self.history.record("issue", id=outcome.alert_id, node=node, n=outcome.attempts, status=kind,
+                                dt=round(time.time() - sent, 3))
+            return (0.5, False)
+        status = response.status_code
+        outcome.statuses.append(str(status))
+        record = {"id": outcome.alert_id, "node": node, "n": outcome.attempts, "status": status,
+                  "dt": round(time.time() - sent, 3)}
+        if status in (200, 201):
+            seq = int(response.json()["seq"])
+            outcome.acked, outcome.seq, outcome.node = True, seq, node
+            self.history.record("issue", **record, seq=seq)
+            self.history.record("acked", id=outcome.alert_id, ident=outcome.identifier, seq=seq, node=node,
+                                status=status, first_t=first_t, attempts=outcome.attempts)
+            return (0.0, True)
+        self.history.record("issue", **record, body=response.text[:200])
+        if status in (502, 503, 504) or status >= 500:
+            try:
+                retry_after = float(response.headers.get("retry-after", "1"))
+            except ValueError:
+                retry_after = 1.0
+            return (retry_after, False)
+        # A refusal (4xx): final. A 409 for the same bytes would be a bug; the checker says so.
+        self.history.record("refused", id=outcome.alert_id, node=node, status=status, body=response.text[:300])
+        return (0.0, True)

@@ -1,0 +1,193 @@
+"""F16 and friends: delivery broken while every process runs; /readyz must say so, then recover.
+
+Each test waits for green, breaks one thing for real, and checks that /readyz (sampled
+every 0.5 s) turns red within 10 s and stays red, then green within 15 s of the repair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+from nats.js.api import ConsumerConfig
+
+from tests.e2e.conftest import ADMIN_TOKEN, start_node, stop_node
+from tests.e2e.devices import register, sse_device
+from tests.health.conftest import fast_settings, red_then_green
+from tests.samples import IN_PARIS, alert_xml
+from tocsin.app import Node
+from tocsin.channels.live import Connection
+from tocsin.cluster.nats_server import NatsServer
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/cap+xml"}
+
+
+async def test_paused_nats_server(tmp_path: Path, http: httpx.AsyncClient) -> None:
+    """SIGSTOP the node's nats-server: the process runs, nothing is stored or delivered."""
+    own = NatsServer(store_dir=tmp_path / "nats", name="paused-nats")
+    await own.start()
+    running = await start_node(fast_settings(tmp_path / "node", own))
+    node = running[0]
+    pid = own.pid
+    assert pid is not None
+
+    async def pause() -> None:
+        os.kill(pid, signal.SIGSTOP)
+
+    async def resume() -> None:
+        os.kill(pid, signal.SIGCONT)
+
+    try:
+        # Held long enough for the client to call the connection stale and reconnect.
+        readyz = await red_then_green(http, node, pause, resume, hold_s=7.0)
+        # Readiness never waits on NATS: every sample answered, and fast, while it was frozen.
+        assert all(s.status is not None for s in readyz.samples)
+        assert max(s.took_s for s in readyz.samples) < 0.5, readyz.samples
+        red = [s for s in readyz.samples if s.status == 503]
+        assert any("stream" in s.failing for s in red)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        await stop_node(*running)
+        await own.stop()
+
+
+async def test_fan_out_stuck(fast_node: Node, http: httpx.AsyncClient) -> None:
+    """The follower coroutine waits forever before fanning the next alert out."""
+    target = fast_node.services.target
+    hold = asyncio.Event()
+    async with httpx.AsyncClient(base_url=fast_node.url) as local:
+        device = await register(local, *IN_PARIS)
+
+    async def stick() -> None:
+        target.hold = hold
+
+    async with sse_device(fast_node.url, device["token"]) as sse:
+        await sse.next("synced")
+        issued: list[str] = []
+
+        async def unstick() -> None:
+            # While stuck, a real device does not get a real alert either: red was the truth.
+            response = await http.post(f"{fast_node.url}/api/v1/alerts", content=alert_xml(), headers=ADMIN)
+            assert response.status_code == 201, response.text
+            issued.append(response.json()["id"])
+            with pytest.raises(TimeoutError):
+                await sse.next_alert(timeout_s=1.0)
+            target.hold = None
+            hold.set()
+
+        readyz = await red_then_green(http, fast_node, stick, unstick)
+        assert (await sse.next_alert())["id"] == issued[0]
+    assert any("follower" in s.failing or "canary" in s.failing for s in readyz.samples)
+
+
+async def test_consumer_at_max_ack_pending(fast_node: Node, http: httpx.AsyncClient, nats_server: NatsServer) -> None:
+    """A durable consumer (a dispatcher) took its max unacked deliveries and stopped acking."""
+    stream = fast_node.settings.stream
+    nc = await nats.connect(nats_server.client_url)
+    js = nc.jetstream()
+    taken: list[nats.aio.msg.Msg] = []
+
+    async def take_and_never_ack() -> None:
+        sub = await js.pull_subscribe(
+            f"{stream}.>", durable="dispatcher", stream=stream,
+            config=ConsumerConfig(max_ack_pending=1, ack_wait=120),
+        )
+        taken.extend(await sub.fetch(1, timeout=5))
+
+    async def ack() -> None:
+        for msg in taken:
+            await msg.ack()
+
+    try:
+        readyz = await red_then_green(http, fast_node, take_and_never_ack, ack)
+        assert any("consumers" in s.failing for s in readyz.samples)
+    finally:
+        await nc.close()
+
+
+async def test_channel_that_accepts_but_never_writes(
+    fast_node: Node, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SSE endpoint answers 200 and then writes nothing: only the canary can tell."""
+    gate = asyncio.Event()
+    original = Connection.next
+
+    async def silent(self: Connection, timeout_s: float) -> bytes | str | None:
+        await gate.wait()
+        return await original(self, timeout_s)
+
+    async def go_silent() -> None:
+        monkeypatch.setattr(Connection, "next", silent)
+
+    async def speak_again() -> None:
+        monkeypatch.undo()
+        gate.set()
+
+    readyz = await red_then_green(http, fast_node, go_silent, speak_again)
+    red = [s for s in readyz.samples if s.status == 503]
+    # NATS, the stream and the follower were fine all along: the canary alone saw it.
+    assert all(set(s.failing) <= {"canary", "canary:sse"} for s in red), red
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size_mb: int) -> contextlib.AbstractContextManager[bool] | object:
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)], capture_output=True
+    ).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _fill(path: Path) -> None:
+    chunk = b"\0" * (1 << 20)
+    with path.open("wb") as f:
+        while True:
+            try:
+                f.write(chunk)
+                f.flush()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                return
+
+
+async def test_data_disk_full(tmp_path: Path, http: httpx.AsyncClient, nats_server: NatsServer) -> None:
+    """The node's data directory (its ledger) fills up: accept cannot record, red; freed, green."""
+    disk = tmp_path / "disk"
+    filler = disk / "filler"
+    with small_tmpfs(disk, 24) as mounted:
+        running = await start_node(fast_settings(disk / "node", nats_server, disk_min_free_mb=4.0))
+        node = running[0]
+        readiness = node.services.readiness
+        assert readiness is not None
+        limits = readiness.limits
+
+        async def fill() -> None:
+            if mounted:
+                await asyncio.to_thread(_fill, filler)
+            else:  # no tmpfs here (not root): the same check, with a threshold no disk meets
+                readiness.limits = dataclasses.replace(limits, disk_min_free_bytes=1 << 60)
+
+        async def free() -> None:
+            filler.unlink(missing_ok=True)
+            readiness.limits = limits
+
+        try:
+            readyz = await red_then_green(http, node, fill, free)
+            assert any("disk" in s.failing for s in readyz.samples)
+        finally:
+            filler.unlink(missing_ok=True)
+            await stop_node(*running)
