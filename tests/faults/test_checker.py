@@ -1,0 +1,83 @@
+"""A checker that never fails proves nothing: it must flag each kind of violation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tocsin.faults.checker import Expect, check
+
+A, B = "a" * 32, "b" * 32
+
+
+def history(*extra: dict[str, Any]) -> list[dict[str, Any]]:
+    base: list[dict[str, Any]] = [
+        {"t": 0.0, "k": "fleet", "devices": [{"i": 0, "inside": True}, {"i": 1, "inside": True},
+                                             {"i": 2, "inside": False}]},
+        {"t": 1.0, "k": "phase", "what": "issuing"},
+        {"t": 1.1, "k": "issue_start", "id": A},
+        {"t": 1.2, "k": "acked", "id": A, "seq": 1, "node": "node1", "first_t": 1.1},
+        {"t": 1.3, "k": "d", "dev": 0, "seq": 1, "id": A, "disp": True, "why": "", "stale": False},
+        {"t": 1.3, "k": "d", "dev": 1, "seq": 1, "id": A, "disp": True, "why": "", "stale": False},
+        {"t": 2.0, "k": "phase", "what": "issuing stopped"},
+    ]
+    return sorted(base + list(extra), key=lambda e: e["t"])
+
+
+def final(stream: dict[str, list[int]] | None = None, **replicas: Any) -> dict[str, Any]:
+    state = {"messages": 1, "bytes": 10, "first_seq": 1, "last_seq": 1, "num_deleted": None}
+    return {"stream": {A: [1]} if stream is None else stream,
+            "replicas": {"node1": state, "node2": state, "node3": {**state, **replicas}}}
+
+
+def test_a_clean_history_passes() -> None:
+    assert check("T", history(), final(), Expect()).violations == []
+
+
+def test_an_acknowledged_alert_missing_from_the_stream_is_lost() -> None:
+    result = check("T", history(), final(stream={}), Expect())
+    assert result.lost == 1 and "not in the stream" in result.violations[0]
+
+
+def test_an_acknowledged_alert_at_another_seq_is_a_lost_write() -> None:
+    result = check("T", history(), final(stream={A: [7]}), Expect())
+    assert result.lost == 1 and "acknowledged write lost" in result.violations[0]
+
+
+def test_an_alert_not_shown_on_a_device_in_its_area_is_lost() -> None:
+    entries = [e for e in history() if not (e["k"] == "d" and e["dev"] == 1)]
+    assert check("T", entries, final(), Expect()).lost == 1
+
+
+def test_a_second_display_and_a_resent_event_are_flagged() -> None:
+    again = {"t": 1.5, "k": "d", "dev": 0, "seq": 1, "id": A, "disp": True, "why": "", "stale": True}
+    result = check("T", history(again), final(), Expect())
+    assert result.duplicated == 1 and result.redelivered == 1
+
+
+def test_an_identity_stored_twice_is_a_duplicate() -> None:
+    assert check("T", history(), final(stream={A: [1, 2]}), Expect()).duplicated == 1
+
+
+def test_forged_foreign_and_astray_displays_are_flagged() -> None:
+    forged = {"t": 1.4, "k": "d", "dev": 0, "seq": 2, "id": B, "disp": False, "why": "bad signature", "stale": False}
+    foreign = {"t": 1.4, "k": "d", "dev": 1, "seq": 3, "id": B, "disp": True, "why": "", "stale": False}
+    astray = {"t": 1.4, "k": "d", "dev": 2, "seq": 1, "id": A, "disp": True, "why": "", "stale": False}
+    text = " ".join(check("T", history(forged, foreign, astray), final(), Expect()).violations)
+    assert "signature" in text and "never issued" in text and "outside" in text
+
+
+def test_replicas_that_disagree_are_flagged() -> None:
+    assert "replicas disagree" in " ".join(check("T", history(), final(last_seq=2), Expect()).violations)
+
+
+def test_a_long_gap_and_a_late_readyz_are_flagged() -> None:
+    entries = history(
+        {"t": 1.05, "k": "fault", "what": "x"},
+        {"t": 1.9, "k": "heal", "what": "x"},
+        {"t": 1.1, "k": "ready", "node": "node1", "ok": True},
+        {"t": 1.95, "k": "ready", "node": "node1", "ok": True},
+    )
+    entries = [{**e, "t": e["t"] * 20} for e in entries]  # a 14 s gap between 26 s and 40 s
+    result = check("T", entries, final(), Expect(max_gap_s=5.0, red_nodes=("node1",)))
+    text = " ".join(result.violations)
+    assert "delivery gap" in text and "not red" in text

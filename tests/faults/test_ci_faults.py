@@ -1,0 +1,29 @@
+"""The CI subset of the fault matrix (RELIABILITY.md): each fault on a real 3-node cluster,
+with a device fleet and an issuer, checked against the five invariants.
+
+Shorter durations and rates than `tocsin-faults --all`; the same invariants. Histories are
+kept under pytest's tmp_path for a failed run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tocsin.faults.scenarios import CI_SUBSET, SCENARIOS, run_scenario
+
+NEEDS_ROOT = {"F12"}  # mounts a tmpfs
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fault_id", CI_SUBSET)
+async def test_fault_keeps_every_invariant(fault_id: str, tmp_path: Path) -> None:
+    if fault_id in NEEDS_ROOT and os.geteuid() != 0:
+        pytest.skip(f"{fault_id} needs root")
+    result = await run_scenario(SCENARIOS[fault_id], tmp_path, ci=True)
+    assert result.skipped is None, result.skipped
+    assert result.violations == [], f"{fault_id} ({tmp_path}): " + "\n".join(result.violations)
+    assert result.acked > 0 and result.lost == 0 and result.duplicated == 0
