@@ -16,6 +16,7 @@ import uvicorn
 from nats.aio.client import Client
 
 from tocsin.api.auth import new_token, token_digest
+from tocsin.api.fastpath import KEEPALIVE_CHUNK
 from tocsin.api.routes import make_app
 from tocsin.api.services import Services
 from tocsin.channels.live import LiveRegistry
@@ -262,6 +263,9 @@ async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], No
         reconciler = tasks.create_task(node.reconciler.run(), name="reconciler")
         supervisor = tasks.create_task(node.nats.supervise(), name="nats") if node.nats else None
         http = tasks.create_task(node.server.serve(sockets=[sock]), name="http")
+        keepalive = tasks.create_task(
+            node.services.live.keep_alive(node.settings.sse_keepalive_s, KEEPALIVE_CHUNK), name="keepalive"
+        )
         while not node.server.started and not http.done():
             await asyncio.sleep(0.01)
         if ready is not None and node.server.started:
@@ -280,6 +284,7 @@ async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], No
         await http
         follower.cancel()
         reconciler.cancel()
+        keepalive.cancel()
         if supervisor is not None:
             supervisor.cancel()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -154,3 +155,21 @@ async def test_expired_alert_is_never_replayed(tmp_path: Path, nats_server: Nats
     finally:
         await stop_node(*running)
 
+
+
+async def test_sse_devices_are_written_to_directly_and_a_stalled_one_is_cut_off(
+    node: Node, http: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    device = await register(http, *IN_PARIS)
+    async with sse_device(node.url, device["token"]) as sse:
+        await sse.next("synced")
+        connections = {c for members in node.services.live.by_cell.values() for c in members}
+        assert connections and all(c.transport is not None for c in connections)
+        # A device whose unsent bytes pass the limit is dropped, not buffered without end.
+        stalled = next(iter(connections))
+        stalled.max_buffer = -1
+        await issue(http, admin, alert_xml())
+        assert stalled.dropped
+    async with asyncio.timeout(10):
+        while node.services.live.count:
+            await asyncio.sleep(0.01)  # the server notices the closed socket

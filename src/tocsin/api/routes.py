@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp
 
 from tocsin.api import alerts, devices, public, streams
+from tocsin.api.fastpath import SseFastPath
 from tocsin.api.problems import HANDLERS
 from tocsin.api.services import Services
 
@@ -25,8 +27,9 @@ ROUTES = [
 ]
 
 
-def make_app(services: Services) -> Starlette:
+def make_app(services: Services) -> ASGIApp:
+    """The node's ASGI app: the routes, behind the SSE fast path."""
     app = Starlette(routes=ROUTES, exception_handlers=HANDLERS)
     app.state.services = services
     app.state.refused = lambda code: services.metrics.refused.labels(code).inc()
-    return app
+    return SseFastPath(app, services)

@@ -25,7 +25,7 @@ KEEPALIVE = b": keepalive\n\n"
 PREAMBLE = b"retry: 2000\n\n"
 
 
-def _last_event_id(raw: str | None) -> int:
+def last_event_id(raw: str | None) -> int:
     if raw is None or raw == "":
         return 0
     if not raw.isdigit():
@@ -33,7 +33,7 @@ def _last_event_id(raw: str | None) -> int:
     return int(raw)
 
 
-def _connection(device_id: str, record: dict[str, Any], protocol: Protocol, depth: int) -> Connection:
+def new_connection(device_id: str, record: dict[str, Any], protocol: Protocol, depth: int) -> Connection:
     return Connection(
         device_id=device_id,
         cells=frozenset(record["cells"]),
@@ -43,15 +43,15 @@ def _connection(device_id: str, record: dict[str, Any], protocol: Protocol, dept
     )
 
 
-def _synced(services: Services) -> dict[str, Any]:
+def synced_body(services: Services) -> dict[str, Any]:
     return {"node": services.settings.node_name, "seq": services.target.last_seq}
 
 
 async def stream(request: Request) -> Response:
     services: Services = request.app.state.services
     device_id, record = await device_for(request, services)
-    after = _last_event_id(request.headers.get("last-event-id") or request.query_params.get("last_event_id"))
-    connection = _connection(device_id, record, Protocol.SSE, services.settings.device_queue_depth)
+    after = last_event_id(request.headers.get("last-event-id") or request.query_params.get("last_event_id"))
+    connection = new_connection(device_id, record, Protocol.SSE, services.settings.device_queue_depth)
     missed = services.target.attach(connection, after)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Tocsin-Node": services.settings.node_name}
     return StreamingResponse(
@@ -66,7 +66,7 @@ async def _sse_body(services: Services, connection: Connection, missed: list[Eve
         yield PREAMBLE
         for event in missed:
             yield event.sse
-        yield b"event: synced\ndata: " + json.dumps(_synced(services)).encode() + b"\n\n"
+        yield b"event: synced\ndata: " + json.dumps(synced_body(services)).encode() + b"\n\n"
         keepalive = services.settings.sse_keepalive_s
         while True:
             item = await connection.next(keepalive)
@@ -82,7 +82,7 @@ async def websocket(ws: WebSocket) -> None:
     services: Services = ws.app.state.services
     try:
         device_id, record = await device_for(ws, services)
-        after = _last_event_id(ws.query_params.get("last_event_id"))
+        after = last_event_id(ws.query_params.get("last_event_id"))
     except Rejected as exc:
         # Accept, then close with the problem code: a refused handshake would reach the
         # client as a bare 403 and it could not tell that it must register again.
@@ -90,7 +90,7 @@ async def websocket(ws: WebSocket) -> None:
         await ws.close(code=4401 if exc.problem.status == 401 else 4400, reason=exc.problem.code)
         return
     await ws.accept()
-    connection = _connection(device_id, record, Protocol.WS, services.settings.device_queue_depth)
+    connection = new_connection(device_id, record, Protocol.WS, services.settings.device_queue_depth)
     missed = services.target.attach(connection, after)
     gauge = services.metrics.devices.labels("ws")
     gauge.inc()
@@ -112,7 +112,7 @@ async def websocket(ws: WebSocket) -> None:
 async def _ws_send(services: Services, ws: WebSocket, connection: Connection, missed: list[Event]) -> None:
     for event in missed:
         await ws.send_text(event.ws)
-    await ws.send_text(json.dumps({"type": "synced", **_synced(services)}))
+    await ws.send_text(json.dumps({"type": "synced", **synced_body(services)}))
     while True:
         item = await connection.next(services.settings.sse_keepalive_s)
         await ws.send_text('{"type":"keepalive"}' if item is None else str(item))

@@ -39,14 +39,21 @@ class Audience:
         return False
 
 
+def http_chunk(data: bytes) -> bytes:
+    """One HTTP/1.1 chunk (RFC 9112 §7.1), for writing straight to a chunked response."""
+    assert data, "an empty chunk would end the response"
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
-    """One alert, encoded once for each protocol."""
+    """One alert, encoded once for each protocol (and once as a ready HTTP chunk)."""
 
     seq: int
     status: str
     sse: bytes
     ws: str
+    sse_chunk: bytes = b""
 
     def for_protocol(self, protocol: Protocol) -> bytes | str:
         return self.sse if protocol is Protocol.SSE else self.ws
@@ -66,6 +73,11 @@ class Connection:
     depth: int
     # The highest seq queued; never queue it or an earlier one again.
     last_seq: int = 0
+    # Set for SSE on the fast path: events are written straight to the socket as HTTP
+    # chunks, no task or queue per device; a device whose unsent bytes pass
+    # `max_buffer` is cut off (it resumes by event id).
+    transport: asyncio.Transport | None = None
+    max_buffer: int = 256 * 1024
     queue: asyncio.Queue[object] = field(init=False)
     dropped: bool = False
 
@@ -78,6 +90,8 @@ class Connection:
             return False
         if event.seq <= self.last_seq:
             return True
+        if self.transport is not None:
+            return self._write(event)
         try:
             self.queue.put_nowait(event.for_protocol(self.protocol))
         except asyncio.QueueFull:
@@ -86,8 +100,27 @@ class Connection:
         self.last_seq = event.seq
         return True
 
+    def _write(self, event: Event) -> bool:
+        transport = self.transport
+        assert transport is not None
+        if transport.is_closing() or transport.get_write_buffer_size() > self.max_buffer:
+            self.drop()
+            return False
+        transport.write(event.sse_chunk)
+        self.last_seq = event.seq
+        return True
+
+    def write_raw(self, data: bytes) -> None:
+        """Write already framed bytes (replay, keepalive) on the fast path."""
+        if self.transport is not None and not self.dropped and not self.transport.is_closing():
+            self.transport.write(data)
+
     def drop(self) -> None:
         """Close this connection at the next read; the device reconnects and resumes."""
+        if not self.dropped and self.transport is not None:
+            self.dropped = True
+            self.transport.abort()  # unsent bytes are dropped with it; the device resumes
+            return
         if not self.dropped:
             self.dropped = True
             while not self.queue.empty():
@@ -139,6 +172,13 @@ class LiveRegistry:
                     del self.by_cell[cell]
         self.count -= 1
         self.connected[connection.protocol] -= 1
+
+    async def keep_alive(self, interval_s: float, frame: bytes) -> None:
+        """Every interval, one keepalive on every fast-path connection (one timer for all)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            for connection in {c for members in self.by_cell.values() for c in members}:
+                connection.write_raw(frame)
 
     def close_all(self) -> None:
         """End every live connection (shutdown): devices reconnect, to this node or another."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any
 import sys
 from pathlib import Path
 
@@ -39,9 +41,19 @@ def serve(data_dir: Path | None, listen: str | None) -> None:
         sys.stdout.flush()
 
     try:
-        asyncio.run(app.serve(settings, ready))
+        run_loop(app.serve(settings, ready))
     except KeyboardInterrupt:
         pass
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where it is installed (the fan-out's writes are its hot path)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 def _register_optional() -> None:

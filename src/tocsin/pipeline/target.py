@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from tocsin.cap.model import Alert, Area
 from tocsin.cap.parse import parse_xml
-from tocsin.channels.live import Connection, Event, LiveRegistry
+from tocsin.channels.live import Connection, Event, LiveRegistry, http_chunk
 from tocsin.errors import CapInvalid, StoreUnavailable
 from tocsin.geo.cells import Cover, cover_for
 from tocsin.store.base import AlertId, Stored, alert_id_for
@@ -56,7 +56,7 @@ def encode_event(stored: Stored, status: str) -> Event:
     data = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
     sse = f"id: {stored.seq}\nevent: alert\ndata: {data}\n\n".encode()
     ws = json.dumps({"type": "alert", **body}, ensure_ascii=False, separators=(",", ":"))
-    return Event(seq=stored.seq, status=status, sse=sse, ws=ws)
+    return Event(seq=stored.seq, status=status, sse=sse, ws=ws, sse_chunk=http_chunk(sse))
 
 
 class Target:

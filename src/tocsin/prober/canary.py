@@ -100,8 +100,9 @@ class SseCanary:
 
     def reconnect(self) -> None:
         """Drop the current stream (probes stopped arriving on it) and open a new one."""
-        if self._scope is not None:
-            self._scope.reschedule(asyncio.get_running_loop().time())
+        scope = self._scope
+        if scope is not None and not scope.expired():  # rescheduling an expired scope asserts
+            scope.reschedule(asyncio.get_running_loop().time())
 
     async def run(self, seen: Seen) -> None:
         token: str = await self._register(False)

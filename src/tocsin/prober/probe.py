@@ -199,7 +199,19 @@ class Prober:
     # -- the loop --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run the canaries and the issue loop until cancelled."""
+        """Run the canaries and the issue loop until cancelled; a bug restarts them.
+
+        The prober never takes the node down with it: while it is down, the node is not
+        ready and sends no heartbeat, which is what an outside watchdog must see.
+        """
+        while True:
+            try:
+                await self._run_once()
+            except Exception as exc:
+                log.error("prober failed; restarting", extra={"node": self.node}, exc_info=exc)
+            await asyncio.sleep(max(self.interval_s, 0.5))
+
+    async def _run_once(self) -> None:
         limits = httpx.Limits(max_connections=8, max_keepalive_connections=4)
         async with httpx.AsyncClient(base_url=self.base_url, timeout=self.deadline_s, limits=limits) as http:
 
