@@ -53,6 +53,8 @@ def node_settings(tmp_path: Path, nats_server: NatsServer, **changes: object) ->
         admin_token=ADMIN_TOKEN,
         sse_keepalive_s=1.0,
         stream_max_bytes=32 * 1024 * 1024,
+        # Tests call reconcile() themselves; the background pass runs once at start.
+        reconcile_interval_s=3600.0,
         # These tests count the stream's seqs; the prober's System alerts are tested in tests/health.
         probe_interval_s=0.0,
     ).replace(**changes)

@@ -46,12 +46,19 @@ class Reconciler:
                 if self.last_error is None:
                     log.warning("reconciler cannot reach the store", extra={"error": str(exc)})
                 self.last_error = str(exc)
+            except Exception as exc:  # a bug here must not take the node's delivery down
+                log.error("reconciler pass failed", exc_info=exc)
+                self.last_error = repr(exc)
             await asyncio.sleep(self._interval_s)
 
     async def reconcile(self) -> int:
         """One pass; returns how many alerts it had to publish again."""
+        # Ledger first: whatever it holds was acknowledged before this read, so the stream
+        # read after it must hold it too. The other order would call every alert accepted
+        # between the two reads missing.
+        recorded = await asyncio.to_thread(self._ledger.ids)
         present = await self._store.alert_ids()
-        missing = [alert_id for alert_id in await asyncio.to_thread(self._ledger.ids) if alert_id not in present]
+        missing = [alert_id for alert_id in recorded if alert_id not in present]
         for alert_id in missing:
             envelope = await asyncio.to_thread(self._ledger.envelope, alert_id)
             if envelope is None:
@@ -60,7 +67,7 @@ class Reconciler:
             # An alarm, not routine: the stream lost an acknowledged alert.
             log.error(
                 "reconciler republished alert",
-                extra={"alert_id": alert_id, "seq": stored.seq, "created": stored.created},
+                extra={"alert_id": alert_id, "seq": stored.seq, "was_missing": stored.created},
             )
         self.passes += 1
         if missing:
