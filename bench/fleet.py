@@ -1,30 +1,49 @@
-"""Bench: a fleet of simulated devices in one process, timing when each alert reaches each.
+"""Bench: a fleet of simulated devices in one process, timing when each message reaches each.
 
-Run by `bench/serve_bench.py` (or by hand) as
+Run by `bench/serve_bench.py`, `bench/fanout_bench.py` and `bench/failover_bench.py` (or by
+hand) as
 
-    python bench/fleet.py --url http://127.0.0.1:8080 --devices 1000 [--outside 0.1]
+    python bench/fleet.py --url http://127.0.0.1:8080 --devices 1000 [--protocol sse|ws]
+    python bench/fleet.py --url http://127.0.0.1:9000 --devices 10000 --protocol raw-sse
+    python bench/fleet.py --url mqtt://127.0.0.1:1883 --devices 10000 --protocol mqtt
+    python bench/fleet.py --url nats://127.0.0.1:4222 --devices 10000 --protocol nats
 
-It registers the devices (`POST /api/v1/devices`), opens one live connection per device
-(one TCP connection each; SSE now, a WebSocket client can sit beside `SseClient`), waits
-until every device has seen `synced`, then talks JSON lines:
+For `sse` and `ws` (tocsin) it registers the devices (`POST /api/v1/devices`; `--tokens FILE`
+keeps them for the next run), opens one live connection per device (one TCP connection each),
+waits until every device is synced, then talks JSON lines:
 
     stdout  {"type": "ready", ...}                      every device is synced
     stdin   {"cmd": "round", "round": 1, "seq": 7, "issued_at": 1732870000.123}
     stdout  {"type": "round", "round": 1, "received": 1000, "p50_ms": ..., ...}
+    stdin   {"cmd": "burst", "seqs": [8, 9, ...], "issued_at": ...}
+    stdout  {"type": "burst", "deliveries": ..., "per_s": ..., ...}
+    stdin   {"cmd": "failover", "killed_at": ..., "issued": {"8": t8, ...}, "timeout_s": 30}
+    stdout  {"type": "failover", "reconnected": ..., "gap_max_s": ..., ...}
     stdin   {"cmd": "stop"}
     stdout  {"type": "summary", "missing": 0, "duplicates": 0, ...}
 
-Receipt times are wall-clock (`time.time()`), taken when the event's bytes are handed to
-the protocol, so the issuer (another process on the same machine) can subtract its own
-`time.time()` taken when it sent the alert. The client is raw asyncio protocols on uvloop
-(no httpx per device) so one process can hold 10,000-20,000 devices.
+The other protocols carry the same messages without tocsin: `raw-sse` is the baselines'
+chunked SSE (bench/baselines), `mqtt` is MQTT 3.1.1 with a QoS 1 subscription (every message
+acknowledged with PUBACK), `nats` is NATS core (SUB, answers PING). Their payload begins
+`id: <seq>\\n`, which is how the seq is read; a device is synced once subscribed.
+
+Receipt times are wall-clock (`time.time()`), taken when the bytes are handed to the
+protocol, so the issuer (another process on the same machine) can subtract its own
+`time.time()` taken when it sent the message. The clients are raw asyncio protocols on uvloop
+with as little parsing per message as the protocol allows (a regex over the raw SSE stream,
+no JSON decoding), so one process reads 10,000-20,000 sockets on one core; the bench pins it
+to a core of its own with `taskset` and reports its CPU. With `--reconnect URL,...` a device
+whose connection ends reconnects after a full-jitter delay (as tocsin's client does) to the
+next URL, resuming from the last seq it saw.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
+import os
 import random
 import resource
 import sys
@@ -32,6 +51,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -47,6 +67,7 @@ OUTSIDE_BOX = (45.72, 4.78, 45.79, 4.88)
 # backlog (4096) never overflows.
 CONNECT_PARALLEL = 256
 REGISTER_PARALLEL = 32
+SOURCE_ADDRESSES = 200
 # After the last expected device has the alert, wait this long for duplicates/strays.
 SETTLE_S = 0.3
 
@@ -57,16 +78,15 @@ def cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def raise_nofile() -> int:
-    """Raise the open-files soft limit to the hard limit; return the new soft limit."""
+def raise_nofile(wanted: int = 1 << 17) -> int:
+    """Raise the open-files limit (the hard one too when root may); return the soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    for target_hard in (max(hard, wanted), hard):
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target_hard, target_hard))
+            return target_hard
         except (ValueError, OSError):
-            pass
+            continue
     return soft
 
 
@@ -80,7 +100,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 @dataclass(slots=True, kw_only=True)
 class Device:
-    """One simulated device: its token, whether the bench's alert area covers it, what it got."""
+    """One simulated device: its token, whether the messages should reach it, what it got."""
 
     index: int
     device_id: str
@@ -90,6 +110,10 @@ class Device:
     duplicates: list[int] = field(default_factory=list)
     synced: bool = False
     closed: str | None = None  # why the connection ended, if it did
+    last_seq: int = 0
+    lost_at: float | None = None
+    resynced_at: float | None = None
+    reconnects: int = 0
 
 
 class FleetEvents:
@@ -103,19 +127,26 @@ class FleetEvents:
         self._waiting: dict[int, tuple[int, asyncio.Event]] = {}
         self.lost: list[str] = []
         self.stopping = False
+        # Set by run() when devices reconnect after losing their connection.
+        self.on_disconnect: Callable[[Device], None] | None = None
 
-    def on_synced(self, device: Device) -> None:
+    def on_synced(self, device: Device, now: float = 0.0) -> None:
         if not device.synced:
             device.synced = True
             self.synced += 1
             if self.synced >= self.devices:
                 self.all_synced.set()
+        elif device.lost_at is not None:
+            device.resynced_at = now or time.time()
 
     def on_alert(self, device: Device, seq: int, at: float) -> None:
-        if seq in device.received:
+        received = device.received
+        if seq in received:
             device.duplicates.append(seq)
             return
-        device.received[seq] = at
+        received[seq] = at
+        if seq > device.last_seq:
+            device.last_seq = seq
         if device.inside:
             self.arrivals[seq] += 1
             waiting = self._waiting.get(seq)
@@ -124,8 +155,13 @@ class FleetEvents:
 
     def on_lost(self, device: Device, why: str) -> None:
         device.closed = why
-        if not self.stopping:
-            self.lost.append(f"{device.device_id}: {why}")
+        if self.stopping:
+            return
+        self.lost.append(f"{device.device_id}: {why}")
+        if self.on_disconnect is not None:
+            device.lost_at = time.time()
+            device.resynced_at = None
+            self.on_disconnect(device)
 
     def wait_for(self, seq: int, expected: int) -> asyncio.Event:
         """An event set once `expected` inside devices have `seq`."""
@@ -136,44 +172,66 @@ class FleetEvents:
         return done
 
 
-class SseClient(asyncio.Protocol):
-    """One device's `GET /api/v1/stream`: HTTP/1.1, chunked decoding, just enough SSE.
-
-    SSE framing (WHATWG HTML §9.2.6) as tocsin writes it: `\\n` line ends, one event per
-    block ending in a blank line; `id:` carries the seq. Only `event:` and `id:` lines are
-    read; the JSON in `data:` is never decoded.
-    """
+class LiveClient(asyncio.Protocol):
+    """What every protocol's client shares: its device, its connection, `ready` once accepted."""
 
     def __init__(self, device: Device, host: str, path: str, events: FleetEvents) -> None:
         self.device = device
         self.events = events
-        self.request = (
-            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n"
-            f"Authorization: Bearer {device.token}\r\nCache-Control: no-cache\r\n\r\n"
-        ).encode()
+        self.host = host
+        self.path = path
         self.transport: asyncio.Transport | None = None
-        self.status: int | None = None
         self.headers_seen = asyncio.get_running_loop().create_future()
-        self._head = bytearray()
-        self._chunked = False
-        self._chunks = bytearray()
-        self._data_left = 0  # bytes of the current chunk's data still to read
-        self._crlf_left = 0  # bytes of the CRLF after the chunk's data still to skip
-        self._sse = bytearray()
+        self._buf = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
         self.transport = cast(asyncio.Transport, transport)
-        self.transport.write(self.request)
+        self.transport.write(self.hello())
+
+    def hello(self) -> bytes:
+        raise NotImplementedError
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.events.on_lost(self.device, repr(exc) if exc else "closed by server")
         if not self.headers_seen.done():
-            self.headers_seen.set_exception(ConnectionError(f"closed before headers: {exc!r}"))
+            self.headers_seen.set_exception(ConnectionError(f"closed before ready: {exc!r}"))
+        self.events.on_lost(self.device, repr(exc) if exc else "closed by server")
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    def _ready(self, ok: bool, why: str = "") -> None:
+        if not self.headers_seen.done():
+            if ok:
+                self.headers_seen.set_result(None)
+            else:
+                self.headers_seen.set_exception(ConnectionError(why))
+        if not ok and self.transport is not None:
+            self.transport.close()
+
+
+# tocsin writes `id: <seq>\nevent: alert\ndata: ...` (WHATWG HTML §9.2.6), one event per HTTP
+# chunk; `synced` has no id. Scanning the raw stream finds them without de-chunking: the JSON
+# in `data:` holds no raw newline, so `event: ` is always a field. bytes.find, not a regex:
+# a regex over a 1 KB event costs ~20 us in CPython, find ~1 us.
+_TAIL = 64  # longer than any partial `id: ...\nevent: ...` line pair
+
+
+class SseClient(LiveClient):
+    """One device's SSE stream over HTTP/1.1 (tocsin's `GET /api/v1/stream`, or a baseline)."""
+
+    def __init__(self, device: Device, host: str, path: str, events: FleetEvents) -> None:
+        super().__init__(device, host, path, events)
+        self.status: int | None = None
+        self._head = b""
+
+    def hello(self) -> bytes:
+        resume = f"Last-Event-ID: {self.device.last_seq}\r\n" if self.device.last_seq else ""
+        return (
+            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nAccept: text/event-stream\r\n"
+            f"Authorization: Bearer {self.device.token}\r\nCache-Control: no-cache\r\n{resume}\r\n"
+        ).encode()
 
     def data_received(self, data: bytes) -> None:
         now = time.time()
@@ -182,82 +240,227 @@ class SseClient(asyncio.Protocol):
             end = self._head.find(b"\r\n\r\n")
             if end < 0:
                 return
-            data = bytes(self._head[end + 4 :])
-            self._start(bytes(self._head[:end]))
+            data = self._head[end + 4 :]
+            self.status = int(self._head.split(b" ", 2)[1])
+            self._ready(self.status == 200, f"HTTP {self.status}: {self._head[:200]!r}")
             if self.status != 200:
                 return
-        if self._chunked:
-            self._feed_sse(self._dechunk(data), now)
-        else:
-            self._feed_sse(data, now)
+        buf = self._buf + data if self._buf else data
+        last = 0
+        at = buf.find(b"event: ")
+        while at >= 0:
+            end = buf.find(b"\n", at)
+            if end < 0:
+                break
+            kind = buf[at + 7 : end]
+            if kind == b"alert":
+                start = buf.rfind(b"id: ", max(0, at - 32), at)
+                if start >= 0:
+                    self.events.on_alert(self.device, int(buf[start + 4 : at - 1]), now)
+            elif kind == b"synced":
+                self.events.on_synced(self.device, now)
+            last = end
+            at = buf.find(b"event: ", end)
+        self._buf = buf[max(last, len(buf) - _TAIL) :]
 
-    def _start(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        self.status = int(lines[0].split(b" ", 2)[1])
-        self._chunked = any(
-            line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower() for line in lines[1:]
-        )
-        if not self.headers_seen.done():
-            if self.status == 200:
-                self.headers_seen.set_result(None)
+
+_ALERT_PREFIX = b'{"type":"alert","seq":'
+_SYNCED = b'"synced"'  # tocsin writes `{"type": "synced", ...}` (json.dumps' default separators)
+
+
+class WsClient(LiveClient):
+    """One device's tocsin WebSocket (RFC 6455): upgrade, unmasked server frames, masked pongs.
+
+    No extension is offered, so frames are never compressed. tocsin's messages are JSON
+    objects that start `{"type":"alert","seq":N,`; only that prefix is read.
+    """
+
+    def __init__(self, device: Device, host: str, path: str, events: FleetEvents) -> None:
+        super().__init__(device, host, path, events)
+        self.upgraded = False
+        self._head = b""
+
+    def hello(self) -> bytes:
+        key = base64.b64encode(os.urandom(16)).decode()
+        query = f"?token={self.device.token}"
+        if self.device.last_seq:
+            query += f"&last_event_id={self.device.last_seq}"
+        return (
+            f"GET {self.path}{query} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        if not self.upgraded:
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            data = self._head[end + 4 :]
+            status = int(self._head.split(b" ", 2)[1])
+            self.upgraded = status == 101
+            self._ready(self.upgraded, f"HTTP {status}: {self._head[:200]!r}")
+            if not self.upgraded:
+                return
+        buf = self._buf + data if self._buf else data
+        i, n = 0, len(buf)
+        while n - i >= 2:
+            b0, b1 = buf[i], buf[i + 1]
+            length, header = b1 & 0x7F, 2
+            if length == 126:
+                if n - i < 4:
+                    break
+                length, header = int.from_bytes(buf[i + 2 : i + 4], "big"), 4
+            elif length == 127:
+                if n - i < 10:
+                    break
+                length, header = int.from_bytes(buf[i + 2 : i + 10], "big"), 10
+            if b1 & 0x80:
+                header += 4  # a server must not mask (RFC 6455 §5.1); skip the key anyway
+            if n - i < header + length:
+                break
+            payload = buf[i + header : i + header + length]
+            i += header + length
+            opcode = b0 & 0x0F
+            if opcode == 1:
+                if payload.startswith(_ALERT_PREFIX):
+                    end = payload.index(b",", len(_ALERT_PREFIX))
+                    self.events.on_alert(self.device, int(payload[len(_ALERT_PREFIX) : end]), now)
+                elif _SYNCED in payload[:24]:
+                    self.events.on_synced(self.device, now)
+            elif opcode == 9 and self.transport is not None:  # ping -> pong, masked (zero key)
+                self.transport.write(bytes((0x8A, 0x80 | len(payload))) + b"\0\0\0\0" + payload)
+            elif opcode == 8 and self.transport is not None:
+                self.transport.close()
+        self._buf = buf[i:]
+
+
+def _mqtt_length(n: int) -> bytes:
+    """MQTT 3.1.1 §2.2.3 remaining length: 7 bits a byte, high bit = more."""
+    out = bytearray()
+    while True:
+        n, digit = n >> 7, n & 0x7F
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _mqtt_str(text: str) -> bytes:
+    raw = text.encode()
+    return len(raw).to_bytes(2, "big") + raw
+
+
+MQTT_TOPIC = "bench/alerts"
+
+
+class MqttClient(LiveClient):
+    """MQTT 3.1.1: CONNECT (clean session), SUBSCRIBE at QoS 1, PUBACK for every PUBLISH."""
+
+    def hello(self) -> bytes:
+        body = _mqtt_str("MQTT") + bytes((4, 0x02)) + (600).to_bytes(2, "big") + _mqtt_str(f"d{self.device.index}")
+        connect = b"\x10" + _mqtt_length(len(body)) + body
+        sub = (1).to_bytes(2, "big") + _mqtt_str(MQTT_TOPIC) + b"\x01"
+        return connect + b"\x82" + _mqtt_length(len(sub)) + sub
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        buf = self._buf + data if self._buf else data
+        i, n = 0, len(buf)
+        acks = []
+        while n - i >= 2:
+            kind = buf[i]
+            length, shift, j = 0, 0, i + 1
+            while j < n:
+                byte = buf[j]
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                j += 1
+                if not byte & 0x80:
+                    break
             else:
-                self.headers_seen.set_exception(ConnectionError(f"HTTP {self.status}: {head[:200]!r}"))
-        if self.status != 200 and self.transport is not None:
-            self.transport.close()
-
-    def _dechunk(self, data: bytes) -> bytes:
-        """HTTP/1.1 chunked transfer coding (RFC 9112 §7.1) -> the body bytes so far."""
-        buf = self._chunks
-        buf += data
-        out = bytearray()
-        while buf:
-            if self._data_left:
-                take = min(self._data_left, len(buf))
-                out += buf[:take]
-                del buf[:take]
-                self._data_left -= take
-                continue
-            if self._crlf_left:
-                take = min(self._crlf_left, len(buf))
-                del buf[:take]
-                self._crlf_left -= take
-                continue
-            nl = buf.find(b"\r\n")
-            if nl < 0:
                 break
-            size = int(bytes(buf[:nl]).split(b";", 1)[0], 16)
-            del buf[: nl + 2]
-            if size == 0:  # last chunk: the server ended the stream
+            if n - j < length:
                 break
-            self._data_left, self._crlf_left = size, 2
-        return bytes(out)
-
-    def _feed_sse(self, body: bytes, now: float) -> None:
-        sse = self._sse
-        sse += body
-        while (end := sse.find(b"\n\n")) >= 0:
-            block = bytes(sse[:end])
-            del sse[: end + 2]
-            self._on_block(block, now)
-
-    def _on_block(self, block: bytes, now: float) -> None:
-        kind = b"message"
-        seq: int | None = None
-        for line in block.split(b"\n"):
-            if line.startswith(b"event:"):
-                kind = line[6:].strip()
-            elif line.startswith(b"id:"):
-                seq = int(line[3:].strip())
-            elif line.startswith(b"data:"):
-                break  # tocsin writes id and event before data; data is never needed here
-        if kind == b"alert" and seq is not None:
-            self.events.on_alert(self.device, seq, now)
-        elif kind == b"synced":
-            self.events.on_synced(self.device)
+            body = buf[j : j + length]
+            i = j + length
+            packet = kind >> 4
+            if packet == 3:  # PUBLISH
+                topic_len = int.from_bytes(body[:2], "big")
+                at = 2 + topic_len
+                if (kind >> 1) & 3:
+                    acks.append(b"\x40\x02" + body[at : at + 2])
+                    at += 2
+                payload = body[at : at + 32]
+                if payload.startswith(b"id: "):
+                    self.events.on_alert(self.device, int(payload[4 : payload.index(b"\n")]), now)
+            elif packet == 2:  # CONNACK
+                if body[1:2] != b"\0":
+                    self._ready(False, f"CONNACK refused: {body!r}")
+            elif packet == 9:  # SUBACK
+                self._ready(body[2:3] in (b"\x00", b"\x01"), f"SUBACK refused: {body!r}")
+                self.events.on_synced(self.device, now)
+        self._buf = buf[i:]
+        if acks and self.transport is not None:
+            self.transport.write(b"".join(acks))
 
 
-ClientFactory = Callable[[Device, str, str, FleetEvents], SseClient]
-PROTOCOLS: dict[str, tuple[str, ClientFactory]] = {"sse": ("/api/v1/stream", SseClient)}
+NATS_SUBJECT = "bench.alerts"
+
+
+class NatsClient(LiveClient):
+    """NATS core: CONNECT, SUB, then PING; synced at the PONG (the SUB is in place)."""
+
+    def __init__(self, device: Device, host: str, path: str, events: FleetEvents) -> None:
+        super().__init__(device, host, path, events)
+        self._need = 0  # bytes of a MSG payload (+ CRLF) still expected
+
+    def hello(self) -> bytes:
+        return (
+            b'CONNECT {"verbose":false,"pedantic":false,"name":"fleet"}\r\n'
+            b"SUB " + NATS_SUBJECT.encode() + b" 1\r\nPING\r\n"
+        )
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        buf = self._buf + data if self._buf else data
+        i, n = 0, len(buf)
+        while i < n:
+            if self._need:
+                if n - i < self._need:
+                    break
+                payload = buf[i : i + 32]
+                i += self._need
+                self._need = 0
+                if payload.startswith(b"id: "):
+                    self.events.on_alert(self.device, int(payload[4 : payload.index(b"\n")]), now)
+                continue
+            end = buf.find(b"\r\n", i)
+            if end < 0:
+                break
+            line = buf[i:end]
+            i = end + 2
+            if line.startswith(b"MSG "):
+                self._need = int(line.rsplit(b" ", 1)[1]) + 2
+            elif line == b"PING" and self.transport is not None:
+                self.transport.write(b"PONG\r\n")
+            elif line == b"PONG":
+                self._ready(True)
+                self.events.on_synced(self.device, now)
+            elif line.startswith(b"-ERR"):
+                self._ready(False, line.decode(errors="replace"))
+        self._buf = buf[i:]
+
+
+ClientFactory = Callable[[Device, str, str, FleetEvents], LiveClient]
+# protocol -> (path, client, whether devices are registered with tocsin)
+PROTOCOLS: dict[str, tuple[str, ClientFactory, bool]] = {
+    "sse": ("/api/v1/stream", SseClient, True),
+    "ws": ("/api/v1/ws", WsClient, True),
+    "raw-sse": ("/events", SseClient, False),
+    "mqtt": ("", MqttClient, False),
+    "nats": ("", NatsClient, False),
+}
 
 
 def random_point(rng: random.Random, box: tuple[float, float, float, float]) -> dict[str, float]:
@@ -289,22 +492,51 @@ async def register(url: str, count: int, outside_share: float, seed: int) -> lis
     return [d for d in devices if d is not None]
 
 
-async def connect_all(
-    url: str, devices: list[Device], events: FleetEvents, protocol: str, timeout_s: float
-) -> list[SseClient]:
-    """Open one connection per device, at most CONNECT_PARALLEL at once, until all synced."""
+async def devices_for(args: argparse.Namespace) -> list[Device]:
+    """Registered devices (reused from `--tokens` when it holds enough), or anonymous ones."""
+    if not PROTOCOLS[args.protocol][2]:
+        return [Device(index=i, device_id=f"d{i}", token="-", inside=True) for i in range(args.devices)]
+    saved = Path(args.tokens) if args.tokens else None
+    if saved is not None and saved.exists():
+        rows = json.loads(saved.read_text())
+        if len(rows) >= args.devices:
+            # Resume after `--after`: alerts of earlier runs are not replayed to this one.
+            return [Device(index=i, device_id=r["id"], token=r["token"], inside=r["inside"], last_seq=args.after)
+                    for i, r in enumerate(rows[: args.devices])]
+    devices = await register(args.url, args.devices, args.outside, args.seed)
+    if saved is not None:
+        saved.write_text(json.dumps([{"id": d.device_id, "token": d.token, "inside": d.inside} for d in devices]))
+    return devices
+
+
+def source_address(index: int) -> str:
+    """Spread the fleet over 127.0.0.2-201 so that 20,000 connections (and the TIME_WAITs of
+    a previous run) never exhaust one address's ephemeral ports."""
+    return f"127.0.0.{2 + index % SOURCE_ADDRESSES}"
+
+
+async def open_client(url: str, protocol: str, device: Device, events: FleetEvents) -> LiveClient:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    path, factory = PROTOCOLS[protocol]
+    path, factory, _ = PROTOCOLS[protocol]
     loop = asyncio.get_running_loop()
+    _, client = await loop.create_connection(
+        lambda: factory(device, f"{host}:{port}", path, events), host, port,
+        local_addr=(source_address(device.index), 0),
+    )
+    return client
+
+
+async def connect_all(
+    url: str, devices: list[Device], events: FleetEvents, protocol: str, timeout_s: float
+) -> list[LiveClient]:
+    """Open one connection per device, at most CONNECT_PARALLEL at once, until all synced."""
     gate = asyncio.Semaphore(CONNECT_PARALLEL)
-    clients: list[SseClient] = []
+    clients: list[LiveClient] = []
 
     async def open_one(device: Device) -> None:
         async with gate:
-            _, client = await loop.create_connection(
-                lambda: factory(device, f"{host}:{port}", path, events), host, port
-            )
+            client = await open_client(url, protocol, device, events)
             clients.append(client)
             await client.headers_seen
 
@@ -314,6 +546,52 @@ async def connect_all(
                 tasks.create_task(open_one(device))
         await events.all_synced.wait()
     return clients
+
+
+class Reconnector:
+    """After a lost connection: wait a full-jitter delay, then the next URL, resuming by seq.
+
+    Mirrors tocsin's client (client/backoff.py: base 0.5 s, doubling, full jitter).
+    """
+
+    def __init__(self, urls: list[str], protocol: str, events: FleetEvents, clients: list[LiveClient],
+                 base_s: float, deadline_s: float) -> None:
+        self.urls = urls
+        self.protocol = protocol
+        self.events = events
+        self.clients = clients
+        self.base_s = base_s
+        self.deadline_s = deadline_s
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.failures: list[str] = []
+
+    def __call__(self, device: Device) -> None:
+        task = asyncio.get_running_loop().create_task(self._again(device))
+        self.tasks.add(task)  # owned here; cancelled in close()
+        task.add_done_callback(self.tasks.discard)
+
+    async def _again(self, device: Device) -> None:
+        attempt = 0
+        started = time.monotonic()
+        while not self.events.stopping and time.monotonic() - started < self.deadline_s:
+            await asyncio.sleep(random.uniform(0, min(30.0, self.base_s * 2**attempt)))
+            device.reconnects += 1
+            url = self.urls[(device.index + device.reconnects) % len(self.urls)]
+            try:
+                client = await open_client(url, self.protocol, device, self.events)
+                self.clients.append(client)
+                async with asyncio.timeout(10):
+                    await client.headers_seen
+                return
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                attempt += 1
+                if len(self.failures) < 20:
+                    self.failures.append(f"{device.device_id} -> {url}: {exc!r}"[:200])
+        # Gave up (stopping, or past the deadline): the failover report counts it as missing.
+
+    def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
 
 
 def round_stats(devices: list[Device], seq: int, issued_at: float) -> dict[str, Any]:
@@ -339,39 +617,116 @@ def round_stats(devices: list[Device], seq: int, issued_at: float) -> dict[str, 
     }
 
 
+def burst_stats(devices: list[Device], seqs: list[int], issued_at: float) -> dict[str, Any]:
+    """A burst of messages issued back to back: deliveries per second until the last one."""
+    inside = [d for d in devices if d.inside]
+    times = [d.received[s] for d in inside for s in seqs if s in d.received]
+    last = max(times) if times else float("nan")
+    expected = len(inside) * len(seqs)
+    return {
+        "messages": len(seqs),
+        "expected": expected,
+        "deliveries": len(times),
+        "missing": expected - len(times),
+        "first_ms": (min(times) - issued_at) * 1000 if times else float("nan"),
+        "last_ms": (last - issued_at) * 1000,
+        "per_s": len(times) / (last - issued_at) if times else 0.0,
+    }
+
+
+def failover_stats(devices: list[Device], killed_at: float, issued: dict[int, float]) -> dict[str, Any]:
+    """Per device: from the kill until it is back (synced elsewhere) and holds every alert
+    issued up to then; the gap is the largest of these over the devices that were cut off."""
+    cut = [d for d in devices if d.lost_at is not None and d.lost_at >= killed_at - 1]
+    back, gaps, missing = [], [], 0
+    for d in cut:
+        if d.resynced_at is None:
+            missing += 1
+            continue
+        back.append(d.resynced_at - killed_at)
+        owed = [s for s, at in issued.items() if at <= d.resynced_at]
+        if any(s not in d.received for s in owed):
+            missing += 1
+            continue
+        gaps.append(max([d.resynced_at, *(d.received[s] for s in owed)]) - killed_at)
+    back.sort()
+    gaps.sort()
+    all_missing = sum(1 for d in devices if d.inside for s in issued if s not in d.received)
+    return {
+        "devices": len(devices),
+        "cut_off": len(cut),
+        "reconnected": len(back),
+        "caught_up": len(gaps),
+        "not_caught_up": missing,
+        "reconnect_p50_s": percentile(back, 50),
+        "reconnect_max_s": back[-1] if back else float("nan"),
+        "gap_p50_s": percentile(gaps, 50),
+        "gap_max_s": gaps[-1] if gaps else float("nan"),
+        "alerts_issued": len(issued),
+        "deliveries_missing": all_missing,
+        "duplicates": sum(len(d.duplicates) for d in devices),
+    }
+
+
 def emit(kind: str, **fields: Any) -> None:
     print(json.dumps({"type": kind, **fields}), flush=True)
 
 
 async def stdin_lines() -> asyncio.StreamReader:
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 20)
+    reader = asyncio.StreamReader(limit=1 << 24)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     return reader
 
 
-async def serve_rounds(devices: list[Device], events: FleetEvents, round_timeout_s: float) -> dict[str, Any]:
-    """Answer `round` commands until `stop` (or stdin closes); returns the totals."""
+async def wait_all(events: FleetEvents, seqs: list[int], expected: int, timeout_s: float) -> None:
+    try:
+        async with asyncio.timeout(timeout_s):
+            for seq in seqs:
+                await events.wait_for(seq, expected).wait()
+    except TimeoutError:
+        pass
+
+
+async def serve_commands(devices: list[Device], events: FleetEvents, round_timeout_s: float) -> dict[str, Any]:
+    """Answer commands until `stop` (or stdin closes); returns the totals."""
     commands = await stdin_lines()
     seqs: list[int] = []
     expected = sum(1 for d in devices if d.inside)
     cpu_mark = cpu_s()
     while line := await commands.readline():
         command = json.loads(line)
-        if command["cmd"] == "stop":
+        kind = command["cmd"]
+        if kind == "stop":
             break
-        seq, issued_at = int(command["seq"]), float(command["issued_at"])
-        seqs.append(seq)
-        try:
-            async with asyncio.timeout(round_timeout_s):
-                await events.wait_for(seq, expected).wait()
-        except TimeoutError:
-            pass
-        await asyncio.sleep(SETTLE_S)
-        # The alert usually arrives before this command does, so CPU is counted from the
-        # end of the previous round (or from ready): that interval holds the receipt work.
+        if kind == "mark":  # start counting CPU from here
+            cpu_mark = cpu_s()
+            emit("mark")
+            continue
+        if kind == "round":
+            seq, issued_at = int(command["seq"]), float(command["issued_at"])
+            seqs.append(seq)
+            await wait_all(events, [seq], expected, round_timeout_s)
+            await asyncio.sleep(SETTLE_S)
+            stats = round_stats(devices, seq, issued_at)
+        elif kind == "burst":
+            burst = [int(s) for s in command["seqs"]]
+            seqs += burst
+            await wait_all(events, burst, expected, round_timeout_s)
+            await asyncio.sleep(SETTLE_S)
+            stats = burst_stats(devices, burst, float(command["issued_at"]))
+        elif kind == "failover":
+            issued = {int(s): float(t) for s, t in command["issued"].items()}
+            seqs += list(issued)
+            await wait_all(events, sorted(issued), expected, float(command.get("timeout_s", 30)))
+            await asyncio.sleep(SETTLE_S)
+            stats = failover_stats(devices, float(command["killed_at"]), issued)
+        else:
+            raise ValueError(f"unknown command {kind!r}")
+        # A message usually arrives before its command does, so CPU is counted from the end
+        # of the previous command (or from `mark`): that interval holds the receipt work.
         now_cpu = cpu_s()
-        emit("round", round=command.get("round"), cpu_s=now_cpu - cpu_mark, **round_stats(devices, seq, issued_at))
+        emit(kind, round=command.get("round"), cpu_s=now_cpu - cpu_mark, **stats)
         cpu_mark = now_cpu
     wanted = set(seqs)
     return {
@@ -388,35 +743,49 @@ async def serve_rounds(devices: list[Device], events: FleetEvents, round_timeout
 async def run(args: argparse.Namespace) -> None:
     nofile = raise_nofile()
     started = time.monotonic()
-    devices = await register(args.url, args.devices, args.outside, args.seed)
+    devices = await devices_for(args)
     registered_s = time.monotonic() - started
     emit("registered", devices=len(devices), seconds=registered_s, cpu_s=cpu_s())
     events = FleetEvents(len(devices))
     started = time.monotonic()
     clients = await connect_all(args.url, devices, events, args.protocol, args.connect_timeout)
+    reconnector = None
+    if args.reconnect:
+        urls = [u.strip() for u in args.reconnect.split(",") if u.strip()]
+        reconnector = Reconnector(urls, args.protocol, events, clients, args.reconnect_base, args.round_timeout)
+        events.on_disconnect = reconnector
     emit(
         "ready", devices=len(devices), inside=sum(d.inside for d in devices), protocol=args.protocol,
         register_s=registered_s, connect_s=time.monotonic() - started, cpu_s=cpu_s(), nofile=nofile,
     )
     try:
-        totals = await serve_rounds(devices, events, args.round_timeout)
+        totals = await serve_commands(devices, events, args.round_timeout)
     finally:
         events.stopping = True
+        if reconnector is not None:
+            reconnector.close()
+            totals_failures = reconnector.failures
+        else:
+            totals_failures = []
         for client in clients:
             client.close()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     emit("summary", cpu_s=cpu_s(), user_s=usage.ru_utime, system_s=usage.ru_stime,
-         max_rss_mb=usage.ru_maxrss / 1024, **totals)
+         max_rss_mb=usage.ru_maxrss / 1024, reconnect_failures=totals_failures, **totals)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", required=True, help="the node's base URL, http://HOST:PORT")
+    parser.add_argument("--url", required=True, help="http://HOST:PORT, mqtt://HOST:PORT or nats://HOST:PORT")
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--outside", type=float, default=0.0, help="share of devices outside the area (0..1)")
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="sse")
+    parser.add_argument("--tokens", default="", help="a JSON file of registered devices, reused when it exists")
+    parser.add_argument("--reconnect", default="", help="comma-separated URLs to reconnect to when a connection ends")
+    parser.add_argument("--reconnect-base", type=float, default=0.5, help="full-jitter base delay, s")
+    parser.add_argument("--after", type=int, default=0, help="with --tokens: resume after this seq")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--connect-timeout", type=float, default=120.0)
+    parser.add_argument("--connect-timeout", type=float, default=300.0)
     parser.add_argument("--round-timeout", type=float, default=30.0)
     args = parser.parse_args()
     try:

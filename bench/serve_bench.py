@@ -110,6 +110,8 @@ class Server:
     data_dir: Path
     port: int
     admin_token: str
+    # A command prefix, e.g. ("taskset", "-c", "0") to pin the server (and its nats-server).
+    launcher: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     nats_pid: int | None = None
 
@@ -127,7 +129,7 @@ class Server:
         out = open(self.log_path, "wb")  # stdout and stderr (JSON log lines) in one file
         with out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tocsin.cli.main", "serve", "--data", str(self.data_dir),
+                [*self.launcher, sys.executable, "-m", "tocsin.cli.main", "serve", "--data", str(self.data_dir),
                  "--listen", f"127.0.0.1:{self.port}"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
             )
@@ -182,13 +184,15 @@ class Fleet:
     devices: int
     outside: float
     log_path: Path
+    launcher: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()  # more fleet.py options (--protocol, --tokens, ...)
     process: subprocess.Popen[bytes] | None = None
     lines: queue.Queue[dict[str, Any] | None] = field(default_factory=queue.Queue)
 
     def start(self) -> None:
-        cmd = [sys.executable, str(ROOT / "bench" / "fleet.py"), "--url", self.url,
+        cmd = [*self.launcher, sys.executable, str(ROOT / "bench" / "fleet.py"), "--url", self.url,
                "--devices", str(self.devices), "--outside", str(self.outside),
-               "--round-timeout", str(ROUND_TIMEOUT_S)]
+               "--round-timeout", str(ROUND_TIMEOUT_S), *self.extra]
         with open(self.log_path, "wb") as err:
             self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
         threading.Thread(target=self._read, daemon=True, name="fleet-stdout").start()

@@ -116,7 +116,7 @@ class Drill:
 
     async def _preflight(self, http: httpx.AsyncClient) -> bool:
         started = time.monotonic()
-        answers = {}
+        answers: dict[str, int | str] = {}
         for node in self.description["nodes"]:
             try:
                 answers[node["name"]] = (await http.get(node["url"] + "/livez")).status_code

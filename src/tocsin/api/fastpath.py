@@ -1,11 +1,12 @@
-"""The SSE fast path: after the response head, alert bytes go straight to the socket.
+"""The live fast paths: after the response head, alert bytes go straight to the socket.
 
 Per-message ASGI machinery (a task, a queue and a send() per device per alert) is what
 makes a framework SSE endpoint slow at fan-out (DESIGN.md). On uvicorn's httptools
 protocol this wrapper answers `GET /api/v1/stream` itself: it sends the response head
 through ASGI, then registers the device's transport with the live registry, which writes
 each alert's pre-encoded HTTP chunk to every matching transport in one loop. On any other
-server, and for refusals (problem+json), the request goes to the normal route.
+server, and for refusals (problem+json), the request goes to the normal route. The
+WebSocket endpoint gets the same treatment from `ws_fastpath` (one pre-encoded frame).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tocsin.api import ws_fastpath
 from tocsin.api.auth import device_for
 from tocsin.api.services import Services
 from tocsin.api.streams import KEEPALIVE, PREAMBLE, last_event_id, new_connection, synced_body
-from tocsin.channels.live import Protocol, http_chunk
+from tocsin.channels.live import Protocol, as_transport, http_chunk
 from tocsin.errors import Rejected, StoreUnavailable
 
 STREAM_PATH = "/api/v1/stream"
@@ -28,12 +30,16 @@ KEEPALIVE_CHUNK = http_chunk(KEEPALIVE)
 
 
 def _transport_of(send: Send) -> asyncio.Transport | None:
-    """uvicorn httptools' response cycle owns the transport and frames chunks itself."""
+    """uvicorn httptools' response cycle owns the transport and frames chunks itself.
+
+    Checked by its methods (`as_transport`), not with isinstance: uvloop's TCPTransport is
+    not an asyncio.Transport subclass, and `tocsin serve` runs on uvloop, so an isinstance
+    check kept every device of a served node off the fast path.
+    """
     cycle = getattr(send, "__self__", None)
     if cycle is None or not type(cycle).__module__.endswith("httptools_impl"):
         return None
-    transport = getattr(cycle, "transport", None)
-    return transport if isinstance(transport, asyncio.Transport) else None
+    return as_transport(getattr(cycle, "transport", None))
 
 
 class SseFastPath:
@@ -47,6 +53,12 @@ class SseFastPath:
         return getattr(self.app, name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == ws_fastpath.WS_PATH:
+            transport = ws_fastpath.ws_transport_of(send)
+            device = await ws_fastpath.authenticate(scope, self.services) if transport is not None else None
+            if transport is not None and device is not None:
+                await ws_fastpath.serve_device(self.services, device, transport, receive, send)
+                return
         if scope["type"] == "http" and scope["path"] == STREAM_PATH and scope["method"] == "GET":
             transport = _transport_of(send)
             if transport is not None:

@@ -39,10 +39,45 @@ class Audience:
         return False
 
 
+_TRANSPORT_METHODS = ("write", "is_closing", "get_write_buffer_size", "abort")
+
+
+def as_transport(candidate: object) -> asyncio.Transport | None:
+    """The object if it has the transport methods the fast paths call, else None.
+
+    By its methods, not isinstance: uvloop's TCPTransport is not an asyncio.Transport.
+    """
+    if candidate is None or not all(callable(getattr(candidate, m, None)) for m in _TRANSPORT_METHODS):
+        return None
+    return candidate  # type: ignore[return-value]
+
+
 def http_chunk(data: bytes) -> bytes:
     """One HTTP/1.1 chunk (RFC 9112 §7.1), for writing straight to a chunked response."""
     assert data, "an empty chunk would end the response"
     return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def ws_text_frame(text: str) -> bytes:
+    """One unfragmented WebSocket text frame, server to client (RFC 6455 §5.2).
+
+    A server never masks its frames (§5.1), so the same bytes serve every device. Sent
+    without compression (RSV1 clear), which permessage-deflate allows (RFC 7692 §6).
+    """
+    payload = text.encode()
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, n))
+    elif n < 1 << 16:
+        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return header + payload
+
+
+# What the fast path writes to an idle device every keepalive interval, per protocol.
+SSE_KEEPALIVE_CHUNK = http_chunk(b": keepalive\n\n")
+WS_KEEPALIVE_FRAME = ws_text_frame('{"type":"keepalive"}')
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,9 +89,14 @@ class Event:
     sse: bytes
     ws: str
     sse_chunk: bytes = b""
+    ws_frame: bytes = b""
 
     def for_protocol(self, protocol: Protocol) -> bytes | str:
         return self.sse if protocol is Protocol.SSE else self.ws
+
+    def wire(self, protocol: Protocol) -> bytes:
+        """The bytes the fast path writes to a device's transport."""
+        return self.sse_chunk if protocol is Protocol.SSE else self.ws_frame
 
 
 _CLOSED = object()
@@ -73,9 +113,9 @@ class Connection:
     depth: int
     # The highest seq queued; never queue it or an earlier one again.
     last_seq: int = 0
-    # Set for SSE on the fast path: events are written straight to the socket as HTTP
-    # chunks, no task or queue per device; a device whose unsent bytes pass
-    # `max_buffer` is cut off (it resumes by event id).
+    # Set on the fast paths (SSE, WebSocket): events are written straight to the socket as
+    # HTTP chunks or WebSocket frames, no task or queue per device; a device whose unsent
+    # bytes pass `max_buffer` is cut off (it resumes by event id).
     transport: asyncio.Transport | None = None
     max_buffer: int = 256 * 1024
     queue: asyncio.Queue[object] = field(init=False)
@@ -106,7 +146,7 @@ class Connection:
         if transport.is_closing() or transport.get_write_buffer_size() > self.max_buffer:
             self.drop()
             return False
-        transport.write(event.sse_chunk)
+        transport.write(event.wire(self.protocol))
         self.last_seq = event.seq
         return True
 
@@ -173,12 +213,15 @@ class LiveRegistry:
         self.count -= 1
         self.connected[connection.protocol] -= 1
 
-    async def keep_alive(self, interval_s: float, frame: bytes) -> None:
-        """Every interval, one keepalive on every fast-path connection (one timer for all)."""
+    async def keep_alive(self, interval_s: float, frame: bytes = SSE_KEEPALIVE_CHUNK) -> None:
+        """Every interval, one keepalive on every fast-path connection (one timer for all).
+
+        `frame` is the SSE keepalive; WebSocket connections get WS_KEEPALIVE_FRAME.
+        """
         while True:
             await asyncio.sleep(interval_s)
             for connection in {c for members in self.by_cell.values() for c in members}:
-                connection.write_raw(frame)
+                connection.write_raw(frame if connection.protocol is Protocol.SSE else WS_KEEPALIVE_FRAME)
 
     def close_all(self) -> None:
         """End every live connection (shutdown): devices reconnect, to this node or another."""
@@ -194,15 +237,51 @@ class LiveRegistry:
         return found
 
     def publish(self, event: Event, connections: Iterable[Connection]) -> int:
-        """Offer one event to the given connections; returns how many took it."""
-        delivered = 0
+        """Offer one event to the given connections; returns how many took it.
+
+        The hot loop: per device, one check and one write of bytes encoded once per
+        protocol. No logging, no task, no await; counters are summed once per call.
+        """
+        seq, everyone = event.seq, event.status == "Actual"
+        wire = {Protocol.SSE: event.sse_chunk, Protocol.WS: event.ws_frame}
+        delivered: dict[Protocol, int] = {Protocol.SSE: 0, Protocol.WS: 0}
+        dropped: dict[Protocol, int] = {Protocol.SSE: 0, Protocol.WS: 0}
         for connection in connections:
-            if not connection.audience.receives(event.status):
+            if not everyone and not connection.audience.receives(event.status):
                 continue
-            if connection.offer(event):
-                delivered += 1
-                self.queued[connection.protocol] += 1
+            protocol = connection.protocol
+            transport = connection.transport
+            if transport is None or connection.dropped or seq <= connection.last_seq:
+                ok = connection.offer(event)  # queued path, or nothing to do
+            elif transport.get_write_buffer_size() > connection.max_buffer or transport.is_closing():
+                connection.drop()
+                ok = False
             else:
-                self.dropped_total += 1
-                self.dropped[connection.protocol] += 1
+                transport.write(wire[protocol])
+                connection.last_seq = seq
+                ok = True
+            if ok:
+                delivered[protocol] += 1
+            else:
+                dropped[protocol] += 1
+        for protocol in (Protocol.SSE, Protocol.WS):
+            if delivered[protocol]:
+                self.queued[protocol] += delivered[protocol]
+            if dropped[protocol]:
+                self.dropped[protocol] += dropped[protocol]
+                self.dropped_total += dropped[protocol]
+        return delivered[Protocol.SSE] + delivered[Protocol.WS]
+
+    async def publish_in_batches(self, event: Event, connections: Iterable[Connection], batch: int) -> int:
+        """`publish`, yielding to the event loop after every `batch` connections.
+
+        So that one alert's fan-out to many devices does not hold up the rest of the node
+        (the issuer's 201, other requests, reconnecting devices) for its whole length.
+        """
+        delivered = 0
+        pending = list(connections)
+        for start in range(0, len(pending), batch):
+            if start:
+                await asyncio.sleep(0)
+            delivered += self.publish(event, pending[start : start + batch])
         return delivered

@@ -60,15 +60,24 @@ class Result:
     notes: list[str] = field(default_factory=list)
     skipped: str | None = None
     duration_s: float = 0.0
+    # A mutation run sets up an unsafe cluster on purpose: it passes when the checker
+    # reports the loss (RELIABILITY.md: a checker that never fails proves nothing).
+    mutation: bool = False
 
     @property
     def verdict(self) -> str:
         if self.skipped:
             return "skipped"
+        if self.mutation:
+            return "pass: loss detected" if self.lost else "FAIL: no loss detected"
         return "pass" if not self.violations else "FAIL"
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Result:
+        return cls(**{k: v for k, v in data.items() if k in cls.__slots__})
+
     def as_json(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        out = {k: getattr(self, k) for k in self.__slots__}
         out["verdict"] = self.verdict
         return out
 

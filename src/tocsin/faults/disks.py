@@ -30,19 +30,23 @@ def umount(path: Path) -> None:
         subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
 
 
-def fill(path: Path, keep_bytes: int = 0) -> Path:
+def fill(path: Path) -> Path:
     """Write a junk file until the file system is full (bounded by its size); return it."""
     junk = path / "fill.junk"
     block = b"\0" * (1 << 20)
-    with open(junk, "wb") as out:
-        for _ in range(1 << 16):
-            try:
-                out.write(block if shutil.disk_usage(path).free > keep_bytes + len(block) else block[:4096])
-                out.flush()
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
+    fd = os.open(junk, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for size in (1 << 20, 4096, 1):  # big blocks, then the last crumbs
+            chunk = block[:size]
+            for _ in range(1 << 16):
+                try:
+                    os.write(fd, chunk)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
                     break
-                raise
+    finally:
+        os.close(fd)
     return junk
 
 

@@ -68,6 +68,37 @@ CLUSTER_ENV = {
 }
 
 
+def quiet_port_block(count: int) -> int:
+    """A free block of ports below the kernel's ephemeral range.
+
+    LocalCluster's own choice comes from the ephemeral range, where a client socket of the
+    fleet or the issuer may take one of the ports before a restarted node binds it again
+    (seen as "Address already in use" on restarts during fault runs).
+    """
+    low = 32768
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(10000, max(10001, low - count))
+        if all(_port_free(base + i) for i in range(count)):
+            return base
+    raise RuntimeError("no free block of ports below the ephemeral range")
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 class Run:
     """Owns the cluster, the fleet process, the issuer and the sampler of one fault run."""
 
@@ -80,7 +111,7 @@ class Run:
         self.history = History(workdir / "history.jsonl")
         self.fleet_history = workdir / "fleet.jsonl"
         self.cluster = LocalCluster(workdir / "cluster", nodes=3, sync_always=options.sync_always,
-                                    extra_env={**CLUSTER_ENV, **options.env})
+                                    base_port=quiet_port_block(40), extra_env={**CLUSTER_ENV, **options.env})
         self.issuer: Issuer | None = None
         self.fleet: asyncio.subprocess.Process | None = None
         self._tasks: list[asyncio.Task[Any]] = []

@@ -28,12 +28,16 @@ class InProcessNode:
         spec.data_dir.mkdir(parents=True, exist_ok=True)
         settings = Settings.from_env(self.cluster.node_env(spec), data_dir=spec.data_dir,
                                      listen=f"{spec.host}:{spec.http_port}")
-        ready = asyncio.get_running_loop().create_future()
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def started(node: app.Node) -> None:
+            if not ready.done():
+                ready.set_result(None)
 
         async def serve() -> None:
             async with app.open_node(settings) as node:
                 self.node = node
-                await app.run_node(node, lambda n: ready.done() or ready.set_result(None))
+                await app.run_node(node, started)
 
         self.task = asyncio.get_running_loop().create_task(serve(), name=f"inproc-{self.name}")
         async with asyncio.timeout(timeout_s):

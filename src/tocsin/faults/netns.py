@@ -2,8 +2,10 @@
 
 A bridge on the host joins one veth pair per node; the harness, the fleet and the issuer
 stay on the host and reach every node through it. Cutting a node off from its peers (but
-not from clients) drops, with a `tc` u32 filter on both sides, the packets between it and
-the other nodes' addresses: its nats-server loses its routes, its tocsin keeps its clients.
+not from clients) adds blackhole routes on both sides for the other side's address (this
+kernel has no `prio` qdisc for tc filters, and there is no iptables): packets between the
+node and its peers are dropped silently, as on a cut link; its nats-server loses its
+routes, its tocsin keeps its clients.
 """
 
 from __future__ import annotations
@@ -28,14 +30,14 @@ def available() -> str | None:
         _ip("netns", "add", probe)
         try:
             _in(probe, "ip", "link", "set", "lo", "up")
-            _in(probe, "tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", "prio")
-            _in(probe, "tc", "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1",
-                "u32", "match", "ip", "dst", "10.9.9.9/32", "action", "drop")
+            _in(probe, "ip", "route", "add", "blackhole", "10.9.9.9/32")
+            _ip("link", "add", "tfprobe0", "type", "veth", "peer", "name", "tfprobe1")
+            _ip("link", "del", "tfprobe0")
         finally:
             _ip("netns", "del", probe, check=False)
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", "") or str(exc)
-        return f"network namespaces or tc filters unavailable: {detail.strip()[:200]}"
+        return f"network namespaces, veth pairs or blackhole routes unavailable: {detail.strip()[:200]}"
     return None
 
 
@@ -46,7 +48,7 @@ class Namespaces:
     tag: int  # 0..249, keeps concurrent runs apart
     nodes: int = 3
     created: list[str] = field(default_factory=list)
-    cut: set[int] = field(default_factory=set)
+    cut: set[tuple[int, int]] = field(default_factory=set)
 
     @property
     def bridge(self) -> str:
@@ -89,18 +91,14 @@ class Namespaces:
     def partition(self, i: int) -> None:
         """Drop every packet between node i and the other nodes (clients still reach it)."""
         for j in range(self.nodes):
-            if j == i:
-                continue
-            for a, b in ((i, j), (j, i)):
-                if a not in self.cut:
-                    _in(self.ns(a), "tc", "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "prio")
-                    self.cut.add(a)
-                _in(self.ns(a), "tc", "filter", "add", "dev", "eth0", "parent", "1:", "protocol", "ip", "prio", "1",
-                    "u32", "match", "ip", "dst", f"{self.host(b)}/32", "action", "drop")
+            if j != i:
+                for a, b in ((i, j), (j, i)):
+                    _in(self.ns(a), "ip", "route", "add", "blackhole", f"{self.host(b)}/32")
+                    self.cut.add((a, b))
 
     def heal(self) -> None:
-        for a in sorted(self.cut):
-            _in(self.ns(a), "tc", "qdisc", "del", "dev", "eth0", "root", check=False)
+        for a, b in sorted(self.cut):
+            _in(self.ns(a), "ip", "route", "del", "blackhole", f"{self.host(b)}/32", check=False)
         self.cut.clear()
 
     def teardown(self) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import nats
 import uvicorn
+from nats.aio.msg import Msg
 
 from tocsin.faults import disks, netns
 from tocsin.faults.checker import Expect, Result, check
@@ -46,6 +47,7 @@ class Scenario:
     prepare: Prepare | None = None  # before the cluster starts (disks, namespaces, launchers)
     verify: Verify | None = None  # extra checks after the run
     needs: Callable[[], str | None] = lambda: None  # None, or why it cannot run here
+    mutation: bool = False  # an unsafe setup on purpose: the checker must report the loss
 
     def options_for(self, ci: bool) -> Options:
         return replace(self.options, **self.ci_options) if ci else self.options
@@ -63,7 +65,7 @@ async def _sleep(run: Run, seconds: float) -> None:
 
 async def inject_none(run: Run, ci: bool) -> None:
     run.fault("none: steady load")
-    await asyncio.sleep(_ci_seconds(ci, 120, 30))
+    await asyncio.sleep(_ci_seconds(ci, 120, 20))
     run.heal("none")
 
 
@@ -77,7 +79,7 @@ async def inject_kill_random_nats(run: Run, ci: bool) -> None:
         await asyncio.sleep(5)
         await run.restart_node(name, tocsin=False)
         run.heal("nats-server restarted", node=name)
-        await asyncio.sleep(15)
+        await asyncio.sleep(_ci_seconds(ci, 15, 10))
 
 
 # -- F03 kill -9 the stream leader during a burst --------------------------------------------
@@ -108,7 +110,7 @@ async def inject_stop_leader(run: Run, ci: bool) -> None:
         finally:
             run.cluster.signal(leader, signal.SIGCONT, tocsin=False)
         run.heal("SIGCONT", node=leader)
-        await asyncio.sleep(8)
+        await asyncio.sleep(_ci_seconds(ci, 8, 5))
 
 
 # -- F05 freeze a whole node ---------------------------------------------------------------
@@ -145,7 +147,7 @@ async def prepare_netns(run: Run, ci: bool) -> None:
 
 async def inject_partition(run: Run, ci: bool) -> None:
     spaces: netns.Namespaces = run.spaces  # type: ignore[attr-defined]
-    run.fault("partition node3 from its peers (tc drop both ways)", node="node3", seconds=30)
+    run.fault("partition node3 from its peers (blackhole routes both ways)", node="node3", seconds=30)
     await asyncio.to_thread(spaces.partition, 2)
     try:
         # Issue straight to the cut-off node meanwhile: it must never acknowledge (the
@@ -249,6 +251,36 @@ async def prepare_loop_disks(run: Run, ci: bool, names: tuple[str, ...]) -> None
     run.loops = loops  # type: ignore[attr-defined]
 
 
+async def prepare_unsafe(run: Run, ci: bool) -> None:
+    """The mutation: nats-servers with the default sync_interval, and tocsin nodes that are
+    shown a monitoring endpoint claiming `sync_always` (tocsin rightly refuses to serve on a
+    server without it; this run exists to show what that refusal prevents)."""
+    await prepare_loop_disks(run, ci, ("node1", "node2", "node3"))
+    varz = b'{"jetstream": {"config": {"sync_always": true}}}'
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                         b"Content-Length: " + str(len(varz)).encode() + b"\r\n\r\n" + varz)
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def close() -> None:
+        server.close()
+        await server.wait_closed()
+
+    run.after_stop(close)
+    run.cluster.node_extra_env = {s.name: {"TOCSIN_NATS_MONITOR_URL": f"http://127.0.0.1:{port}"}
+                                  for s in run.cluster.specs}
+
+
 async def power_loss(run: Run, names: list[str]) -> None:
     loops: dict[str, disks.LoopDisk] = run.loops  # type: ignore[attr-defined]
     copies = {name: await asyncio.to_thread(loops[name].power_loss_copy) for name in names}
@@ -280,7 +312,7 @@ async def inject_power_loss_all(run: Run, ci: bool) -> None:
 
 async def prepare_tmpfs(run: Run, ci: bool) -> None:
     spec = run.cluster.spec("node3")
-    await asyncio.to_thread(disks.mount_tmpfs, spec.data_dir, 96)
+    await asyncio.to_thread(disks.mount_tmpfs, spec.data_dir, 256)
     run.after_stop(lambda: asyncio.to_thread(disks.umount, spec.data_dir))
 
 
@@ -419,11 +451,11 @@ async def verify_skew(run: Run, result: Result, ci: bool) -> None:
 # -- F16 delivery broken while NATS is healthy ----------------------------------------------------------
 
 async def prepare_inproc(run: Run, ci: bool) -> None:
-    run.inproc_nodes = ["node3"]  # type: ignore[attr-defined]
+    run.inproc_nodes = ["node3"]
 
 
 async def inject_stuck_fanout(run: Run, ci: bool) -> None:
-    node: InProcessNode = run.inproc["node3"]  # type: ignore[attr-defined]
+    node: InProcessNode = run.inproc["node3"]
     assert node.node is not None
     target = node.node.services.target
     target.hold = asyncio.Event()
@@ -451,7 +483,7 @@ async def inject_prober_dies(run: Run, ci: bool) -> None:
         while watchdog.watched["node3"].beats < 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
         run.note("heartbeats before the fault", beats=watchdog.watched["node3"].beats)
-        node: InProcessNode = run.inproc["node3"]  # type: ignore[attr-defined]
+        node: InProcessNode = run.inproc["node3"]
         prober = node.task_named("prober:node3")
         run.fault("the prober task of node3 dies (cancelled)", node="node3", found=prober is not None)
         killed = time.monotonic()
@@ -479,7 +511,7 @@ async def prepare_watchdog(run: Run, ci: bool) -> None:
     run.watchdog_port = port  # type: ignore[attr-defined]
     run.cluster.node_extra_env = {"node3": {"TOCSIN_WATCHDOG_URLS": f"http://127.0.0.1:{port}",
                                             "TOCSIN_HEARTBEAT_INTERVAL_S": "2"}}
-    run.inproc_nodes = ["node3"]  # type: ignore[attr-defined]
+    run.inproc_nodes = ["node3"]
 
 
 async def verify_watchdog(run: Run, result: Result, ci: bool) -> None:
@@ -504,10 +536,10 @@ async def inject_storm(run: Run, ci: bool) -> None:
 async def inject_all_nats_down(run: Run, ci: bool) -> None:
     names = [s.name for s in run.cluster.specs]
     run.tocsin_pids = {n: run.cluster.pids(n)["tocsin"] for n in names}  # type: ignore[attr-defined]
-    run.fault("kill -9 every nats-server", seconds=_ci_seconds(ci, 180, 60))
+    run.fault("kill -9 every nats-server", seconds=_ci_seconds(ci, 180, 45))
     for name in names:
         await run.cluster.kill(name, tocsin=False)
-    await asyncio.sleep(_ci_seconds(ci, 180, 60))
+    await asyncio.sleep(_ci_seconds(ci, 180, 45))
     await asyncio.gather(*(run.cluster.start_nats(n) for n in names))
     run.heal("every nats-server restarted")
 
@@ -537,8 +569,13 @@ async def inject_kill_before_reply(run: Run, ci: bool) -> None:
         for round_ in range(5):
             ident = run.issuer.new_identifier("race")
             subject = f"{STREAM}.{alert_id_for(SENDER, ident)}"
-            seen = asyncio.get_running_loop().create_future()
-            sub = await nc.subscribe(subject, cb=lambda msg, f=seen: None if f.done() else f.set_result(None))  # type: ignore[misc]
+            seen: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            async def published(msg: Msg, seen: asyncio.Future[None] = seen) -> None:
+                if not seen.done():
+                    seen.set_result(None)
+
+            sub = await nc.subscribe(subject, cb=published)
             issuing = asyncio.get_running_loop().create_task(run.issuer.issue(ident, first_node="node3"))
             try:
                 async with asyncio.timeout(10):
@@ -594,6 +631,9 @@ async def inject_noisy(run: Run, ci: bool) -> None:
 
 # -- the matrix ---------------------------------------------------------------------------------------------------------
 
+# Every replica reserves the stream's max_bytes (2 GiB by default): a small disk needs less.
+SMALL_DISK_ENV = {"TOCSIN_STREAM_MAX_BYTES": str(64 << 20)}
+
 CI_OPTIONS: dict[str, Any] = {"devices": 150, "rate": 3.0, "warmup_s": 4.0, "after_s": 10.0, "settle_s": 30.0}
 
 
@@ -628,22 +668,23 @@ def _matrix() -> list[Scenario]:
         Scenario(id="F10", fault="a node returns with an empty disk, same name",
                  must="it catches up; replicas current again", inject=inject_empty_disk, ci_options=ci),
         Scenario(id="F11", fault="power-loss copy of one node's disk (sync_interval: always)",
-                 must="invariants with sync always", inject=inject_power_loss_one,
+                 must="invariants with sync always", inject=inject_power_loss_one, options=Options(env=SMALL_DISK_ENV),
                  prepare=lambda r, c: prepare_loop_disks(r, c, ("node3",)), ci_options=ci, needs=_needs_loop),
         Scenario(id="F11-mutation", fault="power-loss copy of every disk, default sync_interval (unsafe)",
                  must="the checker reports the loss", inject=inject_power_loss_all,
-                 options=Options(sync_always=False),
-                 prepare=lambda r, c: prepare_loop_disks(r, c, ("node1", "node2", "node3")),
+                 options=Options(sync_always=False, env=SMALL_DISK_ENV), mutation=True,
+                 prepare=prepare_unsafe,
                  expect=Expect(max_gap_s=None, recover_s=60.0), ci_options=ci, needs=_needs_loop),
         Scenario(id="F11-control", fault="power-loss copy of every disk, sync_interval: always",
-                 must="no loss", inject=inject_power_loss_all,
+                 must="no loss", inject=inject_power_loss_all, options=Options(env=SMALL_DISK_ENV),
                  prepare=lambda r, c: prepare_loop_disks(r, c, ("node1", "node2", "node3")),
                  expect=Expect(max_gap_s=None, recover_s=60.0), ci_options=ci, needs=_needs_loop),
         Scenario(id="F12", fault="disk full on one node (tmpfs)",
                  must="never acknowledged then lost; red, then recovers", inject=inject_disk_full,
-                 prepare=prepare_tmpfs, expect=Expect(red_nodes=("node3",)), ci_options=ci),
+                 prepare=prepare_tmpfs, expect=Expect(red_nodes=("node3",)), ci_options=ci,
+                 options=Options(env=SMALL_DISK_ENV)),
         Scenario(id="F13", fault="slow disk (throttled loop device)", must="no duplicate display",
-                 inject=inject_slow_disk, prepare=lambda r, c: prepare_loop_disks(r, c, ("node3",)),
+                 inject=inject_slow_disk, options=Options(env=SMALL_DISK_ENV), prepare=lambda r, c: prepare_loop_disks(r, c, ("node3",)),
                  ci_options=ci, needs=lambda: _needs_loop() or needs_blkio()),
         Scenario(id="F14", fault="truncate block files on stopped nodes, restart",
                  must="the reconciler detects and republishes; an alarm is raised", inject=inject_corrupt_blocks,
@@ -707,6 +748,7 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, ci: bool = False) -
                        scenario.expect)
         if scenario.verify:
             await scenario.verify(run, result, ci)
+        result.mutation = scenario.mutation
     result.duration_s = round(time.monotonic() - started, 1)
     return result
 

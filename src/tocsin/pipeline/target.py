@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from tocsin.cap.model import Alert, Area
 from tocsin.cap.parse import parse_xml
-from tocsin.channels.live import Connection, Event, LiveRegistry, http_chunk
+from tocsin.channels.live import Connection, Event, LiveRegistry, http_chunk, ws_text_frame
 from tocsin.errors import CapInvalid, StoreUnavailable
 from tocsin.geo.cells import Cover, cover_for
 from tocsin.store.base import AlertId, Stored, alert_id_for
@@ -25,6 +25,10 @@ from tocsin.store.jetstream import JetStreamStore
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+
+# The follower writes to this many devices, then lets the event loop run (the issuer's 201,
+# other requests, reconnecting devices) before the next batch: ~1-2 ms of writes each.
+FANOUT_BATCH = 256
 
 
 def utc_now() -> datetime:
@@ -44,7 +48,7 @@ class Active:
 
 
 def encode_event(stored: Stored, status: str) -> Event:
-    """The alert's event bytes, once for SSE and once for WebSocket."""
+    """The alert's event bytes, once for SSE and once for WebSocket, framed for the wire."""
     env = stored.envelope
     body = {
         "seq": stored.seq,
@@ -56,7 +60,7 @@ def encode_event(stored: Stored, status: str) -> Event:
     data = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
     sse = f"id: {stored.seq}\nevent: alert\ndata: {data}\n\n".encode()
     ws = json.dumps({"type": "alert", **body}, ensure_ascii=False, separators=(",", ":"))
-    return Event(seq=stored.seq, status=status, sse=sse, ws=ws, sse_chunk=http_chunk(sse))
+    return Event(seq=stored.seq, status=status, sse=sse, ws=ws, sse_chunk=http_chunk(sse), ws_frame=ws_text_frame(ws))
 
 
 class Target:
@@ -94,7 +98,7 @@ class Target:
                 async for stored in self._store.follow(self.last_seq):
                     if self.hold is not None:
                         await self.hold.wait()
-                    self.take(stored)
+                    await self.take_and_fan_out(stored)
                     if stored.seq >= goal:
                         self.caught_up.set()
             except (StoreUnavailable, OSError, asyncio.TimeoutError) as exc:
@@ -105,17 +109,46 @@ class Target:
                 await asyncio.sleep(1.0)
 
     def take(self, stored: Stored) -> None:
-        """Index one stored alert and offer it to the live devices it concerns."""
+        """Index one stored alert and offer it to the live devices it concerns, in one go."""
+        active = self._index(stored)
+        if active is not None:
+            matched = self._live.matching(active.cover.touches)
+            self.offered[stored.envelope.alert_id] = self._live.publish(active.event, matched)
+            self._maybe_prune()
+
+    async def take_and_fan_out(self, stored: Stored) -> None:
+        """`take`, with the fan-out in batches that let the event loop run in between.
+
+        The alert is indexed (replayable) before the first write, so a device that attaches
+        during the fan-out gets it by replay; the devices matched before are written in
+        order. The follower takes the next alert only after this one's fan-out ends, so each
+        device still gets alerts in stream order.
+        """
+        # Let ready callbacks run first: on the node that accepted this alert, the issuer's
+        # handler is usually ready too (the PubAck and this message arrive together), and it
+        # can start its ledger write before this parses the alert and computes its cover.
+        await asyncio.sleep(0)
+        active = self._index(stored)
+        if active is not None:
+            matched = self._live.matching(active.cover.touches)
+            self.offered[stored.envelope.alert_id] = await self._live.publish_in_batches(
+                active.event, matched, FANOUT_BATCH
+            )
+            self._maybe_prune()
+
+    def _index(self, stored: Stored) -> Active | None:
+        """Record the alert as seen and, unless expired or unreadable, as active."""
         if stored.seq <= self.last_seq:
-            return
+            return None
         self.last_seq = stored.seq
         active = self._activate(stored)
         if active is None:
-            return
+            return None
         self.active[stored.seq] = active
         self.by_id[stored.envelope.alert_id] = active
-        matched = self._live.matching(active.cover.touches)
-        self.offered[stored.envelope.alert_id] = self._live.publish(active.event, matched)
+        return active
+
+    def _maybe_prune(self) -> None:
         if self._clock() >= self._next_prune:
             self._prune()
 

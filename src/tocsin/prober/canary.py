@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 DEVICES_PATH = "/api/v1/devices"
 STREAM_PATH = "/api/v1/stream"
 
-# Seen: (alert id, monotonic time it was read from the channel).
-Seen = Callable[[str, float], None]
+# Seen: (alert id, monotonic time it was read, whether it came live rather than replayed).
+Seen = Callable[[str, float, bool], None]
 
 
 class Canary(Protocol):
@@ -131,6 +131,9 @@ class SseCanary:
         if self._last_seq:
             headers["Last-Event-ID"] = str(self._last_seq)
         parser = SseParser()
+        # Alerts before `synced` are a replay of what was missed; only those after it show
+        # that the channel pushes now (a channel that delivers only on reconnect is broken).
+        live = False
         timeout = httpx.Timeout(5.0, read=self._read_timeout_s)
         async with self._http.stream("GET", STREAM_PATH, headers=headers, timeout=timeout) as response:
             if response.status_code == 401:
@@ -140,12 +143,13 @@ class SseCanary:
                 now = self._monotonic()
                 for event in parser.feed(chunk):
                     if event.event == "synced":
+                        live = True
                         self._connected = True
                         self.connected_at = now
                     elif event.event == "alert":
                         data = json.loads(event.data)
                         self._last_seq = max(self._last_seq, int(data.get("seq", 0)))
-                        seen(str(data.get("id", "")), now)
+                        seen(str(data.get("id", "")), now, live)
 
 
 class _TokenRefused(Exception):

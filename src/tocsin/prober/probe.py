@@ -101,8 +101,10 @@ def _cap_time(moment: datetime) -> str:
 
 def probe_xml(*, sender: str, identifier: str, sent: datetime, expires_in_s: float) -> bytes:
     """A System alert over the probe square, expiring soon after it was sent."""
-    sent = sent.astimezone(UTC).replace(microsecond=0)
-    expires = sent + timedelta(seconds=max(1, math.ceil(expires_in_s)))
+    # CAP times have whole seconds: sent rounds down, expires up, so it is never already past.
+    exact = sent.astimezone(UTC)
+    sent = exact.replace(microsecond=0)
+    expires = sent + timedelta(seconds=math.ceil((exact - sent).total_seconds() + max(1.0, expires_in_s)))
     lat, lon, d = PROBE_POINT[0], PROBE_POINT[1], _HALF_SIDE_DEG
     ring = [(lat - d, lon - d), (lat - d, lon + d), (lat + d, lon + d), (lat + d, lon - d), (lat - d, lon - d)]
     polygon = " ".join(f"{a:.4f},{b:.4f}" for a, b in ring)
@@ -244,11 +246,13 @@ class Prober:
             await asyncio.sleep(delay)
             delay = min(delay * 2, max(self.interval_s, 1.0))
 
-    def _seen_on(self, channel: str) -> Callable[[str, float], None]:
-        def seen(alert_id: str, at: float) -> None:
+    def _seen_on(self, channel: str) -> Callable[[str, float, bool], None]:
+        def seen(alert_id: str, at: float, live: bool) -> None:
             pending = self._pending.get(alert_id)
-            if pending is None or channel not in pending.channels:
-                return  # another node's probe, a replay, or one already counted lost
+            if not live or pending is None or channel not in pending.channels:
+                # A replay on reconnect proves nothing about pushing now; another node's
+                # probe or one already counted lost is not ours to count.
+                return
             pending.channels.discard(channel)
             if not pending.channels:
                 del self._pending[alert_id]

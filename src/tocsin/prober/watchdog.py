@@ -1,8 +1,10 @@
 """The dead man's switch, watcher side: raise the alarm when an expected heartbeat is late.
 
 Runs outside tocsin (another machine, ideally another provider). It knows only the names it
-expects and their period: a heartbeat later than two periods is an alarm, whatever the
-cause. The alarm runs a command with the silent node in its environment, or, without a
+expects and their period: a name silent for more than one and a half periods is an alarm,
+whatever the cause. Heartbeats come every period, so the alarm fires at most two periods
+after the last one, that is within two periods of the silence starting, with half a
+period of slack for a heartbeat that is merely slow. The alarm runs a command with the silent node in its environment, or, without a
 command, prints and exits non-zero.
 """
 
@@ -27,6 +29,9 @@ from starlette.routing import Route
 
 log = logging.getLogger(__name__)
 
+# Late after 1.5 periods: fires within two periods of the last heartbeat (issue 4).
+LATE_AFTER_PERIODS = 1.5
+
 EXIT_ALARM = 1
 # An alarm command that runs longer than this is left behind (it is logged, not killed).
 ALARM_TIMEOUT_S = 60.0
@@ -42,13 +47,24 @@ class Watched:
 
 
 class Watchdog:
-    """Heartbeats by name; `late()` names those silent for longer than two periods."""
+    """Heartbeats by name; `late()` names those silent for longer than 1.5 periods."""
 
-    def __init__(self, expect: list[str], *, period_s: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        expect: list[str],
+        *,
+        period_s: float,
+        grace_s: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.period_s = period_s
+        # A name never heard since the watchdog started gets this much longer (start-up).
+        self.grace_s = grace_s
         self._monotonic = monotonic
         self.started = monotonic()
         self.watched = {name: Watched(name) for name in expect}
+        # Names whose heartbeat came back after an alarm, for the caller to report.
+        self.back: list[str] = []
 
     def beat(self, name: str) -> bool:
         """Record a heartbeat; False for a name that is not expected."""
@@ -69,13 +85,14 @@ class Watchdog:
         """Watched names that just became late (each is reported once per silence)."""
         newly = []
         for w in self.watched.values():
-            is_late = self.silent_s(w.name) > 2 * self.period_s
+            allowed = LATE_AFTER_PERIODS * self.period_s + (self.grace_s if w.last_seen is None else 0.0)
+            is_late = self.silent_s(w.name) > allowed
             if is_late and not w.alarmed:
                 w.alarmed = True
                 newly.append(w)
             elif not is_late and w.alarmed:
                 w.alarmed = False
-                log.warning("heartbeat back", extra={"node": w.name})
+                self.back.append(w.name)
         return newly
 
     def as_json(self) -> dict[str, Any]:
@@ -117,7 +134,7 @@ def _bind(listen: str) -> socket.socket:
 
 async def _alarm(command: str, watched: Watched, silent_s: float, out: TextIO) -> None:
     env = {**os.environ, "TOCSIN_WATCHDOG_NODE": watched.name,
-           "TOCSIN_WATCHDOG_SILENT_S": f"{silent_s:.1f}", "TOCSIN_WATCHDOG_LAST_SEEN": watched.last_seen_wall or ""}
+           "TOCSIN_WATCHDOG_SILENT_S": f"{silent_s:.2f}", "TOCSIN_WATCHDOG_LAST_SEEN": watched.last_seen_wall or ""}
     process = await asyncio.create_subprocess_shell(command, env=env, stdin=asyncio.subprocess.DEVNULL)
     try:
         async with asyncio.timeout(ALARM_TIMEOUT_S):
@@ -135,11 +152,12 @@ async def watch(
     *,
     period_s: float,
     alarm: str | None,
+    grace_s: float = 0.0,
     out: TextIO = sys.stdout,
     on_listening: Callable[[str], None] | None = None,
 ) -> int:
     """Serve heartbeats and watch; returns an exit status only when it must stop (no command)."""
-    watchdog = Watchdog(expect, period_s=period_s)
+    watchdog = Watchdog(expect, period_s=period_s, grace_s=grace_s)
     sock = _bind(listen)
     config = uvicorn.Config(_app(watchdog), log_config=None, access_log=False, lifespan="off")
     server = uvicorn.Server(config)
@@ -172,5 +190,8 @@ async def _check_forever(
             if alarm is None:
                 return EXIT_ALARM
             tasks.create_task(_alarm(alarm, watched, silent, out), name=f"alarm-{watched.name}")
+        for name in watchdog.back:
+            print(f"heartbeat back from {name}", file=out, flush=True)
+        watchdog.back.clear()
         await asyncio.sleep(step)
     return 0

@@ -1,0 +1,264 @@
+"""Bench: accept latency, tocsin against a bare JetStream publish with the same settings.
+
+    python bench/accept_bench.py [--alerts 1000] [--setups embedded,cluster] [--blocks 4]
+
+Two setups, each measured in this one run:
+
+- `embedded`: `tocsin serve` (one node, its own nats-server child, R1, file store,
+  `sync_interval: always`), and beside it a nats-server started here with the same
+  configuration (tocsin.cluster.nats_server.NatsServer) for the bare publishes;
+- `cluster`: a 3-node LocalCluster (R3, `sync_interval: always` on every server); the bare
+  publishes go to a stream with the same settings (R3, file, discard new, one message per
+  subject, dedupe window) on the same three servers, through the same node's server.
+
+tocsin's figure is `POST /api/v1/alerts` (CAP XML, one keep-alive connection, one request at
+a time) from send to the 201: parse, validate, policy, sign, JetStream publish (quorum +
+fsync), ledger (SQLite, fsync), answer. The bare figure is nats-py's `js.publish()` of the
+same number of bytes with tocsin's headers (`Nats-Msg-Id`, expected last subject sequence 0),
+to its PubAck. Both clients run in this process, on uvloop, one request at a time, in
+alternating blocks (tocsin, bare, tocsin, bare...) so that drift hits both alike. Every
+process is stopped by pid at the end, on error and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.fleet import percentile, raise_nofile  # noqa: E402
+from bench.serve_bench import XML, Server, free_port, machine  # noqa: E402
+from tests.samples import alert_xml  # noqa: E402
+
+# Marseille: no device is there, so accept is measured alone (no fan-out on the node).
+ACCEPT_POLYGON = "43.25,5.30 43.25,5.45 43.35,5.45 43.35,5.30 43.25,5.30"
+BARE_STREAM = "BENCH_BARE"
+
+
+def stats(values_s: list[float]) -> dict[str, float]:
+    v = sorted(values_s)
+    ms = 1000.0
+    return {"n": len(v), "p50_ms": percentile(v, 50) * ms, "p99_ms": percentile(v, 99) * ms,
+            "max_ms": (v[-1] if v else float("nan")) * ms, "mean_ms": (sum(v) / len(v) if v else float("nan")) * ms}
+
+
+class TocsinIssuer:
+    """Sequential `POST /api/v1/alerts` on one keep-alive connection."""
+
+    def __init__(self, url: str, token: str) -> None:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": XML}
+        self.http = httpx.AsyncClient(base_url=url, headers=headers, timeout=60)
+        self.errors: list[str] = []
+        self.size = len(alert_xml(polygon=ACCEPT_POLYGON))
+
+    async def one(self, n: int) -> float | None:
+        document = alert_xml(polygon=ACCEPT_POLYGON, headline=f"bench accept {n}")
+        sent = time.perf_counter()
+        response = await self.http.post("/api/v1/alerts", content=document)
+        elapsed = time.perf_counter() - sent
+        if response.status_code != 201:
+            self.errors.append(f"{response.status_code} {response.text[:200]}")
+            return None
+        return elapsed
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+class BarePublisher:
+    """nats-py `js.publish()` to a stream configured like tocsin's, one at a time."""
+
+    def __init__(self, nats_url: str, replicas: int, size: int) -> None:
+        self.nats_url, self.replicas, self.size = nats_url, replicas, size
+        self.errors: list[str] = []
+        self.tag = secrets.token_hex(4)
+
+    async def open(self) -> None:
+        self.nc = await nats.connect(self.nats_url, connect_timeout=5)
+        self.js = self.nc.jetstream(timeout=10)
+        config = StreamConfig(
+            name=BARE_STREAM, subjects=[f"{BARE_STREAM}.>"], storage=StorageType.FILE, num_replicas=self.replicas,
+            discard=DiscardPolicy.NEW, max_msgs_per_subject=1, discard_new_per_subject=True,
+            duplicate_window=120, allow_direct=True, max_bytes=1 << 30,
+        )
+        for _ in range(30):  # a new cluster may still be electing its meta leader
+            try:
+                await self.js.add_stream(config)
+                return
+            except Exception:  # noqa: BLE001 - retried, then raised below
+                await asyncio.sleep(1)
+        await self.js.add_stream(config)
+
+    async def one(self, n: int) -> float | None:
+        msg_id = f"{self.tag}-{n}"
+        headers = {"Nats-Msg-Id": msg_id, "Nats-Expected-Last-Subject-Sequence": "0"}
+        payload = b"x" * self.size
+        sent = time.perf_counter()
+        try:
+            await self.js.publish(f"{BARE_STREAM}.{msg_id}", payload, headers=headers, stream=BARE_STREAM)
+        except Exception as exc:  # noqa: BLE001 - counted and reported
+            self.errors.append(repr(exc)[:200])
+            return None
+        return time.perf_counter() - sent
+
+    async def close(self) -> None:
+        await self.nc.close()
+
+
+async def alternate(tocsin: TocsinIssuer, bare: BarePublisher, count: int, blocks: int) -> dict[str, Any]:
+    """`count` of each, in `blocks` alternating blocks, after a warm-up of 20 each."""
+    for n in range(20):
+        await tocsin.one(-n - 1)
+        await bare.one(-n - 1)
+    tocsin.errors.clear()
+    bare.errors.clear()
+    t_lat: list[float] = []
+    b_lat: list[float] = []
+    per_block = max(1, count // blocks)
+    n = 0
+    while len(t_lat) + len(tocsin.errors) < count:
+        for _ in range(per_block):
+            if (value := await tocsin.one(n)) is not None:
+                t_lat.append(value)
+            n += 1
+        for _ in range(per_block):
+            if (value := await bare.one(n)) is not None:
+                b_lat.append(value)
+            n += 1
+    return {"tocsin": {**stats(t_lat), "errors": tocsin.errors[:3], "refused": len(tocsin.errors)},
+            "bare": {**stats(b_lat), "errors": bare.errors[:3], "refused": len(bare.errors)},
+            "payload_bytes": bare.size}
+
+
+async def embedded(workdir: Path, count: int, blocks: int) -> dict[str, Any]:
+    from tocsin.cluster.nats_server import NatsServer
+
+    token = f"tca_{secrets.token_urlsafe(24)}"
+    server = Server(data_dir=workdir / "embedded", port=free_port(), admin_token=token)
+    bare_server = NatsServer(store_dir=workdir / "bare-nats", name="bare")
+    try:
+        await asyncio.to_thread(server.start)
+        await bare_server.start()
+        issuer = TocsinIssuer(server.url, token)
+        bare = BarePublisher(bare_server.client_url, 1, issuer.size)
+        await bare.open()
+        try:
+            result = await alternate(issuer, bare, count, blocks)
+        finally:
+            await issuer.close()
+            await bare.close()
+        return {"setup": "embedded (1 node, R1)", **result}
+    finally:
+        await asyncio.to_thread(server.stop)
+        await bare_server.stop()
+
+
+async def cluster(workdir: Path, count: int, blocks: int) -> dict[str, Any]:
+    from tocsin.cluster.local import LocalCluster
+
+    local = LocalCluster(workdir / "cluster", nodes=3)
+    try:
+        await local.start()
+        node = local.specs[0]
+        issuer = TocsinIssuer(node.url, local.admin_token)
+        bare = BarePublisher(node.nats_url, 3, issuer.size)
+        await bare.open()
+        try:
+            result = await alternate(issuer, bare, count, blocks)
+            leaders = await stream_leaders(bare, ["TOCSIN_ALERTS", BARE_STREAM])
+        finally:
+            await issuer.close()
+            await bare.close()
+        return {"setup": "3-node cluster (R3)", "node": node.name, "leaders": leaders, **result}
+    finally:
+        await local.stop()
+
+
+async def stream_leaders(bare: BarePublisher, streams: list[str]) -> dict[str, str]:
+    found = {}
+    for name in streams:
+        try:
+            info = await bare.js.stream_info(name)
+            found[name] = (info.cluster.leader if info.cluster else None) or "?"
+        except Exception as exc:  # noqa: BLE001 - informative only
+            found[name] = repr(exc)[:60]
+    return found
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [
+        f"accept latency: {report['alerts']} sequential requests each, one connection, alternating blocks of "
+        f"{report['alerts'] // report['blocks']}; ms from send to answer",
+        f"{'setup':<24} {'what':<26} {'n':>5} {'p50':>7} {'p99':>7} {'max':>7} {'mean':>7} refused",
+    ]
+    for r in report["results"]:
+        for key, label in (("tocsin", "tocsin POST /api/v1/alerts"), ("bare", "bare JetStream publish")):
+            s = r[key]
+            lines.append(f"{r['setup']:<24} {label:<26} {s['n']:>5} {s['p50_ms']:>7.2f} {s['p99_ms']:>7.2f}"
+                         f" {s['max_ms']:>7.2f} {s['mean_ms']:>7.2f} {s['refused']}")
+        ratio = r["tocsin"]["p99_ms"] / r["bare"]["p99_ms"]
+        extra = f" (issued to {r['node']}; stream leaders {r['leaders']})" if "node" in r else ""
+        lines.append(f"{'':<24} p99 ratio tocsin/bare = {ratio:.2f}x, p50 ratio = "
+                     f"{r['tocsin']['p50_ms'] / r['bare']['p50_ms']:.2f}x{extra}")
+        if "cluster" in r["setup"]:
+            lines.append(f"{'':<24} target: p99 <= 1.5x bare: {'met' if ratio <= 1.5 else 'NOT met'}")
+    return "\n".join(lines)
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    results = []
+    for setup in args.setups:
+        runner = {"embedded": embedded, "cluster": cluster}[setup]
+        results.append(await runner(workdir, args.alerts, args.blocks))
+        print(f"{setup} done", file=sys.stderr, flush=True)
+    return {"machine": machine(), "alerts": args.alerts, "blocks": args.blocks, "results": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--alerts", type=int, default=1000)
+    parser.add_argument("--blocks", type=int, default=4)
+    parser.add_argument("--setups", default="embedded,cluster")
+    parser.add_argument("--tmp", default=None)
+    parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--save", default="")
+    args = parser.parse_args()
+    args.setups = [s for s in args.setups.split(",") if s]
+    raise_nofile()
+    workdir = Path(tempfile.mkdtemp(prefix="tocsin-accept-", dir=args.tmp))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    ok = False
+    try:
+        import uvloop
+
+        report = uvloop.run(run(args, workdir))
+        ok = True
+    finally:
+        if args.keep or not ok:
+            print(f"logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(table(report))
+    if args.save:
+        Path(args.save).write_text(json.dumps(report, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    socket.setdefaulttimeout(None)
+    main()

@@ -1,0 +1,69 @@
+"""The probe alert, the prober's account, and the bounded history behind /status."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tocsin.cap.model import Status
+from tocsin.cap.parse import parse_xml
+from tocsin.channels.live import Audience
+from tocsin.errors import Rejected
+from tocsin.policy import check
+from tocsin.prober.history import DAY_MINUTES, History
+from tocsin.prober.probe import load_or_create_token, probe_xml, prober_account, prober_sender
+
+
+def test_probe_is_a_valid_system_alert_the_prober_may_send() -> None:
+    sent = datetime(2026, 5, 1, 12, 0, 0, 900_000, tzinfo=UTC)
+    alert = parse_xml(probe_xml(sender=prober_sender("node 1"), identifier="probe-x-1", sent=sent, expires_in_s=1))
+    assert alert.status is Status.SYSTEM and alert.sender == "tocsin-prober@node-1"
+    assert alert.expires is not None and alert.expires > sent  # never already expired when sent
+    check(alert, prober_account("node 1"), now=sent, max_skew_s=300)
+
+
+def test_prober_account_may_send_nothing_but_its_own_system_alerts() -> None:
+    account = prober_account("n1")
+    now = datetime.now(UTC)
+    other = parse_xml(probe_xml(sender="prefecture@example.org", identifier="p-1", sent=now, expires_in_s=30))
+    with pytest.raises(Rejected):
+        check(other, account, now=now, max_skew_s=300)
+    actual = probe_xml(sender=prober_sender("n1"), identifier="p-2", sent=now, expires_in_s=30)
+    with pytest.raises(Rejected):
+        check(parse_xml(actual.replace(b"<status>System</status>", b"<status>Actual</status>")), account,
+              now=now, max_skew_s=300)
+    # And System alerts reach canaries only.
+    assert Audience(canary=True).receives("System") and not Audience(tests=True).receives("System")
+
+
+def test_prober_token_is_kept_across_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "prober-token"
+    first = load_or_create_token(path)
+    assert first.startswith("tcp_") and load_or_create_token(path) == first
+    assert path.stat().st_mode & 0o077 == 0
+
+
+def test_history_availability_and_latency_by_window() -> None:
+    now = [1_000_000.0]
+    history = History(wall=lambda: now[0])
+    for latency in (0.004, 0.02, 0.03, None):
+        history.record("sse", latency)
+    now[0] += 2 * 3600  # two hours later: out of the hour, still in the day
+    history.record("sse", 0.2)
+    hour, day = history.summary("sse", 3600), history.summary("sse", 86400)
+    assert (hour.probes, hour.delivered, hour.availability) == (1, 1, 1.0)
+    assert (day.probes, day.delivered, day.availability) == (5, 4, 0.8)
+    assert day.p50_s == 0.025 and day.p99_s == 0.25 and day.max_s == 0.2
+    assert history.as_json()["day"]["sse"]["availability"] == 0.8
+
+
+def test_history_keeps_at_most_a_day_of_minutes() -> None:
+    now = [0.0]
+    history = History(wall=lambda: now[0])
+    for _ in range(DAY_MINUTES + 500):
+        history.record("sse", 0.01)
+        now[0] += 60
+    assert len(history._minutes["sse"]) == DAY_MINUTES
+    assert history.summary("sse", timedelta(days=1).total_seconds()).probes <= DAY_MINUTES
