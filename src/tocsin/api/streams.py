@@ -60,8 +60,6 @@ async def stream(request: Request) -> Response:
 
 
 async def _sse_body(services: Services, connection: Connection, missed: list[Event]) -> AsyncIterator[bytes]:
-    gauge = services.metrics.devices.labels("sse")
-    gauge.inc()
     try:
         yield PREAMBLE
         for event in missed:
@@ -72,9 +70,8 @@ async def _sse_body(services: Services, connection: Connection, missed: list[Eve
             item = await connection.next(keepalive)
             yield KEEPALIVE if item is None else item  # type: ignore[misc]
     except ConnectionDropped:
-        services.metrics.dropped.inc()
+        pass  # counted by the registry as a dropped delivery
     finally:
-        gauge.dec()
         services.live.remove(connection)
 
 
@@ -92,20 +89,17 @@ async def websocket(ws: WebSocket) -> None:
     await ws.accept()
     connection = new_connection(device_id, record, Protocol.WS, services.settings.device_queue_depth)
     missed = services.target.attach(connection, after)
-    gauge = services.metrics.devices.labels("ws")
-    gauge.inc()
     try:
         async with asyncio.TaskGroup() as tasks:
             sender = tasks.create_task(_ws_send(services, ws, connection, missed))
             tasks.create_task(_ws_watch_close(ws, sender))
     except* ConnectionDropped:
-        services.metrics.dropped.inc()
+        pass  # counted by the registry as a dropped delivery
         with contextlib.suppress(RuntimeError, OSError):
             await ws.close(code=1013, reason="too far behind; resume by event id")
     except* (WebSocketDisconnect, RuntimeError, OSError):
         pass
     finally:
-        gauge.dec()
         services.live.remove(connection)
 
 
