@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -99,10 +100,14 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Read TOCSIN_<FIELD> variables; `overrides` (from CLI flags) win over them."""
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, config: Path | None = None, **overrides: Any
+    ) -> Settings:
+        """Defaults, then the TOML `config` file (or TOCSIN_CONFIG), then TOCSIN_<FIELD>
+        variables, then `overrides` (CLI flags): each wins over the one before."""
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
+        path = config or (Path(env["TOCSIN_CONFIG"]) if env.get("TOCSIN_CONFIG") else None)
+        values: dict[str, Any] = _from_file(cls, path) if path else {}
         for f in fields(cls):
             name = f"TOCSIN_{f.name.upper()}"
             if name in env:
@@ -111,6 +116,23 @@ class Settings:
         settings = cls(**values)
         _check(settings)
         return settings
+
+
+def _from_file(cls: type[Settings], path: Path) -> dict[str, Any]:
+    """Settings from a TOML file whose keys are the field names (`node_name = "a"`)."""
+    try:
+        document = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise SettingsError(f"config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path}: {exc}") from None
+    known = {f.name: f.default for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in document.items():
+        if key not in known:
+            raise SettingsError(f"config file {path}: unknown setting {key!r}")
+        values[key] = _convert(f"{path}: {key}", str(value).lower() if isinstance(value, bool) else str(value), known[key])
+    return values
 
 
 def _convert(name: str, raw: str, default: Any) -> Any:

@@ -23,12 +23,14 @@ def cli() -> None:
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
               help="Data directory (default ./tocsin-data, or TOCSIN_DATA_DIR).")
 @click.option("--listen", default=None, help="HOST:PORT to serve HTTP on (default 127.0.0.1:8080).")
-def serve(data_dir: Path | None, listen: str | None) -> None:
+@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="TOML file of settings (keys as in TOCSIN_<KEY>, lower case); or TOCSIN_CONFIG.")
+def serve(data_dir: Path | None, listen: str | None, config: Path | None) -> None:
     """Run a node: an embedded nats-server (unless TOCSIN_NATS_URL is set) and the HTTP API."""
     from tocsin import app, logs
 
     try:
-        settings = Settings.from_env(data_dir=data_dir, listen=listen)
+        settings = Settings.from_env(config=config, data_dir=data_dir, listen=listen)
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
     logs.setup(settings.log_level)
