@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import secrets
 import signal
 import socket
@@ -54,16 +55,29 @@ class NodeSpec:
 
 
 def free_port_block(count: int) -> int:
-    """A base port P such that P..P+count-1 look free now (bounded search on loopback)."""
+    """A base port P such that P..P+count-1 look free now (bounded search on loopback).
+
+    Chosen below the kernel's ephemeral range: outgoing connections (thousands of them
+    in a device fleet) take ports from that range and would collide with a block in it.
+    """
+    low, high = _ephemeral_range()
+    candidates = [(10_000, low)] if low - 10_000 > count else []
+    candidates.append((high + 1, 65_000))
+    rng = random.Random()
     for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base + count >= 65000:
-            continue
+        start, end = rng.choice([c for c in candidates if c[1] - c[0] > count])
+        base = rng.randrange(start, end - count)
         if all(_is_free(base + i) for i in range(count)):
             return base
     raise RuntimeError("no free block of loopback ports")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32_768, 60_999  # Linux's default
 
 
 def _is_free(port: int) -> bool:
