@@ -243,13 +243,13 @@ class LiveRegistry:
         protocol. No logging, no task, no await; counters are summed once per call.
         """
         seq, everyone = event.seq, event.status == "Actual"
-        wire = {Protocol.SSE: event.sse_chunk, Protocol.WS: event.ws_frame}
-        delivered: dict[Protocol, int] = {Protocol.SSE: 0, Protocol.WS: 0}
-        dropped: dict[Protocol, int] = {Protocol.SSE: 0, Protocol.WS: 0}
+        sse, sse_chunk, ws_frame = Protocol.SSE, event.sse_chunk, event.ws_frame
+        # Plain ints and identity checks: a dict keyed by the enum would call Enum.__hash__,
+        # a Python-level function, several times per device.
+        sent_sse = sent_ws = dropped_sse = dropped_ws = 0
         for connection in connections:
             if not everyone and not connection.audience.receives(event.status):
                 continue
-            protocol = connection.protocol
             transport = connection.transport
             if transport is None or connection.dropped or seq <= connection.last_seq:
                 ok = connection.offer(event)  # queued path, or nothing to do
@@ -257,20 +257,25 @@ class LiveRegistry:
                 connection.drop()
                 ok = False
             else:
-                transport.write(wire[protocol])
+                transport.write(sse_chunk if connection.protocol is sse else ws_frame)
                 connection.last_seq = seq
                 ok = True
-            if ok:
-                delivered[protocol] += 1
+            if connection.protocol is sse:
+                if ok:
+                    sent_sse += 1
+                else:
+                    dropped_sse += 1
+            elif ok:
+                sent_ws += 1
             else:
-                dropped[protocol] += 1
-        for protocol in (Protocol.SSE, Protocol.WS):
-            if delivered[protocol]:
-                self.queued[protocol] += delivered[protocol]
-            if dropped[protocol]:
-                self.dropped[protocol] += dropped[protocol]
-                self.dropped_total += dropped[protocol]
-        return delivered[Protocol.SSE] + delivered[Protocol.WS]
+                dropped_ws += 1
+        for protocol, sent, dropped in ((Protocol.SSE, sent_sse, dropped_sse), (Protocol.WS, sent_ws, dropped_ws)):
+            if sent:
+                self.queued[protocol] += sent
+            if dropped:
+                self.dropped[protocol] += dropped
+                self.dropped_total += dropped
+        return sent_sse + sent_ws
 
     async def publish_in_batches(self, event: Event, connections: Iterable[Connection], batch: int) -> int:
         """`publish`, yielding to the event loop after every `batch` connections.
