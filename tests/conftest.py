@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from tocsin.cluster.nats_server import NatsServer
 
@@ -19,6 +21,11 @@ _names = itertools.count(1)
 
 def unique_name(prefix: str = "T") -> str:
     return f"{prefix}{next(_names)}"
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests run on uvloop, as `tocsin serve` does: the fast paths depend on its transports."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from tocsin.api.services import Services
 from tocsin.channels.live import LiveRegistry
 from tocsin.errors import StoreUnavailable
 from tocsin.health.readiness import Limits, Readiness
+from tocsin.health.shed import shed_when_unready
 from tocsin.cluster.nats_server import NatsServer, check_varz_sync_always
 from tocsin.pipeline.accept import Accept
 from tocsin.pipeline.reconcile import Reconciler
@@ -263,6 +264,11 @@ async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], No
     async with asyncio.TaskGroup() as tasks:
         follower = tasks.create_task(node.services.target.run(), name="target")
         checks = tasks.create_task(health.readiness.run(), name="readiness")
+        shedder = (
+            tasks.create_task(shed_when_unready(health.readiness.is_ready, node.services.live,
+                                                after_s=node.settings.shed_after_s), name="shed")
+            if node.settings.replicas > 1 and node.settings.shed_after_s > 0 else None
+        )
         reconciler = tasks.create_task(node.reconciler.run(), name="reconciler")
         supervisor = tasks.create_task(node.nats.supervise(), name="nats") if node.nats else None
         http = tasks.create_task(node.server.serve(sockets=[sock]), name="http")
@@ -279,7 +285,7 @@ async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], No
         while not (http.done() or node.server.should_exit):
             await asyncio.wait([http], timeout=0.05)
         # Stop probing first: the canary's open stream would hold the graceful shutdown.
-        for task in (checks, prober, heartbeat):
+        for task in (checks, prober, heartbeat, shedder):
             if task is not None:
                 task.cancel()
         # Open device streams would hold the graceful shutdown: end them; devices resume.

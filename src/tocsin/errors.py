@@ -71,6 +71,10 @@ class StoreUnavailable(TocsinError):
         self.operation = operation
 
 
+class StoreMisconfigured(TocsinError):
+    """The store refuses tocsin's settings (e.g. not enough disk for the stream); not retried."""
+
+
 class AlertNotFound(TocsinError):
     """No alert with this id is stored."""
 

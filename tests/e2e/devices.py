@@ -23,7 +23,7 @@ async def register(http: httpx.AsyncClient, lat: float, lon: float, **extra: Any
 class SseDevice:
     """An open SSE stream whose events land in `events` as they arrive."""
 
-    def __init__(self, base_url: str, token: str, last_event_id: int | None = None) -> None:
+    def __init__(self, base_url: str, token: str, last_event_id: int | str | None = None) -> None:
         self.base_url = base_url
         self.token = token
         self.last_event_id = last_event_id
@@ -57,7 +57,7 @@ class SseDevice:
 
 
 @contextlib.asynccontextmanager
-async def sse_device(base_url: str, token: str, last_event_id: int | None = None) -> AsyncIterator[SseDevice]:
+async def sse_device(base_url: str, token: str, last_event_id: int | str | None = None) -> AsyncIterator[SseDevice]:
     """Connect, wait until the server has replayed what was missed (`synced`), yield."""
     device = SseDevice(base_url, token, last_event_id)
     opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()

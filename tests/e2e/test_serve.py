@@ -149,3 +149,26 @@ async def test_refuses_to_serve_on_nats_without_sync_always(tmp_path: Path) -> N
                 pass
     finally:
         await unsafe.stop()
+
+
+async def test_kill_9_of_tocsin_takes_its_nats_server_down_too(tmp_path: Path) -> None:
+    """An orphaned nats-server would hold the store and its ports against the next start."""
+    async with tocsin_serve(tmp_path) as served:
+        nats_pid = int(str((await served.log_line("nats-server started"))["pid"]))
+        served.process.kill()
+        await served.process.wait()
+        async with asyncio.timeout(10):
+            while _alive(nats_pid):
+                await asyncio.sleep(0.05)  # reaped by init once it exits on SIGTERM
+
+
+async def test_a_stream_larger_than_the_disk_stops_startup_with_a_clear_message(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    from tests.e2e.conftest import node_settings
+    from tocsin.errors import StoreMisconfigured
+
+    settings = node_settings(tmp_path, nats_server, stream_max_bytes=10**16)
+    with pytest.raises(StoreMisconfigured, match="TOCSIN_STREAM_MAX_BYTES"):
+        async with open_node(settings):
+            pass

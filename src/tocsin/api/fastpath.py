@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tocsin.api import ws_fastpath
 from tocsin.api.auth import device_for
 from tocsin.api.services import Services
-from tocsin.api.streams import KEEPALIVE, PREAMBLE, last_event_id, new_connection, synced_body
+from tocsin.api.streams import KEEPALIVE, PREAMBLE, new_connection, resume_after, synced_body
 from tocsin.channels.live import Protocol, as_transport, http_chunk
 from tocsin.errors import Rejected, StoreUnavailable
 
@@ -65,7 +65,9 @@ class SseFastPath:
                 request = Request(scope)
                 try:
                     device_id, record = await device_for(request, self.services)
-                    after = last_event_id(request.headers.get("last-event-id") or request.query_params.get("last_event_id"))
+                    after = await resume_after(
+                        self.services, request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+                    )
                 except (Rejected, StoreUnavailable):
                     await self.app(scope, receive, send)  # the route answers with the problem
                     return

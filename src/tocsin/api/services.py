@@ -36,15 +36,12 @@ class Metrics:
     accept_seconds: Histogram = field(init=False)
     # The reconciler calls republished.inc(n) for each alert it had to publish again.
     republished: Counter = field(init=False)
-    # TODO(#5): the WebSocket fast path still counts here; fold into tocsin_connected_devices.
-    devices: Gauge = field(init=False)
     probes: Counter = field(init=False)
     probe_seconds: Histogram = field(init=False)
     heartbeats: Counter = field(init=False)
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.devices = Gauge("tocsin_live_devices", "Devices on the WebSocket fast path.", ["protocol"], registry=r)
         self.accepted = Counter("tocsin_alerts_accepted_total", "Alerts stored, by status.", ["status"], registry=r)
         self.refused = Counter("tocsin_alerts_refused_total", "Requests refused, by problem code.", ["code"], registry=r)
         self.accept_seconds = Histogram(

@@ -25,12 +25,16 @@ KEEPALIVE = b": keepalive\n\n"
 PREAMBLE = b"retry: 2000\n\n"
 
 
-def last_event_id(raw: str | None) -> int:
-    if raw is None or raw == "":
-        return 0
-    if not raw.isdigit():
-        raise Rejected(EVENT_ID_INVALID, f"got {raw[:40]!r}")
-    return int(raw)
+async def resume_after(services: Services, raw: str | None) -> int:
+    """Where this device's replay starts, from its Last-Event-ID (`N.hhhhhhhh` or `N`).
+
+    Raises:
+        Rejected: not a cursor (400 device.event-id-invalid).
+    """
+    try:
+        return await services.target.resume_after(raw)
+    except ValueError:
+        raise Rejected(EVENT_ID_INVALID, f"got {(raw or '')[:40]!r}") from None
 
 
 def new_connection(device_id: str, record: dict[str, Any], protocol: Protocol, depth: int) -> Connection:
@@ -50,7 +54,7 @@ def synced_body(services: Services) -> dict[str, Any]:
 async def stream(request: Request) -> Response:
     services: Services = request.app.state.services
     device_id, record = await device_for(request, services)
-    after = last_event_id(request.headers.get("last-event-id") or request.query_params.get("last_event_id"))
+    after = await resume_after(services, request.headers.get("last-event-id") or request.query_params.get("last_event_id"))
     connection = new_connection(device_id, record, Protocol.SSE, services.settings.device_queue_depth)
     missed = services.target.attach(connection, after)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Tocsin-Node": services.settings.node_name}
@@ -79,7 +83,7 @@ async def websocket(ws: WebSocket) -> None:
     services: Services = ws.app.state.services
     try:
         device_id, record = await device_for(ws, services)
-        after = last_event_id(ws.query_params.get("last_event_id"))
+        after = await resume_after(services, ws.query_params.get("last_event_id"))
     except Rejected as exc:
         # Accept, then close with the problem code: a refused handshake would reach the
         # client as a bare 403 and it could not tell that it must register again.
@@ -106,7 +110,7 @@ async def websocket(ws: WebSocket) -> None:
 async def _ws_send(services: Services, ws: WebSocket, connection: Connection, missed: list[Event]) -> None:
     for event in missed:
         await ws.send_text(event.ws)
-    await ws.send_text(json.dumps({"type": "synced", **synced_body(services)}))
+    await ws.send_text(json.dumps({"type": "synced", **synced_body(services)}, separators=(",", ":")))
     while True:
         item = await connection.next(services.settings.sse_keepalive_s)
         await ws.send_text('{"type":"keepalive"}' if item is None else str(item))

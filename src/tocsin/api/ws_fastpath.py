@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from tocsin.api.auth import device_for
 from tocsin.api.services import Services
-from tocsin.api.streams import last_event_id, new_connection, synced_body
+from tocsin.api.streams import new_connection, resume_after, synced_body
 from tocsin.channels.live import Protocol, as_transport, ws_text_frame
 from tocsin.errors import Rejected, StoreUnavailable
 
@@ -38,7 +38,7 @@ async def authenticate(scope: Scope, services: Services) -> tuple[str, dict[str,
     conn = HTTPConnection(scope)
     try:
         device_id, record = await device_for(conn, services)
-        after = last_event_id(conn.query_params.get("last_event_id"))
+        after = await resume_after(services, conn.query_params.get("last_event_id"))
     except (Rejected, StoreUnavailable):
         return None
     return device_id, record, after
@@ -56,15 +56,12 @@ async def serve_device(
     await send({"type": "websocket.accept"})
     connection = new_connection(device_id, record, Protocol.WS, services.settings.device_queue_depth)
     connection.transport = transport
-    gauge = services.metrics.devices.labels("ws")
-    gauge.inc()
     try:
         # From here to the end of the replay nothing awaits: no live alert can come first.
         missed = services.target.attach(connection, after)
         connection.write_raw(b"".join(event.ws_frame for event in missed))
-        connection.write_raw(ws_text_frame(json.dumps({"type": "synced", **synced_body(services)})))
+        connection.write_raw(ws_text_frame(json.dumps({"type": "synced", **synced_body(services)}, separators=(",", ":"))))
         while (await receive())["type"] != "websocket.disconnect":
             pass  # devices send nothing that matters; reading notices when one goes away
     finally:
-        gauge.dec()
         services.live.remove(connection)

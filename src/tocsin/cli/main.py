@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from tocsin.cluster.nats_server import NatsServerError
+from tocsin.errors import StoreMisconfigured
 from tocsin.settings import Settings, SettingsError
 
 
@@ -46,6 +48,8 @@ def serve(data_dir: Path | None, listen: str | None, config: Path | None) -> Non
         run_loop(app.serve(settings, ready))
     except KeyboardInterrupt:
         pass
+    except (NatsServerError, StoreMisconfigured) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:

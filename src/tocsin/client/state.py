@@ -51,8 +51,10 @@ class WatchState:
     registration: Registration | None = None
     # Pinned public keys (JWK by kid), learned on first use.
     keys: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # The stream seq of the last event processed; sent back as Last-Event-ID.
+    # The stream seq of the last event processed, and its cursor (`seq.idprefix`), which
+    # is what goes back as Last-Event-ID.
     last_seq: int | None = None
+    cursor: str | None = None
     # Identities already shown, with the time after which they can be forgotten.
     seen: dict[Identity, datetime] = field(default_factory=dict)
 
@@ -70,6 +72,7 @@ class WatchState:
             "registration": None if reg is None else _registration_dict(reg),
             "keys": self.keys,
             "last_seq": self.last_seq,
+            "cursor": self.cursor,
             "seen": [
                 {"sender": sender, "identifier": identifier, "expires": expires.isoformat()}
                 for (sender, identifier), expires in sorted(self.seen.items())
@@ -90,6 +93,7 @@ class WatchState:
                 registration=None if reg is None else _registration(reg),
                 keys={str(k): dict(v) for k, v in raw.get("keys", {}).items()},
                 last_seq=None if last_seq is None else int(last_seq),
+                cursor=None if raw.get("cursor") is None else str(raw["cursor"]),
                 seen={
                     (str(s["sender"]), str(s["identifier"])): datetime.fromisoformat(s["expires"])
                     for s in raw.get("seen", [])

@@ -219,6 +219,7 @@ class Watcher:
         self.state.registration = None
         # Event seqs belong to the deployment that issued them.
         self.state.last_seq = None
+        self.state.cursor = None
         self._save()
 
     async def _ensure_registered(self, url: str) -> Registration:
@@ -259,8 +260,8 @@ class Watcher:
             "Accept": "text/event-stream",
             "Cache-Control": "no-cache",
         }
-        if self.state.last_seq is not None:
-            headers["Last-Event-ID"] = str(self.state.last_seq)
+        if self.resume_from is not None:
+            headers["Last-Event-ID"] = self.resume_from
         async with self._http.stream("GET", url + STREAM_PATH, headers=headers) as response:
             if response.status_code != 200:
                 await response.aread()
@@ -272,11 +273,18 @@ class Watcher:
                     await self._on_event(event, url)
 
     async def _stream_ws(self, url: str, reg: Registration) -> None:
-        opened = open_ws(url, reg.token, self.state.last_seq, open_timeout_s=CONNECT_TIMEOUT_S)
+        opened = open_ws(url, reg.token, self.resume_from, open_timeout_s=CONNECT_TIMEOUT_S)
         async with opened as ws:
             self._connected(url)
             async for kind, payload in messages(ws, read_timeout_s=READ_TIMEOUT_S):
                 await self.on_message(kind, payload, url)
+
+    @property
+    def resume_from(self) -> str | None:
+        """The Last-Event-ID to send: the last cursor, or the last seq (older state files)."""
+        if self.state.cursor is not None:
+            return self.state.cursor
+        return None if self.state.last_seq is None else str(self.state.last_seq)
 
     def _connected(self, url: str) -> None:
         self._backoff.reset()
@@ -310,11 +318,16 @@ class Watcher:
         if not isinstance(seq, int) or isinstance(seq, bool):
             self.stats.invalid += 1
             return
-        if self.state.last_seq is not None and seq <= self.state.last_seq:
+        cursor = payload.get("event_id")
+        cursor = cursor if isinstance(cursor, str) else str(seq)
+        if cursor == self.state.cursor:
             return
+        # No skipping by seq: a stream that lost its tail reuses seqs for new alerts, and
+        # the node then replays everything active; repeats are dropped by identity.
         self.stats.events += 1
         display = self._check(payload, seq, url)
         self.state.last_seq = seq
+        self.state.cursor = cursor
         self.state.prune(self._now())
         # Saved before it is shown: a crash may lose a display, never repeat one.
         self._save()

@@ -20,7 +20,7 @@ _UNKNOWN_DEVICE_CLOSE = 4401
 _UNKNOWN_DEVICE_STATUS = (401, 403)
 
 
-def ws_url(url: str, token: str, last_seq: int | None) -> str:
+def ws_url(url: str, token: str, last_seq: int | str | None) -> str:
     """The stream's WebSocket URL on the node at `url` (http -> ws, https -> wss)."""
     query = {"token": token}
     if last_seq is not None:
@@ -31,7 +31,7 @@ def ws_url(url: str, token: str, last_seq: int | None) -> str:
 
 
 @asynccontextmanager
-async def open_ws(url: str, token: str, last_seq: int | None, *, open_timeout_s: float) -> AsyncIterator[ClientConnection]:
+async def open_ws(url: str, token: str, last_seq: int | str | None, *, open_timeout_s: float) -> AsyncIterator[ClientConnection]:
     """A connected stream; refusals become NodeRefused / DeviceUnknown.
 
     Raises:

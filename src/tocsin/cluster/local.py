@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tocsin.cluster.nats_server import ClusterSpec, NatsServer
+from tocsin.cluster.nats_server import ClusterSpec, NatsServer, die_with_parent
 from tocsin.signing import SigningKey
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ class LocalCluster:
             *prefix, sys.executable, "-m", "tocsin.cli.main", "serve",
             "--data", str(spec.data_dir), "--listen", f"{spec.host}:{spec.http_port}",
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log_file,
-            env=self.node_env(spec), start_new_session=True,
+            env=self.node_env(spec), start_new_session=True, preexec_fn=die_with_parent,
         )
         log_file.close()
         self.tocsin[name] = process

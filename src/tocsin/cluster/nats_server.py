@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import logging
 import os
@@ -21,10 +22,25 @@ _CLIENT_LINE = re.compile(r"Listening for client connections on (\S+):(\d+)")
 _MONITOR_LINE = re.compile(r"Starting http monitor on (\S+):(\d+)")
 _CLUSTER_LINE = re.compile(r"Listening for route connections on (\S+):(\d+)")
 _READY_LINE = "Server is ready"
+_PR_SET_PDEATHSIG = 1
 
 
 class NatsServerError(RuntimeError):
     """The nats-server child could not be started or is unsafe to use."""
+
+
+def die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the supervising process dies (Linux).
+
+    A `kill -9` of tocsin must not leave its nats-server running: the next start would
+    find the store locked and its ports taken.
+    """
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def find_binary() -> str:
@@ -121,6 +137,7 @@ class NatsServer:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # Ctrl-C reaches tocsin, which stops the child in order.
+            preexec_fn=die_with_parent,
         )
         try:
             async with asyncio.timeout(self.ready_timeout_s):

@@ -55,6 +55,8 @@ class Device:
     home: int
     node: int = 0
     cursor: int = 0
+    # The last event id received (`seq.idprefix`): what goes back as Last-Event-ID.
+    event_id: str = ""
     attempt: int = 0
     synced: bool = False
     seen: set[str] = field(default_factory=set)
@@ -166,7 +168,7 @@ class Fleet:
                 reader, writer = await asyncio.open_connection(host, port, limit=1 << 22)
                 writer.write(
                     (f"GET /api/v1/stream HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n"
-                     f"Authorization: Bearer {device.token}\r\nLast-Event-ID: {device.cursor}\r\n\r\n").encode()
+                     f"Authorization: Bearer {device.token}\r\nLast-Event-ID: {device.event_id or device.cursor}\r\n\r\n").encode()
                 )
                 head = await reader.readuntil(b"\r\n\r\n")
             status = int(head.split(b" ", 2)[1])
@@ -208,7 +210,8 @@ class Fleet:
             if line.startswith(b"event:"):
                 kind = line[6:].strip()
             elif line.startswith(b"id:"):
-                seq = int(line[3:].strip())
+                device.event_id = line[3:].strip().decode()
+                seq = int(device.event_id.split(".")[0])
             elif line.startswith(b"data:"):
                 data = line[5:].strip()
         if kind == b"synced":

@@ -283,8 +283,12 @@ async def prepare_unsafe(run: Run, ci: bool) -> None:
 
 async def power_loss(run: Run, names: list[str]) -> None:
     loops: dict[str, disks.LoopDisk] = run.loops  # type: ignore[attr-defined]
+    # One instant for every disk, as in a real power cut: freeze the nodes' processes (no
+    # more writes reach the devices), copy the images, then kill the processes.
+    run.fault("power loss: processes frozen, disk images copied unsynced, processes killed", nodes=names)
+    for name in names:
+        run.cluster.signal(name, signal.SIGSTOP)
     copies = {name: await asyncio.to_thread(loops[name].power_loss_copy) for name in names}
-    run.fault("power loss: disk images copied unsynced, processes killed", nodes=names)
     for name in names:
         await run.cluster.kill(name)
     for name in names:
@@ -414,13 +418,25 @@ async def verify_alarm(run: Run, result: Result, ci: bool) -> None:
 
 # -- F15 clock skew on one tocsin node ----------------------------------------------------------------
 
+def _libfaketime() -> str:
+    found = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1")) + sorted(
+        Path("/usr/lib/faketime").glob("libfaketime.so.1"))
+    return str(found[0]) if found else ""
+
+
 def needs_faketime() -> str | None:
-    return None if shutil.which("faketime") else "faketime is not installed (apt-get install faketime)"
+    return None if _libfaketime() else "libfaketime is not installed (apt-get install faketime)"
 
 
 async def prepare_skew(run: Run, ci: bool) -> None:
-    run.cluster.tocsin_launchers = {"node2": ("faketime", "-f", "+5m"), "node3": ("faketime", "-f", "-5m")}
-    run.cluster.node_extra_env = {n: {"FAKETIME_DONT_FAKE_MONOTONIC": "1"} for n in ("node2", "node3")}
+    # libfaketime preloaded straight into the tocsin process: the `faketime` wrapper forks,
+    # and LocalCluster must hold the pid of the process it kills.
+    lib = _libfaketime()
+    run.cluster.node_extra_env = {
+        name: {"LD_PRELOAD": lib, "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+               "FAKETIME_NO_CACHE": "1"}
+        for name, offset in (("node2", "+5m"), ("node3", "-5m"))
+    }
 
 
 async def inject_skew(run: Run, ci: bool) -> None:

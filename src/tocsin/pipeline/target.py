@@ -47,18 +47,41 @@ class Active:
     event: Event
 
 
+def event_id(seq: int, alert_id: str) -> str:
+    """A device's cursor: the seq, and which alert it was (`12.3fa9c0de`).
+
+    The id part lets a node tell a cursor into this stream from one into a stream that
+    lost its tail and reused the seq for another alert (RELIABILITY.md, F14).
+    """
+    return f"{seq}.{alert_id[:8]}"
+
+
+def parse_event_id(raw: str) -> tuple[int, str | None]:
+    """`N` or `N.hhhhhhhh` -> (seq, id prefix or None).
+
+    Raises:
+        ValueError: anything else.
+    """
+    seq, dot, prefix = raw.partition(".")
+    if not seq.isdigit() or (dot and not (len(prefix) == 8 and all(c in "0123456789abcdef" for c in prefix))):
+        raise ValueError(raw)
+    return int(seq), (prefix if dot else None)
+
+
 def encode_event(stored: Stored, status: str) -> Event:
     """The alert's event bytes, once for SSE and once for WebSocket, framed for the wire."""
     env = stored.envelope
+    cursor = event_id(stored.seq, env.alert_id)
     body = {
         "seq": stored.seq,
+        "event_id": cursor,
         "id": env.alert_id,
         "kid": env.kid,
         "sig": env.sig,
         "cap": env.payload.decode("utf-8"),
     }
     data = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-    sse = f"id: {stored.seq}\nevent: alert\ndata: {data}\n\n".encode()
+    sse = f"id: {cursor}\nevent: alert\ndata: {data}\n\n".encode()
     ws = json.dumps({"type": "alert", **body}, ensure_ascii=False, separators=(",", ":"))
     return Event(seq=stored.seq, status=status, sse=sse, ws=ws, sse_chunk=http_chunk(sse), ws_frame=ws_text_frame(ws))
 
@@ -83,6 +106,7 @@ class Target:
         self.offered: dict[AlertId, int] = {}
         self.last_seq = 0
         self.caught_up = asyncio.Event()
+        self.cursors_refused = 0
         self._next_prune = clock()
         # Fault injection for tests of readiness (F16): while this event is unset, the
         # follower waits before taking the next alert, as a stuck fan-out would.
@@ -136,9 +160,33 @@ class Target:
             )
             self._maybe_prune()
 
+    async def resume_after(self, raw: str | None) -> int:
+        """The seq after which to replay for a device that sent this cursor (0: all).
+
+        A cursor this stream cannot vouch for (beyond its end, or naming another alert at
+        that seq) gets every active alert again; devices drop repeats by identity.
+
+        Raises:
+            ValueError: not a cursor.
+        """
+        if not raw:
+            return 0
+        seq, prefix = parse_event_id(raw)
+        known = self.active.get(seq)
+        if known is not None and (prefix is None or known.stored.envelope.alert_id.startswith(prefix)):
+            return seq
+        if prefix is None and seq <= self.last_seq:
+            return seq
+        stored = await self._store.get_by_seq(seq)
+        if stored is not None and (prefix is None or stored.envelope.alert_id.startswith(prefix)):
+            return seq
+        self.cursors_refused += 1
+        log.warning("cursor not in this stream; replaying every active alert", extra={"cursor": raw[:40]})
+        return 0
+
     def _index(self, stored: Stored) -> Active | None:
         """Record the alert as seen and, unless expired or unreadable, as active."""
-        if stored.seq <= self.last_seq:
+        if stored.seq <= self.last_seq and not self._went_back(stored):
             return None
         self.last_seq = stored.seq
         active = self._activate(stored)
@@ -147,6 +195,24 @@ class Target:
         self.active[stored.seq] = active
         self.by_id[stored.envelope.alert_id] = active
         return active
+
+    def _went_back(self, stored: Stored) -> bool:
+        """A seq seen before that now holds another alert: the stream lost its tail.
+
+        Forget what came after it here and close the live devices: they resume, their
+        cursors no longer check out, and they get every active alert again.
+        """
+        known = self.active.get(stored.seq)
+        if known is None or known.stored.envelope.alert_id == stored.envelope.alert_id:
+            return False  # a redelivery after a consumer reset
+        log.error("stream reused a sequence; devices resume with a full replay",
+                  extra={"seq": stored.seq, "alert_id": stored.envelope.alert_id})
+        for seq in [s for s in self.active if s >= stored.seq]:
+            gone = self.active.pop(seq)
+            self.by_id.pop(gone.stored.envelope.alert_id, None)
+        self.last_seq = stored.seq - 1
+        self._live.close_all()
+        return True
 
     def _maybe_prune(self) -> None:
         if self._clock() >= self._next_prune:

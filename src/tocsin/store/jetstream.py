@@ -30,7 +30,7 @@ from nats.js.api import (
 )
 from nats.js.kv import KeyValue
 
-from tocsin.errors import AlertNotFound, StoreUnavailable
+from tocsin.errors import AlertNotFound, StoreMisconfigured, StoreUnavailable
 from tocsin.settings import Settings
 from tocsin.store.base import AlertId, Envelope, Stored
 
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # JetStream API error: "wrong last sequence", i.e. the subject already holds an alert.
 _WRONG_LAST_SEQUENCE = 10071
+# JetStream API error: "insufficient storage resources available".
+_INSUFFICIENT_RESOURCES = 10047
 
 _H_SIG, _H_KID, _H_ISSUER = "Tocsin-Sig", "Tocsin-Kid", "Tocsin-Issuer"
 _H_NODE, _H_ACCEPTED = "Tocsin-Node", "Tocsin-Accepted-At"
@@ -164,6 +166,15 @@ class JetStreamStore:
                 await self._js.update_stream(config)
             self.devices = await self._bucket("TOCSIN_DEVICES")
             self.issuers = await self._bucket("TOCSIN_ISSUERS")
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == _INSUFFICIENT_RESOURCES:
+                # Every replica reserves the stream's whole max_bytes: a plain refusal, not a
+                # passing fault, so startup stops with a message instead of waiting.
+                raise StoreMisconfigured(
+                    f"the NATS servers cannot reserve {s.stream_max_bytes} bytes for the alert stream "
+                    f"on each of {s.replicas} replica(s); free disk space or lower TOCSIN_STREAM_MAX_BYTES"
+                ) from exc
+            raise StoreUnavailable("ensure", repr(exc)) from exc
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
             raise StoreUnavailable("ensure", repr(exc)) from exc
 
@@ -245,6 +256,21 @@ class JetStreamStore:
             raise StoreUnavailable("get", repr(exc)) from exc
         assert raw.seq is not None
         return Stored(seq=raw.seq, envelope=_envelope(alert_id, raw.data or b"", raw.headers or {}), created=False)
+
+    async def get_by_seq(self, seq: int) -> Stored | None:
+        """The alert stored at this seq, or None.
+
+        Raises:
+            StoreUnavailable: the store did not answer.
+        """
+        try:
+            raw = await self._js.get_msg(self.stream, seq, direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable("get", repr(exc)) from exc
+        alert_id = AlertId((raw.subject or "").rsplit(".", 1)[-1])
+        return Stored(seq=seq, envelope=_envelope(alert_id, raw.data or b"", raw.headers or {}), created=False)
 
     async def last_seq(self) -> int:
         """The stream's last sequence (0 when empty)."""

@@ -1,0 +1,75 @@
+"""Cursors (Last-Event-ID): a node replays everything active when it cannot vouch for one.
+
+Found by the fault suite (F14, and the F11 mutation run): when the alerts stream loses its
+tail, new and republished alerts reuse seqs that devices have already passed. A device
+that resumed from its old cursor was never sent them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import httpx
+
+from tests.e2e.conftest import node  # noqa: F401 - fixture
+from tests.e2e.devices import register, sse_device
+from tests.samples import IN_PARIS, alert_xml
+from tocsin.app import Node
+from tocsin.pipeline.target import event_id, parse_event_id
+from tocsin.store.base import Stored
+
+ADMIN = {"Authorization": "Bearer tca_test-admin-token", "Content-Type": "application/cap+xml"}
+
+
+async def issue(http: httpx.AsyncClient) -> tuple[int, str]:
+    response = await http.post("/api/v1/alerts", content=alert_xml(), headers=ADMIN)
+    assert response.status_code == 201
+    return int(response.json()["seq"]), str(response.json()["id"])
+
+
+def test_event_ids_name_the_seq_and_the_alert() -> None:
+    assert event_id(12, "3fa9c0de" + "0" * 24) == "12.3fa9c0de"
+    assert parse_event_id("12.3fa9c0de") == (12, "3fa9c0de")
+    assert parse_event_id("12") == (12, None)
+    for bad in ("", "x", "12.", "12.XYZ", "-1", "12.3fa9c0de0"):
+        try:
+            parse_event_id(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} was accepted")
+
+
+async def test_a_cursor_the_stream_cannot_vouch_for_gets_a_full_replay(node: Node) -> None:  # noqa: F811
+    target = node.services.target
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        seq, alert_id = await issue(http)
+        cursor = event_id(seq, alert_id)
+        assert await target.resume_after(cursor) == seq
+        # Beyond the end of the stream, or another alert at that seq: replay everything.
+        assert await target.resume_after(f"{seq + 50}.deadbeef") == 0
+        assert await target.resume_after(f"{seq}.deadbeef") == 0
+        assert await target.resume_after(str(seq + 50)) == 0
+        device = await register(http, *IN_PARIS)
+        # Over HTTP: a device resuming from a cursor into a lost tail gets the alert again.
+        async with sse_device(node.url, device["token"], last_event_id=f"{seq + 50}.deadbeef") as sse:
+            replayed = await sse.next("alert")
+            assert replayed.last_event_id == cursor
+        bad = await http.get("/api/v1/stream", headers={"Authorization": f"Bearer {device['token']}",
+                                                         "Last-Event-ID": "nope"})
+        assert (bad.status_code, bad.json()["code"]) == (400, "device.event-id-invalid")
+
+
+async def test_a_reused_seq_resets_the_follower_and_closes_live_devices(node: Node) -> None:  # noqa: F811
+    target = node.services.target
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        seq, _ = await issue(http)
+        device = await register(http, *IN_PARIS)
+        async with sse_device(node.url, device["token"]) as sse:
+            await sse.next("synced")
+            live = [c for members in node.services.live.by_cell.values() for c in members]
+            known = target.active[seq].stored
+            # The stream now holds another alert at a seq it had already given out.
+            other = Stored(seq=seq, envelope=dataclasses.replace(known.envelope, alert_id="f" * 32))
+            target.take(other)
+            assert target.active[seq].stored.envelope.alert_id == "f" * 32
+            assert live and all(c.dropped for c in live)  # they resume, and get a full replay
