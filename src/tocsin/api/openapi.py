@@ -207,7 +207,8 @@ def _device_paths(catalog: list[Problem]) -> Json:
     token = {"name": "token", "in": "query", "required": False, "schema": {"type": "string"},
              "description": "The device token, for clients that cannot set Authorization (EventSource)."}
     after = {"name": "last_event_id", "in": "query", "required": False,
-             "schema": {"type": "integer", "minimum": 0}, "description": "The seq of the last alert event seen."}
+             "schema": {"type": "string", "pattern": "^[0-9]+([.][0-9a-f]{8})?$"},
+             "description": "The id of the last alert event seen (`seq.idprefix`, or a bare seq)."}
     register = {
         "tags": ["device"],
         "operationId": "registerDevice",
@@ -236,8 +237,8 @@ def _device_paths(catalog: list[Problem]) -> Json:
         "security": _DEVICE,
         "parameters": [
             {"name": "Last-Event-ID", "in": "header", "required": False,
-             "schema": {"type": "string", "pattern": "^[0-9]*$"},
-             "description": "The seq of the last alert event seen; wins over `last_event_id`."},
+             "schema": {"type": "string", "pattern": "^[0-9]+([.][0-9a-f]{8})?$"},
+             "description": "The id of the last alert event seen; wins over `last_event_id`."},
             after, token,
         ],
         "responses": {
