@@ -256,7 +256,8 @@ class SseClient(LiveClient):
             if kind == b"alert":
                 start = buf.rfind(b"id: ", max(0, at - 32), at)
                 if start >= 0:
-                    self.events.on_alert(self.device, int(buf[start + 4 : at - 1]), now)
+                    # `id: <seq>.<alert id prefix>` (tocsin) or `id: <seq>` (the baselines)
+                    self.events.on_alert(self.device, int(buf[start + 4 : at - 1].split(b".")[0]), now)
             elif kind == b"synced":
                 self.events.on_synced(self.device, now)
             last = end
