@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+
+from tocsin.cap.compose import simple_alert
 
 _ids = itertools.count(1)
 
@@ -11,10 +13,6 @@ _ids = itertools.count(1)
 PARIS_BOX = "48.80,2.25 48.80,2.42 48.90,2.42 48.90,2.25 48.80,2.25"
 IN_PARIS = (48.8566, 2.3522)
 IN_LYON = (45.7640, 4.8357)
-
-
-def cap_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
 
 
 def alert_xml(
@@ -31,33 +29,9 @@ def alert_xml(
     event: str = "Inondation",
 ) -> bytes:
     """A Public CAP alert in French over `polygon`."""
-    identifier = identifier or f"FR-TEST-{next(_ids)}-{datetime.now(UTC).timestamp():.6f}"
-    sent = sent or datetime.now(UTC).replace(microsecond=0)
-    expires = f"<expires>{cap_time(sent + timedelta(seconds=expires_in_s))}</expires>" if expires_in_s is not None else ""
-    refs = f"<references>{references}</references>" if references else ""
-    return f"""<?xml version="1.0" encoding="UTF-8"?>
-<alert xmlns="urn:oasis:names:tc:emergency:cap:1.2">
-  <identifier>{identifier}</identifier>
-  <sender>{sender}</sender>
-  <sent>{cap_time(sent)}</sent>
-  <status>{status}</status>
-  <msgType>{msg_type}</msgType>
-  <scope>Public</scope>
-  {refs}
-  <info>
-    <language>fr-FR</language>
-    <category>Met</category>
-    <event>{event}</event>
-    <urgency>Immediate</urgency>
-    <severity>Severe</severity>
-    <certainty>Observed</certainty>
-    {expires}
-    <headline>{headline}</headline>
-    <description>La Seine déborde.</description>
-    <area>
-      <areaDesc>Paris centre</areaDesc>
-      <polygon>{polygon}</polygon>
-    </area>
-  </info>
-</alert>
-""".encode()
+    return simple_alert(
+        identifier=identifier or f"FR-TEST-{next(_ids)}-{datetime.now(UTC).timestamp():.6f}",
+        sender=sender, status=status, msg_type=msg_type, polygon=polygon, sent=sent,
+        expires_in_s=expires_in_s, headline=headline, references=references, event=event,
+        description="La Seine déborde.",
+    )

@@ -21,6 +21,8 @@ from typing import Any
 
 import httpx
 
+from tocsin.cap.compose import simple_alert
+
 from tocsin.client.sse import SseParser
 
 # A box around 0°N 0°E in the Gulf of Guinea: no one lives there, and System alerts reach
@@ -64,18 +66,13 @@ class DrillReport:
 
 
 def drill_alert(now: datetime) -> bytes:
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%S+00:00")
-    expires = (now + timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%S+00:00")
     identifier = f"tocsin-drill-{now.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
-    return f"""<?xml version="1.0" encoding="UTF-8"?>
-<alert xmlns="urn:oasis:names:tc:emergency:cap:1.2">
-  <identifier>{identifier}</identifier><sender>tocsin-drill@{socket.gethostname()}</sender>
-  <sent>{stamp}</sent><status>System</status><msgType>Alert</msgType><scope>Public</scope>
-  <info><category>Other</category><event>tocsin failover drill</event><urgency>Unknown</urgency>
-    <severity>Unknown</severity><certainty>Unknown</certainty><expires>{expires}</expires>
-    <headline>Failover drill: not an alert</headline>
-    <area><areaDesc>drill box</areaDesc><polygon>{DRILL_BOX}</polygon></area></info>
-</alert>""".encode()
+    return simple_alert(
+        identifier=identifier, sender=f"tocsin-drill@{socket.gethostname()}", sent=now.replace(microsecond=0),
+        status="System", polygon=DRILL_BOX, expires_in_s=600, language="en-US", category="Other",
+        event="tocsin failover drill", urgency="Unknown", severity="Unknown", certainty="Unknown",
+        headline="Failover drill: not an alert", area_desc="drill box",
+    )
 
 
 class Drill:

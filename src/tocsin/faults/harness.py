@@ -30,7 +30,7 @@ import httpx
 import nats
 import nats.errors
 
-from tocsin.cluster.local import LocalCluster
+from tocsin.cluster.local import LocalCluster, free_port_block
 from tocsin.faults.history import History
 from tocsin.faults.workload import Issuer
 
@@ -69,34 +69,8 @@ CLUSTER_ENV = {
 
 
 def quiet_port_block(count: int) -> int:
-    """A free block of ports below the kernel's ephemeral range.
-
-    LocalCluster's own choice comes from the ephemeral range, where a client socket of the
-    fleet or the issuer may take one of the ports before a restarted node binds it again
-    (seen as "Address already in use" on restarts during fault runs).
-    """
-    low = 32768
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        pass
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(10000, max(10001, low - count))
-        if all(_port_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError("no free block of ports below the ephemeral range")
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    """A free block of ports below the kernel's ephemeral range (see `free_port_block`)."""
+    return free_port_block(count)
 
 
 class Run:

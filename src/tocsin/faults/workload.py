@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
+from tocsin.cap.compose import simple_alert
 from tocsin.faults.history import History
 from tocsin.store.base import alert_id_for
 
@@ -25,40 +26,13 @@ SENDER = "faults@tocsin.test"
 PARIS_BOX = "48.80,2.25 48.80,2.42 48.90,2.42 48.90,2.25 48.80,2.25"
 
 
-def cap_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
-
-
 def alert_xml(identifier: str, *, sent: datetime | None = None, expires_in_s: float = 3600.0,
               status: str = "Actual", polygon: str = PARIS_BOX) -> bytes:
     """A Public CAP 1.2 alert over `polygon`, identity (SENDER, identifier)."""
-    sent = sent or datetime.now(UTC).replace(microsecond=0)
-    expires = sent + timedelta(seconds=expires_in_s)
-    return f"""<?xml version="1.0" encoding="UTF-8"?>
-<alert xmlns="urn:oasis:names:tc:emergency:cap:1.2">
-  <identifier>{identifier}</identifier>
-  <sender>{SENDER}</sender>
-  <sent>{cap_time(sent)}</sent>
-  <status>{status}</status>
-  <msgType>Alert</msgType>
-  <scope>Public</scope>
-  <info>
-    <language>fr-FR</language>
-    <category>Met</category>
-    <event>Inondation</event>
-    <urgency>Immediate</urgency>
-    <severity>Severe</severity>
-    <certainty>Observed</certainty>
-    <expires>{cap_time(expires)}</expires>
-    <headline>Exercice de panne {identifier}</headline>
-    <description>Alerte du banc de pannes.</description>
-    <area>
-      <areaDesc>Paris centre</areaDesc>
-      <polygon>{polygon}</polygon>
-    </area>
-  </info>
-</alert>
-""".encode()
+    return simple_alert(
+        identifier=identifier, sender=SENDER, sent=sent, expires_in_s=expires_in_s, status=status,
+        polygon=polygon, headline=f"Exercice de panne {identifier}", description="Alerte du banc de pannes.",
+    )
 
 
 @dataclass(slots=True, kw_only=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from tocsin.cap.compose import simple_alert
 from tocsin.policy import Issuer
 from tocsin.prober.canary import Canary, SseCanary, canary_token
 from tocsin.prober.history import History
@@ -95,42 +96,20 @@ def load_or_create_token(path: Path) -> str:
     return token
 
 
-def _cap_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
-
-
 def probe_xml(*, sender: str, identifier: str, sent: datetime, expires_in_s: float) -> bytes:
     """A System alert over the probe square, expiring soon after it was sent."""
     # CAP times have whole seconds: sent rounds down, expires up, so it is never already past.
     exact = sent.astimezone(UTC)
     sent = exact.replace(microsecond=0)
-    expires = sent + timedelta(seconds=math.ceil((exact - sent).total_seconds() + max(1.0, expires_in_s)))
+    lifetime = math.ceil((exact - sent).total_seconds() + max(1.0, expires_in_s))
     lat, lon, d = PROBE_POINT[0], PROBE_POINT[1], _HALF_SIDE_DEG
     ring = [(lat - d, lon - d), (lat - d, lon + d), (lat + d, lon + d), (lat + d, lon - d), (lat - d, lon - d)]
-    polygon = " ".join(f"{a:.4f},{b:.4f}" for a, b in ring)
-    return f"""<?xml version="1.0" encoding="UTF-8"?>
-<alert xmlns="urn:oasis:names:tc:emergency:cap:1.2">
-  <identifier>{identifier}</identifier>
-  <sender>{sender}</sender>
-  <sent>{_cap_time(sent)}</sent>
-  <status>System</status>
-  <msgType>Alert</msgType>
-  <scope>Public</scope>
-  <info>
-    <category>Other</category>
-    <event>tocsin probe</event>
-    <urgency>Unknown</urgency>
-    <severity>Unknown</severity>
-    <certainty>Unknown</certainty>
-    <expires>{_cap_time(expires)}</expires>
-    <headline>tocsin probe</headline>
-    <area>
-      <areaDesc>tocsin canary square</areaDesc>
-      <polygon>{polygon}</polygon>
-    </area>
-  </info>
-</alert>
-""".encode()
+    return simple_alert(
+        identifier=identifier, sender=sender, sent=sent, expires_in_s=lifetime, status="System",
+        polygon=" ".join(f"{a:.4f},{b:.4f}" for a, b in ring), language="en-US", category="Other",
+        event="tocsin probe", urgency="Unknown", severity="Unknown", certainty="Unknown",
+        headline="tocsin probe", area_desc="tocsin canary square",
+    )
 
 
 class Prober:
