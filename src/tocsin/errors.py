@@ -144,6 +144,9 @@ SYSTEM_NOT_ALLOWED = Problem("policy.status-not-allowed", 403, "This account may
 DEVICE_INVALID = Problem("device.invalid", 422, "The device registration is not valid.")
 CELL_INVALID = Problem("device.cell-invalid", 422, "A cell is not a valid H3 cell at or below the service's resolution.")
 DEVICE_UNKNOWN = Problem("device.unknown", 401, "The device token is not valid.")
+NODE_NOT_READY = Problem(
+    "node.not-ready", 503, "This node cannot deliver right now; connect to another node and resume."
+)
 EVENT_ID_INVALID = Problem(
     "device.event-id-invalid", 400, "Last-Event-ID must be an event id as sent (seq.idprefix) or a seq."
 )

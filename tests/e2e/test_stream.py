@@ -173,3 +173,18 @@ async def test_sse_devices_are_written_to_directly_and_a_stalled_one_is_cut_off(
     async with asyncio.timeout(10):
         while node.services.live.count:
             await asyncio.sleep(0.01)  # the server notices the closed socket
+
+
+async def test_a_node_that_sheds_its_devices_refuses_new_streams(
+    node: Node, http: httpx.AsyncClient
+) -> None:
+    device = await register(http, *IN_PARIS)
+    node.services.live.accepting = False
+    try:
+        refused = await http.get("/api/v1/stream", headers={"Authorization": f"Bearer {device['token']}"})
+        assert (refused.status_code, refused.json()["code"]) == (503, "node.not-ready")
+        assert refused.headers["retry-after"] == "2"
+    finally:
+        node.services.live.accepting = True
+    async with sse_device(node.url, device["token"]) as sse:
+        await sse.next("synced")

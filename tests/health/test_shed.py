@@ -32,12 +32,13 @@ async def test_red_longer_than_the_limit_closes_live_connections_once() -> None:
         first = connect(live)
         ready[0] = False
         await until(lambda: first.dropped)
+        assert not live.accepting  # new streams are refused while red
         live.remove(first)
         second = connect(live)  # reconnected while still red: not closed again
         await asyncio.sleep(0.3)
         assert not second.dropped
         ready[0] = True
-        await asyncio.sleep(0.05)
+        await until(lambda: live.accepting)
         ready[0] = False  # a new red period
         await until(lambda: second.dropped)
     finally:

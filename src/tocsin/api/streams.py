@@ -16,7 +16,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from tocsin.api.auth import device_for
 from tocsin.api.services import Services
 from tocsin.channels.live import Audience, Connection, ConnectionDropped, Event, Protocol
-from tocsin.errors import EVENT_ID_INVALID, Rejected
+from tocsin.errors import EVENT_ID_INVALID, NODE_NOT_READY, Rejected
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ async def resume_after(services: Services, raw: str | None) -> int:
     Raises:
         Rejected: not a cursor (400 device.event-id-invalid).
     """
+    if not services.live.accepting:
+        raise Rejected(NODE_NOT_READY, headers={"Retry-After": "2"})
     try:
         return await services.target.resume_after(raw)
     except ValueError:
@@ -88,7 +90,8 @@ async def websocket(ws: WebSocket) -> None:
         # Accept, then close with the problem code: a refused handshake would reach the
         # client as a bare 403 and it could not tell that it must register again.
         await ws.accept()
-        await ws.close(code=4401 if exc.problem.status == 401 else 4400, reason=exc.problem.code)
+        code = {401: 4401, 503: 1013}.get(exc.problem.status, 4400)  # 1013: try again later
+        await ws.close(code=code, reason=exc.problem.code)
         return
     await ws.accept()
     connection = new_connection(device_id, record, Protocol.WS, services.settings.device_queue_depth)

@@ -188,6 +188,8 @@ class ConnectionDropped(Exception):
 class LiveRegistry:
     """All live connections on this node, by cell."""
 
+    # False while this node sheds its devices (not ready in a cluster): new streams refused.
+    accepting: bool = True
     by_cell: dict[str, set[Connection]] = field(default_factory=lambda: defaultdict(set))
     count: int = 0
     dropped_total: int = 0

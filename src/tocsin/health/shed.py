@@ -3,8 +3,9 @@
 A node whose readiness stays red keeps its devices' streams open with keepalives, and those
 devices would wait there for alerts that will not come (found by the fault suite: F06
 partitions, F16 stuck fan-out). In a cluster, once red for `after_s`, the node closes its
-live connections; devices reconnect with jitter, the load balancer (or the client's list of
-nodes) takes them elsewhere, and their cursor brings what they missed.
+live connections and refuses new ones (503 `node.not-ready`) until it is ready again;
+devices reconnect with jitter, the load balancer (or the client's list of nodes) takes them
+elsewhere, and their cursor brings what they missed.
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ async def shed_when_unready(
         await asyncio.sleep(period_s)
         if is_ready():
             red_since, shed = None, False
+            live.accepting = True
             continue
         now = loop.time()
         red_since = now if red_since is None else red_since
         if not shed and now - red_since >= after_s:
             shed = True
             log.warning("not ready; sending live devices to other nodes", extra={"devices": live.count})
+            live.accepting = False  # until ready again: reconnecting devices go elsewhere
             live.close_all()

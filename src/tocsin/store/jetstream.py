@@ -264,7 +264,9 @@ class JetStreamStore:
             StoreUnavailable: the store did not answer.
         """
         try:
-            raw = await self._js.get_msg(self.stream, seq, direct=True)
+            # From the leader, not any replica: a replica cut off from the others would call
+            # a seq it has not received yet "missing" and send devices a needless full replay.
+            raw = await self._js.get_msg(self.stream, seq)
         except nats.js.errors.NotFoundError:
             return None
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
