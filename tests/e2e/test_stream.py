@@ -175,15 +175,20 @@ async def test_sse_devices_are_written_to_directly_and_a_stalled_one_is_cut_off(
             await asyncio.sleep(0.01)  # the server notices the closed socket
 
 
-async def test_a_node_that_sheds_its_devices_refuses_new_streams(
-    node: Node, http: httpx.AsyncClient
+async def test_a_node_that_sheds_its_devices_refuses_new_streams_but_not_canaries(
+    node: Node, http: httpx.AsyncClient, admin: dict[str, str]
 ) -> None:
     device = await register(http, *IN_PARIS)
+    canary = (await http.post("/api/v1/devices", json={"points": [{"lat": IN_PARIS[0], "lon": IN_PARIS[1]}],
+                                                       "canary": True}, headers=admin)).json()
     node.services.live.accepting = False
     try:
         refused = await http.get("/api/v1/stream", headers={"Authorization": f"Bearer {device['token']}"})
         assert (refused.status_code, refused.json()["code"]) == (503, "node.not-ready")
         assert refused.headers["retry-after"] == "2"
+        # The canary still gets in: it is how the node learns that it delivers again.
+        async with sse_device(node.url, canary["token"]) as sse:
+            await sse.next("synced")
     finally:
         node.services.live.accepting = True
     async with sse_device(node.url, device["token"]) as sse:

@@ -66,7 +66,7 @@ class SseFastPath:
                 try:
                     device_id, record = await device_for(request, self.services)
                     after = await resume_after(
-                        self.services, request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+                        self.services, record, request.headers.get("last-event-id") or request.query_params.get("last_event_id")
                     )
                 except (Rejected, StoreUnavailable):
                     await self.app(scope, receive, send)  # the route answers with the problem

@@ -25,13 +25,14 @@ KEEPALIVE = b": keepalive\n\n"
 PREAMBLE = b"retry: 2000\n\n"
 
 
-async def resume_after(services: Services, raw: str | None) -> int:
+async def resume_after(services: Services, record: dict[str, Any], raw: str | None) -> int:
     """Where this device's replay starts, from its Last-Event-ID (`N.hhhhhhhh` or `N`).
 
     Raises:
         Rejected: not a cursor (400 device.event-id-invalid).
     """
-    if not services.live.accepting:
+    # Canaries are let in: they are how this node learns that it can deliver again.
+    if not services.live.accepting and not record.get("canary"):
         raise Rejected(NODE_NOT_READY, headers={"Retry-After": "2"})
     try:
         return await services.target.resume_after(raw)
@@ -56,7 +57,7 @@ def synced_body(services: Services) -> dict[str, Any]:
 async def stream(request: Request) -> Response:
     services: Services = request.app.state.services
     device_id, record = await device_for(request, services)
-    after = await resume_after(services, request.headers.get("last-event-id") or request.query_params.get("last_event_id"))
+    after = await resume_after(services, record, request.headers.get("last-event-id") or request.query_params.get("last_event_id"))
     connection = new_connection(device_id, record, Protocol.SSE, services.settings.device_queue_depth)
     missed = services.target.attach(connection, after)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Tocsin-Node": services.settings.node_name}
@@ -85,7 +86,7 @@ async def websocket(ws: WebSocket) -> None:
     services: Services = ws.app.state.services
     try:
         device_id, record = await device_for(ws, services)
-        after = await resume_after(services, ws.query_params.get("last_event_id"))
+        after = await resume_after(services, record, ws.query_params.get("last_event_id"))
     except Rejected as exc:
         # Accept, then close with the problem code: a refused handshake would reach the
         # client as a bare 403 and it could not tell that it must register again.

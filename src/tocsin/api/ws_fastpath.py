@@ -38,7 +38,7 @@ async def authenticate(scope: Scope, services: Services) -> tuple[str, dict[str,
     conn = HTTPConnection(scope)
     try:
         device_id, record = await device_for(conn, services)
-        after = await resume_after(services, conn.query_params.get("last_event_id"))
+        after = await resume_after(services, record, conn.query_params.get("last_event_id"))
     except (Rejected, StoreUnavailable):
         return None
     return device_id, record, after
