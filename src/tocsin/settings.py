@@ -59,8 +59,10 @@ class Settings:
     # Restart back-off for the embedded nats-server child.
     nats_restart_delay_s: float = 0.5
     # In a cluster, a node red for this long closes its device streams so that they resume
-    # on a node that can deliver (0: never).
-    shed_after_s: float = 10.0
+    # on a node that can deliver (0: never). Off by default: when every node turns red at
+    # once (F06/F12 runs), every node shed its devices and delivery stopped everywhere; it
+    # needs a rule that another node is ready first (issue 3 note).
+    shed_after_s: float = 0.0
     # How long a starting node waits for NATS to answer before giving up.
     startup_timeout_s: float = 60.0
     # The prober: a System alert through the public issuer API every interval, read back by
