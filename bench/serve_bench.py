@@ -395,9 +395,9 @@ def data_filesystem(path: Path) -> str:
 
 
 def server_metrics(url: str) -> dict[str, float]:
-    """Server-side accept time (request to durable ack) and live drops, from /metrics."""
+    """Server-side accept time (request to durable ack), from /metrics."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    wanted = ("tocsin_accept_seconds_sum", "tocsin_accept_seconds_count", "tocsin_live_dropped_total")
+    wanted = ("tocsin_accept_seconds_sum", "tocsin_accept_seconds_count")
     found: dict[str, float] = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")

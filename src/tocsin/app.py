@@ -16,7 +16,6 @@ import uvicorn
 from nats.aio.client import Client
 
 from tocsin.api.auth import new_token, token_digest
-from tocsin.api.fastpath import KEEPALIVE_CHUNK
 from tocsin.api.routes import make_app
 from tocsin.api.services import Services
 from tocsin.channels.live import LiveRegistry
@@ -273,7 +272,7 @@ async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], No
         supervisor = tasks.create_task(node.nats.supervise(), name="nats") if node.nats else None
         http = tasks.create_task(node.server.serve(sockets=[sock]), name="http")
         keepalive = tasks.create_task(
-            node.services.live.keep_alive(node.settings.sse_keepalive_s, KEEPALIVE_CHUNK), name="keepalive"
+            node.services.live.keep_alive(node.settings.sse_keepalive_s), name="keepalive"
         )
         while not node.server.started and not http.done():
             await asyncio.sleep(0.01)

@@ -12,7 +12,6 @@ WebSocket endpoint gets the same treatment from `ws_fastpath` (one pre-encoded f
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from starlette.requests import Request
@@ -21,12 +20,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tocsin.api import ws_fastpath
 from tocsin.api.auth import device_for
 from tocsin.api.services import Services
-from tocsin.api.streams import KEEPALIVE, PREAMBLE, new_connection, resume_after, synced_body
+from tocsin.api.streams import PREAMBLE, new_connection, resume_after, synced_sse
 from tocsin.channels.live import Protocol, as_transport, http_chunk
 from tocsin.errors import Rejected, StoreUnavailable
 
 STREAM_PATH = "/api/v1/stream"
-KEEPALIVE_CHUNK = http_chunk(KEEPALIVE)
 
 
 def _transport_of(send: Send) -> asyncio.Transport | None:
@@ -93,7 +91,7 @@ class SseFastPath:
         missed = services.target.attach(connection, after)
         connection.write_raw(http_chunk(PREAMBLE))
         connection.write_raw(b"".join(event.sse_chunk for event in missed))
-        connection.write_raw(http_chunk(b"event: synced\ndata: " + json.dumps(synced_body(services)).encode() + b"\n\n"))
+        connection.write_raw(http_chunk(synced_sse(services)))
         try:
             while (await receive())["type"] != "http.disconnect":
                 pass

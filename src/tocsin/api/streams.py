@@ -50,8 +50,16 @@ def new_connection(device_id: str, record: dict[str, Any], protocol: Protocol, d
     )
 
 
-def synced_body(services: Services) -> dict[str, Any]:
-    return {"node": services.settings.node_name, "seq": services.target.last_seq}
+def synced_sse(services: Services) -> bytes:
+    """The `synced` event that ends a replay, as SSE (no id line: it moves no cursor)."""
+    body = {"node": services.settings.node_name, "seq": services.target.last_seq}
+    return b"event: synced\ndata: " + json.dumps(body).encode() + b"\n\n"
+
+
+def synced_ws(services: Services) -> str:
+    """The same, as a WebSocket message."""
+    body = {"type": "synced", "node": services.settings.node_name, "seq": services.target.last_seq}
+    return json.dumps(body, separators=(",", ":"))
 
 
 async def stream(request: Request) -> Response:
@@ -71,7 +79,7 @@ async def _sse_body(services: Services, connection: Connection, missed: list[Eve
         yield PREAMBLE
         for event in missed:
             yield event.sse
-        yield b"event: synced\ndata: " + json.dumps(synced_body(services)).encode() + b"\n\n"
+        yield synced_sse(services)
         keepalive = services.settings.sse_keepalive_s
         while True:
             item = await connection.next(keepalive)
@@ -114,7 +122,7 @@ async def websocket(ws: WebSocket) -> None:
 async def _ws_send(services: Services, ws: WebSocket, connection: Connection, missed: list[Event]) -> None:
     for event in missed:
         await ws.send_text(event.ws)
-    await ws.send_text(json.dumps({"type": "synced", **synced_body(services)}, separators=(",", ":")))
+    await ws.send_text(synced_ws(services))
     while True:
         item = await connection.next(services.settings.sse_keepalive_s)
         await ws.send_text('{"type":"keepalive"}' if item is None else str(item))

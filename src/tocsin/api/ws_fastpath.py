@@ -11,14 +11,13 @@ On any other WebSocket implementation, and for refusals, the normal route serves
 from __future__ import annotations
 
 import asyncio
-import json
 
 from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
 
 from tocsin.api.auth import device_for
 from tocsin.api.services import Services
-from tocsin.api.streams import new_connection, resume_after, synced_body
+from tocsin.api.streams import new_connection, resume_after, synced_ws
 from tocsin.channels.live import Protocol, as_transport, ws_text_frame
 from tocsin.errors import Rejected, StoreUnavailable
 
@@ -60,7 +59,7 @@ async def serve_device(
         # From here to the end of the replay nothing awaits: no live alert can come first.
         missed = services.target.attach(connection, after)
         connection.write_raw(b"".join(event.ws_frame for event in missed))
-        connection.write_raw(ws_text_frame(json.dumps({"type": "synced", **synced_body(services)}, separators=(",", ":"))))
+        connection.write_raw(ws_text_frame(synced_ws(services)))
         while (await receive())["type"] != "websocket.disconnect":
             pass  # devices send nothing that matters; reading notices when one goes away
     finally:

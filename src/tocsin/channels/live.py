@@ -192,7 +192,6 @@ class LiveRegistry:
     accepting: bool = True
     by_cell: dict[str, set[Connection]] = field(default_factory=lambda: defaultdict(set))
     count: int = 0
-    dropped_total: int = 0
     # Counters read by /metrics and /status: per protocol, connected now, events queued
     # to a connection and devices dropped for falling behind.
     connected: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -215,15 +214,17 @@ class LiveRegistry:
         self.count -= 1
         self.connected[connection.protocol] -= 1
 
-    async def keep_alive(self, interval_s: float, frame: bytes = SSE_KEEPALIVE_CHUNK) -> None:
-        """Every interval, one keepalive on every fast-path connection (one timer for all).
+    @property
+    def dropped_total(self) -> int:
+        """Devices dropped for falling behind, every protocol."""
+        return sum(self.dropped.values())
 
-        `frame` is the SSE keepalive; WebSocket connections get WS_KEEPALIVE_FRAME.
-        """
+    async def keep_alive(self, interval_s: float) -> None:
+        """Every interval, one keepalive on every fast-path connection (one timer for all)."""
         while True:
             await asyncio.sleep(interval_s)
             for connection in {c for members in self.by_cell.values() for c in members}:
-                connection.write_raw(frame if connection.protocol is Protocol.SSE else WS_KEEPALIVE_FRAME)
+                connection.write_raw(SSE_KEEPALIVE_CHUNK if connection.protocol is Protocol.SSE else WS_KEEPALIVE_FRAME)
 
     def close_all(self) -> None:
         """End every live connection (shutdown): devices reconnect, to this node or another."""
@@ -276,7 +277,6 @@ class LiveRegistry:
                 self.queued[protocol] += sent
             if dropped:
                 self.dropped[protocol] += dropped
-                self.dropped_total += dropped
         return sent_sse + sent_ws
 
     async def publish_in_batches(self, event: Event, connections: Iterable[Connection], batch: int) -> int:

@@ -106,7 +106,6 @@ class Target:
         self.offered: dict[AlertId, int] = {}
         self.last_seq = 0
         self.caught_up = asyncio.Event()
-        self.cursors_refused = 0
         self._next_prune = clock()
         # Fault injection for tests of readiness (F16): while this event is unset, the
         # follower waits before taking the next alert, as a stuck fan-out would.
@@ -136,9 +135,7 @@ class Target:
         """Index one stored alert and offer it to the live devices it concerns, in one go."""
         active = self._index(stored)
         if active is not None:
-            matched = self._live.matching(active.cover.touches)
-            self.offered[stored.envelope.alert_id] = self._live.publish(active.event, matched)
-            self._maybe_prune()
+            self._fanned_out(active, self._live.publish(active.event, self._matching(active)))
 
     async def take_and_fan_out(self, stored: Stored) -> None:
         """`take`, with the fan-out in batches that let the event loop run in between.
@@ -154,11 +151,15 @@ class Target:
         await asyncio.sleep(0)
         active = self._index(stored)
         if active is not None:
-            matched = self._live.matching(active.cover.touches)
-            self.offered[stored.envelope.alert_id] = await self._live.publish_in_batches(
-                active.event, matched, FANOUT_BATCH
-            )
-            self._maybe_prune()
+            offered = await self._live.publish_in_batches(active.event, self._matching(active), FANOUT_BATCH)
+            self._fanned_out(active, offered)
+
+    def _matching(self, active: Active) -> set[Connection]:
+        return self._live.matching(active.cover.touches)
+
+    def _fanned_out(self, active: Active, offered: int) -> None:
+        self.offered[active.stored.envelope.alert_id] = offered
+        self._maybe_prune()
 
     async def resume_after(self, raw: str | None) -> int:
         """The seq after which to replay for a device that sent this cursor (0: all).
@@ -180,7 +181,6 @@ class Target:
         stored = await self._store.get_by_seq(seq)
         if stored is not None and (prefix is None or stored.envelope.alert_id.startswith(prefix)):
             return seq
-        self.cursors_refused += 1
         log.warning("cursor not in this stream; replaying every active alert", extra={"cursor": raw[:40]})
         return 0
 
