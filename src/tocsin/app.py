@@ -6,10 +6,11 @@ import asyncio
 import logging
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import nats.errors
 import uvicorn
@@ -35,6 +36,8 @@ from tocsin.store.jetstream import JetStreamStore, connect
 from tocsin.store.ledger import Ledger
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _BOOTSTRAP_KEY = "bootstrap"
 
@@ -79,31 +82,38 @@ async def _connect_when_up(settings: Settings, servers: list[str]) -> Client:
         NatsServerError: a server runs without `sync_interval: always` (never retried).
     """
     monitors = [m.strip() for m in settings.nats_monitor_url.split(",") if m.strip()]
-    deadline = asyncio.get_running_loop().time() + settings.startup_timeout_s
+
+    async def attempt() -> Client:
+        for monitor in monitors:
+            await _check_monitor(monitor)
+        return await connect(settings, servers, name=settings.node_name)
+
+    return await _until_up(attempt, (OSError, nats.errors.Error), settings.startup_timeout_s, "waiting for nats")
+
+
+async def _until_up(
+    attempt: Callable[[], Awaitable[T]], errors: tuple[type[BaseException], ...], timeout_s: float, phrase: str
+) -> T:
+    """Start-up: try every second until `attempt` succeeds; after `timeout_s`, its error."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         try:
-            for monitor in monitors:
-                await _check_monitor(monitor)
-            return await connect(settings, servers, name=settings.node_name)
-        except (OSError, nats.errors.Error) as exc:
+            return await attempt()
+        except errors as exc:
             if asyncio.get_running_loop().time() > deadline:
                 raise
-            log.warning("waiting for nats", extra={"servers": servers, "error": repr(exc)[:200]})
+            log.warning(phrase, extra={"error": repr(exc)[:200]})
             await asyncio.sleep(1.0)
 
 
 async def _prepare_store(store: JetStreamStore, settings: Settings) -> str | None:
     """Create streams and buckets and the admin account, waiting for a quorum if needed."""
-    deadline = asyncio.get_running_loop().time() + settings.startup_timeout_s
-    while True:
-        try:
-            await store.ensure()
-            return await _bootstrap_admin(store, settings)
-        except StoreUnavailable as exc:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            log.warning("waiting for the stream", extra={"error": str(exc)[:200]})
-            await asyncio.sleep(1.0)
+
+    async def attempt() -> str | None:
+        await store.ensure()
+        return await _bootstrap_admin(store, settings)
+
+    return await _until_up(attempt, (StoreUnavailable,), settings.startup_timeout_s, "waiting for the stream")
 
 
 async def _bootstrap_admin(store: JetStreamStore, settings: Settings) -> str | None:
