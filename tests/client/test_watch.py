@@ -192,7 +192,10 @@ async def test_registration_refused_for_good_stops_the_watcher() -> None:
     node = FakeNode(register_status=422)
     with pytest.raises(ExceptionGroup) as caught:
         async with watcher(node.transport()) as w:
-            await asyncio.sleep(1)
+            assert w._runner is not None
+            # Wait for the watcher to stop on its own (the event), not for a fixed time.
+            done, _ = await asyncio.wait([w._runner], timeout=5)
+            assert done
     assert caught.group_contains(RegistrationRefused)
     assert w.stats.registrations == 0
 
