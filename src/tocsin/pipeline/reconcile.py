@@ -49,7 +49,8 @@ class Reconciler:
             except Exception as exc:  # a bug here must not take the node's delivery down
                 log.error("reconciler pass failed", exc_info=exc)
                 self.last_error = repr(exc)
-            await asyncio.sleep(self._interval_s)
+            # After a failed pass, try again soon: readiness stays red until a pass succeeds.
+            await asyncio.sleep(self._interval_s if self.last_error is None else min(1.0, self._interval_s))
 
     async def reconcile(self) -> int:
         """One pass; returns how many alerts it had to publish again."""

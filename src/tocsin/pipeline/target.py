@@ -29,6 +29,12 @@ Clock = Callable[[], datetime]
 # The follower writes to this many devices, then lets the event loop run (the issuer's 201,
 # other requests, reconnecting devices) before the next batch: ~1-2 ms of writes each.
 FANOUT_BATCH = 256
+# A follower that gets nothing for this long while the stream is ahead is started again.
+STALL_S = 3.0
+
+
+class FollowerStalled(Exception):
+    """The stream is ahead of this node's follower and nothing arrives."""
 
 
 def utc_now() -> datetime:
@@ -112,24 +118,53 @@ class Target:
         self.hold: asyncio.Event | None = None
 
     async def run(self) -> None:
-        """Follow the stream forever; re-follow from the last seen seq after any error."""
+        """Follow the stream forever; re-follow from the last seen seq after any error, or
+        when the consumer stalls while the stream moves on."""
         while True:
             try:
-                goal = await self._store.last_seq()
-                if goal <= self.last_seq:
-                    self.caught_up.set()
-                async for stored in self._store.follow(self.last_seq):
-                    if self.hold is not None:
-                        await self.hold.wait()
-                    await self.take_and_fan_out(stored)
-                    if stored.seq >= goal:
-                        self.caught_up.set()
-            except (StoreUnavailable, OSError, asyncio.TimeoutError) as exc:
-                log.warning("alert follower restarting", extra={"after": self.last_seq, "error": repr(exc)})
+                async with asyncio.TaskGroup() as tasks:
+                    follower = tasks.create_task(self._follow(), name="follow")
+                    tasks.create_task(self._watch_for_stall(follower), name="follow-stall")
+            except* FollowerStalled:
+                log.warning("alert follower stalled; following again", extra={"after": self.last_seq})
+            except* (StoreUnavailable, OSError, asyncio.TimeoutError) as group:
+                log.warning("alert follower restarting", extra={"after": self.last_seq, "error": repr(group)})
                 await asyncio.sleep(1.0)
-            except Exception as exc:  # a nats-py error we did not translate: follow again
-                log.error("alert follower failed", extra={"after": self.last_seq}, exc_info=exc)
+            except* Exception as group:  # a nats-py error we did not translate: follow again
+                log.error("alert follower failed", extra={"after": self.last_seq}, exc_info=group)
                 await asyncio.sleep(1.0)
+
+    async def _follow(self) -> None:
+        goal = await self._store.last_seq()
+        if goal <= self.last_seq:
+            self.caught_up.set()
+        async for stored in self._store.follow(self.last_seq):
+            if self.hold is not None:
+                await self.hold.wait()
+            await self.take_and_fan_out(stored)
+            if stored.seq >= goal:
+                self.caught_up.set()
+
+    async def _watch_for_stall(self, follower: asyncio.Task[None], period_s: float = 1.0) -> None:
+        """Raise FollowerStalled when the stream is ahead and nothing arrived for a while.
+
+        After a quorum loss the ordered consumer's own re-creation can keep failing for
+        long after the stream is back (seen in F07); a fresh consumer from the last seq
+        does not. A follower held on purpose (`hold`) is not judged.
+        """
+        loop = asyncio.get_running_loop()
+        seen, since = self.last_seq, loop.time()
+        while not follower.done():
+            await asyncio.sleep(period_s)
+            if self.last_seq != seen or (self.hold is not None and not self.hold.is_set()):
+                seen, since = self.last_seq, loop.time()
+                continue
+            try:
+                behind = await self._store.last_seq() > self.last_seq
+            except StoreUnavailable:
+                continue  # no stream to compare with; the consumer is not the problem
+            if behind and loop.time() - since >= STALL_S:
+                raise FollowerStalled(self.last_seq)
 
     def take(self, stored: Stored) -> None:
         """Index one stored alert and offer it to the live devices it concerns, in one go."""
