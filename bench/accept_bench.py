@@ -1,6 +1,6 @@
 """Bench: accept latency, tocsin against a bare JetStream publish with the same settings.
 
-    python bench/accept_bench.py [--alerts 1000] [--setups embedded,cluster] [--blocks 4]
+    python bench/accept_bench.py [--alerts 1000] [--setups embedded,cluster] [--blocks 4] [--profile DIR]
 
 Two setups, each measured in this one run:
 
@@ -12,8 +12,9 @@ Two setups, each measured in this one run:
   subject, dedupe window) on the same three servers, through the same node's server.
 
 tocsin's figure is `POST /api/v1/alerts` (CAP XML, one keep-alive connection, one request at
-a time) from send to the 201: parse, validate, policy, sign, JetStream publish (quorum +
-fsync), ledger (SQLite, fsync), answer. The bare figure is nats-py's `js.publish()` of the
+a time, a minimal HTTP/1.1 client) from send to the 201: parse, validate, policy, sign,
+JetStream publish (quorum + fsync) beside the ledger write (SQLite, fsync), answer. Each
+alert has its own area (see `accept_polygon`). The bare figure is nats-py's `js.publish()` of the
 same number of bytes with tocsin's headers (`Nats-Msg-Id`, expected last subject sequence 0),
 to its PubAck. Both clients run in this process, on uvloop, one request at a time, in
 alternating blocks (tocsin, bare, tocsin, bare...) so that drift hits both alike. Every
@@ -24,18 +25,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import secrets
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
 import nats
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
@@ -43,11 +47,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.fleet import percentile, raise_nofile  # noqa: E402
-from bench.serve_bench import XML, Server, free_port, machine  # noqa: E402
+from bench.serve_bench import XML, Server, free_port, machine, stop_pid  # noqa: E402
 from tests.samples import alert_xml  # noqa: E402
 
-# Marseille: no device is there, so accept is measured alone (no fan-out on the node).
-ACCEPT_POLYGON = "43.25,5.30 43.25,5.45 43.35,5.45 43.35,5.30 43.25,5.30"
+# Marseille (`accept_polygon`): no device is there, so accept is measured alone (no fan-out).
 BARE_STREAM = "BENCH_BARE"
 
 
@@ -58,27 +61,60 @@ def stats(values_s: list[float]) -> dict[str, float]:
             "max_ms": (v[-1] if v else float("nan")) * ms, "mean_ms": (sum(v) / len(v) if v else float("nan")) * ms}
 
 
+def accept_polygon(n: int) -> str:
+    """Marseille, shifted a little per alert: no two alerts share an area, so no node's
+    cover cache answers for the bench (real alerts seldom repeat an area exactly)."""
+    shift = (n % 997) * 1e-4
+    south, north, west, east = 43.25 + shift, 43.35 + shift, 5.30, 5.45
+    return f"{south:.4f},{west} {south:.4f},{east} {north:.4f},{east} {north:.4f},{west} {south:.4f},{west}"
+
+
 class TocsinIssuer:
-    """Sequential `POST /api/v1/alerts` on one keep-alive connection."""
+    """Sequential `POST /api/v1/alerts` on one keep-alive connection.
+
+    A minimal HTTP/1.1 client (one write per request, the answer read by Content-Length),
+    so that what is timed is the node, not an HTTP library's per-request Python: the bare
+    publish beside it uses nats-py, which is lean too.
+    """
 
     def __init__(self, url: str, token: str) -> None:
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": XML}
-        self.http = httpx.AsyncClient(base_url=url, headers=headers, timeout=60)
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.head = (f"POST /api/v1/alerts HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {token}\r\n"
+                     f"Content-Type: {XML}\r\n").encode()
         self.errors: list[str] = []
-        self.size = len(alert_xml(polygon=ACCEPT_POLYGON))
+        self.size = len(alert_xml(polygon=accept_polygon(0)))
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def _exchange(self, document: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            sock = self.writer.get_extra_info("socket")
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        assert self.reader is not None
+        self.writer.write(self.head + b"Content-Length: %d\r\n\r\n" % len(document) + document)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        return status, await self.reader.readexactly(length)
 
     async def one(self, n: int) -> float | None:
-        document = alert_xml(polygon=ACCEPT_POLYGON, headline=f"bench accept {n}")
+        document = alert_xml(polygon=accept_polygon(n), headline=f"bench accept {n}")
         sent = time.perf_counter()
-        response = await self.http.post("/api/v1/alerts", content=document)
+        status, body = await self._exchange(document)
         elapsed = time.perf_counter() - sent
-        if response.status_code != 201:
-            self.errors.append(f"{response.status_code} {response.text[:200]}")
+        if status != 201:
+            self.errors.append(f"{status} {body[:200].decode(errors='replace')}")
             return None
         return elapsed
 
     async def close(self) -> None:
-        await self.http.aclose()
+        if self.writer is not None:
+            self.writer.close()
 
 
 class BarePublisher:
@@ -146,7 +182,25 @@ async def alternate(tocsin: TocsinIssuer, bare: BarePublisher, count: int, block
             "payload_bytes": bare.size}
 
 
-async def embedded(workdir: Path, count: int, blocks: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def profiled(pid: int | None, out: Path | None) -> Iterator[None]:
+    """py-spy (raw stacks) on the node that takes the requests, while they are measured."""
+    if out is None or pid is None:
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    process = subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--rate", "500", "--format", "raw", "--nonblocking", "--output", str(out)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        stop_pid(process, signal.SIGINT, 20)
+
+
+async def embedded(workdir: Path, count: int, blocks: int, profile: Path | None) -> dict[str, Any]:
     from tocsin.cluster.nats_server import NatsServer
 
     token = f"tca_{secrets.token_urlsafe(24)}"
@@ -159,7 +213,8 @@ async def embedded(workdir: Path, count: int, blocks: int) -> dict[str, Any]:
         bare = BarePublisher(bare_server.client_url, 1, issuer.size)
         await bare.open()
         try:
-            result = await alternate(issuer, bare, count, blocks)
+            with profiled(server.process.pid if server.process else None, profile and profile / "embedded.txt"):
+                result = await alternate(issuer, bare, count, blocks)
         finally:
             await issuer.close()
             await bare.close()
@@ -169,7 +224,7 @@ async def embedded(workdir: Path, count: int, blocks: int) -> dict[str, Any]:
         await bare_server.stop()
 
 
-async def cluster(workdir: Path, count: int, blocks: int) -> dict[str, Any]:
+async def cluster(workdir: Path, count: int, blocks: int, profile: Path | None) -> dict[str, Any]:
     from tocsin.cluster.local import LocalCluster
 
     local = LocalCluster(workdir / "cluster", nodes=3)
@@ -180,7 +235,9 @@ async def cluster(workdir: Path, count: int, blocks: int) -> dict[str, Any]:
         bare = BarePublisher(node.nats_url, 3, issuer.size)
         await bare.open()
         try:
-            result = await alternate(issuer, bare, count, blocks)
+            await same_leader(bare, "TOCSIN_ALERTS", BARE_STREAM)
+            with profiled(local.pids(node.name)["tocsin"], profile and profile / "cluster-node1.txt"):
+                result = await alternate(issuer, bare, count, blocks)
             leaders = await stream_leaders(bare, ["TOCSIN_ALERTS", BARE_STREAM])
         finally:
             await issuer.close()
@@ -188,6 +245,20 @@ async def cluster(workdir: Path, count: int, blocks: int) -> dict[str, Any]:
         return {"setup": "3-node cluster (R3)", "node": node.name, "leaders": leaders, **result}
     finally:
         await local.stop()
+
+
+async def same_leader(bare: BarePublisher, model: str, stream: str) -> None:
+    """Move `stream`'s leader to `model`'s server, so both publishes take the same path
+    (a leader on the node's own server saves a hop)."""
+    for _ in range(10):
+        leaders = await stream_leaders(bare, [model, stream])
+        if leaders[model] == leaders[stream]:
+            return
+        request = json.dumps({"placement": {"preferred": leaders[model]}}).encode()
+        with contextlib.suppress(Exception):
+            await bare.nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", request, timeout=5)
+        await asyncio.sleep(1)
+    raise RuntimeError(f"could not move {stream}'s leader to {model}'s: {leaders}")
 
 
 async def stream_leaders(bare: BarePublisher, streams: list[str]) -> dict[str, str]:
@@ -225,7 +296,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     results = []
     for setup in args.setups:
         runner = {"embedded": embedded, "cluster": cluster}[setup]
-        results.append(await runner(workdir, args.alerts, args.blocks))
+        results.append(await runner(workdir, args.alerts, args.blocks, Path(args.profile) if args.profile else None))
         print(f"{setup} done", file=sys.stderr, flush=True)
     return {"machine": machine(), "alerts": args.alerts, "blocks": args.blocks, "results": results}
 
@@ -238,6 +309,7 @@ def main() -> None:
     parser.add_argument("--tmp", default=None)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--save", default="")
+    parser.add_argument("--profile", default="", help="py-spy the node taking the requests; raw stacks in this directory")
     args = parser.parse_args()
     args.setups = [s for s in args.setups.split(",") if s]
     raise_nofile()

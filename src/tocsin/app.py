@@ -239,6 +239,7 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
         accept = Accept(
             store=store, ledger=ledger, signer=signer, node=settings.node_name,
             max_cap_bytes=settings.max_cap_bytes, max_skew_s=settings.max_clock_skew_s, clock=clock,
+            prepared=target.prepare,
         )
         services = Services(
             settings=settings, store=store, accept=accept, target=target, live=live, signer=signer, clock=clock
@@ -249,7 +250,10 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
         )
         server = _Server(config)
         reconciler = Reconciler(
-            store, ledger, interval_s=settings.reconcile_interval_s, on_republish=services.metrics.republished.inc
+            store, ledger, interval_s=settings.reconcile_interval_s,
+            # A ledger row younger than this may be an accept still publishing.
+            settle_s=settings.publish_deadline_s + 2 * settings.publish_timeout_s,
+            clock=clock, on_republish=services.metrics.republished.inc,
         )
         yield Node(
             settings=settings, services=services, nats=nats_server, admin_token=admin_token,

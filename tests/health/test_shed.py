@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from tests.waiting import until
 from tocsin.channels.live import Audience, Connection, LiveRegistry, Protocol
 from tocsin.health.shed import shed_when_unready
 
@@ -14,12 +15,6 @@ def connect(live: LiveRegistry) -> Connection:
                             protocol=Protocol.WS, depth=4)
     live.add(connection)
     return connection
-
-
-async def until(condition: object, timeout_s: float = 5.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():  # type: ignore[operator]
-            await asyncio.sleep(0.01)
 
 
 async def test_red_longer_than_the_limit_closes_live_connections_once() -> None:

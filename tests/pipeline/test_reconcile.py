@@ -3,31 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 
 from tests.e2e.conftest import node  # noqa: F401 - fixture
+from tests.pipeline.envelopes import envelope_for
 from tests.samples import alert_xml
 from tocsin.app import Node
-from tocsin.cap.parse import parse_xml
-from tocsin.cap.render import to_xml
 from tocsin.errors import AlertNotFound
-from tocsin.store.base import Envelope, Stored, alert_id_for
 
 XML = {"Content-Type": "application/cap+xml"}
 
 
 async def test_alert_in_ledger_but_not_in_stream_is_republished(node: Node) -> None:  # noqa: F811
-    alert = parse_xml(alert_xml(identifier="FR-LOST-1"))
-    payload = to_xml(alert)
-    signer = node.services.accept._signer  # the node's own key, as accept would sign
-    envelope = Envelope(
-        alert_id=alert_id_for(alert.sender, alert.identifier), payload=payload, sig=signer.sign(payload),
-        kid=signer.kid, issuer="admin", node=node.settings.node_name, accepted_at=datetime.now(UTC),
-    )
-    # As if the stream had acknowledged it and then lost it (a corrupted block file).
-    await node.ledger.record(Stored(seq=999, envelope=envelope), None)
+    envelope = envelope_for(node, "FR-LOST-1", age_s=60)
+    payload = envelope.payload
+    # As if the stream had acknowledged it a minute ago and then lost it (a corrupted block file).
+    assert await node.ledger.record(envelope, None)
     try:
         await node.services.store.get(envelope.alert_id)
         raise AssertionError("the alert should not be in the stream yet")
@@ -53,3 +46,56 @@ async def test_alerts_accepted_during_a_pass_are_not_called_missing(node: Node) 
 
         _, republished = await asyncio.gather(accept_many(), reconcile_often())
     assert republished == 0
+
+
+async def test_a_young_row_is_left_to_its_publish_and_a_withdrawn_one_never_published(node: Node) -> None:  # noqa: F811
+    in_flight, refused = envelopes = [envelope_for(node, "FR-INFLIGHT-1"), envelope_for(node, "FR-REFUSED-1", age_s=60)]
+    assert await node.ledger.record(in_flight, None)
+    assert await node.ledger.record(refused, None)
+    await node.ledger.withdraw(refused.alert_id, datetime.now(UTC))
+    # Neither is in the stream: one may still be publishing, the other's issuer was refused.
+    assert await node.reconciler.reconcile() == 0
+    for envelope in envelopes:
+        try:
+            await node.services.store.get(envelope.alert_id)
+            raise AssertionError(f"{envelope.alert_id} should not have been published")
+        except AlertNotFound:
+            pass
+    # The issuer sends the refused one again (same bytes): that attempt owns the row again.
+    assert await node.ledger.record(refused, None)
+    assert await node.reconciler.reconcile() == 1
+    assert (await node.services.store.get(refused.alert_id)).envelope.payload == refused.payload
+
+
+async def test_an_identity_conflict_leaves_no_row_to_republish(node: Node) -> None:  # noqa: F811
+    headers = {**XML, "Authorization": "Bearer tca_test-admin-token"}
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        first = await http.post("/api/v1/alerts", content=alert_xml(identifier="FR-TWICE-1"), headers=headers)
+        assert first.status_code == 201
+        other = await http.post(
+            "/api/v1/alerts", content=alert_xml(identifier="FR-TWICE-1", headline="other words"), headers=headers
+        )
+        assert other.status_code == 409
+    alert_id = first.json()["id"]
+    # The node's row is the first content, and it is not withdrawn by the refused second.
+    envelope = node.ledger.envelope(alert_id)
+    assert envelope is not None
+    assert envelope.payload == (await node.services.store.get(alert_id)).envelope.payload
+    assert alert_id in node.ledger.settled(datetime.now(UTC) + timedelta(seconds=1))
+
+
+async def test_a_refused_conflict_on_a_node_that_never_had_the_alert_is_withdrawn(node: Node) -> None:  # noqa: F811
+    # Another node stored this identity first (written to the stream directly here).
+    elsewhere = envelope_for(node, "FR-ELSEWHERE-1", by="another-node")
+    payload = elsewhere.payload
+    await node.services.store.put(elsewhere)
+    headers = {**XML, "Authorization": "Bearer tca_test-admin-token"}
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        refused = await http.post(
+            "/api/v1/alerts", content=alert_xml(identifier="FR-ELSEWHERE-1", headline="other words"), headers=headers
+        )
+    assert refused.status_code == 409
+    # This node wrote a row for the refused content while it published; it is withdrawn.
+    recorded = node.ledger.envelope(elsewhere.alert_id)
+    assert recorded is not None and recorded.payload != payload
+    assert elsewhere.alert_id not in node.ledger.settled(datetime.now(UTC) + timedelta(seconds=1))

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from tocsin.api.auth import issuer_for
 from tocsin.api.services import Services
 from tocsin.cap.model import Alert
-from tocsin.cap.parse import parse_xml
+from tocsin.cap.parse import parse_stored
 from tocsin.cap.render import to_json
 from tocsin.errors import CAP_NOT_JSON, TOO_LARGE, UNSUPPORTED_MEDIA, AlertNotFound, Rejected
 from tocsin.store.base import AlertId, Stored
@@ -115,7 +115,7 @@ def _alert_id(request: Request) -> AlertId:
 async def get_alert(request: Request) -> Response:
     services = _services(request)
     stored = await services.store.get(_alert_id(request))
-    alert = parse_xml(stored.envelope.payload)
+    alert = parse_stored(stored.envelope.payload)
     return JSONResponse({**describe(stored, alert, services), "alert": to_json(alert)})
 
 

@@ -130,11 +130,19 @@ class Cover:
 
 def cover_for(areas: Iterable[Area]) -> Cover:
     """Every cell at CELL_RESOLUTION that intersects a polygon or circle of `areas`."""
+    shapes = tuple((area.polygons, area.circles) for area in areas)
+    return _cover_of_shapes(shapes)
+
+
+@functools.lru_cache(maxsize=128)
+def _cover_of_shapes(shapes: tuple[tuple[tuple[Polygon, ...], tuple[Circle, ...]], ...]) -> Cover:
+    """Cached: every node computes the cover of every alert, and areas recur (the probes'
+    area every few seconds, an Update or Cancel repeating its alert's area)."""
     cells: set[str] = set()
-    for area in areas:
-        for polygon in area.polygons:
+    for polygons, circles in shapes:
+        for polygon in polygons:
             cells.update(_ring_cells(polygon))
-        for circle in area.circles:
+        for circle in circles:
             cells.update(_ring_cells(_circle_ring(circle)))
     return Cover.of(cells)
 

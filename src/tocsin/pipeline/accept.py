@@ -1,11 +1,13 @@
 """Stage 1: issuer request -> a validated, policy-checked, signed alert, durably stored.
 
 The issuer is answered only after JetStream acknowledged the alert and the node's ledger
-holds it. An alert is published once, on its own subject, create-if-absent.
+holds it; the ledger is written while the publish is in flight, so the two fsyncs overlap.
+An alert is published once, on its own subject, create-if-absent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -15,10 +17,10 @@ from datetime import datetime
 from tocsin.cap.model import Alert
 from tocsin.cap.parse import parse_json, parse_xml
 from tocsin.cap.render import to_xml
-from tocsin.errors import Problem, Rejected
+from tocsin.errors import Problem, Rejected, StoreUnavailable
 from tocsin.policy import Issuer, check
 from tocsin.signing import SigningKey
-from tocsin.store.base import Envelope, Stored, alert_id_for
+from tocsin.store.base import AlertId, Envelope, Stored, alert_id_for
 from tocsin.store.jetstream import JetStreamStore
 from tocsin.store.ledger import Ledger
 
@@ -56,8 +58,10 @@ class Accept:
         max_cap_bytes: int,
         max_skew_s: float,
         clock: Callable[[], datetime],
+        prepared: Callable[[AlertId, bytes, Alert], None] = lambda alert_id, payload, alert: None,
     ) -> None:
         self._store = store
+        self._prepared = prepared
         self._ledger = ledger
         self._signer = signer
         self._node = node
@@ -90,21 +94,30 @@ class Accept:
             node=self._node,
             accepted_at=now,
         )
-        stored = await self._store.put(envelope)
-        if not stored.created and stored.envelope.payload != payload:
-            raise Rejected(
-                IDENTITY_CONFLICT,
-                f"{alert.sender} / {alert.identifier} is stored as seq {stored.seq}; "
-                "send an Update with references instead",
-                headers={"Location": f"/api/v1/alerts/{stored.envelope.alert_id}"},
-            )
-        # The ledger holds what was acknowledged, before the issuer hears of it. The alert
-        # is stored either way; a ledger that cannot write is an alarm, not a refusal.
+        recording = asyncio.create_task(self._record(envelope, original))
+        publishing = asyncio.create_task(self._store.put(envelope))
         try:
-            await self._ledger.record(stored, original)
-        except sqlite3.Error as exc:
-            self._ledger.failed(exc)
-            log.error("ledger write failed", extra={"alert_id": envelope.alert_id, "error": str(exc)})
+            # Two turns of the loop: the publish is on the wire (nats-py writes from its
+            # flusher task) and the ledger's thread has started. Then, while both wait for
+            # their fsyncs, hand this node's follower the parsed alert and its cover.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            self._prepared(envelope.alert_id, payload, alert)
+            stored = await publishing
+            if not stored.created and stored.envelope.payload != payload:
+                raise Rejected(
+                    IDENTITY_CONFLICT,
+                    f"{alert.sender} / {alert.identifier} is stored as seq {stored.seq}; "
+                    "send an Update with references instead",
+                    headers={"Location": f"/api/v1/alerts/{stored.envelope.alert_id}"},
+                )
+        except (StoreUnavailable, Rejected):
+            # Refused: the ledger row this attempt wrote must never be published later.
+            if await recording:
+                await self._withdraw(envelope)
+            raise
+        # The ledger holds the alert before the issuer hears of it.
+        await recording
         if stored.created:
             log.info(
                 "alert accepted",
@@ -112,3 +125,20 @@ class Accept:
                        "status": alert.status.value, "msg_type": alert.msg_type.value},
             )
         return Accepted(alert=alert, stored=stored)
+
+    async def _record(self, envelope: Envelope, original: bytes | None) -> bool:
+        """Write the ledger row; whether this attempt owns it. The alert is stored either
+        way: a ledger that cannot write is an alarm (readiness), not a refusal."""
+        try:
+            return await self._ledger.record(envelope, original)
+        except sqlite3.Error as exc:
+            self._ledger.failed(exc)
+            log.error("ledger write failed", extra={"alert_id": envelope.alert_id, "error": str(exc)})
+            return False
+
+    async def _withdraw(self, envelope: Envelope) -> None:
+        try:
+            await self._ledger.withdraw(envelope.alert_id, self._clock())
+        except sqlite3.Error as exc:
+            self._ledger.failed(exc)
+            log.error("ledger withdrawal failed", extra={"alert_id": envelope.alert_id, "error": str(exc)})

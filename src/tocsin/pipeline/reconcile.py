@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from tocsin.errors import StoreUnavailable
 from tocsin.store.jetstream import JetStreamStore
@@ -27,11 +28,15 @@ class Reconciler:
         ledger: Ledger,
         *,
         interval_s: float,
+        settle_s: float,
+        clock: Callable[[], datetime],
         on_republish: Callable[[int], None] = lambda n: None,
     ) -> None:
         self._store = store
         self._ledger = ledger
         self._interval_s = interval_s
+        self._settle = timedelta(seconds=settle_s)
+        self._clock = clock
         self._on_republish = on_republish
         self.passes = 0
         self.republished = 0
@@ -54,10 +59,9 @@ class Reconciler:
 
     async def reconcile(self) -> int:
         """One pass; returns how many alerts it had to publish again."""
-        # Ledger first: whatever it holds was acknowledged before this read, so the stream
-        # read after it must hold it too. The other order would call every alert accepted
-        # between the two reads missing.
-        recorded = await asyncio.to_thread(self._ledger.ids)
+        # Only rows older than the publish deadline: a younger one may be an accept whose
+        # publish is still in flight. Ledger first, so the stream read after it is newer.
+        recorded = await asyncio.to_thread(self._ledger.settled, self._clock() - self._settle)
         present = await self._store.alert_ids()
         missing = [alert_id for alert_id in recorded if alert_id not in present]
         for alert_id in missing:

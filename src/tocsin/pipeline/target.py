@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from tocsin.cap.model import Alert, Area
-from tocsin.cap.parse import parse_xml
+from tocsin.cap.parse import parse_stored
 from tocsin.channels.live import Connection, Event, LiveRegistry, http_chunk, ws_text_frame
 from tocsin.errors import CapInvalid, StoreUnavailable
 from tocsin.geo.cells import Cover, cover_for
@@ -31,6 +31,8 @@ Clock = Callable[[], datetime]
 FANOUT_BATCH = 256
 # A follower that gets nothing for this long while the stream is ahead is started again.
 STALL_S = 3.0
+# Alerts this node's accept parsed and is publishing, kept for the follower (at most this many).
+PREPARED_MAX = 64
 
 
 class FollowerStalled(Exception):
@@ -113,6 +115,7 @@ class Target:
         self.last_seq = 0
         self.caught_up = asyncio.Event()
         self._next_prune = clock()
+        self._prepared: dict[AlertId, tuple[bytes, Alert, tuple[tuple[Area, ...], Cover] | None]] = {}
         # Fault injection for tests of readiness (F16): while this event is unset, the
         # follower waits before taking the next alert, as a stuck fan-out would.
         self.hold: asyncio.Event | None = None
@@ -165,6 +168,34 @@ class Target:
                 continue  # no stream to compare with; the consumer is not the problem
             if behind and loop.time() - since >= STALL_S:
                 raise FollowerStalled(self.last_seq)
+
+    def prepare(self, alert_id: AlertId, payload: bytes, alert: Alert) -> None:
+        """The alert this node's accept is publishing, already parsed and checked.
+
+        Its cover is computed now, while the accept waits for the stream's acknowledgement;
+        when the stream hands the follower these exact bytes, it uses both instead of
+        parsing them again (on the accepting node, in the same loop, before the issuer's
+        201 and the first device). Bounded: an alert whose publish failed is forgotten
+        after PREPARED_MAX others.
+        """
+        own = tuple(area for info in alert.infos for area in info.areas)
+        shaped = (own, cover_for(own)) if any(a.polygons or a.circles for a in own) else None
+        self._prepared[alert_id] = (payload, alert, shaped)
+        if len(self._prepared) > PREPARED_MAX:
+            del self._prepared[next(iter(self._prepared))]
+
+    def _parsed(self, stored: Stored) -> tuple[Alert, tuple[tuple[Area, ...], Cover] | None]:
+        """The stored alert and, when known, its areas and cover: from `prepare` when it holds
+        these bytes, else parsed here.
+
+        Raises:
+            CapInvalid: the payload is not a valid alert.
+        """
+        env = stored.envelope
+        prepared = self._prepared.pop(env.alert_id, None)
+        if prepared is not None and prepared[0] == env.payload:
+            return prepared[1], prepared[2]
+        return parse_stored(env.payload), None
 
     def take(self, stored: Stored) -> None:
         """Index one stored alert and offer it to the live devices it concerns, in one go."""
@@ -255,21 +286,24 @@ class Target:
 
     def _activate(self, stored: Stored) -> Active | None:
         try:
-            alert = parse_xml(stored.envelope.payload)
+            alert, shaped = self._parsed(stored)
         except CapInvalid as exc:
             log.error("stored alert unreadable", extra={"seq": stored.seq, "error": str(exc)})
             return None
         expires_at = alert.expires or alert.sent + self._lifetime
         if expires_at <= self._clock():
             return None
-        areas = tuple(area for info in alert.infos for area in info.areas)
-        if not any(a.polygons or a.circles for a in areas):
-            areas = self._referenced_areas(alert)
+        if shaped is None:
+            areas = tuple(area for info in alert.infos for area in info.areas)
+            if not any(a.polygons or a.circles for a in areas):
+                areas = self._referenced_areas(alert)
+            shaped = (areas, cover_for(areas))
+        areas, cover = shaped
         return Active(
             stored=stored,
             alert=alert,
             areas=areas,
-            cover=cover_for(areas),
+            cover=cover,
             expires_at=expires_at,
             event=encode_event(stored, alert.status.value),
         )
