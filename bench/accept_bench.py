@@ -31,12 +31,10 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.fleet import percentile, raise_nofile  # noqa: E402
-from bench.serve_bench import XML, Server, free_port, machine, stop_pid  # noqa: E402
+from bench.serve_bench import XML, Server, free_port, machine, profiled  # noqa: E402
 from tests.samples import alert_xml  # noqa: E402
 
 # Marseille (`accept_polygon`): no device is there, so accept is measured alone (no fan-out).
@@ -180,24 +178,6 @@ async def alternate(tocsin: TocsinIssuer, bare: BarePublisher, count: int, block
     return {"tocsin": {**stats(t_lat), "errors": tocsin.errors[:3], "refused": len(tocsin.errors)},
             "bare": {**stats(b_lat), "errors": bare.errors[:3], "refused": len(bare.errors)},
             "payload_bytes": bare.size}
-
-
-@contextlib.contextmanager
-def profiled(pid: int | None, out: Path | None) -> Iterator[None]:
-    """py-spy (raw stacks) on the node that takes the requests, while they are measured."""
-    if out is None or pid is None:
-        yield
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    process = subprocess.Popen(
-        [spy, "record", "--pid", str(pid), "--rate", "500", "--format", "raw", "--nonblocking", "--output", str(out)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield
-    finally:
-        stop_pid(process, signal.SIGINT, 20)
 
 
 async def embedded(workdir: Path, count: int, blocks: int, profile: Path | None) -> dict[str, Any]:

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.fleet import percentile, raise_nofile, register  # noqa: E402
-from bench.serve_bench import DISPLAY_POLYGON, XML, Fleet, machine  # noqa: E402
+from bench.serve_bench import DISPLAY_POLYGON, XML, Fleet, machine, proc_cpu_s, profiled  # noqa: E402
 from tests.samples import alert_xml  # noqa: E402
 
 BEFORE_KILL_S = 2.0
@@ -112,7 +112,7 @@ def issuer_view(sent: list[dict[str, Any]], killed_at: float) -> dict[str, Any]:
     }
 
 
-async def scenario(name: str, workdir: Path, devices: int, interval_s: float) -> dict[str, Any]:
+async def scenario(name: str, workdir: Path, devices: int, interval_s: float, profile: Path | None) -> dict[str, Any]:
     from tocsin.cluster.local import LocalCluster
 
     local = LocalCluster(workdir / name, nodes=3)
@@ -143,10 +143,16 @@ async def scenario(name: str, workdir: Path, devices: int, interval_s: float) ->
         issuer = Issuer([s.url for s in others], local.admin_token, interval_s)
         issuing = asyncio.create_task(issuer.run(BEFORE_KILL_S + AFTER_KILL_S))
         await asyncio.sleep(BEFORE_KILL_S)
+        # CPU of each survivor's processes and of the fleet, from the kill to the end of issuing.
+        watched: dict[str, int | None] = {f"{s.name} {kind}": pid for s in others for kind, pid in local.pids(s.name).items()}
+        watched["fleet"] = fleet.process.pid if fleet.process else None
+        before = {key: proc_cpu_s(pid) for key, pid in watched.items()}
         killed_at = time.time()
         local.signal(target, signal.SIGKILL)
-        await local.kill(target)  # reap
-        await issuing
+        with profiled(local.pids(others[0].name)["tocsin"], profile and profile / f"{name}-{others[0].name}.txt"):
+            await local.kill(target)  # reap
+            await issuing
+        cpu = {key: round(proc_cpu_s(pid) - before[key], 2) for key, pid in watched.items()}
         await issuer.close()
         issued = {str(r["seq"]): r["sent_at"] for r in issuer.sent if r.get("status") == 201}
         fleet.send(cmd="failover", killed_at=killed_at, issued=issued, timeout_s=60)
@@ -156,7 +162,8 @@ async def scenario(name: str, workdir: Path, devices: int, interval_s: float) ->
         new_leader = await stream_leader(others[0].nats_url)
         return {"scenario": name, "killed": target, "stream_leader_before": leader, "stream_leader_after": new_leader,
                 "connect_s": ready["connect_s"], "fleet": result, "issuer": issuer_view(issuer.sent, killed_at),
-                "reconnect_failures": summary.get("reconnect_failures", [])[:3], "fleet_cpu_s": summary["cpu_s"]}
+                "reconnect_failures": summary.get("reconnect_failures", [])[:3], "fleet_cpu_s": summary["cpu_s"],
+                "cpu_after_kill_s": cpu, "cpu_window_s": AFTER_KILL_S}
     finally:
         if fleet is not None:
             await asyncio.to_thread(fleet.stop)
@@ -183,6 +190,8 @@ def table(report: dict[str, Any]) -> str:
         ]
         if i["problems"]:
             lines.append(f"  refusals: {i['problems']}")
+        lines.append(f"  CPU s in the {r['cpu_window_s']:.0f} s after the kill: "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_after_kill_s"].items()))
         lines.append("")
     return "\n".join(lines)
 
@@ -190,7 +199,8 @@ def table(report: dict[str, Any]) -> str:
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     results = []
     for name in args.scenarios:
-        results.append(await scenario(name, workdir, args.devices, args.interval))
+        results.append(await scenario(name, workdir, args.devices, args.interval,
+                                      Path(args.profile) if args.profile else None))
         print(table({"devices": args.devices, "interval_s": args.interval, "results": results[-1:]}),
               file=sys.stderr, flush=True)
     return {"machine": machine(), "devices": args.devices, "interval_s": args.interval, "results": results}
@@ -204,6 +214,7 @@ def main() -> None:
     parser.add_argument("--tmp", default=None)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--save", default="")
+    parser.add_argument("--profile", default="", help="py-spy the first survivor after the kill; raw stacks in this directory")
     args = parser.parse_args()
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     raise_nofile(2 * args.devices + 4096)

@@ -103,6 +103,24 @@ def stop_pid(process: subprocess.Popen[bytes], first: signal.Signals, timeout_s:
     return process.returncode
 
 
+@contextmanager
+def profiled(pid: int | None, out: Path | None) -> Iterator[None]:
+    """py-spy (raw stacks) on a process while it is measured; nothing when `out` is None."""
+    if out is None or pid is None:
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    process = subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--rate", "500", "--format", "raw", "--nonblocking", "--output", str(out)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        stop_pid(process, signal.SIGINT, 20)
+
+
 @dataclass(slots=True, kw_only=True)
 class Server:
     """`tocsin serve` as a child process, with its log in the data directory."""

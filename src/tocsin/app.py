@@ -288,6 +288,8 @@ async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], No
         keepalive = tasks.create_task(
             node.services.live.keep_alive(node.settings.sse_keepalive_s), name="keepalive"
         )
+        store = node.services.store
+        devices = tasks.create_task(store.mirror(store.devices, node.services.device_cache), name="device-mirror")
         while not node.server.started and not http.done():
             await asyncio.sleep(0.01)
         if ready is not None and node.server.started:
@@ -307,6 +309,7 @@ async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], No
         follower.cancel()
         reconciler.cancel()
         keepalive.cancel()
+        devices.cancel()
         if supervisor is not None:
             supervisor.cancel()
 

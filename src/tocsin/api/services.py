@@ -147,6 +147,8 @@ class Services:
     prober: Prober | None = None
     readiness: Readiness | None = None
     started_monotonic: float = field(default_factory=time.monotonic)
-    # Looked-up issuer accounts and devices, with the monotonic time they were read.
+    # Looked-up issuer accounts, with the monotonic time they were read.
     issuer_cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
+    # Every registered device: mirrored from the bucket by `store.mirror`, plus what this
+    # node registered or read itself before the mirror had it.
     device_cache: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -6,6 +6,7 @@ nats errors stop here: callers see StoreUnavailable, AlertNotFound or plain valu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -28,7 +29,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from tocsin.errors import AlertNotFound, StoreMisconfigured, StoreUnavailable
 from tocsin.settings import Settings
@@ -382,6 +383,35 @@ class JetStreamStore:
                 await asyncio.sleep(random.uniform(0.05, 0.3))
                 continue
             return json.loads(entry.value) if entry.value else None
+
+    async def mirror(self, bucket: KeyValue | None, into: dict[str, dict[str, Any]], *, retry_s: float = 1.0) -> None:
+        """Keep `into` holding every key of the bucket with its JSON value, forever.
+
+        Every node mirrors the device bucket, so a device that moves here from a lost node
+        is authenticated from memory: a reconnect storm costs no bucket read per device.
+        Entries are only added or replaced here (deleted keys are dropped); a key the
+        mirror has not seen yet is read from the bucket by the caller. The watch starts
+        again after any error.
+        """
+        assert bucket is not None
+        while True:
+            watcher = None
+            try:
+                watcher = await bucket.watchall()
+                async for entry in watcher:
+                    if entry is None:  # the end of the values present when the watch began
+                        continue
+                    if entry.operation in (KV_DEL, KV_PURGE) or entry.value is None:
+                        into.pop(entry.key, None)
+                    else:
+                        into[entry.key] = json.loads(entry.value)
+            except (nats.errors.Error, asyncio.TimeoutError, ValueError) as exc:
+                log.warning("bucket mirror restarting", extra={"error": repr(exc)[:200]})
+            finally:
+                if watcher is not None:
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(retry_s)
 
     async def kv_put(self, bucket: KeyValue | None, key: str, value: dict[str, Any]) -> None:
         assert bucket is not None
