@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.fleet import percentile, raise_nofile  # noqa: E402
-from bench.serve_bench import XML, Server, free_port, machine, profiled  # noqa: E402
+from bench.serve_bench import XML, Server, free_port, machine, proc_cpu_s, profiled  # noqa: E402
 from tests.samples import alert_xml  # noqa: E402
 
 # Marseille (`accept_polygon`): no device is there, so accept is measured alone (no fan-out).
@@ -155,8 +155,10 @@ class BarePublisher:
         await self.nc.close()
 
 
-async def alternate(tocsin: TocsinIssuer, bare: BarePublisher, count: int, blocks: int) -> dict[str, Any]:
-    """`count` of each, in `blocks` alternating blocks, after a warm-up of 20 each."""
+async def alternate(tocsin: TocsinIssuer, bare: BarePublisher, count: int, blocks: int,
+                    pids: dict[str, int | None]) -> dict[str, Any]:
+    """`count` of each, in `blocks` alternating blocks, after a warm-up of 20 each; with the
+    CPU each process spent per request during each kind's blocks."""
     for n in range(20):
         await tocsin.one(-n - 1)
         await bare.one(-n - 1)
@@ -164,20 +166,23 @@ async def alternate(tocsin: TocsinIssuer, bare: BarePublisher, count: int, block
     bare.errors.clear()
     t_lat: list[float] = []
     b_lat: list[float] = []
+    cpu = {"tocsin": dict.fromkeys(pids, 0.0), "bare": dict.fromkeys(pids, 0.0)}
     per_block = max(1, count // blocks)
     n = 0
     while len(t_lat) + len(tocsin.errors) < count:
-        for _ in range(per_block):
-            if (value := await tocsin.one(n)) is not None:
-                t_lat.append(value)
-            n += 1
-        for _ in range(per_block):
-            if (value := await bare.one(n)) is not None:
-                b_lat.append(value)
-            n += 1
+        for kind, client, latencies in (("tocsin", tocsin, t_lat), ("bare", bare, b_lat)):
+            before = {name: proc_cpu_s(pid) for name, pid in pids.items()}
+            for _ in range(per_block):
+                if (value := await client.one(n)) is not None:
+                    latencies.append(value)
+                n += 1
+            for name, pid in pids.items():
+                cpu[kind][name] += proc_cpu_s(pid) - before[name]
+    cpu_ms = {kind: {name: 1000 * used / max(1, len(t_lat if kind == "tocsin" else b_lat))
+                     for name, used in per.items()} for kind, per in cpu.items()}
     return {"tocsin": {**stats(t_lat), "errors": tocsin.errors[:3], "refused": len(tocsin.errors)},
             "bare": {**stats(b_lat), "errors": bare.errors[:3], "refused": len(bare.errors)},
-            "payload_bytes": bare.size}
+            "payload_bytes": bare.size, "cpu_ms_per_request": cpu_ms}
 
 
 async def embedded(workdir: Path, count: int, blocks: int, profile: Path | None) -> dict[str, Any]:
@@ -193,8 +198,10 @@ async def embedded(workdir: Path, count: int, blocks: int, profile: Path | None)
         bare = BarePublisher(bare_server.client_url, 1, issuer.size)
         await bare.open()
         try:
-            with profiled(server.process.pid if server.process else None, profile and profile / "embedded.txt"):
-                result = await alternate(issuer, bare, count, blocks)
+            pids = {"tocsin": server.process.pid if server.process else None, "its nats": server.nats_pid,
+                    "bare nats": bare_server.pid}
+            with profiled(pids["tocsin"], profile and profile / "embedded.txt"):
+                result = await alternate(issuer, bare, count, blocks, pids)
         finally:
             await issuer.close()
             await bare.close()
@@ -216,8 +223,9 @@ async def cluster(workdir: Path, count: int, blocks: int, profile: Path | None) 
         await bare.open()
         try:
             await same_leader(bare, "TOCSIN_ALERTS", BARE_STREAM)
+            pids = {f"{spec.name} {kind}": pid for spec in local.specs for kind, pid in local.pids(spec.name).items()}
             with profiled(local.pids(node.name)["tocsin"], profile and profile / "cluster-node1.txt"):
-                result = await alternate(issuer, bare, count, blocks)
+                result = await alternate(issuer, bare, count, blocks, pids)
             leaders = await stream_leaders(bare, ["TOCSIN_ALERTS", BARE_STREAM])
         finally:
             await issuer.close()
@@ -269,6 +277,10 @@ def table(report: dict[str, Any]) -> str:
                      f"{r['tocsin']['p50_ms'] / r['bare']['p50_ms']:.2f}x{extra}")
         if "cluster" in r["setup"]:
             lines.append(f"{'':<24} target: p99 <= 1.5x bare: {'met' if ratio <= 1.5 else 'NOT met'}")
+        for kind in ("tocsin", "bare"):
+            used = r["cpu_ms_per_request"][kind]
+            lines.append(f"{'':<24} CPU ms per request, {kind}: total {sum(used.values()):.2f} ("
+                         + ", ".join(f"{name} {ms:.2f}" for name, ms in used.items()) + ")")
     return "\n".join(lines)
 
 

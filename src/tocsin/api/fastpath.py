@@ -86,7 +86,7 @@ class SseFastPath:
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         connection = new_connection(device_id, record, Protocol.SSE, services.settings.device_queue_depth)
-        connection.transport = transport
+        connection.use(transport)
         # From here to the end of the replay nothing awaits: no live alert can come first.
         missed = services.target.attach(connection, after)
         connection.write_raw(http_chunk(PREAMBLE))

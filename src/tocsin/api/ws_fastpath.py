@@ -54,7 +54,7 @@ async def serve_device(
         return
     await send({"type": "websocket.accept"})
     connection = new_connection(device_id, record, Protocol.WS, services.settings.device_queue_depth)
-    connection.transport = transport
+    connection.use(transport)
     try:
         # From here to the end of the replay nothing awaits: no live alert can come first.
         missed = services.target.attach(connection, after)

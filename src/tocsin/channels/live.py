@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from typing import Any
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -101,6 +102,43 @@ class Event:
 
 _CLOSED = object()
 
+Written = tuple[int, int, list["Connection"], list["Connection"]]
+
+
+def _write_each_py(
+    connections: list[Connection], seq: int, sse: Protocol, sse_bytes: bytes, ws_bytes: bytes
+) -> Written:
+    """The per-device loop, as `_fanout.write_each` does it in C (where that is not built).
+
+    Returns (written over SSE, over WebSocket, connections to cut off, connections for
+    `offer`: no transport, already dropped, or already at or past this seq).
+    """
+    sent_sse = sent_ws = 0
+    to_drop: list[Connection] = []
+    to_offer: list[Connection] = []
+    for connection in connections:
+        transport = connection.transport
+        if transport is None or connection.dropped or seq <= connection.last_seq:
+            to_offer.append(connection)
+        elif transport.get_write_buffer_size() > connection.max_buffer or transport.is_closing():
+            to_drop.append(connection)
+        elif connection.protocol is sse:
+            transport.write(sse_bytes)
+            connection.last_seq = seq
+            sent_sse += 1
+        else:
+            transport.write(ws_bytes)
+            connection.last_seq = seq
+            sent_ws += 1
+    return sent_sse, sent_ws, to_drop, to_offer
+
+
+write_each: Callable[[list[Connection], int, Protocol, bytes, bytes], Written]
+try:
+    from tocsin.channels._fanout import write_each  # type: ignore[no-redef]
+except ImportError:  # not built (no compiler where it was installed): the same loop in Python
+    write_each = _write_each_py
+
 
 @dataclass(eq=False, slots=True, kw_only=True)
 class Connection:
@@ -117,12 +155,20 @@ class Connection:
     # HTTP chunks or WebSocket frames, no task or queue per device; a device whose unsent
     # bytes pass `max_buffer` is cut off (it resumes by event id).
     transport: asyncio.Transport | None = None
+    # The transport's socket object (`fileno()` is -1 once it is closed), for the C loop's send().
+    sock: Any = None
     max_buffer: int = 256 * 1024
     queue: asyncio.Queue[object] = field(init=False)
     dropped: bool = False
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(maxsize=self.depth)
+
+    def use(self, transport: asyncio.Transport) -> None:
+        """Take the fast path: alert bytes go straight to this transport."""
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        self.sock = sock if callable(getattr(sock, "fileno", None)) else None
 
     def offer(self, event: Event) -> bool:
         """Queue the event unless sent already; False when the device was dropped."""
@@ -242,42 +288,34 @@ class LiveRegistry:
     def publish(self, event: Event, connections: Iterable[Connection]) -> int:
         """Offer one event to the given connections; returns how many took it.
 
-        The hot loop: per device, one check and one write of bytes encoded once per
-        protocol. No logging, no task, no await; counters are summed once per call.
+        The hot loop (`write_each`: in C when built, else `_write_each_py`): per device, the
+        checks and one write of bytes encoded once per protocol. No logging, no task, no
+        await; counters are summed once per call. Connections off the fast path, or
+        already past this seq, go through `offer`; those too far behind are cut off.
         """
-        seq, everyone = event.seq, event.status == "Actual"
-        sse, sse_chunk, ws_frame = Protocol.SSE, event.sse_chunk, event.ws_frame
-        # Plain ints and identity checks: a dict keyed by the enum would call Enum.__hash__,
-        # a Python-level function, several times per device.
-        sent_sse = sent_ws = dropped_sse = dropped_ws = 0
-        for connection in connections:
-            if not everyone and not connection.audience.receives(event.status):
-                continue
-            transport = connection.transport
-            if transport is None or connection.dropped or seq <= connection.last_seq:
-                ok = connection.offer(event)  # queued path, or nothing to do
-            elif transport.get_write_buffer_size() > connection.max_buffer or transport.is_closing():
-                connection.drop()
-                ok = False
+        if event.status == "Actual":
+            targets = connections if isinstance(connections, list) else list(connections)
+        else:
+            targets = [c for c in connections if c.audience.receives(event.status)]
+        sent_sse, sent_ws, to_drop, to_offer = write_each(
+            targets, event.seq, Protocol.SSE, event.sse_chunk, event.ws_frame
+        )
+        sent = {Protocol.SSE: sent_sse, Protocol.WS: sent_ws}
+        lost = {Protocol.SSE: 0, Protocol.WS: 0}
+        for connection in to_drop:
+            connection.drop()
+            lost[connection.protocol] += 1
+        for connection in to_offer:
+            if connection.offer(event):
+                sent[connection.protocol] += 1
             else:
-                transport.write(sse_chunk if connection.protocol is sse else ws_frame)
-                connection.last_seq = seq
-                ok = True
-            if connection.protocol is sse:
-                if ok:
-                    sent_sse += 1
-                else:
-                    dropped_sse += 1
-            elif ok:
-                sent_ws += 1
-            else:
-                dropped_ws += 1
-        for protocol, sent, dropped in ((Protocol.SSE, sent_sse, dropped_sse), (Protocol.WS, sent_ws, dropped_ws)):
-            if sent:
-                self.queued[protocol] += sent
-            if dropped:
-                self.dropped[protocol] += dropped
-        return sent_sse + sent_ws
+                lost[connection.protocol] += 1
+        for protocol in (Protocol.SSE, Protocol.WS):
+            if sent[protocol]:
+                self.queued[protocol] += sent[protocol]
+            if lost[protocol]:
+                self.dropped[protocol] += lost[protocol]
+        return sent[Protocol.SSE] + sent[Protocol.WS]
 
     async def publish_in_batches(self, event: Event, connections: Iterable[Connection], batch: int) -> int:
         """`publish`, yielding to the event loop after every `batch` connections.

@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 
 # The follower writes to this many devices, then lets the event loop run (the issuer's 201,
-# other requests, reconnecting devices) before the next batch: ~1-2 ms of writes each.
-FANOUT_BATCH = 256
+# other requests, reconnecting devices) before the next batch: ~5-8 ms of writes each.
+FANOUT_BATCH = 1024
 # A follower that gets nothing for this long while the stream is ahead is started again.
 STALL_S = 3.0
 # Alerts this node's accept parsed and is publishing, kept for the follower (at most this many).
