@@ -54,3 +54,26 @@ async def test_a_device_registered_on_one_node_is_served_by_another_without_a_bu
     finally:
         await stop_node(*second)
         await stop_node(*first)
+
+
+async def test_a_value_that_is_not_json_is_skipped_and_the_mirror_goes_on(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    running = await start_node(node_settings(tmp_path, nats_server))
+    node = running[0]
+    try:
+        bucket = node.services.store.devices
+        assert bucket is not None
+        await bucket.put("dev_not-json", b"{broken")
+        async with httpx.AsyncClient(base_url=node.url) as http:
+            device = await register(http, *IN_PARIS)
+        # Registered here, so cached at once; the mirror shows it saw the entry after the bad one.
+        later = {"cells": device["cells"], "languages": [], "tests": False, "canary": False,
+                 "secret_sha256": "0" * 64, "created": "2026-11-29T00:00:00+00:00"}
+        await node.services.store.kv_put(bucket, "dev_after-the-bad-one", later)
+        await until(lambda: "dev_after-the-bad-one" in node.services.device_cache)
+        assert "dev_not-json" not in node.services.device_cache
+        for key in ("dev_not-json", "dev_after-the-bad-one"):
+            await bucket.delete(key)  # the bucket is shared by the session's other tests
+    finally:
+        await stop_node(*running)

@@ -73,10 +73,11 @@ write_one(PyObject *conn, PyObject *transport, PyObject *data, long long queued)
         if (sock == NULL)
             return -1;
         long long fd = -1;
-        int failed = sock != Py_None && call_long(sock, s_fileno, &fd) < 0;
+        if (sock != Py_None && call_long(sock, s_fileno, &fd) < 0) {
+            PyErr_Clear(); /* no descriptor to send on: the transport writes it */
+            fd = -1;
+        }
         Py_DECREF(sock);
-        if (failed)
-            return -1;
         if (fd >= 0) {
             const char *buf = PyBytes_AS_STRING(data);
             Py_ssize_t len = PyBytes_GET_SIZE(data);

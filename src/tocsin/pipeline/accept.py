@@ -33,6 +33,11 @@ IDENTITY_CONFLICT = Problem(
 )
 
 
+def _outcome_read(task: asyncio.Task[object]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Accepted:
     """The outcome for the issuer: the stored alert, and whether this call created it."""
@@ -96,6 +101,10 @@ class Accept:
         )
         recording = asyncio.create_task(self._record(envelope, original))
         publishing = asyncio.create_task(self._store.put(envelope))
+        for task in (recording, publishing):
+            # If this handler is cancelled, both go on (the alert may still be stored and
+            # recorded); their outcome is then read here rather than reported as lost.
+            task.add_done_callback(_outcome_read)
         try:
             # Two turns of the loop: the publish is on the wire (nats-py writes from its
             # flusher task) and the ledger's thread has started. Then, while both wait for
