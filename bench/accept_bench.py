@@ -45,7 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.fleet import percentile, raise_nofile  # noqa: E402
-from bench.serve_bench import XML, Server, free_port, machine, proc_cpu_s, profiled  # noqa: E402
+from bench.serve_bench import (  # noqa: E402
+    Server, alerts_request_head, answer_head, free_port, machine, proc_cpu_s, profiled,
+)
 from tests.samples import alert_xml  # noqa: E402
 
 # Marseille (`accept_polygon`): no device is there, so accept is measured alone (no fan-out).
@@ -78,8 +80,7 @@ class TocsinIssuer:
     def __init__(self, url: str, token: str) -> None:
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.head = (f"POST /api/v1/alerts HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {token}\r\n"
-                     f"Content-Type: {XML}\r\n").encode()
+        self.head = alerts_request_head(url, token)
         self.errors: list[str] = []
         self.size = len(alert_xml(polygon=accept_polygon(0)))
         self.reader: asyncio.StreamReader | None = None
@@ -92,12 +93,7 @@ class TocsinIssuer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         assert self.reader is not None
         self.writer.write(self.head + b"Content-Length: %d\r\n\r\n" % len(document) + document)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
+        status, length = answer_head(await self.reader.readuntil(b"\r\n\r\n"))
         return status, await self.reader.readexactly(length)
 
     async def one(self, n: int) -> float | None:

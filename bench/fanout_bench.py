@@ -41,16 +41,15 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any
-
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.fleet import MQTT_TOPIC, NATS_SUBJECT, raise_nofile  # noqa: E402
 from bench.serve_bench import (  # noqa: E402
-    DISPLAY_POLYGON, XML, Fleet, Server, free_port, issuer_client, machine, stop_pid,
+    DISPLAY_POLYGON, Fleet, Server, alerts_request_head, answer_head, free_port, issuer_client, machine, stop_pid,
 )
 from tests.samples import alert_xml  # noqa: E402
 
@@ -232,8 +231,7 @@ class RawHttp:
 
     def __init__(self, url: str, token: str, connections: int) -> None:
         parts = urlsplit(url)
-        self.head = (f"POST /api/v1/alerts HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {token}\r\n"
-                     f"Content-Type: {XML}\r\n").encode()
+        self.head = alerts_request_head(url, token)
         self.socks = []
         for _ in range(connections):
             sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=60)
@@ -257,10 +255,10 @@ class RawHttp:
                 raise ConnectionError("the node closed the connection")
             data += chunk
         head, _, body = data.partition(b"\r\n\r\n")
-        length = next((int(line[15:]) for line in head.split(b"\r\n") if line[:15].lower() == b"content-length:"), 0)
+        status, length = answer_head(head)
         while len(body) < length:
             body += sock.recv(65536)
-        return int(head[9:12]), body
+        return status, body
 
     def close(self) -> None:
         for sock in self.socks:

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -67,6 +68,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def alerts_request_head(url: str, token: str) -> bytes:
+    """`POST /api/v1/alerts` for a minimal HTTP/1.1 client, up to its Content-Length line."""
+    parts = urlsplit(url)
+    return (f"POST /api/v1/alerts HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: {XML}\r\n").encode()
+
+
+def answer_head(head: bytes) -> tuple[int, int]:
+    """(status, Content-Length) of an HTTP/1.1 response head."""
+    length = next((int(line[15:]) for line in head.split(b"\r\n") if line[:15].lower() == b"content-length:"), 0)
+    return int(head[9:12]), length
 
 
 def proc_cpu_s(pid: int | None) -> float:

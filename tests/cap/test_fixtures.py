@@ -33,14 +33,20 @@ def test_a_stored_rendering_reads_back_without_the_checks_as_with_them(path: Pat
     assert parse_stored(rendered) == parse_xml(rendered)
 
 
+# Invalid documents the model can still hold, so `parse_stored` builds them: tocsin never
+# stores one, because accept runs every check (here: an Update with empty references).
+BUILD_WITHOUT_CHECKS = {"ca-eccc-update-empty-references.xml"}
+
+
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
 def test_a_stored_payload_that_does_not_build_is_still_refused_with_its_rule(path: Path) -> None:
     data = path.read_bytes()
-    try:
+    if path.name in BUILD_WITHOUT_CHECKS:
+        assert parse_stored(data).identifier
+        return
+    with pytest.raises(CapInvalid) as refused:
         parse_stored(data)
-    except CapInvalid as exc:
-        assert codes(exc.violations) == codes(violations_of(data))
-    # A payload that builds is trusted as tocsin's own rendering (its checks ran at accept).
+    assert codes(refused.value.violations) == codes(violations_of(data))
 
 
 @pytest.mark.parametrize("path", VALID, ids=lambda p: p.name)

@@ -12,6 +12,7 @@ import websockets
 from tests.e2e.conftest import FakeClock, node_settings, start_node, stop_node
 from tests.e2e.devices import register, sse_device
 from tests.samples import IN_LYON, IN_PARIS, alert_xml
+from tests.waiting import until
 from tocsin.app import Node
 from tocsin.cap.parse import parse_xml
 from tocsin.cluster.nats_server import NatsServer
@@ -169,7 +170,8 @@ async def test_sse_devices_are_written_to_directly_and_a_stalled_one_is_cut_off(
         stalled = next(iter(connections))
         stalled.max_buffer = -1
         await issue(http, admin, alert_xml())
-        assert stalled.dropped
+        # The fan-out may run after the issuer's 201: wait for it, with a deadline.
+        await until(lambda: stalled.dropped)
     async with asyncio.timeout(10):
         while node.services.live.count:
             await asyncio.sleep(0.01)  # the server notices the closed socket

@@ -11,9 +11,9 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import Any
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,6 @@ class Event:
     def for_protocol(self, protocol: Protocol) -> bytes | str:
         return self.sse if protocol is Protocol.SSE else self.ws
 
-    def wire(self, protocol: Protocol) -> bytes:
-        """The bytes the fast path writes to a device's transport."""
-        return self.sse_chunk if protocol is Protocol.SSE else self.ws_frame
-
 
 _CLOSED = object()
 
@@ -171,28 +167,20 @@ class Connection:
         self.sock = sock if callable(getattr(sock, "fileno", None)) else None
 
     def offer(self, event: Event) -> bool:
-        """Queue the event unless sent already; False when the device was dropped."""
+        """Queue the event unless sent already; False when the device was dropped.
+
+        The queued path: fast-path connections get new events from `write_each`, which
+        leaves to this only those already dropped or already at or past the event.
+        """
         if self.dropped:
             return False
         if event.seq <= self.last_seq:
             return True
-        if self.transport is not None:
-            return self._write(event)
         try:
             self.queue.put_nowait(event.for_protocol(self.protocol))
         except asyncio.QueueFull:
             self.drop()
             return False
-        self.last_seq = event.seq
-        return True
-
-    def _write(self, event: Event) -> bool:
-        transport = self.transport
-        assert transport is not None
-        if transport.is_closing() or transport.get_write_buffer_size() > self.max_buffer:
-            self.drop()
-            return False
-        transport.write(event.wire(self.protocol))
         self.last_seq = event.seq
         return True
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from tocsin.cap.model import Alert
 from tocsin.cap.parse import parse_json, parse_xml
@@ -25,6 +26,8 @@ from tocsin.store.jetstream import JetStreamStore
 from tocsin.store.ledger import Ledger
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 IDENTITY_CONFLICT = Problem(
     "alert.identity-conflict",
@@ -136,18 +139,19 @@ class Accept:
         return Accepted(alert=alert, stored=stored)
 
     async def _record(self, envelope: Envelope, original: bytes | None) -> bool:
-        """Write the ledger row; whether this attempt owns it. The alert is stored either
-        way: a ledger that cannot write is an alarm (readiness), not a refusal."""
-        try:
-            return await self._ledger.record(envelope, original)
-        except sqlite3.Error as exc:
-            self._ledger.failed(exc)
-            log.error("ledger write failed", extra={"alert_id": envelope.alert_id, "error": str(exc)})
-            return False
+        """Write the ledger row; whether this attempt owns it."""
+        return await self._in_ledger("ledger write failed", envelope, self._ledger.record(envelope, original), False)
 
     async def _withdraw(self, envelope: Envelope) -> None:
+        withdrawal = self._ledger.withdraw(envelope.alert_id, self._clock())
+        await self._in_ledger("ledger withdrawal failed", envelope, withdrawal, None)
+
+    async def _in_ledger(self, failure: str, envelope: Envelope, write: Awaitable[T], failed: T) -> T:
+        """The alert is stored either way: a ledger that cannot write is an alarm
+        (readiness, an error in the log), not a refusal."""
         try:
-            await self._ledger.withdraw(envelope.alert_id, self._clock())
+            return await write
         except sqlite3.Error as exc:
             self._ledger.failed(exc)
-            log.error("ledger withdrawal failed", extra={"alert_id": envelope.alert_id, "error": str(exc)})
+            log.error(failure, extra={"alert_id": envelope.alert_id, "error": str(exc)})
+            return failed

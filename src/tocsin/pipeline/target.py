@@ -55,6 +55,17 @@ class Active:
     event: Event
 
 
+# An alert's areas and the cells they cover.
+Shape = tuple[tuple[Area, ...], Cover]
+
+
+def _drawn_areas(alert: Alert) -> tuple[Area, ...]:
+    """The alert's areas when one has a polygon or circle; () when none does (an Update or
+    Cancel that goes where the alerts it references went)."""
+    areas = tuple(area for info in alert.infos for area in info.areas)
+    return areas if any(a.polygons or a.circles for a in areas) else ()
+
+
 def event_id(seq: int, alert_id: str) -> str:
     """A device's cursor: the seq, and which alert it was (`12.3fa9c0de`).
 
@@ -115,7 +126,7 @@ class Target:
         self.last_seq = 0
         self.caught_up = asyncio.Event()
         self._next_prune = clock()
-        self._prepared: dict[AlertId, tuple[bytes, Alert, tuple[tuple[Area, ...], Cover] | None]] = {}
+        self._prepared: dict[AlertId, tuple[bytes, Alert, Shape | None]] = {}
         # Fault injection for tests of readiness (F16): while this event is unset, the
         # follower waits before taking the next alert, as a stuck fan-out would.
         self.hold: asyncio.Event | None = None
@@ -178,13 +189,12 @@ class Target:
         201 and the first device). Bounded: an alert whose publish failed is forgotten
         after PREPARED_MAX others.
         """
-        own = tuple(area for info in alert.infos for area in info.areas)
-        shaped = (own, cover_for(own)) if any(a.polygons or a.circles for a in own) else None
-        self._prepared[alert_id] = (payload, alert, shaped)
+        drawn = _drawn_areas(alert)
+        self._prepared[alert_id] = (payload, alert, (drawn, cover_for(drawn)) if drawn else None)
         if len(self._prepared) > PREPARED_MAX:
             del self._prepared[next(iter(self._prepared))]
 
-    def _parsed(self, stored: Stored) -> tuple[Alert, tuple[tuple[Area, ...], Cover] | None]:
+    def _parsed(self, stored: Stored) -> tuple[Alert, Shape | None]:
         """The stored alert and, when known, its areas and cover: from `prepare` when it holds
         these bytes, else parsed here.
 
@@ -294,9 +304,7 @@ class Target:
         if expires_at <= self._clock():
             return None
         if shaped is None:
-            areas = tuple(area for info in alert.infos for area in info.areas)
-            if not any(a.polygons or a.circles for a in areas):
-                areas = self._referenced_areas(alert)
+            areas = _drawn_areas(alert) or self._referenced_areas(alert)
             shaped = (areas, cover_for(areas))
         areas, cover = shaped
         return Active(
