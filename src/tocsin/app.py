@@ -24,7 +24,7 @@ from tocsin.errors import StoreUnavailable
 from tocsin.health.readiness import Limits, Readiness
 from tocsin.health.shed import shed_when_unready
 from tocsin.cluster.nats_server import NatsServer, check_varz_sync_always
-from tocsin.pipeline.accept import Accept
+from tocsin.pipeline.accept import Accept, Retention
 from tocsin.pipeline.reconcile import Reconciler
 from tocsin.pipeline.target import Target
 from tocsin.policy import Issuer
@@ -168,6 +168,7 @@ def _health(node: Node) -> _Health:
     limits = Limits(
         interval_s=s.readiness_interval_s, check_timeout_s=s.check_timeout_s, stall_s=s.stall_s,
         disk_min_free_bytes=int(s.disk_min_free_mb * 2**20), reconcile_interval_s=s.reconcile_interval_s,
+        stream_usage_red=s.stream_usage_red,
     )
     readiness = Readiness(
         node=s.node_name, replicas=s.replicas, data_dir=s.data_dir, limits=limits, store=services.store,
@@ -239,6 +240,10 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
         accept = Accept(
             store=store, ledger=ledger, signer=signer, node=settings.node_name,
             max_cap_bytes=settings.max_cap_bytes, max_skew_s=settings.max_clock_skew_s, clock=clock,
+            retention=Retention(
+                default_lifetime_s=settings.default_lifetime_s, after_expiry_s=settings.retention_after_expiry_s,
+                probe_s=settings.probe_retention_s,
+            ),
             prepared=target.prepare,
         )
         services = Services(
@@ -253,6 +258,10 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
             store, ledger, interval_s=settings.reconcile_interval_s,
             # A ledger row younger than this may be an accept still publishing.
             settle_s=settings.publish_deadline_s + 2 * settings.publish_timeout_s,
+            legacy_lifetime_s=settings.default_lifetime_s + settings.retention_after_expiry_s,
+            # Retention removes a row's alert at its retain_until by the server's clock: leave
+            # rows that close to it alone, whatever the skew between this node and the server.
+            forget_before_s=settings.max_clock_skew_s + 60.0,
             clock=clock, on_republish=services.metrics.republished.inc,
         )
         yield Node(

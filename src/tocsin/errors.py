@@ -71,6 +71,14 @@ class StoreUnavailable(TocsinError):
         self.operation = operation
 
 
+class StoreFull(TocsinError):
+    """The alert stream reached its byte limit; not a passing fault, so never retried."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(f"the alert stream holds its limit of {max_bytes} bytes")
+        self.max_bytes = max_bytes
+
+
 class StoreMisconfigured(TocsinError):
     """The store refuses tocsin's settings (e.g. not enough disk for the stream); not retried."""
 
@@ -125,6 +133,10 @@ UNKNOWN_TOKEN = Problem("auth.unknown-token", 401, "The token is not valid.")
 # Storage
 STORE_UNAVAILABLE = Problem(
     "store.unavailable", 503, "The alert store cannot confirm durable storage right now; retry."
+)
+STORE_FULL = Problem(
+    "store.full", 507,
+    "The alert store is full and cannot take this alert; an operator must act (do not retry).",
 )
 ALERT_NOT_FOUND = Problem("alert.not-found", 404, "No alert with this id.")
 

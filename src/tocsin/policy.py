@@ -36,6 +36,9 @@ class Issuer:
     senders: tuple[str, ...] = ("*",)
     statuses: tuple[str, ...] = DEFAULT_STATUSES
     admin: bool = False
+    # A node's prober: its System alerts leave the stream minutes after they were read, and
+    # its ledger rows are not part of the permanent record. Grants no right.
+    probe: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def may_send_as(self, sender: str) -> bool:
@@ -45,7 +48,8 @@ class Issuer:
         return self.admin or status in self.statuses
 
     def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "senders": list(self.senders), "statuses": list(self.statuses), "admin": self.admin}
+        return {"name": self.name, "senders": list(self.senders), "statuses": list(self.statuses), "admin": self.admin,
+                "probe": self.probe}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Issuer:
@@ -53,7 +57,8 @@ class Issuer:
             name=str(data["name"]),
             senders=tuple(data.get("senders", ("*",))),
             statuses=tuple(data.get("statuses", DEFAULT_STATUSES)),
-            admin=bool(data.get("admin", False)),
+            admin=data.get("admin") is True,
+            probe=data.get("probe") is True,
         )
 
 

@@ -29,8 +29,19 @@ class Settings:
     public_url: str = ""
     stream: str = "TOCSIN_ALERTS"
     replicas: int = 1
-    # The stream refuses new alerts (discard: new) rather than dropping old ones.
+    # The stream refuses new alerts (discard: new) rather than dropping old ones; what it
+    # holds is bounded by retention (below), so this is headroom, not history.
     stream_max_bytes: int = 2 * 1024**3
+    # /readyz turns red when the stream holds more than this share of stream_max_bytes, so
+    # that an operator hears of it before an issuer meets `507 store.full`.
+    stream_usage_red: float = 0.9
+    # An alert leaves the stream this long after it expires (per-message TTL); the ledger
+    # keeps it for good. Devices replay only what has not expired, so this is the window in
+    # which an identity stays taken and the reconciler can restore a lost alert.
+    retention_after_expiry_s: float = 7 * 86400.0
+    # A probe leaves the stream this long after it was published: long enough to be read
+    # by every canary (probe_deadline_s) and replayed while it lives (probe_expires_s).
+    probe_retention_s: float = 300.0
     # Publish dedupe window: a retry with the same message id within it is not stored twice.
     duplicate_window_s: float = 120.0
     publish_timeout_s: float = 2.0
@@ -167,6 +178,13 @@ def _check(settings: Settings) -> None:
         raise SettingsError(
             "TOCSIN_NATS_URL is set but TOCSIN_NATS_MONITOR_URL is not: tocsin must read the server's "
             "/varz to check sync_interval: always before it serves"
+        )
+    if not 0 < settings.stream_usage_red <= 1:
+        raise SettingsError(f"TOCSIN_STREAM_USAGE_RED must be in (0, 1], got {settings.stream_usage_red}")
+    if settings.probe_retention_s < settings.probe_expires_s + settings.probe_deadline_s:
+        raise SettingsError(
+            "TOCSIN_PROBE_RETENTION_S must be at least TOCSIN_PROBE_EXPIRES_S + TOCSIN_PROBE_DEADLINE_S: "
+            "a probe must stay in the stream while it can be read"
         )
     if settings.replicas not in (1, 3, 5):
         raise SettingsError(f"TOCSIN_REPLICAS must be 1, 3 or 5, got {settings.replicas}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -81,7 +82,7 @@ async def test_an_identity_conflict_leaves_no_row_to_republish(node: Node) -> No
     envelope = node.ledger.envelope(alert_id)
     assert envelope is not None
     assert envelope.payload == (await node.services.store.get(alert_id)).envelope.payload
-    assert alert_id in node.ledger.settled(datetime.now(UTC) + timedelta(seconds=1))
+    assert node.ledger.withdrawn_among([alert_id]) == set()
 
 
 async def test_a_refused_conflict_on_a_node_that_never_had_the_alert_is_withdrawn(node: Node) -> None:  # noqa: F811
@@ -98,4 +99,32 @@ async def test_a_refused_conflict_on_a_node_that_never_had_the_alert_is_withdraw
     # This node wrote a row for the refused content while it published; it is withdrawn.
     recorded = node.ledger.envelope(elsewhere.alert_id)
     assert recorded is not None and recorded.payload != payload
-    assert elsewhere.alert_id not in node.ledger.settled(datetime.now(UTC) + timedelta(seconds=1))
+    assert node.ledger.withdrawn_among([elsewhere.alert_id]) == {elsewhere.alert_id}
+
+
+async def test_a_pass_reads_the_retention_window_not_the_ledgers_history(node: Node) -> None:  # noqa: F811
+    # A long history: rows whose alerts retention has already let go.
+    long_ago = datetime.now(UTC) - timedelta(days=30)
+    for n in range(300):
+        old = replace(envelope_for(node, f"FR-OLD-{n}", age_s=40 * 86400), retain_until=long_ago)
+        assert await node.ledger.record(old, None)
+    fresh = replace(envelope_for(node, "FR-IN-WINDOW-1", age_s=60), retain_until=datetime.now(UTC) + timedelta(days=7))
+    assert await node.ledger.record(fresh, None)
+    watched_before = node.reconciler.window_size
+    # The new rows come in through the watermark; those already retained out are dropped
+    # and never looked up in the stream, let alone called missing.
+    assert await node.reconciler.reconcile() == 1
+    assert node.reconciler.window_size == watched_before + 1
+    assert node.reconciler.checked_last_pass <= watched_before + 1
+    assert await node.reconciler.reconcile() == 0
+
+
+async def test_a_restarted_reconciler_loads_only_the_window(node: Node) -> None:  # noqa: F811
+    long_ago = datetime.now(UTC) - timedelta(days=30)
+    for n in range(300):
+        old = replace(envelope_for(node, f"FR-GONE-{n}", age_s=40 * 86400), retain_until=long_ago)
+        assert await node.ledger.record(old, None)
+    rows, last = node.ledger.window(datetime.now(UTC), legacy_lifetime_s=86400.0)
+    assert all(not row.alert_id.startswith("FR-GONE") for row in rows)
+    assert {row.alert_id for row in rows}.isdisjoint({replace(envelope_for(node, f"FR-GONE-{n}")).alert_id for n in range(300)})
+    assert last >= 300

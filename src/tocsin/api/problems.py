@@ -15,10 +15,12 @@ from tocsin.errors import (
     INTERNAL,
     METHOD_NOT_ALLOWED,
     NOT_FOUND,
+    STORE_FULL,
     STORE_UNAVAILABLE,
     AlertNotFound,
     Problem,
     Rejected,
+    StoreFull,
     StoreUnavailable,
 )
 
@@ -80,6 +82,16 @@ async def on_store_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
+async def on_store_full(request: Request, exc: Exception) -> Response:
+    # No Retry-After: retrying cannot help; readiness has been red since usage passed its
+    # threshold, and docs/operations.md says how to recover.
+    return problem_response(
+        STORE_FULL,
+        f"{exc}; nothing was stored. See docs/operations.md, 'A full alert stream'",
+        instance=request.url.path,
+    )
+
+
 async def on_not_found(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AlertNotFound)
     return problem_response(ALERT_NOT_FOUND, f"no alert with id {exc.alert_id}", instance=request.url.path)
@@ -99,6 +111,7 @@ async def on_internal(request: Request, exc: Exception) -> Response:
 HANDLERS: dict[Any, Any] = {
     Rejected: on_rejected,
     StoreUnavailable: on_store_unavailable,
+    StoreFull: on_store_full,
     AlertNotFound: on_not_found,
     HTTPException: on_http,
     Exception: on_internal,

@@ -92,6 +92,8 @@ class Limits:
     stall_s: float  # a follower or consumer stuck this long is stalled
     disk_min_free_bytes: int
     reconcile_interval_s: float
+    # Red when the alert stream holds more than this share of its byte limit.
+    stream_usage_red: float = 0.9
 
 
 def redundancy(replicas: int) -> dict[str, Any]:
@@ -167,6 +169,7 @@ class Readiness:
         for check in checks:
             self.results[check.name] = check
         self.results["follower"] = self._judge_follower()
+        self.results["stream-usage"] = self._judge_usage()
         self.results["reconciler"] = self._judge_reconciler()
         self.refreshed_at = self._monotonic()
         self._log_changes()
@@ -272,6 +275,19 @@ class Readiness:
         if self.behind_s > self.limits.stall_s:
             return self._check("follower", False, value, f"behind the stream for {self.behind_s:.1f} s")
         return self._check("follower", True, value)
+
+    def _judge_usage(self) -> Check:
+        """Red before the stream is full: an operator hears of it before an issuer gets a 507."""
+        stream = self.stream
+        if stream is None:
+            return self._check("stream-usage", False, None, "cannot tell: the stream did not answer")
+        value = {"bytes": stream.bytes, "max_bytes": stream.max_bytes, "messages": stream.messages,
+                 "usage": round(stream.usage, 4), "red_above": self.limits.stream_usage_red}
+        if stream.usage > self.limits.stream_usage_red:
+            return self._check("stream-usage", False, value,
+                               f"the alert stream is {stream.usage:.0%} full (red above "
+                               f"{self.limits.stream_usage_red:.0%}); see docs/operations.md")
+        return self._check("stream-usage", True, value)
 
     def _judge_reconciler(self) -> Check:
         r = self.reconciler

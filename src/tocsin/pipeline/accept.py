@@ -12,13 +12,13 @@ import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from tocsin.cap.model import Alert
 from tocsin.cap.parse import parse_json, parse_xml
 from tocsin.cap.render import to_xml
-from tocsin.errors import Problem, Rejected, StoreUnavailable
+from tocsin.errors import Problem, Rejected, StoreFull, StoreUnavailable
 from tocsin.policy import Issuer, check
 from tocsin.signing import SigningKey
 from tocsin.store.base import AlertId, Envelope, Stored, alert_id_for
@@ -39,6 +39,25 @@ IDENTITY_CONFLICT = Problem(
 def _outcome_read(task: asyncio.Task[object]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retention:
+    """How long the stream keeps what accept stores (settings.py explains each default)."""
+
+    default_lifetime_s: float = 24 * 3600.0
+    after_expiry_s: float = 7 * 86400.0
+    probe_s: float = 300.0
+
+    def expires_at(self, alert: Alert) -> datetime:
+        """When devices stop showing the alert."""
+        return alert.expires or alert.sent + timedelta(seconds=self.default_lifetime_s)
+
+    def retain_until(self, expires_at: datetime, now: datetime, *, probe: bool) -> datetime:
+        """When the stream lets it go: a probe minutes from now, an alert a while after it expires."""
+        if probe:
+            return now + timedelta(seconds=self.probe_s)
+        return max(expires_at, now) + timedelta(seconds=self.after_expiry_s)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,9 +85,11 @@ class Accept:
         max_cap_bytes: int,
         max_skew_s: float,
         clock: Callable[[], datetime],
+        retention: Retention = Retention(),
         prepared: Callable[[AlertId, bytes, Alert], None] = lambda alert_id, payload, alert: None,
     ) -> None:
         self._store = store
+        self._retention = retention
         self._prepared = prepared
         self._ledger = ledger
         self._signer = signer
@@ -93,6 +114,7 @@ class Accept:
         now = self._clock()
         check(alert, issuer, now=now, max_skew_s=self._max_skew_s)
         payload = to_xml(alert)
+        expires_at = self._retention.expires_at(alert)
         envelope = Envelope(
             alert_id=alert_id_for(alert.sender, alert.identifier),
             payload=payload,
@@ -101,8 +123,10 @@ class Accept:
             issuer=issuer.name,
             node=self._node,
             accepted_at=now,
+            expires_at=expires_at,
+            retain_until=self._retention.retain_until(expires_at, now, probe=issuer.probe),
         )
-        recording = asyncio.create_task(self._record(envelope, original))
+        recording = asyncio.create_task(self._record(envelope, original, probe=issuer.probe))
         publishing = asyncio.create_task(self._store.put(envelope))
         for task in (recording, publishing):
             # If this handler is cancelled, both go on (the alert may still be stored and
@@ -123,10 +147,10 @@ class Accept:
                     "send an Update with references instead",
                     headers={"Location": f"/api/v1/alerts/{stored.envelope.alert_id}"},
                 )
-        except (StoreUnavailable, Rejected):
+        except (StoreUnavailable, StoreFull, Rejected):
             # Refused: the ledger row this attempt wrote must never be published later.
             if await recording:
-                await self._withdraw(envelope)
+                await self._withdraw(envelope, probe=issuer.probe)
             raise
         # The ledger holds the alert before the issuer hears of it.
         await recording
@@ -138,12 +162,13 @@ class Accept:
             )
         return Accepted(alert=alert, stored=stored)
 
-    async def _record(self, envelope: Envelope, original: bytes | None) -> bool:
+    async def _record(self, envelope: Envelope, original: bytes | None, *, probe: bool) -> bool:
         """Write the ledger row; whether this attempt owns it."""
-        return await self._in_ledger("ledger write failed", envelope, self._ledger.record(envelope, original), False)
+        writing = self._ledger.record(envelope, original, probe=probe)
+        return await self._in_ledger("ledger write failed", envelope, writing, False)
 
-    async def _withdraw(self, envelope: Envelope) -> None:
-        withdrawal = self._ledger.withdraw(envelope.alert_id, self._clock())
+    async def _withdraw(self, envelope: Envelope, *, probe: bool) -> None:
+        withdrawal = self._ledger.withdraw(envelope.alert_id, self._clock(), probe=probe)
         await self._in_ledger("ledger withdrawal failed", envelope, withdrawal, None)
 
     async def _in_ledger(self, failure: str, envelope: Envelope, write: Awaitable[T], failed: T) -> T:

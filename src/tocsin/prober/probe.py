@@ -80,7 +80,7 @@ def prober_sender(node: str) -> str:
 
 def prober_account(node: str) -> Issuer:
     """The node's prober account: its own sender, System alerts only, no admin rights."""
-    return Issuer(name=f"prober:{node}", senders=(prober_sender(node),), statuses=("System",))
+    return Issuer(name=f"prober:{node}", senders=(prober_sender(node),), statuses=("System",), probe=True)
 
 
 def load_or_create_token(path: Path) -> str:
@@ -207,10 +207,16 @@ class Prober:
             self.running = True
             self.started_at = self._monotonic()
             try:
-                async with asyncio.TaskGroup() as tasks:
+                # Probes go out on a fresh connection each, through the public listener, as an
+                # issuer after a pause would: a kept-alive one would race the server's idle
+                # timeout (probe interval and keep-alive timeout are both 5 s: false "refused"),
+                # and would keep succeeding while the listener takes no new connection.
+                fresh = httpx.Limits(max_connections=2, max_keepalive_connections=0)
+                async with httpx.AsyncClient(base_url=self.base_url, timeout=self.deadline_s, limits=fresh) as issuer, \
+                        asyncio.TaskGroup() as tasks:
                     for canary in canaries:
                         tasks.create_task(canary.run(self._seen_on(canary.channel)), name=f"canary-{canary.channel}")
-                    tasks.create_task(self._issue_loop(http), name="probe-issuer")
+                    tasks.create_task(self._issue_loop(issuer), name="probe-issuer")
             finally:
                 self.running = False
 

@@ -28,6 +28,11 @@ class Envelope:
     issuer: str
     node: str
     accepted_at: datetime
+    # When the alert stops being shown (its CAP expiry, or sent + the default lifetime);
+    # carried in a header so that a follower skips an expired alert without parsing it.
+    expires_at: datetime | None = None
+    # When the stream lets it go (per-message TTL); None: never (an envelope read back).
+    retain_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

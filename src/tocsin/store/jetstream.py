@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from nats.js.api import (
 )
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from tocsin.errors import AlertNotFound, StoreMisconfigured, StoreUnavailable
+from tocsin.errors import AlertNotFound, StoreFull, StoreMisconfigured, StoreUnavailable
 from tocsin.settings import Settings
 from tocsin.store.base import AlertId, Envelope, Stored
 
@@ -41,9 +42,12 @@ log = logging.getLogger(__name__)
 _WRONG_LAST_SEQUENCE = 10071
 # JetStream API error: "insufficient storage resources available".
 _INSUFFICIENT_RESOURCES = 10047
+# JetStream API error: "maximum bytes exceeded": the stream reached its max_bytes (discard: new).
+_MAXIMUM_BYTES_EXCEEDED = 10077
 
 _H_SIG, _H_KID, _H_ISSUER = "Tocsin-Sig", "Tocsin-Kid", "Tocsin-Issuer"
-_H_NODE, _H_ACCEPTED = "Tocsin-Node", "Tocsin-Accepted-At"
+_H_NODE, _H_ACCEPTED, _H_EXPIRES = "Tocsin-Node", "Tocsin-Accepted-At", "Tocsin-Expires"
+_H_TTL = "Nats-TTL"
 
 
 def subject_for(stream: str, alert_id: AlertId) -> str:
@@ -90,13 +94,21 @@ async def _log_reconnected() -> None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StreamHealth:
-    """What stream info says about the alerts stream: its end, leader and replicas."""
+    """What stream info says about the alerts stream: its end, usage, leader and replicas."""
 
     last_seq: int
     replicas: int
     leader: str | None
     # (peer name, current and online) for each follower; empty with R1.
     peers: tuple[tuple[str, bool], ...] = ()
+    messages: int = 0
+    bytes: int = 0
+    max_bytes: int = 0
+
+    @property
+    def usage(self) -> float:
+        """The share of the stream's byte limit in use (0 when it has none)."""
+        return self.bytes / self.max_bytes if self.max_bytes > 0 else 0.0
 
     @property
     def has_quorum(self) -> bool:
@@ -159,6 +171,9 @@ class JetStreamStore:
             deny_delete=True,
             deny_purge=True,
             allow_direct=True,
+            # Retention: each message carries its own TTL (Nats-TTL), set at accept from the
+            # alert's expiry (or a probe's few minutes); nothing else ever removes one.
+            allow_msg_ttl=True,
         )
         try:
             try:
@@ -196,17 +211,10 @@ class JetStreamStore:
         same Nats-Msg-Id: the server's dedupe window and the subject check keep it single.
 
         Raises:
+            StoreFull: the stream reached its byte limit (issuer gets a 507, not a retry).
             StoreUnavailable: no acknowledgement after every attempt (issuer gets a 503).
         """
-        headers = {
-            "Nats-Msg-Id": envelope.alert_id,
-            "Nats-Expected-Last-Subject-Sequence": "0",
-            _H_SIG: envelope.sig,
-            _H_KID: envelope.kid,
-            _H_ISSUER: envelope.issuer,
-            _H_NODE: envelope.node,
-            _H_ACCEPTED: envelope.accepted_at.isoformat(),
-        }
+        headers = _headers(envelope)
         last_error: BaseException | None = None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.publish_deadline_s
@@ -229,6 +237,10 @@ class JetStreamStore:
                 if exc.err_code == _WRONG_LAST_SEQUENCE:
                     existing = await self.get(envelope.alert_id)
                     return Stored(seq=existing.seq, envelope=existing.envelope, created=False)
+                if exc.err_code == _MAXIMUM_BYTES_EXCEEDED:
+                    # Not a passing fault: nothing frees space but retention, so no retry.
+                    log.error("alert stream full", extra={"alert_id": envelope.alert_id, "max_bytes": self._settings.stream_max_bytes})
+                    raise StoreFull(self._settings.stream_max_bytes) from exc
                 last_error = exc
                 if exc.code is not None and exc.code < 500 and exc.code not in (408, 503):
                     break  # a refusal (e.g. stream full), not a passing fault
@@ -283,14 +295,20 @@ class JetStreamStore:
             raise StoreUnavailable("stream_info", repr(exc)) from exc
         return int(info.state.last_seq)
 
-    async def alert_ids(self) -> set[str]:
-        """The id of every alert the stream holds now (one subject per alert)."""
+    async def holds(self, alert_id: AlertId) -> bool:
+        """Whether the stream holds this alert, as its leader sees it (one read by key).
+
+        Raises:
+            StoreUnavailable: no answer.
+        """
         try:
-            info = await self._js.stream_info(self.stream, subjects_filter=f"{self.stream}.>")
+            # Not direct: a lagging replica would call an alert it has not received missing.
+            await self._js.get_last_msg(self.stream, subject_for(self.stream, alert_id))
+        except nats.js.errors.NotFoundError:
+            return False
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
-            raise StoreUnavailable("stream_info", repr(exc)) from exc
-        subjects = info.state.subjects or {}
-        return {subject.rsplit(".", 1)[1] for subject in subjects}
+            raise StoreUnavailable("get", repr(exc)) from exc
+        return True
 
     async def stream_health(self) -> StreamHealth:
         """The stream's last seq and replication state, for readiness checks.
@@ -310,6 +328,9 @@ class JetStreamStore:
             replicas=int(info.config.num_replicas or 1),
             leader=cluster.leader if cluster else None,
             peers=peers,
+            messages=int(info.state.messages),
+            bytes=int(info.state.bytes),
+            max_bytes=int(info.config.max_bytes or 0),
         )
 
     async def consumer_health(self) -> list[ConsumerHealth]:
@@ -435,8 +456,37 @@ class JetStreamStore:
             raise StoreUnavailable("kv_create", repr(exc)) from exc
 
 
+def ttl_header(retain_until: datetime, now: datetime) -> str:
+    """The Nats-TTL value that removes a message at `retain_until` (whole seconds, at least 1)."""
+    return f"{max(1, math.ceil((retain_until - now).total_seconds()))}s"
+
+
+def _headers(envelope: Envelope) -> dict[str, str]:
+    headers = {
+        "Nats-Msg-Id": envelope.alert_id,
+        "Nats-Expected-Last-Subject-Sequence": "0",
+        _H_SIG: envelope.sig,
+        _H_KID: envelope.kid,
+        _H_ISSUER: envelope.issuer,
+        _H_NODE: envelope.node,
+        _H_ACCEPTED: envelope.accepted_at.isoformat(),
+    }
+    if envelope.expires_at is not None:
+        headers[_H_EXPIRES] = envelope.expires_at.isoformat()
+    if envelope.retain_until is not None:
+        headers[_H_TTL] = ttl_header(envelope.retain_until, datetime.now(UTC))
+    return headers
+
+
+def _when(raw: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(raw) if raw else None
+    except ValueError:
+        return None
+
+
 def _envelope(alert_id: AlertId, payload: bytes, headers: dict[str, str]) -> Envelope:
-    accepted = headers.get(_H_ACCEPTED)
+    accepted = _when(headers.get(_H_ACCEPTED))
     return Envelope(
         alert_id=alert_id,
         payload=payload,
@@ -444,5 +494,6 @@ def _envelope(alert_id: AlertId, payload: bytes, headers: dict[str, str]) -> Env
         kid=headers.get(_H_KID, ""),
         issuer=headers.get(_H_ISSUER, ""),
         node=headers.get(_H_NODE, ""),
-        accepted_at=datetime.fromisoformat(accepted) if accepted else datetime.now(UTC),
+        accepted_at=accepted or datetime.now(UTC),
+        expires_at=_when(headers.get(_H_EXPIRES)),
     )
