@@ -125,7 +125,8 @@ def _issuer_paths(catalog: list[Problem]) -> Json:
         "description": "Answered only once JetStream acknowledged the alert and this node's ledger "
         "holds it. Identity is CAP sender + identifier: the same alert sent again gets 200 with "
         "the stored one; other content under the same identity gets 409. A body above "
-        "TOCSIN_MAX_CAP_BYTES is refused before parsing.",
+        "TOCSIN_MAX_CAP_BYTES is refused before parsing. A full alert stream is 507 store.full, "
+        "which no retry can help.",
         "security": _ISSUER,
         "requestBody": {
             "required": True,
@@ -145,6 +146,7 @@ def _issuer_paths(catalog: list[Problem]) -> Json:
             "415": _problems(catalog, 415, ("request.",)),
             "422": _problems(catalog, 422, ("cap.", "policy.")),
             "503": _problems(catalog, 503, ("store.",), _RETRY_AFTER),
+            "507": _problems(catalog, 507, ("store.",)),
             **_COMMON,
         },
     }
