@@ -120,12 +120,12 @@ async def _bootstrap_admin(store: JetStreamStore, settings: Settings) -> str | N
     """Create the admin account on first start; return its token only when created here."""
     admin = Issuer(name="admin", admin=True)
     if settings.admin_token:
-        await store.kv_put(store.issuers, token_digest(settings.admin_token), admin.as_json())
+        await store.issuers.put(token_digest(settings.admin_token), admin.as_json())
         return None
     token = new_token("tca")
-    if not await store.kv_create(store.issuers, _BOOTSTRAP_KEY, {"created": utc_now().isoformat()}):
+    if not await store.issuers.create(_BOOTSTRAP_KEY, {"created": utc_now().isoformat()}):
         return None
-    await store.kv_put(store.issuers, token_digest(token), admin.as_json())
+    await store.issuers.put(token_digest(token), admin.as_json())
     return token
 
 
@@ -134,7 +134,7 @@ async def _bootstrap_prober(store: JetStreamStore, settings: Settings) -> str | 
     if settings.probe_interval_s <= 0:
         return None
     token = load_or_create_token(settings.data_dir / "keys" / "prober-token")
-    await store.kv_put(store.issuers, token_digest(token), prober_account(settings.node_name).as_json())
+    await store.issuers.put(token_digest(token), prober_account(settings.node_name).as_json())
     return token
 
 
@@ -298,7 +298,7 @@ async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], No
             node.services.live.keep_alive(node.settings.sse_keepalive_s), name="keepalive"
         )
         store = node.services.store
-        devices = tasks.create_task(store.mirror(store.devices, node.services.device_cache), name="device-mirror")
+        devices = tasks.create_task(store.devices.mirror(node.services.device_cache), name="device-mirror")
         while not node.server.started and not http.done():
             await asyncio.sleep(0.01)
         if ready is not None and node.server.started:

@@ -14,6 +14,7 @@ from tests.e2e.devices import register, sse_device
 from tests.samples import IN_PARIS
 from tests.waiting import until
 from tocsin.cluster.nats_server import NatsServer
+from tocsin.store.jetstream import KvRecords
 
 
 async def test_a_device_registered_on_one_node_is_served_by_another_without_a_bucket_read(
@@ -24,13 +25,14 @@ async def test_a_device_registered_on_one_node_is_served_by_another_without_a_bu
     a, b = first[0], second[0]
     try:
         reads: list[str] = []
-        kv_get = b.services.store.kv_get
+        devices = b.services.store.devices
+        read = devices.get
 
-        async def counted(bucket: Any, key: str) -> dict[str, Any] | None:
+        async def counted(key: str) -> dict[str, Any] | None:
             reads.append(key)
-            return await kv_get(bucket, key)
+            return await read(key)
 
-        monkeypatch.setattr(b.services.store, "kv_get", counted)
+        monkeypatch.setattr(devices, "get", counted)
         async with httpx.AsyncClient(base_url=a.url) as http:
             device = await register(http, *IN_PARIS)
         await until(lambda: device["id"] in b.services.device_cache)
@@ -44,8 +46,7 @@ async def test_a_device_registered_on_one_node_is_served_by_another_without_a_bu
             await sse.next("synced")
         assert device["id"] not in reads
         # A key removed from the bucket leaves every mirror; the device must register again.
-        assert b.services.store.devices is not None
-        await b.services.store.devices.delete(device["id"])
+        await devices.delete(device["id"])
         await until(lambda: device["id"] not in b.services.device_cache)
         async with httpx.AsyncClient(base_url=b.url) as http:
             refused = await http.get("/api/v1/stream", headers={"Authorization": f"Bearer {device['token']}"})
@@ -63,14 +64,14 @@ async def test_a_value_that_is_not_json_is_skipped_and_the_mirror_goes_on(
     node = running[0]
     try:
         bucket = node.services.store.devices
-        assert bucket is not None
-        await bucket.put("dev_not-json", b"{broken")
+        assert isinstance(bucket, KvRecords)
+        await bucket.put_raw("dev_not-json", b"{broken")
         async with httpx.AsyncClient(base_url=node.url) as http:
             device = await register(http, *IN_PARIS)
         # Registered here, so cached at once; the mirror shows it saw the entry after the bad one.
         later = {"cells": device["cells"], "languages": [], "tests": False, "canary": False,
                  "secret_sha256": "0" * 64, "created": "2026-11-29T00:00:00+00:00"}
-        await node.services.store.kv_put(bucket, "dev_after-the-bad-one", later)
+        await bucket.put("dev_after-the-bad-one", later)
         await until(lambda: "dev_after-the-bad-one" in node.services.device_cache)
         assert "dev_not-json" not in node.services.device_cache
         for key in ("dev_not-json", "dev_after-the-bad-one"):

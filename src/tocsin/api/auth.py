@@ -49,7 +49,7 @@ async def issuer_for(conn: HTTPConnection, services: Services) -> Issuer:
     if cached and time.monotonic() - cached[0] < ISSUER_CACHE_S:
         record: Any = cached[1]
     else:
-        record = await services.store.kv_get(services.store.issuers, digest)
+        record = await services.store.issuers.get(digest)
         services.issuer_cache[digest] = (time.monotonic(), record)
     if record is None:
         raise Rejected(UNKNOWN_TOKEN, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
@@ -66,7 +66,7 @@ async def device_for(conn: HTTPConnection, services: Services) -> tuple[str, dic
     device_id, _, secret = token.partition(".")
     record = services.device_cache.get(device_id)
     if record is None and device_id:
-        record = await services.store.kv_get(services.store.devices, device_id)
+        record = await services.store.devices.get(device_id)
         if record is not None:
             services.device_cache[device_id] = record
     if record is None or not hmac.compare_digest(record.get("secret_sha256", ""), token_digest(secret)):

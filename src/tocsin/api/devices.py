@@ -74,7 +74,7 @@ async def register_device(request: Request) -> Response:
         "secret_sha256": token_digest(secret),
         "created": services.clock().isoformat(),
     }
-    await services.store.kv_put(services.store.devices, device_id, record)
+    await services.store.devices.put(device_id, record)
     services.device_cache[device_id] = record
     body = {
         "id": device_id,

@@ -19,7 +19,7 @@ from tocsin.pipeline.target import Target
 from tocsin.prober.probe import ProbeResult, Prober
 from tocsin.settings import Settings
 from tocsin.signing import SigningKey
-from tocsin.store.jetstream import JetStreamStore
+from tocsin.store.base import Store
 
 
 # Issue-to-display latency of the probes: loopback is milliseconds, a stalled path is seconds.
@@ -136,7 +136,7 @@ class Services:
     """The node's parts the routes use."""
 
     settings: Settings
-    store: JetStreamStore
+    store: Store
     accept: Accept
     target: Target
     live: LiveRegistry

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tocsin.errors import StoreUnavailable
-from tocsin.store.jetstream import ConsumerHealth, StreamHealth
+from tocsin.store.base import ConsumerHealth, StreamHealth
 
 log = logging.getLogger(__name__)
 

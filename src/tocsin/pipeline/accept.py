@@ -21,8 +21,7 @@ from tocsin.cap.render import to_xml
 from tocsin.errors import Problem, Rejected, StoreFull, StoreUnavailable
 from tocsin.policy import Issuer, check
 from tocsin.signing import SigningKey
-from tocsin.store.base import AlertId, Envelope, Stored, alert_id_for
-from tocsin.store.jetstream import JetStreamStore
+from tocsin.store.base import AlertId, AlertStore, Envelope, Stored, alert_id_for
 from tocsin.store.ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ class Accept:
     def __init__(
         self,
         *,
-        store: JetStreamStore,
+        store: AlertStore,
         ledger: Ledger,
         signer: SigningKey,
         node: str,

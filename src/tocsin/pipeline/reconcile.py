@@ -23,8 +23,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from tocsin.errors import StoreUnavailable
-from tocsin.store.base import AlertId
-from tocsin.store.jetstream import JetStreamStore
+from tocsin.store.base import AlertId, AlertStore
 from tocsin.store.ledger import Ledger, Row
 
 log = logging.getLogger(__name__)
@@ -38,7 +37,7 @@ class Reconciler:
 
     def __init__(
         self,
-        store: JetStreamStore,
+        store: AlertStore,
         ledger: Ledger,
         *,
         interval_s: float,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NewType
+from typing import Any, NewType, Protocol
 
 AlertId = NewType("AlertId", str)
 
@@ -42,3 +43,103 @@ class Stored:
     seq: int
     envelope: Envelope
     created: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamHealth:
+    """What the store says about the alerts stream: its end, usage, leader and replicas."""
+
+    last_seq: int
+    replicas: int
+    leader: str | None
+    # (peer name, current and online) for each follower; empty with R1.
+    peers: tuple[tuple[str, bool], ...] = ()
+    messages: int = 0
+    bytes: int = 0
+    max_bytes: int = 0
+
+    @property
+    def has_quorum(self) -> bool:
+        """A leader answered, and with R>1 a majority (leader included) is current."""
+        if self.replicas <= 1:
+            return True
+        current = 1 + sum(1 for _, ok in self.peers if ok)
+        return self.leader is not None and current >= self.replicas // 2 + 1
+
+    @property
+    def usage(self) -> float:
+        """The share of the stream's byte limit in use (0 when it has none)."""
+        return self.bytes / self.max_bytes if self.max_bytes > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsumerHealth:
+    """A durable consumer's backlog: unacked deliveries against its bound."""
+
+    name: str
+    ack_pending: int
+    max_ack_pending: int
+    pending: int
+
+    @property
+    def is_at_max_ack_pending(self) -> bool:
+        return self.max_ack_pending > 0 and self.ack_pending >= self.max_ack_pending
+
+
+class Records(Protocol):
+    """A replicated bucket of JSON records by key (device registrations, issuer accounts)."""
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        """The record, or None; retried for a while during a leader election.
+
+        Raises:
+            StoreUnavailable: no answer in time.
+        """
+        ...
+
+    async def put(self, key: str, value: dict[str, Any]) -> None: ...
+
+    async def create(self, key: str, value: dict[str, Any]) -> bool:
+        """Create the key unless it exists; False when it already did."""
+        ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def mirror(self, into: dict[str, dict[str, Any]]) -> None:
+        """Keep `into` holding every record of the bucket, forever (a cache: never raises)."""
+        ...
+
+
+class AlertStore(Protocol):
+    """The alerts stream, as the stages use it: write once, read by id or seq, follow."""
+
+    stream: str
+
+    @property
+    def is_connected(self) -> bool: ...
+
+    async def put(self, envelope: Envelope) -> Stored: ...
+
+    async def get(self, alert_id: AlertId) -> Stored: ...
+
+    async def get_by_seq(self, seq: int) -> Stored | None: ...
+
+    async def holds(self, alert_id: AlertId) -> bool: ...
+
+    async def last_seq(self) -> int: ...
+
+    async def stream_health(self) -> StreamHealth: ...
+
+    async def consumer_health(self) -> list[ConsumerHealth]: ...
+
+    def follow(self, after_seq: int = 0) -> AsyncIterator[Stored]: ...
+
+
+class Store(AlertStore, Protocol):
+    """Everything a node keeps on the replicated store: alerts, devices, issuer accounts."""
+
+    @property
+    def devices(self) -> Records: ...
+
+    @property
+    def issuers(self) -> Records: ...

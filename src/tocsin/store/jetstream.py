@@ -12,7 +12,6 @@ import logging
 import math
 import random
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,7 +33,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from tocsin.errors import AlertNotFound, StoreFull, StoreMisconfigured, StoreUnavailable
 from tocsin.settings import Settings
-from tocsin.store.base import AlertId, Envelope, Stored
+from tocsin.store.base import AlertId, ConsumerHealth, Envelope, Records, Stored, StreamHealth
 
 log = logging.getLogger(__name__)
 
@@ -92,47 +91,6 @@ async def _log_reconnected() -> None:
     log.info("nats reconnected")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StreamHealth:
-    """What stream info says about the alerts stream: its end, usage, leader and replicas."""
-
-    last_seq: int
-    replicas: int
-    leader: str | None
-    # (peer name, current and online) for each follower; empty with R1.
-    peers: tuple[tuple[str, bool], ...] = ()
-    messages: int = 0
-    bytes: int = 0
-    max_bytes: int = 0
-
-    @property
-    def usage(self) -> float:
-        """The share of the stream's byte limit in use (0 when it has none)."""
-        return self.bytes / self.max_bytes if self.max_bytes > 0 else 0.0
-
-    @property
-    def has_quorum(self) -> bool:
-        """A leader answered, and with R>1 a majority (leader included) is current."""
-        if self.replicas <= 1:
-            return True
-        current = 1 + sum(1 for _, ok in self.peers if ok)
-        return self.leader is not None and current >= self.replicas // 2 + 1
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ConsumerHealth:
-    """A durable consumer's backlog: unacked deliveries against its bound."""
-
-    name: str
-    ack_pending: int
-    max_ack_pending: int
-    pending: int
-
-    @property
-    def is_at_max_ack_pending(self) -> bool:
-        return self.max_ack_pending > 0 and self.ack_pending >= self.max_ack_pending
-
-
 class JetStreamStore:
     """Alerts on one stream, one subject each, written create-if-absent."""
 
@@ -141,16 +99,24 @@ class JetStreamStore:
         self._js: JetStreamContext = nc.jetstream(timeout=settings.publish_timeout_s)
         self._settings = settings
         self.stream = settings.stream
-        self.devices: KeyValue | None = None
-        self.issuers: KeyValue | None = None
+        self._devices: KvRecords | None = None
+        self._issuers: KvRecords | None = None
 
     @property
     def is_connected(self) -> bool:
         return bool(self._nc.is_connected)
 
     @property
-    def client(self) -> Client:
-        return self._nc
+    def devices(self) -> Records:
+        """Device registrations by device id."""
+        assert self._devices is not None, "ensure() first"
+        return self._devices
+
+    @property
+    def issuers(self) -> Records:
+        """Issuer accounts by token digest."""
+        assert self._issuers is not None, "ensure() first"
+        return self._issuers
 
     async def ensure(self) -> None:
         """Create or update the stream and buckets with the settings tocsin relies on."""
@@ -180,8 +146,9 @@ class JetStreamStore:
                 await self._js.add_stream(config)
             except nats.js.errors.BadRequestError:
                 await self._js.update_stream(config)
-            self.devices = await self._bucket("TOCSIN_DEVICES")
-            self.issuers = await self._bucket("TOCSIN_ISSUERS")
+            deadline_s = s.publish_deadline_s
+            self._devices = KvRecords(await self._bucket("TOCSIN_DEVICES"), deadline_s)
+            self._issuers = KvRecords(await self._bucket("TOCSIN_ISSUERS"), deadline_s)
         except nats.js.errors.APIError as exc:
             if exc.err_code == _INSUFFICIENT_RESOURCES:
                 # Every replica reserves the stream's whole max_bytes: a plain refusal, not a
@@ -388,14 +355,21 @@ class JetStreamStore:
             except nats.errors.Error:
                 pass
 
-    async def kv_get(self, bucket: KeyValue | None, key: str) -> dict[str, Any] | None:
+
+class KvRecords:
+    """A KV bucket of JSON records: the `Records` the rest of tocsin sees."""
+
+    def __init__(self, bucket: KeyValue, deadline_s: float) -> None:
+        self._bucket = bucket
+        self._deadline_s = deadline_s
+
+    async def get(self, key: str) -> dict[str, Any] | None:
         """Read a key, retried for a few seconds while the bucket elects a leader."""
-        assert bucket is not None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._settings.publish_deadline_s
+        deadline = loop.time() + self._deadline_s
         while True:
             try:
-                entry = await bucket.get(key)
+                entry = await self._bucket.get(key)
             except nats.js.errors.KeyNotFoundError:
                 return None
             except (nats.errors.Error, asyncio.TimeoutError) as exc:
@@ -405,7 +379,33 @@ class JetStreamStore:
                 continue
             return json.loads(entry.value) if entry.value else None
 
-    async def mirror(self, bucket: KeyValue | None, into: dict[str, dict[str, Any]], *, retry_s: float = 1.0) -> None:
+    async def put(self, key: str, value: dict[str, Any]) -> None:
+        try:
+            await self._bucket.put(key, json.dumps(value).encode())
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable("kv_put", repr(exc)) from exc
+
+    async def create(self, key: str, value: dict[str, Any]) -> bool:
+        """Create the key unless it exists; False when it already did."""
+        try:
+            await self._bucket.create(key, json.dumps(value).encode())
+            return True
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable("kv_create", repr(exc)) from exc
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self._bucket.delete(key)
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable("kv_delete", repr(exc)) from exc
+
+    async def put_raw(self, key: str, value: bytes) -> None:
+        """Write bytes as they are (tests of what a mirror meets in a bucket)."""
+        await self._bucket.put(key, value)
+
+    async def mirror(self, into: dict[str, dict[str, Any]], *, retry_s: float = 1.0) -> None:
         """Keep `into` holding every key of the bucket with its JSON value, forever.
 
         Every node mirrors the device bucket, so a device that moves here from a lost node
@@ -414,11 +414,10 @@ class JetStreamStore:
         mirror has not seen yet is read from the bucket by the caller. The watch starts
         again after any error.
         """
-        assert bucket is not None
         while True:
             watcher = None
             try:
-                watcher = await bucket.watchall()
+                watcher = await self._bucket.watchall()
                 async for entry in watcher:
                     if entry is None:  # the end of the values present when the watch began
                         continue
@@ -436,24 +435,6 @@ class JetStreamStore:
                     with contextlib.suppress(Exception):
                         await watcher.stop()  # type: ignore[no-untyped-call]
             await asyncio.sleep(retry_s)
-
-    async def kv_put(self, bucket: KeyValue | None, key: str, value: dict[str, Any]) -> None:
-        assert bucket is not None
-        try:
-            await bucket.put(key, json.dumps(value).encode())
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
-            raise StoreUnavailable("kv_put", repr(exc)) from exc
-
-    async def kv_create(self, bucket: KeyValue | None, key: str, value: dict[str, Any]) -> bool:
-        """Create the key unless it exists; False when it already did."""
-        assert bucket is not None
-        try:
-            await bucket.create(key, json.dumps(value).encode())
-            return True
-        except nats.js.errors.KeyWrongLastSequenceError:
-            return False
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
-            raise StoreUnavailable("kv_create", repr(exc)) from exc
 
 
 def ttl_header(retain_until: datetime, now: datetime) -> str:
