@@ -15,7 +15,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tocsin.api.auth import device_for
 from tocsin.api.services import Services
-from tocsin.channels.live import Audience, Connection, ConnectionDropped, Event, Protocol
+from tocsin.audience import Audience
+from tocsin.channels.live import Connection, ConnectionDropped, Event, Protocol
 from tocsin.errors import EVENT_ID_INVALID, NODE_NOT_READY, Rejected
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from tocsin.audience import expires_at
 from tocsin.cap.model import Alert, Area
 from tocsin.channels.live import Event
 from tocsin.errors import CapInvalid
@@ -38,11 +39,6 @@ class Active:
     cover: Cover
     expires_at: datetime
     event: Event
-
-
-def expires_at(alert: Alert, default_lifetime: timedelta) -> datetime:
-    """When the alert stops mattering: its `expires`, else `sent` plus the default lifetime."""
-    return alert.expires or alert.sent + default_lifetime
 
 
 class ActiveIndex:
