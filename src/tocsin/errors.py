@@ -127,6 +127,9 @@ STORE_UNAVAILABLE = Problem(
     "store.unavailable", 503, "The alert store cannot confirm durable storage right now; retry."
 )
 ALERT_NOT_FOUND = Problem("alert.not-found", 404, "No alert with this id.")
+IDENTITY_CONFLICT = Problem(
+    "alert.identity-conflict", 409, "An alert with this sender and identifier is already stored with different content."
+)
 
 # Policy: what may be distributed
 EXPIRED = Problem("cap.expired", 422, "The alert expired before it was received.")
@@ -139,6 +142,9 @@ UNLOCATABLE_AREA = Problem(
 )
 SENDER_NOT_ALLOWED = Problem("policy.sender-not-allowed", 403, "This account may not send as this sender.")
 SYSTEM_NOT_ALLOWED = Problem("policy.status-not-allowed", 403, "This account may not send alerts of this status.")
+MSGTYPE_NOT_DISTRIBUTED = Problem(
+    "policy.msgtype-not-distributed", 422, "Ack and Error messages are not distributed to devices."
+)
 
 # Devices
 DEVICE_INVALID = Problem("device.invalid", 422, "The device registration is not valid.")

@@ -18,7 +18,7 @@ from typing import TypeVar
 from tocsin.cap.model import Alert
 from tocsin.cap.parse import parse_json, parse_xml
 from tocsin.cap.render import to_xml
-from tocsin.errors import Problem, Rejected, StoreUnavailable
+from tocsin.errors import IDENTITY_CONFLICT, Rejected, StoreUnavailable
 from tocsin.policy import Issuer, check
 from tocsin.signing import SigningKey
 from tocsin.store.base import AlertId, Envelope, Stored, alert_id_for
@@ -28,13 +28,6 @@ from tocsin.store.ledger import Ledger
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-IDENTITY_CONFLICT = Problem(
-    "alert.identity-conflict",
-    409,
-    "An alert with this sender and identifier is already stored with different content.",
-)
-
 
 def _outcome_read(task: asyncio.Task[object]) -> None:
     if not task.cancelled():
