@@ -30,6 +30,7 @@ from tocsin.pipeline.reconcile import Reconciler
 from tocsin.policy import Issuer
 from tocsin.prober.heartbeat import Heartbeat, heartbeat_urls
 from tocsin.prober.probe import Prober, load_or_create_token, prober_account
+from tocsin.secret_file import private_dir
 from tocsin.settings import Settings
 from tocsin.signing import SigningKey
 from tocsin.store.jetstream import JetStreamStore, connect
@@ -214,6 +215,7 @@ class _Server(uvicorn.Server):
 @asynccontextmanager
 async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> AsyncIterator[Node]:
     """Start every part of a node; stop them in order on exit."""
+    private_dir(settings.data_dir)  # keys, tokens, the ledger and the stream's files: this user's only
     async with AsyncExitStack() as stack:
         nats_server: NatsServer | None = None
         if settings.nats_url:
