@@ -101,7 +101,7 @@ def sse_event_size() -> int:
     """The bytes tocsin writes per device for one bench alert (its SSE event)."""
     from datetime import UTC, datetime
 
-    from tocsin.pipeline.target import encode_event
+    from tocsin.pipeline.encode import encode_event
     from tocsin.store.base import Envelope, Stored
 
     payload = alert_xml(polygon=DISPLAY_POLYGON, headline="bench display 1", expires_in_s=ALERT_LIFETIME_S)

@@ -24,12 +24,13 @@ from tocsin.errors import StoreUnavailable
 from tocsin.health.readiness import Limits, Readiness
 from tocsin.health.shed import shed_when_unready
 from tocsin.cluster.nats_server import NatsServer, check_varz_sync_always
+from tocsin.pipeline import build_pipeline
 from tocsin.pipeline.accept import Accept, Retention
 from tocsin.pipeline.reconcile import Reconciler
-from tocsin.pipeline.target import Target
 from tocsin.policy import Issuer
 from tocsin.prober.heartbeat import Heartbeat, heartbeat_urls
 from tocsin.prober.probe import Prober, load_or_create_token, prober_account
+from tocsin.secret_file import private_dir
 from tocsin.settings import Settings
 from tocsin.signing import SigningKey
 from tocsin.store.jetstream import JetStreamStore, connect
@@ -172,7 +173,7 @@ def _health(node: Node) -> _Health:
     )
     readiness = Readiness(
         node=s.node_name, replicas=s.replicas, data_dir=s.data_dir, limits=limits, store=services.store,
-        follower=services.target, ledger=node.ledger, prober=prober, reconciler=node.reconciler,
+        follower=services.pipeline.follower, ledger=node.ledger, prober=prober, reconciler=node.reconciler,
     )
 
     def healthy() -> dict[str, object] | None:
@@ -215,6 +216,7 @@ class _Server(uvicorn.Server):
 @asynccontextmanager
 async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> AsyncIterator[Node]:
     """Start every part of a node; stop them in order on exit."""
+    private_dir(settings.data_dir)  # keys, tokens, the ledger and the stream's files: this user's only
     async with AsyncExitStack() as stack:
         nats_server: NatsServer | None = None
         if settings.nats_url:
@@ -236,7 +238,7 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
         ledger = Ledger(settings.data_dir / "ledger.sqlite3")
         stack.callback(ledger.close)
         live = LiveRegistry()
-        target = Target(store, live, default_lifetime_s=settings.default_lifetime_s, clock=clock)
+        pipeline = build_pipeline(store, live, default_lifetime_s=settings.default_lifetime_s, clock=clock)
         accept = Accept(
             store=store, ledger=ledger, signer=signer, node=settings.node_name,
             max_cap_bytes=settings.max_cap_bytes, max_skew_s=settings.max_clock_skew_s, clock=clock,
@@ -244,10 +246,10 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
                 default_lifetime_s=settings.default_lifetime_s, after_expiry_s=settings.retention_after_expiry_s,
                 probe_s=settings.probe_retention_s,
             ),
-            prepared=target.prepare,
+            prepared=pipeline.handoff.prepare,
         )
         services = Services(
-            settings=settings, store=store, accept=accept, target=target, live=live, signer=signer, clock=clock
+            settings=settings, store=store, accept=accept, pipeline=pipeline, live=live, signer=signer, clock=clock
         )
         config = uvicorn.Config(
             make_app(services), log_config=None, access_log=False, lifespan="off",
@@ -284,7 +286,7 @@ async def run_node(node: Node, ready: Callable[[Node], None] | None = None) -> N
 async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], None] | None) -> None:
     health = _health(node)
     async with asyncio.TaskGroup() as tasks:
-        follower = tasks.create_task(node.services.target.run(), name="target")
+        follower = tasks.create_task(node.services.pipeline.follower.run(), name="follow")
         checks = tasks.create_task(health.readiness.run(), name="readiness")
         shedder = (
             tasks.create_task(shed_when_unready(health.readiness.is_ready, node.services.live,

@@ -139,6 +139,9 @@ STORE_FULL = Problem(
     "The alert store is full and cannot take this alert; an operator must act (do not retry).",
 )
 ALERT_NOT_FOUND = Problem("alert.not-found", 404, "No alert with this id.")
+IDENTITY_CONFLICT = Problem(
+    "alert.identity-conflict", 409, "An alert with this sender and identifier is already stored with different content."
+)
 
 # Policy: what may be distributed
 EXPIRED = Problem("cap.expired", 422, "The alert expired before it was received.")
@@ -151,6 +154,9 @@ UNLOCATABLE_AREA = Problem(
 )
 SENDER_NOT_ALLOWED = Problem("policy.sender-not-allowed", 403, "This account may not send as this sender.")
 SYSTEM_NOT_ALLOWED = Problem("policy.status-not-allowed", 403, "This account may not send alerts of this status.")
+MSGTYPE_NOT_DISTRIBUTED = Problem(
+    "policy.msgtype-not-distributed", 422, "Ack and Error messages are not distributed to devices."
+)
 
 # Devices
 DEVICE_INVALID = Problem("device.invalid", 422, "The device registration is not valid.")

@@ -10,18 +10,14 @@ from tocsin.cap.model import Alert, MsgType, Scope, Status
 from tocsin.errors import (
     DRAFT,
     EXPIRED,
+    MSGTYPE_NOT_DISTRIBUTED,
     NO_AREA,
     NOT_PUBLIC,
     SENDER_NOT_ALLOWED,
     SENT_IN_FUTURE,
     SYSTEM_NOT_ALLOWED,
     UNLOCATABLE_AREA,
-    Problem,
     Rejected,
-)
-
-MSGTYPE_NOT_DISTRIBUTED = Problem(
-    "policy.msgtype-not-distributed", 422, "Ack and Error messages are not distributed to devices."
 )
 
 # Statuses an ordinary issuer account may send; System is for the prober's canaries.

@@ -9,6 +9,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from tocsin.audience import DEFAULT_LIFETIME_S
+
 
 class SettingsError(ValueError):
     """A TOCSIN_* variable is malformed; the message names it."""
@@ -62,7 +64,7 @@ class Settings:
     # An alert sent further than this in the future is refused (clock skew bound).
     max_clock_skew_s: float = 300.0
     # An alert without <expires> is shown and replayed for this long after it was sent.
-    default_lifetime_s: float = 24 * 3600.0
+    default_lifetime_s: float = DEFAULT_LIFETIME_S
     # Proxies often close idle streams after 60 s; a comment line every 15 s keeps SSE open.
     sse_keepalive_s: float = 15.0
     # A device this far behind is dropped rather than buffered; it resumes by event id.

@@ -6,8 +6,6 @@ import base64
 import binascii
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+
+from tocsin.secret_file import write_secret
 
 log = logging.getLogger(__name__)
 
@@ -89,20 +89,10 @@ class SigningKey:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as file:
-                os.fchmod(file.fileno(), 0o600)
-                file.write(pem)
-                file.flush()
-                os.fsync(file.fileno())
-            # link() fails if another process created the key meanwhile: theirs wins.
-            os.link(tmp, path)
-        except FileExistsError:
+            write_secret(path, pem, replace=False)
+        except FileExistsError:  # another process created the key meanwhile: theirs wins
             return cls.load_or_create(path)
-        finally:
-            os.unlink(tmp)
         log.info("signing key created", extra={"kid": key.kid, "path": str(path)})
         return key
 

@@ -10,6 +10,7 @@ from openapi_spec_validator import validate
 from starlette.routing import Route, WebSocketRoute
 
 from tocsin import errors, policy
+from tocsin.api import problems
 from tocsin.api.openapi import document, problem_catalog
 from tocsin.api.routes import ROUTES
 from tocsin.cap.parse import parse_xml
@@ -24,7 +25,14 @@ BASE = "http://127.0.0.1:8080"
 
 
 def _declared_problems() -> set[Problem]:
-    return {v for m in (errors, policy, accept) for v in vars(m).values() if isinstance(v, Problem)}
+    return {v for v in vars(errors).values() if isinstance(v, Problem)}
+
+
+def test_the_catalog_is_declared_in_errors_only() -> None:
+    # Modules that raise or answer with problems import them; none declares its own.
+    for module in (policy, accept, problems):
+        own = [name for name, v in vars(module).items() if isinstance(v, Problem) and v is not getattr(errors, name, None)]
+        assert not own, (module.__name__, own)
 
 
 def _methods(route: Route | WebSocketRoute) -> set[str]:

@@ -15,7 +15,8 @@ from contextlib import asynccontextmanager
 import pytest
 
 from tocsin.channels import live
-from tocsin.channels.live import Audience, Connection, Protocol, Written, _write_each_py
+from tocsin.audience import Audience
+from tocsin.channels.live import Connection, Protocol, Written, _write_each_py
 
 try:
     from tocsin.channels._fanout import write_each as compiled

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from tocsin.audience import Audience
 from tocsin.channels.live import (
     WS_KEEPALIVE_FRAME,
-    Audience,
     Connection,
     Event,
     LiveRegistry,

@@ -7,40 +7,13 @@ from datetime import timedelta
 
 import pytest
 
-from tocsin.cap.model import Area, MsgType, Reference, Status, ValuePair
-from tocsin.client.decide import (
-    DEFAULT_LIFETIME,
-    Audience,
-    Verdict,
-    decide,
-    expiry_of,
-    pick_info,
-    status_wanted,
-)
+from tocsin.audience import DEFAULT_LIFETIME
+from tocsin.cap.model import Area, MsgType, Reference, ValuePair
+from tocsin.client.decide import Subscription, Verdict, decide, pick_info
 
 from .cap_samples import LYON, LYON_BOX, NOW, PARIS, alert, info
 
-PARISIAN = Audience(places=(PARIS,), languages=("fr", "en"))
-
-
-@pytest.mark.parametrize(
-    ("status", "tests", "canary", "wanted"),
-    [
-        (Status.ACTUAL, False, False, True),
-        (Status.TEST, False, False, False),
-        (Status.TEST, True, False, True),
-        (Status.EXERCISE, False, False, False),
-        (Status.EXERCISE, True, False, True),
-        (Status.SYSTEM, True, False, False),
-        (Status.SYSTEM, False, True, True),
-        (Status.DRAFT, True, True, False),
-    ],
-)
-def test_status_rules(status: Status, tests: bool, canary: bool, wanted: bool) -> None:
-    audience = Audience(places=(PARIS,), tests=tests, canary=canary)
-    assert status_wanted(status, audience) is wanted
-    verdict = decide(alert(status=status), audience, {}, NOW).verdict
-    assert verdict is (Verdict.SHOW if wanted else Verdict.STATUS)
+PARISIAN = Subscription(places=(PARIS,), languages=("fr", "en"))
 
 
 def test_alert_in_area_is_shown_in_preferred_language() -> None:
@@ -50,11 +23,11 @@ def test_alert_in_area_is_shown_in_preferred_language() -> None:
 
 
 def test_alert_elsewhere_is_not_shown() -> None:
-    assert decide(alert(), Audience(places=(LYON,)), {}, NOW).verdict is Verdict.OUT_OF_AREA
+    assert decide(alert(), Subscription(places=(LYON,)), {}, NOW).verdict is Verdict.OUT_OF_AREA
 
 
 def test_any_place_in_area_is_enough() -> None:
-    audience = Audience(places=(LYON, PARIS))
+    audience = Subscription(places=(LYON, PARIS))
     assert decide(alert(), audience, {}, NOW).is_shown
 
 
@@ -77,7 +50,8 @@ def test_expired_alert_is_never_shown_even_if_received_late() -> None:
 
 def test_alert_without_expiry_lasts_the_default_lifetime() -> None:
     value = alert(info(expires=None), sent=NOW - DEFAULT_LIFETIME + timedelta(minutes=1))
-    assert expiry_of(value) == value.sent + DEFAULT_LIFETIME
+    assert decide(value, PARISIAN, {}, NOW).is_shown
+    assert decide(value, PARISIAN, {}, value.sent + DEFAULT_LIFETIME).verdict is Verdict.EXPIRED
     assert decide(value, PARISIAN, {}, NOW).is_shown
     assert decide(value, PARISIAN, {}, NOW + timedelta(minutes=2)).verdict is Verdict.EXPIRED
 

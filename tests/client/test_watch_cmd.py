@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tocsin.cli.watch_cmd import _places, _urls, render, watch
+from tocsin.cli.watch_cmd import _places, render, watch
 from tocsin.client.watch import Display
 
 from .cap_samples import NOW, alert, info
@@ -41,12 +41,6 @@ def test_json_line_fields() -> None:
                  "language", "delay_s", "id", "seq", "node"):
         assert name in fields
     assert replace(_display(), seq=4).as_json()["seq"] == 4
-
-
-def test_urls_come_from_options_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TOCSIN_URL", "http://a/, http://b")
-    assert _urls(()) == ["http://a", "http://b"]
-    assert _urls(("http://c",)) == ["http://c"]
 
 
 def test_places_from_lat_lon_and_place() -> None:

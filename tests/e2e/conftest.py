@@ -31,7 +31,7 @@ async def start_node(
         if task.done():
             await cm.__aexit__(None, None, None)
             task.result()  # raises what stopped the node
-        await node.services.target.caught_up.wait()
+        await node.services.pipeline.follower.caught_up.wait()
     return node, task, cm
 
 

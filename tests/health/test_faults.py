@@ -70,13 +70,13 @@ async def test_paused_nats_server(tmp_path: Path, http: httpx.AsyncClient) -> No
 
 async def test_fan_out_stuck(fast_node: Node, http: httpx.AsyncClient) -> None:
     """The follower coroutine waits forever before fanning the next alert out."""
-    target = fast_node.services.target
+    follower = fast_node.services.pipeline.follower
     hold = asyncio.Event()
     async with httpx.AsyncClient(base_url=fast_node.url) as local:
         device = await register(local, *IN_PARIS)
 
     async def stick() -> None:
-        target.hold = hold
+        follower.hold = hold
 
     async with sse_device(fast_node.url, device["token"]) as sse:
         await sse.next("synced")
@@ -89,7 +89,7 @@ async def test_fan_out_stuck(fast_node: Node, http: httpx.AsyncClient) -> None:
             issued.append(response.json()["id"])
             with pytest.raises(TimeoutError):
                 await sse.next_alert(timeout_s=1.0)
-            target.hold = None
+            follower.hold = None
             hold.set()
 
         readyz = await red_then_green(http, fast_node, stick, unstick)

@@ -114,12 +114,12 @@ async def test_prober_memory_stays_bounded(tmp_path: Path, nats_server: NatsServ
         async with asyncio.timeout(10):
             while prober.channels.get("sse") is None or prober.channels["sse"].delivered < 30:
                 await asyncio.sleep(0.1)
-        target = node.services.target
+        pipeline = node.services.pipeline
         # CAP times have whole seconds and pruning runs once a second: about 3 s of probes
         # (30) are active at most, however long the node runs.
         sizes = []
         for _ in range(3):
-            sizes.append(max(len(target.active), len(target.offered), len(target.by_id)))
+            sizes.append(max(len(pipeline.index.active), len(pipeline.fanout.offered), len(pipeline.index.by_id)))
             assert prober.pending <= 5
             await asyncio.sleep(1.0)
         assert max(sizes) <= 40, sizes

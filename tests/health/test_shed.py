@@ -7,7 +7,8 @@ import contextlib
 from collections.abc import Iterator
 
 from tests.waiting import until
-from tocsin.channels.live import Audience, Connection, LiveRegistry, Protocol
+from tocsin.audience import Audience
+from tocsin.channels.live import Connection, LiveRegistry, Protocol
 from tocsin.health.shed import shed_when_unready
 
 

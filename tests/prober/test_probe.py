@@ -9,7 +9,7 @@ import pytest
 
 from tocsin.cap.model import Status
 from tocsin.cap.parse import parse_xml
-from tocsin.channels.live import Audience
+from tocsin.audience import Audience
 from tocsin.errors import Rejected
 from tocsin.policy import check
 from tocsin.prober.history import DAY_MINUTES, History

@@ -75,7 +75,7 @@ def describe(stored: Stored, alert: Alert, services: Services, *, for_issuer: bo
     env = stored.envelope
     now = services.clock()
     expires = alert.expires
-    active = services.target.by_id.get(env.alert_id)
+    active = services.pipeline.index.by_id.get(env.alert_id)
     described: dict[str, Any] = {
         "id": env.alert_id,
         "seq": stored.seq,
@@ -91,8 +91,8 @@ def describe(stored: Stored, alert: Alert, services: Services, *, for_issuer: bo
         "signature": {"kid": env.kid, "sig": env.sig, "alg": "EdDSA"},
         "delivery": {
             "node": services.settings.node_name,
-            "followed": services.target.last_seq >= stored.seq,
-            "liveDevicesOffered": services.target.offered.get(env.alert_id, 0) if active else None,
+            "followed": services.pipeline.index.last_seq >= stored.seq,
+            "liveDevicesOffered": services.pipeline.fanout.offered.get(env.alert_id, 0) if active else None,
         },
         "links": {
             "self": f"/api/v1/alerts/{env.alert_id}",

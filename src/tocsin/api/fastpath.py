@@ -88,7 +88,7 @@ class SseFastPath:
         connection = new_connection(device_id, record, Protocol.SSE, services.settings.device_queue_depth)
         connection.use(transport)
         # From here to the end of the replay nothing awaits: no live alert can come first.
-        missed = services.target.attach(connection, after)
+        missed = services.pipeline.replay.attach(connection, after)
         connection.write_raw(http_chunk(PREAMBLE))
         connection.write_raw(b"".join(event.sse_chunk for event in missed))
         connection.write_raw(http_chunk(synced_sse(services)))

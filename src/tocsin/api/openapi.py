@@ -1,26 +1,22 @@
 """The OpenAPI 3.1 document of the HTTP API as built, served at /openapi.json.
 
-Problem codes come from the catalog (`tocsin.errors` and the stage modules that declare
-their own) and the JSON form of CAP from `tocsin.cap.schema`, so neither can drift.
+Problem codes come from the catalog (`tocsin.errors`) and the JSON form of CAP from
+`tocsin.cap.schema`, so neither can drift.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
-from tocsin import errors, policy
+from tocsin import errors
 from tocsin.api.devices import MAX_CELLS, MAX_LANGUAGES
 from tocsin.cap.from_json import EXTENSIONS_KEY
 from tocsin.cap.schema import ALERT, AREA, INFO, RESOURCE, VALUE_PAIR, ComplexType, Field, Lexical
 from tocsin.errors import Problem
 from tocsin.geo.cells import CELL_RESOLUTION
-from tocsin.pipeline import accept
 
 Json = dict[str, Any]
 
-# Every module that declares catalog problems; a new one is added here.
-CATALOG_MODULES: tuple[ModuleType, ...] = (errors, policy, accept)
 # Alert elements whose JSON value may be a list of strings or the CAP string (cap/from_json.py).
 _CAP_LIST_TEXTS = ("references", "addresses", "incidents")
 _CAP_TYPES: tuple[tuple[ComplexType, str], ...] = (
@@ -38,10 +34,9 @@ _ALERT_ID = {
 def problem_catalog() -> list[Problem]:
     """Every catalog problem, once, in declaration order."""
     found: dict[str, Problem] = {}
-    for module in CATALOG_MODULES:
-        for value in vars(module).values():
-            if isinstance(value, Problem):
-                found.setdefault(value.code, value)
+    for value in vars(errors).values():
+        if isinstance(value, Problem):
+            found.setdefault(value.code, value)
     return list(found.values())
 
 

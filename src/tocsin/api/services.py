@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 from tocsin.channels.live import LiveRegistry
 from tocsin.health.readiness import Readiness
 from tocsin.pipeline.accept import Accept
-from tocsin.pipeline.target import Target
+from tocsin.pipeline import Pipeline
 from tocsin.prober.probe import ProbeResult, Prober
 from tocsin.settings import Settings
 from tocsin.signing import SigningKey
@@ -138,7 +138,7 @@ class Services:
     settings: Settings
     store: Store
     accept: Accept
-    target: Target
+    pipeline: Pipeline
     live: LiveRegistry
     signer: SigningKey
     clock: Callable[[], datetime]

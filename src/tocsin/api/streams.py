@@ -15,7 +15,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tocsin.api.auth import device_for
 from tocsin.api.services import Services
-from tocsin.channels.live import Audience, Connection, ConnectionDropped, Event, Protocol
+from tocsin.audience import Audience
+from tocsin.channels.live import Connection, ConnectionDropped, Event, Protocol
 from tocsin.errors import EVENT_ID_INVALID, NODE_NOT_READY, Rejected
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ async def resume_after(services: Services, record: dict[str, Any], raw: str | No
     if not services.live.accepting and not record.get("canary"):
         raise Rejected(NODE_NOT_READY, headers={"Retry-After": "2"})
     try:
-        return await services.target.resume_after(raw)
+        return await services.pipeline.replay.resume_after(raw)
     except ValueError:
         raise Rejected(EVENT_ID_INVALID, f"got {(raw or '')[:40]!r}") from None
 
@@ -52,13 +53,13 @@ def new_connection(device_id: str, record: dict[str, Any], protocol: Protocol, d
 
 def synced_sse(services: Services) -> bytes:
     """The `synced` event that ends a replay, as SSE (no id line: it moves no cursor)."""
-    body = {"node": services.settings.node_name, "seq": services.target.last_seq}
+    body = {"node": services.settings.node_name, "seq": services.pipeline.index.last_seq}
     return b"event: synced\ndata: " + json.dumps(body).encode() + b"\n\n"
 
 
 def synced_ws(services: Services) -> str:
     """The same, as a WebSocket message."""
-    body = {"type": "synced", "node": services.settings.node_name, "seq": services.target.last_seq}
+    body = {"type": "synced", "node": services.settings.node_name, "seq": services.pipeline.index.last_seq}
     return json.dumps(body, separators=(",", ":"))
 
 
@@ -67,7 +68,7 @@ async def stream(request: Request) -> Response:
     device_id, record = await device_for(request, services)
     after = await resume_after(services, record, request.headers.get("last-event-id") or request.query_params.get("last_event_id"))
     connection = new_connection(device_id, record, Protocol.SSE, services.settings.device_queue_depth)
-    missed = services.target.attach(connection, after)
+    missed = services.pipeline.replay.attach(connection, after)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Tocsin-Node": services.settings.node_name}
     return StreamingResponse(
         _sse_body(services, connection, missed), media_type="text/event-stream", headers=headers
@@ -104,7 +105,7 @@ async def websocket(ws: WebSocket) -> None:
         return
     await ws.accept()
     connection = new_connection(device_id, record, Protocol.WS, services.settings.device_queue_depth)
-    missed = services.target.attach(connection, after)
+    missed = services.pipeline.replay.attach(connection, after)
     try:
         async with asyncio.TaskGroup() as tasks:
             sender = tasks.create_task(_ws_send(services, ws, connection, missed))

@@ -57,7 +57,7 @@ async def serve_device(
     connection.use(transport)
     try:
         # From here to the end of the replay nothing awaits: no live alert can come first.
-        missed = services.target.attach(connection, after)
+        missed = services.pipeline.replay.attach(connection, after)
         connection.write_raw(b"".join(event.ws_frame for event in missed))
         connection.write_raw(ws_text_frame(synced_ws(services)))
         while (await receive())["type"] != "websocket.disconnect":

@@ -15,29 +15,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from tocsin.audience import Audience
+
 log = logging.getLogger(__name__)
 
 
 class Protocol(StrEnum):
     SSE = "sse"
     WS = "ws"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Audience:
-    """Which statuses a device receives: Actual always; Test and Exercise on opt-in."""
-
-    tests: bool = False
-    canary: bool = False
-
-    def receives(self, status: str) -> bool:
-        if status == "Actual":
-            return True
-        if status in ("Test", "Exercise"):
-            return self.tests
-        if status == "System":
-            return self.canary
-        return False
 
 
 _TRANSPORT_METHODS = ("write", "is_closing", "get_write_buffer_size", "abort")

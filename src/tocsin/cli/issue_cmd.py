@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -12,16 +11,11 @@ from typing import Any
 import click
 import httpx
 
+from tocsin.cli.node_urls import url_option
+
 # Exit codes: 0 stored, 2 refused (4xx), 3 the service could not store it (5xx, unreachable).
 EXIT_REFUSED = 2
 EXIT_UNAVAILABLE = 3
-
-
-def _urls(values: tuple[str, ...]) -> list[str]:
-    raw = list(values) or [u for u in os.environ.get("TOCSIN_URL", "").split(",") if u.strip()]
-    if not raw:
-        raise click.UsageError("give --url or set TOCSIN_URL")
-    return [u.strip().rstrip("/") for u in raw]
 
 
 def _content_type(path: Path, data: bytes) -> str:
@@ -53,15 +47,15 @@ def post_alert(urls: list[str], token: str, data: bytes, content_type: str, atte
 
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--url", "urls", multiple=True, help="Node URL (repeatable); default TOCSIN_URL.")
+@url_option
 @click.option("--token", envvar="TOCSIN_TOKEN", help="Issuer token; default TOCSIN_TOKEN.")
-def issue(file: Path, urls: tuple[str, ...], token: str | None) -> None:
+def issue(file: Path, urls: list[str], token: str | None) -> None:
     """Issue the CAP alert in FILE (XML, or the JSON form) and print the answer."""
     if not token:
         raise click.UsageError("give --token or set TOCSIN_TOKEN")
     data = file.read_bytes()
     try:
-        response = post_alert(_urls(urls), token, data, _content_type(file, data))
+        response = post_alert(urls, token, data, _content_type(file, data))
     except click.ClickException as exc:
         click.echo(json.dumps({"code": "client.unreachable", "detail": exc.message}))
         raise SystemExit(EXIT_UNAVAILABLE) from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -11,17 +10,12 @@ from typing import Any
 import click
 import httpx
 
+from tocsin.cli.node_urls import url_option
+
 # Exit status with --once: 0 every node ready, 1 at least one not ready or unreachable.
 EXIT_NOT_READY = 1
 _CLEAR = "\x1b[H\x1b[2J"
 _GREEN, _RED, _RESET = "\x1b[32m", "\x1b[31m", "\x1b[0m"
-
-
-def _urls(values: tuple[str, ...]) -> list[str]:
-    raw = list(values) or [u for u in os.environ.get("TOCSIN_URL", "").split(",") if u.strip()]
-    if not raw:
-        raise click.UsageError("give --url or set TOCSIN_URL")
-    return [u.strip().rstrip("/") for u in raw]
 
 
 def fetch(http: httpx.Client, url: str) -> dict[str, Any]:
@@ -75,17 +69,16 @@ def render(bodies: list[dict[str, Any]], colour: bool) -> str:
 
 
 @click.command()
-@click.option("--url", "urls", multiple=True, help="Node URL (repeatable); default TOCSIN_URL.")
+@url_option
 @click.option("--once", is_flag=True, help="Print once and exit: 0 if every node is ready, else 1.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per node (the node's /status).")
 @click.option("--interval", "interval_s", type=float, default=2.0, show_default=True, help="Refresh period.")
-def status(urls: tuple[str, ...], once: bool, as_json: bool, interval_s: float) -> None:
+def status(urls: list[str], once: bool, as_json: bool, interval_s: float) -> None:
     """Show every node: ready or not and why, canary latency, devices, pending deliveries."""
-    nodes = _urls(urls)
     colour = sys.stdout.isatty() and not as_json
     with httpx.Client(timeout=min(5.0, max(1.0, interval_s))) as http:
         while True:
-            bodies = [fetch(http, url) for url in nodes]
+            bodies = [fetch(http, url) for url in urls]
             if as_json:
                 for body in bodies:
                     click.echo(json.dumps(body, ensure_ascii=False))

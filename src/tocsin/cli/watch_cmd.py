@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from tocsin import logs
+from tocsin.cli.node_urls import url_option
 from tocsin.client.node import NodeIncompatible, RegistrationRefused
 from tocsin.client.state import StateInvalid
 from tocsin.client.watch import Display, Watcher
@@ -22,14 +23,6 @@ class WatchRefused(click.ClickException):
     """A node refused this device for good (e.g. an invalid registration)."""
 
     exit_code = EXIT_REFUSED
-
-
-def _urls(values: tuple[str, ...]) -> list[str]:
-    raw = list(values) or os.environ.get("TOCSIN_URL", "").split(",")
-    urls = [u.strip().rstrip("/") for value in raw for u in value.split(",") if u.strip()]
-    if not urls:
-        raise click.UsageError("give --url or set TOCSIN_URL")
-    return urls
 
 
 def _place(text: str) -> tuple[float, float]:
@@ -66,7 +59,7 @@ def render(display: Display) -> str:
 
 
 @click.command(name="watch")
-@click.option("--url", "urls", multiple=True, help="Node URL; repeat for a cluster (default TOCSIN_URL, comma separated).")
+@url_option
 @click.option("--lat", type=float, default=None, help="Latitude of the place to watch.")
 @click.option("--lon", type=float, default=None, help="Longitude of the place to watch.")
 @click.option("--place", "places", multiple=True, help="A place as LAT,LON; repeatable.")
@@ -76,7 +69,7 @@ def render(display: Display) -> str:
 @click.option("--tests", is_flag=True, help="Also show Test and Exercise alerts.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per shown alert.")
 def watch(
-    urls: tuple[str, ...],
+    urls: list[str],
     lat: float | None,
     lon: float | None,
     places: tuple[str, ...],
@@ -88,7 +81,7 @@ def watch(
     """Watch places for alerts, as a device would, until Ctrl-C."""
     try:
         watcher = Watcher(
-            _urls(urls),
+            urls,
             _places(lat, lon, places),
             languages=languages or ("en",),
             tests=tests,

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 
-from tocsin.cap.model import Alert, Info, Status
+from tocsin.audience import Audience, expires_at
+from tocsin.cap.model import Alert, Info
 from tocsin.client.state import Identity
 from tocsin.geo.cells import covers_point
 
 LatLon = tuple[float, float]
-
-# An alert without <expires> is shown for this long after it was sent; the server's
-# default_lifetime_s (Settings) replays it for as long.
-DEFAULT_LIFETIME = timedelta(hours=24)
-
 
 class Verdict(StrEnum):
     """The outcome of the checks, in the order they run; also a counter label."""
@@ -29,14 +25,13 @@ class Verdict(StrEnum):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Audience:
-    """What this device asked for: its places, languages and which statuses it wants."""
+class Subscription:
+    """What this device asked for: its places, its languages, and which statuses it wants."""
 
     places: tuple[LatLon, ...]
     languages: tuple[str, ...] = ("en",)
-    tests: bool = False
-    # A canary (the prober's device) also shows System alerts.
-    canary: bool = False
+    # The same status rule the node fans out by (a canary also shows System alerts).
+    audience: Audience = Audience()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,23 +44,6 @@ class Decision:
     @property
     def is_shown(self) -> bool:
         return self.verdict is Verdict.SHOW
-
-
-def status_wanted(status: Status, audience: Audience) -> bool:
-    """Actual always; Test and Exercise on opt-in; System for canaries only; Draft never."""
-    if status is Status.ACTUAL:
-        return True
-    if status in (Status.TEST, Status.EXERCISE):
-        return audience.tests
-    if status is Status.SYSTEM:
-        return audience.canary
-    return False
-
-
-def expiry_of(alert: Alert, default_lifetime: timedelta = DEFAULT_LIFETIME) -> datetime:
-    """When the alert stops being shown: its expires, else sent + the default lifetime."""
-    expires = alert.expires
-    return expires if expires is not None else alert.sent + default_lifetime
 
 
 def _primary(tag: str) -> str:
@@ -95,14 +73,14 @@ def infos_in_area(infos: Sequence[Info], places: Sequence[LatLon]) -> list[Info]
 
 def decide(
     alert: Alert,
-    audience: Audience,
+    subscription: Subscription,
     seen: Mapping[Identity, datetime],
     now: datetime,
 ) -> Decision:
     """Whether to show a verified alert now, and which info."""
-    if not status_wanted(alert.status, audience):
+    if not subscription.audience.receives(alert.status):
         return Decision(verdict=Verdict.STATUS)
-    if expiry_of(alert) <= now:
+    if expires_at(alert) <= now:
         return Decision(verdict=Verdict.EXPIRED)
     if alert.identity in seen:
         return Decision(verdict=Verdict.DUPLICATE)
@@ -110,7 +88,7 @@ def decide(
         # An Update or Cancel without info has no area: it concerns whoever saw its target.
         follows = any((ref.sender, ref.identifier) in seen for ref in alert.references)
         return Decision(verdict=Verdict.SHOW if follows else Verdict.OUT_OF_AREA)
-    local = infos_in_area(alert.infos, audience.places)
+    local = infos_in_area(alert.infos, subscription.places)
     if not local:
         return Decision(verdict=Verdict.OUT_OF_AREA)
-    return Decision(verdict=Verdict.SHOW, info=pick_info(local, audience.languages))
+    return Decision(verdict=Verdict.SHOW, info=pick_info(local, subscription.languages))

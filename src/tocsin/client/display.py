@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from tocsin.audience import expires_at
 from tocsin.cap.model import Alert, Info
-from tocsin.client.decide import expiry_of
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,7 +70,7 @@ def make_display(
         node=node,
         displayed_at=now,
         delay_s=(now - alert.sent).total_seconds(),
-        expires=expiry_of(alert),
+        expires=expires_at(alert),
         alert=alert,
         info=info,
     )

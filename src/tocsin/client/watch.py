@@ -23,7 +23,8 @@ import httpx
 
 from tocsin.cap.parse import parse_xml
 from tocsin.client.backoff import Backoff, Rotation
-from tocsin.client.decide import Audience, Verdict, decide, expiry_of
+from tocsin.audience import Audience, expires_at
+from tocsin.client.decide import Subscription, Verdict, decide
 from tocsin.client.display import Display, make_display
 from tocsin.client.node import (
     STREAM_PATH,
@@ -106,13 +107,12 @@ class Watcher:
     ) -> None:
         if not places:
             raise ValueError("a watcher needs at least one place")
-        self.audience = Audience(
+        self.subscription = Subscription(
             places=tuple((float(lat), float(lon)) for lat, lon in places),
             languages=tuple(languages) or ("en",),
-            tests=tests,
-            canary=canary,
+            audience=Audience(tests=tests, canary=canary),
         )
-        self.cells = tuple(sorted({cell_for_point(lat, lon) for lat, lon in self.audience.places}))
+        self.cells = tuple(sorted({cell_for_point(lat, lon) for lat, lon in self.subscription.places}))
         self.rotation = Rotation(urls)
         if protocol not in ("sse", "ws"):
             raise ValueError(f"protocol must be sse or ws, not {protocol!r}")
@@ -225,8 +225,8 @@ class Watcher:
     async def _ensure_registered(self, url: str) -> Registration:
         assert self._http is not None
         reg = self.state.registration
-        audience = self.audience
-        if reg is not None and reg.matches(self.cells, audience.languages, audience.tests, audience.canary):
+        languages, audience = self.subscription.languages, self.subscription.audience
+        if reg is not None and reg.matches(self.cells, languages, audience.tests, audience.canary):
             return reg
         if not self._fixed_keys:
             await self._learn_keys(url)
@@ -234,7 +234,7 @@ class Watcher:
             self._http,
             url,
             cells=self.cells,
-            languages=audience.languages,
+            languages=languages,
             tests=audience.tests,
             canary=audience.canary,
             issuer_token=self._issuer_token,
@@ -353,12 +353,12 @@ class Watcher:
             log.warning("alert unreadable", extra={"url": url, "seq": seq, "error": str(exc)})
             return None
         now = self._now()
-        decision = decide(alert, self.audience, self.state.seen, now)
+        decision = decide(alert, self.subscription, self.state.seen, now)
         verdicts = self.stats.verdicts
         verdicts[str(decision.verdict)] = verdicts.get(str(decision.verdict), 0) + 1
         if decision.verdict is not Verdict.SHOW:
             return None
-        expires = expiry_of(alert)
+        expires = expires_at(alert)
         self.state.seen[alert.identity] = expires
         alert_id = str(payload.get("id", ""))
         return make_display(alert, decision.info, alert_id=alert_id, seq=seq, node=url, now=now)

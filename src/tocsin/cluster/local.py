@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tocsin.cluster.nats_server import ClusterSpec, NatsServer, die_with_parent
+from tocsin.secret_file import private_dir, write_secret
 from tocsin.signing import SigningKey
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ class LocalCluster:
     async def start_tocsin(self, name: str, timeout_s: float = 60.0) -> asyncio.subprocess.Process:
         """Start the node's tocsin process and wait until it serves."""
         spec = self.spec(name)
-        spec.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(spec.data_dir)
         log_file = open(spec.data_dir / "tocsin.log", "ab")  # noqa: SIM115 - owned by the child
         prefix = (*self.launchers.get(name, ()), *self.tocsin_launchers.get(name, ()))
         process = await asyncio.create_subprocess_exec(
@@ -282,10 +283,5 @@ class LocalCluster:
         }
 
     def write_description(self) -> None:
-        path = self.data_dir / "cluster.json"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the admin token
-        with os.fdopen(fd, "w") as out:
-            json.dump(self.describe(), out, indent=2)
-        os.replace(tmp, path)
+        # It holds the admin token.
+        write_secret(private_dir(self.data_dir) / "cluster.json", json.dumps(self.describe(), indent=2))

@@ -52,8 +52,8 @@ class InProcessNode:
     async def stop(self) -> None:
         if self.node is not None:
             self.node.server.should_exit = True
-            if self.node.services.target.hold is not None:
-                self.node.services.target.hold.set()
+            if self.node.services.pipeline.follower.hold is not None:
+                self.node.services.pipeline.follower.hold.set()
         if self.task is not None:
             try:
                 async with asyncio.timeout(15):

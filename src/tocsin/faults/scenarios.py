@@ -476,12 +476,12 @@ async def prepare_inproc(run: Run, ci: bool) -> None:
 async def inject_stuck_fanout(run: Run, ci: bool) -> None:
     node: InProcessNode = run.inproc["node3"]
     assert node.node is not None
-    target = node.node.services.target
-    target.hold = asyncio.Event()
+    follower = node.node.services.pipeline.follower
+    follower.hold = asyncio.Event()
     run.fault("node3's fan-out stuck (follower held), every process running", node="node3")
     await asyncio.sleep(_ci_seconds(ci, 30, 20))
-    target.hold.set()
-    target.hold = None
+    follower.hold.set()
+    follower.hold = None
     run.heal("fan-out released", node="node3")
 
 

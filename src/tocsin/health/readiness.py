@@ -34,7 +34,9 @@ class StoreView(Protocol):
 
 
 class FollowerView(Protocol):
-    last_seq: int
+    @property
+    def last_seq(self) -> int: ...
+
     caught_up: asyncio.Event
 
 

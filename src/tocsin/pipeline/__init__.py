@@ -1,1 +1,48 @@
-"""pipeline."""
+"""The pipeline: an issuer's alert -> the live devices it concerns, one module per stage.
+
+    accept.py   issuer request -> a checked, signed alert, stored once (and handed to this
+                node's follower, parsed: handoff.py)
+    follow.py   the alerts stream -> each stored alert in order, once per node
+    index.py    stored alert -> an active alert (parsed, not expired, cover and event ready)
+    encode.py   the active alert's event bytes, framed once for SSE and WebSocket
+    fanout.py   active alert -> the matching live connections, in batches
+    replay.py   a (re)connecting device's cursor -> the active alerts it missed, then live
+
+reconcile.py runs beside them: it republishes what the ledger holds and the stream lost.
+`build_pipeline` wires the stages after accept; app.py builds accept with `handoff.prepare`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tocsin.channels.live import LiveRegistry
+from tocsin.pipeline.fanout import FanOut
+from tocsin.pipeline.follow import Follower
+from tocsin.pipeline.handoff import Handoff
+from tocsin.pipeline.index import ActiveIndex, Clock, utc_now
+from tocsin.pipeline.replay import Replay
+from tocsin.store.jetstream import JetStreamStore
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pipeline:
+    """One node's stages after accept, in the order an alert goes through them."""
+
+    handoff: Handoff  # accept -> follow: what this node parsed already
+    follower: Follower  # stream -> stored alerts; `follower.run()` drives the stages below
+    index: ActiveIndex  # stored -> active
+    fanout: FanOut  # active -> live connections
+    replay: Replay  # cursor -> what a device missed
+
+
+def build_pipeline(
+    store: JetStreamStore, live: LiveRegistry, *, default_lifetime_s: float, clock: Clock = utc_now
+) -> Pipeline:
+    """The stages, each given the one it hands to (so built from the last one up)."""
+    handoff = Handoff()
+    index = ActiveIndex(handoff, default_lifetime_s=default_lifetime_s, clock=clock, on_rewind=live.close_all)
+    fanout = FanOut(index, live)
+    follower = Follower(store, take=fanout.take_and_fan_out, position=lambda: index.last_seq)
+    replay = Replay(store, index, live, clock=clock)
+    return Pipeline(handoff=handoff, follower=follower, index=index, fanout=fanout, replay=replay)

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
+from tocsin.audience import DEFAULT_LIFETIME_S, expires_at
 from tocsin.cap.model import Alert
 from tocsin.cap.parse import parse_json, parse_xml
 from tocsin.cap.render import to_xml
-from tocsin.errors import Problem, Rejected, StoreFull, StoreUnavailable
+from tocsin.errors import IDENTITY_CONFLICT, Rejected, StoreFull, StoreUnavailable
 from tocsin.policy import Issuer, check
 from tocsin.signing import SigningKey
 from tocsin.store.base import AlertId, AlertStore, Envelope, Stored, alert_id_for
@@ -27,13 +28,6 @@ from tocsin.store.ledger import Ledger
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-IDENTITY_CONFLICT = Problem(
-    "alert.identity-conflict",
-    409,
-    "An alert with this sender and identifier is already stored with different content.",
-)
-
 
 def _outcome_read(task: asyncio.Task[object]) -> None:
     if not task.cancelled():
@@ -44,13 +38,13 @@ def _outcome_read(task: asyncio.Task[object]) -> None:
 class Retention:
     """How long the stream keeps what accept stores (settings.py explains each default)."""
 
-    default_lifetime_s: float = 24 * 3600.0
+    default_lifetime_s: float = DEFAULT_LIFETIME_S
     after_expiry_s: float = 7 * 86400.0
     probe_s: float = 300.0
 
     def expires_at(self, alert: Alert) -> datetime:
-        """When devices stop showing the alert."""
-        return alert.expires or alert.sent + timedelta(seconds=self.default_lifetime_s)
+        """When devices stop showing the alert (the rule the devices apply too)."""
+        return expires_at(alert, timedelta(seconds=self.default_lifetime_s))
 
     def retain_until(self, expires_at: datetime, now: datetime, *, probe: bool) -> datetime:
         """When the stream lets it go: a probe minutes from now, an alert a while after it expires."""

@@ -28,6 +28,7 @@ from tocsin.cap.compose import simple_alert
 from tocsin.policy import Issuer
 from tocsin.prober.canary import Canary, SseCanary, canary_token
 from tocsin.prober.history import History
+from tocsin.secret_file import write_secret
 from tocsin.store.base import alert_id_for
 
 log = logging.getLogger(__name__)
@@ -90,9 +91,7 @@ def load_or_create_token(path: Path) -> str:
         if token:
             return token
     token = f"tcp_{secrets.token_urlsafe(32)}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(token + "\n")
-    path.chmod(0o600)
+    write_secret(path, token + "\n")
     return token
 
 

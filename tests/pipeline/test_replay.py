@@ -15,7 +15,7 @@ from tests.e2e.conftest import node  # noqa: F401 - fixture
 from tests.e2e.devices import register, sse_device
 from tests.samples import IN_PARIS, alert_xml
 from tocsin.app import Node
-from tocsin.pipeline.target import event_id, parse_event_id
+from tocsin.pipeline.replay import event_id, parse_event_id
 from tocsin.store.base import Stored
 
 ADMIN = {"Authorization": "Bearer tca_test-admin-token", "Content-Type": "application/cap+xml"}
@@ -40,15 +40,15 @@ def test_event_ids_name_the_seq_and_the_alert() -> None:
 
 
 async def test_a_cursor_the_stream_cannot_vouch_for_gets_a_full_replay(node: Node) -> None:  # noqa: F811
-    target = node.services.target
+    replay = node.services.pipeline.replay
     async with httpx.AsyncClient(base_url=node.url) as http:
         seq, alert_id = await issue(http)
         cursor = event_id(seq, alert_id)
-        assert await target.resume_after(cursor) == seq
+        assert await replay.resume_after(cursor) == seq
         # Beyond the end of the stream, or another alert at that seq: replay everything.
-        assert await target.resume_after(f"{seq + 50}.deadbeef") == 0
-        assert await target.resume_after(f"{seq}.deadbeef") == 0
-        assert await target.resume_after(str(seq + 50)) == 0
+        assert await replay.resume_after(f"{seq + 50}.deadbeef") == 0
+        assert await replay.resume_after(f"{seq}.deadbeef") == 0
+        assert await replay.resume_after(str(seq + 50)) == 0
         device = await register(http, *IN_PARIS)
         # Over HTTP: a device resuming from a cursor into a lost tail gets the alert again.
         async with sse_device(node.url, device["token"], last_event_id=f"{seq + 50}.deadbeef") as sse:
@@ -60,16 +60,16 @@ async def test_a_cursor_the_stream_cannot_vouch_for_gets_a_full_replay(node: Nod
 
 
 async def test_a_reused_seq_resets_the_follower_and_closes_live_devices(node: Node) -> None:  # noqa: F811
-    target = node.services.target
+    pipeline = node.services.pipeline
     async with httpx.AsyncClient(base_url=node.url) as http:
         seq, _ = await issue(http)
         device = await register(http, *IN_PARIS)
         async with sse_device(node.url, device["token"]) as sse:
             await sse.next("synced")
             live = [c for members in node.services.live.by_cell.values() for c in members]
-            known = target.active[seq].stored
+            known = pipeline.index.active[seq].stored
             # The stream now holds another alert at a seq it had already given out.
             other = Stored(seq=seq, envelope=dataclasses.replace(known.envelope, alert_id="f" * 32))
-            target.take(other)
-            assert target.active[seq].stored.envelope.alert_id == "f" * 32
+            pipeline.fanout.take(other)
+            assert pipeline.index.active[seq].stored.envelope.alert_id == "f" * 32
             assert live and all(c.dropped for c in live)  # they resume, and get a full replay

@@ -1,0 +1,107 @@
+"""Stage 2: the alerts stream -> each stored alert, in stream order, taken once by this node.
+
+One ordered consumer per node. It is started again after an error, or when it stalls while
+the stream moves on; each start follows from `start_after()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from tocsin.errors import StoreUnavailable
+from tocsin.store.base import Stored
+from tocsin.store.jetstream import JetStreamStore
+
+log = logging.getLogger(__name__)
+
+# A follower that gets nothing for this long while the stream is ahead is started again.
+STALL_S = 3.0
+
+
+class FollowerStalled(Exception):
+    """The stream is ahead of this node's follower and nothing arrives."""
+
+
+def is_stalled(*, behind: bool, still_s: float) -> bool:
+    """The stall rule: the stream is ahead, and the follower has not moved for STALL_S."""
+    return behind and still_s >= STALL_S
+
+
+class Follower:
+    """Follows the stream for ever and hands each stored alert to `take`, in order."""
+
+    def __init__(
+        self,
+        store: JetStreamStore,
+        *,
+        take: Callable[[Stored], Awaitable[None]],
+        position: Callable[[], int],
+    ) -> None:
+        self._store = store
+        self._take = take
+        self._position = position
+        self.caught_up = asyncio.Event()
+        # Fault injection for tests of readiness (F16): while this event is unset, the
+        # follower waits before taking the next alert, as a stuck fan-out would.
+        self.hold: asyncio.Event | None = None
+
+    @property
+    def last_seq(self) -> int:
+        """The last seq this node took."""
+        return self._position()
+
+    def start_after(self) -> int:
+        """Where following starts, at first and after every restart: the last seq taken."""
+        return self._position()
+
+    async def run(self) -> None:
+        """Follow the stream forever; re-follow from `start_after()` after any error, or
+        when the consumer stalls while the stream moves on."""
+        while True:
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    follower = tasks.create_task(self._follow(), name="follow")
+                    tasks.create_task(self._watch_for_stall(follower), name="follow-stall")
+            except* FollowerStalled:
+                log.warning("alert follower stalled; following again", extra={"after": self.last_seq})
+            except* (StoreUnavailable, OSError, asyncio.TimeoutError) as group:
+                log.warning("alert follower restarting", extra={"after": self.last_seq, "error": repr(group)})
+                await asyncio.sleep(1.0)
+            except* Exception as group:  # a nats-py error we did not translate: follow again
+                log.error("alert follower failed", extra={"after": self.last_seq}, exc_info=group)
+                await asyncio.sleep(1.0)
+
+    async def _follow(self) -> None:
+        goal = await self._store.last_seq()
+        start = self.start_after()
+        if goal <= start:
+            self.caught_up.set()
+        async for stored in self._store.follow(start):
+            if self.hold is not None:
+                await self.hold.wait()
+            await self._take(stored)
+            if stored.seq >= goal:
+                self.caught_up.set()
+
+    async def _watch_for_stall(self, follower: asyncio.Task[None], period_s: float = 1.0) -> None:
+        """Raise FollowerStalled when `is_stalled` says so.
+
+        After a quorum loss the ordered consumer's own re-creation can keep failing for
+        long after the stream is back (seen in F07); a fresh consumer from the last seq
+        does not. A follower held on purpose (`hold`) is not judged.
+        """
+        loop = asyncio.get_running_loop()
+        seen, since = self.last_seq, loop.time()
+        while not follower.done():
+            await asyncio.sleep(period_s)
+            if self.last_seq != seen or (self.hold is not None and not self.hold.is_set()):
+                seen, since = self.last_seq, loop.time()
+                continue
+            try:
+                behind = await self._store.last_seq() > self.last_seq
+            except StoreUnavailable:
+                continue  # no stream to compare with; the consumer is not the problem
+            if is_stalled(behind=behind, still_s=loop.time() - since):
+                raise FollowerStalled(self.last_seq)

@@ -1,0 +1,136 @@
+"""Stage 3: stored alert -> an active alert: parsed, not expired, its cover and event ready.
+
+The index keeps the alerts that have not expired, by seq (for replay) and by id (for the API,
+and for the areas of a Cancel or Update that draws none), and forgets them once expired.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from tocsin.audience import expires_at
+from tocsin.cap.model import Alert, Area
+from tocsin.channels.live import Event
+from tocsin.errors import CapInvalid
+from tocsin.geo.cells import Cover
+from tocsin.pipeline.encode import encode_event
+from tocsin.pipeline.handoff import Handoff, Shape, drawn_areas, shape_of
+from tocsin.store.base import AlertId, Stored, alert_id_for
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Active:
+    """An alert that has not expired, ready to replay."""
+
+    stored: Stored
+    alert: Alert
+    areas: tuple[Area, ...]
+    cover: Cover
+    expires_at: datetime
+    event: Event
+
+
+class ActiveIndex:
+    """The active alerts on this node, and the last seq it took from the stream."""
+
+    def __init__(
+        self,
+        handoff: Handoff,
+        *,
+        default_lifetime_s: float,
+        clock: Clock = utc_now,
+        on_rewind: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._handoff = handoff
+        self._lifetime = timedelta(seconds=default_lifetime_s)
+        self._clock = clock
+        self._on_rewind = on_rewind
+        self.active: dict[int, Active] = {}
+        self.by_id: dict[AlertId, Active] = {}
+        self.last_seq = 0
+        self._next_prune = clock()
+
+    def add(self, stored: Stored) -> Active | None:
+        """Record the alert as seen and, unless expired or unreadable, as active."""
+        if stored.seq <= self.last_seq and not self._went_back(stored):
+            return None
+        self.last_seq = stored.seq
+        active = self.activate(stored)
+        if active is None:
+            return None
+        self.active[stored.seq] = active
+        self.by_id[stored.envelope.alert_id] = active
+        return active
+
+    def activate(self, stored: Stored) -> Active | None:
+        """The step from stored bytes to an active alert: parse, judge expiry, shape, encode.
+
+        None when the alert is unreadable or already expired.
+        """
+        try:
+            alert, shaped = self._handoff.parsed(stored)
+        except CapInvalid as exc:
+            log.error("stored alert unreadable", extra={"seq": stored.seq, "error": str(exc)})
+            return None
+        until = expires_at(alert, self._lifetime)
+        if until <= self._clock():
+            return None
+        areas, cover = shaped or shape_of(drawn_areas(alert) or self._referenced_areas(alert))
+        return Active(
+            stored=stored,
+            alert=alert,
+            areas=areas,
+            cover=cover,
+            expires_at=until,
+            event=encode_event(stored, alert.status.value),
+        )
+
+    def _referenced_areas(self, alert: Alert) -> tuple[Area, ...]:
+        """A Cancel or Update without an area goes where the alerts it references went."""
+        areas: list[Area] = []
+        for ref in alert.references:
+            found = self.by_id.get(alert_id_for(ref.sender, ref.identifier))
+            if found is not None:
+                areas.extend(found.areas)
+        return tuple(areas)
+
+    def _went_back(self, stored: Stored) -> bool:
+        """A seq seen before that now holds another alert: the stream lost its tail.
+
+        Forget what came after it here and call `on_rewind` (it closes the live devices:
+        they resume, their cursors no longer check out, and they get every active alert again).
+        """
+        known = self.active.get(stored.seq)
+        if known is None or known.stored.envelope.alert_id == stored.envelope.alert_id:
+            return False  # a redelivery after a consumer reset
+        log.error("stream reused a sequence; devices resume with a full replay",
+                  extra={"seq": stored.seq, "alert_id": stored.envelope.alert_id})
+        for seq in [s for s in self.active if s >= stored.seq]:
+            gone = self.active.pop(seq)
+            self.by_id.pop(gone.stored.envelope.alert_id, None)
+        self.last_seq = stored.seq - 1
+        self._on_rewind()
+        return True
+
+    def prune_if_due(self) -> list[Active]:
+        """Forget the expired alerts, at most once a second; returns what was forgotten."""
+        now = self._clock()
+        if now < self._next_prune:
+            return []
+        self._next_prune = now + timedelta(seconds=1)
+        expired = [seq for seq, a in self.active.items() if a.expires_at <= now]
+        gone = [self.active.pop(seq) for seq in expired]
+        for active in gone:
+            self.by_id.pop(active.stored.envelope.alert_id, None)
+        return gone

@@ -1,0 +1,93 @@
+"""Replay: a device's cursor -> the active alerts it missed, then its live queue.
+
+A cursor (`Last-Event-ID`) is `seq.idprefix`; a node replays every active alert when it
+cannot vouch for one (RELIABILITY.md, F14).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from tocsin.channels.live import Connection, Event, LiveRegistry
+from tocsin.store.jetstream import JetStreamStore
+
+if TYPE_CHECKING:  # index encodes events, whose ids are made here
+    from tocsin.pipeline.index import ActiveIndex, Clock
+
+log = logging.getLogger(__name__)
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def event_id(seq: int, alert_id: str) -> str:
+    """A device's cursor: the seq, and which alert it was (`12.3fa9c0de`).
+
+    The id part lets a node tell a cursor into this stream from one into a stream that
+    lost its tail and reused the seq for another alert (RELIABILITY.md, F14).
+    """
+    return f"{seq}.{alert_id[:8]}"
+
+
+def parse_event_id(raw: str) -> tuple[int, str | None]:
+    """`N` or `N.hhhhhhhh` -> (seq, id prefix or None).
+
+    Raises:
+        ValueError: anything else.
+    """
+    seq, dot, prefix = raw.partition(".")
+    if not seq.isdigit() or (dot and not (len(prefix) == 8 and all(c in _HEX for c in prefix))):
+        raise ValueError(raw)
+    return int(seq), (prefix if dot else None)
+
+
+class Replay:
+    """Attaches live connections, with what they missed since their cursor."""
+
+    def __init__(self, store: JetStreamStore, index: ActiveIndex, live: LiveRegistry, *, clock: Clock) -> None:
+        self._store = store
+        self._index = index
+        self._live = live
+        self._clock = clock
+
+    async def resume_after(self, raw: str | None) -> int:
+        """The seq after which to replay for a device that sent this cursor (0: all).
+
+        A cursor this stream cannot vouch for (beyond its end, or naming another alert at
+        that seq) gets every active alert again; devices drop repeats by identity.
+
+        Raises:
+            ValueError: not a cursor.
+        """
+        if not raw:
+            return 0
+        seq, prefix = parse_event_id(raw)
+        known = self._index.active.get(seq)
+        if known is not None and (prefix is None or known.stored.envelope.alert_id.startswith(prefix)):
+            return seq
+        if prefix is None and seq <= self._index.last_seq:
+            return seq
+        stored = await self._store.get_by_seq(seq)
+        if stored is not None and (prefix is None or stored.envelope.alert_id.startswith(prefix)):
+            return seq
+        log.warning("cursor not in this stream; replaying every active alert", extra={"cursor": raw[:40]})
+        return 0
+
+    def attach(self, connection: Connection, after_seq: int) -> list[Event]:
+        """Register a live connection and return what it missed, oldest first.
+
+        Synchronous on purpose: no alert can slip between the replay (seq up to now) and
+        the live queue (seq after now), and none is in both.
+        """
+        self._live.add(connection)
+        connection.last_seq = max(after_seq, self._index.last_seq)
+        now = self._clock()
+        missed: list[Event] = []
+        for seq, active in self._index.active.items():
+            if seq <= after_seq or active.expires_at <= now:
+                continue
+            if not connection.audience.receives(active.event.status):
+                continue
+            if any(active.cover.touches(cell) for cell in connection.cells):
+                missed.append(active.event)
+        return missed
