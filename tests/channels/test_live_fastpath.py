@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from tocsin.channels.live import (
-    WS_KEEPALIVE_FRAME,
     Audience,
     Connection,
     Event,
@@ -13,6 +12,7 @@ from tocsin.channels.live import (
     Protocol,
     as_transport,
     http_chunk,
+    keepalive_ws,
     ws_text_frame,
 )
 
@@ -76,7 +76,7 @@ def test_ws_frames_for_every_length_class() -> None:
         opcode, payload = decode_ws(ws_text_frame(text))
         assert opcode == 0x81  # FIN + text
         assert payload == text.encode()
-    assert decode_ws(WS_KEEPALIVE_FRAME)[1] == b'{"type":"keepalive"}'
+    assert decode_ws(ws_text_frame(keepalive_ws({"node": "n1"})))[1] == b'{"type":"keepalive","node":"n1"}'
 
 
 def test_publish_writes_each_protocols_bytes_once_per_device() -> None:
