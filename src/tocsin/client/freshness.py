@@ -2,9 +2,11 @@
 
 Every keepalive carries the age of the node's last probe displayed on its own canary
 (docs/api.md, "Keepalives and freshness"). A device moves to another node when that age
-passes the node's own limit, but only to a node whose `/readyz` answers 200: when every
-node is red at once (no quorum), nobody moves and nobody stampedes. A node that stops
-sending anything at all (frozen, gone) is left after three keepalive intervals of silence.
+passes the node's own limit, but only to a node that delivers: its `/readyz` answers 200,
+or its readiness document says its canary is fresh (a node red for another reason, such
+as a slow consumer check while a peer is cut off, still delivers). When no node delivers
+(no quorum), nobody moves and nobody stampedes. A node that stops sending anything at all
+(frozen, gone) is left after three keepalive intervals of silence.
 The real client (`client/watch.py`) and the fault suite's simulated fleet
 (`faults/fleet.py`) follow this one rule.
 """
@@ -67,7 +69,7 @@ class Freshness:
 
 
 class NodeStale(Exception):
-    """The device's node is not delivering and `target` is ready: move there."""
+    """The device's node is not delivering and `target` is: move there."""
 
     def __init__(self, url: str, target: str, freshness: Freshness) -> None:
         super().__init__(f"{url} last delivered {freshness.canary_age_s} s ago; moving to {target}")
@@ -76,8 +78,19 @@ class NodeStale(Exception):
         self.freshness = freshness
 
 
-class ReadyNodes:
-    """Which nodes answer `/readyz` 200, asked at most once per `ttl_s` per node.
+def _canary_is_fresh(response: httpx.Response) -> bool:
+    """A red readiness document whose canary check passes: the node delivers."""
+    try:
+        report = response.json()
+    except ValueError:
+        return False
+    checks = report.get("checks") if isinstance(report, dict) else None
+    canary = checks.get("canary") if isinstance(checks, dict) else None
+    return isinstance(canary, dict) and canary.get("ok") is True
+
+
+class DeliveringNodes:
+    """Which nodes deliver, by their `/readyz`, asked at most once per `ttl_s` per node.
 
     Shared by every device of a process (the fleet's hundreds ask once, not each), and
     bounded: one answer per known URL.
@@ -99,8 +112,8 @@ class ReadyNodes:
         self._locks: dict[str, asyncio.Lock] = {}
         self.asked = 0
 
-    async def is_ready(self, url: str) -> bool:
-        """Whether the node at `url` answered `/readyz` 200 within the last `ttl_s`."""
+    async def is_delivering(self, url: str) -> bool:
+        """Whether the node at `url` delivers: `/readyz` 200, or red with a fresh canary."""
         lock = self._locks.setdefault(url, asyncio.Lock())
         async with lock:  # concurrent askers wait for the one request in flight
             cached = self._answers.get(url)
@@ -109,28 +122,28 @@ class ReadyNodes:
             self.asked += 1
             try:
                 response = await self._http.get(url + READYZ_PATH, timeout=self._timeout_s)
-                ready = response.status_code == 200
+                ready = response.status_code == 200 or _canary_is_fresh(response)
             except (httpx.HTTPError, OSError):
                 ready = False
             self._answers[url] = (self._monotonic(), ready)
             return ready
 
-    async def ready_among(self, urls: Sequence[str]) -> list[str]:
-        """Those of `urls` that are ready, in the order given (asked concurrently)."""
-        answers = await asyncio.gather(*(self.is_ready(url) for url in urls))
+    async def delivering_among(self, urls: Sequence[str]) -> list[str]:
+        """Those of `urls` that deliver, in the order given (asked concurrently)."""
+        answers = await asyncio.gather(*(self.is_delivering(url) for url in urls))
         return [url for url, ready in zip(urls, answers, strict=True) if ready]
 
 
 async def move_target(
-    freshness: Freshness, url: str, urls: Sequence[str], ready: ReadyNodes
+    freshness: Freshness, url: str, urls: Sequence[str], ready: DeliveringNodes
 ) -> str | None:
     """Where a device on `url` should go after this keepalive; None: stay.
 
-    Stay while the node delivers, and stay too when no other node is ready (every node
-    red at once: moving would only shift the load).
+    Stay while the node delivers, and stay too when no other node delivers (every node
+    stale at once: moving would only shift the load).
     """
     if not freshness.is_stale:
         return None
     others = [u for u in urls if u != url]
-    found = await ready.ready_among(others)
+    found = await ready.delivering_among(others)
     return found[0] if found else None

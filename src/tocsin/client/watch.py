@@ -25,7 +25,7 @@ from tocsin.cap.parse import parse_xml
 from tocsin.client.backoff import Backoff, Rotation
 from tocsin.client.decide import Audience, Verdict, decide, expiry_of
 from tocsin.client.display import Display, make_display
-from tocsin.client.freshness import KEEPALIVE, Freshness, NodeStale, ReadyNodes, move_target
+from tocsin.client.freshness import KEEPALIVE, Freshness, NodeStale, DeliveringNodes, move_target
 from tocsin.client.node import (
     STREAM_PATH,
     DeviceUnknown,
@@ -82,7 +82,9 @@ class WatchStats:
     events: int = 0
     bad_signatures: int = 0
     invalid: int = 0
-    # Moves away from a node whose keepalives said it had stopped delivering.
+    # Keepalives saying their node had stopped delivering, and the moves they caused (a
+    # stale node is left only for a ready one).
+    stale: int = 0
     moves: int = 0
     verdicts: dict[str, int] = field(default_factory=dict)
 
@@ -139,7 +141,7 @@ class Watcher:
         self._last_synced: Synced | None = None
         self._last_failure = ""
         self._http: httpx.AsyncClient | None = None
-        self._ready: ReadyNodes | None = None
+        self._ready: DeliveringNodes | None = None
         # How long without a byte before the stream is called dead (learned from keepalives).
         self._silence_s = READ_TIMEOUT_S
         self._tasks: asyncio.TaskGroup | None = None
@@ -148,7 +150,7 @@ class Watcher:
     async def __aenter__(self) -> Watcher:
         timeout = httpx.Timeout(CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
         self._http = httpx.AsyncClient(transport=self._transport, timeout=timeout)
-        self._ready = ReadyNodes(self._http)
+        self._ready = DeliveringNodes(self._http)
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._runner = self._tasks.create_task(self.run(), name="watcher")
@@ -355,8 +357,9 @@ class Watcher:
 
     async def _on_keepalive(self, freshness: Freshness, url: str) -> None:
         self._silence_s = freshness.silence_limit_s(READ_TIMEOUT_S)
-        if self._ready is None:
+        if not freshness.is_stale or self._ready is None:
             return
+        self.stats.stale += 1
         target = await move_target(freshness, url, self.rotation.urls, self._ready)
         if target is not None:
             raise NodeStale(url, target, freshness)

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from tocsin.client.freshness import KEEPALIVE, Freshness, ReadyNodes, move_target
+from tocsin.client.freshness import KEEPALIVE, Freshness, DeliveringNodes, move_target
 from tocsin.client.sse import SseEvent, SseParser
 from tocsin.faults.history import History
 from tocsin.signing import keys_by_kid, verify
@@ -100,7 +100,7 @@ class Fleet:
         self.synced_count = 0
         self.reconnects = 0
         self.moves = 0
-        self.ready: ReadyNodes | None = None  # set by `run`, which owns its HTTP client
+        self.ready: DeliveringNodes | None = None  # set by `run`, which owns its HTTP client
 
     # -- setup --------------------------------------------------------------------------
 
@@ -319,7 +319,7 @@ async def run(config: dict[str, Any]) -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(commands), sys.stdin)
     try:
         async with httpx.AsyncClient() as http, asyncio.TaskGroup() as tasks:
-            fleet.ready = ReadyNodes(http)
+            fleet.ready = DeliveringNodes(http)
             running = [tasks.create_task(fleet.run_device(device)) for device in fleet.devices]
             try:
                 async with asyncio.timeout(float(config.get("connect_timeout_s", 60))):
