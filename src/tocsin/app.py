@@ -19,6 +19,7 @@ from nats.aio.client import Client
 from tocsin.api.auth import new_token, token_digest
 from tocsin.api.routes import make_app
 from tocsin.api.services import Services
+from tocsin.api.streams import freshness
 from tocsin.channels.live import LiveRegistry
 from tocsin.errors import StoreUnavailable
 from tocsin.health.readiness import Limits, Readiness
@@ -297,7 +298,8 @@ async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], No
         supervisor = tasks.create_task(node.nats.supervise(), name="nats") if node.nats else None
         http = tasks.create_task(node.server.serve(sockets=[sock]), name="http")
         keepalive = tasks.create_task(
-            node.services.live.keep_alive(node.settings.sse_keepalive_s), name="keepalive"
+            node.services.live.keep_alive(node.settings.sse_keepalive_s, lambda: freshness(node.services)),
+            name="keepalive",
         )
         store = node.services.store
         devices = tasks.create_task(store.devices.mirror(node.services.device_cache), name="device-mirror")

@@ -23,7 +23,7 @@ import httpx
 
 from tocsin.cap.compose import simple_alert
 
-from tocsin.client.sse import SseParser
+from tocsin.client.sse import sse_events
 
 # A box around 0°N 0°E in the Gulf of Guinea: no one lives there, and System alerts reach
 # canaries only anyway.
@@ -218,13 +218,11 @@ async def _wait_for(events: asyncio.Queue[dict[str, Any]], alert_id: str) -> dic
 async def _read_alerts(url: str, token: str, events: asyncio.Queue[dict[str, Any]]) -> None:
     """Read the canary's stream into `events` (alert events only)."""
     headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
-    parser = SseParser()
     async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=None)) as http:
         async with http.stream("GET", url + "/api/v1/stream", headers=headers) as response:
-            async for chunk in response.aiter_bytes():
-                for event in parser.feed(chunk):
-                    if event.event == "alert":
-                        events.put_nowait(json.loads(event.data))
+            async for event in sse_events(response.aiter_bytes()):
+                if event.event == "alert":
+                    events.put_nowait(json.loads(event.data))
 
 
 async def run_drill(cluster_json: Path, *, victim: str | None = None, mode: str = "kill",

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 
+from tests.waiting import until
 from tocsin.audience import Audience
 from tocsin.channels.live import (
-    WS_KEEPALIVE_FRAME,
     Connection,
     Event,
     LiveRegistry,
     Protocol,
     as_transport,
     http_chunk,
+    keepalive_ws,
     ws_text_frame,
 )
 
@@ -76,7 +79,7 @@ def test_ws_frames_for_every_length_class() -> None:
         opcode, payload = decode_ws(ws_text_frame(text))
         assert opcode == 0x81  # FIN + text
         assert payload == text.encode()
-    assert decode_ws(WS_KEEPALIVE_FRAME)[1] == b'{"type":"keepalive"}'
+    assert decode_ws(ws_text_frame(keepalive_ws({"node": "n1"})))[1] == b'{"type":"keepalive","node":"n1"}'
 
 
 def test_publish_writes_each_protocols_bytes_once_per_device() -> None:
@@ -141,3 +144,24 @@ async def test_fan_out_in_batches_lets_the_loop_run_and_reaches_everyone_in_orde
         other.cancel()
     assert ticks - before >= 6  # 4 batches per alert: the loop ran in between
     assert all(t.written == [event(5).sse_chunk, event(6).sse_chunk] for t in transports)
+
+
+async def test_keepalives_carry_the_nodes_freshness_to_every_protocol() -> None:
+    live = LiveRegistry()
+    sse, ws = FakeTransport(), FakeTransport()
+    live.add(connection(Protocol.SSE, sse))
+    live.add(connection(Protocol.WS, ws))
+    ages = iter([0.5, 7.0])
+    task = asyncio.get_running_loop().create_task(
+        live.keep_alive(0.01, lambda: {"node": "n1", "canary_age_s": next(ages, 7.0), "stale_after_s": 4.0})
+    )
+    try:
+        await until(lambda: len(sse.written) >= 2 and len(ws.written) >= 2)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    first = b'{"node":"n1","canary_age_s":0.5,"stale_after_s":4.0}'
+    assert sse.written[0] == http_chunk(b"event: keepalive\ndata: " + first + b"\n\n")
+    assert json.loads(decode_ws(ws.written[0])[1]) == {"type": "keepalive", **json.loads(first)}
+    assert b'"canary_age_s":7.0' in sse.written[1]  # encoded afresh at every tick

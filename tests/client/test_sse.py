@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
-from tocsin.client.sse import SseEvent, SseParser
+from tocsin.channels.live import keepalive_sse
+from tocsin.client.sse import SseEvent, SseParser, sse_events
 
 STREAM = (
     b": keepalive\n\n"
@@ -77,3 +80,17 @@ def test_leading_bom_is_dropped_once() -> None:
 
 def test_incomplete_event_at_end_is_not_dispatched() -> None:
     assert SseParser().feed(b"event: alert\ndata: x\n") == []
+
+
+async def test_sse_events_reads_any_byte_stream_chunked_anyhow() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(0, len(STREAM), 3):
+            yield STREAM[i : i + 3]
+
+    assert [event async for event in sse_events(chunks())] == EXPECTED
+
+
+def test_a_keepalive_with_freshness_is_an_event_that_moves_no_cursor() -> None:
+    parser = SseParser()
+    events = parser.feed(b"id: 9\nevent: alert\ndata: {}\n\n" + keepalive_sse({"node": "n1", "canary_age_s": 1.5}))
+    assert events[1] == SseEvent(event="keepalive", data='{"node":"n1","canary_age_s":1.5}', last_event_id="9")

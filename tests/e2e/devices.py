@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from tocsin.client.sse import SseEvent, SseParser
+from tocsin.client.sse import SseEvent, sse_events
 
 
 async def register(http: httpx.AsyncClient, lat: float, lon: float, **extra: Any) -> dict[str, Any]:
@@ -46,14 +46,12 @@ class SseDevice:
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "text/event-stream"}
         if self.last_event_id is not None:
             headers["Last-Event-ID"] = str(self.last_event_id)
-        parser = SseParser()
         async with httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(10, read=None)) as http:
             async with http.stream("GET", "/api/v1/stream", headers=headers) as response:
                 self.status = response.status_code
                 opened.set_result(None)
-                async for chunk in response.aiter_bytes():
-                    for event in parser.feed(chunk):
-                        self.events.put_nowait(event)
+                async for event in sse_events(response.aiter_bytes()):
+                    self.events.put_nowait(event)
 
 
 @contextlib.asynccontextmanager

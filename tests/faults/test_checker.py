@@ -86,3 +86,62 @@ def test_a_long_gap_and_a_late_readyz_are_flagged() -> None:
     result = check("T", entries, final(), Expect(max_gap_s=5.0, red_nodes=("node1",)))
     text = " ".join(result.violations)
     assert "delivery gap" in text and "not red" in text
+
+
+def timeline(shown_at: dict[int, Any], seconds: int = 40) -> list[dict[str, Any]]:
+    """One alert a second for `seconds`; `shown_at[dev](issued_t)` is when the device shows it."""
+    entries: list[dict[str, Any]] = [
+        {"t": 0.0, "k": "fleet", "devices": [{"i": 0, "inside": True}, {"i": 1, "inside": True}]},
+        {"t": 0.5, "k": "phase", "what": "issuing"},
+        {"t": seconds + 1.0, "k": "phase", "what": "issuing stopped"},
+    ]
+    for n in range(1, seconds):
+        alert_id, t = f"{n:032x}", float(n)
+        entries += [{"t": t, "k": "issue_start", "id": alert_id},
+                    {"t": t, "k": "acked", "id": alert_id, "seq": n, "node": "node1", "first_t": t}]
+        entries += [{"t": shown_at[dev](t), "k": "d", "dev": dev, "node": "node3" if dev else "node1", "seq": n,
+                     "id": alert_id, "disp": True, "why": "", "stale": False} for dev in (0, 1)]
+    return sorted(entries, key=lambda e: e["t"])
+
+
+def timeline_final(seconds: int = 40) -> dict[str, Any]:
+    return final(stream={f"{n:032x}": [n] for n in range(1, seconds)})
+
+
+def at_once(t: float) -> float:
+    return t + 0.1
+
+
+def stuck_from_10_to_22(t: float) -> float:
+    """A device on a node that stopped delivering at 10 s; it moved away at 22.5 s."""
+    return 22.5 if 10 <= t < 22.5 else t + 0.1
+
+
+def test_a_device_left_on_a_bad_node_while_others_deliver_is_stranded() -> None:
+    entries = timeline({0: at_once, 1: stuck_from_10_to_22})
+    result = check("T", entries, timeline_final(), Expect(max_stranded_s=10.0))
+    assert result.max_stranded_s == 12.4  # alert issued at 10 s, first shown 10.1 s, on device 1 at 22.5 s
+    assert any("device 1" in v and "stranded" in v for v in result.violations), result.violations
+    # Without the bound the figure is still reported, and it is not a violation.
+    unbounded = check("T", entries, timeline_final(), Expect())
+    assert unbounded.max_stranded_s == 12.4 and unbounded.violations == []
+
+
+def test_a_device_that_moves_within_the_bound_passes() -> None:
+    def moved_after_7_s(t: float) -> float:
+        return 17.0 if 10 <= t < 17 else t + 0.1
+
+    result = check("T", timeline({0: at_once, 1: moved_after_7_s}), timeline_final(), Expect(max_stranded_s=10.0))
+    assert result.max_stranded_s == 6.9 and result.violations == []
+
+
+def test_a_gap_while_no_node_delivers_is_not_stranding() -> None:
+    """Every node down from 10 s to 25 s: every device waits, the device gap is long, but no
+    node was delivering meanwhile, so no device was stranded."""
+    def nobody_delivers(t: float) -> float:
+        return 25.0 + t / 100 if 10 <= t < 25 else t + 0.1
+
+    result = check("T", timeline({0: nobody_delivers, 1: nobody_delivers}), timeline_final(),
+                   Expect(max_gap_s=None, max_stranded_s=10.0))
+    assert result.max_device_gap_s > 10.0
+    assert result.max_stranded_s < 0.5 and result.violations == []

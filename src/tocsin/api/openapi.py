@@ -188,13 +188,15 @@ def _issuer_paths(catalog: list[Problem]) -> Json:
 _STREAM_TEXT = """Server-Sent Events. The stream opens with `retry: 2000`, then replays every active
 (unexpired) alert for the device's cells and audience after `Last-Event-ID`, oldest first,
 then sends `event: synced` (data `{"node", "seq"}`, no id), then live alerts. Each alert is
-`id: <seq>` / `event: alert` / `data: <AlertEvent JSON>`. A comment line `: keepalive` is sent
-after TOCSIN_SSE_KEEPALIVE_S of silence. A device too far behind is disconnected; it
+`id: <seq>` / `event: alert` / `data: <AlertEvent JSON>`. Every TOCSIN_SSE_KEEPALIVE_S an
+`event: keepalive` (no id) carries the node's freshness (`data: <Keepalive JSON>`): a device
+whose node's `canary_age_s` passes `stale_after_s` moves to a node that delivers (docs/api.md,
+"Keepalives and freshness"); a client may ignore it. A device too far behind is disconnected; it
 reconnects with its last id. Verify `sig` over the UTF-8 bytes of `cap` before showing."""
 
 _WS_TEXT = """WebSocket upgrade (OpenAPI cannot describe WebSocket; see `x-websocket`). Same
 content as /api/v1/stream as JSON text messages: `{"type":"alert", ...AlertEvent}`,
-`{"type":"synced","node","seq"}`, `{"type":"keepalive"}`. Resume with the `last_event_id`
+`{"type":"synced","node","seq"}`, `{"type":"keepalive", ...Keepalive}`. Resume with the `last_event_id`
 query parameter (the Last-Event-ID header is not read). A device too far behind is closed
 with code 1013. An unknown token or bad `last_event_id` is refused before the upgrade
 (HTTP 403 as served by uvicorn)."""
@@ -395,11 +397,23 @@ def _alert_schemas() -> Json:
         "sig": {"type": "string", "description": "Ed25519 over the UTF-8 bytes of `cap`, base64url."},
         "cap": {"type": "string", "description": "The signed CAP 1.2 XML."}}}
     synced = {"type": "object", "properties": {"node": string, "seq": {"type": "integer"}}}
+    seconds = {"type": "number", "minimum": 0}
+    keepalive = {
+        "type": "object",
+        "description": "The node's freshness; fields may be added. canary_age_s and stale_after_s are absent "
+                       "when the node has no prober.",
+        "properties": {
+            "node": string, "interval_s": seconds,
+            "canary_age_s": {**seconds, "description": "Seconds since this node last displayed its own probe."},
+            "stale_after_s": {**seconds, "description": "Past this age the node is not delivering."},
+        },
+    }
     return {
         "AlertDescription": description, "AlertDetail": detail, "AlertEvent": event, "Synced": synced,
         "WsAlert": {"allOf": [event, {"properties": {"type": {"const": "alert"}}}]},
         "WsSynced": {"allOf": [synced, {"properties": {"type": {"const": "synced"}}}]},
-        "WsKeepalive": {"type": "object", "properties": {"type": {"const": "keepalive"}}},
+        "Keepalive": keepalive,
+        "WsKeepalive": {"allOf": [keepalive, {"properties": {"type": {"const": "keepalive"}}}]},
     }
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,12 +17,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from tocsin.api.auth import device_for
 from tocsin.api.services import Services
 from tocsin.audience import Audience
-from tocsin.channels.live import Connection, ConnectionDropped, Event, Protocol
+from tocsin.channels.live import (
+    Connection, ConnectionDropped, Event, Protocol, keepalive_sse, keepalive_ws,
+)
 from tocsin.errors import EVENT_ID_INVALID, NODE_NOT_READY, Rejected
 
 log = logging.getLogger(__name__)
 
-KEEPALIVE = b": keepalive\n\n"
 # Tells EventSource clients to retry after 2 s (our own client adds full jitter).
 PREAMBLE = b"retry: 2000\n\n"
 
@@ -49,6 +51,29 @@ def new_connection(device_id: str, record: dict[str, Any], protocol: Protocol, d
         protocol=protocol,
         depth=depth,
     )
+
+
+def freshness(services: Services) -> dict[str, Any]:
+    """What every keepalive tells a device about this node (docs/api.md, "Keepalives").
+
+    `canary_age_s`: seconds since this node last displayed one of its own probes on its
+    canary (since its prober started, if none yet); past `stale_after_s` (two probe
+    intervals, the limit `/readyz` judges by) the device moves to a ready node. Both are
+    left out when the node has no prober: then only silence moves a device.
+    """
+    body: dict[str, Any] = {"node": services.settings.node_name, "interval_s": services.settings.sse_keepalive_s}
+    prober = services.prober
+    if prober is None:
+        return body
+    ages = [age for channel in prober.channels if (age := prober.canary_age_s(channel)) is not None]
+    if ages:
+        age = min(ages)
+    else:
+        since = prober.started_at if prober.started_at is not None else services.started_monotonic
+        age = time.monotonic() - since
+    body["canary_age_s"] = round(age, 1)
+    body["stale_after_s"] = 2 * prober.interval_s
+    return body
 
 
 def synced_sse(services: Services) -> bytes:
@@ -84,7 +109,7 @@ async def _sse_body(services: Services, connection: Connection, missed: list[Eve
         keepalive = services.settings.sse_keepalive_s
         while True:
             item = await connection.next(keepalive)
-            yield KEEPALIVE if item is None else item  # type: ignore[misc]
+            yield keepalive_sse(freshness(services)) if item is None else item  # type: ignore[misc]
     except ConnectionDropped:
         pass  # counted by the registry as a dropped delivery
     finally:
@@ -126,7 +151,7 @@ async def _ws_send(services: Services, ws: WebSocket, connection: Connection, mi
     await ws.send_text(synced_ws(services))
     while True:
         item = await connection.next(services.settings.sse_keepalive_s)
-        await ws.send_text('{"type":"keepalive"}' if item is None else str(item))
+        await ws.send_text(keepalive_ws(freshness(services)) if item is None else str(item))
 
 
 async def _ws_watch_close(ws: WebSocket, sender: asyncio.Task[None]) -> None:

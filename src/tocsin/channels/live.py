@@ -8,6 +8,7 @@ dropped (it resumes by event id) instead of slowing the others.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -61,9 +62,22 @@ def ws_text_frame(text: str) -> bytes:
     return header + payload
 
 
-# What the fast path writes to an idle device every keepalive interval, per protocol.
-SSE_KEEPALIVE_CHUNK = http_chunk(b": keepalive\n\n")
-WS_KEEPALIVE_FRAME = ws_text_frame('{"type":"keepalive"}')
+def keepalive_sse(freshness: dict[str, Any]) -> bytes:
+    """A keepalive as an SSE event carrying the node's freshness (no id: it moves no cursor).
+
+    A named event, not a comment, so that clients can read it; EventSource dispatches it
+    only to a `keepalive` listener, and clients that do not know it skip it (docs/api.md).
+    """
+    return b"event: keepalive\ndata: " + json.dumps(freshness, separators=(",", ":")).encode() + b"\n\n"
+
+
+def keepalive_ws(freshness: dict[str, Any]) -> str:
+    """The same keepalive as a WebSocket message: `{"type":"keepalive", ...freshness}`."""
+    return json.dumps({"type": "keepalive", **freshness}, separators=(",", ":"))
+
+
+# Keepalive writes per batch before the loop yields: 10,000 devices in ten slices.
+KEEPALIVE_BATCH = 1000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -238,12 +252,23 @@ class LiveRegistry:
         """Devices dropped for falling behind, every protocol."""
         return sum(self.dropped.values())
 
-    async def keep_alive(self, interval_s: float) -> None:
-        """Every interval, one keepalive on every fast-path connection (one timer for all)."""
+    async def keep_alive(self, interval_s: float, freshness: Callable[[], dict[str, Any]]) -> None:
+        """Every interval, one keepalive on every fast-path connection (one timer for all).
+
+        Its own task, independent of the follower: a node whose fan-out is stuck still
+        tells its devices how stale its delivery is, so that they can move. Each tick
+        encodes the keepalive once per protocol and yields between batches.
+        """
         while True:
             await asyncio.sleep(interval_s)
-            for connection in {c for members in self.by_cell.values() for c in members}:
-                connection.write_raw(SSE_KEEPALIVE_CHUNK if connection.protocol is Protocol.SSE else WS_KEEPALIVE_FRAME)
+            body = freshness()
+            sse, ws = http_chunk(keepalive_sse(body)), ws_text_frame(keepalive_ws(body))
+            connections = list({c for members in self.by_cell.values() for c in members})
+            for start in range(0, len(connections), KEEPALIVE_BATCH):
+                if start:
+                    await asyncio.sleep(0)
+                for connection in connections[start : start + KEEPALIVE_BATCH]:
+                    connection.write_raw(sse if connection.protocol is Protocol.SSE else ws)
 
     def close_all(self) -> None:
         """End every live connection (shutdown): devices reconnect, to this node or another."""

@@ -63,3 +63,8 @@ class Rotation:
         """Move to the next URL (wrapping round) and return it."""
         self._index = (self._index + 1) % len(self.urls)
         return self.current
+
+    def move_to(self, url: str) -> str:
+        """Make `url` (one of the list) the current URL, e.g. a node known to be ready."""
+        self._index = self.urls.index(url.rstrip("/"))
+        return self.current

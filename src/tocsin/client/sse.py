@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
 
@@ -92,3 +93,15 @@ class SseParser:
         return SseEvent(
             event=event or "message", data="\n".join(data), last_event_id=self.last_event_id
         )
+
+
+async def sse_events(chunks: AsyncIterable[bytes], parser: SseParser | None = None) -> AsyncIterator[SseEvent]:
+    """The events of a byte stream (e.g. `response.aiter_bytes()`), as they complete.
+
+    The one way tocsin reads an event stream: the client, the prober's canary, the drill,
+    the fault fleet (fed from its raw HTTP chunks) and the tests.
+    """
+    parser = parser or SseParser()
+    async for chunk in chunks:
+        for event in parser.feed(chunk):
+            yield event

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ from tocsin.client.backoff import Backoff, Rotation
 from tocsin.audience import Audience, expires_at
 from tocsin.client.decide import Subscription, Verdict, decide
 from tocsin.client.display import Display, make_display
+from tocsin.client.freshness import KEEPALIVE, Freshness, NodeStale, DeliveringNodes, move_target
 from tocsin.client.node import (
     STREAM_PATH,
     DeviceUnknown,
@@ -35,7 +36,7 @@ from tocsin.client.node import (
     refusal,
     register,
 )
-from tocsin.client.sse import SseEvent, SseParser
+from tocsin.client.sse import SseEvent, sse_events
 from tocsin.client.state import Registration, load_state, save_state
 from tocsin.client.ws import messages, open_ws
 from tocsin.errors import CapInvalid
@@ -50,7 +51,8 @@ LatLon = tuple[float, float]
 Now = Callable[[], datetime]
 Sleep = Callable[[float], Awaitable[None]]
 
-# The server sends a keepalive comment every 15 s; three missed ones mean the link is dead.
+# Until a node's keepalive announces its interval (older nodes: a comment every 15 s),
+# this long without a byte means the link is dead; then three intervals (client/freshness.py).
 READ_TIMEOUT_S = 45.0
 CONNECT_TIMEOUT_S = 5.0
 # Displays waiting for the consumer of `displays()`; when full, reading the stream pauses.
@@ -81,6 +83,10 @@ class WatchStats:
     events: int = 0
     bad_signatures: int = 0
     invalid: int = 0
+    # Keepalives saying their node had stopped delivering, and the moves they caused (a
+    # stale node is left only for a ready one).
+    stale: int = 0
+    moves: int = 0
     verdicts: dict[str, int] = field(default_factory=dict)
 
 
@@ -135,12 +141,16 @@ class Watcher:
         self._last_synced: Synced | None = None
         self._last_failure = ""
         self._http: httpx.AsyncClient | None = None
+        self._ready: DeliveringNodes | None = None
+        # How long without a byte before the stream is called dead (learned from keepalives).
+        self._silence_s = READ_TIMEOUT_S
         self._tasks: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Watcher:
         timeout = httpx.Timeout(CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
         self._http = httpx.AsyncClient(transport=self._transport, timeout=timeout)
+        self._ready = DeliveringNodes(self._http)
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._runner = self._tasks.create_task(self.run(), name="watcher")
@@ -183,10 +193,17 @@ class Watcher:
             raise RuntimeError("use `async with Watcher(...)` to run a watcher")
         while True:
             url = self.rotation.current
+            moved_to: str | None = None
             try:
                 await self._follow(url)
             except RegistrationRefused:
                 raise
+            except NodeStale as exc:
+                self._note_failure(url, "stale")
+                log.warning("node not delivering; moving", extra={
+                    "url": url, "to": exc.target, "canary_age_s": exc.freshness.canary_age_s})
+                self.stats.moves += 1
+                moved_to = exc.target
             except DeviceUnknown:
                 self._note_failure(url, "device-unknown")
                 self._forget_registration()
@@ -197,7 +214,10 @@ class Watcher:
             self._synced.clear()
             self.stats.disconnects += 1
             await self._sleep(self._backoff.next_delay())
-            self.rotation.advance()
+            if moved_to is not None:
+                self.rotation.move_to(moved_to)
+            else:
+                self.rotation.advance()
 
     async def _follow(self, url: str) -> None:
         """Register if needed, then stream from `url` until the stream ends or fails."""
@@ -267,16 +287,32 @@ class Watcher:
                 await response.aread()
                 raise refusal(url, response)
             self._connected(url)
-            parser = SseParser()
-            async for chunk in response.aiter_bytes():
-                for event in parser.feed(chunk):
+            async with asyncio.timeout(None) as silence:
+                async for event in sse_events(self._until_silent(response.aiter_bytes(), silence)):
                     await self._on_event(event, url)
+
+    async def _until_silent(self, chunks: AsyncIterable[bytes], silence: asyncio.Timeout) -> AsyncIterator[bytes]:
+        """The chunks, with a deadline on each wait for the next (not while one is handled).
+
+        Raises:
+            TimeoutError: no byte for the silence limit (three keepalive intervals).
+        """
+        loop = asyncio.get_running_loop()
+        iterator = aiter(chunks)
+        while True:
+            silence.reschedule(loop.time() + self._silence_s)
+            try:
+                chunk = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            silence.reschedule(None)
+            yield chunk
 
     async def _stream_ws(self, url: str, reg: Registration) -> None:
         opened = open_ws(url, reg.token, self.resume_from, open_timeout_s=CONNECT_TIMEOUT_S)
         async with opened as ws:
             self._connected(url)
-            async for kind, payload in messages(ws, read_timeout_s=READ_TIMEOUT_S):
+            async for kind, payload in messages(ws, silence_s=lambda: self._silence_s):
                 await self.on_message(kind, payload, url)
 
     @property
@@ -304,14 +340,29 @@ class Watcher:
         await self.on_message(event.event, payload, url)
 
     async def on_message(self, kind: str, payload: dict[str, Any], url: str) -> None:
-        """Handle one stream message (`alert` or `synced`), whatever the transport."""
-        if kind == "synced":
+        """Handle one stream message (`alert`, `synced`, `keepalive`), whatever the transport.
+
+        Raises:
+            NodeStale: the keepalive says the node stopped delivering and another is ready.
+        """
+        if kind == KEEPALIVE:
+            await self._on_keepalive(Freshness.from_json(payload), url)
+        elif kind == "synced":
             seq = payload.get("seq")
             node = str(payload.get("node", ""))
             self._last_synced = Synced(node=node, seq=seq if isinstance(seq, int) else None, url=url)
             self._synced.set()
         elif kind == "alert":
             await self._on_alert(payload, url)
+
+    async def _on_keepalive(self, freshness: Freshness, url: str) -> None:
+        self._silence_s = freshness.silence_limit_s(READ_TIMEOUT_S)
+        if not freshness.is_stale or self._ready is None:
+            return
+        self.stats.stale += 1
+        target = await move_target(freshness, url, self.rotation.urls, self._ready)
+        if target is not None:
+            raise NodeStale(url, target, freshness)
 
     async def _on_alert(self, payload: dict[str, Any], url: str) -> None:
         seq = payload.get("seq")

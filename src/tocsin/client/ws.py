@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlencode
@@ -55,14 +55,16 @@ async def open_ws(url: str, token: str, last_seq: int | str | None, *, open_time
         raise ConnectionError(f"{url}: {exc}") from exc
 
 
-async def messages(ws: ClientConnection, *, read_timeout_s: float) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    """(type, payload) for each JSON frame; keepalives and unreadable frames are skipped.
+async def messages(
+    ws: ClientConnection, *, silence_s: Callable[[], float]
+) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """(type, payload) for each JSON object frame (keepalives too); others are skipped.
 
     Raises:
-        TimeoutError: nothing came for `read_timeout_s` (the node sends keepalives).
+        TimeoutError: nothing came for `silence_s()` seconds (the node sends keepalives).
     """
     while True:
-        async with asyncio.timeout(read_timeout_s):
+        async with asyncio.timeout(silence_s()):
             frame = await ws.recv()
         try:
             payload = json.loads(frame)

@@ -9,7 +9,9 @@
 4. replicas agree (last seq, message count and bytes on every node);
 5. timeliness: the first delivery after the fault heals within 15 s; `/readyz` red within
    10 s of delivery stopping and green within 15 s of recovery (where the scenario expects
-   delivery to stop).
+   delivery to stop);
+6. no device stranded: while at least one node delivers, no device goes more than 10 s
+   without the alerts issued meanwhile (where the scenario sets `max_stranded_s`).
 
 A scenario adds its own figure checks (p99 latency, longest gap, expected 503s...).
 """
@@ -37,6 +39,8 @@ class Expect:
     # Acknowledgements that must not happen in a window (F06: the minority never acknowledges).
     no_ack_from: tuple[str, ...] = ()
     refusals_expected: int = 0  # 4xx refusals the scenario provokes on purpose (F15)
+    # Invariant 6: the longest any device may show an alert after the first device showed it.
+    max_stranded_s: float | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -50,6 +54,8 @@ class Result:
     gave_up: int = 0
     max_gap_s: float = 0.0
     max_device_gap_s: float = 0.0
+    # Invariant 6: the longest a device went without an alert that a node was delivering.
+    max_stranded_s: float = 0.0
     recover_s: float | None = None
     p99_s: float | None = None
     red_after_s: dict[str, float | None] = field(default_factory=dict)
@@ -225,6 +231,7 @@ class Checker:
         r.max_device_gap_s = round(max(gaps, default=0.0), 2)
         if x.max_gap_s is not None and r.max_gap_s > x.max_gap_s:
             self._violation(f"delivery gap {r.max_gap_s} s exceeds {x.max_gap_s} s")
+        self.stranded(displays, start + 2.0, end)
         # Recovery: the first delivery after the last heal.
         if heals:
             healed = heals[-1]["t"]
@@ -250,6 +257,32 @@ class Checker:
                 if not green or green[0] - recovered_t > x.green_within_s:
                     self._violation(f"/readyz of {node} not green within {x.green_within_s} s of recovery "
                                     f"(first green after {r.green_after_s[node]} s)")
+
+    # 6
+    def stranded(self, displays: list[dict[str, Any]], start: float, end: float) -> None:
+        """How long a device went without an alert while a node was delivering it.
+
+        Measured per alert: from the first display of the alert on any device (some node
+        delivers it from then on) to its display on each device inside its area. A device
+        gap while no node delivers (every node down, no quorum) delays the first display
+        too, so it is not counted; a device left on a bad node while others deliver is.
+        Alerts first shown in the window [start, end] of the device-gap figure count.
+        """
+        r, x = self.result, self.expect
+        first: dict[str, float] = {}
+        for d in displays:
+            if d["id"] not in first or d["t"] < first[d["id"]]:
+                first[d["id"]] = d["t"]
+        worst: tuple[float, dict[str, Any]] | None = None
+        for d in displays:
+            begun = first[d["id"]]
+            if start <= begun <= end and (worst is None or d["t"] - begun > worst[0]):
+                worst = (d["t"] - begun, d)
+        r.max_stranded_s = round(worst[0], 2) if worst else 0.0
+        if x.max_stranded_s is not None and worst is not None and worst[0] > x.max_stranded_s:
+            late, d = worst
+            self._violation(f"device {d['dev']} showed alert {d['id']} {late:.1f} s after the first device "
+                            f"(on node {d.get('node')}): stranded longer than {x.max_stranded_s} s")
 
     def issuers(self) -> None:
         r, x = self.result, self.expect

@@ -5,7 +5,10 @@ never shares the issuer's event loop. Each device registers on its home node, ho
 connection (raw asyncio streams, HTTP/1.1 chunked), verifies every alert's Ed25519
 signature and identity, shows an alert once per identity, and when its connection drops or
 goes silent it moves to another node after a full-jitter backoff, resuming with
-`Last-Event-ID: <cursor>`. Every event it receives is one history line (`k: d`).
+`Last-Event-ID: <cursor>`. Like the real client it also moves, to a node whose `/readyz`
+is green, when its node's keepalives say it stopped delivering (`client/freshness.py`), and
+it reads events with the client's parser (`client/sse.py`) from its raw HTTP chunks. Every
+event it receives is one history line (`k: d`).
 
 It talks JSON lines: stdout `registered`, `ready` (every device synced), `awaited`,
 `summary`; stdin `{"cmd": "await", "ids": [...], "timeout_s": 30}` and `{"cmd": "stop"}`.
@@ -29,6 +32,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from tocsin.client.freshness import KEEPALIVE, Freshness, DeliveringNodes, move_target
+from tocsin.client.sse import SseEvent, SseParser
 from tocsin.faults.history import History
 from tocsin.signing import keys_by_kid, verify
 from tocsin.store.base import alert_id_for
@@ -59,6 +64,11 @@ class Device:
     event_id: str = ""
     attempt: int = 0
     synced: bool = False
+    # How long without a byte before the link is dead: the fleet's idle timeout until a
+    # keepalive announces the node's interval.
+    silence_s: float = 8.0
+    # The ready node to go to next, when its node's keepalive said it stopped delivering.
+    move_to: int | None = None
     seen: set[str] = field(default_factory=set)
 
 
@@ -89,6 +99,8 @@ class Fleet:
         self.synced = asyncio.Event()
         self.synced_count = 0
         self.reconnects = 0
+        self.moves = 0
+        self.ready: DeliveringNodes | None = None  # set by `run`, which owns its HTTP client
 
     # -- setup --------------------------------------------------------------------------
 
@@ -104,7 +116,7 @@ class Fleet:
                 point = {"lat": self.rng.uniform(box[0], box[2]), "lon": self.rng.uniform(box[1], box[3])}
                 body = await self._post_device(http, home, point)
                 slots[i] = Device(index=i, device_id=body["id"], token=body["token"], inside=i not in outside,
-                                  home=home, node=home)
+                                  home=home, node=home, silence_s=self.idle_timeout_s)
 
         async with httpx.AsyncClient(timeout=10) as http:
             await self._fetch_keys(http)
@@ -153,7 +165,10 @@ class Fleet:
             # Full jitter (AWS architecture blog, "Exponential Backoff And Jitter").
             delay = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**device.attempt))
             others = [i for i in range(len(self.urls)) if i != device.node]
-            device.node = random.choice(others) if others else device.node
+            if device.move_to is not None:
+                device.node, device.move_to = device.move_to, None
+            elif others:
+                device.node = random.choice(others)
             try:
                 await asyncio.wait_for(self.stopping.wait(), delay)
             except TimeoutError:
@@ -177,7 +192,7 @@ class Fleet:
             chunked = b"chunked" in head.lower()
             self.history.record("conn", dev=device.index, node=device.node, up=True, cursor=device.cursor)
             await self._read(device, reader, chunked)
-            return "closed by server"
+            return "node not delivering: moving to a ready node" if device.move_to is not None else "closed by server"
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError) as exc:
             return repr(exc)
         except TimeoutError:
@@ -187,9 +202,9 @@ class Fleet:
                 writer.close()
 
     async def _read(self, device: Device, reader: asyncio.StreamReader, chunked: bool) -> None:
-        buffer = b""
+        parser = SseParser(last_event_id=device.event_id)
         while not self.stopping.is_set():
-            async with asyncio.timeout(self.idle_timeout_s):
+            async with asyncio.timeout(device.silence_s):
                 if chunked:
                     size = int((await reader.readline()).split(b";", 1)[0], 16)
                     if size == 0:
@@ -199,33 +214,48 @@ class Fleet:
                     data = await reader.read(65536)
                     if not data:
                         return
-            buffer += data
-            while (end := buffer.find(b"\n\n")) >= 0:
-                block, buffer = buffer[:end], buffer[end + 2:]
-                self._on_block(device, block)
+            for event in parser.feed(data):
+                if event.event == KEEPALIVE:
+                    if await self._on_keepalive(device, event):
+                        return
+                else:
+                    self._on_event(device, event)
 
-    def _on_block(self, device: Device, block: bytes) -> None:
-        kind, data, seq = b"message", b"", None
-        for line in block.split(b"\n"):
-            if line.startswith(b"event:"):
-                kind = line[6:].strip()
-            elif line.startswith(b"id:"):
-                device.event_id = line[3:].strip().decode()
-                seq = int(device.event_id.split(".")[0])
-            elif line.startswith(b"data:"):
-                data = line[5:].strip()
-        if kind == b"synced":
+    async def _on_keepalive(self, device: Device, event: SseEvent) -> bool:
+        """True when the device should leave its node now (the rule of the real client)."""
+        try:
+            payload = json.loads(event.data)
+        except ValueError:
+            return False
+        if not isinstance(payload, dict) or self.ready is None:
+            return False
+        freshness = Freshness.from_json(payload)
+        device.silence_s = freshness.silence_limit_s(self.idle_timeout_s)
+        url = self.urls[device.node]
+        others = [u for u in self.urls if u != url]
+        # A random order of the others, so that the devices of a bad node spread out.
+        target = await move_target(freshness, url, [url, *random.sample(others, len(others))], self.ready)
+        if target is None:
+            return False
+        device.move_to = self.urls.index(target)
+        self.moves += 1
+        self.history.record("move", dev=device.index, node=device.node, to=device.move_to,
+                            canary_age_s=freshness.canary_age_s)
+        return True
+
+    def _on_event(self, device: Device, event: SseEvent) -> None:
+        if event.event == "synced":
             device.attempt = 0
             if not device.synced:
                 device.synced = True
                 self.synced_count += 1
                 if self.synced_count >= len(self.devices):
                     self.synced.set()
-        elif kind == b"alert" and seq is not None:
-            self._on_alert(device, seq, data)
+        elif event.event == "alert" and event.last_event_id:
+            device.event_id = event.last_event_id
+            self._on_alert(device, int(device.event_id.split(".")[0]), event.data)
 
-    def _on_alert(self, device: Device, seq: int, data: bytes) -> None:
-        key = data.decode("utf-8", "replace")
+    def _on_alert(self, device: Device, seq: int, key: str) -> None:
         checked = self.checked.get(key)
         if checked is None:
             checked = self.checked[key] = self._check(key)
@@ -288,7 +318,8 @@ async def run(config: dict[str, Any]) -> None:
     commands = asyncio.StreamReader(limit=1 << 24)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(commands), sys.stdin)
     try:
-        async with asyncio.TaskGroup() as tasks:
+        async with httpx.AsyncClient() as http, asyncio.TaskGroup() as tasks:
+            fleet.ready = DeliveringNodes(http)
             running = [tasks.create_task(fleet.run_device(device)) for device in fleet.devices]
             try:
                 async with asyncio.timeout(float(config.get("connect_timeout_s", 60))):
@@ -308,7 +339,7 @@ async def run(config: dict[str, Any]) -> None:
                 task.cancel()
     finally:
         fleet.history.close()
-    emit("summary", devices=len(fleet.devices), reconnects=fleet.reconnects)
+    emit("summary", devices=len(fleet.devices), reconnects=fleet.reconnects, moves=fleet.moves)
 
 
 def main() -> None:

@@ -61,7 +61,7 @@ class Options:
 # Settings every fault cluster runs with: probes and keepalives often enough to see a
 # fault within the 10-15 s bounds of RELIABILITY.md, and a disk threshold that fits a tmpfs.
 CLUSTER_ENV = {
-    "TOCSIN_SSE_KEEPALIVE_S": "3",
+    "TOCSIN_SSE_KEEPALIVE_S": "2",
     "TOCSIN_PROBE_INTERVAL_S": "2",
     "TOCSIN_DISK_MIN_FREE_MB": "16",
     "TOCSIN_LOG_LEVEL": "INFO",

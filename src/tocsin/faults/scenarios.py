@@ -653,6 +653,9 @@ async def inject_noisy(run: Run, ci: bool) -> None:
 # Every replica reserves the stream's max_bytes (2 GiB by default): a small disk needs less.
 SMALL_DISK_ENV = {"TOCSIN_STREAM_MAX_BYTES": str(64 << 20)}
 
+# RELIABILITY.md invariant 6: while a node delivers, no device waits longer than this for it.
+STRANDED_S = 10.0
+
 CI_OPTIONS: dict[str, Any] = {"devices": 150, "rate": 3.0, "warmup_s": 4.0, "after_s": 10.0, "settle_s": 30.0}
 
 
@@ -669,10 +672,11 @@ def _matrix() -> list[Scenario]:
         Scenario(id="F04", fault="SIGSTOP the leader 5/15/30 s, then SIGCONT", must="invariants; gap at most 15 s",
                  inject=inject_stop_leader, ci_options=ci),
         Scenario(id="F05", fault="freeze a whole node (nats + tocsin) 30 s",
-                 must="devices and issuers fail over to other nodes", inject=inject_freeze_node, ci_options=ci),
+                 must="devices and issuers fail over to other nodes", inject=inject_freeze_node,
+                 expect=Expect(max_stranded_s=STRANDED_S), ci_options=ci),
         Scenario(id="F06", fault="partition one node (netns) 30 s, heal",
                  must="the minority never acknowledges; invariants", inject=inject_partition,
-                 prepare=prepare_netns, expect=Expect(no_ack_from=("node3",)), ci_options=ci,
+                 prepare=prepare_netns, expect=Expect(no_ack_from=("node3",), max_stranded_s=STRANDED_S), ci_options=ci,
                  needs=netns.available),
         Scenario(id="F07", fault="kill -9 2 of 3 NATS nodes for 30 s",
                  must="503, never a false 201; /readyz red; resumes after restart", inject=inject_quorum_loss,
@@ -707,14 +711,16 @@ def _matrix() -> list[Scenario]:
                  ci_options=ci, needs=lambda: _needs_loop() or needs_blkio()),
         Scenario(id="F14", fault="truncate block files on stopped nodes, restart",
                  must="the reconciler detects and republishes; an alarm is raised", inject=inject_corrupt_blocks,
-                 expect=Expect(max_gap_s=None, recover_s=60.0), verify=verify_alarm, ci_options=ci),
+                 expect=Expect(max_gap_s=None, recover_s=60.0, max_stranded_s=STRANDED_S), verify=verify_alarm,
+                 ci_options=ci),
         Scenario(id="F15", fault="clock skew +/- 5 min on two tocsin nodes",
                  must="dedupe by identity not time; skew beyond the bound is rejected", inject=inject_skew,
                  prepare=prepare_skew, verify=verify_skew, expect=Expect(refusals_expected=3), ci_options=ci,
                  needs=needs_faketime),
         Scenario(id="F16", fault="fan-out stuck on one node while NATS is healthy",
                  must="/readyz red within 10 s although every process runs", inject=inject_stuck_fanout,
-                 prepare=prepare_inproc, expect=Expect(red_nodes=("node3",)), ci_options=ci),
+                 prepare=prepare_inproc, expect=Expect(red_nodes=("node3",), max_stranded_s=STRANDED_S),
+                 ci_options=ci),
         Scenario(id="F17", fault="the prober itself dies", must="dead man's switch within two heartbeat periods",
                  inject=inject_prober_dies, prepare=prepare_watchdog, verify=verify_watchdog, ci_options=ci),
         Scenario(id="F18", fault="reconnect storm: the node holding 2,000 devices dies",
@@ -728,7 +734,8 @@ def _matrix() -> list[Scenario]:
         Scenario(id="F20", fault="kill -9 a node between the publish ack and its HTTP reply",
                  must="displayed once", inject=inject_kill_before_reply, ci_options=ci),
         Scenario(id="F21", fault="a dispatcher (the live fan-out) paused longer than its timeouts",
-                 must="redelivered, displayed once", inject=inject_pause_dispatcher, ci_options=ci),
+                 must="redelivered, displayed once", inject=inject_pause_dispatcher,
+                 expect=Expect(max_stranded_s=STRANDED_S), ci_options=ci),
         Scenario(id="F22", fault="noisy neighbour (stress-ng) during F01", must="p99 under 10 s; invariants",
                  inject=inject_noisy, expect=Expect(p99_s=10.0), ci_options=ci, needs=needs_stress),
     ]

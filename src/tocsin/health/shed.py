@@ -6,6 +6,10 @@ partitions, F16 stuck fan-out). In a cluster, once red for `after_s`, the node c
 live connections and refuses new ones (503 `node.not-ready`) until it is ready again;
 devices reconnect with jitter, the load balancer (or the client's list of nodes) takes them
 elsewhere, and their cursor brings what they missed.
+
+Off by default (settings.py `shed_after_s`), and superseded by the clients' rule: every
+keepalive carries this node's canary age and a device leaves a stale node only for one
+that delivers (client/freshness.py), which cannot stampede when every node is red.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from tocsin.client.sse import SseParser
+from tocsin.client.sse import sse_events
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,6 @@ class SseCanary:
         headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
         if self._last_seq:
             headers["Last-Event-ID"] = str(self._last_seq)
-        parser = SseParser()
         # Alerts before `synced` are a replay of what was missed; only those after it show
         # that the channel pushes now (a channel that delivers only on reconnect is broken).
         live = False
@@ -139,17 +138,16 @@ class SseCanary:
             if response.status_code == 401:
                 raise _TokenRefused()
             response.raise_for_status()
-            async for chunk in response.aiter_bytes():
+            async for event in sse_events(response.aiter_bytes()):
                 now = self._monotonic()
-                for event in parser.feed(chunk):
-                    if event.event == "synced":
-                        live = True
-                        self._connected = True
-                        self.connected_at = now
-                    elif event.event == "alert":
-                        data = json.loads(event.data)
-                        self._last_seq = max(self._last_seq, int(data.get("seq", 0)))
-                        seen(str(data.get("id", "")), now, live)
+                if event.event == "synced":
+                    live = True
+                    self._connected = True
+                    self.connected_at = now
+                elif event.event == "alert":
+                    data = json.loads(event.data)
+                    self._last_seq = max(self._last_seq, int(data.get("seq", 0)))
+                    seen(str(data.get("id", "")), now, live)
 
 
 class _TokenRefused(Exception):
