@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from tests.conftest import CAP_DATA
+from tests.datafiles import CAP_DATA
 from tests.samples import alert_xml
 from tocsin.app import Node
 from tocsin.cap.parse import parse_xml
