@@ -71,3 +71,21 @@ def minimal(*, alert_extra: str = "", info_extra: str = "", area_extra: str = ""
     <area><areaDesc>Here</areaDesc>{area_extra}</area>
   </info>{alert_extra}
 </alert>""".encode()
+
+
+# A tsunami warning centre's cancellation, in the shape such centres send: the threat is
+# over, so the message is no longer in effect from the moment it is sent (expires == sent).
+TSUNAMI_CANCEL = f"""<?xml version="1.0" encoding="UTF-8"?>
+<alert xmlns="{CAP}">
+  <identifier>TSU-2024-0501-CANCEL</identifier><sender>tsunami-centre@example.org</sender>
+  <sent>2024-05-01T10:00:00-00:00</sent><status>Actual</status><msgType>Cancel</msgType>
+  <scope>Public</scope>
+  <references>tsunami-centre@example.org,TSU-2024-0501,2024-05-01T08:40:00-00:00</references>
+  <info>
+    <category>Geo</category><event>Tsunami</event><responseType>AllClear</responseType>
+    <urgency>Past</urgency><severity>Minor</severity><certainty>Observed</certainty>
+    <expires>2024-05-01T10:00:00-00:00</expires>
+    <headline>Tsunami threat has passed: this cancels the earlier warning</headline>
+    <area><areaDesc>Coasts within 300 km of the epicentre</areaDesc><circle>38.1,142.9 300</circle></area>
+  </info>
+</alert>""".encode()

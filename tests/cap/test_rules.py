@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
-from tests.cap.capdata import minimal, violations_of, xsd_accepts
+from tests.cap.capdata import TSUNAMI_CANCEL, minimal, violations_of, xsd_accepts
 from tocsin.cap.parse import parse_xml
+from tocsin.policy import findings
 
 CLOSED = "10,10 10,11 11,11 10,10"
 
@@ -40,10 +43,7 @@ def test_the_minimal_document_is_valid() -> None:
         (minimal(scope="Private"), "cap.addresses-required", "addresses"),
         (minimal(scope="Private", head="<addresses>  </addresses>"), "cap.addresses-required", "addresses"),
         (minimal(head='<addresses>"unclosed</addresses>'), "cap.list-malformed", "addresses"),
-        (minimal(expires="2024-05-01T09:00:00+02:00"), "cap.expires-before-sent", "info[0].expires"),
-        (minimal(expires="2024-05-01T10:00:00+02:00"), "cap.expires-before-sent", "info[0].expires"),
         (minimal(area_extra="<ceiling>100</ceiling>"), "cap.ceiling-without-altitude", "info[0].area[0].ceiling"),
-        (minimal(area_extra="<altitude>100</altitude><ceiling>50</ceiling>"), "cap.ceiling-below-altitude", "info[0].area[0].ceiling"),
         (minimal(info_extra="<resource><resourceDesc>d</resourceDesc><mimeType>a/b</mimeType><derefUri>***</derefUri></resource>"),
          "cap.deref-uri-not-base64", "info[0].resource[0].derefUri"),
     ],
@@ -53,11 +53,36 @@ def test_semantic_rule_is_enforced(document: bytes, code: str, path: str) -> Non
     assert xsd_accepts(document), "the schema lets it through: only the semantic rule can catch it"
 
 
-def test_expires_before_onset_is_refused() -> None:
-    document = minimal().replace(
-        b"<expires>", b"<onset>2024-05-01T13:00:00+02:00</onset><expires>"
-    )
-    assert ("cap.expires-before-start", "info[0].expires") in _semantic(document)
+def test_a_cancellation_that_expires_when_sent_is_valid_cap() -> None:
+    # CAP 1.2 sets no order between <sent> and <expires>: the validator must not either.
+    assert violations_of(TSUNAMI_CANCEL) == ()
+    alert = parse_xml(TSUNAMI_CANCEL)
+    assert alert.infos[0].expires == alert.sent
+    assert xsd_accepts(TSUNAMI_CANCEL)
+
+
+def test_the_same_cancellation_is_not_distributed_once_expired() -> None:
+    alert = parse_xml(TSUNAMI_CANCEL)
+    later = findings(alert, now=alert.sent + timedelta(minutes=1), max_skew_s=300)
+    assert [f.problem.code for f in later][:1] == ["cap.expired"]
+    assert {f.kind for f in later} == {"policy"}
+
+
+@pytest.mark.parametrize(
+    ("document", "code", "path"),
+    [
+        (minimal(expires="2024-05-01T09:00:00+02:00"), "cap.expires-before-sent", "info[0].expires"),
+        (minimal().replace(b"<expires>", b"<onset>2024-05-01T13:00:00+02:00</onset><expires>"),
+         "cap.expires-before-start", "info[0].expires"),
+        (minimal(area_extra="<altitude>100</altitude><ceiling>50</ceiling>"), "cap.ceiling-below-altitude", "info[0].area[0].ceiling"),
+    ],
+)
+def test_valid_cap_that_tocsin_does_not_distribute_is_policy_not_a_cap_rule(document: bytes, code: str, path: str) -> None:
+    assert violations_of(document) == ()
+    alert = parse_xml(document)
+    found = {(f.problem.code, f.path, f.kind) for f in findings(alert, now=alert.sent, max_skew_s=300)}
+    assert (code, path, "policy") in found
+    assert xsd_accepts(document)
 
 
 @pytest.mark.parametrize("name", ["identifier", "sender"])
@@ -85,7 +110,7 @@ def test_every_violation_is_reported_not_just_the_first() -> None:
     ).replace(b"<urgency>Immediate</urgency>", b"<urgency>Soon</urgency>")
     found = {v.problem.code for v in violations_of(document)}
     assert {
-        "cap.enum", "cap.references-required", "cap.restriction-required", "cap.expires-before-sent",
+        "cap.enum", "cap.references-required", "cap.restriction-required",
         "cap.polygon-too-few-points", "cap.polygon-not-closed", "cap.circle-invalid",
     } <= found
 
