@@ -72,8 +72,9 @@ def check(alert: Alert, issuer: Issuer, *, now: datetime, max_skew_s: float) -> 
         raise Rejected(SENDER_NOT_ALLOWED, f"account {issuer.name!r} may not send as {alert.sender!r}")
     if not issuer.may_send_status(alert.status.value):
         raise Rejected(SYSTEM_NOT_ALLOWED, f"account {issuer.name!r} may not send status {alert.status.value}")
-    for finding in findings(alert, now=now, max_skew_s=max_skew_s):
-        raise Rejected(finding.problem, finding.detail)
+    found = findings(alert, now=now, max_skew_s=max_skew_s)
+    if found:
+        raise Rejected(found[0].problem, found[0].detail)
 
 
 # Records one finding: problem, path, detail.
