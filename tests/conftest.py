@@ -5,16 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 import uvloop
 
 from tocsin.cluster.nats_server import NatsServer
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-CAP_DATA = SHARED_DATA / "cap"
 
 _names = itertools.count(1)
 

@@ -26,7 +26,8 @@ class Violation:
     problem: Problem
     path: str
     detail: str
-    # "schema" for what the OASIS XSD enforces, "semantic" for rules beyond it.
+    # "schema": what the OASIS XSD enforces; "semantic": a rule of the CAP 1.2 text beyond it;
+    # "policy": not a CAP rule, but what tocsin distributes (policy.py, the accept path).
     kind: str = "schema"
 
     def as_dict(self) -> dict[str, str]:
@@ -157,6 +158,16 @@ SYSTEM_NOT_ALLOWED = Problem("policy.status-not-allowed", 403, "This account may
 MSGTYPE_NOT_DISTRIBUTED = Problem(
     "policy.msgtype-not-distributed", 422, "Ack and Error messages are not distributed to devices."
 )
+# Valid CAP 1.2 that tocsin does not distribute (CAP 1.2 does not forbid these; see policy.py).
+CAP_EXPIRES_BEFORE_SENT = Problem(
+    "cap.expires-before-sent", 422, "tocsin does not distribute an info that expires before, or when, the alert was sent."
+)
+CAP_EXPIRES_BEFORE_START = Problem(
+    "cap.expires-before-start", 422, "tocsin does not distribute an info that expires before it becomes effective or before its onset."
+)
+CAP_CEILING_BELOW_ALTITUDE = Problem(
+    "cap.ceiling-below-altitude", 422, "tocsin does not distribute an area whose ceiling is lower than its altitude."
+)
 
 # Devices
 DEVICE_INVALID = Problem("device.invalid", 422, "The device registration is not valid.")
@@ -205,7 +216,7 @@ CAP_DECIMAL = Problem("cap.decimal", 422, "The value must be a decimal number su
 CAP_LANGUAGE = Problem("cap.language", 422, "The language must be an RFC 3066 code such as en-US.")
 CAP_URI = Problem("cap.uri", 422, "The value is not a valid URI.")
 
-# Kind "semantic": CAP 1.2 rules the XSD cannot express.
+# Kind "semantic": CAP 1.2 rules the XSD cannot express (each cites its clause in cap/rules.py).
 CAP_FORBIDDEN_CHARACTERS = Problem(
     "cap.forbidden-characters", 422, "Identifier and sender must not contain spaces, commas, '<' or '&'."
 )
@@ -220,8 +231,6 @@ CAP_ADDRESSES_REQUIRED = Problem("cap.addresses-required", 422, "A Private alert
 CAP_LIST_MALFORMED = Problem(
     "cap.list-malformed", 422, "A list must be space-separated values, with multi-word values in double quotes."
 )
-CAP_EXPIRES_BEFORE_SENT = Problem("cap.expires-before-sent", 422, "The info expires before, or when, the alert was sent.")
-CAP_EXPIRES_BEFORE_START = Problem("cap.expires-before-start", 422, "The info expires before it becomes effective or before its onset.")
 CAP_POLYGON_MALFORMED = Problem(
     "cap.polygon-malformed", 422, "A polygon must be space-separated lat,lon pairs of decimal degrees."
 )
@@ -232,5 +241,4 @@ CAP_COORDINATE_OUT_OF_RANGE = Problem(
 )
 CAP_CIRCLE_INVALID = Problem("cap.circle-invalid", 422, "A circle must read lat,lon radius, the radius in km and not negative.")
 CAP_CEILING_WITHOUT_ALTITUDE = Problem("cap.ceiling-without-altitude", 422, "An area with a ceiling must also give its altitude.")
-CAP_CEILING_BELOW_ALTITUDE = Problem("cap.ceiling-below-altitude", 422, "An area's ceiling must not be lower than its altitude.")
 CAP_DEREF_URI_NOT_BASE64 = Problem("cap.deref-uri-not-base64", 422, "A resource's derefUri must hold base64-encoded data.")

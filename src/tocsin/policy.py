@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from tocsin.cap.model import Alert, MsgType, Scope, Status
+from tocsin.cap.model import Alert, Info, MsgType, Scope, Status
 from tocsin.errors import (
+    CAP_CEILING_BELOW_ALTITUDE,
+    CAP_EXPIRES_BEFORE_SENT,
+    CAP_EXPIRES_BEFORE_START,
     DRAFT,
     EXPIRED,
     MSGTYPE_NOT_DISTRIBUTED,
@@ -17,7 +21,9 @@ from tocsin.errors import (
     SENT_IN_FUTURE,
     SYSTEM_NOT_ALLOWED,
     UNLOCATABLE_AREA,
+    Problem,
     Rejected,
+    Violation,
 )
 
 # Statuses an ordinary issuer account may send; System is for the prober's canaries.
@@ -68,25 +74,62 @@ def check(alert: Alert, issuer: Issuer, *, now: datetime, max_skew_s: float) -> 
         raise Rejected(SENDER_NOT_ALLOWED, f"account {issuer.name!r} may not send as {alert.sender!r}")
     if not issuer.may_send_status(alert.status.value):
         raise Rejected(SYSTEM_NOT_ALLOWED, f"account {issuer.name!r} may not send status {alert.status.value}")
+    found = findings(alert, now=now, max_skew_s=max_skew_s)
+    if found:
+        raise Rejected(found[0].problem, found[0].detail)
+
+
+# Records one finding: problem, path, detail.
+Refuse = Callable[[Problem, str, str], None]
+
+
+def findings(alert: Alert, *, now: datetime, max_skew_s: float) -> list[Violation]:
+    """Every reason, whoever the issuer, that tocsin would not distribute this valid CAP now.
+
+    None of these is a CAP 1.2 rule: each is valid CAP that tocsin declines (kind "policy").
+    The first one found is what the accept path answers.
+    """
+    sink: list[Violation] = []
+
+    def refuse(problem: Problem, path: str, detail: str = "") -> None:
+        sink.append(Violation(problem=problem, path=path, detail=detail or problem.title, kind="policy"))
+
     if alert.status is Status.DRAFT:
-        raise Rejected(DRAFT)
+        refuse(DRAFT, "status")
     if alert.scope is not Scope.PUBLIC:
-        raise Rejected(NOT_PUBLIC, f"scope is {alert.scope.value}")
+        refuse(NOT_PUBLIC, "scope", f"scope is {alert.scope.value}")
     if alert.msg_type in (MsgType.ACK, MsgType.ERROR):
-        raise Rejected(MSGTYPE_NOT_DISTRIBUTED, f"msgType is {alert.msg_type.value}")
+        refuse(MSGTYPE_NOT_DISTRIBUTED, "msgType", f"msgType is {alert.msg_type.value}")
     if alert.sent > now + timedelta(seconds=max_skew_s):
-        raise Rejected(SENT_IN_FUTURE, f"sent {alert.sent.isoformat()} is after {now.isoformat()} + {max_skew_s:.0f} s")
+        refuse(SENT_IN_FUTURE, "sent", f"sent {alert.sent.isoformat()} is after {now.isoformat()} + {max_skew_s:.0f} s")
     expires = alert.expires
     if expires is not None and expires <= now:
-        raise Rejected(EXPIRED, f"expired at {expires.isoformat()}")
-    _check_areas(alert)
+        refuse(EXPIRED, "info", f"expired at {expires.isoformat()}")
+    for index, info in enumerate(alert.infos):
+        _info_findings(alert, info, f"info[{index}]", refuse)
+    _area_findings(alert, refuse)
+    return sink
 
 
-def _check_areas(alert: Alert) -> None:
+def _info_findings(alert: Alert, info: Info, path: str, refuse: Refuse) -> None:
+    """Times and altitudes CAP 1.2 allows but that make no sense to show on a device."""
+    expires = info.expires
+    if expires is not None and expires <= alert.sent:
+        refuse(CAP_EXPIRES_BEFORE_SENT, f"{path}.expires", f"expires {expires} is not after sent {alert.sent}")
+    for name, start in (("effective", info.effective), ("onset", info.onset)):
+        if expires is not None and start is not None and expires < start:
+            refuse(CAP_EXPIRES_BEFORE_START, f"{path}.expires", f"expires {expires} is before {name} {start}")
+    for number, area in enumerate(info.areas):
+        if area.altitude is not None and area.ceiling is not None and area.ceiling < area.altitude:
+            detail = f"ceiling {area.ceiling} is below altitude {area.altitude}"
+            refuse(CAP_CEILING_BELOW_ALTITUDE, f"{path}.area[{number}].ceiling", detail)
+
+
+def _area_findings(alert: Alert, refuse: Refuse) -> None:
     """Every area must be locatable; a Cancel or Update may instead reuse its references'."""
     areas = [(i, j, area) for i, info in enumerate(alert.infos) for j, area in enumerate(info.areas)]
     for i, j, area in areas:
         if not area.polygons and not area.circles:
-            raise Rejected(UNLOCATABLE_AREA, f"info[{i}].area[{j}] ({area.area_desc!r}) has only geocodes")
+            refuse(UNLOCATABLE_AREA, f"info[{i}].area[{j}]", f"info[{i}].area[{j}] ({area.area_desc!r}) has only geocodes")
     if not areas and alert.msg_type not in (MsgType.CANCEL, MsgType.UPDATE):
-        raise Rejected(NO_AREA, "no info has an area")
+        refuse(NO_AREA, "info", "no info has an area")

@@ -18,7 +18,7 @@ from tocsin.cap.render import to_json
 from tocsin.errors import Problem
 from tocsin.pipeline import accept
 
-from tests.conftest import ROOT
+from tests.datafiles import ROOT
 from tests.samples import alert_xml
 
 BASE = "http://127.0.0.1:8080"

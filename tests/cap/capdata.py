@@ -1,4 +1,4 @@
-"""Where the shared CAP fixtures live, and the official XSD as the tests' referee."""
+"""The CAP fixtures in tests/data, and the official XSD as the tests' referee."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 from lxml import etree
 
+from tests.datafiles import CAP_DATA, cap_schema_path
 from tocsin.cap.parse import parse_xml
 from tocsin.errors import CapInvalid, Violation
 
-CAP_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "cap"
 VALID = sorted((CAP_DATA / "valid").glob("*.xml"))
 INVALID = sorted((CAP_DATA / "invalid").glob("*.xml"))
 CAP = "urn:oasis:names:tc:emergency:cap:1.2"
@@ -18,10 +18,14 @@ CAP = "urn:oasis:names:tc:emergency:cap:1.2"
 MAX_BYTES = 16 * 1_048_576
 
 
-@cache
 def official_schema() -> etree.XMLSchema:
-    """The OASIS CAP 1.2 XSD, loaded only here in the tests."""
-    return etree.XMLSchema(etree.parse(str(CAP_DATA / "schema" / "CAP-v1.2.xsd")))
+    """The OASIS CAP 1.2 XSD, loaded only here in the tests; skips the test when it is absent."""
+    return _load_schema(cap_schema_path())
+
+
+@cache
+def _load_schema(path: Path) -> etree.XMLSchema:
+    return etree.XMLSchema(etree.parse(str(path)))
 
 
 def xsd_accepts(data: bytes) -> bool:
@@ -66,4 +70,22 @@ def minimal(*, alert_extra: str = "", info_extra: str = "", area_extra: str = ""
     <severity>Severe</severity><certainty>Observed</certainty><expires>{expires}</expires>{info_extra}
     <area><areaDesc>Here</areaDesc>{area_extra}</area>
   </info>{alert_extra}
+</alert>""".encode()
+
+
+# A tsunami warning centre's cancellation, in the shape such centres send: the threat is
+# over, so the message is no longer in effect from the moment it is sent (expires == sent).
+TSUNAMI_CANCEL = f"""<?xml version="1.0" encoding="UTF-8"?>
+<alert xmlns="{CAP}">
+  <identifier>TSU-2024-0501-CANCEL</identifier><sender>tsunami-centre@example.org</sender>
+  <sent>2024-05-01T10:00:00-00:00</sent><status>Actual</status><msgType>Cancel</msgType>
+  <scope>Public</scope>
+  <references>tsunami-centre@example.org,TSU-2024-0501,2024-05-01T08:40:00-00:00</references>
+  <info>
+    <category>Geo</category><event>Tsunami</event><responseType>AllClear</responseType>
+    <urgency>Past</urgency><severity>Minor</severity><certainty>Observed</certainty>
+    <expires>2024-05-01T10:00:00-00:00</expires>
+    <headline>Tsunami threat has passed: this cancels the earlier warning</headline>
+    <area><areaDesc>Coasts within 300 km of the epicentre</areaDesc><circle>38.1,142.9 300</circle></area>
+  </info>
 </alert>""".encode()

@@ -1,4 +1,4 @@
-"""The shared real-world fixtures: valid ones parse and round-trip, invalid ones fail the right rule."""
+"""The real-world fixtures in tests/data: valid ones parse and round-trip, invalid ones fail the right rule."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from tests.conftest import CAP_DATA
+from tests.datafiles import CAP_DATA
 from tests.samples import alert_xml
 from tocsin.app import Node
 from tocsin.cap.parse import parse_xml
@@ -76,6 +76,21 @@ async def test_expired_alert_is_refused(node: Node, http: httpx.AsyncClient, adm
     response = await post(http, admin, alert_xml(sent=old, expires_in_s=3600))
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "cap.expired"
+    assert await node.services.store.last_seq() == before
+
+
+async def test_cancellation_that_expires_when_sent_is_valid_cap_but_refused_as_expired(
+    node: Node, http: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    # Valid CAP 1.2 (expires == sent, as tsunami centres cancel); already expired on arrival.
+    before = await node.services.store.last_seq()
+    sent = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    references = f"prefecture-75@interieur.gouv.fr,FR-TSU-1,{(sent - timedelta(hours=1)).isoformat()}"
+    xml = alert_xml(msg_type="Cancel", references=references, sent=sent, expires_in_s=0, event="Tsunami")
+    parse_xml(xml)  # valid CAP: no violation
+    response = await post(http, admin, xml)
+    assert response.status_code == 422
     assert response.json()["code"] == "cap.expired"
     assert await node.services.store.last_seq() == before
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from click.testing import CliRunner, Result
 
-from tests.conftest import CAP_DATA
+from tests.datafiles import CAP_DATA
 from tests.e2e.conftest import ADMIN_TOKEN
 from tests.samples import alert_xml
 from tocsin.app import Node

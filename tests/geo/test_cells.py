@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import h3
 import pytest
 from shapely.geometry import Point, shape
 
+from tests.datafiles import GEO_DATA
 from tocsin.cap.model import Area, Circle, Polygon, ValuePair
 from tocsin.geo.cells import (
     CELL_RESOLUTION,
@@ -23,7 +23,7 @@ from tocsin.geo.cells import (
     normalize_cell,
 )
 
-REGIONS = Path(__file__).resolve().parents[3] / "shared" / "data" / "geo" / "regions-avec-outre-mer.geojson"
+REGIONS = GEO_DATA / "regions-version-simplifiee.geojson"
 
 PARIS = (48.8566, 2.3522)
 LYON = (45.7640, 4.8357)

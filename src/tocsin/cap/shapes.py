@@ -21,6 +21,13 @@ Issue = tuple[Problem, str]
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)", re.ASCII)
 
 
+# CAP 1.2 §3.2.4: a polygon is "a whitespace-delimited list of [WGS 84] coordinate pairs", a
+# circle "a central point given as a [WGS 84] coordinate pair followed by a space character
+# and a radius value in kilometers"; a pair is latitude,longitude in decimal degrees, so a
+# latitude beyond +-90 or a longitude beyond +-180 is no WGS 84 point, and a radius is not
+# negative. These are the checks below: CAP rules, not tocsin policy.
+
+
 def _point(pair: str) -> tuple[float, float] | None:
     lat, comma, lon = pair.partition(",")
     if not comma or not _NUMBER.fullmatch(lat) or not _NUMBER.fullmatch(lon):

@@ -58,8 +58,11 @@ def _parser() -> etree.XMLParser:
 
 
 def _refuse(path: str, detail: str, *, doctype: bool) -> CapInvalid:
-    problem = CAP_DOCTYPE_FORBIDDEN if doctype else CAP_NOT_XML
-    return CapInvalid((Violation(problem=problem, path=path, detail=detail),))
+    # A DOCTYPE is well-formed XML that CAP 1.2 does not forbid: refusing it is tocsin's
+    # policy against entity bombs and XXE, not a CAP rule.
+    if doctype:
+        return CapInvalid((Violation(problem=CAP_DOCTYPE_FORBIDDEN, path=path, detail=detail, kind="policy"),))
+    return CapInvalid((Violation(problem=CAP_NOT_XML, path=path, detail=detail),))
 
 
 def _has_prolog_doctype(data: bytes) -> bool:
@@ -82,7 +85,7 @@ def read_xml(data: bytes, *, max_bytes: int, path: str = "alert") -> Element:
     """
     if len(data) > max_bytes:
         detail = f"{len(data)} bytes, the limit is {max_bytes}"
-        raise CapInvalid((Violation(problem=CAP_TOO_LARGE, path=path, detail=detail),))
+        raise CapInvalid((Violation(problem=CAP_TOO_LARGE, path=path, detail=detail, kind="policy"),))
     if _has_prolog_doctype(data):
         raise _refuse(path, "the document declares a DOCTYPE", doctype=True)
     try:

@@ -705,7 +705,7 @@ def _matrix() -> list[Scenario]:
         Scenario(id="F12", fault="disk full on one node (tmpfs)",
                  must="never acknowledged then lost; red, then recovers", inject=inject_disk_full,
                  prepare=prepare_tmpfs, expect=Expect(red_nodes=("node3",)), ci_options=ci,
-                 options=Options(env=SMALL_DISK_ENV)),
+                 options=Options(env=SMALL_DISK_ENV), needs=_needs_mount),
         Scenario(id="F13", fault="slow disk (throttled loop device)", must="no duplicate display",
                  inject=inject_slow_disk, options=Options(env=SMALL_DISK_ENV), prepare=lambda r, c: prepare_loop_disks(r, c, ("node3",)),
                  ci_options=ci, needs=lambda: _needs_loop() or needs_blkio()),
@@ -739,6 +739,12 @@ def _matrix() -> list[Scenario]:
         Scenario(id="F22", fault="noisy neighbour (stress-ng) during F01", must="p99 under 10 s; invariants",
                  inject=inject_noisy, expect=Expect(p99_s=10.0), ci_options=ci, needs=needs_stress),
     ]
+
+
+def _needs_mount() -> str | None:
+    if os.geteuid() != 0:
+        return "mounting a tmpfs needs root"
+    return None if shutil.which("mount") and shutil.which("umount") else "mount or umount missing (apt-get install mount)"
 
 
 def _needs_loop() -> str | None:
