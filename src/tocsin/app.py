@@ -239,7 +239,10 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
         ledger = Ledger(settings.data_dir / "ledger.sqlite3")
         stack.callback(ledger.close)
         live = LiveRegistry()
-        pipeline = build_pipeline(store, live, default_lifetime_s=settings.default_lifetime_s, clock=clock)
+        pipeline = build_pipeline(
+            store, live, default_lifetime_s=settings.default_lifetime_s,
+            position_file=settings.data_dir / "follower-position.json", clock=clock,
+        )
         accept = Accept(
             store=store, ledger=ledger, signer=signer, node=settings.node_name,
             max_cap_bytes=settings.max_cap_bytes, max_skew_s=settings.max_clock_skew_s, clock=clock,
@@ -287,7 +290,12 @@ async def run_node(node: Node, ready: Callable[[Node], None] | None = None) -> N
 async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], None] | None) -> None:
     health = _health(node)
     async with asyncio.TaskGroup() as tasks:
-        follower = tasks.create_task(node.services.pipeline.follower.run(), name="follow")
+        pipeline = node.services.pipeline
+        follower = tasks.create_task(pipeline.follower.run(), name="follow")
+        checkpoint = (
+            tasks.create_task(pipeline.checkpoint.run(pipeline.follower.caught_up), name="follow-position")
+            if pipeline.checkpoint is not None else None
+        )
         checks = tasks.create_task(health.readiness.run(), name="readiness")
         shedder = (
             tasks.create_task(shed_when_unready(health.readiness.is_ready, node.services.live,
@@ -320,6 +328,8 @@ async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], No
         node.services.live.close_all()
         await http
         follower.cancel()
+        if checkpoint is not None:
+            checkpoint.cancel()
         reconciler.cancel()
         keepalive.cancel()
         devices.cancel()

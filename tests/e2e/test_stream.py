@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 from pathlib import Path
 
 import httpx
@@ -119,15 +120,23 @@ async def test_websocket_delivers_and_resumes(node: Node, http: httpx.AsyncClien
     device = await register(http, *IN_PARIS)
     ws_url = node.url.replace("http://", "ws://") + f"/api/v1/ws?token={device['token']}"
     async with websockets.connect(ws_url) as ws:
-        assert json.loads(await ws.recv())["type"] == "synced"
+        assert (await _next_message(ws))["type"] == "synced"
         first = await issue(http, admin, alert_xml())
-        message = json.loads(await ws.recv())
+        message = await _next_message(ws)
         assert message["type"] == "alert" and message["id"] == first["id"]
     second = await issue(http, admin, alert_xml())
     async with websockets.connect(ws_url + f"&last_event_id={message['seq']}") as ws:
-        replayed = json.loads(await ws.recv())
+        replayed = await _next_message(ws)
         assert replayed["id"] == second["id"]
-        assert json.loads(await ws.recv())["type"] == "synced"
+        assert (await _next_message(ws))["type"] == "synced"
+
+
+async def _next_message(ws: Any) -> dict[str, Any]:
+    """The next WebSocket message that is not a keepalive (they come every keepalive interval)."""
+    while True:
+        message: dict[str, Any] = json.loads(await ws.recv())
+        if message.get("type") != "keepalive":
+            return message
 
 
 async def test_unknown_device_token_is_refused_so_the_client_registers_again(node: Node) -> None:

@@ -65,6 +65,11 @@ class Readyz:
         self._t0 = time.monotonic()
         self.red_after_s: float | None = None
         self.green_after_s: float | None = None
+        self.broken_at: float | None = None  # when the fault was made, as `Sample.at`
+
+    def since_fault(self) -> list[Sample]:
+        """The samples taken after the fault was made (not those of the node's start)."""
+        return [s for s in self.samples if self.broken_at is not None and s.at >= self.broken_at]
 
     async def sample(self, http: httpx.AsyncClient) -> Sample:
         started = time.monotonic()
@@ -130,6 +135,7 @@ async def red_then_green(
     await readyz.holds(http, ready=True, for_s=1.0)
     repaired = False
     try:
+        readyz.broken_at = time.monotonic() - readyz._t0
         await breaking()
         readyz.red_after_s = await readyz.until(http, ready=False, within_s=RED_WITHIN_S)
         await readyz.holds(http, ready=False, for_s=hold_s)

@@ -7,6 +7,7 @@
     encode.py   the active alert's event bytes, framed once for SSE and WebSocket
     fanout.py   active alert -> the matching live connections, in batches
     replay.py   a (re)connecting device's cursor -> the active alerts it missed, then live
+    position.py where a restart follows on from: the recorded last seq and active alerts
 
 reconcile.py runs beside them: it republishes what the ledger holds and the stream lost.
 `build_pipeline` wires the stages after accept; app.py builds accept with `handoff.prepare`.
@@ -15,14 +16,16 @@ reconcile.py runs beside them: it republishes what the ledger holds and the stre
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from tocsin.channels.live import LiveRegistry
 from tocsin.pipeline.fanout import FanOut
 from tocsin.pipeline.follow import Follower
 from tocsin.pipeline.handoff import Handoff
 from tocsin.pipeline.index import ActiveIndex, Clock, utc_now
+from tocsin.pipeline.position import Checkpoint
 from tocsin.pipeline.replay import Replay
-from tocsin.store.jetstream import JetStreamStore
+from tocsin.store.base import AlertStore
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,15 +37,27 @@ class Pipeline:
     index: ActiveIndex  # stored -> active
     fanout: FanOut  # active -> live connections
     replay: Replay  # cursor -> what a device missed
+    checkpoint: Checkpoint | None = None  # where a restart starts following (position.py)
 
 
 def build_pipeline(
-    store: JetStreamStore, live: LiveRegistry, *, default_lifetime_s: float, clock: Clock = utc_now
+    store: AlertStore,
+    live: LiveRegistry,
+    *,
+    default_lifetime_s: float,
+    position_file: Path | None = None,
+    clock: Clock = utc_now,
 ) -> Pipeline:
-    """The stages, each given the one it hands to (so built from the last one up)."""
+    """The stages, each given the one it hands to (so built from the last one up).
+
+    With `position_file`, a restart follows on from the recorded position (position.py).
+    """
     handoff = Handoff()
     index = ActiveIndex(handoff, default_lifetime_s=default_lifetime_s, clock=clock, on_rewind=live.close_all)
     fanout = FanOut(index, live)
-    follower = Follower(store, take=fanout.take_and_fan_out, position=lambda: index.last_seq)
+    checkpoint = Checkpoint(position_file, store, index) if position_file is not None else None
+    follower = Follower(store, take=fanout.take_and_fan_out, position=lambda: index.last_seq,
+                        restore=checkpoint.restore if checkpoint else None)
     replay = Replay(store, index, live, clock=clock)
-    return Pipeline(handoff=handoff, follower=follower, index=index, fanout=fanout, replay=replay)
+    return Pipeline(handoff=handoff, follower=follower, index=index, fanout=fanout, replay=replay,
+                    checkpoint=checkpoint)

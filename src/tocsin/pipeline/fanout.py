@@ -40,7 +40,7 @@ class FanOut:
         # handler is usually ready too (the PubAck and this message arrive together), and it
         # can start its ledger write before this parses the alert and computes its cover.
         await asyncio.sleep(0)
-        active = self._index.add(stored)
+        active = await self._index.add_off_loop(stored)
         if active is not None:
             offered = await self._live.publish_in_batches(active.event, self._matching(active), FANOUT_BATCH)
             self._fanned_out(active, offered)

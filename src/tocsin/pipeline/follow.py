@@ -11,8 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from tocsin.errors import StoreUnavailable
-from tocsin.store.base import Stored
-from tocsin.store.jetstream import JetStreamStore
+from tocsin.store.base import AlertStore, Stored
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +24,8 @@ class FollowerStalled(Exception):
 
 
 def is_stalled(*, behind: bool, still_s: float) -> bool:
-    """The stall rule: the stream is ahead, and the follower has not moved for STALL_S."""
+    """The stall rule: the stream is ahead of me and I have not moved for STALL_S (`still_s`
+    counts from when the stream got ahead, or from my last move if that came later)."""
     return behind and still_s >= STALL_S
 
 
@@ -34,14 +34,16 @@ class Follower:
 
     def __init__(
         self,
-        store: JetStreamStore,
+        store: AlertStore,
         *,
         take: Callable[[Stored], Awaitable[None]],
         position: Callable[[], int],
+        restore: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._take = take
         self._position = position
+        self._restore = restore
         self.caught_up = asyncio.Event()
         # Fault injection for tests of readiness (F16): while this event is unset, the
         # follower waits before taking the next alert, as a stuck fan-out would.
@@ -58,7 +60,10 @@ class Follower:
 
     async def run(self) -> None:
         """Follow the stream forever; re-follow from `start_after()` after any error, or
-        when the consumer stalls while the stream moves on."""
+        when the consumer stalls while the stream moves on. First, once: take back the
+        recorded position (pipeline/position.py), so a restart does not reread history."""
+        if self._restore is not None:
+            await self._restore()
         while True:
             try:
                 async with asyncio.TaskGroup() as tasks:
@@ -103,5 +108,9 @@ class Follower:
                 behind = await self._store.last_seq() > self.last_seq
             except StoreUnavailable:
                 continue  # no stream to compare with; the consumer is not the problem
+            if not behind:
+                # Counted from when the stream got ahead, not from the last move: after a
+                # lull, a follower that is simply idle is not stalled.
+                since = loop.time()
             if is_stalled(behind=behind, still_s=loop.time() - since):
                 raise FollowerStalled(self.last_seq)

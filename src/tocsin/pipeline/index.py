@@ -6,6 +6,7 @@ and for the areas of a Cancel or Update that draws none), and forgets them once 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,35 +60,56 @@ class ActiveIndex:
         self.active: dict[int, Active] = {}
         self.by_id: dict[AlertId, Active] = {}
         self.last_seq = 0
+        self.last_id = ""  # the alert at last_seq
         self._next_prune = clock()
 
     def add(self, stored: Stored) -> Active | None:
         """Record the alert as seen and, unless expired or unreadable, as active."""
+        read = self._admit(stored)
+        if read is None:
+            return None
+        alert, shaped, until = read
+        return self._register(stored, alert, shaped or shape_of(self._areas(alert)), until)
+
+    async def add_off_loop(self, stored: Stored) -> Active | None:
+        """`add`, with a cover this node has not computed yet computed in a thread: a large
+        area must not hold up the event loop (the issuer's 201, other devices)."""
+        read = self._admit(stored)
+        if read is None:
+            return None
+        alert, shaped, until = read
+        if shaped is None:
+            shaped = await asyncio.to_thread(shape_of, self._areas(alert))
+        return self._register(stored, alert, shaped, until)
+
+    def _admit(self, stored: Stored) -> tuple[Alert, Shape | None, datetime] | None:
+        """Take the seq; then the alert, when it is readable and has not expired.
+
+        An alert whose envelope says it has expired is not parsed at all: a restart or a
+        new node reads expired history at the cost of its headers only.
+        """
         if stored.seq <= self.last_seq and not self._went_back(stored):
             return None
-        self.last_seq = stored.seq
-        active = self.activate(stored)
-        if active is None:
+        self.last_seq, self.last_id = stored.seq, stored.envelope.alert_id
+        now = self._clock()
+        if stored.envelope.expires_at is not None and stored.envelope.expires_at <= now:
             return None
-        self.active[stored.seq] = active
-        self.by_id[stored.envelope.alert_id] = active
-        return active
-
-    def activate(self, stored: Stored) -> Active | None:
-        """The step from stored bytes to an active alert: parse, judge expiry, shape, encode.
-
-        None when the alert is unreadable or already expired.
-        """
         try:
             alert, shaped = self._handoff.parsed(stored)
         except CapInvalid as exc:
             log.error("stored alert unreadable", extra={"seq": stored.seq, "error": str(exc)})
             return None
         until = expires_at(alert, self._lifetime)
-        if until <= self._clock():
+        if until <= now:
             return None
-        areas, cover = shaped or shape_of(drawn_areas(alert) or self._referenced_areas(alert))
-        return Active(
+        return alert, shaped, until
+
+    def _areas(self, alert: Alert) -> tuple[Area, ...]:
+        return drawn_areas(alert) or self._referenced_areas(alert)
+
+    def _register(self, stored: Stored, alert: Alert, shaped: Shape, until: datetime) -> Active:
+        areas, cover = shaped
+        active = Active(
             stored=stored,
             alert=alert,
             areas=areas,
@@ -95,6 +117,20 @@ class ActiveIndex:
             expires_at=until,
             event=encode_event(stored, alert.status.value),
         )
+        self.active[stored.seq] = active
+        self.by_id[stored.envelope.alert_id] = active
+        return active
+
+    def restored(self, last_seq: int, last_id: str) -> None:
+        """After a restart from a recorded position: every seq up to `last_seq` was judged."""
+        if last_seq > self.last_seq:
+            self.last_seq, self.last_id = last_seq, last_id
+
+    def forget_all(self) -> None:
+        """Back to nothing taken (a recorded position the stream does not vouch for)."""
+        self.active.clear()
+        self.by_id.clear()
+        self.last_seq, self.last_id = 0, ""
 
     def _referenced_areas(self, alert: Alert) -> tuple[Area, ...]:
         """A Cancel or Update without an area goes where the alerts it references went."""

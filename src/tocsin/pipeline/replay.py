@@ -10,7 +10,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from tocsin.channels.live import Connection, Event, LiveRegistry
-from tocsin.store.jetstream import JetStreamStore
+from tocsin.store.base import AlertStore
 
 if TYPE_CHECKING:  # index encodes events, whose ids are made here
     from tocsin.pipeline.index import ActiveIndex, Clock
@@ -44,7 +44,7 @@ def parse_event_id(raw: str) -> tuple[int, str | None]:
 class Replay:
     """Attaches live connections, with what they missed since their cursor."""
 
-    def __init__(self, store: JetStreamStore, index: ActiveIndex, live: LiveRegistry, *, clock: Clock) -> None:
+    def __init__(self, store: AlertStore, index: ActiveIndex, live: LiveRegistry, *, clock: Clock) -> None:
         self._store = store
         self._index = index
         self._live = live
