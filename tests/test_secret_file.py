@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import node  # noqa: F401 - fixture
-from tocsin.app import Node
 from tocsin.secret_file import private_dir, write_secret
 
 
@@ -66,13 +64,3 @@ def test_private_dir_closes_an_existing_directory(tmp_path: Path) -> None:
     data.chmod(0o755)
     assert private_dir(data) == data
     assert mode(data) == 0o700
-
-
-def test_a_node_keeps_its_data_dir_and_secrets_private(node: Node) -> None:  # noqa: F811
-    data = node.settings.data_dir
-    assert mode(data) & 0o077 == 0
-    secrets = [node.settings.signing_key_path, data / "keys" / "prober-token"]
-    for path in secrets:
-        if path.exists():
-            assert mode(path) == 0o600, path
-    assert node.settings.signing_key_path.exists()

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import stat
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ import pytest
 
 from tests.e2e.devices import register, sse_device
 from tests.samples import IN_PARIS, alert_xml
-from tocsin.app import open_node
+from tocsin.app import Node, open_node
 from tocsin.cluster.nats_server import NatsServer, NatsServerError
 from tocsin.settings import Settings
 
@@ -172,3 +173,13 @@ async def test_a_stream_larger_than_the_disk_stops_startup_with_a_clear_message(
     with pytest.raises(StoreMisconfigured, match="TOCSIN_STREAM_MAX_BYTES"):
         async with open_node(settings):
             pass
+
+
+async def test_a_node_keeps_its_data_dir_and_secrets_private(node: Node) -> None:
+    """The data dir is this user's only (0700); the keys and tokens in it are 0600."""
+    data = node.settings.data_dir
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    for path in (node.settings.signing_key_path, data / "keys" / "prober-token"):
+        if path.exists():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert node.settings.signing_key_path.exists()
