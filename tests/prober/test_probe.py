@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tocsin.cap.model import Status
@@ -13,7 +15,7 @@ from tocsin.audience import Audience
 from tocsin.errors import Rejected
 from tocsin.policy import check
 from tocsin.prober.history import DAY_MINUTES, History
-from tocsin.prober.probe import load_or_create_token, probe_xml, prober_account, prober_sender
+from tocsin.prober.probe import issuer_client, load_or_create_token, probe_xml, prober_account, prober_sender
 
 
 def test_probe_is_a_valid_system_alert_the_prober_may_send() -> None:
@@ -67,3 +69,53 @@ def test_history_keeps_at_most_a_day_of_minutes() -> None:
         now[0] += 60
     assert len(history._minutes["sse"]) == DAY_MINUTES
     assert history.summary("sse", timedelta(days=1).total_seconds()).probes <= DAY_MINUTES
+
+
+class _ClosesIdleConnections:
+    """An HTTP server that answers the first request of each connection, and closes the
+    connection without an answer when another request comes on it: what a server's
+    keep-alive timeout does when it fires just as a request arrives."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.answered = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            first = True
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                if not first:
+                    return  # the idle timer fired: closed, no answer
+                first = False
+                self.answered += 1
+                writer.write(b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\ncontent-type: application/json\r\n\r\n{}")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_each_probe_takes_a_fresh_connection_so_no_idle_timeout_can_refuse_it() -> None:
+    server = _ClosesIdleConnections()
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        async with issuer_client(f"http://127.0.0.1:{port}", timeout_s=5) as http:
+            for _ in range(5):
+                response = await http.post("/api/v1/alerts", content=b"<alert/>")
+                assert response.status_code == 201
+        assert server.connections == 5 and server.answered == 5
+        # The race it avoids: a kept-alive connection meets the server's close.
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as kept:
+            assert (await kept.post("/api/v1/alerts", content=b"<alert/>")).status_code == 201
+            with pytest.raises(httpx.RemoteProtocolError):
+                await kept.post("/api/v1/alerts", content=b"<alert/>")
+    finally:
+        listener.close()
+        await listener.wait_closed()

@@ -111,6 +111,18 @@ def probe_xml(*, sender: str, identifier: str, sent: datetime, expires_in_s: flo
     )
 
 
+def issuer_client(base_url: str, timeout_s: float) -> httpx.AsyncClient:
+    """The prober's issuer: a fresh connection for each probe, through the public listener.
+
+    As an issuer after a pause would come. A kept-alive connection races the server's idle
+    timeout (the probe interval and uvicorn's keep-alive timeout are both 5 s: a probe sent
+    as the server closes the connection fails, a false "refused"), and it would keep
+    succeeding while the listener takes no new connection (a false green).
+    """
+    fresh = httpx.Limits(max_connections=2, max_keepalive_connections=0)
+    return httpx.AsyncClient(base_url=base_url, timeout=timeout_s, limits=fresh)
+
+
 class Prober:
     """Issues probes at a fixed rate and matches them with what the canaries read."""
 
@@ -206,13 +218,7 @@ class Prober:
             self.running = True
             self.started_at = self._monotonic()
             try:
-                # Probes go out on a fresh connection each, through the public listener, as an
-                # issuer after a pause would: a kept-alive one would race the server's idle
-                # timeout (probe interval and keep-alive timeout are both 5 s: false "refused"),
-                # and would keep succeeding while the listener takes no new connection.
-                fresh = httpx.Limits(max_connections=2, max_keepalive_connections=0)
-                async with httpx.AsyncClient(base_url=self.base_url, timeout=self.deadline_s, limits=fresh) as issuer, \
-                        asyncio.TaskGroup() as tasks:
+                async with issuer_client(self.base_url, self.deadline_s) as issuer, asyncio.TaskGroup() as tasks:
                     for canary in canaries:
                         tasks.create_task(canary.run(self._seen_on(canary.channel)), name=f"canary-{canary.channel}")
                     tasks.create_task(self._issue_loop(issuer), name="probe-issuer")
