@@ -83,7 +83,10 @@ class Settings:
     startup_timeout_s: float = 60.0
     # The prober: a System alert through the public issuer API every interval, read back by
     # a canary device on this node (docs/health.md). 0 turns it off (and /readyz stays 503).
-    probe_interval_s: float = 5.0
+    # Every 2 s: a device leaves a node whose canary is two intervals late (4 s), learns it
+    # within a keepalive (2.5 s) and moves, all within the 10 s of RELIABILITY.md invariant 6.
+    # With retention, a node's probes hold about 150 messages of the stream at any time.
+    probe_interval_s: float = 2.0
     # Probes expire soon: the follower prunes them, and a reconnecting canary replays few.
     probe_expires_s: float = 30.0
     # A probe not displayed this long after it was issued counts as lost.

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from tocsin.secret_file import write_secret
 from tocsin.client.sse import sse_events
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,7 @@ async def canary_token(
     if saved is not None:
         try:
             saved.parent.mkdir(parents=True, exist_ok=True)
-            saved.write_text(json.dumps({"token": token}))
-            saved.chmod(0o600)
+            write_secret(saved, json.dumps({"token": token}))
         except OSError as exc:  # a full disk must not stop the prober from measuring
             log.warning("canary token not saved", extra={"error": str(exc)})
     return token
