@@ -80,6 +80,14 @@ class StoreFull(TocsinError):
         self.max_bytes = max_bytes
 
 
+class RecordsFull(TocsinError):
+    """A bucket of records reached its byte limit; not a passing fault, so never retried."""
+
+    def __init__(self, bucket: str) -> None:
+        super().__init__(f"the {bucket} bucket holds its byte limit")
+        self.bucket = bucket
+
+
 class StoreMisconfigured(TocsinError):
     """The store refuses tocsin's settings (e.g. not enough disk for the stream); not retried."""
 
@@ -173,6 +181,16 @@ CAP_CEILING_BELOW_ALTITUDE = Problem(
 DEVICE_INVALID = Problem("device.invalid", 422, "The device registration is not valid.")
 CELL_INVALID = Problem("device.cell-invalid", 422, "A cell is not a valid H3 cell at or below the service's resolution.")
 DEVICE_UNKNOWN = Problem("device.unknown", 401, "The device token is not valid.")
+DEVICE_TOO_MANY_CELLS = Problem("device.too-many-cells", 422, "The device asks for more cells than a device may watch.")
+TOO_MANY_REGISTRATIONS = Problem(
+    "device.too-many-registrations", 429, "This source registered too many devices; retry after the time given."
+)
+REGISTRATIONS_BUSY = Problem(
+    "device.registrations-busy", 429, "This node takes no more registrations for now; retry after the time given."
+)
+DEVICE_REGISTRY_FULL = Problem(
+    "device.registry-full", 507, "The device registry is full; unused records expire, retry much later."
+)
 NODE_NOT_READY = Problem(
     "node.not-ready", 503, "This node cannot deliver right now; connect to another node and resume."
 )

@@ -72,6 +72,26 @@ class Settings:
     sse_keepalive_s: float = 2.5
     # A device this far behind is dropped rather than buffered; it resumes by event id.
     device_queue_depth: int = 64
+    # Device records (docs/security.md, "Devices"). Registration needs no token, so it is
+    # bounded: one source (an IPv4 address or an IPv6 /64) registers at most this many
+    # devices a minute, this node at most registrations_per_min in all (0: no limit);
+    # the rest get 429 + Retry-After. Canaries (issuer token) are not counted.
+    registrations_per_source_per_min: int = 30
+    registrations_per_min: int = 1200
+    # How many sources a rate limit remembers; past that the least recently seen is forgotten.
+    rate_limit_max_sources: int = 100_000
+    # Distinct cells per device after normalisation (a few saved places, each a few cells).
+    max_device_cells: int = 64
+    # The device bucket (every node mirrors all of it in memory, docs/operations.md "Memory").
+    device_bucket: str = "TOCSIN_DEVICES"
+    # Its byte limit on each replica: about 350 bytes a device, so about 750,000 devices;
+    # when full, registration is refused (507 device.registry-full) until records expire.
+    device_bucket_max_bytes: int = 256 * 1024**2
+    # A record that no connect renewed for this long leaves the bucket and every mirror.
+    device_ttl_s: float = 30 * 86400.0
+    # A connect renews the record only once it is older than this share of device_ttl_s:
+    # a reconnect storm of every device is then not a storm of bucket writes.
+    device_renew_fraction: float = 0.5
     # Restart back-off for the embedded nats-server child.
     nats_restart_delay_s: float = 0.5
     # In a cluster, a node red for this long closes its device streams so that they resume
@@ -194,5 +214,9 @@ def _check(settings: Settings) -> None:
             "TOCSIN_PROBE_RETENTION_S must be at least TOCSIN_PROBE_EXPIRES_S + TOCSIN_PROBE_DEADLINE_S: "
             "a probe must stay in the stream while it can be read"
         )
+    if not 0 < settings.device_renew_fraction < 1:
+        raise SettingsError(f"TOCSIN_DEVICE_RENEW_FRACTION must be in (0, 1), got {settings.device_renew_fraction}")
+    if settings.device_ttl_s <= 0 or settings.max_device_cells < 1:
+        raise SettingsError("TOCSIN_DEVICE_TTL_S and TOCSIN_MAX_DEVICE_CELLS must be positive")
     if settings.replicas not in (1, 3, 5):
         raise SettingsError(f"TOCSIN_REPLICAS must be 1, 3 or 5, got {settings.replicas}")

@@ -10,6 +10,7 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 
+from tocsin.api.device_records import is_expired, renew_if_due
 from tocsin.api.services import Services
 from tocsin.errors import DEVICE_UNKNOWN, UNAUTHENTICATED, UNKNOWN_TOKEN, Rejected
 from tocsin.policy import Issuer
@@ -56,11 +57,11 @@ async def issuer_for(conn: HTTPConnection, services: Services) -> Issuer:
     return Issuer.from_json(record)
 
 
-async def device_for(conn: HTTPConnection, services: Services) -> tuple[str, dict[str, Any]]:
-    """The device behind a device token (`<device id>.<secret>`).
+async def device_for(conn: HTTPConnection, services: Services, *, renew: bool = True) -> tuple[str, dict[str, Any]]:
+    """The device behind a device token (`<device id>.<secret>`); its record renewed if due.
 
     Raises:
-        Rejected: 401 device.unknown, so the client registers again.
+        Rejected: 401 device.unknown (also once expired), so the client registers again.
     """
     token = bearer(conn, query=True) or ""
     device_id, _, secret = token.partition(".")
@@ -69,6 +70,10 @@ async def device_for(conn: HTTPConnection, services: Services) -> tuple[str, dic
         record = await services.store.devices.get(device_id)
         if record is not None:
             services.device_cache[device_id] = record
-    if record is None or not hmac.compare_digest(record.get("secret_sha256", ""), token_digest(secret)):
+    now = services.clock()
+    if (record is None or is_expired(record, now, services.settings)
+            or not hmac.compare_digest(str(record.get("secret_sha256", "")), token_digest(secret))):
         raise Rejected(DEVICE_UNKNOWN, "register the device again", headers={"WWW-Authenticate": "Bearer"})
+    if renew:
+        await renew_if_due(services.store.devices, services.device_cache, device_id, record, now, services.settings)
     return device_id, record

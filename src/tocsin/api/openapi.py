@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from tocsin import errors
-from tocsin.api.devices import MAX_CELLS, MAX_LANGUAGES
+from tocsin.api.devices import MAX_LANGUAGES
+from tocsin.settings import Settings
 from tocsin.cap.from_json import EXTENSIONS_KEY
 from tocsin.cap.schema import ALERT, AREA, INFO, RESOURCE, VALUE_PAIR, ComplexType, Field, Lexical
 from tocsin.errors import Problem
@@ -213,17 +214,42 @@ def _device_paths(catalog: list[Problem]) -> Json:
         "operationId": "registerDevice",
         "summary": "Register a device for cells",
         "description": "No token is needed, except for a canary (`canary: true`), which needs any "
-        "issuer token. Points are turned into cells at once and never stored.",
+        "issuer token. Points are turned into cells at once and never stored. Every field has one "
+        "JSON type (a string \"false\" is not a boolean) and unknown fields are refused (422 "
+        "naming each in `errors`). Cells are stored canonical: trimmed, lower case, at the "
+        "service's resolution, unique and sorted. Anonymous registrations are limited per source "
+        "(TOCSIN_REGISTRATIONS_PER_SOURCE_PER_MIN) and per node (TOCSIN_REGISTRATIONS_PER_MIN): "
+        "429 with Retry-After. A full device bucket is 507 device.registry-full. A record that "
+        "no connect renewed for TOCSIN_DEVICE_TTL_S (30 days) expires: the device registers again.",
         "security": [{}, *_ISSUER],
         "requestBody": {"required": True,
                         "content": {"application/json": {"schema": _ref("DeviceRegistration")}}},
         "responses": {
             "201": _json(_ref("DeviceRegistered"), "Registered; keep the token.",
-                         {"Location": _header("/api/v1/devices/{id} (not a route yet).")}),
+                         {"Location": _header("/api/v1/devices/{id}: where the device deletes itself.")}),
             "400": _problems(catalog, 400, ("request.",)),
             "401": _problems(catalog, 401, ("auth.",)),
             "413": _problems(catalog, 413, ("request.",)),
             "422": _problems(catalog, 422, ("device.",)),
+            "429": _problems(catalog, 429, ("device.",), _RETRY_AFTER),
+            "503": _problems(catalog, 503, ("store.",), _RETRY_AFTER),
+            "507": _problems(catalog, 507, ("device.",)),
+            **_COMMON,
+        },
+    }
+    delete = {
+        "tags": ["device"],
+        "operationId": "deleteDevice",
+        "summary": "Delete this device's record",
+        "description": "The device's own token authenticates (a token of another device is "
+        "401 device.unknown). The record leaves the bucket and every node's mirror; the token "
+        "stops working.",
+        "security": _DEVICE,
+        "parameters": [{"name": "device_id", "in": "path", "required": True,
+                        "schema": {"type": "string", "pattern": "^dev_[0-9a-f]{24}$"}}, token],
+        "responses": {
+            "204": {"description": "Deleted."},
+            "401": _problems(catalog, 401, ("device.",)),
             "503": _problems(catalog, 503, ("store.",), _RETRY_AFTER),
             **_COMMON,
         },
@@ -267,7 +293,8 @@ def _device_paths(catalog: list[Problem]) -> Json:
             "closeCodes": {"1013": "too far behind; reconnect with last_event_id"},
         },
     }
-    return {"/api/v1/devices": {"post": register}, "/api/v1/stream": {"get": stream}, "/api/v1/ws": {"get": websocket}}
+    return {"/api/v1/devices": {"post": register}, "/api/v1/devices/{device_id}": {"delete": delete},
+            "/api/v1/stream": {"get": stream}, "/api/v1/ws": {"get": websocket}}
 
 
 def _public_paths() -> Json:
@@ -420,15 +447,19 @@ def _alert_schemas() -> Json:
 def _device_schemas() -> Json:
     string, boolean = {"type": "string"}, {"type": "boolean"}
     res = CELL_RESOLUTION
-    point = {"type": "object", "required": ["lat", "lon"], "properties": {
+    point = {"type": "object", "required": ["lat", "lon"], "additionalProperties": False, "properties": {
         "lat": {"type": "number", "minimum": -90, "maximum": 90},
         "lon": {"type": "number", "minimum": -180, "maximum": 180}}}
-    registration = {"type": "object", "description": f"Give 1-{MAX_CELLS} cells (after points) in all.", "properties": {
-        "cells": {"type": "array", "items": string,
-                  "description": f"H3 cells at resolution {res} or finer (kept at {res})."},
-        "points": {"type": "array", "items": point,
+    max_cells = Settings().max_device_cells
+    registration = {"type": "object", "additionalProperties": False, "description": (
+        f"Give 1 to TOCSIN_MAX_DEVICE_CELLS (default {max_cells}) cells and points in all."), "properties": {
+        "cells": {"type": "array", "items": {"type": "string", "maxLength": 64}, "maxItems": max_cells,
+                  "description": f"H3 cells at resolution {res} or finer (kept at {res}); "
+                                 "15 hex digits, surrounding spaces and capitals allowed."},
+        "points": {"type": "array", "items": point, "maxItems": max_cells,
                    "description": f"Turned into resolution-{res} cells; never stored."},
-        "languages": {"type": "array", "items": {"type": "string", "maxLength": 35}, "maxItems": MAX_LANGUAGES},
+        "languages": {"type": "array", "maxItems": MAX_LANGUAGES,
+                      "items": {"type": "string", "pattern": "^[A-Za-z]{1,8}(-[A-Za-z0-9]{1,8}){0,7}$"}},
         "tests": {**boolean, "description": "Also receive Test and Exercise alerts."},
         "canary": {**boolean, "description": "Also receive System alerts; needs an issuer token."}}}
     registered = {"type": "object", "properties": {

@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tocsin.api.device_records import DeviceMirror
+from tocsin.api.ratelimit import RateLimit
 from tocsin.channels.live import LiveRegistry
 from tocsin.health.readiness import Readiness
 from tocsin.pipeline.accept import Accept
@@ -150,5 +152,13 @@ class Services:
     # Looked-up issuer accounts, with the monotonic time they were read.
     issuer_cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
     # Every registered device: mirrored from the bucket by `store.mirror`, plus what this
-    # node registered or read itself before the mirror had it.
-    device_cache: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # node registered or read itself before the mirror had it; packed (api/device_records.py).
+    device_cache: DeviceMirror = field(default_factory=DeviceMirror)
+    # Anonymous device registrations, by source and in all (api/devices.py).
+    registrations_by_source: RateLimit = field(init=False)
+    registrations_in_all: RateLimit = field(init=False)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.registrations_by_source = RateLimit(s.registrations_per_source_per_min, max_keys=s.rate_limit_max_sources)
+        self.registrations_in_all = RateLimit(s.registrations_per_min)

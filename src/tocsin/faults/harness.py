@@ -65,6 +65,9 @@ CLUSTER_ENV = {
     "TOCSIN_PROBE_INTERVAL_S": "2",
     "TOCSIN_DISK_MIN_FREE_MB": "16",
     "TOCSIN_LOG_LEVEL": "INFO",
+    # The simulated fleet registers thousands of devices from one loopback address.
+    "TOCSIN_REGISTRATIONS_PER_SOURCE_PER_MIN": "0",
+    "TOCSIN_REGISTRATIONS_PER_MIN": "0",
 }
 
 

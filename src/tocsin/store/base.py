@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NewType, Protocol
@@ -97,15 +97,22 @@ class Records(Protocol):
         """
         ...
 
-    async def put(self, key: str, value: dict[str, Any]) -> None: ...
+    async def put(self, key: str, value: dict[str, Any]) -> None:
+        """Write the record.
+
+        Raises:
+            RecordsFull: the bucket holds its byte limit (not retried).
+            StoreUnavailable: no confirmation in time.
+        """
+        ...
 
     async def create(self, key: str, value: dict[str, Any]) -> bool:
-        """Create the key unless it exists; False when it already did."""
+        """Create the key unless it exists; False when it already did (raises as `put`)."""
         ...
 
     async def delete(self, key: str) -> None: ...
 
-    async def mirror(self, into: dict[str, dict[str, Any]]) -> None:
+    async def mirror(self, into: MutableMapping[str, dict[str, Any]]) -> None:
         """Keep `into` holding every record of the bucket, forever (a cache: never raises)."""
         ...
 

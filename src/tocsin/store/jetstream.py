@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,7 +31,7 @@ from nats.js.api import (
 )
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from tocsin.errors import AlertNotFound, StoreFull, StoreMisconfigured, StoreUnavailable
+from tocsin.errors import AlertNotFound, RecordsFull, StoreFull, StoreMisconfigured, StoreUnavailable, TocsinError
 from tocsin.settings import Settings
 from tocsin.store.base import AlertId, ConsumerHealth, Envelope, Records, Stored, StreamHealth
 
@@ -147,7 +147,7 @@ class JetStreamStore:
             except nats.js.errors.BadRequestError:
                 await self._js.update_stream(config)
             deadline_s = s.publish_deadline_s
-            self._devices = KvRecords(await self._bucket("TOCSIN_DEVICES"), deadline_s)
+            self._devices = KvRecords(await self._device_bucket(), deadline_s)
             self._issuers = KvRecords(await self._bucket("TOCSIN_ISSUERS"), deadline_s)
         except nats.js.errors.APIError as exc:
             if exc.err_code == _INSUFFICIENT_RESOURCES:
@@ -170,6 +170,32 @@ class JetStreamStore:
             return await self._js.create_key_value(config)
         except nats.js.errors.BadRequestError:
             return await self._js.key_value(name)
+
+    async def _device_bucket(self) -> KeyValue:
+        """The device bucket, bounded in bytes and with records that expire by age.
+
+        Changed settings apply to an existing bucket too. A record leaves the bucket
+        `device_ttl_s` after it was last written, and the server then writes a marker
+        that every node's mirror reads as a purge (`limit_marker_ttl`).
+        """
+        s = self._settings
+        marker_ttl_s = min(300.0, max(1.0, s.device_ttl_s))
+        config = KeyValueConfig(
+            bucket=s.device_bucket, history=1, storage=StorageType.FILE, replicas=s.replicas, direct=True,
+            ttl=s.device_ttl_s, max_bytes=s.device_bucket_max_bytes, limit_marker_ttl=marker_ttl_s,
+        )
+        try:
+            return await self._js.create_key_value(config)
+        except nats.js.errors.BadRequestError:
+            pass  # it exists, perhaps with other limits
+        info = await self._js.stream_info(f"KV_{s.device_bucket}")
+        wanted = (float(s.device_ttl_s), s.device_bucket_max_bytes, marker_ttl_s)
+        current = info.config
+        if (current.max_age, current.max_bytes, current.subject_delete_marker_ttl) != wanted:
+            current.max_age, current.max_bytes, current.subject_delete_marker_ttl = wanted
+            current.duplicate_window = min(120.0, s.device_ttl_s)
+            await self._js.update_stream(current)
+        return await self._js.key_value(s.device_bucket)
 
     async def put(self, envelope: Envelope) -> Stored:
         """Store the alert unless its subject already holds one; return what is stored.
@@ -362,6 +388,13 @@ class KvRecords:
     def __init__(self, bucket: KeyValue, deadline_s: float) -> None:
         self._bucket = bucket
         self._deadline_s = deadline_s
+        self.name = str(bucket._name)
+
+    def _failed(self, operation: str, exc: BaseException) -> TocsinError:
+        """The error a write failure means: a full bucket, or no confirmation."""
+        if isinstance(exc, nats.js.errors.APIError) and exc.err_code == _MAXIMUM_BYTES_EXCEEDED:
+            return RecordsFull(self.name)
+        return StoreUnavailable(operation, repr(exc))
 
     async def get(self, key: str) -> dict[str, Any] | None:
         """Read a key, retried for a few seconds while the bucket elects a leader."""
@@ -383,7 +416,7 @@ class KvRecords:
         try:
             await self._bucket.put(key, json.dumps(value).encode())
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
-            raise StoreUnavailable("kv_put", repr(exc)) from exc
+            raise self._failed("kv_put", exc) from exc
 
     async def create(self, key: str, value: dict[str, Any]) -> bool:
         """Create the key unless it exists; False when it already did."""
@@ -393,7 +426,7 @@ class KvRecords:
         except nats.js.errors.KeyWrongLastSequenceError:
             return False
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
-            raise StoreUnavailable("kv_create", repr(exc)) from exc
+            raise self._failed("kv_create", exc) from exc
 
     async def delete(self, key: str) -> None:
         try:
@@ -405,29 +438,37 @@ class KvRecords:
         """Write bytes as they are (tests of what a mirror meets in a bucket)."""
         await self._bucket.put(key, value)
 
-    async def mirror(self, into: dict[str, dict[str, Any]], *, retry_s: float = 1.0) -> None:
+    async def mirror(self, into: MutableMapping[str, dict[str, Any]], *, retry_s: float = 1.0) -> None:
         """Keep `into` holding every key of the bucket with its JSON value, forever.
 
         Every node mirrors the device bucket, so a device that moves here from a lost node
         is authenticated from memory: a reconnect storm costs no bucket read per device.
-        Entries are only added or replaced here (deleted keys are dropped); a key the
-        mirror has not seen yet is read from the bucket by the caller. The watch starts
-        again after any error.
+        Deleted and expired keys are dropped as their markers arrive; when the watch
+        (re)starts, keys it no longer finds in the bucket are dropped at the end of its
+        first pass. A key the mirror has not seen yet is read from the bucket by the
+        caller. The watch starts again after any error.
         """
         while True:
             watcher = None
+            present: set[str] | None = set()  # keys met in the first pass, until its end
             try:
                 watcher = await self._bucket.watchall()
                 async for entry in watcher:
                     if entry is None:  # the end of the values present when the watch began
+                        if present is not None:
+                            for gone in [key for key in into if key not in present]:
+                                into.pop(gone, None)
+                        present = None
                         continue
-                    if entry.operation in (KV_DEL, KV_PURGE) or entry.value is None:
+                    if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
                         into.pop(entry.key, None)
                         continue
+                    if present is not None:
+                        present.add(entry.key)
                     try:
                         into[entry.key] = json.loads(entry.value)
                     except ValueError:  # left out: a read of that key finds the same
-                        log.warning("bucket mirror skipped a value that is not JSON", extra={"key": entry.key[:64]})
+                        log.warning("bucket mirror skipped a value it cannot read", extra={"key": entry.key[:64]})
             except Exception as exc:  # a cache: nothing it meets may stop the node
                 log.warning("bucket mirror restarting", extra={"error": repr(exc)[:200]})
             finally:
