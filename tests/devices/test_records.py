@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +17,7 @@ from tests.devices.test_registration import PARIS_CELL, assert_problem
 from tests.e2e.conftest import start_node, stop_node
 from tests.e2e.devices import sse_device
 from tests.waiting import until
-from tocsin.api.device_records import renewed_at
+from tocsin.api.device_records import DeviceMirror, renewed_at
 from tocsin.cluster.nats_server import NatsServer
 
 
@@ -146,5 +147,27 @@ async def test_a_reconnect_storm_renews_a_record_once(
         assert writes.count(device["id"]) == 1
         assert renewed_at(node.services.device_cache[device["id"]]) > first
         assert renewed_at(await devices.get(device["id"]) or {}) > first
+    finally:
+        await stop_node(*running)
+
+
+async def test_a_mirror_that_starts_again_drops_what_the_bucket_lost_meanwhile(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    running = await start_node(device_settings(tmp_path, nats_server))
+    node = running[0]
+    try:
+        async with client_from(node.url) as http:
+            kept = await _register(http)
+        # As a mirror that was cut off while a device was deleted: it still holds the record.
+        mirror = DeviceMirror()
+        mirror["dev_deleted-while-away"] = dict(node.services.device_cache[kept["id"]])
+        task = asyncio.get_running_loop().create_task(node.services.store.devices.mirror(mirror))
+        try:
+            await until(lambda: kept["id"] in mirror and "dev_deleted-while-away" not in mirror)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     finally:
         await stop_node(*running)
