@@ -47,6 +47,11 @@ _MAXIMUM_BYTES_EXCEEDED = 10077
 _H_SIG, _H_KID, _H_ISSUER = "Tocsin-Sig", "Tocsin-Kid", "Tocsin-Issuer"
 _H_NODE, _H_ACCEPTED, _H_EXPIRES = "Tocsin-Node", "Tocsin-Accepted-At", "Tocsin-Expires"
 _H_TTL = "Nats-TTL"
+# The stream settings tocsin sets; a start updates the stream only when one differs.
+_STREAM_FIELDS = (
+    "subjects", "storage", "num_replicas", "discard", "max_bytes", "max_msg_size", "max_msgs_per_subject",
+    "discard_new_per_subject", "duplicate_window", "deny_delete", "deny_purge", "allow_direct", "allow_msg_ttl",
+)
 
 
 def subject_for(stream: str, alert_id: AlertId) -> str:
@@ -142,10 +147,7 @@ class JetStreamStore:
             allow_msg_ttl=True,
         )
         try:
-            try:
-                await self._js.add_stream(config)
-            except nats.js.errors.BadRequestError:
-                await self._js.update_stream(config)
+            await self._ensure_stream(config)
             deadline_s = s.publish_deadline_s
             self._devices = KvRecords(await self._bucket("TOCSIN_DEVICES"), deadline_s)
             self._issuers = KvRecords(await self._bucket("TOCSIN_ISSUERS"), deadline_s)
@@ -160,6 +162,24 @@ class JetStreamStore:
             raise StoreUnavailable("ensure", repr(exc)) from exc
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
             raise StoreUnavailable("ensure", repr(exc)) from exc
+
+    async def _ensure_stream(self, config: StreamConfig) -> None:
+        """Create the stream, or update it only when its configuration differs.
+
+        A restarted node's own server may not have caught up with the cluster yet, and a
+        needless update waits on it: the year bench saw restarts of 6 s instead of 1.5 s,
+        each start's update timing out and being retried.
+        """
+        try:
+            current = (await self._js.stream_info(self.stream)).config
+        except nats.js.errors.NotFoundError:
+            try:
+                await self._js.add_stream(config)
+                return
+            except nats.js.errors.BadRequestError:  # created meanwhile by another node
+                current = (await self._js.stream_info(self.stream)).config
+        if any(getattr(current, name) != getattr(config, name) for name in _STREAM_FIELDS):
+            await self._js.update_stream(config)
 
     async def _bucket(self, name: str) -> KeyValue:
         # direct: any replica answers reads, so devices resume during a leader election.
