@@ -80,6 +80,8 @@ PROBE_RETENTION_S = 15.0
 ISSUE_IN_FLIGHT = 32
 PRELOAD_IN_FLIGHT = 384
 TOLERANCE = 0.10
+# The preload waits while a node's follower is further behind than this.
+FOLLOWER_LAG_MAX = 2000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -198,6 +200,11 @@ class ProbePreloader:
         self.stored = 0
         self.failed = 0
         self.wall_s = 0.0
+        self.max_lag = 0
+        self.paused_s = 0.0
+        # Set while every node's follower keeps up; the workers wait on it.
+        self.flowing = asyncio.Event()
+        self.flowing.set()
         self._templates: dict[str, tuple[int, bytes]] = {}
 
     def _template(self, node: str, second: int) -> bytes:
@@ -225,6 +232,7 @@ class ProbePreloader:
     async def _worker(self, js: Any, counter: list[int], deadline: float) -> None:
         loop = asyncio.get_running_loop()
         while counter[0] < self.goal and loop.time() < deadline:
+            await self.flowing.wait()
             n = counter[0]
             counter[0] += 1
             env = self.envelope(n)
@@ -234,6 +242,26 @@ class ProbePreloader:
                 self.stored += 1
             except Exception:  # a refusal or timeout: counted, the year goes on
                 self.failed += 1
+
+    async def _pace(self, deadline: float) -> None:
+        """Hold the workers while a node's follower is more than FOLLOWER_LAG_MAX behind.
+
+        R3 takes probes faster than a node's follower reads them here; unchecked, each
+        node would buffer a backlog (memory, a red /readyz) that no real year has.
+        """
+        loop = asyncio.get_running_loop()
+        async with httpx.AsyncClient(timeout=2) as http:
+            while loop.time() < deadline:
+                lag = max([await follower_lag(http, spec.url) for spec in self.cluster.specs])
+                self.max_lag = max(self.max_lag, lag)
+                if lag > FOLLOWER_LAG_MAX:
+                    self.flowing.clear()
+                elif lag < FOLLOWER_LAG_MAX // 2:
+                    self.flowing.set()
+                if not self.flowing.is_set():
+                    self.paused_s += 0.5
+                await asyncio.sleep(0.5)
+        self.flowing.set()
 
     async def run(self) -> None:
         import nats
@@ -245,6 +273,7 @@ class ProbePreloader:
         try:
             per = PRELOAD_IN_FLIGHT // len(connections)
             async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._pace(started + self.seconds))
                 for nc in connections:
                     js = nc.jetstream(timeout=10)
                     for _ in range(per):
@@ -294,6 +323,15 @@ async def stream_state(nats_url: str) -> dict[str, int]:
     s = info.state
     return {"bytes": int(s.bytes), "messages": int(s.messages), "first_seq": int(s.first_seq),
             "last_seq": int(s.last_seq), "deleted": int(s.num_deleted or 0)}
+
+
+async def follower_lag(http: httpx.AsyncClient, url: str) -> int:
+    """How many stream messages the node's follower has yet to read (its /readyz says)."""
+    try:
+        checks = (await http.get(f"{url}/readyz")).json()["checks"]
+        return int(checks["follower"]["value"]["lag"])
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return 0
 
 
 async def wait_ready(url: str, timeout_s: float) -> float:
@@ -417,6 +455,7 @@ async def live_a_year(cluster: LocalCluster, plan: Plan) -> dict[str, Any]:
     return {"wall_s": wall, "alerts": issuer.statuses, "without_expires": issuer.without_expires,
             "probes_preloaded": preloader.stored, "probes_failed": preloader.failed,
             "preload_rate": preloader.stored / max(preloader.wall_s, 1e-9), "probes_by_probers": probes_by_probers,
+            "preload_paused_s": preloader.paused_s, "max_follower_lag": preloader.max_lag,
             "probe_goal": goal, "probe_share": (preloader.stored + probes_by_probers) / goal}
 
 
@@ -439,6 +478,8 @@ async def run(plan: Plan, workdir: Path) -> dict[str, Any]:
         # What the year left may be kept this long (its nodes' own probes included).
         drain_s = max(plan.longest_lifetime_s + plan.retention_after_expiry_s, PROBE_RETENTION_S) + 3.0
         say(f"aged: year done in {year['wall_s']:.0f} s; its retention ends in {drain_s:.0f} s; fresh cluster starting")
+        for spec in clusters["aged"].specs:  # every follower caught up, every canary fresh
+            await wait_ready(spec.url, 300)
         up = await started(clusters["fresh"], "fresh")
         # Both hold their own probes' steady state before they are measured.
         await asyncio.sleep(max(0.0, ended + drain_s - time.monotonic(), up + PROBE_RETENTION_S + 2 - time.monotonic()))
@@ -497,7 +538,8 @@ def table(report: dict[str, Any]) -> str:
         f"year: {year['wall_s']:.0f} s wall; alerts {year['alerts']} ({year['without_expires']} without <expires>)",
         f"probes: {year['probes_preloaded']} preloaded at {year['preload_rate']:.0f}/s "
         f"({year['probes_failed']} failed) + {year['probes_by_probers']} by the nodes' probers = "
-        f"{100 * year['probe_share']:.2f} % of the year's {year['probe_goal']}",
+        f"{100 * year['probe_share']:.2f} % of the year's {year['probe_goal']}; preload held "
+        f"{year['preload_paused_s']:.0f} s for followers (max lag {year['max_follower_lag']})",
         "",
         f"{'figure':32} {'fresh':>12} {'aged':>12} {'aged/fresh':>10}  target within 10 %",
     ]
