@@ -151,6 +151,7 @@ class YearIssuer:
         self.http = httpx.AsyncClient(headers=headers, timeout=30, limits=limits)
         self.statuses: dict[str, int] = {}
         self.without_expires = 0
+        self.problems: set[str] = set()
 
     def _document(self, n: int) -> bytes:
         hours = self.rng.choices([h for h, _ in LIFETIMES_H], weights=[w for _, w in LIFETIMES_H])[0]
@@ -165,6 +166,8 @@ class YearIssuer:
         try:
             response = await self.http.post(f"{self.urls[n % len(self.urls)]}/api/v1/alerts", content=self._document(n))
             key = str(response.status_code)
+            if response.status_code != 201 and len(self.problems) < 5:
+                self.problems.add(response.text[:160])
         except httpx.HTTPError as exc:
             key = type(exc).__name__
         finally:
@@ -453,6 +456,7 @@ async def live_a_year(cluster: LocalCluster, plan: Plan) -> dict[str, Any]:
     wall = time.monotonic() - began
     probes_by_probers = int(len(cluster.specs) * wall / PROBE_INTERVAL_S)
     return {"wall_s": wall, "alerts": issuer.statuses, "without_expires": issuer.without_expires,
+            "problems": sorted(issuer.problems),
             "probes_preloaded": preloader.stored, "probes_failed": preloader.failed,
             "preload_rate": preloader.stored / max(preloader.wall_s, 1e-9), "probes_by_probers": probes_by_probers,
             "preload_paused_s": preloader.paused_s, "max_follower_lag": preloader.max_lag,
@@ -540,6 +544,7 @@ def table(report: dict[str, Any]) -> str:
         f"({year['probes_failed']} failed) + {year['probes_by_probers']} by the nodes' probers = "
         f"{100 * year['probe_share']:.2f} % of the year's {year['probe_goal']}; preload held "
         f"{year['preload_paused_s']:.0f} s for followers (max lag {year['max_follower_lag']})",
+        *([f"refusals: {year['problems']}"] if year.get("problems") else []),
         "",
         f"{'figure':32} {'fresh':>12} {'aged':>12} {'aged/fresh':>10}  target within 10 %",
     ]
