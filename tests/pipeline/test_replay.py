@@ -7,16 +7,24 @@ that resumed from its old cursor was never sent them.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import threading
+from typing import Any
 
 import httpx
+import pytest
 
 from tests.e2e.conftest import node  # noqa: F401 - fixture
 from tests.e2e.devices import register, sse_device
 from tests.samples import IN_PARIS, alert_xml
+from tests.waiting import until
 from tocsin.app import Node
+from tocsin.audience import Audience
+from tocsin.channels.live import Connection, Protocol
+from tocsin.pipeline import index as index_module
 from tocsin.pipeline.replay import event_id, parse_event_id
-from tocsin.store.base import Stored
+from tocsin.store.base import AlertId, Stored
 
 ADMIN = {"Authorization": "Bearer tca_test-admin-token", "Content-Type": "application/cap+xml"}
 
@@ -73,3 +81,41 @@ async def test_a_reused_seq_resets_the_follower_and_closes_live_devices(node: No
             pipeline.fanout.take(other)
             assert pipeline.index.active[seq].stored.envelope.alert_id == "f" * 32
             assert live and all(c.dropped for c in live)  # they resume, and get a full replay
+
+
+async def test_a_device_that_attaches_while_a_cover_is_computed_still_gets_that_alert(
+    node: Node, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """Found by F08 under load: the seq was marked seen before the alert was replayable, so a
+    device attaching during the cover was told it was past an alert it never got."""
+    pipeline = node.services.pipeline
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        seq, alert_id = await issue(http)
+    stored = pipeline.index.active[seq].stored
+    fresh = Stored(seq=seq + 1, envelope=dataclasses.replace(stored.envelope, alert_id=AlertId("e" * 32)))
+    covering, release = threading.Event(), threading.Event()
+    real_shape = index_module.shape_of
+
+    def slow_shape(areas: Any) -> Any:
+        covering.set()
+        release.wait(10)
+        return real_shape(areas)
+
+    monkeypatch.setattr(index_module, "shape_of", slow_shape)
+    taking = asyncio.get_running_loop().create_task(pipeline.fanout.take_and_fan_out(fresh))
+    try:
+        await until(covering.is_set)
+        cells = next(iter(pipeline.index.active[seq].cover.cells))
+        connection = Connection(device_id="dev_x", cells=frozenset({cells}), audience=Audience(),
+                                protocol=Protocol.SSE, depth=8)
+        missed = pipeline.replay.attach(connection, seq)
+        assert all(event.seq != seq + 1 for event in missed)  # not replayable yet...
+        release.set()
+        await taking
+        # ...so it comes live.
+        assert connection.last_seq == seq + 1
+        queued = connection.queue.get_nowait()
+        assert isinstance(queued, bytes) and queued.startswith(f"id: {seq + 1}.eeeeeeee".encode())
+        node.services.live.remove(connection)
+    finally:
+        release.set()

@@ -65,32 +65,51 @@ class ActiveIndex:
 
     def add(self, stored: Stored) -> Active | None:
         """Record the alert as seen and, unless expired or unreadable, as active."""
-        read = self._admit(stored)
+        if not self._is_new(stored):
+            return None
+        read = self._read(stored)
         if read is None:
+            self._seen(stored)
             return None
         alert, shaped, until = read
-        return self._register(stored, alert, shaped or shape_of(self._areas(alert)), until)
+        shaped = shaped or shape_of(self._areas(alert))
+        self._seen(stored)
+        return self._register(stored, alert, shaped, until)
 
     async def add_off_loop(self, stored: Stored) -> Active | None:
         """`add`, with a cover this node has not computed yet computed in a thread: a large
-        area must not hold up the event loop (the issuer's 201, other devices)."""
-        read = self._admit(stored)
+        area must not hold up the event loop (the issuer's 201, other devices).
+
+        The seq is recorded as seen only together with the active alert, after the cover:
+        a device that attaches meanwhile (replay up to `last_seq`, live after it) must not
+        be told it is past an alert that is not yet replayable (found by F08: a device that
+        reconnected during a cover never got that alert).
+        """
+        if not self._is_new(stored):
+            return None
+        read = self._read(stored)
         if read is None:
+            self._seen(stored)
             return None
         alert, shaped, until = read
         if shaped is None:
             shaped = await asyncio.to_thread(shape_of, self._areas(alert))
+        self._seen(stored)
         return self._register(stored, alert, shaped, until)
 
-    def _admit(self, stored: Stored) -> tuple[Alert, Shape | None, datetime] | None:
-        """Take the seq; then the alert, when it is readable and has not expired.
+    def _is_new(self, stored: Stored) -> bool:
+        """After the last seq taken, or at a seq that now holds another alert (a rewind)."""
+        return stored.seq > self.last_seq or self._went_back(stored)
+
+    def _seen(self, stored: Stored) -> None:
+        self.last_seq, self.last_id = stored.seq, stored.envelope.alert_id
+
+    def _read(self, stored: Stored) -> tuple[Alert, Shape | None, datetime] | None:
+        """The alert, when it is readable and has not expired; changes nothing here.
 
         An alert whose envelope says it has expired is not parsed at all: a restart or a
         new node reads expired history at the cost of its headers only.
         """
-        if stored.seq <= self.last_seq and not self._went_back(stored):
-            return None
-        self.last_seq, self.last_id = stored.seq, stored.envelope.alert_id
         now = self._clock()
         if stored.envelope.expires_at is not None and stored.envelope.expires_at <= now:
             return None
