@@ -91,6 +91,7 @@ async def test_a_device_that_attaches_while_a_cover_is_computed_still_gets_that_
     pipeline = node.services.pipeline
     async with httpx.AsyncClient(base_url=node.url) as http:
         seq, alert_id = await issue(http)
+    await until(lambda: seq in pipeline.index.active)  # the 201 may come before the follower took it
     stored = pipeline.index.active[seq].stored
     fresh = Stored(seq=seq + 1, envelope=dataclasses.replace(stored.envelope, alert_id=AlertId("e" * 32)))
     covering, release = threading.Event(), threading.Event()
