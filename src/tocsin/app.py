@@ -26,9 +26,10 @@ from tocsin.health.readiness import Limits, Readiness
 from tocsin.health.shed import shed_when_unready
 from tocsin.cluster.nats_server import NatsServer, check_varz_sync_always
 from tocsin.pipeline import build_pipeline
-from tocsin.pipeline.accept import Accept, Retention
+from tocsin.geo.covering import CoverWorker
+from tocsin.pipeline.accept import Accept, Bounds, Retention
 from tocsin.pipeline.reconcile import Reconciler
-from tocsin.policy import Issuer
+from tocsin.policy import AlertLimits, Issuer
 from tocsin.prober.heartbeat import Heartbeat, heartbeat_urls
 from tocsin.prober.probe import Prober, load_or_create_token, prober_account
 from tocsin.secret_file import private_dir
@@ -214,6 +215,18 @@ class _Server(uvicorn.Server):
         yield
 
 
+def alert_bounds(settings: Settings) -> Bounds:
+    """What one alert may cost; the stream cannot store a message over its max_msg_size."""
+    limits = AlertLimits(
+        areas=settings.max_alert_areas, polygons=settings.max_alert_polygons, circles=settings.max_alert_circles,
+        points=settings.max_alert_points, area_km2=settings.max_alert_area_km2,
+    )
+    return Bounds(
+        limits=limits, max_stored_bytes=min(settings.max_stored_bytes, 2 * settings.max_cap_bytes),
+        cover_deadline_s=settings.cover_deadline_s,
+    )
+
+
 @asynccontextmanager
 async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> AsyncIterator[Node]:
     """Start every part of a node; stop them in order on exit."""
@@ -243,9 +256,12 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
             store, live, default_lifetime_s=settings.default_lifetime_s,
             position_file=settings.data_dir / "follower-position.json", clock=clock,
         )
+        covers = CoverWorker()
+        stack.callback(covers.close)
         accept = Accept(
             store=store, ledger=ledger, signer=signer, node=settings.node_name,
             max_cap_bytes=settings.max_cap_bytes, max_skew_s=settings.max_clock_skew_s, clock=clock,
+            bounds=alert_bounds(settings), covers=covers,
             retention=Retention(
                 default_lifetime_s=settings.default_lifetime_s, after_expiry_s=settings.retention_after_expiry_s,
                 probe_s=settings.probe_retention_s,

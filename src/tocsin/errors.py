@@ -143,6 +143,10 @@ ALERT_NOT_FOUND = Problem("alert.not-found", 404, "No alert with this id.")
 IDENTITY_CONFLICT = Problem(
     "alert.identity-conflict", 409, "An alert with this sender and identifier is already stored with different content."
 )
+STORED_TOO_LARGE = Problem(
+    "alert.stored-too-large", 413,
+    "The alert as it would be stored (signed CAP, resolved areas, cover and headers) is larger than the limit.",
+)
 
 # Policy: what may be distributed
 EXPIRED = Problem("cap.expired", 422, "The alert expired before it was received.")
@@ -157,6 +161,14 @@ SENDER_NOT_ALLOWED = Problem("policy.sender-not-allowed", 403, "This account may
 SYSTEM_NOT_ALLOWED = Problem("policy.status-not-allowed", 403, "This account may not send alerts of this status.")
 MSGTYPE_NOT_DISTRIBUTED = Problem(
     "policy.msgtype-not-distributed", 422, "Ack and Error messages are not distributed to devices."
+)
+# Alert limits (settings max_alert_*, raised per issuer account): checked before any cover.
+TOO_MANY_SHAPES = Problem(
+    "policy.too-many-shapes", 422, "The alert has more areas, polygons, circles or points than its issuer may send."
+)
+AREA_TOO_LARGE = Problem("policy.area-too-large", 422, "The alert's areas are larger than its issuer may cover.")
+COVER_TOO_SLOW = Problem(
+    "policy.cover-too-slow", 422, "The alert's areas could not be turned into cells within the deadline."
 )
 # Valid CAP 1.2 that tocsin does not distribute (CAP 1.2 does not forbid these; see policy.py).
 CAP_EXPIRES_BEFORE_SENT = Problem(

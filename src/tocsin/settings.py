@@ -61,6 +61,25 @@ class Settings:
     reconcile_interval_s: float = 5.0
     # CAP documents larger than this are refused before any parsing.
     max_cap_bytes: int = 1024 * 1024
+    # An alert as it would be stored (signed CAP with resolved areas, its cover and headers)
+    # must fit one NATS message that every follower can read: nats-server's max_payload is
+    # 1 MiB unless configured, and the stream's max_msg_size is 2 x max_cap_bytes. Larger:
+    # 413 alert.stored-too-large, nothing stored. (The largest real alert in the tests
+    # stores about 900 KB.)
+    max_stored_bytes: int = 1024 * 1024
+    # What one alert may hold, checked before its cover is computed (docs/security.md); an
+    # issuer account's `limits` replace these. Real alerts in tests/data/cap/valid reach
+    # 1,352 areas (8 languages x 169), 32 polygons, 2 circles, 41,009 points (one outline)
+    # and 3.4 million km² (a cyclone's bounding box); two 8,000 km circles are 360 million.
+    max_alert_areas: int = 2_000
+    max_alert_polygons: int = 1_000
+    max_alert_circles: int = 100
+    max_alert_points: int = 100_000
+    max_alert_area_km2: float = 10_000_000.0
+    # A cover is computed once, at accept, in a child process: one that takes longer is
+    # refused (422 policy.cover-too-slow) and its process ended. The 41,009-point outline
+    # takes about 1 s on a loaded 2-core machine.
+    cover_deadline_s: float = 10.0
     # An alert sent further than this in the future is refused (clock skew bound).
     max_clock_skew_s: float = 300.0
     # An alert without <expires> is shown and replayed for this long after it was sent.

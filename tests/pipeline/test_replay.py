@@ -93,7 +93,8 @@ async def test_a_device_that_attaches_while_a_cover_is_computed_still_gets_that_
         seq, alert_id = await issue(http)
     await until(lambda: seq in pipeline.index.active)  # the 201 may come before the follower took it
     stored = pipeline.index.active[seq].stored
-    fresh = Stored(seq=seq + 1, envelope=dataclasses.replace(stored.envelope, alert_id=AlertId("e" * 32)))
+    # Stored without its cover (as before covers were carried), so the follower computes it.
+    fresh = Stored(seq=seq + 1, envelope=dataclasses.replace(stored.envelope, alert_id=AlertId("e" * 32), cover=None))
     covering, release = threading.Event(), threading.Event()
     real_shape = index_module.shape_of
 

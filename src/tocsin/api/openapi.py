@@ -120,7 +120,12 @@ def _issuer_paths(catalog: list[Problem]) -> Json:
         "description": "Answered only once JetStream acknowledged the alert and this node's ledger "
         "holds it. Identity is CAP sender + identifier: the same alert sent again gets 200 with "
         "the stored one; other content under the same identity gets 409. A body above "
-        "TOCSIN_MAX_CAP_BYTES is refused before parsing. A full alert stream is 507 store.full, "
+        "TOCSIN_MAX_CAP_BYTES is refused before parsing; an alert whose stored form (signed CAP, "
+        "its cover and headers) passes TOCSIN_MAX_STORED_BYTES is 413 alert.stored-too-large. Areas, "
+        "polygons, circles, points and extent are limited per alert (TOCSIN_MAX_ALERT_*, raised per "
+        "issuer account): 422 policy.too-many-shapes or policy.area-too-large, the detail naming the "
+        "area (info[0].area[1]); a cover not computed within TOCSIN_COVER_DEADLINE_S is 422 "
+        "policy.cover-too-slow. Nothing refused is stored. A full alert stream is 507 store.full, "
         "which no retry can help.",
         "security": _ISSUER,
         "requestBody": {
@@ -137,7 +142,7 @@ def _issuer_paths(catalog: list[Problem]) -> Json:
             "401": _problems(catalog, 401, ("auth.",)),
             "403": _problems(catalog, 403, ("auth.", "policy.")),
             "409": _problems(catalog, 409, ("alert.",), _LOCATION),
-            "413": _problems(catalog, 413, ("request.", "cap.")),
+            "413": _problems(catalog, 413, ("request.", "cap.", "alert.")),
             "415": _problems(catalog, 415, ("request.",)),
             "422": _problems(catalog, 422, ("cap.", "policy.")),
             "503": _problems(catalog, 503, ("store.",), _RETRY_AFTER),

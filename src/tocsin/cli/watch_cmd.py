@@ -12,6 +12,7 @@ import click
 from tocsin import logs
 from tocsin.cli.node_urls import url_option
 from tocsin.client.node import NodeIncompatible, RegistrationRefused
+from tocsin.client.display import terminal_line
 from tocsin.client.state import StateInvalid
 from tocsin.client.watch import Display, Watcher
 
@@ -48,14 +49,8 @@ def _places(lat: float | None, lon: float | None, places: tuple[str, ...]) -> li
 
 
 def render(display: Display) -> str:
-    """One readable line; anything but a real alert says so loudly first."""
-    tag = "" if display.status == "Actual" else f"[{display.status.upper()}] "
-    kind = "" if display.msg_type == "Alert" else f"({display.msg_type}) "
-    return (
-        f"{tag}{kind}{display.event}: {display.headline} "
-        f"[{display.sender} {display.identifier}, {display.language or '-'}, "
-        f"after {display.delay_s:.1f} s via {display.node}]"
-    )
+    """One readable line, safe for a terminal (client/display.py)."""
+    return terminal_line(display)
 
 
 @click.command(name="watch")

@@ -72,13 +72,13 @@ class ActiveIndex:
             self._seen(stored)
             return None
         alert, shaped, until = read
-        shaped = shaped or shape_of(self._areas(alert))
+        shaped = shaped or self._referenced_shape(alert) or shape_of(drawn_areas(alert))
         self._seen(stored)
         return self._register(stored, alert, shaped, until)
 
     async def add_off_loop(self, stored: Stored) -> Active | None:
-        """`add`, with a cover this node has not computed yet computed in a thread: a large
-        area must not hold up the event loop (the issuer's 201, other devices).
+        """`add`, with a cover that was not stored with the alert (one stored before covers
+        were carried) computed in a thread.
 
         The seq is recorded as seen only together with the active alert, after the cover:
         a device that attaches meanwhile (replay up to `last_seq`, live after it) must not
@@ -92,8 +92,9 @@ class ActiveIndex:
             self._seen(stored)
             return None
         alert, shaped, until = read
+        shaped = shaped or self._referenced_shape(alert)
         if shaped is None:
-            shaped = await asyncio.to_thread(shape_of, self._areas(alert))
+            shaped = await asyncio.to_thread(shape_of, drawn_areas(alert))
         self._seen(stored)
         return self._register(stored, alert, shaped, until)
 
@@ -123,9 +124,6 @@ class ActiveIndex:
             return None
         return alert, shaped, until
 
-    def _areas(self, alert: Alert) -> tuple[Area, ...]:
-        return drawn_areas(alert) or self._referenced_areas(alert)
-
     def _register(self, stored: Stored, alert: Alert, shaped: Shape, until: datetime) -> Active:
         areas, cover = shaped
         active = Active(
@@ -151,14 +149,15 @@ class ActiveIndex:
         self.by_id.clear()
         self.last_seq, self.last_id = 0, ""
 
-    def _referenced_areas(self, alert: Alert) -> tuple[Area, ...]:
-        """A Cancel or Update without an area goes where the alerts it references went."""
-        areas: list[Area] = []
-        for ref in alert.references:
-            found = self.by_id.get(alert_id_for(ref.sender, ref.identifier))
-            if found is not None:
-                areas.extend(found.areas)
-        return tuple(areas)
+    def _referenced_shape(self, alert: Alert) -> Shape | None:
+        """A Cancel or Update without an area goes where the alerts it references went, with
+        their covers (nothing computed again); None for an alert that draws its own areas."""
+        if drawn_areas(alert):
+            return None
+        found = [self.by_id.get(alert_id_for(ref.sender, ref.identifier)) for ref in alert.references]
+        referenced = [active for active in found if active is not None]
+        areas = tuple(area for active in referenced for area in active.areas)
+        return areas, Cover(cells=frozenset(cell for active in referenced for cell in active.cover.cells))
 
     def _went_back(self, stored: Stored) -> bool:
         """A seq seen before that now holds another alert: the stream lost its tail.

@@ -46,6 +46,7 @@ _MAXIMUM_BYTES_EXCEEDED = 10077
 
 _H_SIG, _H_KID, _H_ISSUER = "Tocsin-Sig", "Tocsin-Kid", "Tocsin-Issuer"
 _H_NODE, _H_ACCEPTED, _H_EXPIRES = "Tocsin-Node", "Tocsin-Accepted-At", "Tocsin-Expires"
+_H_COVER = "Tocsin-Cover"  # the compacted cover's cells, space separated
 _H_TTL = "Nats-TTL"
 # The stream settings tocsin sets; a start updates the stream only when one differs.
 _STREAM_FIELDS = (
@@ -476,7 +477,15 @@ def _headers(envelope: Envelope) -> dict[str, str]:
         headers[_H_EXPIRES] = envelope.expires_at.isoformat()
     if envelope.retain_until is not None:
         headers[_H_TTL] = ttl_header(envelope.retain_until, datetime.now(UTC))
+    if envelope.cover is not None:
+        headers[_H_COVER] = " ".join(envelope.cover)
     return headers
+
+
+def stored_bytes(envelope: Envelope) -> int:
+    """The size of the NATS message that stores `envelope`: its payload and header block."""
+    block = sum(len(k) + len(v) + 4 for k, v in _headers(envelope).items())  # "k: v\r\n"
+    return len(envelope.payload) + len("NATS/1.0\r\n\r\n") + block
 
 
 def _when(raw: str | None) -> datetime | None:
@@ -497,4 +506,5 @@ def _envelope(alert_id: AlertId, payload: bytes, headers: dict[str, str]) -> Env
         node=headers.get(_H_NODE, ""),
         accepted_at=accepted or datetime.now(UTC),
         expires_at=_when(headers.get(_H_EXPIRES)),
+        cover=tuple(headers[_H_COVER].split()) if _H_COVER in headers else None,
     )
