@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from tocsin.api.listener import FULL_FOR_S
 from tocsin.api.openapi import document
 from tocsin.api.services import Services
 from tocsin.geo.cells import CELL_RESOLUTION
@@ -45,7 +46,7 @@ def readiness_report(services: Services) -> dict[str, Any]:
     gate = services.edge.public
     full = gate.is_full
     check = {
-        "ok": not full, "age_s": 0.0, "max_age_s": None, "value": gate.as_json(),
+        "ok": not full, "age_s": 0.0, "max_age_s": FULL_FOR_S, "value": gate.as_json(),
         "detail": f"the public listener holds its limit of {gate.max_total} connections; new clients are refused"
         if full else f"{gate.total} of {gate.max_total} connections open",
     }
