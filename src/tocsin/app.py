@@ -17,6 +17,7 @@ import uvicorn
 from nats.aio.client import Client
 
 from tocsin.api.auth import new_token, token_digest
+from tocsin.api.listener import Edge, edge_protocols
 from tocsin.api.routes import make_app
 from tocsin.api.services import Services
 from tocsin.api.streams import freshness
@@ -192,13 +193,15 @@ def _health(node: Node) -> _Health:
     return _Health(prober=prober, readiness=readiness, heartbeat=heartbeat)
 
 
-def _bind(settings: Settings) -> socket.socket:
+def _bind(listen: str) -> socket.socket:
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
     # without it a response body can wait 40 ms for the client's delayed ACK (Nagle).
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
+    sock.bind((host, int(port)))
     sock.listen(4096)
     sock.setblocking(False)
     return sock
@@ -271,9 +274,16 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
         services = Services(
             settings=settings, store=store, accept=accept, pipeline=pipeline, live=live, signer=signer, clock=clock
         )
+        services.edge = Edge.from_settings(settings, lambda code: services.metrics.refused.labels(code).inc())
+        http_protocol, ws_protocol = edge_protocols(services.edge)
+        proxies = [a.strip() for a in settings.trusted_proxies.split(",") if a.strip()]
         config = uvicorn.Config(
             make_app(services), log_config=None, access_log=False, lifespan="off",
-            loop="none", http="httptools", ws="websockets-sansio", timeout_graceful_shutdown=2,
+            loop="none", http=http_protocol, ws=ws_protocol, timeout_graceful_shutdown=2,
+            # Devices send nothing that matters: small messages, never compressed (no inflating).
+            ws_max_size=settings.ws_max_message_bytes, ws_per_message_deflate=False,
+            # X-Forwarded-* only from the configured proxies (uvicorn trusts 127.0.0.1 by default).
+            proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None,
         )
         server = _Server(config)
         reconciler = Reconciler(
@@ -294,16 +304,27 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
 
 async def run_node(node: Node, ready: Callable[[Node], None] | None = None) -> None:
     """Serve until the server is told to exit; every task runs in one TaskGroup."""
-    sock = _bind(node.settings)
-    if node.settings.port == 0:
-        port = sock.getsockname()[1]
-        node.settings = node.settings.replace(listen=f"{node.settings.host}:{port}")
-        node.services.settings = node.settings
-    with sock:
-        await _run_tasks(node, sock, ready)
+    sockets = [_bind(node.settings.listen)]
+    if node.settings.issuer_listen:
+        sockets.append(_bind(node.settings.issuer_listen))
+    bound = [f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in sockets]
+    # Port 0 in a setting: the port the system chose, for links, the prober and tests.
+    node.settings = node.settings.replace(
+        listen=f"{node.settings.host}:{sockets[0].getsockname()[1]}",
+        issuer_listen=bound[1] if len(bound) > 1 else "",
+    )
+    node.services.settings = node.settings
+    edge = node.services.edge
+    if edge is not None and len(sockets) > 1:
+        edge.issuer_port = sockets[1].getsockname()[1]
+    try:
+        await _run_tasks(node, sockets, ready)
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
-async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], None] | None) -> None:
+async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[Node], None] | None) -> None:
     health = _health(node)
     async with asyncio.TaskGroup() as tasks:
         pipeline = node.services.pipeline
@@ -320,7 +341,7 @@ async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], No
         )
         reconciler = tasks.create_task(node.reconciler.run(), name="reconciler")
         supervisor = tasks.create_task(node.nats.supervise(), name="nats") if node.nats else None
-        http = tasks.create_task(node.server.serve(sockets=[sock]), name="http")
+        http = tasks.create_task(node.server.serve(sockets=sockets), name="http")
         keepalive = tasks.create_task(
             node.services.live.keep_alive(node.settings.sse_keepalive_s, lambda: freshness(node.services)),
             name="keepalive",

@@ -127,6 +127,20 @@ NOT_FOUND = Problem("request.not-found", 404, "No such resource.")
 METHOD_NOT_ALLOWED = Problem("request.method-not-allowed", 405, "This method is not allowed here.")
 INTERNAL = Problem("server.internal", 500, "An internal error occurred; it has been logged.")
 
+# The edge: refusals written by the listener before any route runs (api/listener.py)
+HEADERS_TOO_LARGE = Problem(
+    "request.headers-too-large", 431, "The request's headers are larger or more numerous than the limit."
+)
+HEADER_TIMEOUT = Problem("request.header-timeout", 408, "The request's headers did not arrive in time.")
+BODY_TIMEOUT = Problem("request.body-timeout", 408, "The request's body did not arrive in time.")
+NODE_FULL = Problem(
+    "request.node-full", 503, "This node holds as many connections as it allows; retry later or on another node."
+)
+SOURCE_FULL = Problem("request.source-full", 429, "This address holds as many connections to this node as it may.")
+HTTP_VERSION = Problem(
+    "request.http-version", 505, "Event streams need HTTP/1.1 (chunked); use HTTP/1.1 or the WebSocket endpoint."
+)
+
 # Authentication and authorisation
 UNAUTHENTICATED = Problem("auth.missing-token", 401, "A bearer token is required.")
 UNKNOWN_TOKEN = Problem("auth.unknown-token", 401, "The token is not valid.")
@@ -185,6 +199,7 @@ CAP_CEILING_BELOW_ALTITUDE = Problem(
 DEVICE_INVALID = Problem("device.invalid", 422, "The device registration is not valid.")
 CELL_INVALID = Problem("device.cell-invalid", 422, "A cell is not a valid H3 cell at or below the service's resolution.")
 DEVICE_UNKNOWN = Problem("device.unknown", 401, "The device token is not valid.")
+TOO_MANY_STREAMS = Problem("device.too-many-streams", 429, "This device token holds as many streams as it may.")
 NODE_NOT_READY = Problem(
     "node.not-ready", 503, "This node cannot deliver right now; connect to another node and resume."
 )

@@ -122,6 +122,35 @@ class Settings:
     watchdog_urls: str = ""
     heartbeat_interval_s: float = 10.0
     log_level: str = "INFO"
+    # A second listener (HOST:PORT) for issuers, with its own connection budget, so that no
+    # flood of anonymous device connections crowds issuers out. Empty: issuers share `listen`.
+    # Expose it only to issuers (firewall); it serves the same API.
+    issuer_listen: str = ""
+    # The edge (docs/security.md, "The edge"). Request line and headers together at most
+    # this many bytes (431); httptools' cost grows with header size, so this is checked as
+    # the bytes arrive, before they are parsed further.
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 64
+    # A request's headers must arrive this long after it began (slowloris), its body this
+    # long after its headers; otherwise 408 and the connection closes.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    # Open connections on the public listener (503 request.node-full beyond); capped at
+    # the process's open-file limit less a reserve for NATS, the ledger and the disk.
+    max_connections: int = 10_000
+    # Open connections from one address (429 request.source-full beyond). Phones behind a
+    # carrier-grade NAT share an address: raise it where they do. Trusted proxies are exempt.
+    max_connections_per_source: int = 500
+    # The issuer listener's own budget (when issuer_listen is set).
+    max_issuer_connections: int = 256
+    # Streams (SSE or WebSocket) one device token may hold open at once.
+    max_streams_per_device: int = 4
+    # Devices send nothing that matters over a WebSocket: a message larger than this closes
+    # it (1009). Compression is never negotiated, so nothing is ever inflated.
+    ws_max_message_bytes: int = 4096
+    # Comma separated addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto
+    # name the client; empty: the socket's peer is the client, and those headers are ignored.
+    trusted_proxies: str = ""
 
     @property
     def host(self) -> str:
@@ -198,9 +227,12 @@ def _convert(name: str, raw: str, default: Any) -> Any:
 
 
 def _check(settings: Settings) -> None:
-    host, sep, port = settings.listen.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise SettingsError(f"TOCSIN_LISTEN / --listen must be HOST:PORT, got {settings.listen!r}")
+    for name, value in (("TOCSIN_LISTEN / --listen", settings.listen), ("TOCSIN_ISSUER_LISTEN", settings.issuer_listen)):
+        host, sep, port = value.rpartition(":")
+        if value and (not sep or not host or not port.isdigit()):
+            raise SettingsError(f"{name} must be HOST:PORT, got {value!r}")
+    if not settings.listen:
+        raise SettingsError("TOCSIN_LISTEN / --listen must be HOST:PORT, got ''")
     if settings.nats_url and not settings.nats_monitor_url:
         raise SettingsError(
             "TOCSIN_NATS_URL is set but TOCSIN_NATS_MONITOR_URL is not: tocsin must read the server's "

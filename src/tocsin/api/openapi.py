@@ -100,7 +100,12 @@ def _header(description: str, **schema: Any) -> Json:
 
 _RETRY_AFTER = {"Retry-After": _header("Seconds to wait before retrying; a retry never stores twice.", type="integer")}
 _LOCATION = {"Location": _header("Path of the stored alert.")}
-_COMMON = {"500": {"$ref": "#/components/responses/Internal"}}
+# Every operation can meet the listener's refusals (api/listener.py) and a 500.
+_COMMON = {
+    "408": {"$ref": "#/components/responses/Timeout"},
+    "431": {"$ref": "#/components/responses/HeadersTooLarge"},
+    "500": {"$ref": "#/components/responses/Internal"},
+}
 _ISSUER: list[Json] = [{"issuerToken": []}, {"issuerTokenQuery": []}]
 _DEVICE: list[Json] = [{"deviceToken": []}, {"deviceTokenQuery": []}]
 _ALERT_ID_PARAM = {"name": "alert_id", "in": "path", "required": True, "schema": _ALERT_ID}
@@ -145,7 +150,7 @@ def _issuer_paths(catalog: list[Problem]) -> Json:
             "413": _problems(catalog, 413, ("request.", "cap.", "alert.")),
             "415": _problems(catalog, 415, ("request.",)),
             "422": _problems(catalog, 422, ("cap.", "policy.")),
-            "503": _problems(catalog, 503, ("store.",), _RETRY_AFTER),
+            "503": _problems(catalog, 503, ("store.", "request."), _RETRY_AFTER),
             "507": _problems(catalog, 507, ("store.",)),
             **_COMMON,
         },
@@ -159,7 +164,7 @@ def _issuer_paths(catalog: list[Problem]) -> Json:
         "responses": {
             "200": _json(_ref("AlertDetail"), "The alert."),
             "404": _problems(catalog, 404, ("alert.",)),
-            "503": _problems(catalog, 503, ("store.",), _RETRY_AFTER),
+            "503": _problems(catalog, 503, ("store.", "request."), _RETRY_AFTER),
             **_COMMON,
         },
     }
@@ -179,7 +184,7 @@ def _issuer_paths(catalog: list[Problem]) -> Json:
                 },
             },
             "404": _problems(catalog, 404, ("alert.",)),
-            "503": _problems(catalog, 503, ("store.",), _RETRY_AFTER),
+            "503": _problems(catalog, 503, ("store.", "request."), _RETRY_AFTER),
             **_COMMON,
         },
     }
@@ -229,7 +234,7 @@ def _device_paths(catalog: list[Problem]) -> Json:
             "401": _problems(catalog, 401, ("auth.",)),
             "413": _problems(catalog, 413, ("request.",)),
             "422": _problems(catalog, 422, ("device.",)),
-            "503": _problems(catalog, 503, ("store.",), _RETRY_AFTER),
+            "503": _problems(catalog, 503, ("store.", "request."), _RETRY_AFTER),
             **_COMMON,
         },
     }
@@ -254,7 +259,9 @@ def _device_paths(catalog: list[Problem]) -> Json:
             },
             "400": _problems(catalog, 400, ("device.",)),
             "401": _problems(catalog, 401, ("device.",)),
-            "503": _problems(catalog, 503, ("store.",), _RETRY_AFTER),
+            "429": _problems(catalog, 429, ("device.", "request.")),
+            "503": _problems(catalog, 503, ("store.", "request."), _RETRY_AFTER),
+            "505": _problems(catalog, 505, ("request.",)),
             **_COMMON,
         },
     }
@@ -265,11 +272,16 @@ def _device_paths(catalog: list[Problem]) -> Json:
         "description": _WS_TEXT,
         "security": _DEVICE,
         "parameters": [after, token],
-        "responses": {"101": {"description": "Switching protocols to WebSocket."},
-                      "403": {"description": "Unknown device token or invalid last_event_id."}},
+        "responses": {"101": {"description": "Switching protocols to WebSocket; a refusal is a close code."}},
         "x-websocket": {
             "messages": {"alert": _ref("WsAlert"), "synced": _ref("WsSynced"), "keepalive": _ref("WsKeepalive")},
-            "closeCodes": {"1013": "too far behind; reconnect with last_event_id"},
+            "closeCodes": {
+                "1009": "a message from the device larger than the limit (TOCSIN_WS_MAX_MESSAGE_BYTES)",
+                "1013": "too far behind, or the node is not ready; reconnect with last_event_id",
+                "4400": "invalid last_event_id (device.event-id-invalid)",
+                "4401": "unknown device token (device.unknown): register again",
+                "4429": "the device token holds its limit of streams (device.too-many-streams)",
+            },
         },
     }
     return {"/api/v1/devices": {"post": register}, "/api/v1/stream": {"get": stream}, "/api/v1/ws": {"get": websocket}}
@@ -311,9 +323,19 @@ def _components(catalog: list[Problem]) -> Json:
     bearer = "Authorization: Bearer <token>"
     return {
         "schemas": schemas,
-        "responses": {"Internal": {
-            "description": "Problem: `server.internal` (logged with its traceback).",
-            "content": {"application/problem+json": {"schema": _ref("Problem")}}}},
+        "responses": {
+            "Internal": {
+                "description": "Problem: `server.internal` (logged with its traceback).",
+                "content": {"application/problem+json": {"schema": _ref("Problem")}}},
+            "Timeout": {
+                "description": "Problem: `request.header-timeout`, `request.body-timeout`; the connection closes.",
+                "content": {"application/problem+json": {"schema": _ref("Problem")}},
+                "x-problem-codes": ["request.header-timeout", "request.body-timeout"]},
+            "HeadersTooLarge": {
+                "description": "Problem: `request.headers-too-large`; the connection closes.",
+                "content": {"application/problem+json": {"schema": _ref("Problem")}},
+                "x-problem-codes": ["request.headers-too-large"]},
+        },
         "securitySchemes": {
             "issuerToken": {"type": "http", "scheme": "bearer", "description": f"Issuer account token ({bearer})."},
             "issuerTokenQuery": {"type": "apiKey", "in": "query", "name": "token",

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from tocsin.api.listener import FULL_FOR_S
 from tocsin.api.openapi import document
 from tocsin.api.services import Services
 from tocsin.geo.cells import CELL_RESOLUTION
@@ -38,7 +39,23 @@ async def livez(request: Request) -> Response:
 
 
 def readiness_report(services: Services) -> dict[str, Any]:
-    """The last readiness results; a node without readiness checks is never ready."""
+    """The last readiness results plus the listener's connections; never ready without checks."""
+    report = _checks_report(services)
+    if services.edge is None:
+        return report
+    gate = services.edge.public
+    full = gate.is_full
+    check = {
+        "ok": not full, "age_s": 0.0, "max_age_s": FULL_FOR_S, "value": gate.as_json(),
+        "detail": f"the public listener holds its limit of {gate.max_total} connections; new clients are refused"
+        if full else f"{gate.total} of {gate.max_total} connections open",
+    }
+    failing = sorted({*report["failing"], "connections"}) if full else report["failing"]
+    return {**report, "status": "not ready" if failing else "ready", "ready": not failing, "failing": failing,
+            "checks": {**report["checks"], "connections": check}}
+
+
+def _checks_report(services: Services) -> dict[str, Any]:
     if services.readiness is None:
         return {
             "status": "not ready", "ready": False, "node": services.settings.node_name,
