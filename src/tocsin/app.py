@@ -22,10 +22,10 @@ from tocsin.api.routes import make_app
 from tocsin.api.services import Services
 from tocsin.api.streams import freshness
 from tocsin.channels.live import LiveRegistry
-from tocsin.errors import StoreUnavailable
+from tocsin.errors import StoreMisconfigured, StoreUnavailable
 from tocsin.health.readiness import Limits, Readiness
 from tocsin.health.shed import shed_when_unready
-from tocsin.cluster.nats_server import NatsServer, check_varz_sync_always
+from tocsin.cluster.nats_server import NATS_USER, NatsServer, check_varz_sync_always, load_or_create_password
 from tocsin.pipeline import build_pipeline
 from tocsin.geo.covering import CoverWorker
 from tocsin.pipeline.accept import Accept, Bounds, Retention
@@ -79,7 +79,22 @@ async def _check_monitor(url: str) -> None:
     await asyncio.to_thread(read)
 
 
-async def _connect_when_up(settings: Settings, servers: list[str]) -> Client:
+def _nats_login(settings: Settings) -> tuple[str, str]:
+    """The user and password for an existing NATS, from TOCSIN_NATS_USER and its password file.
+
+    Raises:
+        StoreMisconfigured: a user is set but its password file cannot be read.
+    """
+    if not settings.nats_user:
+        return "", ""
+    path = settings.nats_password_path
+    try:
+        return settings.nats_user, path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise StoreMisconfigured(f"TOCSIN_NATS_PASSWORD_FILE {path}: {exc.strerror or exc}") from None
+
+
+async def _connect_when_up(settings: Settings, servers: list[str], login: tuple[str, str]) -> Client:
     """Connect once NATS answers (a node may start before its server); check sync_always.
 
     Raises:
@@ -90,7 +105,7 @@ async def _connect_when_up(settings: Settings, servers: list[str]) -> Client:
     async def attempt() -> Client:
         for monitor in monitors:
             await _check_monitor(monitor)
-        return await connect(settings, servers, name=settings.node_name)
+        return await connect(settings, servers, name=settings.node_name, user=login[0], password=login[1])
 
     return await _until_up(attempt, (OSError, nats.errors.Error), settings.startup_timeout_s, "waiting for nats")
 
@@ -238,15 +253,18 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
         nats_server: NatsServer | None = None
         if settings.nats_url:
             servers = [u.strip() for u in settings.nats_url.split(",") if u.strip()]
+            login = _nats_login(settings)
         else:
+            # Loopback only (NatsServer's host), and still behind a password of its own.
+            login = (NATS_USER, load_or_create_password(settings.nats_password_path))
             nats_server = NatsServer(
                 store_dir=settings.data_dir / "nats", name=settings.node_name,
-                restart_delay_s=settings.nats_restart_delay_s,
+                restart_delay_s=settings.nats_restart_delay_s, user=login[0], password=login[1],
             )
             await nats_server.start()
             stack.push_async_callback(nats_server.stop)
             servers = [nats_server.client_url]
-        nc = await _connect_when_up(settings, servers)
+        nc = await _connect_when_up(settings, servers, login)
         stack.push_async_callback(nc.close)
         store = JetStreamStore(nc, settings)
         admin_token = await _prepare_store(store, settings)

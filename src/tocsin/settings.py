@@ -50,6 +50,16 @@ class Settings:
     # A stream leader election takes about 5 s (RELIABILITY.md); publishes are retried with
     # the same message id for this long before the issuer gets a 503 with Retry-After.
     publish_deadline_s: float = 10.0
+    # NATS credentials (docs/security.md, NATS). The embedded server makes its own (a
+    # random password in DATA_DIR/keys/nats-password); for an existing cluster, the user
+    # and a file holding the password (never the password itself in the environment).
+    nats_user: str = ""
+    nats_password_file: str = ""
+    # A CA file for nats+tls:// (tls://) servers: TLS between hosts (docs/cluster.md).
+    nats_tls_ca_file: str = ""
+    # A node refuses NATS that lets anonymous clients in on a non-loopback address (anyone
+    # reaching it could write an admin token); true allows it, for a closed network only.
+    nats_allow_anonymous: bool = False
     # nats-py pings every 120 s by default; a frozen server would go unnoticed for minutes.
     nats_ping_interval_s: float = 2.0
     nats_max_outstanding_pings: int = 2
@@ -57,6 +67,9 @@ class Settings:
     # The deployment's Ed25519 key; every node of a cluster must use the same file.
     # Empty: DATA_DIR/keys/signing-key.pem, created on first start.
     signing_key_file: str = ""
+    # The key set the node serves at /.well-known/tocsin/keys: its keys with validity dates
+    # and the statements `tocsin keys rotate` signs. Empty: key-set.json beside the key.
+    key_set_file: str = ""
     # How often the reconciler compares this node's ledger with the stream.
     reconcile_interval_s: float = 5.0
     # CAP documents larger than this are refused before any parsing.
@@ -163,6 +176,14 @@ class Settings:
     @property
     def signing_key_path(self) -> Path:
         return Path(self.signing_key_file) if self.signing_key_file else self.data_dir / "keys" / "signing-key.pem"
+
+    @property
+    def key_set_path(self) -> Path:
+        return Path(self.key_set_file) if self.key_set_file else self.signing_key_path.with_name("key-set.json")
+
+    @property
+    def nats_password_path(self) -> Path:
+        return Path(self.nats_password_file) if self.nats_password_file else self.data_dir / "keys" / "nats-password"
 
     @property
     def base_url(self) -> str:

@@ -39,7 +39,9 @@ def test_event_ids_name_the_seq_and_the_alert() -> None:
     assert event_id(12, "3fa9c0de" + "0" * 24) == "12.3fa9c0de"
     assert parse_event_id("12.3fa9c0de") == (12, "3fa9c0de")
     assert parse_event_id("12") == (12, None)
-    for bad in ("", "x", "12.", "12.XYZ", "-1", "12.3fa9c0de0"):
+    assert parse_event_id(str(2**64 - 1)) == (2**64 - 1, None)
+    for bad in ("", "x", "12.", "12.XYZ", "-1", "12.3fa9c0de0", str(2**64), f"{2**64}.3fa9c0de",
+                "9" * 4000, "\u0661\u0662", "\u00b2", " 12", "+12"):
         try:
             parse_event_id(bad)
         except ValueError:
@@ -65,6 +67,11 @@ async def test_a_cursor_the_stream_cannot_vouch_for_gets_a_full_replay(node: Nod
         bad = await http.get("/api/v1/stream", headers={"Authorization": f"Bearer {device['token']}",
                                                          "Last-Event-ID": "nope"})
         assert (bad.status_code, bad.json()["code"]) == (400, "device.event-id-invalid")
+        # JetStream seqs are 64-bit: 2^64 and beyond name nothing and are refused, not a 500.
+        for huge in (str(2**64), f"{2**64}.deadbeef", "9" * 30):
+            bad = await http.get("/api/v1/stream", headers={"Authorization": f"Bearer {device['token']}",
+                                                             "Last-Event-ID": huge})
+            assert (bad.status_code, bad.json()["code"]) == (400, "device.event-id-invalid")
 
 
 async def test_a_reused_seq_resets_the_follower_and_closes_live_devices(node: Node) -> None:  # noqa: F811

@@ -292,7 +292,8 @@ def _public_paths() -> Json:
         return {"get": {"tags": ["public"], "operationId": op, "summary": summary, "responses": responses}}
 
     return {
-        "/.well-known/tocsin/keys": simple("keys", "The deployment's public signing keys (JWK)", {
+        "/.well-known/tocsin/keys": simple("keys", "The deployment's public signing keys (JWK) and key-set statements; trusted by "
+                                       "a device only through a statement signed by a key it trusts", {
             "200": _json(_ref("Keys"), "Cache-Control: public, max-age=300.")}),
         "/livez": simple("livez", "The process answers", {"200": _json(_ref("Liveness"), "Live.")}),
         "/readyz": simple("readyz", "Whether this node measured, seconds ago, that it can deliver", {
@@ -462,12 +463,19 @@ def _device_schemas() -> Json:
         "id": string, "token": {"type": "string", "description": "<id>.<secret>; shown once."},
         "cells": {"type": "array", "items": string}, "languages": {"type": "array", "items": string},
         "tests": boolean, "canary": boolean, "cell_resolution": {"type": "integer", "const": res}}}
+    when = {"type": "string", "format": "date-time"}
     jwk = {"type": "object", "properties": {"kty": {"const": "OKP"}, "crv": {"const": "Ed25519"}, "x": string,
-                                            "kid": string, "alg": {"const": "EdDSA"}, "use": {"const": "sig"}}}
+                                            "kid": string, "alg": {"const": "EdDSA"}, "use": {"const": "sig"},
+                                            "not_before": when, "not_after": when}}
+    statement = {"type": "object", "required": ["statement", "kid", "sig"], "properties": {
+        "statement": {"type": "string", "description": "JSON text: type tocsin.key-set, issued_at, keys."},
+        "kid": string, "sig": {"type": "string", "description": "Ed25519 over the statement's bytes."}}}
     return {
         "DeviceRegistration": registration, "DeviceRegistered": registered, "Jwk": jwk,
         "Keys": {"type": "object", "properties": {"keys": {"type": "array", "items": _ref("Jwk")},
+                                                  "statements": {"type": "array", "items": _ref("KeyStatement")},
                                                   "cell_resolution": {"type": "integer"}}},
+        "KeyStatement": statement,
         "Liveness": {"type": "object", "properties": {"status": {"const": "live"}, "node": string}},
         "Readiness": {"type": "object", "properties": {
             "status": {"type": "string", "enum": ["ready", "not ready"]}, "ready": boolean, "node": string,

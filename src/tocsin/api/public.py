@@ -7,6 +7,7 @@ never wait on NATS or the disk, so they answer at once even when those are froze
 from __future__ import annotations
 
 import html
+import json
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,6 +19,7 @@ from tocsin.api.openapi import document
 from tocsin.api.services import Services
 from tocsin.geo.cells import CELL_RESOLUTION
 from tocsin.health.readiness import redundancy
+from tocsin.signing import published_key_set
 
 _NO_STORE = {"Cache-Control": "no-store"}
 
@@ -28,9 +30,24 @@ def _services(request: Request) -> Services:
 
 
 async def keys(request: Request) -> Response:
+    """The deployment's keys with validity dates, and the statements that vouch for them.
+
+    Read from the key-set file, again when it changes (`tocsin keys rotate` publishes a
+    new key before the nodes sign with it); a device trusts none of it by itself.
+    """
     services = _services(request)
-    body = {"keys": [services.signer.public_jwk()], "cell_resolution": CELL_RESOLUTION}
-    return JSONResponse(body, headers={"Cache-Control": "public, max-age=300"})
+    path = services.settings.key_set_path
+    try:
+        stat = path.stat()
+        version: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        version = None
+    cached: tuple[tuple[int, int] | None, bytes] | None = getattr(request.app.state, "key_set", None)
+    if cached is None or cached[0] != version:
+        body = {**published_key_set(services.signer, path), "cell_resolution": CELL_RESOLUTION}
+        cached = (version, json.dumps(body, separators=(",", ":")).encode("utf-8"))
+        request.app.state.key_set = cached
+    return Response(cached[1], media_type="application/json", headers={"Cache-Control": "public, max-age=300"})
 
 
 async def livez(request: Request) -> Response:

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import random
+import ssl
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +32,7 @@ from nats.js.api import (
 )
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from tocsin.loopback import is_loopback, url_is_loopback
 from tocsin.errors import AlertNotFound, StoreFull, StoreMisconfigured, StoreUnavailable
 from tocsin.settings import Settings
 from tocsin.store.base import AlertId, ConsumerHealth, Envelope, Records, Stored, StreamHealth
@@ -67,11 +69,22 @@ def _jittered_server(servers: list[NatsServerRef], info: dict[str, Any]) -> tupl
     return random.choice(servers), delay
 
 
-async def connect(settings: Settings, servers: list[str], name: str) -> Client:
-    """Connect with tocsin's safe client settings: reconnect forever, ping often, jitter."""
-    return await nats.connect(
+async def connect(
+    settings: Settings, servers: list[str], name: str, *, user: str = "", password: str = ""
+) -> Client:
+    """Connect with tocsin's safe client settings: reconnect forever, ping often, jitter.
+
+    Then refuse a NATS that lets anonymous clients in beyond loopback, unless allowed.
+
+    Raises:
+        StoreMisconfigured: the NATS accepts anonymous clients on a non-loopback address.
+    """
+    nc = await nats.connect(
         servers=servers,
         name=name,
+        user=user or None,
+        password=password or None,
+        tls=_tls(settings),
         allow_reconnect=True,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
@@ -82,6 +95,66 @@ async def connect(settings: Settings, servers: list[str], name: str) -> Client:
         error_cb=_log_error,
         disconnected_cb=_log_disconnected,
         reconnected_cb=_log_reconnected,
+    )
+    try:
+        await _refuse_anonymous(settings, servers, nc)
+    except BaseException:
+        await nc.close()
+        raise
+    return nc
+
+
+def _tls(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.nats_tls_ca_file:
+        return None
+    return ssl.create_default_context(cafile=settings.nats_tls_ca_file)
+
+
+def _exposed(servers: list[str], nc: Client) -> str | None:
+    """A non-loopback address the NATS is reached on or listens on; None when all loopback."""
+    listening = str(nc._server_info.get("host", ""))  # the server's own INFO: where it listens
+    if listening and not is_loopback(listening):
+        return listening
+    return next((url for url in servers if not url_is_loopback(url)), None)
+
+
+async def accepts_anonymous(host: str, port: int, tls: ssl.SSLContext | None = None, timeout_s: float = 2.0) -> bool:
+    """Whether the NATS server at host:port lets a client in without credentials.
+
+    Speaks the protocol's first exchange itself (INFO, CONNECT, PING): a PONG is a yes,
+    an -ERR (Authorization Violation) a no. Raises OSError/TimeoutError when unreachable.
+    """
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    try:
+        async with asyncio.timeout(timeout_s):
+            info = json.loads((await reader.readline()).decode().partition(" ")[2] or "{}")
+            if info.get("tls_required"):
+                await writer.start_tls(tls or ssl.create_default_context(), server_hostname=host)
+            writer.write(b'CONNECT {"verbose":false,"pedantic":false,"protocol":1}\r\nPING\r\n')
+            await writer.drain()
+            answer = await reader.readline()
+        return answer.startswith(b"PONG")
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+
+
+async def _refuse_anonymous(settings: Settings, servers: list[str], nc: Client) -> None:
+    """Try an anonymous client where the NATS is reachable from outside; refuse if let in."""
+    exposed = _exposed(servers, nc)
+    url = nc.connected_url
+    if settings.nats_allow_anonymous or exposed is None or url is None or url.hostname is None:
+        return
+    try:
+        if not await accepts_anonymous(url.hostname, url.port or 4222, _tls(settings)):
+            return
+    except (OSError, TimeoutError, ssl.SSLError, ValueError):
+        return  # the logged-in client got through; this one failing says nothing more
+    raise StoreMisconfigured(
+        f"NATS at {exposed} accepts anonymous clients: anyone who reaches it can write to the store "
+        "(an admin token in the issuer bucket). Give it credentials (docs/security.md, NATS), or set "
+        "TOCSIN_NATS_ALLOW_ANONYMOUS=true on a closed network"
     )
 
 
