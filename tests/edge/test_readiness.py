@@ -29,16 +29,22 @@ async def test_a_saturated_public_listener_turns_readiness_red_and_the_probe_see
             started = time.monotonic()
             edge = node.services.edge
             assert edge is not None
-            while edge.public.total < edge.public.max_total:  # slow clients take every place
-                _, writer = await connect(port_of(node.url), f"127.0.3.{1 + len(flood) % 100}")
-                writer.write(b"GET /livez HTTP/1.1\r\n")
-                flood.append(writer)
-                await asyncio.sleep(0)
+
+            async def fill() -> None:
+                """Slow clients take every place, and any place that comes free again."""
+                while edge.public.total < edge.public.max_total and len(flood) < 400:
+                    _, writer = await connect(port_of(node.url), f"127.0.3.{1 + len(flood) % 100}")
+                    writer.write(b"GET /livez HTTP/1.1\r\n")
+                    flood.append(writer)
+                    await asyncio.sleep(0)
+
+            await fill()
             await readyz.until(http, ready=False, within_s=RED_WITHIN_S)
             assert "connections" in readyz.samples[-1].failing
             # The probe goes through the public listener on a fresh connection: it fails too.
             async with asyncio.timeout(RED_WITHIN_S - (time.monotonic() - started) + 1):
                 while not set(readyz.samples[-1].failing) - {"connections"}:
+                    await fill()
                     await asyncio.sleep(0.5)
                     await readyz.sample(http)
             print(f"red with {readyz.samples[-1].failing} {time.monotonic() - started:.1f} s after saturation")
