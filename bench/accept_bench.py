@@ -28,11 +28,8 @@ import asyncio
 import contextlib
 import json
 import secrets
-import shutil
-import signal
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -46,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.fleet import percentile, raise_nofile  # noqa: E402
 from bench.serve_bench import (  # noqa: E402
-    Server, alerts_request_head, answer_head, free_port, machine, proc_cpu_s, profiled,
+    Server, alerts_request_head, answer_head, free_port, machine, proc_cpu_s, profiled, run_in_workdir,
 )
 from tests.samples import alert_xml  # noqa: E402
 
@@ -301,23 +298,7 @@ def main() -> None:
     args = parser.parse_args()
     args.setups = [s for s in args.setups.split(",") if s]
     raise_nofile()
-    workdir = Path(tempfile.mkdtemp(prefix="tocsin-accept-", dir=args.tmp))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    ok = False
-    try:
-        import uvloop
-
-        report = uvloop.run(run(args, workdir))
-        ok = True
-    finally:
-        if args.keep or not ok:
-            print(f"logs kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(table(report))
-    if args.save:
-        Path(args.save).write_text(json.dumps(report, indent=1, default=str))
-
+    run_in_workdir("tocsin-accept-", args, lambda workdir: run(args, workdir), table)
 
 if __name__ == "__main__":
     socket.setdefaulttimeout(None)

@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.fleet import percentile, raise_nofile, register  # noqa: E402
-from bench.serve_bench import DISPLAY_POLYGON, XML, Fleet, machine, proc_cpu_s, profiled  # noqa: E402
+from bench.serve_bench import DISPLAY_POLYGON, FLEET_ENV, XML, Fleet, machine, proc_cpu_s, profiled, run_in_workdir  # noqa: E402
 from tests.samples import alert_xml  # noqa: E402
 
 BEFORE_KILL_S = 2.0
@@ -115,7 +113,7 @@ def issuer_view(sent: list[dict[str, Any]], killed_at: float) -> dict[str, Any]:
 async def scenario(name: str, workdir: Path, devices: int, interval_s: float, profile: Path | None) -> dict[str, Any]:
     from tocsin.cluster.local import LocalCluster
 
-    local = LocalCluster(workdir / name, nodes=3)
+    local = LocalCluster(workdir / name, nodes=3, extra_env=FLEET_ENV)
     fleet: Fleet | None = None
     try:
         await local.start()
@@ -218,23 +216,7 @@ def main() -> None:
     args = parser.parse_args()
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     raise_nofile(2 * args.devices + 4096)
-    workdir = Path(tempfile.mkdtemp(prefix="tocsin-failover-", dir=args.tmp))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    ok = False
-    try:
-        import uvloop
-
-        report = uvloop.run(run(args, workdir))
-        ok = True
-    finally:
-        if args.keep or not ok:
-            print(f"logs kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(table(report))
-    if args.save:
-        Path(args.save).write_text(json.dumps(report, indent=1, default=str))
-
+    run_in_workdir("tocsin-failover-", args, lambda workdir: run(args, workdir), table)
 
 if __name__ == "__main__":
     main()

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -135,6 +135,15 @@ def profiled(pid: int | None, out: Path | None) -> Iterator[None]:
         stop_pid(process, signal.SIGINT, 20)
 
 
+# The bench fleets register and connect every device from one loopback address: the
+# per-source limits that protect a public node would refuse them.
+FLEET_ENV = {
+    "TOCSIN_REGISTRATIONS_PER_SOURCE_PER_MIN": "0",
+    "TOCSIN_REGISTRATIONS_PER_MIN": "0",
+    "TOCSIN_MAX_CONNECTIONS_PER_SOURCE": "1000000",
+}
+
+
 @dataclass(slots=True, kw_only=True)
 class Server:
     """`tocsin serve` as a child process, with its log in the data directory."""
@@ -159,7 +168,7 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOCSIN_")}
         env["TOCSIN_ADMIN_TOKEN"] = self.admin_token
         # The bench's fleet registers every device from one loopback address.
-        env["TOCSIN_REGISTRATIONS_PER_SOURCE_PER_MIN"] = env["TOCSIN_REGISTRATIONS_PER_MIN"] = "0"
+        env.update(FLEET_ENV)
         out = open(self.log_path, "wb")  # stdout and stderr (JSON log lines) in one file
         with out:
             self.process = subprocess.Popen(
@@ -393,6 +402,38 @@ def nats_version() -> str:
 
     out = subprocess.run([find_binary(), "--version"], capture_output=True, text=True, timeout=10).stdout
     return out.strip().removeprefix("nats-server: ")
+
+
+async def _stoppable(work: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """Run `work`; SIGTERM or Ctrl-C cancels it, so that its `finally` stops every process."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    return await work
+
+
+def run_in_workdir(prefix: str, args: argparse.Namespace,
+                   work: Callable[[Path], Coroutine[Any, Any, dict[str, Any]]],
+                   table: Callable[[dict[str, Any]], str]) -> None:
+    """A bench's main: `work` on uvloop in a temp dir (kept with --keep or on error), then its
+    table on stdout and, with --save, its report as JSON. Uses args.tmp, args.keep, args.save."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=args.tmp))
+    ok = False
+    try:
+        import uvloop
+
+        report = uvloop.run(_stoppable(work(workdir)))
+        ok = True
+    finally:
+        if args.keep or not ok:
+            print(f"logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(table(report))
+    if args.save:
+        Path(args.save).write_text(json.dumps(report, indent=1, default=str))
 
 
 def machine() -> dict[str, Any]:

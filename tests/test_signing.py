@@ -69,3 +69,36 @@ def test_keys_by_kid_skips_mislabelled_keys() -> None:
     assert keys_by_kid([key.public_jwk()]) == {key.kid: key.public_jwk()}
     assert keys_by_kid([mislabelled, {"kid": 1}, "x"]) == {}
     assert keys_by_kid("nope") == {}
+
+
+def test_rotations_chain_and_drop_keys_that_expired(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tocsin.client.keys import accept_statements
+    from tocsin.signing import read_key_set, rotate
+
+    key_path, set_path = tmp_path / "signing-key.pem", tmp_path / "key-set.json"
+    first = SigningKey.load_or_create(key_path)
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    _, second = rotate(key_path, set_path, start, timedelta(days=1))
+    _, third = rotate(key_path, set_path, start + timedelta(days=2), timedelta(days=1))
+    body = read_key_set(set_path)
+    assert body is not None
+    # The first key expired a day after the first rotation: the second one drops it.
+    assert [k["kid"] for k in body["keys"]] == [second.kid, third.kid]
+    assert (tmp_path / f"signing-key-{first.kid}.pem").exists()
+    assert oct((tmp_path / "signing-key.pem").stat().st_mode & 0o777) == "0o600"
+    # A device that trusted only the first key follows both statements, in order; the
+    # third key is trusted but verifies nothing before its not_before.
+    from tocsin.client.keys import valid_keys
+
+    soon = start + timedelta(hours=1)
+    accepted = accept_statements({first.kid: first.public_jwk()}, None, body["statements"], soon)
+    assert set(accepted.keys) == {second.kid, third.kid} and accepted.refused == 0
+    assert set(valid_keys(accepted.keys, soon)) == {second.kid}
+    # Once the first key expired (as the device knows it), its statement brings no one in.
+    from tocsin.signing import with_validity
+
+    dated = {first.kid: with_validity(first.public_jwk(), not_after=start + timedelta(days=1))}
+    late = accept_statements(dated, None, body["statements"], start + timedelta(days=3))
+    assert set(late.keys) == {first.kid} and late.refused == 2

@@ -17,18 +17,20 @@ import uvicorn
 from nats.aio.client import Client
 
 from tocsin.api.auth import new_token, token_digest
+from tocsin.api.listener import Edge, edge_protocols
 from tocsin.api.routes import make_app
 from tocsin.api.services import Services
 from tocsin.api.streams import freshness
 from tocsin.channels.live import LiveRegistry
-from tocsin.errors import StoreUnavailable
+from tocsin.errors import StoreMisconfigured, StoreUnavailable
 from tocsin.health.readiness import Limits, Readiness
 from tocsin.health.shed import shed_when_unready
-from tocsin.cluster.nats_server import NatsServer, check_varz_sync_always
+from tocsin.cluster.nats_server import NATS_USER, NatsServer, check_varz_sync_always, load_or_create_password
 from tocsin.pipeline import build_pipeline
-from tocsin.pipeline.accept import Accept, Retention
+from tocsin.geo.covering import CoverWorker
+from tocsin.pipeline.accept import Accept, Bounds, Retention
 from tocsin.pipeline.reconcile import Reconciler
-from tocsin.policy import Issuer
+from tocsin.policy import AlertLimits, Issuer
 from tocsin.prober.heartbeat import Heartbeat, heartbeat_urls
 from tocsin.prober.probe import Prober, load_or_create_token, prober_account
 from tocsin.secret_file import private_dir
@@ -77,7 +79,22 @@ async def _check_monitor(url: str) -> None:
     await asyncio.to_thread(read)
 
 
-async def _connect_when_up(settings: Settings, servers: list[str]) -> Client:
+def _nats_login(settings: Settings) -> tuple[str, str]:
+    """The user and password for an existing NATS, from TOCSIN_NATS_USER and its password file.
+
+    Raises:
+        StoreMisconfigured: a user is set but its password file cannot be read.
+    """
+    if not settings.nats_user:
+        return "", ""
+    path = settings.nats_password_path
+    try:
+        return settings.nats_user, path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise StoreMisconfigured(f"TOCSIN_NATS_PASSWORD_FILE {path}: {exc.strerror or exc}") from None
+
+
+async def _connect_when_up(settings: Settings, servers: list[str], login: tuple[str, str]) -> Client:
     """Connect once NATS answers (a node may start before its server); check sync_always.
 
     Raises:
@@ -88,7 +105,7 @@ async def _connect_when_up(settings: Settings, servers: list[str]) -> Client:
     async def attempt() -> Client:
         for monitor in monitors:
             await _check_monitor(monitor)
-        return await connect(settings, servers, name=settings.node_name)
+        return await connect(settings, servers, name=settings.node_name, user=login[0], password=login[1])
 
     return await _until_up(attempt, (OSError, nats.errors.Error), settings.startup_timeout_s, "waiting for nats")
 
@@ -191,13 +208,15 @@ def _health(node: Node) -> _Health:
     return _Health(prober=prober, readiness=readiness, heartbeat=heartbeat)
 
 
-def _bind(settings: Settings) -> socket.socket:
+def _bind(listen: str) -> socket.socket:
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
     # without it a response body can wait 40 ms for the client's delayed ACK (Nagle).
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
+    sock.bind((host, int(port)))
     sock.listen(4096)
     sock.setblocking(False)
     return sock
@@ -214,6 +233,18 @@ class _Server(uvicorn.Server):
         yield
 
 
+def alert_bounds(settings: Settings) -> Bounds:
+    """What one alert may cost; the stream cannot store a message over its max_msg_size."""
+    limits = AlertLimits(
+        areas=settings.max_alert_areas, polygons=settings.max_alert_polygons, circles=settings.max_alert_circles,
+        points=settings.max_alert_points, area_km2=settings.max_alert_area_km2,
+    )
+    return Bounds(
+        limits=limits, max_stored_bytes=min(settings.max_stored_bytes, 2 * settings.max_cap_bytes),
+        cover_deadline_s=settings.cover_deadline_s,
+    )
+
+
 @asynccontextmanager
 async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> AsyncIterator[Node]:
     """Start every part of a node; stop them in order on exit."""
@@ -222,15 +253,18 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
         nats_server: NatsServer | None = None
         if settings.nats_url:
             servers = [u.strip() for u in settings.nats_url.split(",") if u.strip()]
+            login = _nats_login(settings)
         else:
+            # Loopback only (NatsServer's host), and still behind a password of its own.
+            login = (NATS_USER, load_or_create_password(settings.nats_password_path))
             nats_server = NatsServer(
                 store_dir=settings.data_dir / "nats", name=settings.node_name,
-                restart_delay_s=settings.nats_restart_delay_s,
+                restart_delay_s=settings.nats_restart_delay_s, user=login[0], password=login[1],
             )
             await nats_server.start()
             stack.push_async_callback(nats_server.stop)
             servers = [nats_server.client_url]
-        nc = await _connect_when_up(settings, servers)
+        nc = await _connect_when_up(settings, servers, login)
         stack.push_async_callback(nc.close)
         store = JetStreamStore(nc, settings)
         admin_token = await _prepare_store(store, settings)
@@ -243,9 +277,12 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
             store, live, default_lifetime_s=settings.default_lifetime_s,
             position_file=settings.data_dir / "follower-position.json", clock=clock,
         )
+        covers = CoverWorker()
+        stack.callback(covers.close)
         accept = Accept(
             store=store, ledger=ledger, signer=signer, node=settings.node_name,
             max_cap_bytes=settings.max_cap_bytes, max_skew_s=settings.max_clock_skew_s, clock=clock,
+            bounds=alert_bounds(settings), covers=covers,
             retention=Retention(
                 default_lifetime_s=settings.default_lifetime_s, after_expiry_s=settings.retention_after_expiry_s,
                 probe_s=settings.probe_retention_s,
@@ -255,9 +292,16 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
         services = Services(
             settings=settings, store=store, accept=accept, pipeline=pipeline, live=live, signer=signer, clock=clock
         )
+        services.edge = Edge.from_settings(settings, lambda code: services.metrics.refused.labels(code).inc())
+        http_protocol, ws_protocol = edge_protocols(services.edge)
+        proxies = [a.strip() for a in settings.trusted_proxies.split(",") if a.strip()]
         config = uvicorn.Config(
             make_app(services), log_config=None, access_log=False, lifespan="off",
-            loop="none", http="httptools", ws="websockets-sansio", timeout_graceful_shutdown=2,
+            loop="none", http=http_protocol, ws=ws_protocol, timeout_graceful_shutdown=2,
+            # Devices send nothing that matters: small messages, never compressed (no inflating).
+            ws_max_size=settings.ws_max_message_bytes, ws_per_message_deflate=False,
+            # X-Forwarded-* only from the configured proxies (uvicorn trusts 127.0.0.1 by default).
+            proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None,
         )
         server = _Server(config)
         reconciler = Reconciler(
@@ -278,16 +322,27 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
 
 async def run_node(node: Node, ready: Callable[[Node], None] | None = None) -> None:
     """Serve until the server is told to exit; every task runs in one TaskGroup."""
-    sock = _bind(node.settings)
-    if node.settings.port == 0:
-        port = sock.getsockname()[1]
-        node.settings = node.settings.replace(listen=f"{node.settings.host}:{port}")
-        node.services.settings = node.settings
-    with sock:
-        await _run_tasks(node, sock, ready)
+    sockets = [_bind(node.settings.listen)]
+    if node.settings.issuer_listen:
+        sockets.append(_bind(node.settings.issuer_listen))
+    bound = [f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in sockets]
+    # Port 0 in a setting: the port the system chose, for links, the prober and tests.
+    node.settings = node.settings.replace(
+        listen=f"{node.settings.host}:{sockets[0].getsockname()[1]}",
+        issuer_listen=bound[1] if len(bound) > 1 else "",
+    )
+    node.services.settings = node.settings
+    edge = node.services.edge
+    if edge is not None and len(sockets) > 1:
+        edge.issuer_port = sockets[1].getsockname()[1]
+    try:
+        await _run_tasks(node, sockets, ready)
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
-async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], None] | None) -> None:
+async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[Node], None] | None) -> None:
     health = _health(node)
     async with asyncio.TaskGroup() as tasks:
         pipeline = node.services.pipeline
@@ -304,7 +359,7 @@ async def _run_tasks(node: Node, sock: socket.socket, ready: Callable[[Node], No
         )
         reconciler = tasks.create_task(node.reconciler.run(), name="reconciler")
         supervisor = tasks.create_task(node.nats.supervise(), name="nats") if node.nats else None
-        http = tasks.create_task(node.server.serve(sockets=[sock]), name="http")
+        http = tasks.create_task(node.server.serve(sockets=sockets), name="http")
         keepalive = tasks.create_task(
             node.services.live.keep_alive(node.settings.sse_keepalive_s, lambda: freshness(node.services)),
             name="keepalive",

@@ -135,6 +135,20 @@ NOT_FOUND = Problem("request.not-found", 404, "No such resource.")
 METHOD_NOT_ALLOWED = Problem("request.method-not-allowed", 405, "This method is not allowed here.")
 INTERNAL = Problem("server.internal", 500, "An internal error occurred; it has been logged.")
 
+# The edge: refusals written by the listener before any route runs (api/listener.py)
+HEADERS_TOO_LARGE = Problem(
+    "request.headers-too-large", 431, "The request's headers are larger or more numerous than the limit."
+)
+HEADER_TIMEOUT = Problem("request.header-timeout", 408, "The request's headers did not arrive in time.")
+BODY_TIMEOUT = Problem("request.body-timeout", 408, "The request's body did not arrive in time.")
+NODE_FULL = Problem(
+    "request.node-full", 503, "This node holds as many connections as it allows; retry later or on another node."
+)
+SOURCE_FULL = Problem("request.source-full", 429, "This address holds as many connections to this node as it may.")
+HTTP_VERSION = Problem(
+    "request.http-version", 505, "Event streams need HTTP/1.1 (chunked); use HTTP/1.1 or the WebSocket endpoint."
+)
+
 # Authentication and authorisation
 UNAUTHENTICATED = Problem("auth.missing-token", 401, "A bearer token is required.")
 UNKNOWN_TOKEN = Problem("auth.unknown-token", 401, "The token is not valid.")
@@ -151,6 +165,10 @@ ALERT_NOT_FOUND = Problem("alert.not-found", 404, "No alert with this id.")
 IDENTITY_CONFLICT = Problem(
     "alert.identity-conflict", 409, "An alert with this sender and identifier is already stored with different content."
 )
+STORED_TOO_LARGE = Problem(
+    "alert.stored-too-large", 413,
+    "The alert as it would be stored (signed CAP, resolved areas, cover and headers) is larger than the limit.",
+)
 
 # Policy: what may be distributed
 EXPIRED = Problem("cap.expired", 422, "The alert expired before it was received.")
@@ -165,6 +183,14 @@ SENDER_NOT_ALLOWED = Problem("policy.sender-not-allowed", 403, "This account may
 SYSTEM_NOT_ALLOWED = Problem("policy.status-not-allowed", 403, "This account may not send alerts of this status.")
 MSGTYPE_NOT_DISTRIBUTED = Problem(
     "policy.msgtype-not-distributed", 422, "Ack and Error messages are not distributed to devices."
+)
+# Alert limits (settings max_alert_*, raised per issuer account): checked before any cover.
+TOO_MANY_SHAPES = Problem(
+    "policy.too-many-shapes", 422, "The alert has more areas, polygons, circles or points than its issuer may send."
+)
+AREA_TOO_LARGE = Problem("policy.area-too-large", 422, "The alert's areas are larger than its issuer may cover.")
+COVER_TOO_SLOW = Problem(
+    "policy.cover-too-slow", 422, "The alert's areas could not be turned into cells within the deadline."
 )
 # Valid CAP 1.2 that tocsin does not distribute (CAP 1.2 does not forbid these; see policy.py).
 CAP_EXPIRES_BEFORE_SENT = Problem(
@@ -191,6 +217,7 @@ REGISTRATIONS_BUSY = Problem(
 DEVICE_REGISTRY_FULL = Problem(
     "device.registry-full", 507, "The device registry is full; unused records expire, retry much later."
 )
+TOO_MANY_STREAMS = Problem("device.too-many-streams", 429, "This device token holds as many streams as it may.")
 NODE_NOT_READY = Problem(
     "node.not-ready", 503, "This node cannot deliver right now; connect to another node and resume."
 )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from tocsin.cap.model import Alert, Info, MsgType, Scope, Status
+from tocsin.cap.model import Alert, Area, Circle, Info, MsgType, Polygon, Scope, Status
+from tocsin.geo.extent import circle_km2, polygon_km2
 from tocsin.errors import (
+    AREA_TOO_LARGE,
     CAP_CEILING_BELOW_ALTITUDE,
     CAP_EXPIRES_BEFORE_SENT,
     CAP_EXPIRES_BEFORE_START,
@@ -20,6 +23,7 @@ from tocsin.errors import (
     SENDER_NOT_ALLOWED,
     SENT_IN_FUTURE,
     SYSTEM_NOT_ALLOWED,
+    TOO_MANY_SHAPES,
     UNLOCATABLE_AREA,
     Problem,
     Rejected,
@@ -28,6 +32,45 @@ from tocsin.errors import (
 
 # Statuses an ordinary issuer account may send; System is for the prober's canaries.
 DEFAULT_STATUSES = (Status.ACTUAL.value, Status.EXERCISE.value, Status.TEST.value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertLimits:
+    """What one alert may hold, checked before its cover is computed.
+
+    The deployment's limits come from settings (max_alert_*); an issuer account's limits
+    replace them field by field, and a field it lacks is the deployment's, never unlimited.
+    """
+
+    areas: int | None = None
+    polygons: int | None = None
+    circles: int | None = None
+    points: int | None = None
+    # Distinct polygons count for their bounding box, circles for their cap (geo/extent.py).
+    area_km2: float | None = None
+
+    def over(self, default: AlertLimits) -> AlertLimits:
+        """These limits, with `default`'s where these have none."""
+        return AlertLimits(**{f.name: _first(getattr(self, f.name), getattr(default, f.name)) for f in fields(self)})  # type: ignore[arg-type]
+
+    def as_json(self) -> dict[str, float]:
+        return {f.name: value for f in fields(self) if (value := getattr(self, f.name)) is not None}
+
+    @classmethod
+    def from_json(cls, data: object) -> AlertLimits:
+        """Fail-closed: a field that is not a positive finite number counts as absent (the
+        deployment's limit applies)."""
+        raw = data if isinstance(data, dict) else {}
+        chosen: dict[str, float] = {}
+        for f in fields(cls):
+            value = raw.get(f.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf:
+                chosen[f.name] = value if f.name == "area_km2" else int(value)
+        return cls(**chosen)  # type: ignore[arg-type]
+
+
+def _first(value: float | None, default: float | None) -> float | None:
+    return default if value is None else value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,6 +84,8 @@ class Issuer:
     # A node's prober: its System alerts leave the stream minutes after they were read, and
     # its ledger rows are not part of the permanent record. Grants no right.
     probe: bool = False
+    # Set by an admin to raise (or lower) the deployment's alert limits for this account.
+    limits: AlertLimits = AlertLimits()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def may_send_as(self, sender: str) -> bool:
@@ -50,8 +95,11 @@ class Issuer:
         return self.admin or status in self.statuses
 
     def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "senders": list(self.senders), "statuses": list(self.statuses), "admin": self.admin,
-                "probe": self.probe}
+        data: dict[str, Any] = {"name": self.name, "senders": list(self.senders), "statuses": list(self.statuses),
+                                "admin": self.admin, "probe": self.probe}
+        if self.limits.as_json():
+            data["limits"] = self.limits.as_json()
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Issuer:
@@ -61,6 +109,7 @@ class Issuer:
             statuses=tuple(data.get("statuses", DEFAULT_STATUSES)),
             admin=data.get("admin") is True,
             probe=data.get("probe") is True,
+            limits=AlertLimits.from_json(data.get("limits")),
         )
 
 
@@ -133,3 +182,47 @@ def _area_findings(alert: Alert, refuse: Refuse) -> None:
             refuse(UNLOCATABLE_AREA, f"info[{i}].area[{j}]", f"info[{i}].area[{j}] ({area.area_desc!r}) has only geocodes")
     if not areas and alert.msg_type not in (MsgType.CANCEL, MsgType.UPDATE):
         refuse(NO_AREA, "info", "no info has an area")
+
+
+def check_limits(alert: Alert, limits: AlertLimits) -> None:
+    """Refuse an alert with more shapes, points or extent than `limits` allow, naming the
+    area at which a count passes its limit. Costs a pass over the coordinates, no cover.
+
+    Raises:
+        Rejected: 422 policy.too-many-shapes or policy.area-too-large.
+    """
+    counts = {"areas": 0, "polygons": 0, "circles": 0, "points": 0}
+    km2 = 0.0
+    seen: set[Polygon | Circle] = set()
+    for i, info in enumerate(alert.infos):
+        for j, area in enumerate(info.areas):
+            path = f"info[{i}].area[{j}]"
+            counts["areas"] += 1
+            counts["polygons"] += len(area.polygons)
+            counts["circles"] += len(area.circles)
+            counts["points"] += sum(map(len, area.polygons))
+            for name, count in counts.items():
+                limit = getattr(limits, name) or 0  # fail-closed: no limit known, nothing passes
+                if count > limit:
+                    raise Rejected(TOO_MANY_SHAPES, f"{path}: the alert has {count} {name} so far; the limit is {limit}")
+            km2 += _new_extent_km2(area, seen)
+            if km2 > (limits.area_km2 or 0.0):
+                raise Rejected(
+                    AREA_TOO_LARGE,
+                    f"{path}: the areas so far span about {km2:,.0f} km²; the limit is {limits.area_km2 or 0:,.0f} km²",
+                )
+
+
+def _new_extent_km2(area: Area, seen: set[Polygon | Circle]) -> float:
+    """The estimated extent of the area's shapes not met before in the alert (the same
+    area in another language costs nothing more to cover)."""
+    km2 = 0.0
+    for polygon in area.polygons:
+        if polygon not in seen:
+            seen.add(polygon)
+            km2 += polygon_km2(polygon)
+    for circle in area.circles:
+        if circle not in seen:
+            seen.add(circle)
+            km2 += circle_km2(circle)
+    return km2

@@ -50,6 +50,16 @@ class Settings:
     # A stream leader election takes about 5 s (RELIABILITY.md); publishes are retried with
     # the same message id for this long before the issuer gets a 503 with Retry-After.
     publish_deadline_s: float = 10.0
+    # NATS credentials (docs/security.md, NATS). The embedded server makes its own (a
+    # random password in DATA_DIR/keys/nats-password); for an existing cluster, the user
+    # and a file holding the password (never the password itself in the environment).
+    nats_user: str = ""
+    nats_password_file: str = ""
+    # A CA file for nats+tls:// (tls://) servers: TLS between hosts (docs/cluster.md).
+    nats_tls_ca_file: str = ""
+    # A node refuses NATS that lets anonymous clients in on a non-loopback address (anyone
+    # reaching it could write an admin token); true allows it, for a closed network only.
+    nats_allow_anonymous: bool = False
     # nats-py pings every 120 s by default; a frozen server would go unnoticed for minutes.
     nats_ping_interval_s: float = 2.0
     nats_max_outstanding_pings: int = 2
@@ -57,10 +67,32 @@ class Settings:
     # The deployment's Ed25519 key; every node of a cluster must use the same file.
     # Empty: DATA_DIR/keys/signing-key.pem, created on first start.
     signing_key_file: str = ""
+    # The key set the node serves at /.well-known/tocsin/keys: its keys with validity dates
+    # and the statements `tocsin keys rotate` signs. Empty: key-set.json beside the key.
+    key_set_file: str = ""
     # How often the reconciler compares this node's ledger with the stream.
     reconcile_interval_s: float = 5.0
     # CAP documents larger than this are refused before any parsing.
     max_cap_bytes: int = 1024 * 1024
+    # An alert as it would be stored (signed CAP with resolved areas, its cover and headers)
+    # must fit one NATS message that every follower can read: nats-server's max_payload is
+    # 1 MiB unless configured, and the stream's max_msg_size is 2 x max_cap_bytes. Larger:
+    # 413 alert.stored-too-large, nothing stored. (The largest real alert in the tests
+    # stores about 900 KB.)
+    max_stored_bytes: int = 1024 * 1024
+    # What one alert may hold, checked before its cover is computed (docs/security.md); an
+    # issuer account's `limits` replace these. Real alerts in tests/data/cap/valid reach
+    # 1,352 areas (8 languages x 169), 32 polygons, 2 circles, 41,009 points (one outline)
+    # and 3.4 million km² (a cyclone's bounding box); two 8,000 km circles are 360 million.
+    max_alert_areas: int = 2_000
+    max_alert_polygons: int = 1_000
+    max_alert_circles: int = 100
+    max_alert_points: int = 100_000
+    max_alert_area_km2: float = 10_000_000.0
+    # A cover is computed once, at accept, in a child process: one that takes longer is
+    # refused (422 policy.cover-too-slow) and its process ended. The 41,009-point outline
+    # takes about 1 s on a loaded 2-core machine.
+    cover_deadline_s: float = 10.0
     # An alert sent further than this in the future is refused (clock skew bound).
     max_clock_skew_s: float = 300.0
     # An alert without <expires> is shown and replayed for this long after it was sent.
@@ -123,6 +155,35 @@ class Settings:
     watchdog_urls: str = ""
     heartbeat_interval_s: float = 10.0
     log_level: str = "INFO"
+    # A second listener (HOST:PORT) for issuers, with its own connection budget, so that no
+    # flood of anonymous device connections crowds issuers out. Empty: issuers share `listen`.
+    # Expose it only to issuers (firewall); it serves the same API.
+    issuer_listen: str = ""
+    # The edge (docs/security.md, "The edge"). Request line and headers together at most
+    # this many bytes (431); httptools' cost grows with header size, so this is checked as
+    # the bytes arrive, before they are parsed further.
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 64
+    # A request's headers must arrive this long after it began (slowloris), its body this
+    # long after its headers; otherwise 408 and the connection closes.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    # Open connections on the public listener (503 request.node-full beyond); capped at
+    # the process's open-file limit less a reserve for NATS, the ledger and the disk.
+    max_connections: int = 10_000
+    # Open connections from one address (429 request.source-full beyond). Phones behind a
+    # carrier-grade NAT share an address: raise it where they do. Trusted proxies are exempt.
+    max_connections_per_source: int = 500
+    # The issuer listener's own budget (when issuer_listen is set).
+    max_issuer_connections: int = 256
+    # Streams (SSE or WebSocket) one device token may hold open at once.
+    max_streams_per_device: int = 4
+    # Devices send nothing that matters over a WebSocket: a message larger than this closes
+    # it (1009). Compression is never negotiated, so nothing is ever inflated.
+    ws_max_message_bytes: int = 4096
+    # Comma separated addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto
+    # name the client; empty: the socket's peer is the client, and those headers are ignored.
+    trusted_proxies: str = ""
 
     @property
     def host(self) -> str:
@@ -135,6 +196,14 @@ class Settings:
     @property
     def signing_key_path(self) -> Path:
         return Path(self.signing_key_file) if self.signing_key_file else self.data_dir / "keys" / "signing-key.pem"
+
+    @property
+    def key_set_path(self) -> Path:
+        return Path(self.key_set_file) if self.key_set_file else self.signing_key_path.with_name("key-set.json")
+
+    @property
+    def nats_password_path(self) -> Path:
+        return Path(self.nats_password_file) if self.nats_password_file else self.data_dir / "keys" / "nats-password"
 
     @property
     def base_url(self) -> str:
@@ -199,9 +268,12 @@ def _convert(name: str, raw: str, default: Any) -> Any:
 
 
 def _check(settings: Settings) -> None:
-    host, sep, port = settings.listen.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise SettingsError(f"TOCSIN_LISTEN / --listen must be HOST:PORT, got {settings.listen!r}")
+    for name, value in (("TOCSIN_LISTEN / --listen", settings.listen), ("TOCSIN_ISSUER_LISTEN", settings.issuer_listen)):
+        host, sep, port = value.rpartition(":")
+        if value and (not sep or not host or not port.isdigit()):
+            raise SettingsError(f"{name} must be HOST:PORT, got {value!r}")
+    if not settings.listen:
+        raise SettingsError("TOCSIN_LISTEN / --listen must be HOST:PORT, got ''")
     if settings.nats_url and not settings.nats_monitor_url:
         raise SettingsError(
             "TOCSIN_NATS_URL is set but TOCSIN_NATS_MONITOR_URL is not: tocsin must read the server's "

@@ -41,6 +41,9 @@ class FakeNode:
     streams: list[httpx.Request] = field(default_factory=list)
     register_status: int = 201
     chunk_size: int = 7
+    # What the keys endpoint serves besides `key`: other keys, and key-set statements.
+    extra_keys: list[dict[str, Any]] = field(default_factory=list)
+    statements: list[dict[str, Any]] = field(default_factory=list)
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -48,7 +51,9 @@ class FakeNode:
     async def handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         if path == "/.well-known/tocsin/keys":
-            return httpx.Response(200, json={"keys": [self.key.public_jwk()], "cell_resolution": CELL_RESOLUTION})
+            keys = [self.key.public_jwk(), *self.extra_keys]
+            return httpx.Response(200, json={"keys": keys, "statements": self.statements,
+                                             "cell_resolution": CELL_RESOLUTION})
         if path == "/api/v1/devices" and request.method == "POST":
             return self._register(request)
         if path == "/api/v1/stream":

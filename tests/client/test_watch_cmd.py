@@ -72,3 +72,22 @@ def test_unreadable_state_file_is_reported(tmp_path: Path) -> None:
     state.write_text("garbage")
     result = CliRunner().invoke(watch, ["--url", "http://a", "--place", "48.8,2.3", "--state", str(state)])
     assert result.exit_code == 1 and "state file" in result.output
+
+
+def test_plain_http_to_another_host_is_named_and_loopback_is_not() -> None:
+    from tocsin.cli.watch_cmd import plain_remote_urls
+
+    urls = ["http://alerts.example", "https://alerts.example", "http://127.0.0.1:8080", "http://[::1]:8080",
+            "http://localhost:8080", "http://10.0.0.2:8080"]
+    assert plain_remote_urls(urls) == ["http://alerts.example", "http://10.0.0.2:8080"]
+
+
+def test_watch_without_keys_or_trust_on_first_use_is_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(watch, ["--url", "http://alerts.example", "--place", "48.85,2.35"],
+                                env={"TOCSIN_KEYS": ""})
+    assert result.exit_code == 2
+    assert "plain HTTP" in result.output and "trust on first use" in result.output
+    (tmp_path / "keys.json").write_text('{"keys": []}')
+    result = CliRunner().invoke(watch, ["--url", "https://a", "--place", "48.85,2.35",
+                                        "--keys", str(tmp_path / "keys.json")])
+    assert result.exit_code == 2 and "holds no Ed25519 key" in result.output

@@ -76,7 +76,7 @@ async def test_watcher_follows_the_websocket_stream(ws_node: tuple[WsNode, str])
         return NOW + timedelta(seconds=1)
 
     async with Watcher([url], [PARIS], protocol="ws", transport=http.transport(), now=now,
-                       sleep=no_sleep, backoff=Backoff(rng=random.Random(0))) as w:
+                       keys={node.key.kid: node.key.public_jwk()}, sleep=no_sleep, backoff=Backoff(rng=random.Random(0))) as w:
         async with asyncio.timeout(3):
             displays = w.displays()
             first, second = await anext(displays), await anext(displays)
@@ -96,7 +96,7 @@ async def test_websocket_close_4401_registers_again(ws_node: tuple[WsNode, str])
         await asyncio.sleep(0)
 
     async with Watcher([url], [PARIS], protocol="ws", transport=http.transport(),
-                       now=lambda: NOW, sleep=no_sleep) as w:
+                       keys={node.key.kid: node.key.public_jwk()}, now=lambda: NOW, sleep=no_sleep) as w:
         async with asyncio.timeout(3):
             display = await anext(w.displays())
     assert display.identifier == "W-3"

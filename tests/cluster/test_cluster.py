@@ -97,7 +97,7 @@ async def test_watcher_on_three_nodes_loses_nothing_when_its_node_is_killed(clus
 
     urls = [cluster.specs[1].url, cluster.specs[0].url, cluster.specs[2].url]
     issued: list[dict[str, object]] = []
-    async with Watcher(urls, [IN_PARIS]) as watcher:
+    async with Watcher(urls, [IN_PARIS], trust_on_first_use=True) as watcher:
         synced = await watcher.wait_synced()
         # The node it follows now (normally the first URL) is the one to kill.
         victim = next(s for s in cluster.specs if s.name == synced.node)

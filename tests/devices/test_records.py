@@ -120,7 +120,9 @@ async def test_an_unused_record_expires_and_a_used_one_is_renewed(tmp_path: Path
 async def test_a_reconnect_storm_renews_a_record_once(
     tmp_path: Path, nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    running = await start_node(device_settings(tmp_path, nats_server, device_ttl_s=4.0, device_renew_fraction=0.25))
+    # 30 streams of one device at once: above the per-token limit that guards against floods.
+    running = await start_node(device_settings(tmp_path, nats_server, device_ttl_s=4.0, device_renew_fraction=0.25,
+                                               max_streams_per_device=30))
     node = running[0]
     devices = node.services.store.devices
     writes: list[str] = []

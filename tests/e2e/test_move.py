@@ -70,7 +70,7 @@ async def pair(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Pair]:
 
 
 async def test_a_watcher_leaves_a_node_whose_fan_out_is_stuck(pair: Pair) -> None:
-    async with Watcher(urls=[pair.a.url, pair.b.url], places=[IN_PARIS]) as watcher:
+    async with Watcher(urls=[pair.a.url, pair.b.url], places=[IN_PARIS], trust_on_first_use=True) as watcher:
         async with asyncio.timeout(10):
             synced = await watcher.wait_synced()
         assert synced.url == pair.a.url
@@ -90,7 +90,7 @@ async def test_a_watcher_leaves_a_node_whose_fan_out_is_stuck(pair: Pair) -> Non
 
 async def test_a_watcher_stays_when_no_other_node_is_ready(pair: Pair) -> None:
     """Every node red: moving would only shift the load, so nobody stampedes."""
-    async with Watcher(urls=[pair.a.url, pair.b.url], places=[IN_PARIS]) as watcher:
+    async with Watcher(urls=[pair.a.url, pair.b.url], places=[IN_PARIS], trust_on_first_use=True) as watcher:
         async with asyncio.timeout(10):
             await watcher.wait_synced()
         async with httpx.AsyncClient(timeout=5) as http:

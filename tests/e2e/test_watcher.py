@@ -36,9 +36,9 @@ async def next_display(displays: AsyncIterator[Display], timeout_s: float = 10) 
 async def test_watcher_shows_alerts_for_its_place_only(node: Node, http: httpx.AsyncClient, admin: dict[str, str]) -> None:
     assert cover_for(parse_xml(alert_xml()).infos[0].areas).touches(cell_for_point(*NEAR_PARIS))
     async with (
-        Watcher([node.url], [IN_PARIS], languages=["fr"]) as paris,
-        Watcher([node.url], [IN_LYON]) as lyon,
-        Watcher([node.url], [NEAR_PARIS]) as near,
+        Watcher([node.url], [IN_PARIS], languages=["fr"], trust_on_first_use=True) as paris,
+        Watcher([node.url], [IN_LYON], trust_on_first_use=True) as lyon,
+        Watcher([node.url], [NEAR_PARIS], trust_on_first_use=True) as near,
     ):
         for watcher in (paris, lyon, near):
             await watcher.wait_synced()
@@ -57,14 +57,14 @@ async def test_watcher_stopped_during_an_alert_shows_it_once_after_restart(
     node: Node, http: httpx.AsyncClient, admin: dict[str, str], tmp_path: Path
 ) -> None:
     state = tmp_path / "watch.json"
-    async with Watcher([node.url], [IN_PARIS], state_path=state) as watcher:
+    async with Watcher([node.url], [IN_PARIS], state_path=state, trust_on_first_use=True) as watcher:
         await watcher.wait_synced()
         before = await issue(http, admin, alert_xml())
         assert (await next_display(watcher.displays())).identifier == before
     missed = await issue(http, admin, alert_xml())
-    async with Watcher([node.url], [IN_PARIS], state_path=state) as watcher:
+    async with Watcher([node.url], [IN_PARIS], state_path=state, trust_on_first_use=True) as watcher:
         assert (await next_display(watcher.displays())).identifier == missed
-    async with Watcher([node.url], [IN_PARIS], state_path=state) as watcher:
+    async with Watcher([node.url], [IN_PARIS], state_path=state, trust_on_first_use=True) as watcher:
         await watcher.wait_synced()
         barrier = await issue(http, admin, alert_xml())
         # Neither earlier alert comes again: the next display is the new one.
@@ -74,7 +74,7 @@ async def test_watcher_stopped_during_an_alert_shows_it_once_after_restart(
 async def test_watcher_never_shows_an_expired_alert(node: Node, http: httpx.AsyncClient, admin: dict[str, str]) -> None:
     late = FakeClock()
     late.advance(120)  # the device's clock reads the alert after it expired
-    async with Watcher([node.url], [IN_PARIS], now=late) as watcher:
+    async with Watcher([node.url], [IN_PARIS], now=late, trust_on_first_use=True) as watcher:
         await watcher.wait_synced()
         await issue(http, admin, alert_xml(expires_in_s=60))
         barrier = await issue(http, admin, alert_xml(expires_in_s=3600))
@@ -82,7 +82,7 @@ async def test_watcher_never_shows_an_expired_alert(node: Node, http: httpx.Asyn
 
 
 async def test_watcher_over_websocket(node: Node, http: httpx.AsyncClient, admin: dict[str, str]) -> None:
-    async with Watcher([node.url], [IN_PARIS], protocol="ws") as watcher:
+    async with Watcher([node.url], [IN_PARIS], protocol="ws", trust_on_first_use=True) as watcher:
         await watcher.wait_synced()
         sent = await issue(http, admin, alert_xml())
         assert (await next_display(watcher.displays())).identifier == sent

@@ -19,8 +19,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tocsin.api import ws_fastpath
 from tocsin.api.auth import device_for
+from tocsin.api.headers import CORS_ANY_ORIGIN
 from tocsin.api.services import Services
-from tocsin.api.streams import PREAMBLE, new_connection, resume_after, synced_sse
+from tocsin.api.streams import PREAMBLE, claim_stream, new_connection, release_stream, resume_after, synced_sse
 from tocsin.channels.live import Protocol, as_transport, http_chunk
 from tocsin.errors import Rejected, StoreUnavailable
 
@@ -55,9 +56,15 @@ class SseFastPath:
             transport = ws_fastpath.ws_transport_of(send)
             device = await ws_fastpath.authenticate(scope, self.services) if transport is not None else None
             if transport is not None and device is not None:
-                await ws_fastpath.serve_device(self.services, device, transport, receive, send)
+                try:
+                    await ws_fastpath.serve_device(self.services, device, transport, receive, send)
+                finally:
+                    release_stream(self.services, device[0])
                 return
-        if scope["type"] == "http" and scope["path"] == STREAM_PATH and scope["method"] == "GET":
+        # HTTP/1.0 has no chunked encoding: the route refuses it with a problem.
+        if scope["type"] == "http" and scope["path"] == STREAM_PATH and scope["method"] == "GET" and (
+            scope.get("http_version") == "1.1"
+        ):
             transport = _transport_of(send)
             if transport is not None:
                 request = Request(scope)
@@ -66,10 +73,14 @@ class SseFastPath:
                     after = await resume_after(
                         self.services, record, request.headers.get("last-event-id") or request.query_params.get("last_event_id")
                     )
+                    claim_stream(self.services, device_id)
                 except (Rejected, StoreUnavailable):
                     await self.app(scope, receive, send)  # the route answers with the problem
                     return
-                await self._stream(device_id, record, after, transport, receive, send)
+                try:
+                    await self._stream(device_id, record, after, transport, receive, send)
+                finally:
+                    release_stream(self.services, device_id)
                 return
         await self.app(scope, receive, send)
 
@@ -83,6 +94,7 @@ class SseFastPath:
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),
             (b"tocsin-node", services.settings.node_name.encode()),
+            *CORS_ANY_ORIGIN,
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         connection = new_connection(device_id, record, Protocol.SSE, services.settings.device_queue_depth)

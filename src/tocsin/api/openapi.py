@@ -101,7 +101,12 @@ def _header(description: str, **schema: Any) -> Json:
 
 _RETRY_AFTER = {"Retry-After": _header("Seconds to wait before retrying; a retry never stores twice.", type="integer")}
 _LOCATION = {"Location": _header("Path of the stored alert.")}
-_COMMON = {"500": {"$ref": "#/components/responses/Internal"}}
+# Every operation can meet the listener's refusals (api/listener.py) and a 500.
+_COMMON = {
+    "408": {"$ref": "#/components/responses/Timeout"},
+    "431": {"$ref": "#/components/responses/HeadersTooLarge"},
+    "500": {"$ref": "#/components/responses/Internal"},
+}
 _ISSUER: list[Json] = [{"issuerToken": []}, {"issuerTokenQuery": []}]
 _DEVICE: list[Json] = [{"deviceToken": []}, {"deviceTokenQuery": []}]
 _ALERT_ID_PARAM = {"name": "alert_id", "in": "path", "required": True, "schema": _ALERT_ID}
@@ -121,7 +126,12 @@ def _issuer_paths(catalog: list[Problem]) -> Json:
         "description": "Answered only once JetStream acknowledged the alert and this node's ledger "
         "holds it. Identity is CAP sender + identifier: the same alert sent again gets 200 with "
         "the stored one; other content under the same identity gets 409. A body above "
-        "TOCSIN_MAX_CAP_BYTES is refused before parsing. A full alert stream is 507 store.full, "
+        "TOCSIN_MAX_CAP_BYTES is refused before parsing; an alert whose stored form (signed CAP, "
+        "its cover and headers) passes TOCSIN_MAX_STORED_BYTES is 413 alert.stored-too-large. Areas, "
+        "polygons, circles, points and extent are limited per alert (TOCSIN_MAX_ALERT_*, raised per "
+        "issuer account): 422 policy.too-many-shapes or policy.area-too-large, the detail naming the "
+        "area (info[0].area[1]); a cover not computed within TOCSIN_COVER_DEADLINE_S is 422 "
+        "policy.cover-too-slow. Nothing refused is stored. A full alert stream is 507 store.full, "
         "which no retry can help.",
         "security": _ISSUER,
         "requestBody": {
@@ -138,10 +148,10 @@ def _issuer_paths(catalog: list[Problem]) -> Json:
             "401": _problems(catalog, 401, ("auth.",)),
             "403": _problems(catalog, 403, ("auth.", "policy.")),
             "409": _problems(catalog, 409, ("alert.",), _LOCATION),
-            "413": _problems(catalog, 413, ("request.", "cap.")),
+            "413": _problems(catalog, 413, ("request.", "cap.", "alert.")),
             "415": _problems(catalog, 415, ("request.",)),
             "422": _problems(catalog, 422, ("cap.", "policy.")),
-            "503": _problems(catalog, 503, ("store.",), _RETRY_AFTER),
+            "503": _problems(catalog, 503, ("store.", "request."), _RETRY_AFTER),
             "507": _problems(catalog, 507, ("store.",)),
             **_COMMON,
         },
@@ -155,7 +165,7 @@ def _issuer_paths(catalog: list[Problem]) -> Json:
         "responses": {
             "200": _json(_ref("AlertDetail"), "The alert."),
             "404": _problems(catalog, 404, ("alert.",)),
-            "503": _problems(catalog, 503, ("store.",), _RETRY_AFTER),
+            "503": _problems(catalog, 503, ("store.", "request."), _RETRY_AFTER),
             **_COMMON,
         },
     }
@@ -175,7 +185,7 @@ def _issuer_paths(catalog: list[Problem]) -> Json:
                 },
             },
             "404": _problems(catalog, 404, ("alert.",)),
-            "503": _problems(catalog, 503, ("store.",), _RETRY_AFTER),
+            "503": _problems(catalog, 503, ("store.", "request."), _RETRY_AFTER),
             **_COMMON,
         },
     }
@@ -232,7 +242,7 @@ def _device_paths(catalog: list[Problem]) -> Json:
             "413": _problems(catalog, 413, ("request.",)),
             "422": _problems(catalog, 422, ("device.",)),
             "429": _problems(catalog, 429, ("device.",), _RETRY_AFTER),
-            "503": _problems(catalog, 503, ("store.",), _RETRY_AFTER),
+            "503": _problems(catalog, 503, ("store.", "request."), _RETRY_AFTER),
             "507": _problems(catalog, 507, ("device.",)),
             **_COMMON,
         },
@@ -275,7 +285,9 @@ def _device_paths(catalog: list[Problem]) -> Json:
             },
             "400": _problems(catalog, 400, ("device.",)),
             "401": _problems(catalog, 401, ("device.",)),
-            "503": _problems(catalog, 503, ("store.",), _RETRY_AFTER),
+            "429": _problems(catalog, 429, ("device.", "request.")),
+            "503": _problems(catalog, 503, ("store.", "request."), _RETRY_AFTER),
+            "505": _problems(catalog, 505, ("request.",)),
             **_COMMON,
         },
     }
@@ -286,11 +298,16 @@ def _device_paths(catalog: list[Problem]) -> Json:
         "description": _WS_TEXT,
         "security": _DEVICE,
         "parameters": [after, token],
-        "responses": {"101": {"description": "Switching protocols to WebSocket."},
-                      "403": {"description": "Unknown device token or invalid last_event_id."}},
+        "responses": {"101": {"description": "Switching protocols to WebSocket; a refusal is a close code."}},
         "x-websocket": {
             "messages": {"alert": _ref("WsAlert"), "synced": _ref("WsSynced"), "keepalive": _ref("WsKeepalive")},
-            "closeCodes": {"1013": "too far behind; reconnect with last_event_id"},
+            "closeCodes": {
+                "1009": "a message from the device larger than the limit (TOCSIN_WS_MAX_MESSAGE_BYTES)",
+                "1013": "too far behind, or the node is not ready; reconnect with last_event_id",
+                "4400": "invalid last_event_id (device.event-id-invalid)",
+                "4401": "unknown device token (device.unknown): register again",
+                "4429": "the device token holds its limit of streams (device.too-many-streams)",
+            },
         },
     }
     return {"/api/v1/devices": {"post": register}, "/api/v1/devices/{device_id}": {"delete": delete},
@@ -302,7 +319,8 @@ def _public_paths() -> Json:
         return {"get": {"tags": ["public"], "operationId": op, "summary": summary, "responses": responses}}
 
     return {
-        "/.well-known/tocsin/keys": simple("keys", "The deployment's public signing keys (JWK)", {
+        "/.well-known/tocsin/keys": simple("keys", "The deployment's public signing keys (JWK) and key-set statements; trusted by "
+                                       "a device only through a statement signed by a key it trusts", {
             "200": _json(_ref("Keys"), "Cache-Control: public, max-age=300.")}),
         "/livez": simple("livez", "The process answers", {"200": _json(_ref("Liveness"), "Live.")}),
         "/readyz": simple("readyz", "Whether this node measured, seconds ago, that it can deliver", {
@@ -333,9 +351,19 @@ def _components(catalog: list[Problem]) -> Json:
     bearer = "Authorization: Bearer <token>"
     return {
         "schemas": schemas,
-        "responses": {"Internal": {
-            "description": "Problem: `server.internal` (logged with its traceback).",
-            "content": {"application/problem+json": {"schema": _ref("Problem")}}}},
+        "responses": {
+            "Internal": {
+                "description": "Problem: `server.internal` (logged with its traceback).",
+                "content": {"application/problem+json": {"schema": _ref("Problem")}}},
+            "Timeout": {
+                "description": "Problem: `request.header-timeout`, `request.body-timeout`; the connection closes.",
+                "content": {"application/problem+json": {"schema": _ref("Problem")}},
+                "x-problem-codes": ["request.header-timeout", "request.body-timeout"]},
+            "HeadersTooLarge": {
+                "description": "Problem: `request.headers-too-large`; the connection closes.",
+                "content": {"application/problem+json": {"schema": _ref("Problem")}},
+                "x-problem-codes": ["request.headers-too-large"]},
+        },
         "securitySchemes": {
             "issuerToken": {"type": "http", "scheme": "bearer", "description": f"Issuer account token ({bearer})."},
             "issuerTokenQuery": {"type": "apiKey", "in": "query", "name": "token",
@@ -466,12 +494,19 @@ def _device_schemas() -> Json:
         "id": string, "token": {"type": "string", "description": "<id>.<secret>; shown once."},
         "cells": {"type": "array", "items": string}, "languages": {"type": "array", "items": string},
         "tests": boolean, "canary": boolean, "cell_resolution": {"type": "integer", "const": res}}}
+    when = {"type": "string", "format": "date-time"}
     jwk = {"type": "object", "properties": {"kty": {"const": "OKP"}, "crv": {"const": "Ed25519"}, "x": string,
-                                            "kid": string, "alg": {"const": "EdDSA"}, "use": {"const": "sig"}}}
+                                            "kid": string, "alg": {"const": "EdDSA"}, "use": {"const": "sig"},
+                                            "not_before": when, "not_after": when}}
+    statement = {"type": "object", "required": ["statement", "kid", "sig"], "properties": {
+        "statement": {"type": "string", "description": "JSON text: type tocsin.key-set, issued_at, keys."},
+        "kid": string, "sig": {"type": "string", "description": "Ed25519 over the statement's bytes."}}}
     return {
         "DeviceRegistration": registration, "DeviceRegistered": registered, "Jwk": jwk,
         "Keys": {"type": "object", "properties": {"keys": {"type": "array", "items": _ref("Jwk")},
+                                                  "statements": {"type": "array", "items": _ref("KeyStatement")},
                                                   "cell_resolution": {"type": "integer"}}},
+        "KeyStatement": statement,
         "Liveness": {"type": "object", "properties": {"status": {"const": "live"}, "node": string}},
         "Readiness": {"type": "object", "properties": {
             "status": {"type": "string", "enum": ["ready", "not ready"]}, "ready": boolean, "node": string,

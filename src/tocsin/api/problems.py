@@ -31,14 +31,10 @@ MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_S = "2"
 
 
-def problem_response(
-    problem: Problem,
-    detail: str = "",
-    *,
-    errors: list[dict[str, str]] | None = None,
-    headers: dict[str, str] | None = None,
-    instance: str | None = None,
-) -> Response:
+def problem_body(
+    problem: Problem, detail: str = "", *, errors: list[dict[str, str]] | None = None, instance: str | None = None
+) -> dict[str, Any]:
+    """The problem document (RFC 9457 members plus our stable `code`)."""
     body: dict[str, Any] = {
         "type": f"urn:tocsin:problem:{problem.code}",
         "title": problem.title,
@@ -50,6 +46,18 @@ def problem_response(
         body["instance"] = instance
     if errors:
         body["errors"] = errors
+    return body
+
+
+def problem_response(
+    problem: Problem,
+    detail: str = "",
+    *,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+    instance: str | None = None,
+) -> Response:
+    body = problem_body(problem, detail, errors=errors, instance=instance)
     return JSONResponse(body, status_code=problem.status, headers=headers, media_type=MEDIA_TYPE)
 
 

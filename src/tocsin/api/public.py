@@ -7,16 +7,19 @@ never wait on NATS or the disk, so they answer at once even when those are froze
 from __future__ import annotations
 
 import html
+import json
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from tocsin.api.listener import FULL_FOR_S
 from tocsin.api.openapi import document
 from tocsin.api.services import Services
 from tocsin.geo.cells import CELL_RESOLUTION
 from tocsin.health.readiness import redundancy
+from tocsin.signing import published_key_set
 
 _NO_STORE = {"Cache-Control": "no-store"}
 
@@ -27,9 +30,24 @@ def _services(request: Request) -> Services:
 
 
 async def keys(request: Request) -> Response:
+    """The deployment's keys with validity dates, and the statements that vouch for them.
+
+    Read from the key-set file, again when it changes (`tocsin keys rotate` publishes a
+    new key before the nodes sign with it); a device trusts none of it by itself.
+    """
     services = _services(request)
-    body = {"keys": [services.signer.public_jwk()], "cell_resolution": CELL_RESOLUTION}
-    return JSONResponse(body, headers={"Cache-Control": "public, max-age=300"})
+    path = services.settings.key_set_path
+    try:
+        stat = path.stat()
+        version: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        version = None
+    cached: tuple[tuple[int, int] | None, bytes] | None = getattr(request.app.state, "key_set", None)
+    if cached is None or cached[0] != version:
+        body = {**published_key_set(services.signer, path), "cell_resolution": CELL_RESOLUTION}
+        cached = (version, json.dumps(body, separators=(",", ":")).encode("utf-8"))
+        request.app.state.key_set = cached
+    return Response(cached[1], media_type="application/json", headers={"Cache-Control": "public, max-age=300"})
 
 
 async def livez(request: Request) -> Response:
@@ -38,7 +56,23 @@ async def livez(request: Request) -> Response:
 
 
 def readiness_report(services: Services) -> dict[str, Any]:
-    """The last readiness results; a node without readiness checks is never ready."""
+    """The last readiness results plus the listener's connections; never ready without checks."""
+    report = _checks_report(services)
+    if services.edge is None:
+        return report
+    gate = services.edge.public
+    full = gate.is_full
+    check = {
+        "ok": not full, "age_s": 0.0, "max_age_s": FULL_FOR_S, "value": gate.as_json(),
+        "detail": f"the public listener holds its limit of {gate.max_total} connections; new clients are refused"
+        if full else f"{gate.total} of {gate.max_total} connections open",
+    }
+    failing = sorted({*report["failing"], "connections"}) if full else report["failing"]
+    return {**report, "status": "not ready" if failing else "ready", "ready": not failing, "failing": failing,
+            "checks": {**report["checks"], "connections": check}}
+
+
+def _checks_report(services: Services) -> dict[str, Any]:
     if services.readiness is None:
         return {
             "status": "not ready", "ready": False, "node": services.settings.node_name,

@@ -8,6 +8,7 @@ from starlette.types import ASGIApp
 
 from tocsin.api import alerts, devices, public, streams
 from tocsin.api.fastpath import SseFastPath
+from tocsin.api.headers import EdgeHeaders
 from tocsin.api.problems import HANDLERS
 from tocsin.api.services import Services
 
@@ -29,8 +30,10 @@ ROUTES = [
 
 
 def make_app(services: Services) -> ASGIApp:
-    """The node's ASGI app: the routes, behind the SSE fast path."""
+    """The node's ASGI app: the routes with the edge's headers, behind the SSE fast path."""
     app = Starlette(routes=ROUTES, exception_handlers=HANDLERS)
+    # Starlette would answer `/readyz/` with a redirect built from the Host header.
+    app.router.redirect_slashes = False
     app.state.services = services
     app.state.refused = lambda code: services.metrics.refused.labels(code).inc()
-    return SseFastPath(app, services)
+    return SseFastPath(EdgeHeaders(app), services)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import collections
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,6 +15,8 @@ from prometheus_client.registry import Collector
 
 from tocsin.api.device_records import DeviceMirror
 from tocsin.api.ratelimit import RateLimit
+from tocsin.api.listener import Edge
+from tocsin.api.ttl_cache import TtlCache
 from tocsin.channels.live import LiveRegistry
 from tocsin.health.readiness import Readiness
 from tocsin.pipeline.accept import Accept
@@ -23,6 +26,10 @@ from tocsin.settings import Settings
 from tocsin.signing import SigningKey
 from tocsin.store.base import Store
 
+
+ISSUER_CACHE_S = 10.0
+# Issuers are few; a flood of distinct wrong tokens evicts only wrong tokens and old entries.
+ISSUER_CACHE_ENTRIES = 4096
 
 # Issue-to-display latency of the probes: loopback is milliseconds, a stalled path is seconds.
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -148,15 +155,22 @@ class Services:
     # Set by app.py when the node starts its prober and readiness checks.
     prober: Prober | None = None
     readiness: Readiness | None = None
+    # The listeners' limits and connection counts (app.py sets it; None in ASGI-only tests).
+    edge: Edge | None = None
     started_monotonic: float = field(default_factory=time.monotonic)
-    # Looked-up issuer accounts, with the monotonic time they were read.
-    issuer_cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
+    # Looked-up issuer accounts by token digest (None: no such account), bounded in number
+    # and age: a revoked token stops working on every node within ISSUER_CACHE_S.
+    issuer_cache: TtlCache[str, Any] = field(
+        default_factory=lambda: TtlCache(ISSUER_CACHE_ENTRIES, ISSUER_CACHE_S)
+    )
     # Every registered device: mirrored from the bucket by `store.mirror`, plus what this
     # node registered or read itself before the mirror had it; packed (api/device_records.py).
     device_cache: DeviceMirror = field(default_factory=DeviceMirror)
     # Anonymous device registrations, by source and in all (api/devices.py).
     registrations_by_source: RateLimit = field(init=False)
     registrations_in_all: RateLimit = field(init=False)
+    # Open streams (SSE and WebSocket) per device id, bounded by max_streams_per_device.
+    streams: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def __post_init__(self) -> None:
         s = self.settings

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
+from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -20,7 +21,7 @@ from tocsin.audience import Audience
 from tocsin.channels.live import (
     Connection, ConnectionDropped, Event, Protocol, keepalive_sse, keepalive_ws,
 )
-from tocsin.errors import EVENT_ID_INVALID, NODE_NOT_READY, Rejected
+from tocsin.errors import EVENT_ID_INVALID, HTTP_VERSION, NODE_NOT_READY, TOO_MANY_STREAMS, Rejected
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,24 @@ async def resume_after(services: Services, record: dict[str, Any], raw: str | No
         return await services.pipeline.replay.resume_after(raw)
     except ValueError:
         raise Rejected(EVENT_ID_INVALID, f"got {(raw or '')[:40]!r}") from None
+
+
+def claim_stream(services: Services, device_id: str) -> None:
+    """Count one more open stream for this device token; `release_stream` when it ends.
+
+    Raises:
+        Rejected: the token holds its limit of streams (429 device.too-many-streams).
+    """
+    limit = services.settings.max_streams_per_device
+    if services.streams[device_id] >= limit:
+        raise Rejected(TOO_MANY_STREAMS, f"this device token holds {limit} open streams; close one first")
+    services.streams[device_id] += 1
+
+
+def release_stream(services: Services, device_id: str) -> None:
+    services.streams[device_id] -= 1
+    if services.streams[device_id] <= 0:
+        del services.streams[device_id]
 
 
 def new_connection(device_id: str, record: dict[str, Any], protocol: Protocol, depth: int) -> Connection:
@@ -91,12 +110,16 @@ def synced_ws(services: Services) -> str:
 async def stream(request: Request) -> Response:
     services: Services = request.app.state.services
     device_id, record = await device_for(request, services)
+    if request.scope.get("http_version") == "1.0":
+        raise Rejected(HTTP_VERSION, "HTTP/1.0 has no chunked encoding, and a stream has no length")
     after = await resume_after(services, record, request.headers.get("last-event-id") or request.query_params.get("last_event_id"))
+    claim_stream(services, device_id)
     connection = new_connection(device_id, record, Protocol.SSE, services.settings.device_queue_depth)
     missed = services.pipeline.replay.attach(connection, after)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Tocsin-Node": services.settings.node_name}
     return StreamingResponse(
-        _sse_body(services, connection, missed), media_type="text/event-stream", headers=headers
+        _sse_body(services, connection, missed), media_type="text/event-stream", headers=headers,
+        background=BackgroundTask(release_stream, services, device_id),
     )
 
 
@@ -121,13 +144,21 @@ async def websocket(ws: WebSocket) -> None:
     try:
         device_id, record = await device_for(ws, services)
         after = await resume_after(services, record, ws.query_params.get("last_event_id"))
+        claim_stream(services, device_id)
     except Rejected as exc:
         # Accept, then close with the problem code: a refused handshake would reach the
         # client as a bare 403 and it could not tell that it must register again.
         await ws.accept()
-        code = {401: 4401, 503: 1013}.get(exc.problem.status, 4400)  # 1013: try again later
+        code = {401: 4401, 429: 4429, 503: 1013}.get(exc.problem.status, 4400)  # 1013: try again later
         await ws.close(code=code, reason=exc.problem.code)
         return
+    try:
+        await _ws_serve(services, ws, device_id, record, after)
+    finally:
+        release_stream(services, device_id)
+
+
+async def _ws_serve(services: Services, ws: WebSocket, device_id: str, record: dict[str, Any], after: int) -> None:
     await ws.accept()
     connection = new_connection(device_id, record, Protocol.WS, services.settings.device_queue_depth)
     missed = services.pipeline.replay.attach(connection, after)

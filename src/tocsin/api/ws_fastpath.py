@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from tocsin.api.auth import device_for
 from tocsin.api.services import Services
-from tocsin.api.streams import new_connection, resume_after, synced_ws
+from tocsin.api.streams import claim_stream, new_connection, resume_after, synced_ws
 from tocsin.channels.live import Protocol, as_transport, ws_text_frame
 from tocsin.errors import Rejected, StoreUnavailable
 
@@ -38,6 +38,7 @@ async def authenticate(scope: Scope, services: Services) -> tuple[str, dict[str,
     try:
         device_id, record = await device_for(conn, services)
         after = await resume_after(services, record, conn.query_params.get("last_event_id"))
+        claim_stream(services, device_id)  # the caller releases it when the device goes
     except (Rejected, StoreUnavailable):
         return None
     return device_id, record, after

@@ -67,6 +67,7 @@ def _register_optional() -> None:
     from tocsin.cli.cluster_cmd import cluster
     from tocsin.cli.drill_cmd import drill
     from tocsin.cli.issue_cmd import issue
+    from tocsin.cli.keys_cmd import keys
     from tocsin.cli.status_cmd import status
     from tocsin.cli.watch_cmd import watch
     from tocsin.cli.watchdog_cmd import watchdog
@@ -75,6 +76,7 @@ def _register_optional() -> None:
     cli.add_command(cluster)
     cli.add_command(drill)
     cli.add_command(issue)
+    cli.add_command(keys)
     cli.add_command(status)
     cli.add_command(watch)
     cli.add_command(watchdog)

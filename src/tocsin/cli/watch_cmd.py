@@ -11,9 +11,12 @@ import click
 
 from tocsin import logs
 from tocsin.cli.node_urls import url_option
+from tocsin.client.keys import KeyFileInvalid, Keys, NoTrustedKeys, load_key_file
 from tocsin.client.node import NodeIncompatible, RegistrationRefused
+from tocsin.client.display import terminal_line
 from tocsin.client.state import StateInvalid
 from tocsin.client.watch import Display, Watcher
+from tocsin.loopback import url_is_loopback
 
 # Exit codes: 0 stopped by the user, 2 a node refused the registration for good.
 EXIT_REFUSED = 2
@@ -47,15 +50,23 @@ def _places(lat: float | None, lon: float | None, places: tuple[str, ...]) -> li
     return found
 
 
+def plain_remote_urls(urls: list[str]) -> list[str]:
+    """The URLs that would carry alerts in plain text off this machine."""
+    return [url for url in urls if url.lower().startswith("http://") and not url_is_loopback(url)]
+
+
+def _keys(path: Path | None) -> Keys | None:
+    if path is None:
+        return None
+    try:
+        return load_key_file(path)
+    except KeyFileInvalid as exc:
+        raise click.BadParameter(str(exc), param_hint="--keys / TOCSIN_KEYS") from None
+
+
 def render(display: Display) -> str:
-    """One readable line; anything but a real alert says so loudly first."""
-    tag = "" if display.status == "Actual" else f"[{display.status.upper()}] "
-    kind = "" if display.msg_type == "Alert" else f"({display.msg_type}) "
-    return (
-        f"{tag}{kind}{display.event}: {display.headline} "
-        f"[{display.sender} {display.identifier}, {display.language or '-'}, "
-        f"after {display.delay_s:.1f} s via {display.node}]"
-    )
+    """One readable line, safe for a terminal (client/display.py)."""
+    return terminal_line(display)
 
 
 @click.command(name="watch")
@@ -65,7 +76,11 @@ def render(display: Display) -> str:
 @click.option("--place", "places", multiple=True, help="A place as LAT,LON; repeatable.")
 @click.option("--lang", "languages", multiple=True, help="Preferred language, in order; repeatable (default en).")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="State file: keeps the device, pinned keys, last event and shown alerts.")
+              help="State file: keeps the device, trusted keys, last event and shown alerts.")
+@click.option("--keys", "keys_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="TOCSIN_KEYS", help="Key file to trust (as /.well-known/tocsin/keys serves); or TOCSIN_KEYS.")
+@click.option("--trust-on-first-use", "tofu", is_flag=True,
+              help="With no key file: trust the first node's keys (only safe over TLS to a node you know).")
 @click.option("--tests", is_flag=True, help="Also show Test and Exercise alerts.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per shown alert.")
 def watch(
@@ -75,10 +90,15 @@ def watch(
     places: tuple[str, ...],
     languages: tuple[str, ...],
     state_path: Path | None,
+    keys_path: Path | None,
+    tofu: bool,
     tests: bool,
     as_json: bool,
 ) -> None:
     """Watch places for alerts, as a device would, until Ctrl-C."""
+    for url in plain_remote_urls(urls):
+        click.echo(f"warning: {url} is plain HTTP to another host: anyone on the path can read and "
+                   "block alerts; use https:// (docs/security.md)", err=True)
     try:
         watcher = Watcher(
             urls,
@@ -86,9 +106,13 @@ def watch(
             languages=languages or ("en",),
             tests=tests,
             state_path=state_path,
+            keys=_keys(keys_path),
+            trust_on_first_use=tofu,
         )
     except StateInvalid as exc:
         raise click.ClickException(f"state file: {exc}") from None
+    except NoTrustedKeys as exc:
+        raise click.UsageError(str(exc)) from None
     # Alerts go to stdout; the watcher's own log lines (JSON) to stderr.
     logs.setup(os.environ.get("TOCSIN_LOG_LEVEL", "WARNING"))
     try:

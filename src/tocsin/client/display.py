@@ -1,7 +1,8 @@
-"""What a device shows for an alert: the Display value and how it is made."""
+"""What a device shows for an alert: the Display value, how it is made, and its terminal line."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -80,3 +81,42 @@ def _follow_up_headline(alert: Alert) -> str:
     """A headline for an Update or Cancel that has no info of its own."""
     targets = ", ".join(ref.identifier for ref in alert.references)
     return f"{alert.msg_type} of {targets}" if targets else str(alert.msg_type)
+
+
+# Terminal control in alert text (any issuer's, or a relay's). XML 1.0 keeps ESC and most
+# C0 controls out of CAP, but not CR or the C1 range, where U+009B is an 8-bit CSI.
+_SEQUENCE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]?"  # CSI (ECMA-48 §5.4): parameters, intermediates, final
+    r"|\x9b[0-?]*[ -/]*[@-~]?"  # the same, 8-bit
+    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"  # OSC, to BEL or ST
+    r"|\x1b[@-_]?"  # any other escape
+)
+# Line breaks and tabs become one space; every other C0 or C1 control, DEL, and the
+# bidirectional overrides and isolates (which reorder what follows) are shown escaped.
+_SPACE = re.compile(r"[\t\n\v\f\r\x85\u2028\u2029]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def terminal_text(text: str) -> str:
+    """`text` safe to print on a terminal: no control sequence, no control character."""
+    return _CONTROL.sub(_escaped, _SPACE.sub(" ", _SEQUENCE.sub("", text)))
+
+
+def terminal_line(display: Display) -> str:
+    """One readable line; anything but a real alert says so loudly first (from the CAP
+    status, whatever the alert's texts hold: they cannot move the cursor or erase it)."""
+    tag = "" if display.status == "Actual" else f"[{terminal_text(display.status).upper()}] "
+    kind = "" if display.msg_type == "Alert" else f"({terminal_text(display.msg_type)}) "
+    event, headline, sender, identifier, language, node = map(
+        terminal_text, (display.event, display.headline, display.sender, display.identifier,
+                        display.language, display.node),
+    )
+    return (
+        f"{tag}{kind}{event}: {headline} "
+        f"[{sender} {identifier}, {language or '-'}, after {display.delay_s:.1f} s via {node}]"
+    )

@@ -11,7 +11,6 @@ import httpx
 from tocsin.client.state import Registration
 from tocsin.errors import TocsinError
 from tocsin.geo.cells import CELL_RESOLUTION
-from tocsin.signing import keys_by_kid
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +81,11 @@ def _check_resolution(url: str, body: dict[str, Any]) -> None:
         )
 
 
-async def fetch_keys(http: httpx.AsyncClient, url: str) -> dict[str, dict[str, Any]]:
-    """The node's published Ed25519 keys, by kid.
+async def fetch_key_set(http: httpx.AsyncClient, url: str) -> dict[str, Any]:
+    """The node's key-set document: its keys and key-set statements, as served (untrusted).
 
     Raises:
-        NodeRefused: the node answered an error or something that is not a key set.
+        NodeRefused: the node answered an error or something that is not a JSON object.
         NodeIncompatible: the node uses another cell resolution.
     """
     response = await http.get(url + KEYS_PATH)
@@ -94,10 +93,7 @@ async def fetch_keys(http: httpx.AsyncClient, url: str) -> dict[str, dict[str, A
         raise refusal(url, response)
     body = _json_object(url, response)
     _check_resolution(url, body)
-    keys = keys_by_kid(body.get("keys"))
-    if not keys:
-        raise NodeRefused(url, response.status_code, "", "the key set holds no Ed25519 key")
-    return keys
+    return body
 
 
 async def register(

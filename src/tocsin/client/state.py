@@ -1,4 +1,4 @@
-"""The watcher's memory: registration, pinned keys, last event seq and shown alerts."""
+"""The watcher's memory: registration, trusted keys, last event seq and shown alerts."""
 
 from __future__ import annotations
 
@@ -49,8 +49,11 @@ class WatchState:
     """Mutable on purpose: the watcher updates it after every event and saves it."""
 
     registration: Registration | None = None
-    # Pinned public keys (JWK by kid), learned on first use.
+    # Trusted public keys (JWK by kid, with validity dates), from configuration, the
+    # shipped key set or first use, then changed only by signed statements (client/keys.py).
     keys: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # When the last key-set statement applied was issued; an older one changes nothing.
+    key_set_at: datetime | None = None
     # The stream seq of the last event processed, and its cursor (`seq.idprefix`), which
     # is what goes back as Last-Event-ID.
     last_seq: int | None = None
@@ -71,6 +74,7 @@ class WatchState:
             "version": _VERSION,
             "registration": None if reg is None else _registration_dict(reg),
             "keys": self.keys,
+            "key_set_at": None if self.key_set_at is None else self.key_set_at.isoformat(),
             "last_seq": self.last_seq,
             "cursor": self.cursor,
             "seen": [
@@ -89,9 +93,11 @@ class WatchState:
                 raise StateInvalid(f"unsupported state version {raw.get('version')!r}")
             reg = raw.get("registration")
             last_seq = raw.get("last_seq")
+            key_set_at = raw.get("key_set_at")
             return cls(
                 registration=None if reg is None else _registration(reg),
                 keys={str(k): dict(v) for k, v in raw.get("keys", {}).items()},
+                key_set_at=None if key_set_at is None else datetime.fromisoformat(str(key_set_at)),
                 last_seq=None if last_seq is None else int(last_seq),
                 cursor=None if raw.get("cursor") is None else str(raw["cursor"]),
                 seen={

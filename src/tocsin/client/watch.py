@@ -2,7 +2,8 @@
 
 Embeddable:
 
-    async with Watcher(urls=["http://127.0.0.1:8080"], places=[(48.85, 2.35)]) as watcher:
+    keys = load_key_file(Path("deployment-keys.json"))   # tocsin.client.keys
+    async with Watcher(urls=["https://alerts.example"], places=[(48.85, 2.35)], keys=keys) as watcher:
         async for display in watcher.displays():
             print(display.headline)
 """
@@ -32,18 +33,19 @@ from tocsin.client.node import (
     DeviceUnknown,
     NodeRefused,
     RegistrationRefused,
-    fetch_keys,
+    fetch_key_set,
     refusal,
     register,
 )
+from tocsin.client.keys import Keys, NoTrustedKeys, accept_statements, shipped_keys, verify_at
 from tocsin.client.sse import SseEvent, sse_events
 from tocsin.client.state import Registration, load_state, save_state
 from tocsin.client.ws import messages, open_ws
 from tocsin.errors import CapInvalid
 from tocsin.geo.cells import cell_for_point
-from tocsin.signing import verify
+from tocsin.signing import keys_by_kid
 
-__all__ = ["Display", "Synced", "WatchStats", "Watcher"]
+__all__ = ["Display", "NoTrustedKeys", "Synced", "WatchStats", "Watcher"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,9 @@ READ_TIMEOUT_S = 45.0
 CONNECT_TIMEOUT_S = 5.0
 # Displays waiting for the consumer of `displays()`; when full, reading the stream pauses.
 DISPLAY_QUEUE_DEPTH = 256
+# An alert signed by a key not trusted makes the watcher read the node's key-set
+# statements again, at most this often (a rotation reaches devices between registrations).
+KEY_REFRESH_S = 60.0
 
 
 def utc_now() -> datetime:
@@ -82,6 +87,8 @@ class WatchStats:
     registrations: int = 0
     events: int = 0
     bad_signatures: int = 0
+    # Key-set statements refused: not signed by a trusted key, or badly signed.
+    statements_refused: int = 0
     invalid: int = 0
     # Keepalives saying their node had stopped delivering, and the moves they caused (a
     # stale node is left only for a ready one).
@@ -104,7 +111,8 @@ class Watcher:
         issuer_token: str | None = None,
         state_path: Path | None = None,
         protocol: Literal["sse", "ws"] = "sse",
-        keys: dict[str, dict[str, Any]] | None = None,
+        keys: Keys | None = None,
+        trust_on_first_use: bool = False,
         on_display: Callable[[Display], Awaitable[None]] | None = None,
         backoff: Backoff | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -126,10 +134,9 @@ class Watcher:
         self.stats = WatchStats()
         self.state = load_state(state_path)
         self._state_path = state_path
-        # Keys given by the caller are the only ones trusted; otherwise pin on first use.
-        self._fixed_keys = keys is not None
-        if keys is not None:
-            self.state.keys = dict(keys)
+        self._trust_on_first_use = trust_on_first_use
+        self._trust_from(shipped_keys() if keys is None else dict(keys))
+        self._keys_read_at: float | None = None
         self._issuer_token = issuer_token
         self._on_display = on_display
         self._backoff = backoff or Backoff()
@@ -248,8 +255,7 @@ class Watcher:
         languages, audience = self.subscription.languages, self.subscription.audience
         if reg is not None and reg.matches(self.cells, languages, audience.tests, audience.canary):
             return reg
-        if not self._fixed_keys:
-            await self._learn_keys(url)
+        await self._read_key_set(url)
         reg = await register(
             self._http,
             url,
@@ -264,14 +270,56 @@ class Watcher:
         self._save()
         return reg
 
-    async def _learn_keys(self, url: str) -> None:
-        """Pin the node's keys on first use; a new registration may add (never drop) keys."""
+    def _trust_from(self, configured: Keys) -> None:
+        """Start from the configured keys, unless statements already moved trust on from them.
+
+        Raises:
+            NoTrustedKeys: nothing to trust, and not told to trust on first use.
+        """
+        if configured and self.state.key_set_at is None:
+            self.state.keys = configured
+        if not self.state.keys and not self._trust_on_first_use:
+            raise NoTrustedKeys(
+                "no signing key to trust: give a key file (tocsin watch --keys, TOCSIN_KEYS), "
+                "ship a key set, or allow trust on first use"
+            )
+
+    async def _read_key_set(self, url: str) -> None:
+        """Apply the node's key-set statements; its bare keys count only on first use.
+
+        A node's answer never adds trust by itself: a statement must be signed by a key
+        already trusted (client/keys.py). A node that cannot say is not an error here.
+
+        Raises:
+            NodeIncompatible: the node uses another cell resolution.
+        """
         assert self._http is not None
-        keys = await fetch_keys(self._http, url)
-        added = sorted(set(keys) - set(self.state.keys))
-        if added:
-            log.info("signing keys pinned", extra={"url": url, "kids": added})
-        self.state.keys = {**keys, **self.state.keys}
+        self._keys_read_at = asyncio.get_running_loop().time()
+        try:
+            document = await fetch_key_set(self._http, url)
+        except (NodeRefused, httpx.HTTPError) as exc:
+            if not self.state.keys:
+                raise
+            log.warning("key set unavailable", extra={"url": url, "error": str(exc)[:200]})
+            return
+        if not self.state.keys and self._trust_on_first_use:
+            self.state.keys = keys_by_kid(document.get("keys"))
+            log.warning("signing keys trusted on first use", extra={"url": url, "kids": sorted(self.state.keys)})
+        accepted = accept_statements(self.state.keys, self.state.key_set_at, document.get("statements"), self._now())
+        if accepted.refused:
+            if self.stats.statements_refused == 0:
+                log.warning("key-set statement refused", extra={"url": url, "count": accepted.refused})
+            self.stats.statements_refused += accepted.refused
+        if accepted.since != self.state.key_set_at:
+            log.info("key set changed", extra={"url": url, "added": accepted.added, "retired": accepted.retired})
+            self.state.keys, self.state.key_set_at = accepted.keys, accepted.since
+            self._save()
+
+    async def _on_unknown_key(self, kid: str, url: str) -> None:
+        """An alert signed by a key not trusted: maybe a rotation; read the statements again."""
+        now = asyncio.get_running_loop().time()
+        if self._keys_read_at is None or now - self._keys_read_at >= KEY_REFRESH_S:
+            await self._read_key_set(url)
 
     async def _stream(self, url: str, reg: Registration) -> None:
         assert self._http is not None
@@ -376,6 +424,9 @@ class Watcher:
         # No skipping by seq: a stream that lost its tail reuses seqs for new alerts, and
         # the node then replays everything active; repeats are dropped by identity.
         self.stats.events += 1
+        kid = payload.get("kid")
+        if isinstance(kid, str) and kid not in self.state.keys:
+            await self._on_unknown_key(kid, url)
         display = self._check(payload, seq, url)
         self.state.last_seq = seq
         self.state.cursor = cursor
@@ -392,7 +443,7 @@ class Watcher:
             self.stats.invalid += 1
             return None
         data = cap.encode("utf-8")
-        if not verify(self.state.keys, kid, data, sig):
+        if not verify_at(self.state.keys, self._now(), kid, data, sig):
             if self.stats.bad_signatures == 0:
                 log.warning("signature rejected", extra={"url": url, "seq": seq, "kid": kid})
             self.stats.bad_signatures += 1

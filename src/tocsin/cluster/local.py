@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tocsin.cluster.nats_server import ClusterSpec, NatsServer, die_with_parent
+from tocsin.cluster.nats_server import NATS_USER, ClusterSpec, NatsServer, die_with_parent, load_or_create_password
 from tocsin.secret_file import private_dir, write_secret
 from tocsin.signing import SigningKey
 
@@ -41,14 +41,23 @@ class NodeSpec:
     # Loopback by default; the fault suite gives each node its own address in a network
     # namespace (tocsin.faults.netns) so that it can be cut off from its peers.
     host: str = "127.0.0.1"
+    # `user:password` every client and route peer logs in with (docs/security.md, NATS).
+    nats_login: str = ""
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
 
     @property
-    def nats_url(self) -> str:
+    def nats_address(self) -> str:
+        """The client URL without credentials, for the nodes (which read the password file)."""
         return f"nats://{self.host}:{self.nats_port}"
+
+    @property
+    def nats_url(self) -> str:
+        """The client URL with its credentials: what a tool connecting by hand uses."""
+        login = f"{self.nats_login}@" if self.nats_login else ""
+        return f"nats://{login}{self.host}:{self.nats_port}"
 
     @property
     def monitor_url(self) -> str:
@@ -90,7 +99,9 @@ def _is_free(port: int) -> bool:
     return True
 
 
-def node_specs(data_dir: Path, nodes: int, base_port: int, hosts: list[str] | None = None) -> list[NodeSpec]:
+def node_specs(
+    data_dir: Path, nodes: int, base_port: int, hosts: list[str] | None = None, nats_login: str = ""
+) -> list[NodeSpec]:
     """Node i serves HTTP on P+i, NATS on P+10+i, monitoring on P+20+i, routes on P+30+i."""
     return [
         NodeSpec(
@@ -101,6 +112,7 @@ def node_specs(data_dir: Path, nodes: int, base_port: int, hosts: list[str] | No
             monitor_port=base_port + 20 + i,
             route_port=base_port + 30 + i,
             host=hosts[i] if hosts else "127.0.0.1",
+            nats_login=nats_login,
         )
         for i in range(nodes)
     ]
@@ -124,6 +136,8 @@ class LocalCluster:
     tocsin_launchers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     node_extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
     specs: list[NodeSpec] = field(init=False)
+    # `user:password` of the cluster's NATS, kept in nats_password_file across restarts.
+    nats_login: str = field(init=False)
     nats: dict[str, NatsServer] = field(init=False, default_factory=dict)
     tocsin: dict[str, asyncio.subprocess.Process] = field(init=False, default_factory=dict)
 
@@ -133,7 +147,8 @@ class LocalCluster:
         self.data_dir = self.data_dir.resolve()
         self.base_port = self.base_port or free_port_block(40)
         self.admin_token = self.admin_token or f"tca_{secrets.token_urlsafe(32)}"
-        self.specs = node_specs(self.data_dir, self.nodes, self.base_port, self.hosts)
+        self.nats_login = f"{NATS_USER}:{load_or_create_password(self.nats_password_file)}"
+        self.specs = node_specs(self.data_dir, self.nodes, self.base_port, self.hosts, self.nats_login)
 
     @property
     def replicas(self) -> int:
@@ -142,6 +157,11 @@ class LocalCluster:
     @property
     def signing_key_file(self) -> Path:
         return self.data_dir / "keys" / "signing-key.pem"
+
+    @property
+    def nats_password_file(self) -> Path:
+        """One password for the cluster's NATS: its clients and its route peers."""
+        return self.data_dir / "keys" / "nats-password"
 
     def spec(self, name: str) -> NodeSpec:
         return next(s for s in self.specs if s.name == name)
@@ -154,7 +174,8 @@ class LocalCluster:
         self.write_description()
 
     def _nats_server(self, spec: NodeSpec) -> NatsServer:
-        routes = tuple(f"nats-route://{s.host}:{s.route_port}" for s in self.specs if s is not spec)
+        login = self.nats_login + "@"
+        routes = tuple(f"nats-route://{login}{s.host}:{s.route_port}" for s in self.specs if s is not spec)
         cluster = ClusterSpec(name=CLUSTER_NAME, port=spec.route_port, routes=routes) if self.nodes > 1 else None
         return NatsServer(
             store_dir=spec.data_dir / "nats",
@@ -165,6 +186,8 @@ class LocalCluster:
             sync_always=self.sync_always,
             host=spec.host,
             launcher=self.launchers.get(spec.name, ()),
+            user=NATS_USER,
+            password=self.nats_login.partition(":")[2],
         )
 
     async def start_nats(self, name: str) -> NatsServer:
@@ -175,13 +198,15 @@ class LocalCluster:
         return server
 
     def node_env(self, spec: NodeSpec) -> dict[str, str]:
-        own_first = [spec.nats_url] + [s.nats_url for s in self.specs if s is not spec]
+        own_first = [spec.nats_address] + [s.nats_address for s in self.specs if s is not spec]
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOCSIN_")}
         env.update(
             TOCSIN_NODE_NAME=spec.name,
             TOCSIN_NATS_URL=",".join(own_first),
             TOCSIN_NATS_MONITOR_URL=spec.monitor_url,
             TOCSIN_REPLICAS=str(self.replicas),
+            TOCSIN_NATS_USER=NATS_USER,
+            TOCSIN_NATS_PASSWORD_FILE=str(self.nats_password_file),
             TOCSIN_SIGNING_KEY_FILE=str(self.signing_key_file),
             TOCSIN_ADMIN_TOKEN=self.admin_token,
             TOCSIN_PUBLIC_URL=spec.url,

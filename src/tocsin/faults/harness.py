@@ -68,6 +68,8 @@ CLUSTER_ENV = {
     # The simulated fleet registers thousands of devices from one loopback address.
     "TOCSIN_REGISTRATIONS_PER_SOURCE_PER_MIN": "0",
     "TOCSIN_REGISTRATIONS_PER_MIN": "0",
+    # ... and holds all their streams from that one address (F18: 2,000 on one node).
+    "TOCSIN_MAX_CONNECTIONS_PER_SOURCE": "100000",
 }
 
 

@@ -140,7 +140,7 @@ async def prepare_netns(run: Run, ci: bool) -> None:
     cluster.hosts = spaces.hosts
     from tocsin.cluster.local import node_specs
 
-    cluster.specs = node_specs(cluster.data_dir, cluster.nodes, cluster.base_port, spaces.hosts)
+    cluster.specs = node_specs(cluster.data_dir, cluster.nodes, cluster.base_port, spaces.hosts, cluster.nats_login)
     cluster.launchers = {s.name: spaces.launcher(i) for i, s in enumerate(cluster.specs)}
     run.spaces = spaces  # type: ignore[attr-defined]
 

@@ -21,6 +21,8 @@ import h3
 import shapely
 from shapely.geometry import Polygon as ShapelyPolygon
 
+from tocsin.geo.extent import EARTH_RADIUS_KM as _EARTH_RADIUS_KM
+
 if TYPE_CHECKING:
     from tocsin.cap.model import Area, Circle, Polygon
 
@@ -35,8 +37,12 @@ _CIRCLE_VERTICES = 64
 # The vertices sit outside the circle so that every chord stays outside it: R / cos(pi/n),
 # plus 1% because H3 draws polygon edges straight in lat/lng, not along great circles.
 _CIRCLE_MARGIN = 1.01 / math.cos(math.pi / _CIRCLE_VERTICES)
-# Mean Earth radius (IUGG), as H3 uses for great-circle distances.
-_EARTH_RADIUS_KM = 6371.0088
+# A ring with more points than this is covered through a simplified outline around it: the
+# overlap cover costs about cells x edges (a real 41,000-point outline took 5-10 s), and an
+# outline within _OUTLINE_TOLERANCE_DEG (~200 m, far below a cell's ~3.7 km edge) of a ring
+# buffered by twice that encloses the ring, so the cover stays conservative.
+_SIMPLIFY_ABOVE = 1000
+_OUTLINE_TOLERANCE_DEG = 0.002
 
 LatLon = tuple[float, float]
 
@@ -100,6 +106,18 @@ class Cover:
         """Compact `cells` (each at CELL_RESOLUTION or coarser) into a Cover."""
         return cls(cells=frozenset(str(c) for c in h3.compact_cells(list(set(cells)))))
 
+    @classmethod
+    def carried(cls, cells: Iterable[str]) -> Cover | None:
+        """A cover computed elsewhere (its cells as stored), or None when a cell is not a
+        valid H3 cell at or above CELL_RESOLUTION: then the caller computes it."""
+        chosen = frozenset(cells)
+        if not all(h3.is_valid_cell(cell) for cell in chosen):
+            return None
+        try:
+            return cls(cells=chosen)
+        except ValueError:  # finer than CELL_RESOLUTION
+            return None
+
     @property
     def is_empty(self) -> bool:
         """True when no area had a polygon or circle (geocodes only)."""
@@ -128,22 +146,39 @@ class Cover:
         return frozenset(str(c) for c in h3.uncompact_cells(list(self.cells), CELL_RESOLUTION))
 
 
+@dataclass(slots=True)
+class CoverTally:
+    """How many covers this process computed (a cached or carried cover is not counted)."""
+
+    computed: int = 0
+
+
+tally = CoverTally()
+
+
+def distinct_shapes(areas: Iterable[Area]) -> tuple[tuple[Polygon, ...], tuple[Circle, ...]]:
+    """The polygons and circles of `areas`, each once (an alert in eight languages repeats
+    the same area eight times)."""
+    polygons = dict.fromkeys(polygon for area in areas for polygon in area.polygons)
+    circles = dict.fromkeys(circle for area in areas for circle in area.circles)
+    return tuple(polygons), tuple(circles)
+
+
 def cover_for(areas: Iterable[Area]) -> Cover:
     """Every cell at CELL_RESOLUTION that intersects a polygon or circle of `areas`."""
-    shapes = tuple((area.polygons, area.circles) for area in areas)
-    return _cover_of_shapes(shapes)
+    return cover_of_shapes(*distinct_shapes(areas))
 
 
 @functools.lru_cache(maxsize=128)
-def _cover_of_shapes(shapes: tuple[tuple[tuple[Polygon, ...], tuple[Circle, ...]], ...]) -> Cover:
-    """Cached: every node computes the cover of every alert, and areas recur (the probes'
-    area every few seconds, an Update or Cancel repeating its alert's area)."""
+def cover_of_shapes(polygons: tuple[Polygon, ...], circles: tuple[Circle, ...]) -> Cover:
+    """Cached: areas recur (the probes' area every few seconds, an Update or Cancel
+    repeating its alert's area)."""
+    tally.computed += 1
     cells: set[str] = set()
-    for polygons, circles in shapes:
-        for polygon in polygons:
-            cells.update(_ring_cells(polygon))
-        for circle in circles:
-            cells.update(_ring_cells(_circle_ring(circle)))
+    for polygon in polygons:
+        cells.update(_ring_cells(polygon))
+    for circle in circles:
+        cells.update(_ring_cells(_circle_ring(circle)))
     return Cover.of(cells)
 
 
@@ -155,13 +190,25 @@ def _ring_cells(ring: Sequence[LatLon]) -> set[str]:
     cells = {cell_for_point(lat, lon) for lat, lon in points}
     if len(points) >= 3:
         try:
-            shape = h3.LatLngPoly(points)
+            shape = h3.LatLngPoly(_outline(points))
             found = h3.h3shape_to_cells_experimental(shape, CELL_RESOLUTION, contain="overlap")
         except (h3.H3BaseException, ValueError) as exc:
             log.warning("polygon not covered", extra={"points": len(points), "error": str(exc)})
         else:
             cells.update(str(c) for c in found)
     return cells
+
+
+def _outline(points: list[LatLon]) -> list[LatLon]:
+    """The ring itself, or for a long ring that does not cross the antimeridian a simplified
+    outline that encloses it (see _SIMPLIFY_ABOVE)."""
+    if len(points) <= _SIMPLIFY_ABOVE or any(abs(b[1] - a[1]) > 180.0 for a, b in zip(points, points[1:])):
+        return points
+    shape = ShapelyPolygon([(lon, lat) for lat, lon in points])
+    wider = shape.buffer(2 * _OUTLINE_TOLERANCE_DEG).simplify(_OUTLINE_TOLERANCE_DEG)
+    if not isinstance(wider, ShapelyPolygon) or wider.is_empty:
+        return points
+    return [(lat, lon) for lon, lat in wider.exterior.coords[:-1]]
 
 
 def _circle_ring(circle: Circle) -> list[LatLon]:

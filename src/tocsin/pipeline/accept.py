@@ -2,7 +2,9 @@
 
 The issuer is answered only after JetStream acknowledged the alert and the node's ledger
 holds it; the ledger is written while the publish is in flight, so the two fsyncs overlap.
-An alert is published once, on its own subject, create-if-absent.
+An alert is published once, on its own subject, create-if-absent. Before anything is
+stored its cost is bounded (shapes, extent, stored size: policy.py, settings.py) and its cover
+computed once, off the loop under a deadline, to be stored with it.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ from tocsin.audience import DEFAULT_LIFETIME_S, expires_at
 from tocsin.cap.model import Alert
 from tocsin.cap.parse import parse_json, parse_xml
 from tocsin.cap.render import to_xml
-from tocsin.errors import IDENTITY_CONFLICT, Rejected, StoreFull, StoreUnavailable
-from tocsin.policy import Issuer, check
+from tocsin.errors import COVER_TOO_SLOW, IDENTITY_CONFLICT, STORED_TOO_LARGE, Rejected, StoreFull, StoreUnavailable
+from tocsin.geo.cells import Cover, distinct_shapes
+from tocsin.geo.covering import CoverTooSlow, CoverWorker
+from tocsin.pipeline.handoff import drawn_areas
+from tocsin.policy import AlertLimits, Issuer, check, check_limits
 from tocsin.signing import SigningKey
 from tocsin.store.base import AlertId, AlertStore, Envelope, Stored, alert_id_for
+from tocsin.store.jetstream import stored_bytes
 from tocsin.store.ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -54,6 +60,17 @@ class Retention:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Bounds:
+    """What an alert may cost (settings.py explains each default)."""
+
+    limits: AlertLimits
+    # The stored message (payload and headers) at most; the smaller of max_stored_bytes and
+    # the stream's max_msg_size.
+    max_stored_bytes: int = 1024 * 1024
+    cover_deadline_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Accepted:
     """The outcome for the issuer: the stored alert, and whether this call created it."""
 
@@ -78,10 +95,14 @@ class Accept:
         max_cap_bytes: int,
         max_skew_s: float,
         clock: Callable[[], datetime],
+        bounds: Bounds,
+        covers: CoverWorker,
         retention: Retention = Retention(),
-        prepared: Callable[[AlertId, bytes, Alert], None] = lambda alert_id, payload, alert: None,
+        prepared: Callable[[AlertId, bytes, Alert, Cover | None], None] = lambda alert_id, payload, alert, cover: None,
     ) -> None:
         self._store = store
+        self._bounds = bounds
+        self._covers = covers
         self._retention = retention
         self._prepared = prepared
         self._ledger = ledger
@@ -101,12 +122,15 @@ class Accept:
         """Store the alert and return it with its seq.
 
         Raises:
-            Rejected: a policy refusal, or an identity conflict (409).
+            Rejected: a policy refusal, a limit (413, 422), or an identity conflict (409).
             StoreUnavailable: no durable acknowledgement (the issuer gets a 503).
         """
         now = self._clock()
         check(alert, issuer, now=now, max_skew_s=self._max_skew_s)
+        check_limits(alert, issuer.limits.over(self._bounds.limits))
         payload = to_xml(alert)
+        self._check_size(len(payload))  # before the cover: it only adds to the size
+        cover = await self._cover(alert)
         expires_at = self._retention.expires_at(alert)
         envelope = Envelope(
             alert_id=alert_id_for(alert.sender, alert.identifier),
@@ -118,7 +142,9 @@ class Accept:
             accepted_at=now,
             expires_at=expires_at,
             retain_until=self._retention.retain_until(expires_at, now, probe=issuer.probe),
+            cover=tuple(sorted(cover.cells)) if cover is not None else None,
         )
+        self._check_size(stored_bytes(envelope))
         recording = asyncio.create_task(self._record(envelope, original, probe=issuer.probe))
         publishing = asyncio.create_task(self._store.put(envelope))
         for task in (recording, publishing):
@@ -131,7 +157,7 @@ class Accept:
             # their fsyncs, hand this node's follower the parsed alert and its cover.
             await asyncio.sleep(0)
             await asyncio.sleep(0)
-            self._prepared(envelope.alert_id, payload, alert)
+            self._prepared(envelope.alert_id, payload, alert, cover)
             stored = await publishing
             if not stored.created and stored.envelope.payload != payload:
                 raise Rejected(
@@ -154,6 +180,23 @@ class Accept:
                        "status": alert.status.value, "msg_type": alert.msg_type.value},
             )
         return Accepted(alert=alert, stored=stored)
+
+    def _check_size(self, size: int) -> None:
+        limit = self._bounds.max_stored_bytes
+        if size > limit:
+            raise Rejected(STORED_TOO_LARGE, f"{size} bytes as stored; the limit is {limit} bytes")
+
+    async def _cover(self, alert: Alert) -> Cover | None:
+        """The cover of the alert's drawn areas, off the loop and under the deadline; None
+        when it draws none (an Update or Cancel going where its references went)."""
+        drawn = drawn_areas(alert)
+        if not drawn:
+            return None
+        deadline_s = self._bounds.cover_deadline_s
+        try:
+            return await self._covers.cover(distinct_shapes(drawn), deadline_s)
+        except CoverTooSlow:
+            raise Rejected(COVER_TOO_SLOW, f"the areas were not covered within {deadline_s:g} s") from None
 
     async def _record(self, envelope: Envelope, original: bytes | None, *, probe: bool) -> bool:
         """Write the ledger row; whether this attempt owns it."""

@@ -1,7 +1,9 @@
 """accept -> follow: the alerts this node's accept parsed, so its follower need not parse them again.
 
-Also what both sides compute from an alert's areas: the areas that are drawn, and the cells
-they cover.
+Also what both sides take from an alert's areas: the areas that are drawn, and the cells
+they cover. Accept computes the cover once and stores it with the alert; a follower on any
+node, now or after a restart, uses the stored cover and computes one only for an alert
+stored without it.
 """
 
 from __future__ import annotations
@@ -36,23 +38,22 @@ class Handoff:
     def __init__(self) -> None:
         self._prepared: dict[AlertId, tuple[bytes, Alert, Shape | None]] = {}
 
-    def prepare(self, alert_id: AlertId, payload: bytes, alert: Alert) -> None:
-        """The alert this node's accept is publishing, already parsed and checked.
+    def prepare(self, alert_id: AlertId, payload: bytes, alert: Alert, cover: Cover | None) -> None:
+        """The alert this node's accept is publishing, already parsed, checked and covered.
 
-        Its cover is computed now, while the accept waits for the stream's acknowledgement;
-        when the stream hands the follower these exact bytes, it uses both instead of
+        When the stream hands the follower these exact bytes, it uses them instead of
         parsing them again (on the accepting node, in the same loop, before the issuer's
         201 and the first device). Bounded: an alert whose publish failed is forgotten
         after PREPARED_MAX others.
         """
         drawn = drawn_areas(alert)
-        self._prepared[alert_id] = (payload, alert, shape_of(drawn) if drawn else None)
+        self._prepared[alert_id] = (payload, alert, (drawn, cover) if drawn and cover is not None else None)
         if len(self._prepared) > PREPARED_MAX:
             del self._prepared[next(iter(self._prepared))]
 
     def parsed(self, stored: Stored) -> tuple[Alert, Shape | None]:
         """The stored alert and, when known, its areas and cover: from `prepare` when it holds
-        these bytes, else parsed here.
+        these bytes, else parsed here with the cover stored beside it.
 
         Raises:
             CapInvalid: the payload is not a valid alert.
@@ -61,4 +62,7 @@ class Handoff:
         prepared = self._prepared.pop(env.alert_id, None)
         if prepared is not None and prepared[0] == env.payload:
             return prepared[1], prepared[2]
-        return parse_stored(env.payload), None
+        alert = parse_stored(env.payload)
+        drawn = drawn_areas(alert)
+        carried = Cover.carried(env.cover) if drawn and env.cover is not None else None
+        return alert, (drawn, carried) if carried is not None else None

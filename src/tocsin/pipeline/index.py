@@ -65,32 +65,52 @@ class ActiveIndex:
 
     def add(self, stored: Stored) -> Active | None:
         """Record the alert as seen and, unless expired or unreadable, as active."""
-        read = self._admit(stored)
+        if not self._is_new(stored):
+            return None
+        read = self._read(stored)
         if read is None:
+            self._seen(stored)
             return None
         alert, shaped, until = read
-        return self._register(stored, alert, shaped or shape_of(self._areas(alert)), until)
-
-    async def add_off_loop(self, stored: Stored) -> Active | None:
-        """`add`, with a cover this node has not computed yet computed in a thread: a large
-        area must not hold up the event loop (the issuer's 201, other devices)."""
-        read = self._admit(stored)
-        if read is None:
-            return None
-        alert, shaped, until = read
-        if shaped is None:
-            shaped = await asyncio.to_thread(shape_of, self._areas(alert))
+        shaped = shaped or self._referenced_shape(alert) or shape_of(drawn_areas(alert))
+        self._seen(stored)
         return self._register(stored, alert, shaped, until)
 
-    def _admit(self, stored: Stored) -> tuple[Alert, Shape | None, datetime] | None:
-        """Take the seq; then the alert, when it is readable and has not expired.
+    async def add_off_loop(self, stored: Stored) -> Active | None:
+        """`add`, with a cover that was not stored with the alert (one stored before covers
+        were carried) computed in a thread.
+
+        The seq is recorded as seen only together with the active alert, after the cover:
+        a device that attaches meanwhile (replay up to `last_seq`, live after it) must not
+        be told it is past an alert that is not yet replayable (found by F08: a device that
+        reconnected during a cover never got that alert).
+        """
+        if not self._is_new(stored):
+            return None
+        read = self._read(stored)
+        if read is None:
+            self._seen(stored)
+            return None
+        alert, shaped, until = read
+        shaped = shaped or self._referenced_shape(alert)
+        if shaped is None:
+            shaped = await asyncio.to_thread(shape_of, drawn_areas(alert))
+        self._seen(stored)
+        return self._register(stored, alert, shaped, until)
+
+    def _is_new(self, stored: Stored) -> bool:
+        """After the last seq taken, or at a seq that now holds another alert (a rewind)."""
+        return stored.seq > self.last_seq or self._went_back(stored)
+
+    def _seen(self, stored: Stored) -> None:
+        self.last_seq, self.last_id = stored.seq, stored.envelope.alert_id
+
+    def _read(self, stored: Stored) -> tuple[Alert, Shape | None, datetime] | None:
+        """The alert, when it is readable and has not expired; changes nothing here.
 
         An alert whose envelope says it has expired is not parsed at all: a restart or a
         new node reads expired history at the cost of its headers only.
         """
-        if stored.seq <= self.last_seq and not self._went_back(stored):
-            return None
-        self.last_seq, self.last_id = stored.seq, stored.envelope.alert_id
         now = self._clock()
         if stored.envelope.expires_at is not None and stored.envelope.expires_at <= now:
             return None
@@ -103,9 +123,6 @@ class ActiveIndex:
         if until <= now:
             return None
         return alert, shaped, until
-
-    def _areas(self, alert: Alert) -> tuple[Area, ...]:
-        return drawn_areas(alert) or self._referenced_areas(alert)
 
     def _register(self, stored: Stored, alert: Alert, shaped: Shape, until: datetime) -> Active:
         areas, cover = shaped
@@ -132,14 +149,15 @@ class ActiveIndex:
         self.by_id.clear()
         self.last_seq, self.last_id = 0, ""
 
-    def _referenced_areas(self, alert: Alert) -> tuple[Area, ...]:
-        """A Cancel or Update without an area goes where the alerts it references went."""
-        areas: list[Area] = []
-        for ref in alert.references:
-            found = self.by_id.get(alert_id_for(ref.sender, ref.identifier))
-            if found is not None:
-                areas.extend(found.areas)
-        return tuple(areas)
+    def _referenced_shape(self, alert: Alert) -> Shape | None:
+        """A Cancel or Update without an area goes where the alerts it references went, with
+        their covers (nothing computed again); None for an alert that draws its own areas."""
+        if drawn_areas(alert):
+            return None
+        found = [self.by_id.get(alert_id_for(ref.sender, ref.identifier)) for ref in alert.references]
+        referenced = [active for active in found if active is not None]
+        areas = tuple(area for active in referenced for area in active.areas)
+        return areas, Cover(cells=frozenset(cell for active in referenced for cell in active.cover.cells))
 
     def _went_back(self, stored: Stored) -> bool:
         """A seq seen before that now holds another alert: the stream lost its tail.

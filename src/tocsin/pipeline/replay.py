@@ -18,6 +18,9 @@ if TYPE_CHECKING:  # index encodes events, whose ids are made here
 log = logging.getLogger(__name__)
 
 _HEX = frozenset("0123456789abcdef")
+_DIGITS = frozenset("0123456789")
+# JetStream seqs are unsigned 64-bit: a larger cursor names no event of any stream.
+_SEQ_LIMIT = 2**64
 
 
 def event_id(seq: int, alert_id: str) -> str:
@@ -30,15 +33,21 @@ def event_id(seq: int, alert_id: str) -> str:
 
 
 def parse_event_id(raw: str) -> tuple[int, str | None]:
-    """`N` or `N.hhhhhhhh` -> (seq, id prefix or None).
+    """`N` or `N.hhhhhhhh` -> (seq, id prefix or None); N is ASCII digits below 2^64.
 
     Raises:
         ValueError: anything else.
     """
     seq, dot, prefix = raw.partition(".")
-    if not seq.isdigit() or (dot and not (len(prefix) == 8 and all(c in _HEX for c in prefix))):
+    # 20 digits hold every 64-bit seq; the length check comes before int() reads it all.
+    if not seq or len(seq) > 20 or not _DIGITS.issuperset(seq):
         raise ValueError(raw)
-    return int(seq), (prefix if dot else None)
+    if dot and not (len(prefix) == 8 and _HEX.issuperset(prefix)):
+        raise ValueError(raw)
+    number = int(seq)
+    if number >= _SEQ_LIMIT:
+        raise ValueError(raw)
+    return number, (prefix if dot else None)
 
 
 class Replay:

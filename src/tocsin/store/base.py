@@ -34,6 +34,10 @@ class Envelope:
     expires_at: datetime | None = None
     # When the stream lets it go (per-message TTL); None: never (an envelope read back).
     retain_until: datetime | None = None
+    # The compacted H3 cells the alert's drawn areas cover, computed once at accept and
+    # carried in a header, so that no follower computes it again; None: not carried (an
+    # alert without polygon or circle, or one stored before covers were carried).
+    cover: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
