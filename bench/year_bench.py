@@ -67,7 +67,8 @@ from tocsin.store.jetstream import JetStreamStore, _headers, connect, subject_fo
 from tocsin.store.ledger import Ledger  # noqa: E402
 
 YEAR_S = 365 * 86400.0
-PROBE_INTERVAL_S = 5.0
+# The probe rate of a deployment on its defaults: what a year's probes are counted by.
+PROBE_INTERVAL_S = Settings().probe_interval_s
 STREAM = "TOCSIN_ALERTS"
 # Real lifetimes (hours) and their weights; None: no <expires>, the default lifetime applies.
 LIFETIMES_H: tuple[tuple[float | None, int], ...] = ((1, 20), (3, 20), (6, 15), (12, 10), (24, 10), (48, 5), (None, 20))
