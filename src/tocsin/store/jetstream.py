@@ -230,8 +230,9 @@ class JetStreamStore:
                 # Every replica reserves the stream's whole max_bytes: a plain refusal, not a
                 # passing fault, so startup stops with a message instead of waiting.
                 raise StoreMisconfigured(
-                    f"the NATS servers cannot reserve {s.stream_max_bytes} bytes for the alert stream "
-                    f"on each of {s.replicas} replica(s); free disk space or lower TOCSIN_STREAM_MAX_BYTES"
+                    f"the NATS servers cannot reserve {s.stream_max_bytes} bytes for the alert stream and "
+                    f"{s.device_bucket_max_bytes} for the device bucket on each of {s.replicas} replica(s); "
+                    "free disk space or lower TOCSIN_STREAM_MAX_BYTES or TOCSIN_DEVICE_BUCKET_MAX_BYTES"
                 ) from exc
             raise StoreUnavailable("ensure", repr(exc)) from exc
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
@@ -247,11 +248,14 @@ class JetStreamStore:
         try:
             current = (await self._js.stream_info(self.stream)).config
         except nats.js.errors.NotFoundError:
+            # Not there, or this server cannot say yet (F12: a node whose JetStream could
+            # not reserve its disk answered "not found" for a stream the others had made):
+            # create it, and update it when it exists after all.
             try:
                 await self._js.add_stream(config)
-                return
-            except nats.js.errors.BadRequestError:  # created meanwhile by another node
-                current = (await self._js.stream_info(self.stream)).config
+            except nats.js.errors.BadRequestError:
+                await self._js.update_stream(config)
+            return
         if any(getattr(current, name) != getattr(config, name) for name in _STREAM_FIELDS):
             await self._js.update_stream(config)
 
@@ -280,8 +284,10 @@ class JetStreamStore:
         )
         try:
             return await self._js.create_key_value(config)
-        except nats.js.errors.BadRequestError:
-            pass  # it exists, perhaps with other limits
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code == _INSUFFICIENT_RESOURCES:
+                raise  # not "it exists": ensure() says which limit does not fit
+            # it exists, perhaps with other limits
         info = await self._js.stream_info(f"KV_{s.device_bucket}")
         wanted = (float(s.device_ttl_s), s.device_bucket_max_bytes, marker_ttl_s)
         current = info.config
