@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tocsin.cli.watch_cmd import _places, render, watch
+from tocsin.cli.watch_cmd import _places, json_line, render, watch
 from tocsin.client.watch import Display
 
 from .cap_samples import NOW, alert, info
@@ -33,6 +34,13 @@ def test_real_alert_line_has_no_tag() -> None:
 @pytest.mark.parametrize("status", ["Test", "Exercise", "System"])
 def test_other_statuses_are_loud(status: str) -> None:
     assert render(_display(status)).startswith(f"[{status.upper()}] ")
+
+
+def test_json_line_carries_no_control_character_raw() -> None:
+    hostile = replace(_display(), headline="\x9b2J\x1b[31mEVACUATE\u202e")
+    line = json_line(hostile)
+    assert line.isascii() and "\x1b" not in line and "\x9b" not in line
+    assert json.loads(line)["headline"] == "\x9b2J\x1b[31mEVACUATE\u202e"  # nothing lost, only escaped
 
 
 def test_json_line_fields() -> None:

@@ -162,3 +162,13 @@ async def test_openapi_document_is_served(http: httpx.AsyncClient) -> None:
     assert document["openapi"].startswith("3.")
     assert "/api/v1/alerts" in document["paths"] and "/api/v1/stream" in document["paths"]
     json.dumps(document)
+
+
+async def test_an_issuer_token_in_the_url_is_not_accepted(node: Node, http: httpx.AsyncClient) -> None:
+    """URLs end up in logs: the issuer API takes its token from the Authorization header only."""
+    token = "tca_test-admin-token"
+    before = await node.services.store.last_seq()
+    response = await http.post(f"/api/v1/alerts?token={token}", content=alert_xml(),
+                               headers={"Content-Type": "application/cap+xml"})
+    assert (response.status_code, response.json()["code"]) == (401, "auth.missing-token")
+    assert await node.services.store.last_seq() == before

@@ -107,7 +107,8 @@ _COMMON = {
     "431": {"$ref": "#/components/responses/HeadersTooLarge"},
     "500": {"$ref": "#/components/responses/Internal"},
 }
-_ISSUER: list[Json] = [{"issuerToken": []}, {"issuerTokenQuery": []}]
+# The issuer token only as a header: a token in a URL ends up in logs (api/auth.py `bearer`).
+_ISSUER: list[Json] = [{"issuerToken": []}]
 _DEVICE: list[Json] = [{"deviceToken": []}, {"deviceTokenQuery": []}]
 _ALERT_ID_PARAM = {"name": "alert_id", "in": "path", "required": True, "schema": _ALERT_ID}
 
@@ -366,8 +367,6 @@ def _components(catalog: list[Problem]) -> Json:
         },
         "securitySchemes": {
             "issuerToken": {"type": "http", "scheme": "bearer", "description": f"Issuer account token ({bearer})."},
-            "issuerTokenQuery": {"type": "apiKey", "in": "query", "name": "token",
-                                 "description": "The issuer token in the URL: accepted, but URLs get logged."},
             "deviceToken": {"type": "http", "scheme": "bearer", "bearerFormat": "<device id>.<secret>",
                             "description": f"Device token from POST /api/v1/devices ({bearer})."},
             "deviceTokenQuery": {"type": "apiKey", "in": "query", "name": "token",

@@ -129,5 +129,10 @@ def watch(
 async def _print_displays(watcher: Watcher, as_json: bool) -> None:
     async with watcher:
         async for display in watcher.displays():
-            line = json.dumps(display.as_json(), ensure_ascii=False) if as_json else render(display)
-            click.echo(line)
+            click.echo(json_line(display) if as_json else render(display))
+
+
+def json_line(display: Display) -> str:
+    """`--json`: one line, ASCII only, so that no character of an alert's text (a C1 control
+    such as U+009B, which XML allows) can reach a terminal that shows the line raw."""
+    return json.dumps(display.as_json(), ensure_ascii=True)
