@@ -192,3 +192,39 @@ async def test_a_cover_is_computed_once_at_accept_never_by_another_node_or_a_res
         assert first[0].services.pipeline.index.by_id[old.alert_id].cover == cover_for(drawn)
     finally:
         await stop_node(*first)
+
+
+async def test_readyz_stays_truthful_while_costly_alerts_are_refused(tmp_path: Path, nats_server: NatsServer) -> None:
+    """The node goes on delivering while an issuer sends alerts that would cost seconds each:
+    /readyz, sampled throughout, stays green, and it is true: the canary keeps receiving."""
+    from tests.health.conftest import GREEN_WITHIN_S, Readyz, fast_settings
+
+    running = await start_node(fast_settings(tmp_path, nats_server, cover_deadline_s=0.3))
+    node = running[0]
+    prober = node.services.prober
+    assert prober is not None
+    readyz = Readyz(node.url)
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            await readyz.until(http, ready=True, within_s=GREEN_WITHIN_S)
+            delivered_before = sum(h.delivered for h in prober.channels.values())
+            answers: list[int] = []
+
+            async def attack() -> None:
+                for n in range(12):
+                    body = cap(f"COSTLY-{n}", circles("48.85,2.35 8000", "-30,150 8000") if n % 3 else WIDE)
+                    answers.append((await http.post(f"{node.url}/api/v1/alerts", content=body, headers=ADMIN)).status_code)
+
+            attacking = asyncio.get_running_loop().create_task(attack())
+            while not attacking.done():
+                sample = await readyz.sample(http)
+                assert sample.status == 200, sample
+                await asyncio.sleep(0.25)
+            await attacking
+            for _ in range(4):  # and a little after
+                assert (await readyz.sample(http)).status == 200
+                await asyncio.sleep(0.25)
+        assert set(answers) <= {201, 422} and 422 in answers
+        assert sum(h.delivered for h in prober.channels.values()) > delivered_before
+    finally:
+        await stop_node(*running)
