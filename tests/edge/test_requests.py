@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import httpx
 import pytest
@@ -11,7 +12,9 @@ from tests.e2e.devices import register
 from tests.edge.conftest import (
     RSS_GROWTH_BOUND_MB, connect, exchange, open_fds, port_of, read_answer, rss_mb, served,
 )
+from tests.e2e.conftest import start_node, stop_node
 from tests.waiting import until
+from tocsin.cluster.nats_server import NatsServer
 from tocsin.app import Node
 
 
@@ -172,3 +175,35 @@ async def test_one_device_token_holds_a_bounded_number_of_streams(edge_node: Nod
     async with httpx.AsyncClient(base_url=edge_node.url) as client:
         async with client.stream("GET", "/api/v1/stream", headers={"Authorization": f"Bearer {device['token']}"}) as r:
             assert r.status_code == 200  # the token's streams were given back
+
+
+async def test_readyz_tells_the_truth_during_slowloris(tmp_path: Path, nats_server: NatsServer) -> None:
+    """Below the connection limit, slow clients are cut off and cost nothing: the node goes on
+    delivering, and /readyz (on a fresh connection each time, as an outside checker) says so."""
+    from tests.health.conftest import GREEN_WITHIN_S, Readyz, fast_settings
+
+    running = await start_node(fast_settings(tmp_path, nats_server, header_timeout_s=1.0))
+    node = running[0]
+    prober = node.services.prober
+    assert prober is not None
+    port = port_of(node.url)
+    readyz = Readyz(node.url)
+    slow: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        async with httpx.AsyncClient(timeout=5, limits=httpx.Limits(max_keepalive_connections=0)) as http:
+            await readyz.until(http, ready=True, within_s=GREEN_WITHIN_S)
+            delivered = sum(h.delivered for h in prober.channels.values())
+            for _wave in range(3):  # three waves, each cut off at the deadline
+                slow = [await connect(port, f"127.0.4.{1 + i % 100}") for i in range(200)]
+                for _, writer in slow:
+                    writer.write(b"GET /livez HTTP/1.1\r\nHost: x\r\n")
+                for _ in range(4):
+                    assert (await readyz.sample(http)).status == 200, readyz.samples[-1]
+                    await asyncio.sleep(0.3)
+                for _, writer in slow:
+                    writer.close()
+        assert sum(h.delivered for h in prober.channels.values()) > delivered
+    finally:
+        for _, writer in slow:
+            writer.close()
+        await stop_node(*running)
