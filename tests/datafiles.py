@@ -1,7 +1,8 @@
 """Where the tests' fixtures live: tests/data in the repository, and the OASIS XSD by setting.
 
-tests/data holds byte-for-byte copies of the project's shared data set (../shared/data beside
-the checkout, when it is there; tests/test_datafiles.py checks that they have not drifted).
+tests/data holds byte-for-byte copies of the project's shared data set, with their digests
+(tests/data/SHA256SUMS, checked by tests/test_datafiles.py). Only the XSD's default folder is
+outside the repository.
 The OASIS CAP 1.2 XSD is not copied: the tests that use it as a referee find its folder
 through TOCSIN_TEST_CAP_SCHEMA_DIR and skip when it is absent, unless the run requires it.
 """
@@ -17,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 CAP_DATA = DATA / "cap"
 GEO_DATA = DATA / "geo"
-# Where the copies come from, when a checkout sits beside the shared data set.
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# The XSD referee's default folder, beside the checkout; the only path outside it.
+DEFAULT_SCHEMA_DIR = ROOT.parent / "shared" / "data" / "cap" / "schema"
 
 SCHEMA_DIR_SETTING = "TOCSIN_TEST_CAP_SCHEMA_DIR"
 REQUIRE_XSD_SETTING = "TOCSIN_TEST_REQUIRE_XSD"
@@ -28,7 +29,7 @@ SCHEMA_FILE = "CAP-v1.2.xsd"
 def cap_schema_dir() -> Path:
     """The folder that holds the OASIS XSD: the setting, else ../shared/data/cap/schema."""
     configured = os.environ.get(SCHEMA_DIR_SETTING, "").strip()
-    return Path(configured) if configured else SHARED_DATA / "cap" / "schema"
+    return Path(configured) if configured else DEFAULT_SCHEMA_DIR
 
 
 def xsd_required() -> bool:
