@@ -16,6 +16,9 @@ import nats.errors
 import uvicorn
 from nats.aio.client import Client
 
+from pathlib import Path
+
+from tocsin.accounts.file import apply_accounts_file
 from tocsin.api.auth import new_token, token_digest
 from tocsin.api.listener import Edge, edge_protocols
 from tocsin.api.routes import make_app
@@ -130,7 +133,10 @@ async def _prepare_store(store: JetStreamStore, settings: Settings) -> str | Non
 
     async def attempt() -> str | None:
         await store.ensure()
-        return await _bootstrap_admin(store, settings)
+        token = await _bootstrap_admin(store, settings)
+        if settings.accounts_file:
+            await apply_accounts_file(store, Path(settings.accounts_file))
+        return token
 
     return await _until_up(attempt, (StoreUnavailable,), settings.startup_timeout_s, "waiting for the stream")
 

@@ -152,6 +152,36 @@ HTTP_VERSION = Problem(
 # Authentication and authorisation
 UNAUTHENTICATED = Problem("auth.missing-token", 401, "A bearer token is required.")
 UNKNOWN_TOKEN = Problem("auth.unknown-token", 401, "The token is not valid.")
+TOKEN_EXPIRED = Problem("auth.token-expired", 401, "The token has expired; ask an admin for a new one.")
+TOKEN_REVOKED = Problem("auth.token-revoked", 401, "The token has been revoked.")
+ROLE_REQUIRED = Problem("auth.role-required", 403, "This account's roles do not allow this action.")
+ISSUER_RATE_LIMITED = Problem(
+    "policy.issuer-rate-limited", 429, "This issuer organisation sent more alerts than its rate limit; retry after the time given."
+)
+
+# Accounts (issuer organisations, users, API clients, tokens; docs/accounts.md)
+ACCOUNT_INVALID = Problem("accounts.invalid", 422, "The account record is not valid.")
+ACCOUNT_EXISTS = Problem("accounts.exists", 409, "An account with this name already exists.")
+ACCOUNT_UNKNOWN = Problem("accounts.unknown", 404, "No account with this name.")
+POLICY_NEEDS_SECOND_ADMIN = Problem(
+    "accounts.policy-needs-second-admin", 409,
+    "An approval policy change takes effect only when a second admin confirms it.",
+)
+ACCOUNTS_FILE_INVALID = Problem("accounts.file-invalid", 422, "The accounts file is not valid.")
+
+# Approval and the alert lifecycle (docs/lifecycle.md)
+SELF_APPROVAL = Problem("approval.self-approval", 403, "An Actual alert must be approved by someone other than its author.")
+NOT_PENDING = Problem("approval.not-pending", 409, "The alert is not waiting for approval.")
+PENDING_UNKNOWN = Problem("approval.unknown", 404, "No submitted alert with this id.")
+REFERENCE_UNKNOWN = Problem("policy.reference-unknown", 422, "A reference names no alert tocsin holds.")
+REFERENCE_NOT_ALLOWED = Problem(
+    "policy.reference-not-allowed", 422, "A reference names an alert of another issuer organisation."
+)
+SEVERITY_NOT_ALLOWED = Problem("policy.severity-not-allowed", 403, "This account may not send alerts of this severity.")
+OUTSIDE_TERRITORY = Problem("policy.outside-territory", 403, "An area lies outside the issuer organisation's territory.")
+
+# Audit log
+AUDIT_QUERY_INVALID = Problem("audit.query-invalid", 400, "The audit query is not valid.")
 
 # Storage
 STORE_UNAVAILABLE = Problem(

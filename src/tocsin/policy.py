@@ -8,7 +8,9 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from tocsin.cap.model import Alert, Area, Circle, Info, MsgType, Polygon, Scope, Status
+from enum import StrEnum
+
+from tocsin.cap.model import Alert, Area, Circle, Info, MsgType, Polygon, Scope, Severity, Status
 from tocsin.geo.extent import circle_km2, polygon_km2
 from tocsin.errors import (
     AREA_TOO_LARGE,
@@ -21,6 +23,7 @@ from tocsin.errors import (
     NO_AREA,
     NOT_PUBLIC,
     SENDER_NOT_ALLOWED,
+    SEVERITY_NOT_ALLOWED,
     SENT_IN_FUTURE,
     SYSTEM_NOT_ALLOWED,
     TOO_MANY_SHAPES,
@@ -32,6 +35,59 @@ from tocsin.errors import (
 
 # Statuses an ordinary issuer account may send; System is for the prober's canaries.
 DEFAULT_STATUSES = (Status.ACTUAL.value, Status.EXERCISE.value, Status.TEST.value)
+DEFAULT_SEVERITIES = tuple(s.value for s in Severity)
+# From the least to the most severe (Unknown counts as the least: it claims nothing).
+_SEVERITY_RANK = {Severity.UNKNOWN: 0, Severity.MINOR: 1, Severity.MODERATE: 2, Severity.SEVERE: 3, Severity.EXTREME: 4}
+
+
+class Role(StrEnum):
+    """What a person or API client may do for its issuer organisation (docs/accounts.md)."""
+
+    AUTHOR = "author"  # submit alerts, cancel and correct its organisation's alerts
+    APPROVER = "approver"  # approve or reject another author's pending alerts
+    ADMIN = "admin"  # accounts, tokens and policies
+
+
+class ApprovalMode(StrEnum):
+    """When an Actual alert waits for a second person."""
+
+    ALWAYS = "always"  # every Actual alert (the default)
+    ABOVE = "above"  # Actual alerts at or above `Approval.severity`
+    NONE = "none"  # an automated source (earthquake early warning): published at once
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Approval:
+    """An organisation's approval policy. Exercise and Test never need a second person;
+    Cancel and correction never wait (speed matters more there)."""
+
+    mode: ApprovalMode = ApprovalMode.ALWAYS
+    severity: Severity = Severity.SEVERE
+
+    def required(self, alert: Alert) -> bool:
+        """Whether this alert must be approved by someone other than its author."""
+        if alert.status is not Status.ACTUAL or alert.msg_type is MsgType.CANCEL:
+            return False
+        if self.mode is ApprovalMode.NONE:
+            return False
+        if self.mode is ApprovalMode.ABOVE:
+            worst = max((_SEVERITY_RANK[info.severity] for info in alert.infos), default=_SEVERITY_RANK[Severity.EXTREME])
+            return worst >= _SEVERITY_RANK[self.severity]
+        return True
+
+    def as_json(self) -> dict[str, str]:
+        return {"mode": self.mode.value, "severity": self.severity.value}
+
+    @classmethod
+    def from_json(cls, data: object) -> Approval:
+        """Fail-closed: anything but a well-formed narrower policy is ALWAYS."""
+        raw = data if isinstance(data, dict) else {}
+        try:
+            mode = ApprovalMode(raw.get("mode", ApprovalMode.ALWAYS.value))
+            severity = Severity(raw.get("severity", Severity.SEVERE.value))
+        except ValueError:
+            return cls()
+        return cls(mode=mode, severity=severity)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,12 +131,21 @@ def _first(value: float | None, default: float | None) -> float | None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Issuer:
-    """An issuer account: who it is, which CAP senders and statuses it may use."""
+    """Who is acting: an issuer organisation's rights, and the person or API client
+    (`principal`) acting for it with its roles. `name` is the organisation's."""
 
     name: str
     senders: tuple[str, ...] = ("*",)
     statuses: tuple[str, ...] = DEFAULT_STATUSES
     admin: bool = False
+    # The user or API client behind the token ("" for a record that names none: the
+    # organisation itself acts, as the prober and automated sources do).
+    principal: str = ""
+    roles: frozenset[Role] = frozenset({Role.AUTHOR})
+    severities: tuple[str, ...] = DEFAULT_SEVERITIES
+    approval: Approval = Approval()
+    # Organisations whose alerts this one may Update, Cancel or correct.
+    delegated: tuple[str, ...] = ()
     # A node's prober: its System alerts leave the stream minutes after they were read, and
     # its ledger rows are not part of the permanent record. Grants no right.
     probe: bool = False
@@ -94,23 +159,56 @@ class Issuer:
     def may_send_status(self, status: str) -> bool:
         return self.admin or status in self.statuses
 
+    def may_send_severity(self, severity: str) -> bool:
+        return self.admin or severity in self.severities
+
+    def has(self, role: Role) -> bool:
+        return self.admin or role in self.roles
+
+    def may_reference(self, organisation: str) -> bool:
+        """Whether this issuer may Update, Cancel or correct an alert `organisation` issued."""
+        return organisation == self.name or organisation in self.delegated
+
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"name": self.name, "senders": list(self.senders), "statuses": list(self.statuses),
-                                "admin": self.admin, "probe": self.probe}
+                                "admin": self.admin, "probe": self.probe, "principal": self.principal,
+                                "roles": sorted(self.roles), "severities": list(self.severities),
+                                "approval": self.approval.as_json(), "delegated": list(self.delegated)}
         if self.limits.as_json():
             data["limits"] = self.limits.as_json()
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Issuer:
+        """Fail-closed: a missing or malformed field grants nothing (no sender, status,
+        severity or role; approval always), an unknown one is ignored.
+
+        Raises:
+            KeyError, TypeError: the record has no name (the caller refuses the token).
+        """
+        name = data["name"]
+        if not isinstance(name, str) or not name:
+            raise TypeError("an account record needs a name")
         return cls(
-            name=str(data["name"]),
-            senders=tuple(data.get("senders", ("*",))),
-            statuses=tuple(data.get("statuses", DEFAULT_STATUSES)),
+            name=name,
+            senders=_strings(data.get("senders")),
+            statuses=_strings(data.get("statuses")),
             admin=data.get("admin") is True,
             probe=data.get("probe") is True,
+            principal=str(data.get("principal") or ""),
+            roles=frozenset(Role(r) for r in _strings(data.get("roles")) if r in Role._value2member_map_),
+            severities=_strings(data.get("severities")),
+            approval=Approval.from_json(data.get("approval")),
+            delegated=_strings(data.get("delegated")),
             limits=AlertLimits.from_json(data.get("limits")),
         )
+
+
+def _strings(raw: object) -> tuple[str, ...]:
+    """A list of strings as a tuple; anything else (absent, a string, mixed) as ()."""
+    if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+        return ()
+    return tuple(raw)
 
 
 def check(alert: Alert, issuer: Issuer, *, now: datetime, max_skew_s: float) -> None:
@@ -123,6 +221,9 @@ def check(alert: Alert, issuer: Issuer, *, now: datetime, max_skew_s: float) -> 
         raise Rejected(SENDER_NOT_ALLOWED, f"account {issuer.name!r} may not send as {alert.sender!r}")
     if not issuer.may_send_status(alert.status.value):
         raise Rejected(SYSTEM_NOT_ALLOWED, f"account {issuer.name!r} may not send status {alert.status.value}")
+    for info in alert.infos:
+        if not issuer.may_send_severity(info.severity.value):
+            raise Rejected(SEVERITY_NOT_ALLOWED, f"account {issuer.name!r} may not send severity {info.severity.value}")
     found = findings(alert, now=now, max_skew_s=max_skew_s)
     if found:
         raise Rejected(found[0].problem, found[0].detail)

@@ -119,6 +119,14 @@ class Settings:
     # Its byte limit on each replica: about 350 bytes a device, so about 750,000 devices;
     # when full, registration is refused (507 device.registry-full) until records expire.
     device_bucket_max_bytes: int = 256 * 1024**2
+    # The audit log's byte limit on each replica (it keeps every entry: about 400 bytes an
+    # action, so about 2.5 million actions); when full, actions that must be audited are
+    # refused with 503 until an operator raises it (docs/operations.md "The audit log").
+    audit_max_bytes: int = 1024**3
+    audit_stream: str = "TOCSIN_AUDIT"
+    # A declarative accounts file (TOML, accounts/file.py) applied at every start; each change
+    # it makes is audited as coming from it. Empty: none.
+    accounts_file: str = ""
     # A record that no connect renewed for this long leaves the bucket and every mirror.
     device_ttl_s: float = 30 * 86400.0
     # A connect renews the record only once it is older than this share of device_ttl_s:

@@ -6,7 +6,10 @@ import hashlib
 from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NewType, Protocol
+from typing import TYPE_CHECKING, Any, NewType, Protocol
+
+if TYPE_CHECKING:  # audit.py uses this module's small values
+    from tocsin.store.audit import AuditLog
 
 AlertId = NewType("AlertId", str)
 
@@ -114,6 +117,14 @@ class Records(Protocol):
         """Create the key unless it exists; False when it already did (raises as `put`)."""
         ...
 
+    async def get_versioned(self, key: str) -> tuple[dict[str, Any], int] | None:
+        """The record and its revision, or None (raises as `get`)."""
+        ...
+
+    async def replace(self, key: str, value: dict[str, Any], revision: int) -> bool:
+        """Write only if the record is still at `revision`; False when it moved on."""
+        ...
+
     async def delete(self, key: str) -> None: ...
 
     async def mirror(self, into: MutableMapping[str, dict[str, Any]]) -> None:
@@ -154,3 +165,12 @@ class Store(AlertStore, Protocol):
 
     @property
     def issuers(self) -> Records: ...
+
+    @property
+    def accounts(self) -> Records: ...
+
+    @property
+    def pending(self) -> Records: ...
+
+    @property
+    def audit(self) -> AuditLog: ...

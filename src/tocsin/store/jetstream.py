@@ -35,6 +35,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from tocsin.loopback import is_loopback, url_is_loopback
 from tocsin.errors import AlertNotFound, RecordsFull, StoreFull, StoreMisconfigured, StoreUnavailable, TocsinError
 from tocsin.settings import Settings
+from tocsin.store.audit import AuditLog, JetStreamAuditLog, ensure_stream
 from tocsin.store.base import AlertId, ConsumerHealth, Envelope, Records, Stored, StreamHealth
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,9 @@ class JetStreamStore:
         self.stream = settings.stream
         self._devices: KvRecords | None = None
         self._issuers: KvRecords | None = None
+        self._accounts: KvRecords | None = None
+        self._pending: KvRecords | None = None
+        self._audit: JetStreamAuditLog | None = None
 
     @property
     def is_connected(self) -> bool:
@@ -196,6 +200,25 @@ class JetStreamStore:
         """Issuer accounts by token digest."""
         assert self._issuers is not None, "ensure() first"
         return self._issuers
+
+    @property
+    def accounts(self) -> Records:
+        """Issuer organisations, users, API clients and tokens (tocsin/accounts)."""
+        assert self._accounts is not None, "ensure() first"
+        return self._accounts
+
+    @property
+    def pending(self) -> Records:
+        """Submitted alerts that wait for approval, and drafts: outside the alert stream, so
+        that they hold no alert identity there (tocsin/approval)."""
+        assert self._pending is not None, "ensure() first"
+        return self._pending
+
+    @property
+    def audit(self) -> AuditLog:
+        """The append-only record of every action (store/audit.py)."""
+        assert self._audit is not None, "ensure() first"
+        return self._audit
 
     async def ensure(self) -> None:
         """Create or update the stream and buckets with the settings tocsin relies on."""
@@ -225,39 +248,27 @@ class JetStreamStore:
             deadline_s = s.publish_deadline_s
             self._devices = KvRecords(await self._device_bucket(), deadline_s)
             self._issuers = KvRecords(await self._bucket("TOCSIN_ISSUERS"), deadline_s)
+            self._accounts = KvRecords(await self._bucket("TOCSIN_ACCOUNTS"), deadline_s)
+            self._pending = KvRecords(await self._bucket("TOCSIN_PENDING"), deadline_s)
+            audit = JetStreamAuditLog(self._js, s)
+            await audit.ensure()
+            self._audit = audit
         except nats.js.errors.APIError as exc:
             if exc.err_code == _INSUFFICIENT_RESOURCES:
                 # Every replica reserves the stream's whole max_bytes: a plain refusal, not a
                 # passing fault, so startup stops with a message instead of waiting.
                 raise StoreMisconfigured(
                     f"the NATS servers cannot reserve {s.stream_max_bytes} bytes for the alert stream and "
-                    f"{s.device_bucket_max_bytes} for the device bucket on each of {s.replicas} replica(s); "
-                    "free disk space or lower TOCSIN_STREAM_MAX_BYTES or TOCSIN_DEVICE_BUCKET_MAX_BYTES"
+                    f"{s.device_bucket_max_bytes} for the device bucket and {s.audit_max_bytes} for the audit "
+                    f"log on each of {s.replicas} replica(s); free disk space or lower TOCSIN_STREAM_MAX_BYTES, "
+                    "TOCSIN_DEVICE_BUCKET_MAX_BYTES or TOCSIN_AUDIT_MAX_BYTES"
                 ) from exc
             raise StoreUnavailable("ensure", repr(exc)) from exc
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
             raise StoreUnavailable("ensure", repr(exc)) from exc
 
     async def _ensure_stream(self, config: StreamConfig) -> None:
-        """Create the stream, or update it only when its configuration differs.
-
-        A restarted node's own server may not have caught up with the cluster yet, and a
-        needless update waits on it: the year bench saw restarts of 6 s instead of 1.5 s,
-        each start's update timing out and being retried.
-        """
-        try:
-            current = (await self._js.stream_info(self.stream)).config
-        except nats.js.errors.NotFoundError:
-            # Not there, or this server cannot say yet (F12: a node whose JetStream could
-            # not reserve its disk answered "not found" for a stream the others had made):
-            # create it, and update it when it exists after all.
-            try:
-                await self._js.add_stream(config)
-            except nats.js.errors.BadRequestError:
-                await self._js.update_stream(config)
-            return
-        if any(getattr(current, name) != getattr(config, name) for name in _STREAM_FIELDS):
-            await self._js.update_stream(config)
+        await ensure_stream(self._js, config, _STREAM_FIELDS)
 
     async def _bucket(self, name: str) -> KeyValue:
         # direct: any replica answers reads, so devices resume during a leader election.
@@ -498,19 +509,8 @@ class KvRecords:
 
     async def get(self, key: str) -> dict[str, Any] | None:
         """Read a key, retried for a few seconds while the bucket elects a leader."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._deadline_s
-        while True:
-            try:
-                entry = await self._bucket.get(key)
-            except nats.js.errors.KeyNotFoundError:
-                return None
-            except (nats.errors.Error, asyncio.TimeoutError) as exc:
-                if loop.time() > deadline:
-                    raise StoreUnavailable("kv_get", repr(exc)) from exc
-                await asyncio.sleep(random.uniform(0.05, 0.3))
-                continue
-            return json.loads(entry.value) if entry.value else None
+        found = await self.get_versioned(key)
+        return None if found is None else found[0]
 
     async def put(self, key: str, value: dict[str, Any]) -> None:
         try:
@@ -527,6 +527,35 @@ class KvRecords:
             return False
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
             raise self._failed("kv_create", exc) from exc
+
+    async def get_versioned(self, key: str) -> tuple[dict[str, Any], int] | None:
+        """The record and its revision (for `replace`), or None; retried as `get`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._deadline_s
+        while True:
+            try:
+                entry = await self._bucket.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                return None
+            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+                if loop.time() > deadline:
+                    raise StoreUnavailable("kv_get", repr(exc)) from exc
+                await asyncio.sleep(random.uniform(0.05, 0.3))
+                continue
+            if not entry.value or entry.revision is None:
+                return None
+            return json.loads(entry.value), int(entry.revision)
+
+    async def replace(self, key: str, value: dict[str, Any], revision: int) -> bool:
+        """Write the record only if it is still at `revision`; False when another write
+        came first (the caller reads again and decides again)."""
+        try:
+            await self._bucket.update(key, json.dumps(value).encode(), last=revision)
+            return True
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise self._failed("kv_update", exc) from exc
 
     async def delete(self, key: str) -> None:
         try:
