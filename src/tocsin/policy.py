@@ -10,7 +10,7 @@ from typing import Any
 
 from enum import StrEnum
 
-from tocsin.cap.model import Alert, Area, Circle, Info, MsgType, Polygon, Scope, Severity, Status
+from tocsin.cap.model import Alert, Area, Circle, Info, MsgType, Polygon, Reference, Scope, Severity, Status
 from tocsin.geo.extent import circle_km2, polygon_km2
 from tocsin.errors import (
     AREA_TOO_LARGE,
@@ -22,6 +22,8 @@ from tocsin.errors import (
     MSGTYPE_NOT_DISTRIBUTED,
     NO_AREA,
     NOT_PUBLIC,
+    REFERENCE_NOT_ALLOWED,
+    REFERENCE_UNKNOWN,
     SENDER_NOT_ALLOWED,
     SEVERITY_NOT_ALLOWED,
     SENT_IN_FUTURE,
@@ -227,6 +229,22 @@ def check(alert: Alert, issuer: Issuer, *, now: datetime, max_skew_s: float) -> 
     found = findings(alert, now=now, max_skew_s=max_skew_s)
     if found:
         raise Rejected(found[0].problem, found[0].detail)
+
+
+def check_reference(reference: Reference, issuer: Issuer, organisation: str | None) -> None:
+    """Refuse an Update or Cancel whose reference names no alert tocsin holds
+    (`organisation` None) or one issued by an organisation this issuer may not reference.
+    The deployment's admin may reference any alert.
+
+    Raises:
+        Rejected: 422 policy.reference-unknown or policy.reference-not-allowed.
+    """
+    named = f"{reference.sender},{reference.identifier}"
+    if organisation is None:
+        raise Rejected(REFERENCE_UNKNOWN, f"reference {named}: no such alert")
+    if not (issuer.admin or issuer.may_reference(organisation)):
+        raise Rejected(REFERENCE_NOT_ALLOWED,
+                       f"reference {named}: issued by {organisation!r}, not by {issuer.name!r} or an organisation it is delegated")
 
 
 # Records one finding: problem, path, detail.

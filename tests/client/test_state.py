@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tocsin.client.state import Registration, StateInvalid, WatchState, load_state, save_state
+from tocsin.client.state import (
+    SHOWN_MARGIN,
+    Registration,
+    Shown,
+    Standing,
+    StateInvalid,
+    WatchState,
+    load_state,
+    save_state,
+)
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 REG = Registration(
@@ -24,7 +33,9 @@ def _state() -> WatchState:
         registration=REG,
         keys={"abcd": {"kty": "OKP", "crv": "Ed25519", "x": "AA", "kid": "abcd"}},
         last_seq=42,
-        seen={("s@x", "a1"): NOW + timedelta(hours=1), ("s@x", "a2"): NOW - timedelta(seconds=1)},
+        shown={("s@x", "a1"): Shown(expires=NOW + timedelta(hours=1)),
+               ("s@x", "a2"): Shown(expires=NOW - SHOWN_MARGIN - timedelta(seconds=1)),
+               ("s@x", "a3"): Shown(expires=NOW - timedelta(seconds=1), standing=Standing.CANCELLED, displayed=False)},
     )
 
 
@@ -69,10 +80,35 @@ def test_failed_save_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert os.listdir(tmp_path) == ["state.json"]
 
 
-def test_prune_forgets_expired_identities_only() -> None:
+def test_prune_forgets_identities_expired_past_the_margin_only() -> None:
     state = _state()
     assert state.prune(NOW) == 1
-    assert set(state.seen) == {("s@x", "a1")}
+    assert set(state.shown) == {("s@x", "a1"), ("s@x", "a3")}
+    assert state.prune(NOW + SHOWN_MARGIN + timedelta(hours=2)) == 2 and not state.shown
+
+
+def test_what_was_shown_and_superseded_survives_a_save(tmp_path: Path) -> None:
+    state = _state()
+    chain = state.supersede((("s@x", "a1"), ("s@x", "never")), Standing.REPLACED, NOW + timedelta(hours=2))
+    assert chain == (("s@x", "a1"), ("s@x", "never"))
+    state.shown[("s@x", "u1")] = Shown(expires=NOW + timedelta(hours=2), replaces=chain, fingerprint="f", sent=NOW)
+    save_state(tmp_path / "s.json", state)
+    loaded = load_state(tmp_path / "s.json")
+    assert loaded.shown == state.shown
+    assert loaded.shown[("s@x", "never")] == Shown(expires=NOW + timedelta(hours=2), standing=Standing.REPLACED,
+                                                  displayed=False)
+    # A Cancel of the Update retracts the whole chain; a cancelled one stays cancelled.
+    assert loaded.supersede((("s@x", "u1"),), Standing.CANCELLED, NOW) == (("s@x", "u1"), ("s@x", "a1"), ("s@x", "never"))
+    assert {loaded.shown[i].standing for i in chain} == {Standing.CANCELLED}
+    loaded.supersede((("s@x", "a3"),), Standing.REPLACED, NOW)
+    assert loaded.shown[("s@x", "a3")].standing is Standing.CANCELLED
+
+
+def test_a_version_1_state_reads_its_identities_as_shown(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({"version": 1, "seen": [{"sender": "s@x", "identifier": "a1",
+                                                        "expires": NOW.isoformat()}]}))
+    assert load_state(path).shown == {("s@x", "a1"): Shown(expires=NOW)}
 
 
 def test_registration_matches_only_same_request() -> None:
@@ -93,5 +129,5 @@ def test_state_file_is_plain_json(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     save_state(path, _state())
     raw = json.loads(path.read_text())
-    assert raw["version"] == 1 and raw["last_seq"] == 42
+    assert raw["version"] == 2 and raw["last_seq"] == 42
     assert raw["registration"]["token"] == "dev_1.secret"

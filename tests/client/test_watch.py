@@ -73,7 +73,7 @@ async def test_registers_verifies_checks_and_displays(tmp_path: Path) -> None:
     assert w.stats.verdicts == {"out_of_area": 1, "show": 1}
     saved = load_state(tmp_path / "s.json")
     assert saved.last_seq == 2
-    assert set(saved.seen) == {("prefecture@example.gouv.fr", "A-1")}
+    assert set(saved.shown) == {("prefecture@example.gouv.fr", "A-1")}
     assert set(saved.keys) == {node.key.kid}
 
 

@@ -1,16 +1,31 @@
-"""Whether a verified alert is shown on this device, and in which language: pure functions."""
+"""Whether a verified alert is shown on this device, and in which language: pure functions.
+
+An Update or Cancel is judged by what this device showed (state.py `Shown`): an Update of a
+shown alert replaces it, a Cancel of one is shown once as a cancellation, a correction is
+shown wherever the device is now; of an alert it never showed, only an Update whose own area
+holds the device is shown (as a new alert). Identical messages from different senders within
+COALESCE_WINDOW are shown once (docs/client.md).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from tocsin.audience import Audience, expires_at
-from tocsin.cap.model import Alert, Info
-from tocsin.client.state import Identity
+from tocsin.cap.model import Alert, Area, Info, MsgType
+from tocsin.client.state import Identity, Shown, Standing
+from tocsin.correction import is_correction
 from tocsin.geo.cells import covers_point
+
+# Identical messages (same status, event, headline, description, severity and areas) from
+# different senders, sent at most this far apart, are shown once, naming both senders:
+# many issuers relaying one warning at once (Warntag 2020: 52 copies of one message).
+COALESCE_WINDOW = timedelta(minutes=10)
 
 LatLon = tuple[float, float]
 
@@ -21,7 +36,19 @@ class Verdict(StrEnum):
     STATUS = "status"
     EXPIRED = "expired"
     DUPLICATE = "duplicate"
+    # An Update or Cancel of nothing this device showed (and no own area that holds it).
+    UNRELATED = "unrelated"
     OUT_OF_AREA = "out_of_area"
+
+
+class Kind(StrEnum):
+    """How a shown alert is shown."""
+
+    ALERT = "alert"  # a new alert (also an Update of one never shown, in its own area)
+    UPDATE = "update"  # replaces what `Decision.replaces` names
+    CANCEL = "cancel"  # retracts it: shown once, as a cancellation
+    CORRECTION = "correction"  # it was a false alert: disregard it
+    ALSO = "also"  # the same message as one shown, from another sender: named, not repeated
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +67,10 @@ class Decision:
 
     verdict: Verdict
     info: Info | None = None
+    kind: Kind = Kind.ALERT
+    # UPDATE, CANCEL, CORRECTION: the shown alerts it replaces; ALSO: the one it repeats.
+    replaces: tuple[Identity, ...] = ()
+    fingerprint: str = ""
 
     @property
     def is_shown(self) -> bool:
@@ -74,21 +105,64 @@ def infos_in_area(infos: Sequence[Info], places: Sequence[LatLon]) -> list[Info]
 def decide(
     alert: Alert,
     subscription: Subscription,
-    seen: Mapping[Identity, datetime],
+    shown: Mapping[Identity, Shown],
     now: datetime,
 ) -> Decision:
-    """Whether to show a verified alert now, and which info."""
+    """Whether to show a verified alert now, which info, and as what."""
     if not subscription.audience.receives(alert.status):
         return Decision(verdict=Verdict.STATUS)
     if expires_at(alert) <= now:
         return Decision(verdict=Verdict.EXPIRED)
-    if alert.identity in seen:
+    if alert.identity in shown:
         return Decision(verdict=Verdict.DUPLICATE)
-    if not alert.infos:
-        # An Update or Cancel without info has no area: it concerns whoever saw its target.
-        follows = any((ref.sender, ref.identifier) in seen for ref in alert.references)
-        return Decision(verdict=Verdict.SHOW if follows else Verdict.OUT_OF_AREA)
     local = infos_in_area(alert.infos, subscription.places)
+    if alert.msg_type in (MsgType.UPDATE, MsgType.CANCEL):
+        follow_up = _follow_up(alert, local, subscription, shown)
+        if follow_up is not None:
+            return follow_up
     if not local:
         return Decision(verdict=Verdict.OUT_OF_AREA)
-    return Decision(verdict=Verdict.SHOW, info=pick_info(local, subscription.languages))
+    info = pick_info(local, subscription.languages)
+    assert info is not None
+    mark = fingerprint(alert, info)
+    for identity, record in shown.items():
+        if (record.fingerprint == mark and record.is_current and identity[0] != alert.sender
+                and record.sent is not None and abs(record.sent - alert.sent) <= COALESCE_WINDOW):
+            return Decision(verdict=Verdict.SHOW, info=info, kind=Kind.ALSO, replaces=(identity,), fingerprint=mark)
+    return Decision(verdict=Verdict.SHOW, info=info, fingerprint=mark)
+
+
+def _follow_up(alert: Alert, local: list[Info], subscription: Subscription,
+               shown: Mapping[Identity, Shown]) -> Decision | None:
+    """An Update or Cancel judged by its references; None: an Update of nothing shown
+    whose own area holds the device (shown as a new alert)."""
+    follows = tuple(
+        identity for ref in alert.references
+        if (record := shown.get(identity := (ref.sender, ref.identifier))) is not None
+        and record.displayed and record.standing is not Standing.CANCELLED
+    )
+    if follows:
+        # Shown wherever the device is now: it showed what this replaces or retracts.
+        kind = (Kind.CORRECTION if is_correction(alert)
+                else Kind.CANCEL if alert.msg_type is MsgType.CANCEL else Kind.UPDATE)
+        info = pick_info(local or alert.infos, subscription.languages)
+        return Decision(verdict=Verdict.SHOW, info=info, kind=kind, replaces=follows)
+    if alert.msg_type is MsgType.UPDATE and local:
+        return None
+    # Never out of area for lack of an area: an Update or Cancel without one is unrelated.
+    drawn = any(area.polygons or area.circles for info in alert.infos for area in info.areas)
+    return Decision(verdict=Verdict.OUT_OF_AREA if drawn and alert.msg_type is MsgType.UPDATE else Verdict.UNRELATED)
+
+
+def fingerprint(alert: Alert, info: Info) -> str:
+    """What makes two messages the same to the person shown them, from the signed CAP
+    content only: status, event, headline, description, severity and the info's areas."""
+    content = [alert.status.value, info.event, info.headline or "", info.description or "",
+               info.severity.value, sorted(_shapes(area) for area in info.areas)]
+    return hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).hexdigest()[:32]
+
+
+def _shapes(area: Area) -> str:
+    polygons = sorted([list(point) for point in polygon] for polygon in area.polygons)
+    circles = sorted([c.lat, c.lon, c.radius_km] for c in area.circles)
+    return json.dumps([polygons, circles], separators=(",", ":"))

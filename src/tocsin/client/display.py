@@ -9,6 +9,8 @@ from typing import Any
 
 from tocsin.audience import expires_at
 from tocsin.cap.model import Alert, Info
+from tocsin.client.decide import Kind
+from tocsin.client.state import Identity
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,6 +34,13 @@ class Display:
     alert: Alert = field(repr=False, compare=False)
     # None for an Update or Cancel without info, shown because its target was shown.
     info: Info | None = field(repr=False, compare=False)
+    # How it is shown (decide.py Kind): a new alert, an update or cancellation of the shown
+    # alerts `replaces` names, a correction of them, or the same message as one shown
+    # (`replaces`) from another sender.
+    kind: Kind = Kind.ALERT
+    replaces: tuple[Identity, ...] = ()
+    # Who issued it: its sender, and for ALSO the sender of the message it repeats first.
+    senders: tuple[str, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         """The display as a JSON object (CAP element names where CAP has one)."""
@@ -50,13 +59,18 @@ class Display:
             "id": self.alert_id,
             "seq": self.seq,
             "node": self.node,
+            "kind": self.kind.value,
+            "replaces": [{"sender": sender, "identifier": identifier} for sender, identifier in self.replaces],
+            "senders": list(self.senders or (self.sender,)),
         }
 
 
 def make_display(
-    alert: Alert, info: Info | None, *, alert_id: str, seq: int, node: str, now: datetime
+    alert: Alert, info: Info | None, *, alert_id: str, seq: int, node: str, now: datetime,
+    kind: Kind = Kind.ALERT, replaces: tuple[Identity, ...] = (),
 ) -> Display:
-    """What the user is shown for `alert`, in `info`'s language, at `now`."""
+    """What the user is shown for `alert`, in `info`'s language, at `now`, as `kind`."""
+    senders = tuple(dict.fromkeys([*(sender for sender, _ in replaces), alert.sender])) if kind is Kind.ALSO else (alert.sender,)
     return Display(
         identifier=alert.identifier,
         sender=alert.sender,
@@ -74,6 +88,9 @@ def make_display(
         expires=expires_at(alert),
         alert=alert,
         info=info,
+        kind=kind,
+        replaces=replaces,
+        senders=senders,
     )
 
 
@@ -111,7 +128,7 @@ def terminal_line(display: Display) -> str:
     """One readable line; anything but a real alert says so loudly first (from the CAP
     status, whatever the alert's texts hold: they cannot move the cursor or erase it)."""
     tag = "" if display.status == "Actual" else f"[{terminal_text(display.status).upper()}] "
-    kind = "" if display.msg_type == "Alert" else f"({terminal_text(display.msg_type)}) "
+    kind = _kind_label(display)
     event, headline, sender, identifier, language, node = map(
         terminal_text, (display.event, display.headline, display.sender, display.identifier,
                         display.language, display.node),
@@ -120,3 +137,22 @@ def terminal_line(display: Display) -> str:
         f"{tag}{kind}{event}: {headline} "
         f"[{sender} {identifier}, {language or '-'}, after {display.delay_s:.1f} s via {node}]"
     )
+
+
+_KIND_LABELS = {
+    Kind.UPDATE: "UPDATE, replaces",
+    Kind.CANCEL: "CANCELLED",
+    Kind.CORRECTION: "FALSE ALERT, disregard",
+    Kind.ALSO: "ALSO ISSUED BY {senders}, as",
+}
+
+
+def _kind_label(display: Display) -> str:
+    """What the line is, before its text: an update, a cancellation, a correction of the
+    alerts it names, or the same message from another sender."""
+    label = _KIND_LABELS.get(display.kind)
+    if label is None:
+        return "" if display.msg_type == "Alert" else f"({terminal_text(display.msg_type)}) "
+    named = ", ".join(terminal_text(identifier) for _, identifier in display.replaces)
+    senders = ", ".join(terminal_text(sender) for sender in display.senders[1:])
+    return f"({label.format(senders=senders)} {named}) "

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,62 @@ log = logging.getLogger(__name__)
 # An alert is identified by its CAP sender and identifier (CAP 1.2 §3.2.1).
 Identity = tuple[str, str]
 
-_VERSION = 1
+_VERSION = 2
+# Version 1 kept only the identities shown and their expiry; it is read as shown, current.
+_READABLE = (1, 2)
+# A record of what was shown is kept this long after the alert expires: a device clock a
+# little behind, or an old node replaying it, still finds it (and never shows it again).
+SHOWN_MARGIN = timedelta(hours=1)
+
+
+class Standing(StrEnum):
+    """Where an alert this device knows of stands now."""
+
+    CURRENT = "current"  # shown, and what the device shows for it
+    REPLACED = "replaced"  # an Update since replaced it: no longer current
+    CANCELLED = "cancelled"  # a Cancel since retracted it: never shown again
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Shown:
+    """What the device showed of one alert (or learned it must never show: `displayed`
+    False, an alert an Update or Cancel superseded before this device showed it)."""
+
+    expires: datetime
+    standing: Standing = Standing.CURRENT
+    displayed: bool = True
+    # The alerts this one replaced or retracted, with those they had replaced (its chain).
+    replaces: tuple[Identity, ...] = ()
+    # For coalescing identical messages (decide.py): the CAP content's fingerprint and sent.
+    fingerprint: str = ""
+    sent: datetime | None = None
+
+    @property
+    def is_current(self) -> bool:
+        return self.displayed and self.standing is Standing.CURRENT
+
+    def as_json(self, identity: Identity) -> dict[str, Any]:
+        data: dict[str, Any] = {"sender": identity[0], "identifier": identity[1], "expires": self.expires.isoformat(),
+                                "standing": self.standing.value, "displayed": self.displayed}
+        if self.replaces:
+            data["replaces"] = [list(i) for i in self.replaces]
+        if self.fingerprint:
+            data["fingerprint"] = self.fingerprint
+        if self.sent is not None:
+            data["sent"] = self.sent.isoformat()
+        return data
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> tuple[Identity, Shown]:
+        sent = raw.get("sent")
+        return (str(raw["sender"]), str(raw["identifier"])), cls(
+            expires=datetime.fromisoformat(raw["expires"]),
+            standing=Standing(raw.get("standing", Standing.CURRENT.value)),
+            displayed=raw.get("displayed", True) is True,
+            replaces=tuple((str(s), str(i)) for s, i in raw.get("replaces", [])),
+            fingerprint=str(raw.get("fingerprint", "")),
+            sent=None if sent is None else datetime.fromisoformat(str(sent)),
+        )
 
 
 class StateInvalid(ValueError):
@@ -58,15 +114,32 @@ class WatchState:
     # is what goes back as Last-Event-ID.
     last_seq: int | None = None
     cursor: str | None = None
-    # Identities already shown, with the time after which they can be forgotten.
-    seen: dict[Identity, datetime] = field(default_factory=dict)
+    # What this device showed (and what it must never show), by identity; forgotten
+    # SHOWN_MARGIN after the alert expires, so bounded by what can still matter.
+    shown: dict[Identity, Shown] = field(default_factory=dict)
 
     def prune(self, now: datetime) -> int:
-        """Forget identities whose alert has expired; returns how many were dropped."""
-        gone = [identity for identity, expires in self.seen.items() if expires < now]
+        """Forget records of alerts expired more than SHOWN_MARGIN ago; returns how many."""
+        gone = [identity for identity, record in self.shown.items() if record.expires + SHOWN_MARGIN < now]
         for identity in gone:
-            del self.seen[identity]
+            del self.shown[identity]
         return len(gone)
+
+    def supersede(self, references: tuple[Identity, ...], standing: Standing, expires: datetime) -> tuple[Identity, ...]:
+        """Mark the referenced alerts, and those they had replaced, as replaced or cancelled
+        (a cancelled one stays cancelled); one never shown is remembered as not to show,
+        until `expires`. Returns the chain marked."""
+        chain: list[Identity] = []
+        for identity in references:
+            record = self.shown.get(identity)
+            chain += [identity, *(record.replaces if record is not None else ())]
+        for identity in dict.fromkeys(chain):
+            record = self.shown.get(identity)
+            if record is None:
+                self.shown[identity] = Shown(expires=expires, standing=standing, displayed=False)
+            elif record.standing is not Standing.CANCELLED:
+                self.shown[identity] = replace(record, standing=standing)
+        return tuple(dict.fromkeys(chain))
 
     def as_dict(self) -> dict[str, Any]:
         reg = self.registration
@@ -77,10 +150,7 @@ class WatchState:
             "key_set_at": None if self.key_set_at is None else self.key_set_at.isoformat(),
             "last_seq": self.last_seq,
             "cursor": self.cursor,
-            "seen": [
-                {"sender": sender, "identifier": identifier, "expires": expires.isoformat()}
-                for (sender, identifier), expires in sorted(self.seen.items())
-            ],
+            "shown": [record.as_json(identity) for identity, record in sorted(self.shown.items())],
         }
 
     @classmethod
@@ -89,7 +159,7 @@ class WatchState:
         StateInvalid: `raw` is not a state this version wrote.
         """
         try:
-            if raw.get("version") != _VERSION:
+            if raw.get("version") not in _READABLE:
                 raise StateInvalid(f"unsupported state version {raw.get('version')!r}")
             reg = raw.get("registration")
             last_seq = raw.get("last_seq")
@@ -100,10 +170,7 @@ class WatchState:
                 key_set_at=None if key_set_at is None else datetime.fromisoformat(str(key_set_at)),
                 last_seq=None if last_seq is None else int(last_seq),
                 cursor=None if raw.get("cursor") is None else str(raw["cursor"]),
-                seen={
-                    (str(s["sender"]), str(s["identifier"])): datetime.fromisoformat(s["expires"])
-                    for s in raw.get("seen", [])
-                },
+                shown=dict(Shown.from_json(s) for s in raw.get("shown", raw.get("seen", []))),
             )
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, StateInvalid):

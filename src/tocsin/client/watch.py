@@ -22,10 +22,11 @@ from typing import Any, Literal
 
 import httpx
 
+from tocsin.cap.model import Alert, MsgType
 from tocsin.cap.parse import parse_xml
 from tocsin.client.backoff import Backoff, Rotation
 from tocsin.audience import Audience, expires_at
-from tocsin.client.decide import Subscription, Verdict, decide
+from tocsin.client.decide import Decision, Subscription, Verdict, decide
 from tocsin.client.display import Display, make_display
 from tocsin.client.freshness import KEEPALIVE, Freshness, NodeStale, DeliveringNodes, move_target
 from tocsin.client.node import (
@@ -39,7 +40,7 @@ from tocsin.client.node import (
 )
 from tocsin.client.keys import Keys, NoTrustedKeys, accept_statements, shipped_keys, verify_at
 from tocsin.client.sse import SseEvent, sse_events
-from tocsin.client.state import Registration, load_state, save_state
+from tocsin.client.state import Identity, Registration, Shown, Standing, load_state, save_state
 from tocsin.client.ws import messages, open_ws
 from tocsin.errors import CapInvalid
 from tocsin.geo.cells import cell_for_point
@@ -455,15 +456,31 @@ class Watcher:
             log.warning("alert unreadable", extra={"url": url, "seq": seq, "error": str(exc)})
             return None
         now = self._now()
-        decision = decide(alert, self.subscription, self.state.seen, now)
+        decision = decide(alert, self.subscription, self.state.shown, now)
         verdicts = self.stats.verdicts
         verdicts[str(decision.verdict)] = verdicts.get(str(decision.verdict), 0) + 1
+        self._remember(alert, decision)
         if decision.verdict is not Verdict.SHOW:
             return None
-        expires = expires_at(alert)
-        self.state.seen[alert.identity] = expires
         alert_id = str(payload.get("id", ""))
-        return make_display(alert, decision.info, alert_id=alert_id, seq=seq, node=url, now=now)
+        return make_display(alert, decision.info, alert_id=alert_id, seq=seq, node=url, now=now,
+                            kind=decision.kind, replaces=decision.replaces)
+
+    def _remember(self, alert: Alert, decision: Decision) -> None:
+        """Record what was shown, and what an Update or Cancel superseded (shown or not:
+        an old node replaying a cancelled alert later finds it cancelled here)."""
+        if decision.verdict not in (Verdict.SHOW, Verdict.UNRELATED, Verdict.OUT_OF_AREA):
+            return
+        expires = expires_at(alert)
+        chain: tuple[Identity, ...] = ()
+        if alert.msg_type in (MsgType.UPDATE, MsgType.CANCEL):
+            standing = Standing.CANCELLED if alert.msg_type is MsgType.CANCEL else Standing.REPLACED
+            references = tuple((ref.sender, ref.identifier) for ref in alert.references)
+            chain = self.state.supersede(references, standing, expires)
+        if decision.verdict is Verdict.SHOW:
+            standing = Standing.CANCELLED if alert.msg_type is MsgType.CANCEL else Standing.CURRENT
+            self.state.shown[alert.identity] = Shown(expires=expires, standing=standing, replaces=chain,
+                                                     fingerprint=decision.fingerprint, sent=alert.sent)
 
     async def _emit(self, display: Display) -> None:
         if self._on_display is not None:

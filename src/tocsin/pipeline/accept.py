@@ -18,14 +18,22 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from tocsin.audience import DEFAULT_LIFETIME_S, expires_at
-from tocsin.cap.model import Alert
+from tocsin.cap.model import Alert, MsgType
 from tocsin.cap.parse import parse_json, parse_xml
 from tocsin.cap.render import to_xml
-from tocsin.errors import COVER_TOO_SLOW, IDENTITY_CONFLICT, STORED_TOO_LARGE, Rejected, StoreFull, StoreUnavailable
+from tocsin.errors import (
+    COVER_TOO_SLOW,
+    IDENTITY_CONFLICT,
+    STORED_TOO_LARGE,
+    AlertNotFound,
+    Rejected,
+    StoreFull,
+    StoreUnavailable,
+)
 from tocsin.geo.cells import Cover, distinct_shapes
 from tocsin.geo.covering import CoverTooSlow, CoverWorker
 from tocsin.pipeline.handoff import drawn_areas
-from tocsin.policy import AlertLimits, Issuer, check, check_limits
+from tocsin.policy import AlertLimits, Issuer, check, check_limits, check_reference
 from tocsin.signing import SigningKey
 from tocsin.store.base import AlertId, AlertStore, Envelope, Stored, alert_id_for
 from tocsin.store.jetstream import stored_bytes
@@ -128,6 +136,7 @@ class Accept:
         now = self._clock()
         check(alert, issuer, now=now, max_skew_s=self._max_skew_s)
         check_limits(alert, issuer.limits.over(self._bounds.limits))
+        await self._check_references(alert, issuer)
         payload = to_xml(alert)
         self._check_size(len(payload))  # before the cover: it only adds to the size
         cover = await self._cover(alert)
@@ -180,6 +189,19 @@ class Accept:
                        "status": alert.status.value, "msg_type": alert.msg_type.value},
             )
         return Accepted(alert=alert, stored=stored)
+
+    async def _check_references(self, alert: Alert, issuer: Issuer) -> None:
+        """An Update or Cancel names alerts tocsin holds, of an organisation the issuer may
+        reference (policy.check_reference); read from the stream by id."""
+        if alert.msg_type not in (MsgType.UPDATE, MsgType.CANCEL):
+            return
+        for reference in alert.references:
+            try:
+                stored = await self._store.get(alert_id_for(reference.sender, reference.identifier))
+            except AlertNotFound:
+                check_reference(reference, issuer, None)
+            else:
+                check_reference(reference, issuer, stored.envelope.issuer)
 
     def _check_size(self, size: int) -> None:
         limit = self._bounds.max_stored_bytes

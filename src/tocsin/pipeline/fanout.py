@@ -1,4 +1,8 @@
-"""Stage 4: active alert -> the live connections on this node whose cells its cover touches."""
+"""Stage 4: active alert -> the live connections on this node whose cells its cover touches.
+
+An Update or Cancel's cover holds the cover of what it references (index.py); a correction
+goes to every live connection, wherever it watches (its devices decide whether to show it).
+"""
 
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ class FanOut:
             self._fanned_out(active, offered)
 
     def _matching(self, active: Active) -> set[Connection]:
-        return self._live.matching(active.cover.touches)
+        return self._live.matching(active.reaches)
 
     def _fanned_out(self, active: Active, offered: int) -> None:
         self.offered[active.stored.envelope.alert_id] = offered

@@ -2,6 +2,11 @@
 
 The index keeps the alerts that have not expired, by seq (for replay) and by id (for the API,
 and for the areas of a Cancel or Update that draws none), and forgets them once expired.
+
+An Update replaces and a Cancel retracts the alerts it references: once one is indexed, the
+referenced alert is superseded and `replays_to` says which cursors still get what
+(docs/architecture.md, "Update and Cancel"). An Update or Cancel reaches the devices of the
+alerts it references (their cover, added to its own); a correction reaches every device.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from tocsin.audience import expires_at
-from tocsin.cap.model import Alert, Area
+from tocsin.cap.model import Alert, Area, MsgType
 from tocsin.channels.live import Event
+from tocsin.correction import is_correction
 from tocsin.errors import CapInvalid
 from tocsin.geo.cells import Cover
 from tocsin.pipeline.encode import encode_event
@@ -40,6 +46,17 @@ class Active:
     cover: Cover
     expires_at: datetime
     event: Event
+    # The seq of the first alert of its chain this index knows (an Update of an Update of
+    # X: X's seq); its own seq when it references nothing known.
+    root_seq: int = 0
+    # A Cancel: retracts what it references (a device that never showed it has no use for it).
+    retracts: bool = False
+    # A correction: goes to every device, wherever it is now (correction.py).
+    everywhere: bool = False
+
+    def reaches(self, cell: str) -> bool:
+        """Whether a device watching this cell gets the alert."""
+        return self.everywhere or self.cover.touches(cell)
 
 
 class ActiveIndex:
@@ -59,6 +76,9 @@ class ActiveIndex:
         self._on_rewind = on_rewind
         self.active: dict[int, Active] = {}
         self.by_id: dict[AlertId, Active] = {}
+        # Alerts an indexed Update or Cancel referenced, with the seq of the first that did;
+        # kept until the superseded alert itself expires (recorded by position.py).
+        self.superseded: dict[AlertId, int] = {}
         self.last_seq = 0
         self.last_id = ""  # the alert at last_seq
         self._next_prune = clock()
@@ -126,6 +146,11 @@ class ActiveIndex:
 
     def _register(self, stored: Stored, alert: Alert, shaped: Shape, until: datetime) -> Active:
         areas, cover = shaped
+        referenced = self._referenced(alert)
+        if referenced and drawn_areas(alert):
+            # An Update with its own area also reaches the devices that showed what it
+            # replaces: one outside the new area hears of it.
+            cover = Cover(cells=cover.cells.union(*(r.cover.cells for r in referenced)))
         active = Active(
             stored=stored,
             alert=alert,
@@ -133,10 +158,46 @@ class ActiveIndex:
             cover=cover,
             expires_at=until,
             event=encode_event(stored, alert.status.value),
+            root_seq=min((r.root_seq for r in referenced), default=stored.seq),
+            retracts=alert.msg_type is MsgType.CANCEL,
+            everywhere=is_correction(alert),
         )
         self.active[stored.seq] = active
         self.by_id[stored.envelope.alert_id] = active
+        for earlier in referenced:
+            self.superseded.setdefault(earlier.stored.envelope.alert_id, stored.seq)
         return active
+
+    def _referenced(self, alert: Alert) -> list[Active]:
+        """The active alerts an Update or Cancel references (none for an Alert)."""
+        if alert.msg_type not in (MsgType.UPDATE, MsgType.CANCEL):
+            return []
+        found = (self.by_id.get(alert_id_for(ref.sender, ref.identifier)) for ref in alert.references)
+        return [active for active in found if active is not None]
+
+    def replays_to(self, active: Active, after_seq: int) -> bool:
+        """Whether a device resuming after `after_seq` (0: never connected) is sent this
+        alert again, by its place in an Update/Cancel chain (its cells are checked apart).
+
+        A superseded alert only to a device that may have shown an earlier alert of its
+        chain (it needs each step to follow it), so never the original itself; a Cancel
+        only to a device that was connected before it (it may have shown what it retracts);
+        anything else, the newest of its chain, to every device that has not had it.
+        """
+        if after_seq >= active.stored.seq:
+            return False
+        if active.stored.envelope.alert_id in self.superseded:
+            return after_seq >= active.root_seq
+        if active.retracts:
+            return after_seq > 0
+        return True
+
+    def supersede(self, recorded: dict[AlertId, int]) -> None:
+        """After a restart: take back the supersessions recorded with the position (those
+        whose Update or Cancel expired first are not rebuilt from the active alerts)."""
+        for alert_id, seq in recorded.items():
+            if alert_id in self.by_id:
+                self.superseded.setdefault(alert_id, seq)
 
     def restored(self, last_seq: int, last_id: str) -> None:
         """After a restart from a recorded position: every seq up to `last_seq` was judged."""
@@ -147,6 +208,7 @@ class ActiveIndex:
         """Back to nothing taken (a recorded position the stream does not vouch for)."""
         self.active.clear()
         self.by_id.clear()
+        self.superseded.clear()
         self.last_seq, self.last_id = 0, ""
 
     def _referenced_shape(self, alert: Alert) -> Shape | None:
@@ -154,8 +216,7 @@ class ActiveIndex:
         their covers (nothing computed again); None for an alert that draws its own areas."""
         if drawn_areas(alert):
             return None
-        found = [self.by_id.get(alert_id_for(ref.sender, ref.identifier)) for ref in alert.references]
-        referenced = [active for active in found if active is not None]
+        referenced = self._referenced(alert)
         areas = tuple(area for active in referenced for area in active.areas)
         return areas, Cover(cells=frozenset(cell for active in referenced for cell in active.cover.cells))
 
@@ -171,8 +232,7 @@ class ActiveIndex:
         log.error("stream reused a sequence; devices resume with a full replay",
                   extra={"seq": stored.seq, "alert_id": stored.envelope.alert_id})
         for seq in [s for s in self.active if s >= stored.seq]:
-            gone = self.active.pop(seq)
-            self.by_id.pop(gone.stored.envelope.alert_id, None)
+            self._forget(self.active.pop(seq))
         self.last_seq = stored.seq - 1
         self._on_rewind()
         return True
@@ -186,5 +246,10 @@ class ActiveIndex:
         expired = [seq for seq, a in self.active.items() if a.expires_at <= now]
         gone = [self.active.pop(seq) for seq in expired]
         for active in gone:
-            self.by_id.pop(active.stored.envelope.alert_id, None)
+            self._forget(active)
         return gone
+
+    def _forget(self, active: Active) -> None:
+        alert_id = active.stored.envelope.alert_id
+        self.by_id.pop(alert_id, None)
+        self.superseded.pop(alert_id, None)

@@ -19,7 +19,7 @@ from pathlib import Path
 from tocsin.errors import StoreUnavailable
 from tocsin.pipeline.index import ActiveIndex
 from tocsin.secret_file import write_secret
-from tocsin.store.base import AlertStore
+from tocsin.store.base import AlertId, AlertStore
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +36,20 @@ class Position:
     # The alert at last_seq: a stream that lost its tail and reused the seq shows another.
     last_id: str = ""
     active: tuple[tuple[int, str], ...] = ()
+    # (alert id, seq of the Update or Cancel that superseded it): the active alerts rebuild
+    # most of it, not a supersession whose Update or Cancel expired before the alert did.
+    superseded: tuple[tuple[str, int], ...] = ()
 
     def as_json(self) -> dict[str, object]:
         return {"stream": self.stream, "last_seq": self.last_seq, "last_id": self.last_id,
-                "active": [list(a) for a in self.active]}
+                "active": [list(a) for a in self.active], "superseded": [list(s) for s in self.superseded]}
 
 
 def of_index(stream: str, index: ActiveIndex) -> Position:
     return Position(
         stream=stream, last_seq=index.last_seq, last_id=index.last_id,
         active=tuple((seq, a.stored.envelope.alert_id) for seq, a in sorted(index.active.items())),
+        superseded=tuple(sorted(index.superseded.items())),
     )
 
 
@@ -54,8 +58,9 @@ def load(path: Path, stream: str) -> Position | None:
     try:
         data = json.loads(path.read_text())
         active = tuple((int(seq), str(alert_id)) for seq, alert_id in data["active"])
+        superseded = tuple((str(alert_id), int(seq)) for alert_id, seq in data.get("superseded", []))
         position = Position(stream=str(data["stream"]), last_seq=int(data["last_seq"]),
-                            last_id=str(data["last_id"]), active=active)
+                            last_id=str(data["last_id"]), active=active, superseded=superseded)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -100,6 +105,7 @@ class Checkpoint:
                     self._index.forget_all()
                     return
                 await self._index.add_off_loop(stored)
+            self._index.supersede({AlertId(alert_id): seq for alert_id, seq in position.superseded})
         except StoreUnavailable as exc:
             log.warning("recorded position not checked; reading the stream", extra={"error": str(exc)[:200]})
             self._index.forget_all()

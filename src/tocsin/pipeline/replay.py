@@ -1,5 +1,7 @@
 """Replay: a device's cursor -> the active alerts it missed, then its live queue.
 
+What it missed of an Update or Cancel chain is the index's rule (index.py `replays_to`).
+
 A cursor (`Last-Event-ID`) is `seq.idprefix`; a node replays every active alert when it
 cannot vouch for one (RELIABILITY.md, F14).
 """
@@ -86,17 +88,19 @@ class Replay:
         """Register a live connection and return what it missed, oldest first.
 
         Synchronous on purpose: no alert can slip between the replay (seq up to now) and
-        the live queue (seq after now), and none is in both.
+        the live queue (seq after now), and none is in both. Of an Update/Cancel chain only
+        what the device needs is replayed (`ActiveIndex.replays_to`): a device that never
+        connected gets the newest Update and no Cancel, never the alert they supersede.
         """
         self._live.add(connection)
         connection.last_seq = max(after_seq, self._index.last_seq)
         now = self._clock()
         missed: list[Event] = []
-        for seq, active in self._index.active.items():
-            if seq <= after_seq or active.expires_at <= now:
+        for active in self._index.active.values():
+            if active.expires_at <= now or not self._index.replays_to(active, after_seq):
                 continue
             if not connection.audience.receives(active.event.status):
                 continue
-            if any(active.cover.touches(cell) for cell in connection.cells):
+            if any(active.reaches(cell) for cell in connection.cells):
                 missed.append(active.event)
         return missed
