@@ -13,7 +13,7 @@ import pytest
 
 from tocsin.client.backoff import Backoff
 from tocsin.client.node import RegistrationRefused
-from tocsin.client.state import load_state
+from tocsin.client.state import Standing, load_state
 from tocsin.client.watch import Display, Watcher
 from tocsin.geo.cells import cell_for_point
 from tocsin.signing import SigningKey
@@ -223,3 +223,39 @@ def test_watcher_needs_a_place_and_a_url() -> None:
         Watcher(["http://a"], [])
     with pytest.raises(ValueError):
         Watcher([], [LYON])
+
+
+def _without_area(cap: str) -> str:
+    start, end = cap.index("<area>"), cap.index("</area>") + len("</area>")
+    return cap[:start] + cap[end:]
+
+
+async def test_a_cancelled_alert_is_never_shown_again_even_if_an_old_node_replays_it(tmp_path: Path) -> None:
+    node = FakeNode()
+    refs = f"prefecture@example.gouv.fr,A-1,{NOW.isoformat()}"
+    original = cap_xml(identifier="A-1")
+    cancel = _without_area(cap_xml(identifier="A-1-c", msg_type="Cancel", references=refs, infos=(("fr-FR", "Fin"),)))
+    node.scripts = [sse_alert(1, original, node.key) + sse_alert(2, cancel, node.key)
+                    + sse_alert(3, original, node.key)  # an old node replays it under a later seq
+                    + sse_alert(4, _without_area(cap_xml(identifier="A-1-u", msg_type="Update", references=refs)), node.key)
+                    + sse_alert(5, cap_xml(identifier="NEXT"), node.key)]
+    async with watcher(node.transport(), state=tmp_path / "s.json") as w:
+        shown = [await _next(w) for _ in range(3)]
+    assert [(d.identifier, d.kind) for d in shown] == [("A-1", "alert"), ("A-1-c", "cancel"), ("NEXT", "alert")]
+    assert shown[1].headline == "Fin" and shown[1].replaces == (("prefecture@example.gouv.fr", "A-1"),)
+    # The replay is a duplicate; an Update without area of what was cancelled concerns no one.
+    assert (w.stats.verdicts["duplicate"], w.stats.verdicts["unrelated"]) == (1, 1)
+    saved = load_state(tmp_path / "s.json").shown
+    assert saved[("prefecture@example.gouv.fr", "A-1")].standing is Standing.CANCELLED
+
+
+async def test_identical_messages_from_two_senders_are_shown_once_naming_both() -> None:
+    node = FakeNode()
+    first = cap_xml(identifier="A-1")
+    second = cap_xml(identifier="B-1").replace("prefecture@example.gouv.fr", "zone-paris@example.gouv.fr")
+    node.scripts = [sse_alert(1, first, node.key) + sse_alert(2, second, node.key)]
+    async with watcher(node.transport()) as w:
+        shown = [await _next(w), await _next(w)]
+    assert [(d.identifier, d.kind) for d in shown] == [("A-1", "alert"), ("B-1", "also")]
+    assert shown[1].senders == ("prefecture@example.gouv.fr", "zone-paris@example.gouv.fr")
+    assert shown[1].replaces == (("prefecture@example.gouv.fr", "A-1"),)

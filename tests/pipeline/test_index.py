@@ -6,9 +6,11 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from tests.samples import alert_xml
-from tocsin.cap.model import Alert
+from tocsin.cap.model import Alert, ValuePair
 from tocsin.cap.parse import parse_xml
 from tocsin.cap.render import to_xml
+from tocsin.correction import CORRECTION_PARAMETER, CORRECTION_VALUE
+from tocsin.geo.cells import cell_for_point
 from tocsin.pipeline.handoff import Handoff
 from tocsin.pipeline.index import ActiveIndex
 from tocsin.store.base import AlertId, Envelope, Stored, alert_id_for
@@ -81,3 +83,56 @@ def test_a_cancel_without_area_goes_where_its_reference_went() -> None:
     active = index.add(cancel)
     assert active is not None
     assert active.areas == index.by_id[AlertId(original.envelope.alert_id)].areas
+
+
+LYON_BOX = "45.70,4.75 45.70,4.90 45.80,4.90 45.80,4.75 45.70,4.75"
+REFS = "prefecture-75@interieur.gouv.fr,{},2026-03-01T12:00:00+00:00"
+
+
+def test_a_chain_replays_only_what_each_cursor_needs() -> None:
+    index, _, _ = index_at(SENT + timedelta(seconds=1))
+    original = index.add(stored(1, alert_xml(identifier="A-1", sent=SENT)))
+    update = index.add(stored(2, alert_xml(identifier="A-2", sent=SENT, msg_type="Update", references=REFS.format("A-1"))))
+    cancel = index.add(stored(3, alert_xml(identifier="A-3", sent=SENT, msg_type="Cancel", references=REFS.format("A-2"))))
+    other = index.add(stored(4, alert_xml(identifier="B-1", sent=SENT)))
+    assert original and update and cancel and other
+    assert (update.root_seq, cancel.root_seq, cancel.retracts) == (1, 1, True)
+
+    def replayed(after: int) -> list[int]:
+        return [a.stored.seq for a in index.active.values() if index.replays_to(a, after)]
+
+    assert replayed(0) == [4]  # a new device: nothing of a cancelled chain
+    assert replayed(1) == [2, 3, 4]  # it showed the original: each step, to follow it
+    assert replayed(2) == [3, 4]
+    assert replayed(3) == [4]
+
+
+def test_an_update_with_its_own_area_also_reaches_the_cover_of_what_it_replaces() -> None:
+    index, _, _ = index_at(SENT + timedelta(seconds=1))
+    original = index.add(stored(1, alert_xml(identifier="A-1", sent=SENT)))
+    moved = index.add(stored(2, alert_xml(identifier="A-2", sent=SENT, msg_type="Update", polygon=LYON_BOX,
+                                          references=REFS.format("A-1"))))
+    assert original and moved
+    assert original.cover.cells <= moved.cover.cells and moved.cover.cells - original.cover.cells
+    assert index.replays_to(moved, 0) and not index.replays_to(original, 0)
+
+
+def test_a_correction_reaches_every_cell() -> None:
+    index, _, _ = index_at(SENT + timedelta(seconds=1))
+    index.add(stored(1, alert_xml(identifier="A-1", sent=SENT)))
+    false_alert = parse_xml(alert_xml(identifier="A-2", sent=SENT, msg_type="Cancel", references=REFS.format("A-1")))
+    marker = ValuePair(value_name=CORRECTION_PARAMETER, value=CORRECTION_VALUE)
+    info = replace(false_alert.infos[0], areas=(), parameters=(marker,))
+    correction = index.add(stored(2, replace(false_alert, infos=(info,))))
+    assert correction is not None and correction.everywhere
+    assert correction.reaches(cell_for_point(45.76, 4.83))  # Lyon, far from the Paris box
+
+
+def test_expiry_forgets_a_supersession_with_its_alert() -> None:
+    index, clock, _ = index_at(SENT + timedelta(seconds=1))
+    index.add(stored(1, alert_xml(identifier="A-1", sent=SENT, expires_in_s=60)))
+    index.add(stored(2, alert_xml(identifier="A-2", sent=SENT, msg_type="Cancel", references=REFS.format("A-1"))))
+    assert list(index.superseded.values()) == [2]
+    clock.now = SENT + timedelta(seconds=61)
+    index.prune_if_due()
+    assert index.superseded == {}
