@@ -4,7 +4,7 @@ An Update or Cancel is judged by what this device showed (state.py `Shown`): an 
 shown alert replaces it, a Cancel of one is shown once as a cancellation, a correction is
 shown wherever the device is now; of an alert it never showed, only an Update whose own area
 holds the device is shown (as a new alert). Identical messages from different senders within
-COALESCE_WINDOW are shown once (docs/client.md).
+COALESCE_WINDOW are shown once (docs/api.md, "What a client must do with each alert event").
 """
 
 from __future__ import annotations
