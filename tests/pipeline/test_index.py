@@ -13,6 +13,7 @@ from tocsin.correction import CORRECTION_PARAMETER, CORRECTION_VALUE
 from tocsin.geo.cells import cell_for_point
 from tocsin.pipeline.handoff import Handoff
 from tocsin.pipeline.index import ActiveIndex
+from tocsin.pipeline.replay import UNVOUCHED
 from tocsin.store.base import AlertId, Envelope, Stored, alert_id_for
 
 SENT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -102,6 +103,7 @@ def test_a_chain_replays_only_what_each_cursor_needs() -> None:
         return [a.stored.seq for a in index.active.values() if index.replays_to(a, after)]
 
     assert replayed(0) == [4]  # a new device: nothing of a cancelled chain
+    assert replayed(UNVOUCHED) == [2, 3, 4]  # a cursor into a lost tail: all but the original
     assert replayed(1) == [2, 3, 4]  # it showed the original: each step, to follow it
     assert replayed(2) == [3, 4]
     assert replayed(3) == [4]

@@ -23,7 +23,7 @@ from tocsin.app import Node
 from tocsin.audience import Audience
 from tocsin.channels.live import Connection, Protocol
 from tocsin.pipeline import index as index_module
-from tocsin.pipeline.replay import event_id, parse_event_id
+from tocsin.pipeline.replay import UNVOUCHED, event_id, parse_event_id
 from tocsin.store.base import AlertId, Stored
 
 ADMIN = {"Authorization": "Bearer tca_test-admin-token", "Content-Type": "application/cap+xml"}
@@ -56,9 +56,9 @@ async def test_a_cursor_the_stream_cannot_vouch_for_gets_a_full_replay(node: Nod
         cursor = event_id(seq, alert_id)
         assert await replay.resume_after(cursor) == seq
         # Beyond the end of the stream, or another alert at that seq: replay everything.
-        assert await replay.resume_after(f"{seq + 50}.deadbeef") == 0
-        assert await replay.resume_after(f"{seq}.deadbeef") == 0
-        assert await replay.resume_after(str(seq + 50)) == 0
+        assert await replay.resume_after(f"{seq + 50}.deadbeef") == UNVOUCHED
+        assert await replay.resume_after(f"{seq}.deadbeef") == UNVOUCHED
+        assert await replay.resume_after(str(seq + 50)) == UNVOUCHED
         device = await register(http, *IN_PARIS)
         # Over HTTP: a device resuming from a cursor into a lost tail gets the alert again.
         async with sse_device(node.url, device["token"], last_event_id=f"{seq + 50}.deadbeef") as sse:

@@ -25,6 +25,7 @@ from tocsin.errors import CapInvalid
 from tocsin.geo.cells import Cover
 from tocsin.pipeline.encode import encode_event
 from tocsin.pipeline.handoff import Handoff, Shape, drawn_areas, shape_of
+from tocsin.pipeline.replay import UNVOUCHED
 from tocsin.store.base import AlertId, Stored, alert_id_for
 
 log = logging.getLogger(__name__)
@@ -176,8 +177,8 @@ class ActiveIndex:
         return [active for active in found if active is not None]
 
     def replays_to(self, active: Active, after_seq: int) -> bool:
-        """Whether a device resuming after `after_seq` (0: never connected) is sent this
-        alert again, by its place in an Update/Cancel chain (its cells are checked apart).
+        """Whether a device resuming after `after_seq` (0: never connected; UNVOUCHED: a
+        cursor the stream cannot vouch for) is sent this alert again, by its place in an Update/Cancel chain (its cells are checked apart).
 
         A superseded alert only to a device that may have shown an earlier alert of its
         chain (it needs each step to follow it), so never the original itself; a Cancel
@@ -187,9 +188,11 @@ class ActiveIndex:
         if after_seq >= active.stored.seq:
             return False
         if active.stored.envelope.alert_id in self.superseded:
+            if after_seq == UNVOUCHED:  # it may have shown any step: each but the original
+                return active.root_seq != active.stored.seq
             return after_seq >= active.root_seq
         if active.retracts:
-            return after_seq > 0
+            return after_seq != 0
         return True
 
     def supersede(self, recorded: dict[AlertId, int]) -> None:

@@ -23,6 +23,9 @@ _HEX = frozenset("0123456789abcdef")
 _DIGITS = frozenset("0123456789")
 # JetStream seqs are unsigned 64-bit: a larger cursor names no event of any stream.
 _SEQ_LIMIT = 2**64
+# Where to replay from for a cursor this stream cannot vouch for: every active alert, as to a
+# device that may have shown any of them (0 is a device that never connected).
+UNVOUCHED = -1
 
 
 def event_id(seq: int, alert_id: str) -> str:
@@ -62,10 +65,11 @@ class Replay:
         self._clock = clock
 
     async def resume_after(self, raw: str | None) -> int:
-        """The seq after which to replay for a device that sent this cursor (0: all).
+        """The seq after which to replay for a device that sent this cursor (0: none sent).
 
         A cursor this stream cannot vouch for (beyond its end, or naming another alert at
-        that seq) gets every active alert again; devices drop repeats by identity.
+        that seq) gets every active alert again (UNVOUCHED), Cancels included; devices drop
+        repeats by identity.
 
         Raises:
             ValueError: not a cursor.
@@ -82,7 +86,7 @@ class Replay:
         if stored is not None and (prefix is None or stored.envelope.alert_id.startswith(prefix)):
             return seq
         log.warning("cursor not in this stream; replaying every active alert", extra={"cursor": raw[:40]})
-        return 0
+        return UNVOUCHED
 
     def attach(self, connection: Connection, after_seq: int) -> list[Event]:
         """Register a live connection and return what it missed, oldest first.
