@@ -247,7 +247,7 @@ def alert_bounds(settings: Settings) -> Bounds:
     )
     return Bounds(
         limits=limits, max_stored_bytes=min(settings.max_stored_bytes, 2 * settings.max_cap_bytes),
-        cover_deadline_s=settings.cover_deadline_s,
+        cover_deadline_s=settings.cover_deadline_s, max_references=settings.max_alert_references,
     )
 
 

@@ -219,6 +219,9 @@ TOO_MANY_SHAPES = Problem(
     "policy.too-many-shapes", 422, "The alert has more areas, polygons, circles or points than its issuer may send."
 )
 AREA_TOO_LARGE = Problem("policy.area-too-large", 422, "The alert's areas are larger than its issuer may cover.")
+TOO_MANY_REFERENCES = Problem(
+    "policy.too-many-references", 422, "The Update or Cancel names more references than an alert may."
+)
 COVER_TOO_SLOW = Problem(
     "policy.cover-too-slow", 422, "The alert's areas could not be turned into cells within the deadline."
 )

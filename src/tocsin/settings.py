@@ -89,6 +89,9 @@ class Settings:
     max_alert_circles: int = 100
     max_alert_points: int = 100_000
     max_alert_area_km2: float = 10_000_000.0
+    # Each reference of an Update or Cancel is looked up in the stream at accept (it must
+    # name an alert of the issuer's organisation): a follow-up names a few; more is refused.
+    max_alert_references: int = 100
     # A cover is computed once, at accept, in a child process: one that takes longer is
     # refused (422 policy.cover-too-slow) and its process ended. The 41,009-point outline
     # takes about 1 s on a loaded 2-core machine.

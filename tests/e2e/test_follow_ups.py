@@ -212,3 +212,23 @@ async def test_a_restarted_node_keeps_the_supersession(tmp_path: Path, nats_serv
         assert await replayed(node, IN_PARIS, str(cursor)) == ["FR-RST-3", "FR-RST-4"]
     finally:
         await stop_node(*running)
+
+
+async def test_an_update_naming_more_references_than_allowed_is_refused_before_any_lookup(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    running = await start_node(node_settings(tmp_path, nats_server, max_alert_references=2))
+    try:
+        async with httpx.AsyncClient(base_url=running[0].url) as http:
+            original = await issue(http, ADMIN, alert_xml(identifier="FR-MANY-1"))
+            now = cap_time(datetime.now(UTC))
+            many = " ".join(f"{SENDER},FR-MANY-{n},{now}" for n in range(1, 4))
+            xml = alert_xml(identifier="FR-MANY-U", msg_type="Update", references=many)
+            response = await http.post("/api/v1/alerts", content=xml, headers={**ADMIN, **XML})
+            assert (response.status_code, response.json()["code"]) == (422, "policy.too-many-references")
+            # The same reference twice counts once.
+            twice = alert_xml(identifier="FR-MANY-V", msg_type="Update",
+                              references=f"{SENDER},{original},{now} {SENDER},{original},{now} ")
+            assert (await http.post("/api/v1/alerts", content=twice, headers={**ADMIN, **XML})).status_code == 201
+    finally:
+        await stop_node(*running)

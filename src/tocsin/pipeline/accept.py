@@ -25,6 +25,7 @@ from tocsin.errors import (
     COVER_TOO_SLOW,
     IDENTITY_CONFLICT,
     STORED_TOO_LARGE,
+    TOO_MANY_REFERENCES,
     AlertNotFound,
     Rejected,
     StoreFull,
@@ -76,6 +77,8 @@ class Bounds:
     # the stream's max_msg_size.
     max_stored_bytes: int = 1024 * 1024
     cover_deadline_s: float = 10.0
+    # References of an Update or Cancel, each looked up in the stream.
+    max_references: int = 100
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -195,7 +198,11 @@ class Accept:
         reference (policy.check_reference); read from the stream by id."""
         if alert.msg_type not in (MsgType.UPDATE, MsgType.CANCEL):
             return
-        for reference in alert.references:
+        references = list({(r.sender, r.identifier): r for r in alert.references}.values())
+        if len(references) > self._bounds.max_references:
+            limit = self._bounds.max_references
+            raise Rejected(TOO_MANY_REFERENCES, f"{len(references)} references; the limit is {limit}")
+        for reference in references:
             try:
                 stored = await self._store.get(alert_id_for(reference.sender, reference.identifier))
             except AlertNotFound:
