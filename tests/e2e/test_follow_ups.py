@@ -232,3 +232,16 @@ async def test_an_update_naming_more_references_than_allowed_is_refused_before_a
             assert (await http.post("/api/v1/alerts", content=twice, headers={**ADMIN, **XML})).status_code == 201
     finally:
         await stop_node(*running)
+
+
+async def test_an_update_that_moves_the_area_reaches_who_showed_the_original(node: Node, http: httpx.AsyncClient) -> None:
+    original = await issue(http, ADMIN, alert_xml(identifier="FR-MOVE-1"))
+    async with watching(node, IN_PARIS) as paris, watching(node, IN_LYON) as lyon:
+        assert (await next_display(paris.displays())).identifier == original
+        await lyon.wait_synced()
+        await issue(http, ADMIN, follow_up_xml("FR-MOVE-2", "Update", original, headline="vers Lyon", polygon=LYON_BOX))
+        shown = await next_display(paris.displays())
+        assert (shown.identifier, shown.kind, shown.headline) == ("FR-MOVE-2", Kind.UPDATE, "vers Lyon")
+        # In the new area, never having shown the original: a new alert.
+        arrived = await next_display(lyon.displays())
+        assert (arrived.identifier, arrived.kind) == ("FR-MOVE-2", Kind.ALERT)

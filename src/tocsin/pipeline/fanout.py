@@ -50,7 +50,8 @@ class FanOut:
             self._fanned_out(active, offered)
 
     def _matching(self, active: Active) -> set[Connection]:
-        return self._live.matching(active.reaches)
+        # The cover's own method on the hot path; `reaches` only for a correction.
+        return self._live.matching(active.reaches if active.everywhere else active.cover.touches)
 
     def _fanned_out(self, active: Active, offered: int) -> None:
         self.offered[active.stored.envelope.alert_id] = offered
