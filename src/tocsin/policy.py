@@ -243,8 +243,8 @@ def check_reference(reference: Reference, issuer: Issuer, organisation: str | No
     if organisation is None:
         raise Rejected(REFERENCE_UNKNOWN, f"reference {named}: no such alert")
     if not (issuer.admin or issuer.may_reference(organisation)):
-        raise Rejected(REFERENCE_NOT_ALLOWED,
-                       f"reference {named}: issued by {organisation!r}, not by {issuer.name!r} or an organisation it is delegated")
+        detail = f"reference {named}: issued by {organisation!r}, not {issuer.name!r} or one it is delegated"
+        raise Rejected(REFERENCE_NOT_ALLOWED, detail)
 
 
 # Records one finding: problem, path, detail.

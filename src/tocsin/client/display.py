@@ -70,7 +70,8 @@ def make_display(
     kind: Kind = Kind.ALERT, replaces: tuple[Identity, ...] = (),
 ) -> Display:
     """What the user is shown for `alert`, in `info`'s language, at `now`, as `kind`."""
-    senders = tuple(dict.fromkeys([*(sender for sender, _ in replaces), alert.sender])) if kind is Kind.ALSO else (alert.sender,)
+    first = [sender for sender, _ in replaces] if kind is Kind.ALSO else []
+    senders = tuple(dict.fromkeys([*first, alert.sender]))
     return Display(
         identifier=alert.identifier,
         sender=alert.sender,

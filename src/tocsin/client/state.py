@@ -125,7 +125,9 @@ class WatchState:
             del self.shown[identity]
         return len(gone)
 
-    def supersede(self, references: tuple[Identity, ...], standing: Standing, expires: datetime) -> tuple[Identity, ...]:
+    def supersede(
+        self, references: tuple[Identity, ...], standing: Standing, expires: datetime
+    ) -> tuple[Identity, ...]:
         """Mark the referenced alerts, and those they had replaced, as replaced or cancelled
         (a cancelled one stays cancelled); one never shown is remembered as not to show,
         until `expires`. Returns the chain marked."""

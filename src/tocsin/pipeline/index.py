@@ -178,7 +178,8 @@ class ActiveIndex:
 
     def replays_to(self, active: Active, after_seq: int) -> bool:
         """Whether a device resuming after `after_seq` (0: never connected; UNVOUCHED: a
-        cursor the stream cannot vouch for) is sent this alert again, by its place in an Update/Cancel chain (its cells are checked apart).
+        cursor the stream cannot vouch for) is sent this alert again, by its place in an
+        Update/Cancel chain (its cells are checked apart).
 
         A superseded alert only to a device that may have shown an earlier alert of its
         chain (it needs each step to follow it), so never the original itself; a Cancel
