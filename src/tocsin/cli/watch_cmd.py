@@ -76,7 +76,7 @@ def render(display: Display) -> str:
 @click.option("--place", "places", multiple=True, help="A place as LAT,LON; repeatable.")
 @click.option("--lang", "languages", multiple=True, help="Preferred language, in order; repeatable (default en).")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="State file: keeps the device, trusted keys, last event and shown alerts.")
+              help="State file: keeps the device, trusted keys, last event and what it showed (replaced, cancelled).")
 @click.option("--keys", "keys_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               envvar="TOCSIN_KEYS", help="Key file to trust (as /.well-known/tocsin/keys serves); or TOCSIN_KEYS.")
 @click.option("--trust-on-first-use", "tofu", is_flag=True,
