@@ -93,6 +93,15 @@ class Settings:
     # refused (422 policy.cover-too-slow) and its process ended. The 41,009-point outline
     # takes about 1 s on a loaded 2-core machine.
     cover_deadline_s: float = 10.0
+    # Many issuers at once (pipeline/gate.py): this many accepts store at a time, the rest
+    # wait and enter by priority (Actual Extreme first); beyond accept_max_waiting waiting,
+    # 503 accept.busy. 16 keeps JetStream's fsyncs busy without queueing in the client.
+    accept_slots: int = 16
+    accept_max_waiting: int = 1_000
+    # The same message from another issuer organisation within this window is flagged as a
+    # duplicate in the answer (pipeline/duplicates.py); at most this many remembered.
+    same_message_window_s: float = 600.0
+    same_message_max_entries: int = 10_000
     # An alert sent further than this in the future is refused (clock skew bound).
     max_clock_skew_s: float = 300.0
     # An alert without <expires> is shown and replayed for this long after it was sent.

@@ -98,6 +98,29 @@ class ActiveIndex:
         self._seen(stored)
         return self._register(stored, alert, shaped, until)
 
+    async def add_batch(self, batch: list[Stored]) -> list[Active]:
+        """`add_off_loop` for several stored alerts (a burst, fanout.py), in seq order, all
+        registered in one go once every cover is ready: a device that attaches meanwhile
+        is before all of them or after all of them, never between (see replay.attach)."""
+        read: dict[int, tuple[Alert, Shape | None, datetime] | None] = {}
+        for stored in batch:
+            got = self._read(stored) if stored.seq > self.last_seq or stored.seq in self.active else None
+            if got is not None and got[1] is None and drawn_areas(got[0]):
+                alert, _, until = got
+                got = alert, await asyncio.to_thread(shape_of, drawn_areas(alert)), until
+            read[stored.seq] = got
+        added: list[Active] = []
+        for stored in batch:
+            if not self._is_new(stored):
+                continue
+            got = read.get(stored.seq)
+            self._seen(stored)
+            if got is not None:
+                alert, shaped, until = got
+                shaped = shaped or self._referenced_shape(alert) or ((), Cover(cells=frozenset()))
+                added.append(self._register(stored, alert, shaped, until))
+        return added
+
     def _is_new(self, stored: Stored) -> bool:
         """After the last seq taken, or at a seq that now holds another alert (a rewind)."""
         return stored.seq > self.last_seq or self._went_back(stored)

@@ -1,0 +1,103 @@
+"""Many issuers at once (issue 11, part 7): what waits is fanned out Actual Extreme first,
+and a device resuming mid-burst misses nothing and is sent nothing twice.
+
+Deterministic: the follower is held, 50 issuers post, the test waits until the follower has
+all 50 waiting, then releases it; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+
+from tests.e2e.conftest import node  # noqa: F401 - fixture
+from tests.e2e.devices import register, sse_device
+from tests.samples import IN_PARIS, PARIS_BOX
+from tests.waiting import until
+from tocsin.accounts import grant
+from tocsin.app import Node
+from tocsin.cap.compose import simple_alert
+from tocsin.pipeline.replay import burst_cursor, parse_cursor
+from tocsin.policy import Approval, ApprovalMode, Issuer
+
+ISSUERS = 50
+EXTREME = {7, 23, 41}  # which issuers send an Actual Extreme alert; the others a Minor one
+
+
+def burst_alert(n: int) -> bytes:
+    return simple_alert(
+        identifier=f"BURST-{n}", sender=f"org-{n}@example.org", polygon=PARIS_BOX,
+        severity="Extreme" if n in EXTREME else "Minor", urgency="Immediate" if n in EXTREME else "Future",
+        headline=f"burst {n}", description="Inondation.",
+    )
+
+
+async def burst(node: Node) -> dict[str, str]:  # noqa: F811
+    """50 issuer organisations post at once, the follower held: alert id -> severity."""
+    tokens = [f"tci_burst-{n}" for n in range(ISSUERS)]
+    for n, token in enumerate(tokens):
+        issuer = Issuer(name=f"org-{n}", approval=Approval(mode=ApprovalMode.NONE))
+        await grant(node.services.store, token, issuer)
+    async with httpx.AsyncClient(base_url=node.url, timeout=30) as http:
+
+        async def post(n: int) -> tuple[str, str]:
+            response = await http.post("/api/v1/alerts", content=burst_alert(n), headers={
+                "Authorization": f"Bearer {tokens[n]}", "Content-Type": "application/cap+xml"})
+            assert response.status_code == 201, response.text
+            return str(response.json()["id"]), "Extreme" if n in EXTREME else "Minor"
+
+        return dict(await asyncio.gather(*(post(n) for n in range(ISSUERS))))
+
+
+async def test_a_burst_goes_out_extreme_first_and_resumes_without_gaps_or_repeats(node: Node) -> None:  # noqa: F811
+    follower = node.services.pipeline.follower
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        device = await register(http, *IN_PARIS)
+    async with sse_device(node.url, device["token"]) as live:
+        await live.next("synced")
+        follower.hold = asyncio.Event()
+        try:
+            posted = await burst(node)
+            await until(lambda: follower.waiting >= ISSUERS, timeout_s=10)
+        finally:
+            follower.hold.set()
+            follower.hold = None
+        arrived: list[tuple[str, str]] = []  # (alert id, event id) in order of arrival
+        async with asyncio.timeout(20):
+            while len(arrived) < ISSUERS:
+                event = await live.next("alert")
+                alert_id = json.loads(event.data)["id"]
+                if alert_id in posted:
+                    arrived.append((alert_id, event.last_event_id))
+    order = [posted[alert_id] for alert_id, _ in arrived]
+    assert order[: len(EXTREME)] == ["Extreme"] * len(EXTREME), order
+    assert len({alert_id for alert_id, _ in arrived}) == ISSUERS
+
+    # Resume from the cursor after each of several points in the burst: the replay holds
+    # exactly what the device had not been sent yet.
+    for k in (1, len(EXTREME), len(EXTREME) + 1, 10, 25, ISSUERS - 1):
+        had = {alert_id for alert_id, _ in arrived[:k]}
+        async with sse_device(node.url, device["token"], last_event_id=arrived[k - 1][1]) as resumed:
+            replayed: list[str] = []
+            async with asyncio.timeout(10):
+                while (event := await resumed.events.get()).event != "synced":
+                    if event.event == "alert":
+                        replayed.append(json.loads(event.data)["id"])
+        ours = [alert_id for alert_id in replayed if alert_id in posted]
+        assert len(ours) == len(set(ours)), f"after {k}: sent twice"
+        assert not had & set(ours), f"after {k}: replayed what it had"
+        assert had | set(ours) == set(posted), f"after {k}: missed {set(posted) - had - set(ours)}"
+
+
+def test_burst_cursors_name_a_floor_and_the_seqs_past_it() -> None:
+    assert burst_cursor(4, "ab12cd34" + "0" * 24, [10, 7]) == "4.ab12cd34~7~10"
+    assert parse_cursor("4.ab12cd34~7~10") == (4, "ab12cd34", frozenset({7, 10}))
+    assert parse_cursor("12") == (12, None, frozenset())
+    for bad in ("4~3", "4~4", "4~x", "4~", "4~7.ab12cd34", "4" + "~9" * 2, "4" + "".join(f"~{n}" for n in range(5, 80))):
+        try:
+            parse_cursor(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} was accepted")
