@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import httpx
 
@@ -19,6 +20,8 @@ from tests.waiting import until
 from tocsin.accounts import grant
 from tocsin.app import Node
 from tocsin.cap.compose import simple_alert
+from tocsin.cap.parse import parse_xml
+from tocsin.pipeline.priority import fingerprint
 from tocsin.pipeline.replay import burst_cursor, parse_cursor
 from tocsin.policy import Approval, ApprovalMode, Issuer
 
@@ -101,3 +104,41 @@ def test_burst_cursors_name_a_floor_and_the_seqs_past_it() -> None:
         except ValueError:
             continue
         raise AssertionError(f"{bad!r} was accepted")
+
+
+def same_message(identifier: str, sender: str, *, headline: str = "Crue de la Seine") -> bytes:
+    return simple_alert(identifier=identifier, sender=sender, polygon=PARIS_BOX, headline=headline,
+                        description="La Seine déborde.", severity="Severe")
+
+
+def test_the_fingerprint_is_the_content_whoever_sent_it() -> None:
+    one = parse_xml(same_message("A-1", "a@example.org"))
+    assert fingerprint(one) == fingerprint(parse_xml(same_message("B-7", "b@example.org")))
+    assert fingerprint(one) != fingerprint(parse_xml(same_message("B-7", "b@example.org", headline="Crue")))
+    moved = simple_alert(identifier="C-1", sender="c@example.org", headline="Crue de la Seine",
+                         description="La Seine déborde.", severity="Severe",
+                         polygon="48.80,2.25 48.80,2.43 48.90,2.43 48.90,2.25 48.80,2.25")
+    assert fingerprint(one) != fingerprint(parse_xml(moved))
+
+
+async def test_the_same_message_from_another_issuer_is_flagged_and_still_delivered(node: Node) -> None:  # noqa: F811
+    for org in ("org-a", "org-b"):
+        await grant(node.services.store, f"tci_{org}", Issuer(name=org, approval=Approval(mode=ApprovalMode.NONE)))
+    async with httpx.AsyncClient(base_url=node.url) as http:
+
+        async def post(org: str, body: bytes) -> dict[str, Any]:
+            response = await http.post("/api/v1/alerts", content=body, headers={
+                "Authorization": f"Bearer tci_{org}", "Content-Type": "application/cap+xml"})
+            assert response.status_code == 201, response.text
+            answer: dict[str, Any] = response.json()
+            return answer
+
+        first = await post("org-a", same_message("DUP-1", "a@example.org"))
+        second = await post("org-b", same_message("DUP-2", "b@example.org"))
+        again = await post("org-a", same_message("DUP-3", "a@example.org"))  # its own repeat
+        other = await post("org-b", same_message("DUP-4", "b@example.org", headline="Autre"))
+    assert first["standing"]["duplicateOf"] is None
+    assert second["standing"]["duplicateOf"] == {"id": first["id"], "issuer": "org-a"}
+    assert again["standing"]["duplicateOf"] is None and other["standing"]["duplicateOf"] is None
+    assert second["standing"]["published"] is True
+    await until(lambda: second["id"] in node.services.pipeline.index.by_id)  # stored and fanned out
