@@ -95,8 +95,10 @@ class Settings:
     cover_deadline_s: float = 10.0
     # Many issuers at once (pipeline/gate.py): this many accepts store at a time, the rest
     # wait and enter by priority (Actual Extreme first); beyond accept_max_waiting waiting,
-    # 503 accept.busy. 16 keeps JetStream's fsyncs busy without queueing in the client.
-    accept_slots: int = 16
+    # 503 accept.busy. An accept costs ~2.5 ms of CPU (docs/performance.md), so 4 in flight
+    # keep a node busy; more lets early Minor alerts take the places an Extreme one needs
+    # (bench/burst_bench.py: Extreme to the last device ~100 ms with 4, ~200-260 ms with 16).
+    accept_slots: int = 4
     accept_max_waiting: int = 1_000
     # The same message from another issuer organisation within this window is flagged as a
     # duplicate in the answer (pipeline/duplicates.py); at most this many remembered.
