@@ -141,4 +141,30 @@ async def test_the_same_message_from_another_issuer_is_flagged_and_still_deliver
     assert second["standing"]["duplicateOf"] == {"id": first["id"], "issuer": "org-a"}
     assert again["standing"]["duplicateOf"] is None and other["standing"]["duplicateOf"] is None
     assert second["standing"]["published"] is True
-    await until(lambda: second["id"] in node.services.pipeline.index.by_id)  # stored and fanned out
+    fan_out = second["standing"]["fanOut"]
+    assert fan_out["node"] == node.settings.node_name and isinstance(fan_out["done"], bool)
+    assert fan_out["done"] or fan_out["before"] >= 0
+    await until(lambda: second["id"] in node.services.pipeline.fanout.offered)  # stored and fanned out
+
+
+async def test_the_answer_says_how_far_this_node_is_from_fanning_it_out(node: Node) -> None:  # noqa: F811
+    await grant(node.services.store, "tci_org-q", Issuer(name="org-q", approval=Approval(mode=ApprovalMode.NONE)))
+    pipeline = node.services.pipeline
+    pipeline.follower.hold = asyncio.Event()
+    try:
+        async with httpx.AsyncClient(base_url=node.url) as http:
+            answers = []
+            for n in range(3):
+                response = await http.post("/api/v1/alerts", content=burst_alert(100 + n), headers={
+                    "Authorization": "Bearer tci_org-q", "Content-Type": "application/cap+xml"})
+                assert response.status_code == 201, response.text
+                answers.append(response.json())
+        taken = pipeline.index.last_seq  # at least what it was when each answer was made
+        for answer in answers:
+            assert answer["standing"]["fanOut"]["done"] is False  # held: nothing new goes out
+            assert answer["seq"] - taken - 1 <= answer["standing"]["fanOut"]["before"] < answer["seq"]
+        assert answers[2]["standing"]["fanOut"]["before"] >= 2  # the two before it wait too
+    finally:
+        pipeline.follower.hold.set()
+        pipeline.follower.hold = None
+    await until(lambda: all(a["id"] in pipeline.fanout.offered for a in answers))

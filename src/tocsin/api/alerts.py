@@ -116,12 +116,15 @@ def standing(accepted: Accepted, services: Services) -> dict[str, Any]:
     """
     seq = accepted.stored.seq
     taken = services.pipeline.index.last_seq
+    alert_id = accepted.stored.envelope.alert_id
+    # Indexed with its burst is not fanned out yet: an active alert is done once offered.
+    done = alert_id in services.pipeline.fanout.offered if alert_id in services.pipeline.index.by_id else taken >= seq
     return {
         "published": True,
         "accept": {"waitedAhead": accepted.entry.ahead, "waitedMs": round(accepted.entry.waited_s * 1000, 1)},
         "fanOut": {
             "node": services.settings.node_name,
-            "done": taken >= seq,
+            "done": done,
             "before": max(0, seq - taken - 1),
         },
         "duplicateOf": accepted.duplicate_of.as_json() if accepted.duplicate_of is not None else None,

@@ -38,8 +38,8 @@ class FanOut:
 
         The alert is indexed (replayable) before the first write, so a device that attaches
         during the fan-out gets it by replay; the devices matched before are written in
-        order. The follower takes the next alert only after this one's fan-out ends, so each
-        device still gets alerts in stream order.
+        order. The follower takes the next alert only after this one's fan-out ends (several
+        waiting go through `take_batch`).
         """
         # Let ready callbacks run first: on the node that accepted this alert, the issuer's
         # handler is usually ready too (the PubAck and this message arrive together), and it
@@ -60,10 +60,13 @@ class FanOut:
         number, and a connection that attached after the batch was indexed (replayed it)
         is past all of them. The cursor: each event's id is the seq below which the
         device has everything, plus the seqs above it it has (`replay.burst_cursor`), so a
-        device resuming mid-burst, on any node, misses nothing and is sent nothing twice.
+        device resuming mid-burst misses nothing and, on a node that has the burst, is sent
+        nothing twice (on a node behind its cursor: see replay.attach).
         """
-        if len(batch) == 1:
-            await self.take_and_fan_out(batch[0])
+        if len(batch) == 1 or batch[0].seq <= self._index.last_seq:
+            # One alert, or a redelivery or rewind (index.py): one at a time, in seq order.
+            for stored in batch:
+                await self.take_and_fan_out(stored)
             return
         await asyncio.sleep(0)  # as in take_and_fan_out: let the issuers' handlers run first
         floor, floor_id = self._index.last_seq, self._index.last_id

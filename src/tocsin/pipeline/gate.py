@@ -75,6 +75,9 @@ class Gate:
         ahead = sum(1 for r, _, future in self._waiting if not future.done() and r <= rank)
         if self.waiting >= self._max_waiting:
             raise GateFull(self._max_waiting)
+        if len(self._waiting) > 2 * self._max_waiting:  # callers that went away, not yet popped
+            self._waiting = [w for w in self._waiting if not w[2].done()]
+            heapq.heapify(self._waiting)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiting, (rank, next(self._arrivals), future))
         self.queued += 1
