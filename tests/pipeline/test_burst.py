@@ -22,7 +22,7 @@ from tocsin.app import Node
 from tocsin.cap.compose import simple_alert
 from tocsin.cap.parse import parse_xml
 from tocsin.pipeline.priority import fingerprint
-from tocsin.pipeline.replay import burst_cursor, parse_cursor
+from tocsin.pipeline.replay import burst_cursor, event_id, parse_cursor
 from tocsin.policy import Approval, ApprovalMode, Issuer
 
 ISSUERS = 50
@@ -168,3 +168,36 @@ async def test_the_answer_says_how_far_this_node_is_from_fanning_it_out(node: No
         pipeline.follower.hold.set()
         pipeline.follower.hold = None
     await until(lambda: all(a["id"] in pipeline.fanout.offered for a in answers))
+
+
+async def test_a_device_resuming_on_a_node_behind_its_burst_cursor_misses_nothing(node: Node) -> None:  # noqa: F811
+    """The cursor came from a node ahead of this one: this one fans the burst out in rank
+    order, and the device's place must not skip the Extreme alert (it may get one again)."""
+    await grant(node.services.store, "tci_org-r", Issuer(name="org-r", approval=Approval(mode=ApprovalMode.NONE)))
+    pipeline = node.services.pipeline
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        device = await register(http, *IN_PARIS)
+        before = await http.post("/api/v1/alerts", content=burst_alert(199), headers={
+            "Authorization": "Bearer tci_org-r", "Content-Type": "application/cap+xml"})
+        await until(lambda: before.json()["id"] in pipeline.fanout.offered)
+        pipeline.follower.hold = asyncio.Event()
+        try:
+            ids, seqs = [], []
+            for n in (200, 201, min(EXTREME)):  # the last one Extreme: fanned out first here
+                response = await http.post("/api/v1/alerts", content=burst_alert(n), headers={
+                    "Authorization": "Bearer tci_org-r", "Content-Type": "application/cap+xml"})
+                assert response.status_code == 201, response.text
+                ids.append(response.json()["id"])
+                seqs.append(response.json()["seq"])
+            # The device had the first of the three, from a node that is ahead of this one.
+            cursor = event_id(seqs[0], ids[0])
+            async with sse_device(node.url, device["token"], last_event_id=cursor) as resumed:
+                await resumed.next("synced")
+                pipeline.follower.hold.set()
+                got: set[str] = set()
+                async with asyncio.timeout(10):
+                    while not set(ids[1:]) <= got:
+                        got.add(json.loads((await resumed.next("alert")).data)["id"])
+        finally:
+            pipeline.follower.hold.set()
+            pipeline.follower.hold = None
