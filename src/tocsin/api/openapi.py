@@ -219,7 +219,7 @@ def _device_paths(catalog: list[Problem]) -> Json:
              "description": "The device token, for clients that cannot set Authorization (EventSource)."}
     after = {"name": "last_event_id", "in": "query", "required": False,
              "schema": {"type": "string", "pattern": "^[0-9]+([.][0-9a-f]{8})?$"},
-             "description": "The id of the last alert event seen (`seq.idprefix`, or a bare seq)."}
+             "description": "The id of the last alert event seen, as sent (`seq.idprefix`, a burst's `floor.idprefix~seq~seq`, or a bare seq)."}
     register = {
         "tags": ["device"],
         "operationId": "registerDevice",
