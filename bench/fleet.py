@@ -216,6 +216,7 @@ class LiveClient(asyncio.Protocol):
 # in `data:` holds no raw newline, so `event: ` is always a field. bytes.find, not a regex:
 # a regex over a 1 KB event costs ~20 us in CPython, find ~1 us.
 _TAIL = 64  # longer than any partial `id: ...\nevent: ...` line pair
+_DATA_SEQ = b'data: {"seq":'
 
 
 class SseClient(LiveClient):
@@ -253,10 +254,16 @@ class SseClient(LiveClient):
             if end < 0:
                 break
             kind = buf[at + 7 : end]
+            head = buf[end + 1 : end + 1 + len(_DATA_SEQ) + 21]  # 20 digits and a comma
+            if kind == b"alert" and (_DATA_SEQ.startswith(head) or (head.startswith(_DATA_SEQ) and b"," not in head)):
+                break  # its data line has not all arrived: read on (the tail keeps this event)
             if kind == b"alert":
-                start = buf.rfind(b"id: ", max(0, at - 32), at)
-                if start >= 0:
-                    # `id: <seq>.<alert id prefix>` (tocsin) or `id: <seq>` (the baselines)
+                # tocsin's data starts `{"seq":N,`: the alert's own seq, also when its id is a
+                # burst cursor (`floor.prefix~s1~s2`, fanned out ahead of lower seqs).
+                if head.startswith(_DATA_SEQ):
+                    self.events.on_alert(self.device, int(head[len(_DATA_SEQ) : head.index(b",")]), now)
+                elif (start := buf.rfind(b"id: ", max(0, at - 32), at)) >= 0:
+                    # `id: <seq>` (the baselines)
                     self.events.on_alert(self.device, int(buf[start + 4 : at - 1].split(b".")[0]), now)
             elif kind == b"synced":
                 self.events.on_synced(self.device, now)
@@ -618,13 +625,34 @@ def round_stats(devices: list[Device], seq: int, issued_at: float) -> dict[str, 
     }
 
 
-def burst_stats(devices: list[Device], seqs: list[int], issued_at: float) -> dict[str, Any]:
-    """A burst of messages issued back to back: deliveries per second until the last one."""
+def burst_stats(devices: list[Device], seqs: list[int], issued_at: float, first: list[int] | None = None) -> dict[str, Any]:
+    """A burst of messages issued back to back: deliveries per second until the last one.
+
+    With `first` (seqs that should go out first, e.g. a burst's Actual Extreme alerts): when
+    each seq reached its last device, and on how many devices all of `first` came before
+    every other seq of the burst (by order of arrival, not by clock: one read holds several).
+    """
     inside = [d for d in devices if d.inside]
     times = [d.received[s] for d in inside for s in seqs if s in d.received]
     last = max(times) if times else float("nan")
     expected = len(inside) * len(seqs)
+    ordered: dict[str, Any] = {}
+    if first is not None:
+        wanted, ahead = set(seqs), set(first)
+        ordered["last_ms_by_seq"] = {
+            str(s): (max(d.received[s] for d in inside if s in d.received) - issued_at) * 1000
+            for s in seqs if any(s in d.received for d in inside)
+        }
+        arrivals = [[s for s in d.received if s in wanted] for d in inside]
+        ordered["first_ahead_devices"] = sum(1 for got in arrivals if _all_first(got, ahead))
+        # Where each of `first` arrived among the burst's seqs (0 = first), on the worst
+        # device; and on how many devices the order of arrival was not the order of seqs.
+        ordered["first_worst_positions"] = {
+            str(s): max((got.index(s) for got in arrivals if s in got), default=-1) for s in first
+        }
+        ordered["out_of_seq_order_devices"] = sum(1 for got in arrivals if got != sorted(got))
     return {
+        **ordered,
         "messages": len(seqs),
         "expected": expected,
         "deliveries": len(times),
@@ -633,6 +661,11 @@ def burst_stats(devices: list[Device], seqs: list[int], issued_at: float) -> dic
         "last_ms": (last - issued_at) * 1000,
         "per_s": len(times) / (last - issued_at) if times else 0.0,
     }
+
+
+def _all_first(arrivals: list[int], first: set[int]) -> bool:
+    """Every seq of `first` is in `arrivals` and before every other one."""
+    return set(arrivals[: len(first)]) == first
 
 
 def failover_stats(devices: list[Device], killed_at: float, issued: dict[int, float]) -> dict[str, Any]:
@@ -715,7 +748,8 @@ async def serve_commands(devices: list[Device], events: FleetEvents, round_timeo
             seqs += burst
             await wait_all(events, burst, expected, round_timeout_s)
             await asyncio.sleep(SETTLE_S)
-            stats = burst_stats(devices, burst, float(command["issued_at"]))
+            first = [int(s) for s in command["first"]] if "first" in command else None
+            stats = burst_stats(devices, burst, float(command["issued_at"]), first)
         elif kind == "failover":
             issued = {int(s): float(t) for s, t in command["issued"].items()}
             seqs += list(issued)

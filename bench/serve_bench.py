@@ -155,6 +155,7 @@ class Server:
     launcher: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     nats_pid: int | None = None
+    env: dict[str, str] = field(default_factory=dict)  # more TOCSIN_ settings
 
     @property
     def url(self) -> str:
@@ -169,6 +170,7 @@ class Server:
         env["TOCSIN_ADMIN_TOKEN"] = self.admin_token
         # The bench's fleet registers every device from one loopback address.
         env.update(FLEET_ENV)
+        env.update(self.env)
         out = open(self.log_path, "wb")  # stdout and stderr (JSON log lines) in one file
         with out:
             self.process = subprocess.Popen(

@@ -32,6 +32,8 @@ from tocsin.cluster.nats_server import NATS_USER, NatsServer, check_varz_sync_al
 from tocsin.pipeline import build_pipeline
 from tocsin.geo.covering import CoverWorker
 from tocsin.pipeline.accept import Accept, Bounds, Retention
+from tocsin.pipeline.duplicates import Duplicates
+from tocsin.pipeline.gate import Gate
 from tocsin.pipeline.reconcile import Reconciler
 from tocsin.policy import AlertLimits, Issuer
 from tocsin.prober.heartbeat import Heartbeat, heartbeat_urls
@@ -282,6 +284,7 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
         pipeline = build_pipeline(
             store, live, default_lifetime_s=settings.default_lifetime_s,
             position_file=settings.data_dir / "follower-position.json", clock=clock,
+            duplicates=Duplicates(window_s=settings.same_message_window_s, max_entries=settings.same_message_max_entries),
         )
         covers = CoverWorker()
         stack.callback(covers.close)
@@ -294,6 +297,8 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
                 probe_s=settings.probe_retention_s,
             ),
             prepared=pipeline.handoff.prepare,
+            gate=Gate(settings.accept_slots, max_waiting=settings.accept_max_waiting),
+            duplicates=pipeline.duplicates,
         )
         services = Services(
             settings=settings, store=store, accept=accept, pipeline=pipeline, live=live, signer=signer, clock=clock

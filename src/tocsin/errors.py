@@ -184,6 +184,9 @@ OUTSIDE_TERRITORY = Problem("policy.outside-territory", 403, "An area lies outsi
 AUDIT_QUERY_INVALID = Problem("audit.query-invalid", 400, "The audit query is not valid.")
 
 # Storage
+ACCEPT_BUSY = Problem(
+    "accept.busy", 503, "This node has as many alerts waiting to be stored as it allows; retry shortly."
+)
 STORE_UNAVAILABLE = Problem(
     "store.unavailable", 503, "The alert store cannot confirm durable storage right now; retry."
 )

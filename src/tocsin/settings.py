@@ -96,6 +96,17 @@ class Settings:
     # refused (422 policy.cover-too-slow) and its process ended. The 41,009-point outline
     # takes about 1 s on a loaded 2-core machine.
     cover_deadline_s: float = 10.0
+    # Many issuers at once (pipeline/gate.py): this many accepts store at a time, the rest
+    # wait and enter by priority (Actual Extreme first); beyond accept_max_waiting waiting,
+    # 503 accept.busy. An accept costs ~2.5 ms of CPU (docs/performance.md), so 4 in flight
+    # keep a node busy; more lets early Minor alerts take the places an Extreme one needs
+    # (bench/burst_bench.py: Extreme to the last device ~100 ms with 4, ~200-260 ms with 16).
+    accept_slots: int = 4
+    accept_max_waiting: int = 1_000
+    # The same message from another issuer organisation within this window is flagged as a
+    # duplicate in the answer (pipeline/duplicates.py); at most this many remembered.
+    same_message_window_s: float = 600.0
+    same_message_max_entries: int = 10_000
     # An alert sent further than this in the future is refused (clock skew bound).
     max_clock_skew_s: float = 300.0
     # An alert without <expires> is shown and replayed for this long after it was sent.

@@ -16,6 +16,7 @@ from tocsin.cap.model import Alert
 from tocsin.cap.parse import parse_stored
 from tocsin.cap.render import to_json
 from tocsin.errors import CAP_NOT_JSON, TOO_LARGE, UNSUPPORTED_MEDIA, AlertNotFound, Rejected
+from tocsin.pipeline.accept import Accepted
 from tocsin.store.base import AlertId, Stored
 
 _ALERT_ID = re.compile(r"[0-9a-f]{32}")
@@ -66,6 +67,7 @@ async def post_alert(request: Request) -> Response:
     if accepted.created:
         services.metrics.accepted.labels(alert.status.value).inc()
     body_json = describe(accepted.stored, accepted.alert, services, for_issuer=True)
+    body_json["standing"] = standing(accepted, services)  # BURST: where the alert stands
     headers = {"Location": body_json["links"]["self"]}
     return JSONResponse(body_json, status_code=201 if accepted.created else 200, headers=headers)
 
@@ -102,6 +104,31 @@ def describe(stored: Stored, alert: Alert, services: Services, *, for_issuer: bo
     if for_issuer:
         described["issuer"] = env.issuer
     return described
+
+
+def standing(accepted: Accepted, services: Services) -> dict[str, Any]:
+    """Where an accepted alert stands, for its issuer (many issuers at once, issue 11).
+
+    `accept`: how many accepts waited ahead of it at this node's gate, and how long it
+    waited; `fanOut`: whether this node has fanned it out, and if not how many alerts
+    before it in the stream this node has still to take (at most that many go first);
+    `duplicateOf`: the alert of another organisation it repeats within the window.
+    """
+    seq = accepted.stored.seq
+    taken = services.pipeline.index.last_seq
+    alert_id = accepted.stored.envelope.alert_id
+    # Indexed with its burst is not fanned out yet: an active alert is done once offered.
+    done = alert_id in services.pipeline.fanout.offered if alert_id in services.pipeline.index.by_id else taken >= seq
+    return {
+        "published": True,
+        "accept": {"waitedAhead": accepted.entry.ahead, "waitedMs": round(accepted.entry.waited_s * 1000, 1)},
+        "fanOut": {
+            "node": services.settings.node_name,
+            "done": done,
+            "before": max(0, seq - taken - 1),
+        },
+        "duplicateOf": accepted.duplicate_of.as_json() if accepted.duplicate_of is not None else None,
+    }
 
 
 def _alert_id(request: Request) -> AlertId:

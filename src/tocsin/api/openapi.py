@@ -152,7 +152,7 @@ def _issuer_paths(catalog: list[Problem]) -> Json:
             "413": _problems(catalog, 413, ("request.", "cap.", "alert.")),
             "415": _problems(catalog, 415, ("request.",)),
             "422": _problems(catalog, 422, ("cap.", "policy.")),
-            "503": _problems(catalog, 503, ("store.", "request."), _RETRY_AFTER),
+            "503": _problems(catalog, 503, ("store.", "request.", "accept."), _RETRY_AFTER),
             "507": _problems(catalog, 507, ("store.",)),
             **_COMMON,
         },
@@ -219,7 +219,7 @@ def _device_paths(catalog: list[Problem]) -> Json:
              "description": "The device token, for clients that cannot set Authorization (EventSource)."}
     after = {"name": "last_event_id", "in": "query", "required": False,
              "schema": {"type": "string", "pattern": "^[0-9]+([.][0-9a-f]{8})?$"},
-             "description": "The id of the last alert event seen (`seq.idprefix`, or a bare seq)."}
+             "description": "The id of the last alert event seen, as sent (`seq.idprefix`, a burst's `floor.idprefix~seq~seq`, or a bare seq)."}
     register = {
         "tags": ["device"],
         "operationId": "registerDevice",
@@ -444,6 +444,17 @@ def _alert_schemas() -> Json:
             "liveDevicesOffered": {"type": ["integer", "null"],
                                    "description": "Live devices on this node it was queued to (null: not active)."}}},
         "links": {"type": "object", "properties": {"self": string, "cap": string}},
+        # BURST (issue 11): only in the answer to the POST.
+        "standing": {"type": "object", "description": "Where the alert stands (POST answer only).", "properties": {
+            "published": {"type": "boolean"},
+            "accept": {"type": "object", "properties": {
+                "waitedAhead": {"type": "integer", "description": "Accepts ranked at or before it that waited at the gate."},
+                "waitedMs": {"type": "number"}}},
+            "fanOut": {"type": "object", "properties": {
+                "node": string, "done": {"type": "boolean", "description": "This node has fanned it out."},
+                "before": {"type": "integer", "description": "Alerts before it in the stream this node has still to take."}}},
+            "duplicateOf": {"type": ["object", "null"], "description": "Another organisation's alert with the same content.",
+                            "properties": {"id": _ALERT_ID, "issuer": string}}}},
     }, "required": ["id", "seq", "sender", "identifier", "status", "msgType", "state", "signature", "links"]}
     detail = {"allOf": [_ref("AlertDescription"), {"type": "object", "properties": {"alert": _ref("CapAlert")}}]}
     event = {"type": "object", "required": ["seq", "id", "kid", "sig", "cap"], "properties": {

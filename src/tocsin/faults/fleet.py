@@ -49,6 +49,7 @@ BACKOFF_CAP_S = 4.0
 _IDENTIFIER = re.compile(r"<identifier>([^<]*)</identifier>")
 _SENDER = re.compile(r"<sender>([^<]*)</sender>")
 _EXPIRES = re.compile(r"<expires>([^<]*)</expires>")
+_DATA_SEQ = re.compile(r'\{"seq":(\d+),')
 
 
 @dataclass(slots=True, kw_only=True)
@@ -253,7 +254,10 @@ class Fleet:
                     self.synced.set()
         elif event.event == "alert" and event.last_event_id:
             device.event_id = event.last_event_id
-            self._on_alert(device, int(device.event_id.split(".")[0]), event.data)
+            # The alert's own seq starts its data (`{"seq":N,`); the event id may be a burst
+            # cursor (`floor.prefix~s1~s2`: pipeline/replay.py), whose first part is not it.
+            seq = _DATA_SEQ.match(event.data)
+            self._on_alert(device, int(seq.group(1)) if seq else int(device.event_id.split(".")[0]), event.data)
 
     def _on_alert(self, device: Device, seq: int, key: str) -> None:
         checked = self.checked.get(key)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tocsin.channels.live import LiveRegistry
+from tocsin.pipeline.duplicates import Duplicates
 from tocsin.pipeline.fanout import FanOut
 from tocsin.pipeline.follow import Follower
 from tocsin.pipeline.handoff import Handoff
@@ -38,6 +39,7 @@ class Pipeline:
     fanout: FanOut  # active -> live connections
     replay: Replay  # cursor -> what a device missed
     checkpoint: Checkpoint | None = None  # where a restart starts following (position.py)
+    duplicates: Duplicates | None = None  # the same message from several issuers (duplicates.py)
 
 
 def build_pipeline(
@@ -47,6 +49,7 @@ def build_pipeline(
     default_lifetime_s: float,
     position_file: Path | None = None,
     clock: Clock = utc_now,
+    duplicates: Duplicates | None = None,
 ) -> Pipeline:
     """The stages, each given the one it hands to (so built from the last one up).
 
@@ -54,10 +57,10 @@ def build_pipeline(
     """
     handoff = Handoff()
     index = ActiveIndex(handoff, default_lifetime_s=default_lifetime_s, clock=clock, on_rewind=live.close_all)
-    fanout = FanOut(index, live)
+    fanout = FanOut(index, live, duplicates=duplicates)
     checkpoint = Checkpoint(position_file, store, index) if position_file is not None else None
-    follower = Follower(store, take=fanout.take_and_fan_out, position=lambda: index.last_seq,
+    follower = Follower(store, take=fanout.take_batch, position=lambda: index.last_seq,
                         restore=checkpoint.restore if checkpoint else None)
     replay = Replay(store, index, live, clock=clock)
     return Pipeline(handoff=handoff, follower=follower, index=index, fanout=fanout, replay=replay,
-                    checkpoint=checkpoint)
+                    checkpoint=checkpoint, duplicates=duplicates)

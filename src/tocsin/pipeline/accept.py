@@ -22,6 +22,7 @@ from tocsin.cap.model import Alert, MsgType
 from tocsin.cap.parse import parse_json, parse_xml
 from tocsin.cap.render import to_xml
 from tocsin.errors import (
+    ACCEPT_BUSY,
     COVER_TOO_SLOW,
     IDENTITY_CONFLICT,
     STORED_TOO_LARGE,
@@ -33,7 +34,10 @@ from tocsin.errors import (
 )
 from tocsin.geo.cells import Cover, distinct_shapes
 from tocsin.geo.covering import CoverTooSlow, CoverWorker
+from tocsin.pipeline.duplicates import Duplicates, Original
+from tocsin.pipeline.gate import Entry, Gate, GateFull
 from tocsin.pipeline.handoff import drawn_areas
+from tocsin.pipeline.priority import rank
 from tocsin.policy import AlertLimits, Issuer, check, check_limits, check_reference
 from tocsin.signing import SigningKey
 from tocsin.store.base import AlertId, AlertStore, Envelope, Stored, alert_id_for
@@ -87,6 +91,9 @@ class Accepted:
 
     alert: Alert
     stored: Stored
+    # How it went through the accept gate, and the alert it repeats (another issuer's).
+    entry: Entry = Entry()
+    duplicate_of: Original | None = None
 
     @property
     def created(self) -> bool:
@@ -110,8 +117,12 @@ class Accept:
         covers: CoverWorker,
         retention: Retention = Retention(),
         prepared: Callable[[AlertId, bytes, Alert, Cover | None], None] = lambda alert_id, payload, alert, cover: None,
+        gate: Gate | None = None,
+        duplicates: Duplicates | None = None,
     ) -> None:
         self._store = store
+        self._gate = gate or Gate(16)
+        self._duplicates = duplicates
         self._bounds = bounds
         self._covers = covers
         self._retention = retention
@@ -130,16 +141,29 @@ class Accept:
         return parse_json(body)
 
     async def __call__(self, alert: Alert, issuer: Issuer, original: bytes | None = None) -> Accepted:
-        """Store the alert and return it with its seq.
+        """Store the alert and return it with its seq, through the accept gate (gate.py).
 
         Raises:
-            Rejected: a policy refusal, a limit (413, 422), or an identity conflict (409).
+            Rejected: a policy refusal, a limit (413, 422), an identity conflict (409), or
+                the gate's queue is full (503 accept.busy).
             StoreUnavailable: no durable acknowledgement (the issuer gets a 503).
         """
-        now = self._clock()
-        check(alert, issuer, now=now, max_skew_s=self._max_skew_s)
+        check(alert, issuer, now=self._clock(), max_skew_s=self._max_skew_s)
         check_limits(alert, issuer.limits.over(self._bounds.limits))
         await self._check_references(alert, issuer)
+        try:
+            async with self._gate.enter(rank(alert), probe=issuer.probe) as entry:
+                stored = await self._store_once(alert, issuer, original)
+        except GateFull:
+            raise Rejected(ACCEPT_BUSY, "too many alerts wait to be stored; retry", headers={"Retry-After": "1"}) from None
+        duplicate_of = None
+        if self._duplicates is not None and not issuer.probe:
+            duplicate_of = self._duplicates.check(alert, stored.envelope.alert_id, issuer.name, stored.envelope.accepted_at)
+        return Accepted(alert=alert, stored=stored, entry=entry, duplicate_of=duplicate_of)
+
+    async def _store_once(self, alert: Alert, issuer: Issuer, original: bytes | None) -> Stored:
+        """Cover, sign, record and publish; returns once both are durable."""
+        now = self._clock()
         payload = to_xml(alert)
         self._check_size(len(payload))  # before the cover: it only adds to the size
         cover = await self._cover(alert)
@@ -191,7 +215,7 @@ class Accept:
                 extra={"alert_id": envelope.alert_id, "seq": stored.seq, "issuer": issuer.name,
                        "status": alert.status.value, "msg_type": alert.msg_type.value},
             )
-        return Accepted(alert=alert, stored=stored)
+        return stored
 
     async def _check_references(self, alert: Alert, issuer: Issuer) -> None:
         """An Update or Cancel names alerts tocsin holds, of an organisation the issuer may

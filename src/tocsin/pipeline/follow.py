@@ -1,14 +1,17 @@
-"""Stage 2: the alerts stream -> each stored alert, in stream order, taken once by this node.
+"""Stage 2: the alerts stream -> each stored alert, taken once by this node.
 
 One ordered consumer per node. It is started again after an error, or when it stalls while
-the stream moves on; each start follows from `start_after()`.
+the stream moves on; each start follows from `start_after()`. What arrives while the
+stages are busy waits in a bounded buffer; the stages take all that waits (up to
+FOLLOW_BATCH) at once, so a burst is fanned out in priority order, not strictly by seq
+(fanout.take_batch, priority.py). One alert at a time is the common case.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from tocsin.errors import StoreUnavailable
 from tocsin.store.base import AlertStore, Stored
@@ -17,6 +20,8 @@ log = logging.getLogger(__name__)
 
 # A follower that gets nothing for this long while the stream is ahead is started again.
 STALL_S = 3.0
+# At most this many waiting alerts are taken (and ranked) together; also the buffer's bound.
+FOLLOW_BATCH = 64
 
 
 class FollowerStalled(Exception):
@@ -30,18 +35,21 @@ def is_stalled(*, behind: bool, still_s: float) -> bool:
 
 
 class Follower:
-    """Follows the stream for ever and hands each stored alert to `take`, in order."""
+    """Follows the stream for ever and hands what waits to `take`, in seq order (a list of
+        at most FOLLOW_BATCH; `take` decides the order of fan-out)."""
 
     def __init__(
         self,
         store: AlertStore,
         *,
-        take: Callable[[Stored], Awaitable[None]],
+        take: Callable[[list[Stored]], Awaitable[None]],
         position: Callable[[], int],
         restore: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._take = take
+        # Read from the stream, not yet taken (for tests and /status: a burst in waiting).
+        self.waiting = 0
         self._position = position
         self._restore = restore
         self.caught_up = asyncio.Event()
@@ -83,12 +91,29 @@ class Follower:
         start = self.start_after()
         if goal <= start:
             self.caught_up.set()
-        async for stored in self._store.follow(start):
-            if self.hold is not None:
-                await self.hold.wait()
-            await self._take(stored)
-            if stored.seq >= goal:
-                self.caught_up.set()
+        buffer: asyncio.Queue[Stored] = asyncio.Queue(maxsize=FOLLOW_BATCH)
+        async with asyncio.TaskGroup() as tasks:
+            reading = tasks.create_task(self._read(self._store.follow(start), buffer), name="follow-read")
+            try:
+                while True:
+                    batch = [await buffer.get()]
+                    if self.hold is not None:
+                        await self.hold.wait()
+                    while not buffer.empty() and len(batch) < FOLLOW_BATCH:
+                        batch.append(buffer.get_nowait())
+                    self.waiting -= len(batch)
+                    await self._take(batch)
+                    if batch[-1].seq >= goal:
+                        self.caught_up.set()
+            finally:
+                reading.cancel()
+                self.waiting = 0
+
+    async def _read(self, stream: AsyncIterator[Stored], buffer: asyncio.Queue[Stored]) -> None:
+        """Stream -> buffer; waits while the buffer is full (the consumer's flow control)."""
+        async for stored in stream:
+            await buffer.put(stored)
+            self.waiting += 1
 
     async def _watch_for_stall(self, follower: asyncio.Task[None], period_s: float = 1.0) -> None:
         """Raise FollowerStalled when `is_stalled` says so.

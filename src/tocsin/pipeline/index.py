@@ -119,6 +119,29 @@ class ActiveIndex:
         self._seen(stored)
         return self._register(stored, alert, shaped, until)
 
+    async def add_batch(self, batch: list[Stored]) -> list[Active]:
+        """`add_off_loop` for several stored alerts (a burst, fanout.py), in seq order, all
+        registered in one go once every cover is ready: a device that attaches meanwhile
+        is before all of them or after all of them, never between (see replay.attach)."""
+        read: dict[int, tuple[Alert, Shape | None, datetime] | None] = {}
+        for stored in batch:
+            got = self._read(stored) if stored.seq > self.last_seq or stored.seq in self.active else None
+            if got is not None and got[1] is None and drawn_areas(got[0]):
+                alert, _, until = got
+                got = alert, await asyncio.to_thread(shape_of, drawn_areas(alert)), until
+            read[stored.seq] = got
+        added: list[Active] = []
+        for stored in batch:
+            if not self._is_new(stored):
+                continue
+            got = read.get(stored.seq)
+            self._seen(stored)
+            if got is not None:
+                alert, shaped, until = got
+                shaped = shaped or self._referenced_shape(alert) or ((), Cover(cells=frozenset()))
+                added.append(self._register(stored, alert, shaped, until))
+        return added
+
     def _is_new(self, stored: Stored) -> bool:
         """After the last seq taken, or at a seq that now holds another alert (a rewind)."""
         return stored.seq > self.last_seq or self._went_back(stored)
@@ -176,7 +199,7 @@ class ActiveIndex:
         found = (self.by_id.get(alert_id_for(ref.sender, ref.identifier)) for ref in alert.references)
         return [active for active in found if active is not None]
 
-    def replays_to(self, active: Active, after_seq: int) -> bool:
+    def replays_to(self, active: Active, after_seq: int, ahead: frozenset[int] = frozenset()) -> bool:
         """Whether a device resuming after `after_seq` (0: never connected; UNVOUCHED: a
         cursor the stream cannot vouch for) is sent this alert again, by its place in an
         Update/Cancel chain (its cells are checked apart).
@@ -185,13 +208,14 @@ class ActiveIndex:
         chain (it needs each step to follow it), so never the original itself; a Cancel
         only to a device that was connected before it (it may have shown what it retracts);
         anything else, the newest of its chain, to every device that has not had it.
+        `ahead`: the seqs after `after_seq` the device already has (a burst cursor).
         """
-        if after_seq >= active.stored.seq:
+        if after_seq >= active.stored.seq or active.stored.seq in ahead:
             return False
         if active.stored.envelope.alert_id in self.superseded:
             if after_seq == UNVOUCHED:  # it may have shown any step: each but the original
                 return active.root_seq != active.stored.seq
-            return after_seq >= active.root_seq
+            return after_seq >= active.root_seq or active.root_seq in ahead
         if active.retracts:
             return after_seq != 0
         return True

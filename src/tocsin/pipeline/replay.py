@@ -3,7 +3,9 @@
 What it missed of an Update or Cancel chain is the index's rule (index.py `replays_to`).
 
 A cursor (`Last-Event-ID`) is `seq.idprefix`; a node replays every active alert when it
-cannot vouch for one (RELIABILITY.md, F14).
+cannot vouch for one (RELIABILITY.md, F14). An alert fanned out ahead of lower seqs (a
+burst, fanout.py) carries `floor.idprefix~s1~s2`: everything up to `floor` was delivered,
+and so were the seqs after `~`; a resume replays the rest and skips those.
 """
 
 from __future__ import annotations
@@ -37,6 +39,43 @@ def event_id(seq: int, alert_id: str) -> str:
     return f"{seq}.{alert_id[:8]}"
 
 
+# A burst cursor names at most this many seqs ahead of its floor (follow.py's FOLLOW_BATCH).
+MAX_AHEAD = 64
+
+
+class After(int):
+    """Where a replay starts (a seq), and the seqs after it the device already has."""
+
+    ahead: frozenset[int]
+
+    def __new__(cls, seq: int, ahead: frozenset[int] = frozenset()) -> After:
+        made = super().__new__(cls, seq)
+        made.ahead = ahead
+        return made
+
+
+def burst_cursor(floor: int, floor_id: str, ahead: list[int]) -> str:
+    """The cursor of an event fanned out ahead of its seq (`floor.idprefix~s1~s2`)."""
+    base = event_id(floor, floor_id) if floor_id else str(floor)
+    return base + "".join(f"~{seq}" for seq in sorted(ahead))
+
+
+def parse_cursor(raw: str) -> tuple[int, str | None, frozenset[int]]:
+    """`parse_event_id`, and the seqs after `~` (each above the floor, at most MAX_AHEAD).
+
+    Raises:
+        ValueError: anything else.
+    """
+    head, *rest = raw.split("~", MAX_AHEAD + 1)
+    seq, prefix = parse_event_id(head)
+    if len(rest) > MAX_AHEAD:
+        raise ValueError(raw)
+    ahead = frozenset(parse_event_id(part)[0] for part in rest if "." not in part)
+    if len(ahead) != len(rest) or any(s <= seq for s in ahead):
+        raise ValueError(raw)
+    return seq, prefix, ahead
+
+
 def parse_event_id(raw: str) -> tuple[int, str | None]:
     """`N` or `N.hhhhhhhh` -> (seq, id prefix or None); N is ASCII digits below 2^64.
 
@@ -64,8 +103,9 @@ class Replay:
         self._live = live
         self._clock = clock
 
-    async def resume_after(self, raw: str | None) -> int:
-        """The seq after which to replay for a device that sent this cursor (0: none sent).
+    async def resume_after(self, raw: str | None) -> After:
+        """The seq after which to replay for a device that sent this cursor (0: none sent),
+        with the seqs after it that the device has (a burst cursor).
 
         A cursor this stream cannot vouch for (beyond its end, or naming another alert at
         that seq) gets every active alert again (UNVOUCHED), Cancels included; devices drop
@@ -75,18 +115,18 @@ class Replay:
             ValueError: not a cursor.
         """
         if not raw:
-            return 0
-        seq, prefix = parse_event_id(raw)
+            return After(0)
+        seq, prefix, ahead = parse_cursor(raw)
         known = self._index.active.get(seq)
         if known is not None and (prefix is None or known.stored.envelope.alert_id.startswith(prefix)):
-            return seq
+            return After(seq, ahead)
         if prefix is None and seq <= self._index.last_seq:
-            return seq
+            return After(seq, ahead)
         stored = await self._store.get_by_seq(seq)
         if stored is not None and (prefix is None or stored.envelope.alert_id.startswith(prefix)):
-            return seq
+            return After(seq, ahead)
         log.warning("cursor not in this stream; replaying every active alert", extra={"cursor": raw[:40]})
-        return UNVOUCHED
+        return After(UNVOUCHED)
 
     def attach(self, connection: Connection, after_seq: int) -> list[Event]:
         """Register a live connection and return what it missed, oldest first.
@@ -95,13 +135,18 @@ class Replay:
         the live queue (seq after now), and none is in both. Of an Update/Cancel chain only
         what the device needs is replayed (`ActiveIndex.replays_to`): a device that never
         connected gets the newest Update and no Cancel, never the alert they supersede.
+        The live queue starts after this node's last seq, never after a cursor beyond it:
+        a burst fans out in priority order (fanout.py), so a connection's place must not
+        fall inside the next burst's seqs; a device that resumes on a node behind its
+        cursor may get those alerts again, and drops them by identity.
         """
         self._live.add(connection)
-        connection.last_seq = max(after_seq, self._index.last_seq)
+        connection.last_seq = self._index.last_seq
+        ahead = after_seq.ahead if isinstance(after_seq, After) else frozenset()
         now = self._clock()
         missed: list[Event] = []
         for active in self._index.active.values():
-            if active.expires_at <= now or not self._index.replays_to(active, after_seq):
+            if active.expires_at <= now or not self._index.replays_to(active, after_seq, ahead):
                 continue
             if not connection.audience.receives(active.event.status):
                 continue
