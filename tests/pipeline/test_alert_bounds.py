@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import ADMIN_TOKEN, node, node_settings, start_node, stop_node  # noqa: F401 - fixture
+from tests.e2e.conftest import ISSUER_TOKEN, node, node_settings, start_node, stop_node  # noqa: F401 - fixture
 from tests.pipeline.envelopes import envelope_for
 from tests.waiting import until
 from tocsin.api.auth import token_digest
@@ -30,7 +30,7 @@ from tocsin.settings import Settings
 from tocsin.store.base import AlertId, alert_id_for
 
 SENDER = "prefecture-75@interieur.gouv.fr"
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/cap+xml"}
+ADMIN = {"Authorization": f"Bearer {ISSUER_TOKEN}", "Content-Type": "application/cap+xml"}
 OTHER_TOKEN = "tci_other-issuer-token"
 OTHER = {"Authorization": f"Bearer {OTHER_TOKEN}", "Content-Type": "application/cap+xml"}
 PARIS = "<area><areaDesc>Paris</areaDesc><polygon>48.80,2.25 48.80,2.42 48.90,2.42 48.90,2.25 48.80,2.25</polygon></area>"

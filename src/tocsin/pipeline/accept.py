@@ -126,12 +126,9 @@ class Accept:
             StoreUnavailable: no durable acknowledgement (the issuer gets a 503).
         """
         now = self._clock()
-        check(alert, issuer, now=now, max_skew_s=self._max_skew_s)
-        check_limits(alert, issuer.limits.over(self._bounds.limits))
-        payload = to_xml(alert)
-        self._check_size(len(payload))  # before the cover: it only adds to the size
+        payload = self.vet(alert, issuer, now)
         cover = await self._cover(alert)
-        expires_at = self._retention.expires_at(alert)
+        expires_at = self.expires_at(alert)
         envelope = Envelope(
             alert_id=alert_id_for(alert.sender, alert.identifier),
             payload=payload,
@@ -180,6 +177,23 @@ class Accept:
                        "status": alert.status.value, "msg_type": alert.msg_type.value},
             )
         return Accepted(alert=alert, stored=stored)
+
+    def vet(self, alert: Alert, issuer: Issuer, now: datetime) -> bytes:
+        """Every check accept makes before any work that costs (policy, limits, size), and
+        the canonical CAP it would sign; approval vets a submission with it too.
+
+        Raises:
+            Rejected: as `__call__`.
+        """
+        check(alert, issuer, now=now, max_skew_s=self._max_skew_s)
+        check_limits(alert, issuer.limits.over(self._bounds.limits))
+        payload = to_xml(alert)
+        self._check_size(len(payload))  # before the cover: it only adds to the size
+        return payload
+
+    def expires_at(self, alert: Alert) -> datetime:
+        """When devices stop showing the alert (its CAP expiry or the default lifetime)."""
+        return self._retention.expires_at(alert)
 
     def _check_size(self, size: int) -> None:
         limit = self._bounds.max_stored_bytes
