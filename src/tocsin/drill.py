@@ -84,7 +84,7 @@ class Drill:
         nodes = self.description["nodes"]
         self.victim = next(n for n in nodes if n["name"] == victim) if victim else nodes[0]
         self.survivors = [n for n in nodes if n["name"] != self.victim["name"]]
-        self.token = self.description["issuer_token"]
+        self.token = self.description["admin_token"]
         self.report = DrillReport(victim=self.victim["name"], mode=mode, slo_s=slo_s)
         self.mode = mode
         self.slo_s = slo_s

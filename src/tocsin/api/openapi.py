@@ -334,7 +334,9 @@ def _lifecycle_schemas() -> Json:
         "SubmissionPage": {"type": "object", "properties": {"alerts": {"type": "array", "items": submission},
                                                             "links": {"type": "object"}}},
         "Draft": {"type": "object", "required": ["name", "alert"], "properties": {
-            "id": string, "name": string, "alert": {"oneOf": [_ref("CapAlert"), string]}}},
+            "id": string, "name": string, "org": string, "savedBy": string, "savedAt": string,
+            "alert": {"type": ["object", "string"],
+                      "description": "The CAP alert as JSON or its XML as text, kept as sent (not checked)."}}},
         "CorrectionTemplates": {"type": "object", "required": ["templates"], "properties": {
             "templates": {"type": "object", "additionalProperties": texts}}},
         "AuditPage": {"type": "object", "properties": {"entries": {"type": "array", "items": entry},
