@@ -35,6 +35,7 @@ from bench.serve_bench import (  # noqa: E402
     ROUND_TIMEOUT_S,
     Fleet,
     Server,
+    _interrupt,
     check_issued,
     free_port,
     issuer_client,
@@ -105,10 +106,6 @@ def run(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
               "rounds": correction_rounds(server, fleet, args.rounds)}
     outcome["ok"] = all("error" not in r and r["missing"] == 0 for r in report["rounds"])
     return report
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 import click
 import httpx
@@ -56,7 +57,7 @@ def audit(urls: list[str], token: str | None, actions: tuple[str, ...], subject:
 
 def _page(http: httpx.Client, path: str, params: list[tuple[str, str]]) -> dict[str, Any]:
     try:
-        response = http.get(path, params=params or None)
+        response = http.get(path, params=urlencode(params) if params else None)
     except httpx.HTTPError as exc:
         click.echo(json.dumps({"code": "client.unreachable", "detail": repr(exc)[:200]}), err=True)
         raise SystemExit(EXIT_UNAVAILABLE) from None
