@@ -94,7 +94,9 @@ def run(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
     outcome = {"ok": False}
     stack.callback(lambda: shutil.rmtree(workdir, ignore_errors=True) if outcome["ok"] and not args.keep
                    else print(f"logs kept in {workdir}", file=sys.stderr))
-    server = Server(data_dir=workdir / "data", port=free_port(), admin_token=f"tca_{secrets.token_urlsafe(24)}")
+    # Every device holds a connection: room for all of them, the issuer and the canary.
+    server = Server(data_dir=workdir / "data", port=free_port(), admin_token=f"tca_{secrets.token_urlsafe(24)}",
+                    extra_env={"TOCSIN_MAX_CONNECTIONS": str(args.devices + 1000)})
     stack.callback(server.stop)
     server.start()
     fleet = Fleet(url=server.url, devices=args.devices, outside=0.0, log_path=workdir / "fleet.log")

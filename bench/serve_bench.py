@@ -156,6 +156,8 @@ class Server:
     issuer_token: str = field(default_factory=lambda: f"tci_{secrets.token_urlsafe(24)}")
     # A command prefix, e.g. ("taskset", "-c", "0") to pin the server (and its nats-server).
     launcher: tuple[str, ...] = ()
+    # More TOCSIN_* settings for this bench's server.
+    extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     nats_pid: int | None = None
 
@@ -174,6 +176,7 @@ class Server:
         env["TOCSIN_ACCOUNTS_FILE"] = str(accounts)
         # The bench's fleet registers every device from one loopback address.
         env.update(FLEET_ENV)
+        env.update(self.extra_env)
         out = open(self.log_path, "wb")  # stdout and stderr (JSON log lines) in one file
         with out:
             self.process = subprocess.Popen(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -175,3 +176,21 @@ async def test_an_alert_that_expires_while_pending_is_never_published(tmp_path: 
             assert [e["action"] for e in await audit_of(http, alert_id)] == ["submitted", "expired"]
     finally:
         await stop_node(*started)
+
+
+async def test_submitting_an_approved_alert_again_changes_nothing(node: Node, http: httpx.AsyncClient) -> None:
+    sent = datetime.now(UTC).replace(microsecond=0)
+    alert_id = str((await submit(http, identifier="resent", sent=sent))["id"])
+    seq = (await http.post(f"/api/v1/alerts/{alert_id}/approve", headers=as_("bob"))).json()["seq"]
+    again = await http.post("/api/v1/alerts", content=alert_xml(identifier="resent", sent=sent), headers=as_("alice"))
+    assert again.status_code == 200 and again.json()["seq"] == seq
+    other = await http.post("/api/v1/alerts", content=alert_xml(identifier="resent", sent=sent, headline="changed"),
+                            headers=as_("alice"))
+    assert other.status_code == 409 and other.json()["code"] == "alert.identity-conflict"
+    assert (await submissions_listed(http)) == []
+
+
+async def submissions_listed(http: httpx.AsyncClient) -> list[object]:
+    page = (await http.get("/api/v1/alerts", params={"state": "pending"}, headers=as_("bob"))).json()
+    listed: list[object] = page["alerts"]
+    return listed

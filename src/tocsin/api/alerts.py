@@ -77,9 +77,10 @@ async def post_alert(request: Request) -> Response:
         except (ValueError, UnicodeDecodeError) as exc:
             raise Rejected(CAP_NOT_JSON, f"the body is not JSON: {exc}") from None
         alert = services.accept.parse(document)
-    if issuer.approval.required(alert):
-        return await lifecycle.submit(request, services, alert, issuer, original,
-                                      alert_id_for(alert.sender, alert.identifier))
+    alert_id = alert_id_for(alert.sender, alert.identifier)
+    # Already published (an issuer's retry after its approval): accept answers 200 or 409.
+    if issuer.approval.required(alert) and not await services.store.holds(alert_id):
+        return await lifecycle.submit(request, services, alert, issuer, original, alert_id)
     accepted = await services.accept(alert, issuer, original)
     services.metrics.accept_seconds.observe(time.perf_counter() - started)
     if accepted.created:
