@@ -13,8 +13,9 @@ from tocsin.correction import CORRECTION_PARAMETER, CORRECTION_VALUE, DEFAULT_TE
 from tocsin.signing import verify
 from tocsin.store.base import AlertId
 
+from tests.e2e.devices import register, sse_device
 from tests.lifecycle.conftest import as_, audit_of
-from tests.samples import alert_xml
+from tests.samples import IN_PARIS, alert_xml
 
 
 async def _published(http: httpx.AsyncClient, identifier: str = "false-alarm") -> dict[str, str]:
@@ -86,3 +87,16 @@ async def test_admins_edit_the_templates_and_the_change_is_audited(node: Node, h
     assert info.language == "de-DE" and info.headline == "Falscher Alarm: Inondation: évacuez les quais"
     changed = [e for e in await audit_of(http, "correction-templates") if e["action"] == "policy-changed"]
     assert changed and changed[-1]["actor"] == "org:admin" and changed[-1]["detail"]["languages"] == ["de-DE"]
+
+
+async def test_a_device_that_showed_the_alert_receives_its_correction_live(node: Node, http: httpx.AsyncClient) -> None:
+    # Through the original's areas, which the correction carries; delivery to every device
+    # (also those that moved away) is the devices' side of issue 11.
+    device = await register(http, *IN_PARIS)
+    async with sse_device(node.url, device["token"]) as sse:
+        await sse.next("synced")
+        original = await _published(http, "shown-then-false")
+        assert (await sse.next_alert())["id"] == original["id"]
+        correction = (await http.post(f"/api/v1/alerts/{original['id']}/correct", headers=as_("issuer"))).json()
+        event = await sse.next_alert()
+        assert event["id"] == correction["id"] and is_correction(parse_xml(event["cap"].encode()))

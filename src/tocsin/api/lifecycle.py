@@ -66,11 +66,12 @@ async def submit(request: Request, services: Services, alert: Alert, issuer: Iss
     """Vet the alert as accept would, keep it pending, answer 202 with its state."""
     now = services.clock()
     payload = services.accept.vet(alert, issuer, now)
+    # The issuer's bytes go to the ledger at publication when the record can hold both.
+    fits = original is not None and len(original) + len(payload) <= services.settings.max_cap_bytes
     submission = Submission(
         alert_id=alert_id, org=issuer.name, author=actor_of(issuer), rights=issuer.as_json(), payload=payload,
-        original=original if original is not None and len(original) + len(payload) <= services.settings.max_cap_bytes
-        else None, status=alert.status.value, submitted_at=now, expires_at=services.accept.expires_at(alert),
-        source=source_of(request),
+        original=original if fits else None, status=alert.status.value, submitted_at=now,
+        expires_at=services.accept.expires_at(alert), source=source_of(request),
     )
     pending = submissions(services)
     if not await pending.submit(submission, now):
