@@ -34,6 +34,8 @@ async def test_save_list_read_replace_and_delete_a_draft(node: Node, http: httpx
     assert [e["action"] for e in await audit_of(http, draft_id)] == ["draft-saved", "draft-saved"]
     assert (await http.delete(f"/api/v1/drafts/{draft_id}", headers=as_("alice"))).status_code == 204
     assert (await http.get(f"/api/v1/drafts/{draft_id}", headers=as_("alice"))).json()["code"] == "draft.unknown"
+    for wrong in ("%C2%B2", "x" * 32, "a" * 200):  # only the ids this API gives name a draft, at once
+        assert (await http.get(f"/api/v1/drafts/{wrong}", headers=as_("alice"))).json()["code"] == "draft.unknown"
     invalid = await http.post("/api/v1/drafts", json={"alert": {}}, headers=as_("alice"))
     assert invalid.status_code == 422 and invalid.json()["code"] == "draft.invalid"
     assert (await http.get("/api/v1/drafts", headers=as_("bob"))).json()["code"] == "auth.role-required"

@@ -13,7 +13,7 @@ from tocsin.api.audit import note
 from tocsin.api.auth import issuer_for
 from tocsin.api.lifecycle import require
 from tocsin.api.services import Services
-from tocsin.approval.drafts import Drafts
+from tocsin.approval.drafts import DRAFT_ID, Drafts
 from tocsin.approval.pending import actor_of
 from tocsin.errors import DRAFT_INVALID, DRAFT_UNKNOWN, Rejected
 from tocsin.policy import Issuer, Role
@@ -62,7 +62,7 @@ def _draft(body: bytes) -> dict[str, Any]:
         raise Rejected(DRAFT_INVALID, f"name: a text of 1 to {NAME_MAX_CHARS} characters")
     if not isinstance(alert, (dict, str)):
         raise Rejected(DRAFT_INVALID, "alert: the CAP alert as JSON, or its XML as text")
-    if draft_id is not None and not (isinstance(draft_id, str) and draft_id.isalnum() and len(draft_id) <= 64):
+    if draft_id is not None and not (isinstance(draft_id, str) and DRAFT_ID.fullmatch(draft_id)):
         raise Rejected(DRAFT_INVALID, "id: a draft id this API gave")
     return {"name": name.strip(), "alert": alert, **({"id": draft_id} if draft_id else {})}
 

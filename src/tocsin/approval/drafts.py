@@ -8,12 +8,16 @@ alert when its author sends it. An organisation keeps at most `max_per_org`, eac
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from tocsin.errors import TOO_MANY_DRAFTS, Rejected
 from tocsin.store.base import Records
+
+# The ids this module gives (uuid4 hex); nothing else can name a draft (nor a bucket key).
+DRAFT_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class Drafts:
@@ -38,7 +42,7 @@ class Drafts:
         return sorted(found, key=lambda d: str(d.get("savedAt", "")), reverse=True)
 
     async def get(self, org: str, draft_id: str) -> dict[str, Any] | None:
-        if not draft_id.isalnum() or len(draft_id) > 64:
+        if not DRAFT_ID.fullmatch(draft_id):
             return None
         return await self._records.get(self._prefix(org) + draft_id)
 
