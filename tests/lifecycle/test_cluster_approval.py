@@ -38,7 +38,6 @@ async def _until_answered(http: httpx.AsyncClient, method: str, path: str, heade
             await asyncio.sleep(0.2)
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(180)
 async def test_a_submission_outlives_the_node_it_was_submitted_on(tmp_path: Path) -> None:
     accounts = people_file(tmp_path / "people.toml")

@@ -35,6 +35,7 @@ from tocsin.errors import (
     Rejected,
     StoreFull,
     StoreUnavailable,
+    TocsinError,
 )
 from tocsin.pipeline.accept import Accepted
 from tocsin.policy import Issuer, Role
@@ -255,12 +256,16 @@ async def sweep_forever(services: Services) -> None:
     interval_s = services.settings.pending_sweep_s
     node = f"node:{services.settings.node_name}"
     live: dict[str, tuple[Any, str]] = {}  # alert id -> (expires_at, issuer organisation)
+    failing = ""  # the kind of the last failure, logged once until it changes
     while True:
         await asyncio.sleep(interval_s)
         try:
             await _sweep_once(services, node, live)
-        except (StoreUnavailable, StoreFull) as exc:
-            log.warning("lifecycle sweep failed", extra={"error": repr(exc)[:200]})
+            failing = ""
+        except TocsinError as exc:  # the store's refusals and failures: the next pass retries
+            if type(exc).__name__ != failing:
+                log.warning("lifecycle sweep failed", extra={"error": repr(exc)[:200]})
+            failing = type(exc).__name__
 
 
 async def _sweep_once(services: Services, node: str, live: dict[str, tuple[Any, str]]) -> None:
