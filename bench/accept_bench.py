@@ -187,7 +187,7 @@ async def embedded(workdir: Path, count: int, blocks: int, profile: Path | None)
     try:
         await asyncio.to_thread(server.start)
         await bare_server.start()
-        issuer = TocsinIssuer(server.url, token)
+        issuer = TocsinIssuer(server.url, server.issuer_token)
         bare = BarePublisher(bare_server.client_url, 1, issuer.size)
         await bare.open()
         try:
@@ -211,7 +211,7 @@ async def cluster(workdir: Path, count: int, blocks: int, profile: Path | None) 
     try:
         await local.start()
         node = local.specs[0]
-        issuer = TocsinIssuer(node.url, local.admin_token)
+        issuer = TocsinIssuer(node.url, local.issuer_token)
         bare = BarePublisher(node.nats_url, 3, issuer.size)
         await bare.open()
         try:

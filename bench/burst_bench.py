@@ -148,7 +148,7 @@ def main() -> None:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tocsin-burst-")))
         tokens = accounts_file(work / "accounts.toml", args.issuers)
         server = Server(data_dir=work / "data", port=free_port(), admin_token="tca_burst-bench-admin",
-                        env={"TOCSIN_ACCOUNTS_FILE": str(work / "accounts.toml"),
+                        extra_env={"TOCSIN_ACCOUNTS_FILE": str(work / "accounts.toml"),
                              **({"TOCSIN_ACCEPT_SLOTS": str(args.accept_slots)} if args.accept_slots else {})})
         stack.callback(server.stop)
         server.start()

@@ -138,7 +138,7 @@ async def scenario(name: str, workdir: Path, devices: int, interval_s: float, pr
                              "--round-timeout", "60"))
         fleet.start()
         ready = await asyncio.to_thread(fleet.expect, "ready", 600)
-        issuer = Issuer([s.url for s in others], local.admin_token, interval_s)
+        issuer = Issuer([s.url for s in others], local.issuer_token, interval_s)
         issuing = asyncio.create_task(issuer.run(BEFORE_KILL_S + AFTER_KILL_S))
         await asyncio.sleep(BEFORE_KILL_S)
         # CPU of each survivor's processes and of the fleet, from the kill to the end of issuing.

@@ -371,7 +371,7 @@ class Bench:
         server.start()
         if self.registered < max(self.args.devices):
             self._register(server.url, max(self.args.devices))
-        publisher = TocsinPublisher(server.url, server.admin_token, self.args.burst)
+        publisher = TocsinPublisher(server.url, server.issuer_token, self.args.burst)
         after = self._last_seq(server)
         return Phase(
             name=f"tocsin-{protocol}", protocol=protocol,
@@ -388,7 +388,7 @@ class Bench:
 
     def _last_seq(self, server: Server) -> int:
         """The stream's last seq now: the fleet resumes after it (no replay of old rounds)."""
-        with issuer_client(server.url, server.admin_token) as http:
+        with issuer_client(server.url, server.issuer_token) as http:
             response = http.post("/api/v1/alerts", content=alert_xml(
                 polygon="43.25,5.30 43.25,5.45 43.35,5.45 43.35,5.30 43.25,5.30", expires_in_s=60))
             return int(response.json()["seq"])

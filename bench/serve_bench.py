@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))  # tests.samples builds the CAP documents, as the 
 
 from bench.fleet import percentile, raise_nofile  # noqa: E402
 from tests.samples import PARIS_BOX, alert_xml  # noqa: E402
+from tocsin.approval.automated import write_automated_source  # noqa: E402
 
 # Devices sit in central Paris (fleet.INSIDE_BOX); the display alerts cover it. The accept
 # alerts go to Marseille, where no device is, so they measure accept alone.
@@ -151,11 +152,14 @@ class Server:
     data_dir: Path
     port: int
     admin_token: str
+    # An automated source (accounts file): the admin is a person whose Actual alerts wait.
+    issuer_token: str = field(default_factory=lambda: f"tci_{secrets.token_urlsafe(24)}")
     # A command prefix, e.g. ("taskset", "-c", "0") to pin the server (and its nats-server).
     launcher: tuple[str, ...] = ()
+    # More TOCSIN_* settings for this bench's server.
+    extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     nats_pid: int | None = None
-    env: dict[str, str] = field(default_factory=dict)  # more TOCSIN_ settings
 
     @property
     def url(self) -> str:
@@ -168,9 +172,11 @@ class Server:
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOCSIN_")}
         env["TOCSIN_ADMIN_TOKEN"] = self.admin_token
+        accounts = write_automated_source(self.data_dir.parent / "accounts.toml", self.issuer_token)
+        env["TOCSIN_ACCOUNTS_FILE"] = str(accounts)
         # The bench's fleet registers every device from one loopback address.
         env.update(FLEET_ENV)
-        env.update(self.env)
+        env.update(self.extra_env)
         out = open(self.log_path, "wb")  # stdout and stderr (JSON log lines) in one file
         with out:
             self.process = subprocess.Popen(
@@ -375,7 +381,7 @@ def accept_concurrent(url: str, token: str, count: int, concurrency: int) -> dic
 def display_rounds(server: Server, fleet: Fleet, rounds: int) -> list[dict[str, Any]]:
     """One fresh alert per round over the devices' area; the fleet times its arrival."""
     results: list[dict[str, Any]] = []
-    with issuer_client(server.url, server.admin_token) as http:
+    with issuer_client(server.url, server.issuer_token) as http:
         http.get("/livez")  # open the keep-alive connection before the first timed request
         for n in range(1, rounds + 1):
             document = alert_xml(polygon=DISPLAY_POLYGON, headline=f"bench display {n}")
@@ -534,13 +540,13 @@ def run(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
 
     if args.alerts:
         before = server_metrics(server.url), server.cpu_s()
-        sequential = accept_sequential(server.url, server.admin_token, args.alerts, nagle=args.nagle)
+        sequential = accept_sequential(server.url, server.issuer_token, args.alerts, nagle=args.nagle)
         after = server_metrics(server.url), server.cpu_s()
         sequential.update(_server_share(before, after, args.alerts + 1))
         say(f"accept sequential: p50 {sequential['p50_ms']:.2f} ms p99 {sequential['p99_ms']:.2f} ms")
         report["accept"] = {"sequential": sequential}
         if args.concurrency:
-            concurrent = accept_concurrent(server.url, server.admin_token, args.alerts, args.concurrency)
+            concurrent = accept_concurrent(server.url, server.issuer_token, args.alerts, args.concurrency)
             final = server_metrics(server.url), server.cpu_s()
             concurrent.update(_server_share(after, final, args.alerts))
             say(f"accept x{args.concurrency}: p50 {concurrent['p50_ms']:.2f} ms p99 {concurrent['p99_ms']:.2f} ms")

@@ -355,7 +355,7 @@ async def wait_ready(url: str, timeout_s: float) -> float:
 
 async def accept_latency(clusters: dict[str, LocalCluster], count: int, blocks: int = 4) -> dict[str, dict[str, float]]:
     """Sequential accepts to each cluster's node1, in alternating blocks so drift hits both alike."""
-    issuers = {name: TocsinIssuer(c.specs[0].url, c.admin_token) for name, c in clusters.items()}
+    issuers = {name: TocsinIssuer(c.specs[0].url, c.issuer_token) for name, c in clusters.items()}
     times: dict[str, list[float]] = {name: [] for name in clusters}
     try:
         for block in range(blocks):
@@ -444,7 +444,7 @@ async def started(cluster: LocalCluster, name: str) -> float:
 
 async def live_a_year(cluster: LocalCluster, plan: Plan) -> dict[str, Any]:
     goal = int(len(cluster.specs) * YEAR_S / PROBE_INTERVAL_S)
-    issuer = YearIssuer([s.url for s in cluster.specs], cluster.admin_token, plan)
+    issuer = YearIssuer([s.url for s in cluster.specs], cluster.issuer_token, plan)
     preloader = ProbePreloader(cluster, goal, plan.probe_s)
     say(f"aged: a year in {plan.year_wall_s:.0f} s (K = {plan.scale:.0f}): {plan.alerts} alerts at "
         f"{plan.alert_rate}/s; up to {goal} probes preloaded for at most {plan.probe_s:.0f} s")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tocsin.accounts.file import apply_accounts_file
 from tocsin.api.auth import new_token, token_digest
+from tocsin.api.lifecycle import sweep_forever
 from tocsin.api.listener import Edge, edge_protocols
 from tocsin.api.routes import make_app
 from tocsin.api.services import Services
@@ -377,6 +378,9 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         )
         store = node.services.store
         devices = tasks.create_task(store.devices.mirror(node.services.device_cache), name="device-mirror")
+        # The lifecycle: submissions and drafts mirrored, expiries marked and audited.
+        pending = tasks.create_task(store.pending.mirror(node.services.pending_cache), name="pending-mirror")
+        sweep = tasks.create_task(sweep_forever(node.services), name="lifecycle-sweep")
         while not node.server.started and not http.done():
             await asyncio.sleep(0.01)
         if ready is not None and node.server.started:
@@ -399,6 +403,8 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         reconciler.cancel()
         keepalive.cancel()
         devices.cancel()
+        pending.cancel()
+        sweep.cancel()
         if supervisor is not None:
             supervisor.cancel()
 

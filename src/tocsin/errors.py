@@ -173,6 +173,18 @@ ACCOUNTS_FILE_INVALID = Problem("accounts.file-invalid", 422, "The accounts file
 SELF_APPROVAL = Problem("approval.self-approval", 403, "An Actual alert must be approved by someone other than its author.")
 NOT_PENDING = Problem("approval.not-pending", 409, "The alert is not waiting for approval.")
 PENDING_UNKNOWN = Problem("approval.unknown", 404, "No submitted alert with this id.")
+TOO_MANY_PENDING = Problem(
+    "approval.too-many-pending", 409,
+    "This organisation has as many alerts waiting for approval as it may; approve or reject some first.",
+)
+REASON_REQUIRED = Problem("approval.reason-required", 422, "A rejection needs a reason (a JSON body with a non-empty `reason`).")
+DRAFT_UNKNOWN = Problem("draft.unknown", 404, "No draft with this id.")
+TOO_MANY_DRAFTS = Problem("draft.too-many", 409, "This organisation keeps as many drafts as it may; delete some first.")
+DRAFT_INVALID = Problem("draft.invalid", 422, "A draft is a JSON object with a name and a CAP alert (JSON or XML text).")
+TEMPLATES_INVALID = Problem(
+    "correction.templates-invalid", 422,
+    "Correction templates map language tags to an object with headline, description and instruction texts.",
+)
 REFERENCE_UNKNOWN = Problem("policy.reference-unknown", 422, "A reference names no alert tocsin holds.")
 REFERENCE_NOT_ALLOWED = Problem(
     "policy.reference-not-allowed", 422, "A reference names an alert of another issuer organisation."

@@ -141,6 +141,19 @@ class Settings:
     # A declarative accounts file (TOML, accounts/file.py) applied at every start; each change
     # it makes is audited as coming from it. Empty: none.
     accounts_file: str = ""
+    # Lifecycle (docs/lifecycle.md). Alerts waiting for approval per issuer organisation;
+    # past it a submission is refused (409 approval.too-many-pending) until some are decided.
+    max_pending_per_org: int = 100
+    # Drafts kept for the console per organisation, and how long one is kept unsaved.
+    max_drafts_per_org: int = 50
+    draft_keep_s: float = 30 * 86400.0
+    # A rejected or expired submission stays readable (its state) this long, then leaves.
+    decided_keep_s: float = 86400.0
+    # How often each node looks for submissions that expired while pending.
+    pending_sweep_s: float = 5.0
+    # A correction ("false alert, disregard") stays live this long: a device offline for a
+    # day still receives it on reconnect (replay serves what has not expired), with a margin.
+    correction_lifetime_s: float = 48 * 3600.0
     # A record that no connect renewed for this long leaves the bucket and every mirror.
     device_ttl_s: float = 30 * 86400.0
     # A connect renews the record only once it is older than this share of device_ttl_s:

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 from click.testing import CliRunner
 
-from tests.e2e.conftest import ADMIN_TOKEN, node_settings, start_node, stop_node
+from tests.e2e.conftest import ISSUER_TOKEN, node_settings, start_node, stop_node
 from tests.samples import IN_PARIS, alert_xml
 from tocsin.cli.keys_cmd import keys as keys_command
 from tocsin.client.display import Display
@@ -20,7 +20,7 @@ from tocsin.cluster.nats_server import NatsServer
 from tocsin.geo.cells import cell_for_point
 from tocsin.signing import SigningKey
 
-ISSUE = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/cap+xml"}
+ISSUE = {"Authorization": f"Bearer {ISSUER_TOKEN}", "Content-Type": "application/cap+xml"}
 
 
 async def _issue(url: str, headline: str) -> str:

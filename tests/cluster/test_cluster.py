@@ -14,7 +14,7 @@ from tocsin.cluster.local import LocalCluster
 
 
 def auth(cluster: LocalCluster) -> dict[str, str]:
-    return {"Authorization": f"Bearer {cluster.admin_token}", "Content-Type": "application/cap+xml"}
+    return {"Authorization": f"Bearer {cluster.issuer_token}", "Content-Type": "application/cap+xml"}
 
 
 async def issue(url: str, cluster: LocalCluster) -> dict[str, object]:

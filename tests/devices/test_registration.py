@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.devices.conftest import OTHER_SOURCE, client_from, device_settings, open_files, rss_kib
-from tests.e2e.conftest import ADMIN_TOKEN, start_node, stop_node
+from tests.e2e.conftest import ISSUER_TOKEN, start_node, stop_node
 from tests.e2e.devices import sse_device
 from tests.health.conftest import Readyz, fast_settings
 from tests.samples import IN_PARIS, alert_xml
@@ -130,7 +130,7 @@ async def test_a_registration_flood_from_one_source_is_refused_while_others_are_
                     served = await other.post("/api/v1/devices", json={"points": [{"lat": 45.7, "lon": 4.8}]})
                 assert served.status_code == 201, served.text
                 issued = await admin_http.post("/api/v1/alerts", content=alert_xml(),
-                                               headers={"Authorization": f"Bearer {ADMIN_TOKEN}",
+                                               headers={"Authorization": f"Bearer {ISSUER_TOKEN}",
                                                         "Content-Type": "application/cap+xml"})
                 assert issued.status_code == 201, issued.text
                 assert (await watcher.next_alert())["id"] == issued.json()["id"]
@@ -182,7 +182,7 @@ async def test_registrations_in_all_are_limited_per_node(tmp_path: Path, nats_se
             assert int(answers[3].headers["retry-after"]) >= 1
             # A canary is the node's own prober (an issuer token): never crowded out.
             canary = await first.post("/api/v1/devices", json={**body, "canary": True},
-                                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+                                      headers={"Authorization": f"Bearer {ISSUER_TOKEN}"})
             assert canary.status_code == 201, canary.text
     finally:
         await stop_node(*running)

@@ -11,12 +11,16 @@ import httpx
 import pytest
 
 from tocsin.app import Node, open_node, run_node
+from tocsin.approval.automated import write_automated_source
 from tocsin.cluster.nats_server import NatsServer
 from tocsin.settings import Settings
 
 from tests.conftest import unique_name
 
 ADMIN_TOKEN = "tca_test-admin-token"
+# An automated source (approval none, accounts file): its Actual alerts publish at once. The
+# admin is a person, so its Actual alerts wait for a second person (docs/lifecycle.md).
+ISSUER_TOKEN = "tci_test-automated-source"
 
 
 async def start_node(
@@ -43,6 +47,7 @@ async def stop_node(node: Node, task: asyncio.Task[None], cm: object) -> None:
 
 
 def node_settings(tmp_path: Path, nats_server: NatsServer, **changes: object) -> Settings:
+    accounts = write_automated_source(tmp_path / "accounts.toml", ISSUER_TOKEN)
     return Settings(
         data_dir=tmp_path,
         listen="127.0.0.1:0",
@@ -51,6 +56,7 @@ def node_settings(tmp_path: Path, nats_server: NatsServer, **changes: object) ->
         node_name=unique_name("node"),
         stream=unique_name("ALERTS_T"),
         admin_token=ADMIN_TOKEN,
+        accounts_file=str(accounts),
         sse_keepalive_s=1.0,
         stream_max_bytes=32 * 1024 * 1024,
         # Tests call reconcile() themselves; the background pass runs once at start.
@@ -77,7 +83,8 @@ async def http(node: Node) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 def admin() -> dict[str, str]:
-    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    """The issuing tests' token: the automated source (the admin's Actual alerts would wait)."""
+    return {"Authorization": f"Bearer {ISSUER_TOKEN}"}
 
 
 class FakeClock:

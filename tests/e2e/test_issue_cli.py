@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner, Result
 
 from tests.datafiles import CAP_DATA
-from tests.e2e.conftest import ADMIN_TOKEN
+from tests.e2e.conftest import ISSUER_TOKEN
 from tests.samples import alert_xml
 from tocsin.app import Node
 from tocsin.cli.main import cli
@@ -22,7 +22,7 @@ async def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
 async def test_issue_prints_the_stored_alert(node: Node, tmp_path: Path) -> None:
     path = tmp_path / "alert.xml"
     path.write_bytes(alert_xml(identifier="FR-CLI-1"))
-    result = await invoke("issue", str(path), env={"TOCSIN_URL": node.url, "TOCSIN_TOKEN": ADMIN_TOKEN})
+    result = await invoke("issue", str(path), env={"TOCSIN_URL": node.url, "TOCSIN_TOKEN": ISSUER_TOKEN})
     assert result.exit_code == 0, result.output
     body = json.loads(result.output)
     assert body["identifier"] == "FR-CLI-1" and body["seq"] >= 1
@@ -30,7 +30,7 @@ async def test_issue_prints_the_stored_alert(node: Node, tmp_path: Path) -> None
 
 async def test_refused_alert_exits_non_zero_with_the_problem(node: Node, tmp_path: Path) -> None:
     invalid = CAP_DATA / "invalid" / "bz-nms-missing-sender.xml"
-    result = await invoke("issue", str(invalid), "--url", node.url, "--token", ADMIN_TOKEN)
+    result = await invoke("issue", str(invalid), "--url", node.url, "--token", ISSUER_TOKEN)
     assert result.exit_code == 2
     problem = json.loads(result.output)
     assert problem["status"] == 422 and problem["code"].startswith("cap.")

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import unique_name
-from tests.e2e.conftest import ADMIN_TOKEN, start_node, stop_node
+from tests.e2e.conftest import ISSUER_TOKEN, start_node, stop_node
 from tests.health.conftest import GREEN_WITHIN_S, Readyz, fast_settings
 from tests.samples import IN_PARIS, alert_xml
 from tests.waiting import until
@@ -27,7 +27,7 @@ from tocsin.app import Node
 from tocsin.client.watch import Watcher
 from tocsin.cluster.nats_server import NatsServer
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/cap+xml"}
+ADMIN = {"Authorization": f"Bearer {ISSUER_TOKEN}", "Content-Type": "application/cap+xml"}
 # RELIABILITY.md invariant 6.
 STRANDED_S = 10.0
 

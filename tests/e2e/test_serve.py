@@ -96,7 +96,11 @@ async def test_first_start_prints_token_ctrl_c_stops_all_and_second_start_finds_
         nats_pid = int(str((await served.log_line("nats-server started"))["pid"]))
         async with httpx.AsyncClient(base_url=served.url) as http:
             auth = {"Authorization": f"Bearer {served.token}", "Content-Type": "application/cap+xml"}
-            issued = (await http.post("/api/v1/alerts", content=alert_xml(), headers=auth)).json()
+            # The admin is a person: its Exercise publishes at once, its Actual waits for a
+            # second person (the README's quick start takes the first path).
+            actual = await http.post("/api/v1/alerts", content=alert_xml(), headers=auth)
+            assert actual.status_code == 202 and actual.json()["state"] == "pending", actual.text
+            issued = (await http.post("/api/v1/alerts", content=alert_xml(status="Exercise"), headers=auth)).json()
             assert issued["seq"] == 1
         served.process.send_signal(signal.SIGINT)
         async with asyncio.timeout(20):
@@ -107,7 +111,7 @@ async def test_first_start_prints_token_ctrl_c_stops_all_and_second_start_finds_
         assert served.token is None
         async with httpx.AsyncClient(base_url=served.url) as http:
             assert (await http.get(f"/api/v1/alerts/{issued['id']}")).status_code == 200
-            device = await register(http, *IN_PARIS)
+            device = await register(http, *IN_PARIS, tests=True)
             async with sse_device(served.url, device["token"]) as sse:
                 assert (await sse.next_alert())["id"] == issued["id"]
 
@@ -117,7 +121,8 @@ async def test_admin_token_from_environment(tmp_path: Path) -> None:
     async with tocsin_serve(tmp_path, TOCSIN_ADMIN_TOKEN="tca_given") as served:
         async with httpx.AsyncClient(base_url=served.url) as http:
             auth = {"Authorization": "Bearer tca_given", "Content-Type": "application/cap+xml"}
-            assert (await http.post("/api/v1/alerts", content=alert_xml(), headers=auth)).status_code == 201
+            exercise = alert_xml(status="Exercise")
+            assert (await http.post("/api/v1/alerts", content=exercise, headers=auth)).status_code == 201
 
 
 async def test_killed_nats_child_is_restarted_and_serving_resumes(tmp_path: Path) -> None:
@@ -131,7 +136,7 @@ async def test_killed_nats_child_is_restarted_and_serving_resumes(tmp_path: Path
             auth = {"Authorization": f"Bearer {served.token}", "Content-Type": "application/cap+xml"}
             async with asyncio.timeout(20):
                 while True:  # the client reconnects on its own; each try is a real request
-                    response = await http.post("/api/v1/alerts", content=alert_xml(), headers=auth)
+                    response = await http.post("/api/v1/alerts", content=alert_xml(status="Exercise"), headers=auth)
                     if response.status_code == 201:
                         break
                     assert response.status_code == 503, response.text

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import websockets
 
-from tests.e2e.conftest import FakeClock, node_settings, start_node, stop_node
+from tests.e2e.conftest import ADMIN_TOKEN, ISSUER_TOKEN, FakeClock, node_settings, start_node, stop_node
 from tests.e2e.devices import register, sse_device
 from tests.samples import IN_LYON, IN_PARIS, alert_xml
 from tests.waiting import until
@@ -103,7 +103,8 @@ async def test_test_alerts_reach_only_opted_in_devices_and_system_only_canaries(
         for sse in (p, t, c):
             await sse.next("synced")
         test = await issue(http, admin, alert_xml(status="Test"))
-        system = await issue(http, admin, alert_xml(status="System"))
+        # System is the admin's (and the prober's): it never waits for approval.
+        system = await issue(http, {"Authorization": f"Bearer {ADMIN_TOKEN}"}, alert_xml(status="System"))
         actual = await issue(http, admin, alert_xml(status="Actual"))
         assert [(await p.next_alert())["id"]] == [actual["id"]]
         assert [(await t.next_alert())["id"] for _ in range(2)] == [test["id"], actual["id"]]
@@ -152,7 +153,7 @@ async def test_expired_alert_is_never_replayed(tmp_path: Path, nats_server: Nats
     node = running[0]
     try:
         async with httpx.AsyncClient(base_url=node.url) as http:
-            admin = {"Authorization": "Bearer tca_test-admin-token"}
+            admin = {"Authorization": f"Bearer {ISSUER_TOKEN}"}
             short = await issue(http, admin, alert_xml(expires_in_s=60))
             long = await issue(http, admin, alert_xml(expires_in_s=7200))
             clock.advance(120)

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from tests.e2e.conftest import ADMIN_TOKEN
+from tests.e2e.conftest import ISSUER_TOKEN
 from tests.edge.conftest import RSS_GROWTH_BOUND_MB, connect, exchange, open_fds, port_of, rss_mb, served
 from tests.samples import alert_xml
 from tests.waiting import until
@@ -60,7 +60,7 @@ async def test_issuers_and_readiness_are_served_while_devices_fill_the_public_li
             started = loop.time()
             response = await http.post(
                 f"{issuer_url}/api/v1/alerts", content=alert_xml(), headers={
-                    "Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/cap+xml"},
+                    "Authorization": f"Bearer {ISSUER_TOKEN}", "Content-Type": "application/cap+xml"},
             )
             assert response.status_code == 201, response.text
             assert loop.time() - started < 2.0

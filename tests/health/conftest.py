@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from tests.conftest import unique_name
-from tests.e2e.conftest import ADMIN_TOKEN, start_node, stop_node
+from tests.e2e.conftest import ADMIN_TOKEN, ISSUER_TOKEN, start_node, stop_node
 from tocsin.app import Node
+from tocsin.approval.automated import write_automated_source
 from tocsin.cluster.nats_server import NatsServer
 from tocsin.settings import Settings
 
@@ -35,6 +36,7 @@ def fast_settings(data_dir: Path, nats: NatsServer, **changes: Any) -> Settings:
         node_name=unique_name("hnode"),
         stream=unique_name("ALERTS_H"),
         admin_token=ADMIN_TOKEN,
+        accounts_file=str(write_automated_source(data_dir / "accounts.toml", ISSUER_TOKEN)),
         sse_keepalive_s=1.0,
         stream_max_bytes=32 * 1024 * 1024,
         probe_interval_s=PROBE_INTERVAL_S,

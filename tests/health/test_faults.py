@@ -22,7 +22,7 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
-from tests.e2e.conftest import ADMIN_TOKEN, start_node, stop_node
+from tests.e2e.conftest import ISSUER_TOKEN, start_node, stop_node
 from tests.e2e.devices import register, sse_device
 from tests.health.conftest import fast_settings, red_then_green
 from tests.samples import IN_PARIS, alert_xml
@@ -30,7 +30,7 @@ from tocsin.api import fastpath
 from tocsin.app import Node
 from tocsin.cluster.nats_server import NatsServer
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/cap+xml"}
+ADMIN = {"Authorization": f"Bearer {ISSUER_TOKEN}", "Content-Type": "application/cap+xml"}
 
 
 # nats-py drops the socket of a connection it declared stale without closing its asyncio

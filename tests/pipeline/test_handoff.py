@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.e2e.conftest import node  # noqa: F401 - fixture
+from tests.e2e.conftest import ISSUER_TOKEN, node  # noqa: F401 - fixture
 from tests.pipeline.envelopes import envelope_for
 from tests.samples import alert_xml
 from tests.waiting import until
@@ -16,7 +16,7 @@ from tocsin.cap.render import to_xml
 from tocsin.pipeline import handoff as handoff_module
 from tocsin.store.base import AlertId
 
-ADMIN = {"Authorization": "Bearer tca_test-admin-token", "Content-Type": "application/cap+xml"}
+ADMIN = {"Authorization": f"Bearer {ISSUER_TOKEN}", "Content-Type": "application/cap+xml"}
 
 
 async def test_only_alerts_accepted_elsewhere_are_parsed_by_the_follower(

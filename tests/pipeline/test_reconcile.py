@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from tests.e2e.conftest import node  # noqa: F401 - fixture
+from tests.e2e.conftest import ISSUER_TOKEN, node  # noqa: F401 - fixture
 from tests.pipeline.envelopes import envelope_for
 from tests.samples import alert_xml
 from tocsin.app import Node
@@ -34,7 +34,7 @@ async def test_alert_in_ledger_but_not_in_stream_is_republished(node: Node) -> N
 
 
 async def test_alerts_accepted_during_a_pass_are_not_called_missing(node: Node) -> None:  # noqa: F811
-    headers = {**XML, "Authorization": "Bearer tca_test-admin-token"}
+    headers = {**XML, "Authorization": f"Bearer {ISSUER_TOKEN}"}
     async with httpx.AsyncClient(base_url=node.url) as http:
 
         async def accept_many() -> None:
@@ -69,7 +69,7 @@ async def test_a_young_row_is_left_to_its_publish_and_a_withdrawn_one_never_publ
 
 
 async def test_an_identity_conflict_leaves_no_row_to_republish(node: Node) -> None:  # noqa: F811
-    headers = {**XML, "Authorization": "Bearer tca_test-admin-token"}
+    headers = {**XML, "Authorization": f"Bearer {ISSUER_TOKEN}"}
     async with httpx.AsyncClient(base_url=node.url) as http:
         first = await http.post("/api/v1/alerts", content=alert_xml(identifier="FR-TWICE-1"), headers=headers)
         assert first.status_code == 201
@@ -90,7 +90,7 @@ async def test_a_refused_conflict_on_a_node_that_never_had_the_alert_is_withdraw
     elsewhere = envelope_for(node, "FR-ELSEWHERE-1", by="another-node")
     payload = elsewhere.payload
     await node.services.store.put(elsewhere)
-    headers = {**XML, "Authorization": "Bearer tca_test-admin-token"}
+    headers = {**XML, "Authorization": f"Bearer {ISSUER_TOKEN}"}
     async with httpx.AsyncClient(base_url=node.url) as http:
         refused = await http.post(
             "/api/v1/alerts", content=alert_xml(identifier="FR-ELSEWHERE-1", headline="other words"), headers=headers

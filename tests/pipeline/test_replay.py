@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import node  # noqa: F401 - fixture
+from tests.e2e.conftest import ISSUER_TOKEN, node  # noqa: F401 - fixture
 from tests.e2e.devices import register, sse_device
 from tests.samples import IN_PARIS, alert_xml
 from tests.waiting import until
@@ -26,7 +26,7 @@ from tocsin.pipeline import index as index_module
 from tocsin.pipeline.replay import UNVOUCHED, event_id, parse_event_id
 from tocsin.store.base import AlertId, Stored
 
-ADMIN = {"Authorization": "Bearer tca_test-admin-token", "Content-Type": "application/cap+xml"}
+ADMIN = {"Authorization": f"Bearer {ISSUER_TOKEN}", "Content-Type": "application/cap+xml"}
 
 
 async def issue(http: httpx.AsyncClient) -> tuple[int, str]:

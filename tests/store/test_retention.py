@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e.conftest import ADMIN_TOKEN, node_settings, start_node, stop_node
+from tests.e2e.conftest import ISSUER_TOKEN, node_settings, start_node, stop_node
 from tests.samples import alert_xml
 from tests.waiting import until, until_async
 from tocsin.cap.parse import parse_xml
@@ -17,7 +17,7 @@ from tocsin.prober.probe import prober_sender
 from tocsin.store.base import AlertId, alert_id_for
 from tocsin.store.jetstream import JetStreamStore, subject_for
 
-ISSUE = {"Content-Type": "application/cap+xml", "Authorization": f"Bearer {ADMIN_TOKEN}"}
+ISSUE = {"Content-Type": "application/cap+xml", "Authorization": f"Bearer {ISSUER_TOKEN}"}
 
 
 async def _ttl_s(store: JetStreamStore, alert_id: AlertId) -> int:

@@ -10,14 +10,28 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from tocsin.api import lifecycle
 from tocsin.api.auth import issuer_for
 from tocsin.api.services import Services
-from tocsin.cap.model import Alert
+from tocsin.approval.pending import actor_of
+from tocsin.api.audit import note
+from tocsin.cap.model import Alert, Severity
+from tocsin.correction import DEFAULT_TEMPLATES, TEMPLATE_FIELDS, correction_for, templates_json, valid_templates
 from tocsin.cap.parse import parse_stored
 from tocsin.cap.render import to_json
-from tocsin.errors import CAP_NOT_JSON, TOO_LARGE, UNSUPPORTED_MEDIA, AlertNotFound, Rejected
+from tocsin.errors import (
+    CAP_NOT_JSON,
+    REFERENCE_NOT_ALLOWED,
+    TEMPLATES_INVALID,
+    TOO_LARGE,
+    UNSUPPORTED_MEDIA,
+    AlertNotFound,
+    Rejected,
+)
+from tocsin.store.audit import Action
+from tocsin.policy import Role
 from tocsin.pipeline.accept import Accepted
-from tocsin.store.base import AlertId, Stored
+from tocsin.store.base import AlertId, Stored, alert_id_for
 
 _ALERT_ID = re.compile(r"[0-9a-f]{32}")
 XML_TYPES = ("application/cap+xml", "application/xml", "text/xml")
@@ -48,6 +62,7 @@ async def post_alert(request: Request) -> Response:
     services = _services(request)
     started = time.perf_counter()
     issuer = await issuer_for(request, services)
+    lifecycle.require(issuer, Role.AUTHOR)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media not in XML_TYPES + JSON_TYPES:
         raise Rejected(UNSUPPORTED_MEDIA, f"got {media or 'no content type'}")
@@ -62,14 +77,24 @@ async def post_alert(request: Request) -> Response:
         except (ValueError, UnicodeDecodeError) as exc:
             raise Rejected(CAP_NOT_JSON, f"the body is not JSON: {exc}") from None
         alert = services.accept.parse(document)
+    alert_id = alert_id_for(alert.sender, alert.identifier)
+    # Already published (an issuer's retry after its approval): accept answers 200 or 409.
+    if issuer.approval.required(alert) and not await services.store.holds(alert_id):
+        return await lifecycle.submit(request, services, alert, issuer, original, alert_id)
     accepted = await services.accept(alert, issuer, original)
     services.metrics.accept_seconds.observe(time.perf_counter() - started)
     if accepted.created:
         services.metrics.accepted.labels(alert.status.value).inc()
+    if not issuer.probe:  # the prober's canaries are health checks, not actions
+        await lifecycle.note_published(services, request, accepted, actor=actor_of(issuer), org=issuer.name)
+    return answer(accepted, services, 201 if accepted.created else 200)
+
+
+def answer(accepted: Accepted, services: Services, status_code: int) -> Response:
+    """The issuer's answer for a stored alert, with its Location."""
     body_json = describe(accepted.stored, accepted.alert, services, for_issuer=True)
-    body_json["standing"] = standing(accepted, services)  # BURST: where the alert stands
-    headers = {"Location": body_json["links"]["self"]}
-    return JSONResponse(body_json, status_code=201 if accepted.created else 200, headers=headers)
+    body_json["standing"] = standing(accepted, services)  # where the alert stands (burst)
+    return JSONResponse(body_json, status_code=status_code, headers={"Location": body_json["links"]["self"]})
 
 
 def describe(stored: Stored, alert: Alert, services: Services, *, for_issuer: bool = False) -> dict[str, Any]:
@@ -140,8 +165,16 @@ def _alert_id(request: Request) -> AlertId:
 
 
 async def get_alert(request: Request) -> Response:
+    """A published alert for anyone; a submission (pending, rejected, ...) for its organisation."""
     services = _services(request)
-    stored = await services.store.get(_alert_id(request))
+    alert_id = _alert_id(request)
+    try:
+        stored = await services.store.get(alert_id)
+    except AlertNotFound:
+        view = await lifecycle.pending_view(request, services, alert_id)
+        if view is None:
+            raise
+        return view
     alert = parse_stored(stored.envelope.payload)
     return JSONResponse({**describe(stored, alert, services), "alert": to_json(alert)})
 
@@ -152,3 +185,73 @@ async def get_alert_xml(request: Request) -> Response:
     env = stored.envelope
     headers = {"Tocsin-Signature": env.sig, "Tocsin-Key-Id": env.kid}
     return Response(env.payload, media_type="application/cap+xml", headers=headers)
+
+
+async def approve_alert(request: Request) -> Response:
+    """Publish a pending alert (approver role; not its author for an Actual alert)."""
+    services = _services(request)
+    accepted = await lifecycle.approve(request, services, _alert_id(request))
+    return answer(accepted, services, 201)
+
+
+async def reject_alert(request: Request) -> Response:
+    """Refuse a pending alert with a reason."""
+    services = _services(request)
+    body = await read_body(request, lifecycle.DECISION_MAX_BYTES)
+    return await lifecycle.reject(request, services, _alert_id(request), body)
+
+
+async def alerts(request: Request) -> Response:
+    """POST: submit an alert; GET: list submissions by state (`?state=pending`)."""
+    if request.method == "GET":
+        return await lifecycle.list_alerts(request, _services(request))
+    return await post_alert(request)
+
+
+async def correct_alert(request: Request) -> Response:
+    """Publish at once the "false alert, disregard" Cancel of an alert (author role, the
+    alert's organisation or one delegated to correct it; never waits for approval)."""
+    services = _services(request)
+    issuer = await issuer_for(request, services)
+    lifecycle.require(issuer, Role.AUTHOR)
+    original_id = _alert_id(request)
+    stored = await services.store.get(original_id)
+    if not issuer.may_reference(stored.envelope.issuer):
+        raise Rejected(REFERENCE_NOT_ALLOWED, f"{original_id} was issued by another organisation")
+    original = parse_stored(stored.envelope.payload)
+    severity = Severity.MINOR if issuer.may_send_severity(Severity.MINOR.value) else original.infos[0].severity
+    correction = correction_for(original, await templates(services), now=services.clock(),
+                                lifetime_s=services.settings.correction_lifetime_s, severity=severity)
+    accepted = await services.accept(correction, issuer, None)
+    await lifecycle.note_published(services, request, accepted, actor=actor_of(issuer), org=issuer.name,
+                                   detail={"corrects": original_id})
+    return answer(accepted, services, 201 if accepted.created else 200)
+
+
+def _templates_key(services: Services) -> str:
+    return f"{services.settings.stream}.templates.correction"
+
+
+async def templates(services: Services) -> dict[str, dict[str, str]]:
+    """The correction templates an admin set, else the shipped defaults."""
+    kept = await services.store.pending.get(_templates_key(services))
+    return valid_templates(kept.get("templates") if kept else None) or DEFAULT_TEMPLATES
+
+
+async def correction_templates(request: Request) -> Response:
+    """GET: the correction templates; PUT: replace them (admin role; audited)."""
+    services = _services(request)
+    issuer = await issuer_for(request, services)
+    lifecycle.require(issuer, Role.ADMIN)
+    if request.method == "PUT":
+        body = await read_body(request, 64 * 1024)
+        try:
+            chosen = valid_templates(json.loads(body).get("templates"))
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            chosen = None
+        if chosen is None:
+            raise Rejected(TEMPLATES_INVALID, f"send {{\"templates\": {{language: {{{', '.join(TEMPLATE_FIELDS)}}}}}}}")
+        await services.store.pending.put(_templates_key(services), {"templates": chosen})
+        await note(services, request, Action.POLICY_CHANGED, "correction-templates", issuer=issuer,
+                   detail={"languages": sorted(chosen)})
+    return JSONResponse(templates_json(await templates(services)))

@@ -6,6 +6,7 @@ Problem codes come from the catalog (`tocsin.errors`) and the JSON form of CAP f
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from tocsin import errors
@@ -59,8 +60,10 @@ def document(base_url: str) -> Json:
             {"name": "issuer", "description": "Issuing alerts and reading them back."},
             {"name": "device", "description": "Registering devices and receiving alerts live."},
             {"name": "public", "description": "Keys, health, metrics, this document."},
+            {"name": "lifecycle", "description": "Approval, rejection, correction, drafts (docs/lifecycle.md)."},
+            {"name": "audit", "description": "The append-only audit log, read only (docs/audit.md)."},
         ],
-        "paths": {**_issuer_paths(catalog), **_device_paths(catalog), **_public_paths()},
+        "paths": _merge(_issuer_paths(catalog), _lifecycle_paths(catalog), _device_paths(catalog), _public_paths()),
         "components": _components(catalog),
         "x-problem-codes": [{"code": p.code, "status": p.status, "title": p.title} for p in catalog],
     }
@@ -118,6 +121,15 @@ _ALERT_ID_PARAM = {"name": "alert_id", "in": "path", "required": True, "schema":
 # ---------------------------------------------------------------------------------------
 
 
+def _merge(*groups: Json) -> Json:
+    """Path groups into one, the operations of a path shared by two groups together."""
+    merged: Json = {}
+    for group in groups:
+        for path, operations in group.items():
+            merged.setdefault(path, {}).update(operations)
+    return merged
+
+
 def _issuer_paths(catalog: list[Problem]) -> Json:
     xml = {"schema": {"type": "string", "contentMediaType": "application/cap+xml"}}
     post = {
@@ -144,11 +156,13 @@ def _issuer_paths(catalog: list[Problem]) -> Json:
         },
         "responses": {
             "201": _json(_ref("AlertDescription"), "Stored by this request.", _LOCATION),
-            "200": _json(_ref("AlertDescription"), "Already stored with the same content.", _LOCATION),
+            "200": _json(_ref("AlertDescription"), "Already stored (or submitted) with the same content.", _LOCATION),
+            "202": _json(_ref("Submission"), "Vetted and waiting for approval by another person "
+                         "(docs/lifecycle.md); not in the alert stream.", _LOCATION),
             "400": _problems(catalog, 400, ("request.",)),
             "401": _problems(catalog, 401, ("auth.",)),
             "403": _problems(catalog, 403, ("auth.", "policy.")),
-            "409": _problems(catalog, 409, ("alert.",), _LOCATION),
+            "409": _problems(catalog, 409, ("alert.", "approval."), _LOCATION),
             "413": _problems(catalog, 413, ("request.", "cap.", "alert.")),
             "415": _problems(catalog, 415, ("request.",)),
             "422": _problems(catalog, 422, ("cap.", "policy.")),
@@ -161,7 +175,8 @@ def _issuer_paths(catalog: list[Problem]) -> Json:
         "tags": ["issuer"],
         "operationId": "getAlert",
         "summary": "An alert, its state and this node's delivery progress",
-        "description": "No token is required.",
+        "description": "No token is required for a published alert. A submission (pending, rejected, "
+        "expired, refused) is shown only to a token of its organisation, as a Submission with its alert.",
         "parameters": [_ALERT_ID_PARAM],
         "responses": {
             "200": _json(_ref("AlertDetail"), "The alert."),
@@ -194,6 +209,138 @@ def _issuer_paths(catalog: list[Problem]) -> Json:
         "/api/v1/alerts": {"post": post},
         "/api/v1/alerts/{alert_id}.xml": {"get": get_xml},
         "/api/v1/alerts/{alert_id}": {"get": get},
+    }
+
+
+# -- The lifecycle and the audit log (LIFECYCLE, issue 11) -------------------------------
+
+
+def _operation(catalog: list[Problem], op_id: str, summary: str, description: str, ok: Json,
+               problems: Mapping[int, tuple[str, ...]], **extra: Any) -> Json:
+    responses: Json = dict(ok)
+    for status, prefixes in problems.items():
+        responses[str(status)] = _problems(catalog, status, prefixes)
+    responses["503"] = _problems(catalog, 503, ("store.", "request."), _RETRY_AFTER)
+    responses.update(_COMMON)
+    return {"tags": [extra.pop("tag", "lifecycle")], "operationId": op_id, "summary": summary,
+            "description": description, "security": _ISSUER, "responses": responses, **extra}
+
+
+def _query_param(name: str, description: str, **schema: Any) -> Json:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": schema or {"type": "string"}}
+
+
+def _lifecycle_paths(catalog: list[Problem]) -> Json:
+    auth = {401: ("auth.",), 403: ("auth.",)}
+    query = _query_param
+    listing = _operation(
+        catalog, "listAlerts", "Submissions by state (`?state=pending`)",
+        "The caller's organisation's (an admin: every one, or `org`), oldest first, at most `limit`; "
+        "`links.next` goes on after the last.",
+        {"200": _json(_ref("SubmissionPage"), "A page of submissions.")}, {400: ("request.",), **auth},
+        parameters=[query("state", "pending, publishing, rejected, expired or refused"),
+                    query("limit", "1 to 100 (50)", type="integer"), query("after", "an alert id of the last page"),
+                    query("org", "an admin's filter")])
+    decision = {"description": "A reason (required to reject).", "required": False,
+                "content": {"application/json": {"schema": {"type": "object", "properties": {"reason": {"type": "string"}}}}}}
+    approve = _operation(
+        catalog, "approveAlert", "Approve a pending alert: publish it",
+        "Approver role of its organisation. For an Actual alert the approver must not be its author "
+        "(403 approval.self-approval). Published through the accept path with the author's rights as "
+        "submitted, so every check runs again; two approvals at once publish once (the second gets 409).",
+        {"201": _json(_ref("AlertDescription"), "Published.", _LOCATION)},
+        {**auth, 403: ("auth.", "approval.", "policy."), 404: ("approval.",), 409: ("approval.", "alert."),
+         422: ("cap.", "policy.")}, parameters=[_ALERT_ID_PARAM])
+    reject = _operation(
+        catalog, "rejectAlert", "Reject a pending alert, with a reason",
+        "Approver role of its organisation. The submission stays readable (state rejected) for "
+        "TOCSIN_DECIDED_KEEP_S, then leaves the bucket.",
+        {"200": _json(_ref("Submission"), "Rejected.")},
+        {400: ("request.",), **auth, 404: ("approval.",), 409: ("approval.",), 422: ("approval.",)},
+        parameters=[_ALERT_ID_PARAM], requestBody=decision)
+    correct = _operation(
+        catalog, "correctAlert", "Publish at once the \"false alert, disregard\" Cancel of an alert",
+        "Author role of the alert's organisation (or one delegated). A CAP Cancel referencing the alert, "
+        "its infos marked with the parameter tocsin:correction = false-alert, texts from the correction "
+        "templates, live for TOCSIN_CORRECTION_LIFETIME_S. Never waits for approval; a retry is 200.",
+        {"201": _json(_ref("AlertDescription"), "Published.", _LOCATION),
+         "200": _json(_ref("AlertDescription"), "Already published.", _LOCATION)},
+        {**auth, 403: ("auth.", "policy."), 404: ("alert.",), 409: ("alert.",), 422: ("cap.", "policy.")},
+        parameters=[_ALERT_ID_PARAM])
+    draft_body = {"required": True, "content": {"application/json": {"schema": _ref("Draft")}}}
+    draft_id = {"name": "draft_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    drafts = {
+        "post": _operation(catalog, "saveDraft", "Save a draft (new, or replacing `id`)",
+                           "Author role. At most TOCSIN_MAX_DRAFTS_PER_ORG per organisation, each kept "
+                           "TOCSIN_DRAFT_KEEP_S after its last save. Never checked nor published from here.",
+                           {"201": _json(_ref("Draft"), "Saved.")},
+                           {**auth, 409: ("draft.",), 413: ("request.",), 422: ("draft.",)}, requestBody=draft_body),
+        "get": _operation(catalog, "listDrafts", "The organisation's drafts (names, no alert)", "Author role.",
+                          {"200": _json({"type": "object", "properties": {"drafts": {"type": "array"}}}, "Drafts.")},
+                          auth),
+    }
+    draft = {
+        "get": _operation(catalog, "getDraft", "A draft", "Author role of its organisation.",
+                          {"200": _json(_ref("Draft"), "The draft.")}, {**auth, 404: ("draft.",)},
+                          parameters=[draft_id]),
+        "delete": _operation(catalog, "deleteDraft", "Forget a draft", "Author role of its organisation.",
+                             {"204": {"description": "Deleted."}}, {**auth, 404: ("draft.",)}, parameters=[draft_id]),
+    }
+    templates_body = {"required": True, "content": {"application/json": {"schema": _ref("CorrectionTemplates")}}}
+    templates = {
+        "get": _operation(catalog, "getCorrectionTemplates", "The correction templates", "Admin role.",
+                          {"200": _json(_ref("CorrectionTemplates"), "The templates.")}, auth),
+        "put": _operation(catalog, "putCorrectionTemplates", "Replace the correction templates",
+                          "Admin role; audited (policy-changed).",
+                          {"200": _json(_ref("CorrectionTemplates"), "The templates now.")},
+                          {**auth, 413: ("request.",), 422: ("correction.",)}, requestBody=templates_body),
+    }
+    audit = _operation(
+        catalog, "getAudit", "Audit entries, oldest first",
+        "An admin reads every organisation's entries, anyone else its own. Filters combine; "
+        "`links.next` goes on after the last entry read. Nothing in the API changes or deletes an entry.",
+        {"200": _json(_ref("AuditPage"), "A page of entries.")}, {400: ("audit.",), 401: ("auth.",)}, tag="audit",
+        parameters=[query("action", "an action (repeatable)"), query("subject", "an alert id or account name"),
+                    query("alert", "the same as subject"), query("actor", "user:..., client:..., node:..."),
+                    query("org", "an organisation (an admin's filter)"), query("after", "a seq", type="integer"),
+                    query("limit", "1 to 200 (50)", type="integer")])
+    return {
+        "/api/v1/alerts": {"get": listing},
+        "/api/v1/alerts/{alert_id}/approve": {"post": approve},
+        "/api/v1/alerts/{alert_id}/reject": {"post": reject},
+        "/api/v1/alerts/{alert_id}/correct": {"post": correct},
+        "/api/v1/drafts": drafts,
+        "/api/v1/drafts/{draft_id}": draft,
+        "/api/v1/admin/correction-templates": templates,
+        "/api/v1/audit": {"get": audit},
+    }
+
+
+def _lifecycle_schemas() -> Json:
+    string = {"type": "string"}
+    submission = {"type": "object", "required": ["id", "state", "org", "author", "status"], "properties": {
+        "id": _ALERT_ID, "state": {"type": "string", "enum": ["pending", "publishing", "rejected", "expired", "refused"]},
+        "org": string, "author": string, "status": string, "submittedAt": string, "expires": string,
+        "decidedBy": string, "decidedAt": string, "reason": string,
+        "alert": _ref("CapAlert"), "links": {"type": "object"}}}
+    texts = {"type": "object", "required": ["event", "headline", "description", "instruction"],
+             "properties": {k: string for k in ("event", "headline", "description", "instruction")}}
+    entry = {"type": "object", "properties": {
+        "seq": {"type": "integer"}, "action": string, "subject": string, "actor": string, "org": string,
+        "at": string, "source": string, "detail": {"type": "object"}}}
+    return {
+        "Submission": submission,
+        "SubmissionPage": {"type": "object", "properties": {"alerts": {"type": "array", "items": submission},
+                                                            "links": {"type": "object"}}},
+        "Draft": {"type": "object", "required": ["name", "alert"], "properties": {
+            "id": string, "name": string, "org": string, "savedBy": string, "savedAt": string,
+            "alert": {"type": ["object", "string"],
+                      "description": "The CAP alert as JSON or its XML as text, kept as sent (not checked)."}}},
+        "CorrectionTemplates": {"type": "object", "required": ["templates"], "properties": {
+            "templates": {"type": "object", "additionalProperties": texts}}},
+        "AuditPage": {"type": "object", "properties": {"entries": {"type": "array", "items": entry},
+                                                       "links": {"type": "object"}}},
     }
 
 
@@ -348,7 +495,7 @@ def _public_paths() -> Json:
 
 
 def _components(catalog: list[Problem]) -> Json:
-    schemas = {**_problem_schemas(catalog), **_cap_schemas(), **_alert_schemas(), **_device_schemas()}
+    schemas = {**_problem_schemas(catalog), **_cap_schemas(), **_alert_schemas(), **_device_schemas(), **_lifecycle_schemas()}
     bearer = "Authorization: Bearer <token>"
     return {
         "schemas": schemas,

@@ -6,14 +6,22 @@ from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp
 
-from tocsin.api import alerts, devices, public, streams
+from tocsin.api import alerts, audit, devices, drafts, public, streams
 from tocsin.api.fastpath import SseFastPath
 from tocsin.api.headers import EdgeHeaders
 from tocsin.api.problems import HANDLERS
 from tocsin.api.services import Services
 
 ROUTES = [
-    Route("/api/v1/alerts", alerts.post_alert, methods=["POST"]),
+    Route("/api/v1/alerts", alerts.alerts, methods=["POST", "GET"]),
+    # The lifecycle (docs/lifecycle.md) and the audit log (docs/audit.md).
+    Route("/api/v1/alerts/{alert_id}/approve", alerts.approve_alert, methods=["POST"]),
+    Route("/api/v1/alerts/{alert_id}/reject", alerts.reject_alert, methods=["POST"]),
+    Route("/api/v1/alerts/{alert_id}/correct", alerts.correct_alert, methods=["POST"]),
+    Route("/api/v1/drafts", drafts.drafts, methods=["POST", "GET"]),
+    Route("/api/v1/drafts/{draft_id}", drafts.draft, methods=["GET", "DELETE"]),
+    Route("/api/v1/audit", audit.get_audit, methods=["GET"]),
+    Route("/api/v1/admin/correction-templates", alerts.correction_templates, methods=["GET", "PUT"]),
     Route("/api/v1/alerts/{alert_id}.xml", alerts.get_alert_xml, methods=["GET"]),
     Route("/api/v1/alerts/{alert_id}", alerts.get_alert, methods=["GET"]),
     Route("/api/v1/devices", devices.register_device, methods=["POST"]),

@@ -166,6 +166,8 @@ class Services:
     # Every registered device: mirrored from the bucket by `store.mirror`, plus what this
     # node registered or read itself before the mirror had it; packed (api/device_records.py).
     device_cache: DeviceMirror = field(default_factory=DeviceMirror)
+    # The pending bucket (submissions and drafts), mirrored by `store.mirror` (approval/).
+    pending_cache: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Anonymous device registrations, by source and in all (api/devices.py).
     registrations_by_source: RateLimit = field(init=False)
     registrations_in_all: RateLimit = field(init=False)

@@ -46,7 +46,10 @@ async def _run(local: LocalCluster) -> None:
             click.echo(f"{spec.name}: {spec.url}  (nats {spec.nats_url})")
         click.echo(f"cluster.json: {local.data_dir / 'cluster.json'}")
         click.echo(f"TOCSIN_URL={','.join(s.url for s in local.specs)}")
-        click.echo(f"TOCSIN_TOKEN={local.admin_token}")
+        # An automated source: its Actual alerts publish at once (the admin's wait for a
+        # second person, docs/lifecycle.md).
+        click.echo(f"TOCSIN_TOKEN={local.issuer_token}")
+        click.echo(f"TOCSIN_ADMIN_TOKEN={local.admin_token}")
         click.echo("Ctrl-C stops the cluster. A node that dies is restarted unless DIR/nodeN/hold-down exists.",
                    err=True)
         keeper = asyncio.get_running_loop().create_task(supervise(local), name="supervise")

@@ -63,6 +63,7 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def _register_optional() -> None:
+    from tocsin.cli.audit_cmd import audit
     from tocsin.cli.cap_cmd import cap
     from tocsin.cli.cluster_cmd import cluster
     from tocsin.cli.drill_cmd import drill
@@ -72,6 +73,7 @@ def _register_optional() -> None:
     from tocsin.cli.watch_cmd import watch
     from tocsin.cli.watchdog_cmd import watchdog
 
+    cli.add_command(audit)
     cli.add_command(cap)
     cli.add_command(cluster)
     cli.add_command(drill)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tocsin.approval.automated import write_automated_source
 from tocsin.cluster.nats_server import NATS_USER, ClusterSpec, NatsServer, die_with_parent, load_or_create_password
 from tocsin.secret_file import private_dir, write_secret
 from tocsin.signing import SigningKey
@@ -126,6 +127,9 @@ class LocalCluster:
     nodes: int = 3
     base_port: int = 0
     admin_token: str = ""
+    # An automated source's token (approval none, from an accounts file every node applies):
+    # what fleets issue with, since the admin's Actual alerts wait for a second person.
+    issuer_token: str = ""
     sync_always: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     # The fault suite's hooks, empty by default: an address per node, a command prefix per
@@ -147,7 +151,9 @@ class LocalCluster:
         self.data_dir = self.data_dir.resolve()
         self.base_port = self.base_port or free_port_block(40)
         self.admin_token = self.admin_token or f"tca_{secrets.token_urlsafe(32)}"
+        self.issuer_token = self.issuer_token or f"tci_{secrets.token_urlsafe(32)}"
         self.nats_login = f"{NATS_USER}:{load_or_create_password(self.nats_password_file)}"
+        write_automated_source(self.accounts_file, self.issuer_token)
         self.specs = node_specs(self.data_dir, self.nodes, self.base_port, self.hosts, self.nats_login)
 
     @property
@@ -157,6 +163,11 @@ class LocalCluster:
     @property
     def signing_key_file(self) -> Path:
         return self.data_dir / "keys" / "signing-key.pem"
+
+    @property
+    def accounts_file(self) -> Path:
+        """Declares the automated source (no secret: its token by SHA-256 only)."""
+        return self.data_dir / "keys" / "accounts.toml"
 
     @property
     def nats_password_file(self) -> Path:
@@ -209,6 +220,7 @@ class LocalCluster:
             TOCSIN_NATS_PASSWORD_FILE=str(self.nats_password_file),
             TOCSIN_SIGNING_KEY_FILE=str(self.signing_key_file),
             TOCSIN_ADMIN_TOKEN=self.admin_token,
+            TOCSIN_ACCOUNTS_FILE=str(self.accounts_file),
             TOCSIN_PUBLIC_URL=spec.url,
         )
         env.update(self.extra_env)
@@ -304,9 +316,10 @@ class LocalCluster:
             ],
             "replicas": self.replicas,
             "admin_token": self.admin_token,
+            "issuer_token": self.issuer_token,
             "signing_key_file": str(self.signing_key_file),
         }
 
     def write_description(self) -> None:
-        # It holds the admin token.
+        # It holds the admin and issuer tokens.
         write_secret(private_dir(self.data_dir) / "cluster.json", json.dumps(self.describe(), indent=2))

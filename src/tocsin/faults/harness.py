@@ -121,7 +121,7 @@ class Run:
         await self.start_cluster()
         self.history.record("note", what="cluster started", pids={s.name: self.cluster.pids(s.name)
                                                                   for s in self.cluster.specs})
-        self.issuer = Issuer({s.name: s.url for s in self.cluster.specs}, self.cluster.admin_token, self.history,
+        self.issuer = Issuer({s.name: s.url for s in self.cluster.specs}, self.cluster.issuer_token, self.history,
                              run_id=self.run_id, give_up_s=self.options.give_up_s)
         await self.start_fleet()
         self._tasks += [asyncio.get_running_loop().create_task(self._sample(s.name), name=f"readyz-{s.name}")

@@ -148,12 +148,11 @@ class Accept:
                 the gate's queue is full (503 accept.busy).
             StoreUnavailable: no durable acknowledgement (the issuer gets a 503).
         """
-        check(alert, issuer, now=self._clock(), max_skew_s=self._max_skew_s)
-        check_limits(alert, issuer.limits.over(self._bounds.limits))
+        payload = self.vet(alert, issuer, self._clock())
         await self._check_references(alert, issuer)
         try:
             async with self._gate.enter(rank(alert), probe=issuer.probe) as entry:
-                stored = await self._store_once(alert, issuer, original)
+                stored = await self._store_once(alert, issuer, original, payload)
         except GateFull:
             raise Rejected(ACCEPT_BUSY, "too many alerts wait to be stored; retry", headers={"Retry-After": "1"}) from None
         duplicate_of = None
@@ -161,13 +160,11 @@ class Accept:
             duplicate_of = self._duplicates.check(alert, stored.envelope.alert_id, issuer.name, stored.envelope.accepted_at)
         return Accepted(alert=alert, stored=stored, entry=entry, duplicate_of=duplicate_of)
 
-    async def _store_once(self, alert: Alert, issuer: Issuer, original: bytes | None) -> Stored:
-        """Cover, sign, record and publish; returns once both are durable."""
+    async def _store_once(self, alert: Alert, issuer: Issuer, original: bytes | None, payload: bytes) -> Stored:
+        """Cover, sign, record and publish `payload` (vetted); returns once both are durable."""
         now = self._clock()
-        payload = to_xml(alert)
-        self._check_size(len(payload))  # before the cover: it only adds to the size
         cover = await self._cover(alert)
-        expires_at = self._retention.expires_at(alert)
+        expires_at = self.expires_at(alert)
         envelope = Envelope(
             alert_id=alert_id_for(alert.sender, alert.identifier),
             payload=payload,
@@ -233,6 +230,23 @@ class Accept:
                 check_reference(reference, issuer, None)
             else:
                 check_reference(reference, issuer, stored.envelope.issuer)
+
+    def vet(self, alert: Alert, issuer: Issuer, now: datetime) -> bytes:
+        """Every check accept makes before any work that costs (policy, limits, size), and
+        the canonical CAP it would sign; approval vets a submission with it too.
+
+        Raises:
+            Rejected: as `__call__`.
+        """
+        check(alert, issuer, now=now, max_skew_s=self._max_skew_s)
+        check_limits(alert, issuer.limits.over(self._bounds.limits))
+        payload = to_xml(alert)
+        self._check_size(len(payload))  # before the cover: it only adds to the size
+        return payload
+
+    def expires_at(self, alert: Alert) -> datetime:
+        """When devices stop showing the alert (its CAP expiry or the default lifetime)."""
+        return self._retention.expires_at(alert)
 
     def _check_size(self, size: int) -> None:
         limit = self._bounds.max_stored_bytes

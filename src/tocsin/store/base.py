@@ -113,16 +113,18 @@ class Records(Protocol):
         """
         ...
 
-    async def create(self, key: str, value: dict[str, Any]) -> bool:
-        """Create the key unless it exists; False when it already did (raises as `put`)."""
+    async def create(self, key: str, value: dict[str, Any], *, ttl_s: float | None = None) -> bool:
+        """Create the key unless it exists; False when it already did (raises as `put`).
+        `ttl_s`: the record leaves the bucket that long after this write."""
         ...
 
     async def get_versioned(self, key: str) -> tuple[dict[str, Any], int] | None:
         """The record and its revision, or None (raises as `get`)."""
         ...
 
-    async def replace(self, key: str, value: dict[str, Any], revision: int) -> bool:
-        """Write only if the record is still at `revision`; False when it moved on."""
+    async def replace(self, key: str, value: dict[str, Any], revision: int, *, ttl_s: float | None = None) -> bool:
+        """Write only if the record is still at `revision`; False when it moved on
+        (`ttl_s` as for `create`)."""
         ...
 
     async def delete(self, key: str) -> None: ...

@@ -518,10 +518,11 @@ class KvRecords:
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
             raise self._failed("kv_put", exc) from exc
 
-    async def create(self, key: str, value: dict[str, Any]) -> bool:
-        """Create the key unless it exists; False when it already did."""
+    async def create(self, key: str, value: dict[str, Any], *, ttl_s: float | None = None) -> bool:
+        """Create the key unless it exists; False when it already did. `ttl_s`: the record
+        leaves the bucket that long after this write (per-message TTL)."""
         try:
-            await self._bucket.create(key, json.dumps(value).encode())
+            await self._bucket.create(key, json.dumps(value).encode(), msg_ttl=_whole_s(ttl_s))
             return True
         except nats.js.errors.KeyWrongLastSequenceError:
             return False
@@ -546,11 +547,11 @@ class KvRecords:
                 return None
             return json.loads(entry.value), int(entry.revision)
 
-    async def replace(self, key: str, value: dict[str, Any], revision: int) -> bool:
+    async def replace(self, key: str, value: dict[str, Any], revision: int, *, ttl_s: float | None = None) -> bool:
         """Write the record only if it is still at `revision`; False when another write
-        came first (the caller reads again and decides again)."""
+        came first (the caller reads again and decides again). `ttl_s` as for `create`."""
         try:
-            await self._bucket.update(key, json.dumps(value).encode(), last=revision)
+            await self._bucket._update(key, json.dumps(value).encode(), last=revision, msg_ttl=_whole_s(ttl_s))
             return True
         except nats.js.errors.KeyWrongLastSequenceError:
             return False
@@ -605,6 +606,11 @@ class KvRecords:
                     with contextlib.suppress(Exception):
                         await watcher.stop()  # type: ignore[no-untyped-call]
             await asyncio.sleep(retry_s)
+
+
+def _whole_s(ttl_s: float | None) -> float | None:
+    """A per-message TTL as the server takes it: whole seconds, at least 1 (None: none)."""
+    return None if ttl_s is None else float(max(1, math.ceil(ttl_s)))
 
 
 def ttl_header(retain_until: datetime, now: datetime) -> str:
