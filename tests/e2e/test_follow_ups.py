@@ -19,7 +19,7 @@ from xml.sax.saxutils import escape
 
 import httpx
 
-from tests.e2e.conftest import ADMIN_TOKEN, node_settings, start_node, stop_node
+from tests.e2e.conftest import ISSUER_TOKEN, node_settings, start_node, stop_node
 from tests.e2e.devices import register, sse_device
 from tests.e2e.test_watcher import LYON_BOX, XML, issue, next_display
 from tests.samples import IN_LYON, IN_PARIS, PARIS_BOX, alert_xml
@@ -36,7 +36,7 @@ from tocsin.policy import Approval, ApprovalMode, Issuer
 
 SENDER = "prefecture-75@interieur.gouv.fr"
 LYON_SENDER = "prefecture-69@interieur.gouv.fr"
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+ADMIN = {"Authorization": f"Bearer {ISSUER_TOKEN}"}  # an automated source: publishes at once
 NEW_BOX = "48.84,2.30 48.84,2.40 48.88,2.40 48.88,2.30 48.84,2.30"
 
 

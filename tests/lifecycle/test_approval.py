@@ -97,11 +97,13 @@ async def test_exercise_and_test_and_cancel_never_wait(node: Node, http: httpx.A
     for status in ("Exercise", "Test"):
         response = await http.post("/api/v1/alerts", content=alert_xml(status=status), headers=as_("alice"))
         assert response.status_code == 201, response.text
-    original = await http.post("/api/v1/alerts", content=alert_xml(identifier="to-cancel"), headers=as_("issuer"))
-    assert original.status_code == 201  # the automated source: approval none
-    sent = original.json()["sent"]
+    pending = await submit(http, identifier="to-cancel")  # an Actual alert of the organisation
+    approved = await http.post(f"/api/v1/alerts/{pending['id']}/approve", headers=as_("bob"))
+    assert approved.status_code == 201, approved.text
+    sent = approved.json()["sent"]
     cancel = alert_xml(identifier="the-cancel", msg_type="Cancel",
                        references=f"prefecture-75@interieur.gouv.fr,to-cancel,{sent}")
+    # Its Cancel, by another author of the organisation alone, is published at once.
     assert (await http.post("/api/v1/alerts", content=cancel, headers=as_("dave"))).status_code == 201
 
 

@@ -536,8 +536,8 @@ class KvRecords:
         while True:
             try:
                 entry = await self._bucket.get(key)
-            except nats.js.errors.KeyNotFoundError:
-                return None
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.InvalidKeyError):
+                return None  # an invalid key names no record: never retried until the deadline
             except (nats.errors.Error, asyncio.TimeoutError) as exc:
                 if loop.time() > deadline:
                     raise StoreUnavailable("kv_get", repr(exc)) from exc
