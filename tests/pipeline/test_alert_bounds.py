@@ -17,7 +17,7 @@ import pytest
 from tests.e2e.conftest import ADMIN_TOKEN, node, node_settings, start_node, stop_node  # noqa: F401 - fixture
 from tests.pipeline.envelopes import envelope_for
 from tests.waiting import until
-from tocsin.api.auth import token_digest
+from tocsin.accounts import grant
 from tocsin.app import Node
 from tocsin.cluster.nats_server import NatsServer
 from tocsin.geo import cells
@@ -73,7 +73,7 @@ def rss_mb() -> float:
 
 async def add_issuer(node: Node, token: str, limits: AlertLimits = AlertLimits()) -> None:
     issuer = Issuer(name=f"issuer-{token[-6:]}", limits=limits)
-    await node.services.store.issuers.put(token_digest(token), issuer.as_json())
+    await grant(node.services.store, token, issuer)
 
 
 async def stored(node: Node, identifier: str) -> bool:

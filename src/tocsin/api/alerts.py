@@ -10,7 +10,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from tocsin.api.auth import issuer_for
+from tocsin.api.auth import issuer_for, take_alert_slot
 from tocsin.api.services import Services
 from tocsin.cap.model import Alert
 from tocsin.cap.parse import parse_stored
@@ -47,6 +47,7 @@ async def post_alert(request: Request) -> Response:
     services = _services(request)
     started = time.perf_counter()
     issuer = await issuer_for(request, services)
+    take_alert_slot(issuer, services)  # ACCOUNTS: the organisation's rate (429 + Retry-After)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media not in XML_TYPES + JSON_TYPES:
         raise Rejected(UNSUPPORTED_MEDIA, f"got {media or 'no content type'}")

@@ -6,7 +6,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp
 
-from tocsin.api import alerts, devices, public, streams
+from tocsin.api import admin, alerts, devices, public, streams
 from tocsin.api.fastpath import SseFastPath
 from tocsin.api.headers import EdgeHeaders
 from tocsin.api.problems import HANDLERS
@@ -26,6 +26,8 @@ ROUTES = [
     Route("/metrics", public.metrics, methods=["GET"]),
     Route("/status", public.status, methods=["GET"]),
     Route("/openapi.json", public.openapi, methods=["GET"]),
+    # ACCOUNTS: the admin API (api/admin.py, docs/accounts.md)
+    *admin.ROUTES,
 ]
 
 

@@ -48,7 +48,7 @@ def serve(data_dir: Path | None, listen: str | None, config: Path | None) -> Non
         run_loop(app.serve(settings, ready))
     except KeyboardInterrupt:
         pass
-    except (NatsServerError, StoreMisconfigured) as exc:
+    except (NatsServerError, StoreMisconfigured, SettingsError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

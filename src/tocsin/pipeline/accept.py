@@ -25,7 +25,7 @@ from tocsin.errors import COVER_TOO_SLOW, IDENTITY_CONFLICT, STORED_TOO_LARGE, R
 from tocsin.geo.cells import Cover, distinct_shapes
 from tocsin.geo.covering import CoverTooSlow, CoverWorker
 from tocsin.pipeline.handoff import drawn_areas
-from tocsin.policy import AlertLimits, Issuer, check, check_limits
+from tocsin.policy import AlertLimits, Issuer, check, check_limits, check_territory
 from tocsin.signing import SigningKey
 from tocsin.store.base import AlertId, AlertStore, Envelope, Stored, alert_id_for
 from tocsin.store.jetstream import stored_bytes
@@ -128,6 +128,7 @@ class Accept:
         now = self._clock()
         check(alert, issuer, now=now, max_skew_s=self._max_skew_s)
         check_limits(alert, issuer.limits.over(self._bounds.limits))
+        check_territory(alert, issuer.territory)  # ACCOUNTS: after the limits bound its cost
         payload = to_xml(alert)
         self._check_size(len(payload))  # before the cover: it only adds to the size
         cover = await self._cover(alert)
