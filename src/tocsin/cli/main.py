@@ -80,6 +80,11 @@ def _register_optional() -> None:
     cli.add_command(status)
     cli.add_command(watch)
     cli.add_command(watchdog)
+    # ACCOUNTS: issuers, users, clients, tokens over the admin API
+    from tocsin.cli.accounts_cmd import clients, issuers, tokens, users
+
+    for group in (issuers, users, clients, tokens):
+        cli.add_command(group)
 
 
 _register_optional()
