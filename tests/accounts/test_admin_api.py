@@ -169,3 +169,18 @@ async def test_an_organisation_admin_manages_only_its_own_organisation(http: htt
         await http.post("/api/v1/admin/users", json={"name": fresh("u-"), "org": other.name}, headers=bearer(token)),
     ):
         assert refused.status_code == 403 and refused.json()["code"] == "auth.role-required", refused.text
+
+
+async def test_an_organisation_admin_cannot_widen_its_own_rights(http: httpx.AsyncClient) -> None:
+    mine = await new_org(http, automated=False)
+    boss = fresh("boss-")
+    await ok(await http.post("/api/v1/admin/users", json={"name": boss, "org": mine.name, "roles": ["admin"]},
+                             headers=bearer(ADMIN_TOKEN)), 201)
+    token = (await ok(await http.post("/api/v1/admin/tokens", json={"principal": f"user:{boss}"},
+                                      headers=bearer(ADMIN_TOKEN)), 201))["token"]
+    for body in ({"senders": ["*"]}, {"territory": None}, {"alerts_per_min": 0}, {"disabled": False}):
+        refused = await http.patch(f"/api/v1/admin/orgs/{mine.name}", json=body, headers=bearer(token))
+        assert refused.status_code == 403 and refused.json()["code"] == "auth.role-required", body
+    proposed = await http.patch(f"/api/v1/admin/orgs/{mine.name}", json={"approval": {"mode": "none"}},
+                                headers=bearer(token))
+    assert proposed.status_code == 202

@@ -196,8 +196,8 @@ async def change_org(request: Request) -> Response:
     name = _path(request, "name")
     await _org(admin, name)
     body = await _body(admin)
-    if any(k in body for k in ("disabled", "admin", "probe")) and not admin.issuer.admin:
-        raise Rejected(ROLE_REQUIRED, f"only an admin of {DEPLOYMENT_ORG!r} may disable an organisation")
+    if set(body) - {"approval"} and not admin.issuer.admin:  # its rights are the deployment's to grant
+        raise Rejected(ROLE_REQUIRED, f"only an admin of {DEPLOYMENT_ORG!r} may change an organisation's rights")
 
     def change(old: Organisation) -> Organisation:
         try:
