@@ -184,3 +184,17 @@ async def test_an_organisation_admin_cannot_widen_its_own_rights(http: httpx.Asy
     proposed = await http.patch(f"/api/v1/admin/orgs/{mine.name}", json={"approval": {"mode": "none"}},
                                 headers=bearer(token))
     assert proposed.status_code == 202
+
+
+async def test_the_api_cannot_lock_the_deployment_out(http: httpx.AsyncClient) -> None:
+    admin = bearer(ADMIN_TOKEN)
+    for method, path, body in (
+        ("PATCH", "/api/v1/admin/orgs/admin", {"disabled": True}),
+        ("PATCH", "/api/v1/admin/orgs/admin", {"alerts_per_min": 1}),
+        ("POST", "/api/v1/admin/orgs/admin/disable", None),
+        ("PATCH", "/api/v1/admin/users/admin", {"roles": ["author"]}),
+        ("POST", "/api/v1/admin/users/admin/disable", None),
+    ):
+        refused = await http.request(method, path, json=body, headers=admin)
+        assert refused.status_code == 422 and refused.json()["code"] == "accounts.invalid", (path, refused.text)
+    assert (await http.get("/api/v1/admin/orgs", headers=admin)).status_code == 200

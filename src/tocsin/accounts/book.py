@@ -67,6 +67,9 @@ class Accounts:
     def __init__(self, records: Callable[[], Records]) -> None:
         self._records = records  # called on use: the bucket exists once the store is ensured
         self.mirror = Mirror()
+        # Decoded records by key, with the raw value they came from: a request decodes
+        # nothing again until the record changes (a territory's polygons are parsed once).
+        self._decoded_by_key: dict[str, tuple[dict[str, Any], Any]] = {}
 
     @property
     def records(self) -> Records:
@@ -91,16 +94,30 @@ class Accounts:
         return created
 
     async def org(self, name: str) -> Organisation | None:
-        raw = await self.get(org_key(name))
-        return None if raw is None else Organisation.from_json(raw)
+        found: Organisation | None = await self._one(org_key(name), Organisation.from_json)
+        return found
 
     async def principal(self, principal: str) -> Principal | None:
-        raw = await self.get(principal_key(principal))
-        return None if raw is None else Principal.from_json(raw)
+        found: Principal | None = await self._one(principal_key(principal), Principal.from_json)
+        return found
 
     async def token(self, digest: str) -> Token | None:
-        raw = await self.get(token_key(digest))
-        return None if raw is None else Token.from_json(raw)
+        found: Token | None = await self._one(token_key(digest), Token.from_json)
+        return found
+
+    async def _one(self, key: str, decode: Callable[[dict[str, Any]], Any]) -> Any:
+        raw = await self.get(key)
+        if raw is None:
+            return None
+        cached = self._decoded_by_key.get(key)
+        if cached is not None and cached[0] is raw:
+            return cached[1]
+        decoded = decode(raw)
+        if key in self.mirror:  # what the bucket read returned may be gone tomorrow: not kept
+            if len(self._decoded_by_key) > 2 * len(self.mirror) + 64:
+                self._decoded_by_key.clear()  # keys the mirror dropped
+            self._decoded_by_key[key] = (raw, decoded)
+        return decoded
 
     def orgs(self) -> list[Organisation]:
         return sorted(self._decoded("org.", Organisation.from_json), key=lambda o: o.name)
@@ -129,10 +146,7 @@ class Accounts:
             Rejected: 401 auth.unknown-token, auth.token-expired, auth.token-revoked,
                 auth.account-disabled (the principal or organisation is disabled).
         """
-        raw = await self.get(token_key(digest))
-        if raw is None:
-            raise _unknown()
-        token = Token.from_json(raw)
+        token = await self.token(digest)
         if token is None or token.digest != digest:
             raise _unknown()
         if token.revoked is not None:

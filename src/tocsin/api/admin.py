@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from tocsin.accounts import validate
 from tocsin.accounts.model import (
+    BOOTSTRAP_ADMIN,
     DEPLOYMENT_ORG,
     Organisation,
     Principal,
@@ -198,6 +199,9 @@ async def change_org(request: Request) -> Response:
     body = await _body(admin)
     if set(body) - {"approval"} and not admin.issuer.admin:  # its rights are the deployment's to grant
         raise Rejected(ROLE_REQUIRED, f"only an admin of {DEPLOYMENT_ORG!r} may change an organisation's rights")
+    if name == DEPLOYMENT_ORG:
+        for field in sorted(set(body) - {"approval"}):  # every right already: nothing to change but lock out
+            raise _invalid(Invalid(field, "the deployment's own organisation keeps its rights"))
 
     def change(old: Organisation) -> Organisation:
         try:
@@ -317,9 +321,17 @@ async def show_principal(request: Request) -> Response:
     return JSONResponse({found.kind: found.as_json()})
 
 
+def _keep_bootstrap_admin(found: Principal) -> None:
+    """The bootstrap admin stays an active admin, so that a deployment cannot lock itself
+    out through the API; its tokens are revoked like any (docs/accounts.md)."""
+    if found.id == BOOTSTRAP_ADMIN:
+        raise _invalid(Invalid("name", f"{BOOTSTRAP_ADMIN} stays an admin; revoke its tokens instead"))
+
+
 async def change_principal(request: Request) -> Response:
     admin = await _admin(request)
     found = await _principal(admin, request)
+    _keep_bootstrap_admin(found)
     body = await _body(admin)
 
     def change(old: Principal) -> Principal:
@@ -336,6 +348,7 @@ async def change_principal(request: Request) -> Response:
 async def disable_principal(request: Request) -> Response:
     admin = await _admin(request)
     found = await _principal(admin, request)
+    _keep_bootstrap_admin(found)
     _, new = await _change(admin, principal_key(found.id), Principal.from_json, lambda p: replace(p, active=False))
     await admin.audit(Action.ACCOUNT_REVOKED, found.id, found.org, {"kind": found.kind})
     return JSONResponse({new.kind: new.as_json()})
