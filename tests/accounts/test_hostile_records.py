@@ -64,6 +64,8 @@ async def test_the_good_record_works(node: Node, http: httpx.AsyncClient) -> Non
     ({"org": {"state": None}}, "auth.account-disabled"),
     ({"principal": {"state": True}}, "auth.account-disabled"),
     ({"principal": {"org": "another-org"}}, "auth.unknown-token"),
+    ({"principal": {"id": "user:someone-else"}}, "auth.unknown-token"),
+    ({"org": {"name": "admin"}}, "auth.unknown-token"),
     ({"org": {"senders": "*"}}, "policy.sender-not-allowed"),
     ({"org": {"senders": ["*", 1]}}, "policy.sender-not-allowed"),
     ({"org": {"statuses": "Actual"}}, "policy.status-not-allowed"),

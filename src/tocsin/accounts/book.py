@@ -154,14 +154,14 @@ class Accounts:
         if token.is_expired(now):
             raise Rejected(TOKEN_EXPIRED, f"token {token.id} expired at {token.expires}")
         org = await self.org(token.org)
-        if org is None:
+        if org is None or org.name != token.org:  # a record under another's key names no one
             raise _unknown()
         if not org.active:
             raise Rejected(ACCOUNT_DISABLED, f"organisation {org.name!r} is disabled")
         if not token.principal:
             return org.issuer("", token.roles)
         principal = await self.principal(token.principal)
-        if principal is None or principal.org != org.name:
+        if principal is None or principal.id != token.principal or principal.org != org.name:
             raise _unknown()
         if not principal.active:
             raise Rejected(ACCOUNT_DISABLED, f"{principal.id} is disabled")

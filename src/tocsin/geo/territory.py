@@ -11,7 +11,7 @@ is compared exactly on the sphere.
 
 from __future__ import annotations
 
-import functools
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import shapely
@@ -83,21 +83,28 @@ class Territory:
     def outside(self, alert: Alert) -> str | None:
         """The path and description of the first drawn area not within the territory, or None."""
         shape = _union(self)
+        where: list[str] = []
+        shapes: list[BaseGeometry] = []
         for i, info in enumerate(alert.infos):
             for j, area in enumerate(info.areas):
-                inside = all(shape is not None and shape.covers(_planar(p)) for p in area.polygons) and all(
-                    self._holds_circle(c, shape) for c in area.circles
-                )
-                if not inside:
-                    return f"info[{i}].area[{j}] ({area.area_desc!r})"
-        return None
+                path = f"info[{i}].area[{j}] ({area.area_desc!r})"
+                for polygon in area.polygons:
+                    where.append(path)
+                    shapes.append(_planar(polygon))
+                for circle in area.circles:
+                    if not self._circles_hold(circle):
+                        where.append(path)
+                        shapes.append(ShapelyPolygon([(lon, lat) for lat, lon in _circle_ring(circle)]))
+        if not shapes:
+            return None
+        if shape is None:
+            return where[0]
+        inside = shapely.covers(shape, shapes)  # one vectorised pass over the alert's shapes
+        return next((w for w, ok in zip(where, inside) if not ok), None)
 
-    def _holds_circle(self, circle: Circle, shape: BaseGeometry | None) -> bool:
-        if any(distance_km((t.lat, t.lon), (circle.lat, circle.lon)) + circle.radius_km <= t.radius_km
-               for t in self.circles):
-            return True
-        ring = [(lon, lat) for lat, lon in _circle_ring(circle)]
-        return shape is not None and bool(shape.covers(ShapelyPolygon(ring)))
+    def _circles_hold(self, circle: Circle) -> bool:
+        return any(distance_km((t.lat, t.lon), (circle.lat, circle.lon)) + circle.radius_km <= t.radius_km
+                   for t in self.circles)
 
 
 def _texts(raw: object, name: str) -> list[str]:
@@ -113,15 +120,27 @@ def _planar(polygon: Polygon) -> BaseGeometry:
     return shape if shape.is_valid else shapely.make_valid(shape)
 
 
-@functools.lru_cache(maxsize=256)
+# Unions by territory object (decoded once per record change, accounts/book.py): keyed by
+# identity, since hashing a 20,000-point territory costs more than the check; each entry
+# holds its territory, so that its id cannot be reused while cached.
+_UNIONS: OrderedDict[int, tuple[Territory, BaseGeometry | None]] = OrderedDict()
+_UNIONS_MAX = 256
+
+
 def _union(territory: Territory) -> BaseGeometry | None:
     """The territory as one prepared planar shape (cached: it changes only with the record)."""
+    cached = _UNIONS.get(id(territory))
+    if cached is not None and cached[0] is territory:
+        _UNIONS.move_to_end(id(territory))
+        return cached[1]
     parts = [_planar(p) for p in territory.polygons]
     for c in territory.circles:
         ring = [_destination(c.lat, c.lon, 360.0 * k / _CIRCLE_VERTICES, c.radius_km) for k in range(_CIRCLE_VERTICES)]
         parts.append(ShapelyPolygon([(lon, lat) for lat, lon in ring]))
-    if not parts:
-        return None
-    shape = shapely.union_all(parts)
-    shapely.prepare(shape)
+    shape = shapely.union_all(parts) if parts else None
+    if shape is not None:
+        shapely.prepare(shape)
+    _UNIONS[id(territory)] = (territory, shape)
+    if len(_UNIONS) > _UNIONS_MAX:
+        _UNIONS.popitem(last=False)
     return shape
