@@ -128,6 +128,7 @@ async def test_invalid_bodies_name_the_field(http: httpx.AsyncClient, node: Node
         ({"name": fresh("o-"), "colour": "red"}, "colour"),
         ({"name": "bad name"}, "name"),
         ({"name": fresh("o-"), "territory": {"polygons": ["1,2 3,4"]}}, "territory"),
+        ({"name": fresh("o-"), "territory": {"circles": ["45,5 1"] * 201}}, "territory"),
         ({"name": fresh("o-"), "approval": {"mode": "sometimes"}}, "approval"),
         ({"name": fresh("o-"), "alerts_per_min": -1}, "alerts_per_min"),
     ]
