@@ -22,6 +22,7 @@ LYON_BOX = "45.70,4.80 45.70,4.90 45.80,4.90 45.80,4.80 45.70,4.80"
 
 def accounts_file(tmp_path: Path, org: str, client_token: str, user_token: str, *, rate: int = 50) -> Path:
     (tmp_path / "user-token").write_text(user_token + "\n")
+    (tmp_path / "org-token").write_text(f"{user_token}-org\n")
     path = tmp_path / "accounts.toml"
     path.write_text(f'''
 [[issuers]]
@@ -42,6 +43,10 @@ expires = 2036-01-01T00:00:00Z
 name = "admin-{org}"
 roles = ["admin", "approver"]
 token_file = "user-token"
+
+[[issuers.tokens]]
+token_file = "org-token"
+roles = ["author"]
 ''', encoding="utf-8")
     return path
 
@@ -64,25 +69,27 @@ async def test_the_file_declares_working_accounts_and_a_restart_changes_nothing(
             shown = await http.get(f"/api/v1/admin/orgs/{org}", headers=bearer(user))  # its own admin
             assert shown.status_code == 200 and shown.json()["organisation"]["alerts_per_min"] == 50
             tokens = (await http.get("/api/v1/admin/tokens", params={"org": org}, headers=bearer(ADMIN_TOKEN))).json()
-            assert {t["principal"] for t in tokens["tokens"]} == {f"client:feed-{org}", f"user:admin-{org}"}
+            assert {t["principal"] for t in tokens["tokens"]} == {f"client:feed-{org}", f"user:admin-{org}", ""}
+            own = await post_alert(http, f"{user}-org", sender, polygon=PARIS_BOX)  # the organisation's own token
+            assert own.status_code == 201, own.text
             assert any(t["expires"] and t["expires"].startswith("2036-01-01") for t in tokens["tokens"])
         audit = node.services.store.audit
         entries = (await audit.page(AuditQuery(org=org, limit=200))).entries
         assert entries and all(e.actor == f"file:{path}" for e in entries)
-        assert len(entries) == 5  # the organisation, two principals, two tokens
+        assert len(entries) == 6  # the organisation, two principals, three tokens
         # The same file again (a restart applies it): nothing is written or audited.
         assert await apply_accounts_file(node.services.store, path) == 0
-        assert len((await audit.page(AuditQuery(org=org, limit=200))).entries) == 5
+        assert len((await audit.page(AuditQuery(org=org, limit=200))).entries) == 6
         # A changed rate is one write, audited as the file's.
         accounts_file(tmp_path, org, client, user, rate=70)
         assert await apply_accounts_file(node.services.store, path) == 1
-        changed = (await audit.page(AuditQuery(org=org, limit=200))).entries[5:]
+        changed = (await audit.page(AuditQuery(org=org, limit=200))).entries[6:]
         assert [(e.action.value, e.actor) for e in changed] == [("account-changed", f"file:{path}")]
     finally:
         await stop_node(*running)
     running = await start_node(settings)  # a real restart with the same file
     try:
-        assert len((await running[0].services.store.audit.page(AuditQuery(org=org, limit=200))).entries) == 6
+        assert len((await running[0].services.store.audit.page(AuditQuery(org=org, limit=200))).entries) == 7
     finally:
         await stop_node(*running)
 

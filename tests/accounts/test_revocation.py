@@ -81,3 +81,27 @@ async def test_the_bootstrap_admin_rotates_and_its_old_token_stays_revoked_after
             assert gone.status_code == 401 and gone.json()["code"] == "auth.token-revoked"
     finally:
         await stop_node(*running)
+
+
+async def test_a_first_start_without_an_admin_token_makes_one_once(tmp_path: Path) -> None:
+    own = NatsServer(store_dir=tmp_path / "nats", name="accounts-nats")  # an empty accounts bucket
+    await own.start()
+    try:
+        settings = node_settings(tmp_path / "node", own, admin_token="")
+        running = await start_node(settings)
+        try:
+            made = running[0].admin_token
+            assert made is not None and made.startswith("tca_")
+            async with httpx.AsyncClient(base_url=running[0].url, timeout=10) as http:
+                listed = await ok(await http.get("/api/v1/admin/tokens", params={"principal": "user:admin"},
+                                                 headers=bearer(made)))
+                assert [t["label"] for t in listed["tokens"]] == ["bootstrap admin"]
+        finally:
+            await stop_node(*running)
+        again = await start_node(settings)
+        try:
+            assert again[0].admin_token is None  # shown once: a restart makes none
+        finally:
+            await stop_node(*again)
+    finally:
+        await own.stop()
