@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -168,7 +169,10 @@ def _kept(org: Organisation, old: Organisation) -> Organisation:
     return replace(org, created=old.created or org.created)
 
 
-async def _apply_token(store: Store, token: Token, audit: Any) -> int:
+Audit = Callable[[Action, str, str, dict[str, Any]], Awaitable[None]]
+
+
+async def _apply_token(store: Store, token: Token, audit: Audit) -> int:
     raw = await store.accounts.get(token_key(token.digest))
     found = None if raw is None else Token.from_json(raw)
     if found is not None:
