@@ -9,6 +9,7 @@ rotated or revoked admin token stays so across restarts, whatever the environmen
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from tocsin.accounts.model import (
     BOOTSTRAP_ADMIN,
@@ -34,9 +35,9 @@ async def bootstrap_admin(records: Records, admin_token: str) -> str | None:
     now = datetime.now(UTC)
     org = Organisation(name=DEPLOYMENT_ORG, senders=("*",), statuses=DEFAULT_STATUSES, admin=True,
                        alerts_per_min=0, created=now.isoformat())
-    await records.create(org_key(DEPLOYMENT_ORG), org.as_json())
+    await _create_absent(records, org_key(DEPLOYMENT_ORG), org.as_json())
     admin = Principal(id=BOOTSTRAP_ADMIN, org=DEPLOYMENT_ORG, roles=frozenset({Role.ADMIN}), created=now.isoformat())
-    await records.create(principal_key(BOOTSTRAP_ADMIN), admin.as_json())
+    await _create_absent(records, principal_key(BOOTSTRAP_ADMIN), admin.as_json())
     made = None
     if not admin_token:
         if not await records.create(_BOOTSTRAP_KEY, {"created": now.isoformat()}):
@@ -44,5 +45,11 @@ async def bootstrap_admin(records: Records, admin_token: str) -> str | None:
         admin_token = made = new_token("tca")
     digest = token_digest(admin_token)
     token = Token(digest=digest, org=DEPLOYMENT_ORG, principal=BOOTSTRAP_ADMIN, created=now, label="bootstrap admin")
-    await records.create(token_key(digest), token.as_json())
+    await _create_absent(records, token_key(digest), token.as_json())
     return made
+
+
+async def _create_absent(records: Records, key: str, value: dict[str, Any]) -> None:
+    """Create the record unless present (read first: a restart writes nothing)."""
+    if await records.get(key) is None:
+        await records.create(key, value)
