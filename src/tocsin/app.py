@@ -18,15 +18,16 @@ from nats.aio.client import Client
 
 from pathlib import Path
 
+from tocsin.accounts import grant
+from tocsin.accounts.bootstrap import bootstrap_admin
 from tocsin.accounts.file import apply_accounts_file
-from tocsin.api.auth import new_token, token_digest
 from tocsin.api.lifecycle import sweep_forever
 from tocsin.api.listener import Edge, edge_protocols
 from tocsin.api.routes import make_app
 from tocsin.api.services import Services
 from tocsin.api.streams import freshness
 from tocsin.channels.live import LiveRegistry
-from tocsin.errors import StoreMisconfigured, StoreUnavailable
+from tocsin.errors import Rejected, StoreMisconfigured, StoreUnavailable
 from tocsin.health.readiness import Limits, Readiness
 from tocsin.health.shed import shed_when_unready
 from tocsin.cluster.nats_server import NATS_USER, NatsServer, check_varz_sync_always, load_or_create_password
@@ -36,11 +37,11 @@ from tocsin.pipeline.accept import Accept, Bounds, Retention
 from tocsin.pipeline.duplicates import Duplicates
 from tocsin.pipeline.gate import Gate
 from tocsin.pipeline.reconcile import Reconciler
-from tocsin.policy import AlertLimits, Issuer
+from tocsin.policy import AlertLimits
 from tocsin.prober.heartbeat import Heartbeat, heartbeat_urls
 from tocsin.prober.probe import Prober, load_or_create_token, prober_account
 from tocsin.secret_file import private_dir
-from tocsin.settings import Settings
+from tocsin.settings import Settings, SettingsError
 from tocsin.signing import SigningKey
 from tocsin.store.jetstream import JetStreamStore, connect
 from tocsin.store.ledger import Ledger
@@ -48,9 +49,6 @@ from tocsin.store.ledger import Ledger
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-_BOOTSTRAP_KEY = "bootstrap"
-
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -132,29 +130,23 @@ async def _until_up(
 
 
 async def _prepare_store(store: JetStreamStore, settings: Settings) -> str | None:
-    """Create streams and buckets and the admin account, waiting for a quorum if needed."""
+    """Create streams and buckets and the bootstrap accounts, waiting for a quorum if needed.
+
+    Raises:
+        SettingsError: the accounts file is not valid (the message names the entry).
+    """
 
     async def attempt() -> str | None:
         await store.ensure()
-        token = await _bootstrap_admin(store, settings)
+        token = await bootstrap_admin(store.accounts, settings.admin_token)
         if settings.accounts_file:
-            await apply_accounts_file(store, Path(settings.accounts_file))
+            try:
+                await apply_accounts_file(store, Path(settings.accounts_file))
+            except Rejected as exc:
+                raise SettingsError(f"TOCSIN_ACCOUNTS_FILE: {exc.detail}") from None
         return token
 
     return await _until_up(attempt, (StoreUnavailable,), settings.startup_timeout_s, "waiting for the stream")
-
-
-async def _bootstrap_admin(store: JetStreamStore, settings: Settings) -> str | None:
-    """Create the admin account on first start; return its token only when created here."""
-    admin = Issuer(name="admin", admin=True)
-    if settings.admin_token:
-        await store.issuers.put(token_digest(settings.admin_token), admin.as_json())
-        return None
-    token = new_token("tca")
-    if not await store.issuers.create(_BOOTSTRAP_KEY, {"created": utc_now().isoformat()}):
-        return None
-    await store.issuers.put(token_digest(token), admin.as_json())
-    return token
 
 
 async def _bootstrap_prober(store: JetStreamStore, settings: Settings) -> str | None:
@@ -162,7 +154,7 @@ async def _bootstrap_prober(store: JetStreamStore, settings: Settings) -> str | 
     if settings.probe_interval_s <= 0:
         return None
     token = load_or_create_token(settings.data_dir / "keys" / "prober-token")
-    await store.issuers.put(token_digest(token), prober_account(settings.node_name).as_json())
+    await grant(store, token, prober_account(settings.node_name))
     return token
 
 
@@ -381,6 +373,7 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         # The lifecycle: submissions and drafts mirrored, expiries marked and audited.
         pending = tasks.create_task(store.pending.mirror(node.services.pending_cache), name="pending-mirror")
         sweep = tasks.create_task(sweep_forever(node.services), name="lifecycle-sweep")
+        accounts = tasks.create_task(store.accounts.mirror(node.services.accounts.mirror), name="accounts-mirror")
         while not node.server.started and not http.done():
             await asyncio.sleep(0.01)
         if ready is not None and node.server.started:
@@ -405,6 +398,7 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         devices.cancel()
         pending.cancel()
         sweep.cancel()
+        accounts.cancel()
         if supervisor is not None:
             supervisor.cancel()
 

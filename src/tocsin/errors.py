@@ -154,6 +154,9 @@ UNAUTHENTICATED = Problem("auth.missing-token", 401, "A bearer token is required
 UNKNOWN_TOKEN = Problem("auth.unknown-token", 401, "The token is not valid.")
 TOKEN_EXPIRED = Problem("auth.token-expired", 401, "The token has expired; ask an admin for a new one.")
 TOKEN_REVOKED = Problem("auth.token-revoked", 401, "The token has been revoked.")
+ACCOUNT_DISABLED = Problem(
+    "auth.account-disabled", 401, "The user, API client or organisation behind this token is disabled."
+)
 ROLE_REQUIRED = Problem("auth.role-required", 403, "This account's roles do not allow this action.")
 ISSUER_RATE_LIMITED = Problem(
     "policy.issuer-rate-limited", 429, "This issuer organisation sent more alerts than its rate limit; retry after the time given."
@@ -166,6 +169,9 @@ ACCOUNT_UNKNOWN = Problem("accounts.unknown", 404, "No account with this name.")
 POLICY_NEEDS_SECOND_ADMIN = Problem(
     "accounts.policy-needs-second-admin", 409,
     "An approval policy change takes effect only when a second admin confirms it.",
+)
+NO_PROPOSAL = Problem(
+    "accounts.no-proposal", 409, "No approval policy change is waiting to be confirmed, or not the one given."
 )
 ACCOUNTS_FILE_INVALID = Problem("accounts.file-invalid", 422, "The accounts file is not valid.")
 

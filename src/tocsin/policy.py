@@ -12,6 +12,7 @@ from enum import StrEnum
 
 from tocsin.cap.model import Alert, Area, Circle, Info, MsgType, Polygon, Reference, Scope, Severity, Status
 from tocsin.geo.extent import circle_km2, polygon_km2
+from tocsin.geo.territory import Territory
 from tocsin.errors import (
     AREA_TOO_LARGE,
     CAP_CEILING_BELOW_ALTITUDE,
@@ -22,6 +23,7 @@ from tocsin.errors import (
     MSGTYPE_NOT_DISTRIBUTED,
     NO_AREA,
     NOT_PUBLIC,
+    OUTSIDE_TERRITORY,
     REFERENCE_NOT_ALLOWED,
     REFERENCE_UNKNOWN,
     SENDER_NOT_ALLOWED,
@@ -38,6 +40,8 @@ from tocsin.errors import (
 # Statuses an ordinary issuer account may send; System is for the prober's canaries.
 DEFAULT_STATUSES = (Status.ACTUAL.value, Status.EXERCISE.value, Status.TEST.value)
 DEFAULT_SEVERITIES = tuple(s.value for s in Severity)
+# An organisation's alerts per minute when its record names no valid rate (docs/accounts.md).
+DEFAULT_ALERTS_PER_MIN = 600
 # From the least to the most severe (Unknown counts as the least: it claims nothing).
 _SEVERITY_RANK = {Severity.UNKNOWN: 0, Severity.MINOR: 1, Severity.MODERATE: 2, Severity.SEVERE: 3, Severity.EXTREME: 4}
 
@@ -153,6 +157,10 @@ class Issuer:
     probe: bool = False
     # Set by an admin to raise (or lower) the deployment's alert limits for this account.
     limits: AlertLimits = AlertLimits()
+    # Where its alerts may be drawn (None: anywhere; an empty territory holds no area).
+    territory: Territory | None = None
+    # The organisation's alerts per minute on one node (0: no limit; api/auth.py).
+    alerts_per_min: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def may_send_as(self, sender: str) -> bool:
@@ -178,12 +186,15 @@ class Issuer:
                                 "approval": self.approval.as_json(), "delegated": list(self.delegated)}
         if self.limits.as_json():
             data["limits"] = self.limits.as_json()
+        data["territory"] = None if self.territory is None else self.territory.as_json()
+        data["alerts_per_min"] = self.alerts_per_min
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Issuer:
         """Fail-closed: a missing or malformed field grants nothing (no sender, status,
-        severity or role; approval always), an unknown one is ignored.
+        severity or role; approval always; a territory holding no area; the default alert
+        rate), an unknown one is ignored.
 
         Raises:
             KeyError, TypeError: the record has no name (the caller refuses the token).
@@ -203,7 +214,16 @@ class Issuer:
             approval=Approval.from_json(data.get("approval")),
             delegated=_strings(data.get("delegated")),
             limits=AlertLimits.from_json(data.get("limits")),
+            territory=Territory.decode(data.get("territory", {})),
+            alerts_per_min=alerts_per_min(data.get("alerts_per_min")),
         )
+
+
+def alerts_per_min(raw: object) -> int:
+    """A stored alert rate: a whole number >= 0 (0: no limit), else DEFAULT_ALERTS_PER_MIN."""
+    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= 1_000_000:
+        return raw
+    return DEFAULT_ALERTS_PER_MIN
 
 
 def _strings(raw: object) -> tuple[str, ...]:
@@ -301,6 +321,20 @@ def _area_findings(alert: Alert, refuse: Refuse) -> None:
             refuse(UNLOCATABLE_AREA, f"info[{i}].area[{j}]", f"info[{i}].area[{j}] ({area.area_desc!r}) has only geocodes")
     if not areas and alert.msg_type not in (MsgType.CANCEL, MsgType.UPDATE):
         refuse(NO_AREA, "info", "no info has an area")
+
+
+def check_territory(alert: Alert, territory: Territory | None) -> None:
+    """Refuse an alert with a drawn area outside the issuer's territory (after check_limits:
+    the alert's shapes are bounded by then).
+
+    Raises:
+        Rejected: 403 policy.outside-territory naming the area.
+    """
+    if territory is None:
+        return
+    outside = territory.outside(alert)
+    if outside is not None:
+        raise Rejected(OUTSIDE_TERRITORY, f"{outside} is not within the organisation's territory")
 
 
 def check_limits(alert: Alert, limits: AlertLimits) -> None:

@@ -124,6 +124,8 @@ class Settings:
     # the rest get 429 + Retry-After. Canaries (issuer token) are not counted.
     registrations_per_source_per_min: int = 30
     registrations_per_min: int = 1200
+    # An admin API body (an organisation with its territory is the largest) is refused past this.
+    max_admin_body_bytes: int = 1024 * 1024
     # How many sources a rate limit remembers; past that the least recently seen is forgotten.
     rate_limit_max_sources: int = 100_000
     # Distinct cells per device after normalisation (a few saved places, each a few cells).

@@ -4,6 +4,7 @@ response that breaks the document. Bounded: a few examples per operation, ~1 min
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import ADMIN_TOKEN, start_node, stop_node
+from tests.e2e.conftest import start_node, stop_node
 from tests.health.conftest import GREEN_WITHIN_S, Readyz, fast_settings
 from tocsin.cluster.nats_server import NatsServer
 
@@ -30,24 +31,27 @@ async def test_schemathesis_finds_no_500_and_no_response_outside_the_document(
     binary = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     assert binary is not None, "schemathesis is in the [test] extra: pip install -e '.[test]'"
     # A node with its prober, green before the run: any 5xx it answers is then a finding.
-    running = await start_node(fast_settings(tmp_path, nats_server))
+    # An admin token of its own: the fuzzer may revoke or rotate `self` (the session's nodes
+    # share one accounts bucket, and other tests need the shared admin token).
+    token = f"tca_fuzz-{secrets.token_hex(8)}"
+    running = await start_node(fast_settings(tmp_path, nats_server, admin_token=token))
     try:
         async with httpx.AsyncClient(timeout=5) as http:
             await Readyz(running[0].url).until(http, ready=True, within_s=GREEN_WITHIN_S)
-        text, returncode = await _run(binary, running[0].url, tmp_path)
+        text, returncode = await _run(binary, running[0].url, tmp_path, token)
     finally:
         await stop_node(*running)
     print(text[-4000:])
     assert returncode == 0, text[-6000:]
 
 
-async def _run(binary: str, url: str, cwd: Path) -> tuple[str, int | None]:
+async def _run(binary: str, url: str, cwd: Path, token: str) -> tuple[str, int | None]:
     """The CLI in `cwd` (it keeps its Hypothesis database there), within the deadline."""
     command = [
         binary, "run", f"{url}/openapi.json", "--url", url,
         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
         "--max-examples", str(EXAMPLES), "--workers", "1", "--request-timeout", "5",
-        "--phases", "examples,fuzzing", "-H", f"Authorization: Bearer {ADMIN_TOKEN}", "--no-color",
+        "--phases", "examples,fuzzing", "-H", f"Authorization: Bearer {token}", "--no-color",
         *[arg for path in EXCLUDED for arg in ("--exclude-path", path)],
     ]
     process = await asyncio.create_subprocess_exec(

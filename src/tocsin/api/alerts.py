@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from tocsin.api import lifecycle
-from tocsin.api.auth import issuer_for
+from tocsin.api.auth import issuer_for, require, take_alert_slot
 from tocsin.api.services import Services
 from tocsin.approval.pending import actor_of
 from tocsin.api.audit import note
@@ -62,7 +62,8 @@ async def post_alert(request: Request) -> Response:
     services = _services(request)
     started = time.perf_counter()
     issuer = await issuer_for(request, services)
-    lifecycle.require(issuer, Role.AUTHOR)
+    require(issuer, Role.AUTHOR)
+    take_alert_slot(issuer, services)  # ACCOUNTS: the organisation's rate (429 + Retry-After)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media not in XML_TYPES + JSON_TYPES:
         raise Rejected(UNSUPPORTED_MEDIA, f"got {media or 'no content type'}")
@@ -213,7 +214,7 @@ async def correct_alert(request: Request) -> Response:
     alert's organisation or one delegated to correct it; never waits for approval)."""
     services = _services(request)
     issuer = await issuer_for(request, services)
-    lifecycle.require(issuer, Role.AUTHOR)
+    require(issuer, Role.AUTHOR)
     original_id = _alert_id(request)
     stored = await services.store.get(original_id)
     if not issuer.may_reference(stored.envelope.issuer):
@@ -242,7 +243,7 @@ async def correction_templates(request: Request) -> Response:
     """GET: the correction templates; PUT: replace them (admin role; audited)."""
     services = _services(request)
     issuer = await issuer_for(request, services)
-    lifecycle.require(issuer, Role.ADMIN)
+    require(issuer, Role.ADMIN)
     if request.method == "PUT":
         body = await read_body(request, 64 * 1024)
         try:

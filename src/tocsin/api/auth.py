@@ -1,28 +1,20 @@
-"""Bearer tokens: issuer accounts and devices, looked up in the replicated buckets."""
+"""Bearer tokens: issuer accounts (accounts/book.py) and devices, from the replicated buckets."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
 from typing import Any
 
 from starlette.requests import HTTPConnection
 
+from tocsin.accounts.model import new_token, token_digest
 from tocsin.api.device_records import is_expired, renew_if_due
+from tocsin.api.ratelimit import retry_after
 from tocsin.api.services import Services
-from tocsin.errors import DEVICE_UNKNOWN, UNAUTHENTICATED, UNKNOWN_TOKEN, Rejected
-from tocsin.policy import Issuer
+from tocsin.errors import DEVICE_UNKNOWN, ISSUER_RATE_LIMITED, ROLE_REQUIRED, UNAUTHENTICATED, UNKNOWN_TOKEN, Rejected
+from tocsin.policy import Issuer, Role
 
-_UNCACHED = object()
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def new_token(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_urlsafe(32)}"
+__all__ = ["bearer", "device_for", "issuer_for", "new_token", "require", "take_alert_slot", "token_digest"]
 
 
 def bearer(conn: HTTPConnection, *, query: bool = False) -> str | None:
@@ -35,22 +27,51 @@ def bearer(conn: HTTPConnection, *, query: bool = False) -> str | None:
 
 
 async def issuer_for(conn: HTTPConnection, services: Services) -> Issuer:
-    """The issuer account behind the request's bearer token.
+    """The acting Issuer behind the request's bearer token: token -> principal ->
+    organisation, from this node's mirror of the accounts bucket (accounts/book.py).
 
     Raises:
-        Rejected: no token (401 auth.missing-token) or an unknown one (401).
+        Rejected: 401 auth.missing-token, auth.unknown-token, auth.token-expired,
+            auth.token-revoked, auth.account-disabled.
     """
     token = bearer(conn)
     if not token:
         raise Rejected(UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
     digest = token_digest(token)
-    record: Any = services.issuer_cache.get(digest, _UNCACHED)
-    if record is _UNCACHED:
-        record = await services.store.issuers.get(digest)
-        services.issuer_cache.put(digest, record)  # None too: a repeated wrong token costs no read
-    if record is None:
+    if services.issuer_cache.get(digest, False) is None:  # known to name no account, lately
         raise Rejected(UNKNOWN_TOKEN, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-    return Issuer.from_json(record)
+    try:
+        return await services.accounts.resolve(digest, services.clock())
+    except Rejected as refused:
+        if refused.problem is UNKNOWN_TOKEN and services.accounts.mirror.get(f"token.{digest}") is None:
+            services.issuer_cache.put(digest, None)  # a repeated wrong token costs no read
+        raise
+
+
+def require(issuer: Issuer, role: Role) -> None:
+    """Refuse an issuer without `role`.
+
+    Raises:
+        Rejected: 403 auth.role-required.
+    """
+    if not issuer.has(role):
+        raise Rejected(ROLE_REQUIRED, f"{issuer.principal or issuer.name} lacks the {role.value} role")
+
+
+def take_alert_slot(issuer: Issuer, services: Services) -> None:
+    """Count one alert against its organisation's rate on this node (0: no limit).
+
+    Raises:
+        Rejected: 429 policy.issuer-rate-limited with Retry-After.
+    """
+    if issuer.alerts_per_min <= 0:
+        return
+    wait_s = services.issuer_rates.take(issuer.name, issuer.alerts_per_min)
+    if wait_s > 0:
+        raise Rejected(
+            ISSUER_RATE_LIMITED, f"{issuer.name!r} may send {issuer.alerts_per_min} alerts a minute on this node",
+            headers={"Retry-After": retry_after(wait_s)},
+        )
 
 
 async def device_for(conn: HTTPConnection, services: Services, *, renew: bool = True) -> tuple[str, dict[str, Any]]:

@@ -10,8 +10,7 @@ from starlette.responses import JSONResponse, Response
 
 from tocsin.api.alerts import read_body
 from tocsin.api.audit import note
-from tocsin.api.auth import issuer_for
-from tocsin.api.lifecycle import require
+from tocsin.api.auth import issuer_for, require
 from tocsin.api.services import Services
 from tocsin.approval.drafts import DRAFT_ID, Drafts
 from tocsin.approval.pending import actor_of

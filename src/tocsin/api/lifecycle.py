@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from tocsin.api.audit import note
-from tocsin.api.auth import issuer_for
+from tocsin.api.auth import issuer_for, require
 from tocsin.api.ratelimit import source_of
 from tocsin.api.services import Services
 from tocsin.approval.pending import Bounds, State, Submission, Submissions, actor_of
@@ -54,12 +54,6 @@ def submissions(services: Services) -> Submissions:
     s = services.settings
     return Submissions(services.store.pending, s.stream, services.pending_cache,
                        Bounds(max_per_org=s.max_pending_per_org, decided_keep_s=s.decided_keep_s))
-
-
-def require(issuer: Issuer, role: Role) -> None:
-    """Raises Rejected (403 auth.role-required) unless the account has `role`."""
-    if not issuer.has(role):
-        raise Rejected(ROLE_REQUIRED, f"{actor_of(issuer)} of {issuer.name!r} is not {role.value}")
 
 
 async def submit(request: Request, services: Services, alert: Alert, issuer: Issuer, original: bytes | None,

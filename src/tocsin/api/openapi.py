@@ -44,8 +44,10 @@ def problem_catalog() -> list[Problem]:
 
 def document(base_url: str) -> Json:
     """The whole OpenAPI 3.1 document, with `base_url` as its server."""
+    from tocsin.api.openapi_admin import admin_paths, admin_schemas  # it uses this module's builders
+
     catalog = problem_catalog()
-    return {
+    spec: Json = {
         "openapi": "3.1.0",
         "info": {
             "title": "tocsin",
@@ -62,11 +64,15 @@ def document(base_url: str) -> Json:
             {"name": "public", "description": "Keys, health, metrics, this document."},
             {"name": "lifecycle", "description": "Approval, rejection, correction, drafts (docs/lifecycle.md)."},
             {"name": "audit", "description": "The append-only audit log, read only (docs/audit.md)."},
+            {"name": "admin", "description": "Organisations, users, API clients, tokens (admin role)."},
         ],
-        "paths": _merge(_issuer_paths(catalog), _lifecycle_paths(catalog), _device_paths(catalog), _public_paths()),
+        "paths": _merge(_issuer_paths(catalog), _lifecycle_paths(catalog), _device_paths(catalog), _public_paths(),
+                        admin_paths(catalog)),
         "components": _components(catalog),
         "x-problem-codes": [{"code": p.code, "status": p.status, "title": p.title} for p in catalog],
     }
+    spec["components"]["schemas"].update(admin_schemas())
+    return spec
 
 
 # ---------------------------------------------------------------------------------------
@@ -166,6 +172,7 @@ def _issuer_paths(catalog: list[Problem]) -> Json:
             "413": _problems(catalog, 413, ("request.", "cap.", "alert.")),
             "415": _problems(catalog, 415, ("request.",)),
             "422": _problems(catalog, 422, ("cap.", "policy.")),
+            "429": _problems(catalog, 429, ("policy.",), _RETRY_AFTER),  # the organisation's rate
             "503": _problems(catalog, 503, ("store.", "request.", "accept."), _RETRY_AFTER),
             "507": _problems(catalog, 507, ("store.",)),
             **_COMMON,

@@ -80,6 +80,26 @@ class RateLimit:
         return (1.0 - bucket.tokens) / self._rate_per_s
 
 
+class RatesByKey:
+    """A RateLimit for each key at its own rate (issuer organisations, api/auth.py); the
+    table holds at most `max_keys` keys, the least recently used forgotten first."""
+
+    def __init__(self, *, max_keys: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max_keys = max(1, max_keys)
+        self._clock = clock
+        self._limits: OrderedDict[str, RateLimit] = OrderedDict()
+
+    def take(self, key: str, per_min: int) -> float:
+        """Take one for `key` at `per_min` (a changed rate starts a full bucket)."""
+        limit = self._limits.get(key)
+        if limit is None or limit.per_min != per_min:
+            limit = self._limits[key] = RateLimit(per_min, clock=self._clock)
+            if len(self._limits) > self._max_keys:
+                self._limits.popitem(last=False)
+        self._limits.move_to_end(key)
+        return limit.take()
+
+
 def retry_after(wait_s: float) -> str:
     """A Retry-After value (whole seconds, at least 1) for a wait."""
     return str(max(1, math.ceil(wait_s)))

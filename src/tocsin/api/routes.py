@@ -6,7 +6,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp
 
-from tocsin.api import alerts, audit, devices, drafts, public, streams
+from tocsin.api import admin_routes, alerts, audit, devices, drafts, public, streams
 from tocsin.api.fastpath import SseFastPath
 from tocsin.api.headers import EdgeHeaders
 from tocsin.api.problems import HANDLERS
@@ -34,6 +34,8 @@ ROUTES = [
     Route("/metrics", public.metrics, methods=["GET"]),
     Route("/status", public.status, methods=["GET"]),
     Route("/openapi.json", public.openapi, methods=["GET"]),
+    # ACCOUNTS: the admin API (api/admin.py, docs/accounts.md)
+    *admin_routes.ROUTES,
 ]
 
 

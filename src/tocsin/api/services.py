@@ -13,8 +13,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tocsin.accounts.book import Accounts
 from tocsin.api.device_records import DeviceMirror
-from tocsin.api.ratelimit import RateLimit
+from tocsin.api.ratelimit import RateLimit, RatesByKey
 from tocsin.api.listener import Edge
 from tocsin.api.ttl_cache import TtlCache
 from tocsin.channels.live import LiveRegistry
@@ -27,7 +28,8 @@ from tocsin.signing import SigningKey
 from tocsin.store.base import Store
 
 
-ISSUER_CACHE_S = 10.0
+# A wrong token is remembered this long (a token created elsewhere meanwhile waits as long).
+ISSUER_CACHE_S = 1.0
 # Issuers are few; a flood of distinct wrong tokens evicts only wrong tokens and old entries.
 ISSUER_CACHE_ENTRIES = 4096
 
@@ -158,8 +160,12 @@ class Services:
     # The listeners' limits and connection counts (app.py sets it; None in ASGI-only tests).
     edge: Edge | None = None
     started_monotonic: float = field(default_factory=time.monotonic)
-    # Looked-up issuer accounts by token digest (None: no such account), bounded in number
-    # and age: a revoked token stops working on every node within ISSUER_CACHE_S.
+    # Every account record, mirrored from the accounts bucket (app.py runs the mirror), and
+    # each organisation's alert rate on this node (accounts/book.py, api/auth.py).
+    accounts: Accounts = field(init=False)
+    issuer_rates: RatesByKey = field(default_factory=RatesByKey)
+    # Tokens found in no account (None), bounded in number and age: a flood of wrong
+    # tokens costs one bucket read each per ISSUER_CACHE_S.
     issuer_cache: TtlCache[str, Any] = field(
         default_factory=lambda: TtlCache(ISSUER_CACHE_ENTRIES, ISSUER_CACHE_S)
     )
@@ -176,5 +182,7 @@ class Services:
 
     def __post_init__(self) -> None:
         s = self.settings
+        store = self.store
+        self.accounts = Accounts(lambda: store.accounts)
         self.registrations_by_source = RateLimit(s.registrations_per_source_per_min, max_keys=s.rate_limit_max_sources)
         self.registrations_in_all = RateLimit(s.registrations_per_min)

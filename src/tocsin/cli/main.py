@@ -48,7 +48,7 @@ def serve(data_dir: Path | None, listen: str | None, config: Path | None) -> Non
         run_loop(app.serve(settings, ready))
     except KeyboardInterrupt:
         pass
-    except (NatsServerError, StoreMisconfigured) as exc:
+    except (NatsServerError, StoreMisconfigured, SettingsError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -82,6 +82,11 @@ def _register_optional() -> None:
     cli.add_command(status)
     cli.add_command(watch)
     cli.add_command(watchdog)
+    # ACCOUNTS: issuers, users, clients, tokens over the admin API
+    from tocsin.cli.accounts_cmd import clients, issuers, tokens, users
+
+    for group in (issuers, users, clients, tokens):
+        cli.add_command(group)
 
 
 _register_optional()

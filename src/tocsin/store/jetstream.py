@@ -526,6 +526,11 @@ class KvRecords:
             return True
         except nats.js.errors.KeyWrongLastSequenceError:
             return False
+        except nats.js.errors.KeyNotFoundError:
+            # ACCOUNTS: the key exists (the server refused "wrong last sequence"), but nats-py's
+            # check for a delete marker read a replica that has not caught up (seen in F09's
+            # rolling restart): the create did not happen, the key is there.
+            return False
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
             raise self._failed("kv_create", exc) from exc
 
