@@ -30,7 +30,6 @@ from tocsin.errors import (
     NOT_PENDING,
     PENDING_UNKNOWN,
     REASON_REQUIRED,
-    ROLE_REQUIRED,
     SELF_APPROVAL,
     Rejected,
     StoreFull,
