@@ -239,6 +239,8 @@ def check(alert: Alert, issuer: Issuer, *, now: datetime, max_skew_s: float) -> 
     Raises:
         Rejected: with the catalog problem naming the rule.
     """
+    if alert.status is Status.DRAFT:  # for no account: named as such, before any right
+        raise Rejected(DRAFT, "a Draft is never distributed; keep it as a draft (docs/lifecycle.md)")
     if not issuer.may_send_as(alert.sender):
         raise Rejected(SENDER_NOT_ALLOWED, f"account {issuer.name!r} may not send as {alert.sender!r}")
     if not issuer.may_send_status(alert.status.value):

@@ -86,7 +86,7 @@ async def test_admins_edit_the_templates_and_the_change_is_audited(node: Node, h
     [info] = parse_xml((await http.get(f"/api/v1/alerts/{correction['id']}.xml")).content).infos
     assert info.language == "de-DE" and info.headline == "Falscher Alarm: Inondation: évacuez les quais"
     changed = [e for e in await audit_of(http, "correction-templates") if e["action"] == "policy-changed"]
-    assert changed and changed[-1]["actor"] == "org:admin" and changed[-1]["detail"]["languages"] == ["de-DE"]
+    assert changed and changed[-1]["actor"] == "user:admin" and changed[-1]["detail"]["languages"] == ["de-DE"]
 
 
 async def test_a_device_that_showed_the_alert_receives_its_correction_live(node: Node, http: httpx.AsyncClient) -> None:

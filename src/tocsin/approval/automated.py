@@ -21,7 +21,7 @@ def automated_source_toml(token: str, *, org: str = AUTOMATED_ORG, client: str =
         "[[issuers]]\n"
         f'name = "{org}"\n'
         'senders = ["*"]\n'
-        'statuses = ["Actual", "Exercise", "Test", "Draft"]  # Draft: refused as policy.draft\n'
+        'statuses = ["Actual", "Exercise", "Test"]\n'
         f"severities = [{severities}]\n"
         'approval = { mode = "none" }\n\n'
         "[[issuers.clients]]\n"
