@@ -183,10 +183,12 @@ def _issuer_paths(catalog: list[Problem]) -> Json:
         "operationId": "getAlert",
         "summary": "An alert, its state and this node's delivery progress",
         "description": "No token is required for a published alert. A submission (pending, rejected, "
-        "expired, refused) is shown only to a token of its organisation, as a Submission with its alert.",
+        "expired, refused) is shown only to a token of its organisation, as a Submission with its alert; "
+        "a token that is sent must be valid (401 otherwise), even for a published alert.",
         "parameters": [_ALERT_ID_PARAM],
         "responses": {
             "200": _json(_ref("AlertDetail"), "The alert."),
+            "401": _problems(catalog, 401, ("auth.",)),
             "404": _problems(catalog, 404, ("alert.",)),
             "503": _problems(catalog, 503, ("store.", "request."), _RETRY_AFTER),
             **_COMMON,
