@@ -19,10 +19,10 @@ from tocsin.cli.node_urls import url_option
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _common(command: F) -> F:
+def common(command: F) -> F:
     command = click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")(command)
     command = click.option("--token", envvar="TOCSIN_TOKEN", required=True,
-                           help="An admin's token; default TOCSIN_TOKEN.")(command)
+                           help="Your token (an admin's for accounts); default TOCSIN_TOKEN.")(command)
     return url_option(command)
 
 
@@ -50,7 +50,7 @@ def call(urls: list[str], token: str, method: str, path: str, body: dict[str, An
     raise SystemExit(EXIT_UNAVAILABLE)
 
 
-def _run(urls: list[str], token: str, as_json: bool, method: str, path: str, *,
+def run(urls: list[str], token: str, as_json: bool, method: str, path: str, *,
          body: dict[str, Any] | None = None, params: dict[str, str] | None = None,
          show: Callable[[dict[str, Any]], str] | None = None) -> None:
     status, answer = call(urls, token, method, path, body, params)
@@ -116,28 +116,28 @@ def issuers() -> None:
 
 
 @issuers.command("list")
-@_common
+@common
 def issuers_list(urls: list[str], token: str, as_json: bool) -> None:
     """Every organisation this admin may see."""
-    _run(urls, token, as_json, "GET", "/api/v1/admin/orgs",
+    run(urls, token, as_json, "GET", "/api/v1/admin/orgs",
          show=lambda a: "\n".join(_org_line(o) for o in a["organisations"]))
 
 
 @issuers.command("show")
 @click.argument("name")
-@_common
+@common
 def issuers_show(name: str, urls: list[str], token: str, as_json: bool) -> None:
     """One organisation, in full (JSON)."""
-    _run(urls, token, True, "GET", f"/api/v1/admin/orgs/{name}")
+    run(urls, token, True, "GET", f"/api/v1/admin/orgs/{name}")
 
 
 @issuers.command("add")
 @click.argument("name")
 @_org_options
-@_common
+@common
 def issuers_add(name: str, urls: list[str], token: str, as_json: bool, **fields: Any) -> None:
     """Create an organisation (a policy other than `always` waits for a second admin)."""
-    _run(urls, token, as_json, "POST", "/api/v1/admin/orgs", body={"name": name, **_org_fields(**fields)},
+    run(urls, token, as_json, "POST", "/api/v1/admin/orgs", body={"name": name, **_org_fields(**fields)},
          show=lambda a: _org_line(a["organisation"]))
 
 
@@ -145,31 +145,31 @@ def issuers_add(name: str, urls: list[str], token: str, as_json: bool, **fields:
 @click.argument("name")
 @_org_options
 @click.option("--enable", is_flag=True, help="Enable a disabled organisation.")
-@_common
+@common
 def issuers_set(name: str, urls: list[str], token: str, as_json: bool, enable: bool, **fields: Any) -> None:
     """Change an organisation; an approval policy change is proposed for a second admin."""
     body = _org_fields(**fields)
     if enable:
         body["disabled"] = False
-    _run(urls, token, as_json, "PATCH", f"/api/v1/admin/orgs/{name}", body=body,
+    run(urls, token, as_json, "PATCH", f"/api/v1/admin/orgs/{name}", body=body,
          show=lambda a: _org_line(a["organisation"]))
 
 
 @issuers.command("confirm-policy")
 @click.argument("name")
-@_common
+@common
 def issuers_confirm(name: str, urls: list[str], token: str, as_json: bool) -> None:
     """Confirm the approval policy another admin proposed."""
-    _run(urls, token, as_json, "POST", f"/api/v1/admin/orgs/{name}/policy/confirm", body={},
+    run(urls, token, as_json, "POST", f"/api/v1/admin/orgs/{name}/policy/confirm", body={},
          show=lambda a: _org_line(a["organisation"]))
 
 
 @issuers.command("disable")
 @click.argument("name")
-@_common
+@common
 def issuers_disable(name: str, urls: list[str], token: str, as_json: bool) -> None:
     """Disable an organisation: every token of it is refused at once."""
-    _run(urls, token, as_json, "POST", f"/api/v1/admin/orgs/{name}/disable",
+    run(urls, token, as_json, "POST", f"/api/v1/admin/orgs/{name}/disable",
          show=lambda a: _org_line(a["organisation"]))
 
 
@@ -187,10 +187,10 @@ def _principal_group(kind: str) -> click.Group:
 
     @group.command("list")
     @click.option("--org", default="", help="Only this organisation's.")
-    @_common
+    @common
     def listing(org: str, urls: list[str], token: str, as_json: bool) -> None:
         """List them."""
-        _run(urls, token, as_json, "GET", path, params={"org": org} if org else None,
+        run(urls, token, as_json, "GET", path, params={"org": org} if org else None,
              show=lambda a: "\n".join(_principal_line(p) for p in a[f"{kind}s"]))
 
     @group.command("add")
@@ -198,30 +198,30 @@ def _principal_group(kind: str) -> click.Group:
     @click.option("--org", required=True, help="The organisation it acts for.")
     @click.option("--role", "roles", multiple=True, default=("author",), show_default=True,
                   help="author, approver, admin (repeat).")
-    @_common
+    @common
     def add(name: str, org: str, roles: tuple[str, ...], urls: list[str], token: str, as_json: bool) -> None:
         """Create one."""
-        _run(urls, token, as_json, "POST", path, body={"name": name, "org": org, "roles": list(roles)},
+        run(urls, token, as_json, "POST", path, body={"name": name, "org": org, "roles": list(roles)},
              show=lambda a: _principal_line(a[kind]))
 
     @group.command("set")
     @click.argument("name")
     @click.option("--role", "roles", multiple=True, help="Its roles from now on (repeat).")
     @click.option("--enable", is_flag=True, help="Enable it again.")
-    @_common
+    @common
     def change(name: str, roles: tuple[str, ...], enable: bool, urls: list[str], token: str, as_json: bool) -> None:
         """Change its roles, or enable it again."""
         body: dict[str, Any] = {"roles": list(roles)} if roles else {}
         if enable:
             body["disabled"] = False
-        _run(urls, token, as_json, "PATCH", f"{path}/{name}", body=body, show=lambda a: _principal_line(a[kind]))
+        run(urls, token, as_json, "PATCH", f"{path}/{name}", body=body, show=lambda a: _principal_line(a[kind]))
 
     @group.command("disable")
     @click.argument("name")
-    @_common
+    @common
     def disable(name: str, urls: list[str], token: str, as_json: bool) -> None:
         """Disable it: its tokens are refused at once."""
-        _run(urls, token, as_json, "POST", f"{path}/{name}/disable", show=lambda a: _principal_line(a[kind]))
+        run(urls, token, as_json, "POST", f"{path}/{name}/disable", show=lambda a: _principal_line(a[kind]))
 
     return group
 
@@ -251,7 +251,7 @@ def tokens() -> None:
 @click.option("--role", "roles", multiple=True, help="... with these roles (repeat).")
 @click.option("--expires", default=None, help="ISO 8601 time it stops working (default: never).")
 @click.option("--label", default="", help="What it is for.")
-@_common
+@common
 def tokens_create(principal: str, org: str, roles: tuple[str, ...], expires: str | None, label: str,
                   urls: list[str], token: str, as_json: bool) -> None:
     """Create a token for a user, a client, or an organisation itself."""
@@ -259,34 +259,34 @@ def tokens_create(principal: str, org: str, roles: tuple[str, ...], expires: str
         raise click.UsageError("give --principal, or --org with --role")
     body: dict[str, Any] = {"principal": principal} if principal else {"org": org, "roles": list(roles)}
     body.update(expires=expires, label=label)
-    _run(urls, token, as_json, "POST", "/api/v1/admin/tokens", body=body, show=_new_token)
+    run(urls, token, as_json, "POST", "/api/v1/admin/tokens", body=body, show=_new_token)
 
 
 @tokens.command("list")
 @click.option("--org", default="", help="Only this organisation's.")
 @click.option("--principal", default="", help="Only this user's or client's.")
-@_common
+@common
 def tokens_list(org: str, principal: str, urls: list[str], token: str, as_json: bool) -> None:
     """List tokens (ids, owners, dates; never a secret)."""
     params = {k: v for k, v in (("org", org), ("principal", principal)) if v}
-    _run(urls, token, as_json, "GET", "/api/v1/admin/tokens", params=params,
+    run(urls, token, as_json, "GET", "/api/v1/admin/tokens", params=params,
          show=lambda a: "\n".join(_token_line(t) for t in a["tokens"]))
 
 
 @tokens.command("revoke")
 @click.argument("token_id")
-@_common
+@common
 def tokens_revoke(token_id: str, urls: list[str], token: str, as_json: bool) -> None:
     """Revoke a token (`self`: the one given with --token); refused on every node at once."""
-    _run(urls, token, as_json, "POST", f"/api/v1/admin/tokens/{token_id}/revoke", body={},
+    run(urls, token, as_json, "POST", f"/api/v1/admin/tokens/{token_id}/revoke", body={},
          show=lambda a: _token_line(a["token"]))
 
 
 @tokens.command("rotate")
 @click.argument("token_id")
 @click.option("--expires", default=None, help="A new expiry (default: the old token's).")
-@_common
+@common
 def tokens_rotate(token_id: str, expires: str | None, urls: list[str], token: str, as_json: bool) -> None:
     """A new token in place of TOKEN_ID (`self`: the one given with --token), which is revoked."""
-    _run(urls, token, as_json, "POST", f"/api/v1/admin/tokens/{token_id}/rotate",
+    run(urls, token, as_json, "POST", f"/api/v1/admin/tokens/{token_id}/rotate",
          body={"expires": expires} if expires else {}, show=_new_token)

@@ -64,6 +64,7 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 def _register_optional() -> None:
     from tocsin.cli.audit_cmd import audit
+    from tocsin.cli.approval_cmd import approve, correct, pending, reject
     from tocsin.cli.cap_cmd import cap
     from tocsin.cli.cluster_cmd import cluster
     from tocsin.cli.drill_cmd import drill
@@ -74,7 +75,11 @@ def _register_optional() -> None:
     from tocsin.cli.watchdog_cmd import watchdog
 
     cli.add_command(audit)
+    cli.add_command(approve)
     cli.add_command(cap)
+    cli.add_command(correct)
+    cli.add_command(pending)
+    cli.add_command(reject)
     cli.add_command(cluster)
     cli.add_command(drill)
     cli.add_command(issue)
