@@ -166,9 +166,6 @@ class Store(AlertStore, Protocol):
     def devices(self) -> Records: ...
 
     @property
-    def issuers(self) -> Records: ...
-
-    @property
     def accounts(self) -> Records: ...
 
     @property

@@ -1,4 +1,4 @@
-"""The replicated store on NATS JetStream: alerts stream, device and issuer buckets.
+"""The replicated store on NATS JetStream: alerts stream, the device, accounts and pending buckets, the audit log.
 
 nats errors stop here: callers see StoreUnavailable, AlertNotFound or plain values.
 """
@@ -154,7 +154,7 @@ async def _refuse_anonymous(settings: Settings, servers: list[str], nc: Client) 
         return  # the logged-in client got through; this one failing says nothing more
     raise StoreMisconfigured(
         f"NATS at {exposed} accepts anonymous clients: anyone who reaches it can write to the store "
-        "(an admin token in the issuer bucket). Give it credentials (docs/security.md, NATS), or set "
+        "(an admin token in the accounts bucket). Give it credentials (docs/security.md, NATS), or set "
         "TOCSIN_NATS_ALLOW_ANONYMOUS=true on a closed network"
     )
 
@@ -180,7 +180,6 @@ class JetStreamStore:
         self._settings = settings
         self.stream = settings.stream
         self._devices: KvRecords | None = None
-        self._issuers: KvRecords | None = None
         self._accounts: KvRecords | None = None
         self._pending: KvRecords | None = None
         self._audit: JetStreamAuditLog | None = None
@@ -194,12 +193,6 @@ class JetStreamStore:
         """Device registrations by device id."""
         assert self._devices is not None, "ensure() first"
         return self._devices
-
-    @property
-    def issuers(self) -> Records:
-        """Issuer accounts by token digest."""
-        assert self._issuers is not None, "ensure() first"
-        return self._issuers
 
     @property
     def accounts(self) -> Records:
@@ -247,7 +240,6 @@ class JetStreamStore:
             await self._ensure_stream(config)
             deadline_s = s.publish_deadline_s
             self._devices = KvRecords(await self._device_bucket(), deadline_s)
-            self._issuers = KvRecords(await self._bucket("TOCSIN_ISSUERS"), deadline_s)
             self._accounts = KvRecords(await self._bucket("TOCSIN_ACCOUNTS"), deadline_s)
             self._pending = KvRecords(await self._bucket("TOCSIN_PENDING"), deadline_s)
             audit = JetStreamAuditLog(self._js, s)
