@@ -130,6 +130,10 @@ class LocalCluster:
     # An automated source's token (approval none, from an accounts file every node applies):
     # what fleets issue with, since the admin's Actual alerts wait for a second person.
     issuer_token: str = ""
+    # A duty room's author and approver (approval always): the fault suite's alerts that go
+    # through the two-person rule while a fault is on.
+    author_token: str = ""
+    approver_token: str = ""
     sync_always: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     # The fault suite's hooks, empty by default: an address per node, a command prefix per
@@ -153,7 +157,10 @@ class LocalCluster:
         self.admin_token = self.admin_token or f"tca_{secrets.token_urlsafe(32)}"
         self.issuer_token = self.issuer_token or f"tci_{secrets.token_urlsafe(32)}"
         self.nats_login = f"{NATS_USER}:{load_or_create_password(self.nats_password_file)}"
-        write_automated_source(self.accounts_file, self.issuer_token)
+        self.author_token = self.author_token or f"tcu_{secrets.token_urlsafe(32)}"
+        self.approver_token = self.approver_token or f"tcu_{secrets.token_urlsafe(32)}"
+        write_automated_source(self.accounts_file, self.issuer_token,
+                               people=(self.author_token, self.approver_token))
         self.specs = node_specs(self.data_dir, self.nodes, self.base_port, self.hosts, self.nats_login)
 
     @property

@@ -72,6 +72,8 @@ class Result:
     mutation: bool = False
     # Acknowledged writes the stream lost and the reconciler restored from a ledger.
     restored: int = 0
+    # Alerts submitted by one person and published by another's approval during the run.
+    approved: int = 0
 
     @property
     def verdict(self) -> str:
@@ -121,6 +123,12 @@ class Checker:
         r.refused = len(self.by_kind["refused"])
         r.unavailable = sum(1 for e in self.by_kind["issue"] if e.get("status") == 503)
         r.republished_alarms = int(self.final.get("republished_alarms", 0))
+        two_person = {e["id"] for e in self.by_kind["issue_start"] if e.get("approval")}
+        r.approved = len(two_person & set(self.acked))
+        if two_person:
+            # Invariant 1 holds for them as for any acknowledged alert (lost() below).
+            r.notes.append(f"{r.approved} of {len(two_person)} alerts went through submission and approval "
+                           "by a second person during the run")
         self.lost()
         self.duplicates()
         self.foreign()

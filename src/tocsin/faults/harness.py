@@ -122,7 +122,8 @@ class Run:
         self.history.record("note", what="cluster started", pids={s.name: self.cluster.pids(s.name)
                                                                   for s in self.cluster.specs})
         self.issuer = Issuer({s.name: s.url for s in self.cluster.specs}, self.cluster.issuer_token, self.history,
-                             run_id=self.run_id, give_up_s=self.options.give_up_s)
+                             run_id=self.run_id, give_up_s=self.options.give_up_s,
+                             people=(self.cluster.author_token, self.cluster.approver_token))
         await self.start_fleet()
         self._tasks += [asyncio.get_running_loop().create_task(self._sample(s.name), name=f"readyz-{s.name}")
                         for s in self.cluster.specs]

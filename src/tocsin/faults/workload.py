@@ -4,6 +4,11 @@ nodes, each retried on another node with the same CAP identity until acknowledge
 A 503 (with Retry-After), a 5xx, a timeout or a dropped connection means "not stored, or
 unknown": a real issuer sends the same document again, to another node. A 201 or a 200
 (already stored) is an acknowledgement; the checker holds tocsin to every one of them.
+
+With `people` (a duty room's author and approver tokens), every APPROVAL_EVERY-th alert goes
+through the two-person rule while the fault is on: the author submits it (202, kept pending,
+replicated), the approver approves it on the next node, and the approval's 201 is its
+acknowledgement; a submission or an approval is retried on another node like any alert.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from tocsin.faults.history import History
 from tocsin.store.base import alert_id_for
 
 SENDER = "faults@tocsin.test"
+# One alert in this many goes through submission and approval (when the issuer has people).
+APPROVAL_EVERY = 10
 # The workload's area: central Paris; the fleet's inside devices all sit within it.
 PARIS_BOX = "48.80,2.25 48.80,2.42 48.90,2.42 48.90,2.25 48.80,2.25"
 
@@ -59,10 +66,12 @@ class Issuer:
         attempt_timeout_s: float = 15.0,
         give_up_s: float = 120.0,
         max_in_flight: int = 64,
+        people: tuple[str, str] | None = None,
     ) -> None:
         self.urls = urls
         self.names = list(urls)
         self.token = token
+        self.people = people  # (author token, approver token)
         self.history = history
         self.run_id = run_id
         self.attempt_timeout_s = attempt_timeout_s
@@ -97,11 +106,12 @@ class Issuer:
                 if stop.is_set():
                     break
                 await self._slots.acquire()
-                tasks.create_task(self._issue_slot(self.new_identifier()))
+                approved = self.people is not None and n % APPROVAL_EVERY == APPROVAL_EVERY - 1
+                tasks.create_task(self._issue_slot(self.new_identifier("p" if approved else ""), approved))
 
-    async def _issue_slot(self, identifier: str) -> None:
+    async def _issue_slot(self, identifier: str, approved: bool = False) -> None:
         try:
-            await self.issue(identifier)
+            await (self.issue_with_approval(identifier) if approved else self.issue(identifier))
         finally:
             self._slots.release()
 
@@ -132,12 +142,69 @@ class Issuer:
         self.history.record("gave_up", id=outcome.alert_id, attempts=outcome.attempts, statuses=outcome.statuses)
         return outcome
 
-    async def _attempt(self, outcome: Outcome, node: str, body: bytes, first_t: float) -> tuple[float, bool]:
-        """One POST; returns (pause before the next try, whether the outcome is final)."""
-        sent = time.time()
-        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/cap+xml"}
+    async def issue_with_approval(self, identifier: str) -> Outcome:
+        """One alert through the two-person rule: submitted by the author until a node keeps it
+        (202), then approved by the approver, each step retried on the next node."""
+        assert self.people is not None
+        author, approver = self.people
+        body = alert_xml(identifier)
+        outcome = Outcome(alert_id=alert_id_for(SENDER, identifier), identifier=identifier)
+        self.outcomes[outcome.alert_id] = outcome
+        first_t = time.time()
+        deadline = time.monotonic() + self.give_up_s
+        index = next(self._next_node)
+        self.history.record("issue_start", id=outcome.alert_id, ident=identifier, approval=True)
+        submitted = False
+        while time.monotonic() < deadline:
+            node = self.names[index % len(self.names)]
+            outcome.attempts += 1
+            if not submitted:
+                retry_after, submitted, final = await self._submit(outcome, node, body, author)
+            else:
+                retry_after, final = await self._attempt(outcome, node, b"", first_t, token=approver,
+                                                         path=f"/api/v1/alerts/{outcome.alert_id}/approve")
+            if final:
+                return outcome
+            index += 1
+            if retry_after:
+                await asyncio.sleep(min(retry_after, 2.0) * random.uniform(0.5, 1.0))
+        self.history.record("gave_up", id=outcome.alert_id, attempts=outcome.attempts, statuses=outcome.statuses)
+        return outcome
+
+    async def _submit(self, outcome: Outcome, node: str, body: bytes, token: str) -> tuple[float, bool, bool]:
+        """One submission; returns (pause, whether it is kept pending, whether it is refused)."""
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/cap+xml"}
         try:
             response = await self._http.post(f"{self.urls[node]}/api/v1/alerts", content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            outcome.statuses.append(type(exc).__name__)
+            self.history.record("submit", id=outcome.alert_id, node=node, status=type(exc).__name__)
+            return (0.5, False, False)
+        outcome.statuses.append(f"submit:{response.status_code}")
+        self.history.record("submit", id=outcome.alert_id, node=node, status=response.status_code)
+        if response.status_code == 202:
+            return (0.0, True, False)
+        if response.status_code >= 500:
+            return (_retry_after(response), False, False)
+        self.history.record("refused", id=outcome.alert_id, node=node, status=response.status_code,
+                            body=response.text[:300])
+        return (0.0, False, True)
+
+    async def _attempt(self, outcome: Outcome, node: str, body: bytes, first_t: float, *, token: str = "",
+                       path: str = "/api/v1/alerts") -> tuple[float, bool]:
+        """One POST (an alert, or an approval at `path`); returns (pause before the next try,
+        whether the outcome is final)."""
+        sent = time.time()
+        headers = {"Authorization": f"Bearer {token or self.token}", "Content-Type": "application/cap+xml"}
+        approving = path != "/api/v1/alerts"
+        try:
+            response = await self._http.post(f"{self.urls[node]}{path}", content=body, headers=headers)
+            if approving and response.status_code == 409:
+                # Not pending: an earlier approval whose answer was lost published it; the
+                # alert itself then says so, with its seq.
+                published = await self._http.get(f"{self.urls[node]}/api/v1/alerts/{outcome.alert_id}")
+                if published.status_code == 200 and "seq" in published.json():
+                    response = published
         except httpx.HTTPError as exc:
             kind = type(exc).__name__
             outcome.statuses.append(kind)
@@ -157,11 +224,17 @@ class Issuer:
             return (0.0, True)
         self.history.record("issue", **record, body=response.text[:200])
         if status in (502, 503, 504) or status >= 500:
-            try:
-                retry_after = float(response.headers.get("retry-after", "1"))
-            except ValueError:
-                retry_after = 1.0
-            return (retry_after, False)
+            return (_retry_after(response), False)
+        if approving and status in (404, 409):
+            # This node's copy of the pending bucket has not the submission yet: ask again.
+            return (0.5, False)
         # A refusal (4xx): final. A 409 for the same bytes would be a bug; the checker says so.
         self.history.record("refused", id=outcome.alert_id, node=node, status=status, body=response.text[:300])
         return (0.0, True)
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return float(response.headers.get("retry-after", "1"))
+    except ValueError:
+        return 1.0
