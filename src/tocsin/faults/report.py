@@ -25,7 +25,8 @@ def render(results: list[Result], *, command: str, scenarios: dict[str, tuple[st
         "its own process, an issuer retrying on other nodes. RELIABILITY.md defines the faults and "
         "the invariants; docs/reliability.md says how each fault is made.",
         "",
-        "Columns: *acked* alerts acknowledged to the issuer (201 or 200); *lost* acknowledged alerts "
+        "Columns: *acked* alerts acknowledged to the issuer (201 or 200); *2-person* those of them "
+        "submitted by one person and published by another's approval during the run; *lost* acknowledged alerts "
         "missing from the stream, stored at another seq than acknowledged, or not shown by every device "
         "in the area; *dup* duplicate displays plus identities stored twice; *gap* the longest time "
         "with no delivery to any device while alerts were being issued (the canary gap); *device gap* "
@@ -34,16 +35,16 @@ def render(results: list[Result], *, command: str, scenarios: dict[str, tuple[st
         "where the scenario bounds it); *recover* from the heal to the first delivery; "
         "*p99* issue-to-display.",
         "",
-        "| id | fault | acked | lost | dup | gap | device gap | stranded | recover | p99 | 503s | verdict |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| id | fault | acked | 2-person | lost | dup | gap | device gap | stranded | recover | p99 | 503s | verdict |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in results:
         fault = scenarios.get(r.fault, (r.fault, ""))[0]
         if r.skipped:
-            lines.append(f"| {r.fault} | {fault} | | | | | | | | | | skipped: {r.skipped} |")
+            lines.append(f"| {r.fault} | {fault} | | | | | | | | | | | skipped: {r.skipped} |")
             continue
         lines.append(
-            f"| {r.fault} | {fault} | {r.acked} | {r.lost} | {r.duplicated} | {_s(r.max_gap_s)} | "
+            f"| {r.fault} | {fault} | {r.acked} | {r.approved} | {r.lost} | {r.duplicated} | {_s(r.max_gap_s)} | "
             f"{_s(r.max_device_gap_s)} | {_s(r.max_stranded_s)} | {_s(r.recover_s)} | {_s(r.p99_s)} | {r.unavailable} | "
             f"**{r.verdict}** |"
         )
