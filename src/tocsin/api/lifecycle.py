@@ -70,7 +70,11 @@ async def submit(request: Request, services: Services, alert: Alert, issuer: Iss
     pending = submissions(services)
     if not await pending.submit(submission, now):
         found = await pending.read(alert_id)
-        if found is None or found[0].payload != payload:
+        if found is None:
+            # The key exists but the replica that answered has not caught up (seen in F07,
+            # a retry after a submission whose answer was lost): not a conflict; retry.
+            raise StoreUnavailable("pending_read", "the submission exists but cannot be read back yet")
+        if found[0].payload != payload:
             raise Rejected(NOT_PENDING, "an alert with this sender and identifier was already submitted",
                            headers={"Location": f"/api/v1/alerts/{alert_id}"})
         return _answer(found[0], services, 200)

@@ -182,7 +182,7 @@ class Issuer:
             return (0.5, False, False)
         outcome.statuses.append(f"submit:{response.status_code}")
         self.history.record("submit", id=outcome.alert_id, node=node, status=response.status_code)
-        if response.status_code == 202:
+        if response.status_code in (200, 202):  # 200: a retry of a submission kept before
             return (0.0, True, False)
         if response.status_code >= 500:
             return (_retry_after(response), False, False)
