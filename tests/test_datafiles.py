@@ -1,8 +1,8 @@
 """The fixtures in tests/data are byte-for-byte copies of the shared data set, and stay so.
 
-tests/data/SHA256SUMS records each copy's digest as copied (`cd ../shared/data && sha256sum -c
---quiet ../../tocsin/tests/data/SHA256SUMS` checks the source against it); the tests read
-nothing outside the repository.
+tests/data/SHA256SUMS records each copy's digest as copied (running `sha256sum -c --quiet` on it
+from the shared data set's folder checks the source against it); the tests read nothing
+outside the repository.
 """
 
 from __future__ import annotations
@@ -32,4 +32,4 @@ def test_every_copy_is_the_one_recorded_when_it_was_copied() -> None:
         digest, name = line.split(maxsplit=1)
         recorded[name.removeprefix("./")] = digest
     actual = {str(path): hashlib.sha256((DATA / path).read_bytes()).hexdigest() for path in _copies()}
-    assert actual == recorded, "a fixture changed or was added: copy it again from ../shared/data and update SHA256SUMS"
+    assert actual == recorded, "a fixture changed or was added: copy it again from the shared data set and update SHA256SUMS"
