@@ -33,6 +33,7 @@ from tocsin.health.shed import shed_when_unready
 from tocsin.cluster.nats_server import NATS_USER, NatsServer, check_varz_sync_always, load_or_create_password
 from tocsin.pipeline import build_pipeline
 from tocsin.geo.covering import CoverWorker
+from tocsin.geo.gazetteer import Gazetteer, builtin
 from tocsin.pipeline.accept import Accept, Bounds, Retention
 from tocsin.pipeline.duplicates import Duplicates
 from tocsin.pipeline.gate import Gate
@@ -292,6 +293,7 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
             prepared=pipeline.handoff.prepare,
             gate=Gate(settings.accept_slots, max_waiting=settings.accept_max_waiting),
             duplicates=pipeline.duplicates,
+            gazetteer=Gazetteer(builtin() if settings.builtin_gazetteers else ()),
         )
         services = Services(
             settings=settings, store=store, accept=accept, pipeline=pipeline, live=live, signer=signer, clock=clock

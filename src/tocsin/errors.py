@@ -196,7 +196,22 @@ REFERENCE_NOT_ALLOWED = Problem(
     "policy.reference-not-allowed", 422, "A reference names an alert of another issuer organisation."
 )
 SEVERITY_NOT_ALLOWED = Problem("policy.severity-not-allowed", 403, "This account may not send alerts of this severity.")
-OUTSIDE_TERRITORY = Problem("policy.outside-territory", 403, "An area lies outside the issuer organisation's territory.")
+OUTSIDE_TERRITORY = Problem(
+    "policy.outside-territory", 403,
+    "An area lies outside the issuer organisation's territory, beyond the deployment's margin.",
+)
+
+# Named areas (gazetteers, docs/areas.md)
+UNKNOWN_GEOCODE = Problem(
+    "area.unknown-geocode", 422, "A geocode names a gazetteer tocsin holds but a code that gazetteer does not have."
+)
+AREA_SELF_INTERSECTING = Problem(
+    "area.self-intersecting", 422, "A polygon crosses itself, so which points are inside it is ambiguous."
+)
+GAZETTEER_INVALID = Problem(
+    "area.import-invalid", 422, "The named areas given for import cannot be read or pass a bound; nothing was stored."
+)
+NAMED_AREA_NOT_FOUND = Problem("area.not-found", 404, "No named area with this scheme and code.")
 
 # Audit log
 AUDIT_QUERY_INVALID = Problem("audit.query-invalid", 400, "The audit query is not valid.")

@@ -156,6 +156,13 @@ class Settings:
     # A correction ("false alert, disregard") stays live this long: a device offline for a
     # day still receives it on reconnect (replay serves what has not expired), with a margin.
     correction_lifetime_s: float = 48 * 3600.0
+    # Named areas (docs/areas.md): the gazetteers tocsin ships (INSEE-DEP, INSEE-REG) are
+    # loaded at start unless this is false; imported ones live in the areas bucket.
+    builtin_gazetteers: bool = True
+    areas_bucket: str = "TOCSIN_AREAS"
+    # How far an alert's area may bleed past its organisation's territory (the UK tolerates
+    # about 1.5 km): the territory is widened by this many metres before it is compared.
+    territory_margin_m: float = 1500.0
     # A record that no connect renewed for this long leaves the bucket and every mirror.
     device_ttl_s: float = 30 * 86400.0
     # A connect renews the record only once it is older than this share of device_ttl_s:
@@ -327,5 +334,7 @@ def _check(settings: Settings) -> None:
         raise SettingsError(f"TOCSIN_DEVICE_RENEW_FRACTION must be in (0, 1), got {settings.device_renew_fraction}")
     if settings.device_ttl_s <= 0 or settings.max_device_cells < 1:
         raise SettingsError("TOCSIN_DEVICE_TTL_S and TOCSIN_MAX_DEVICE_CELLS must be positive")
+    if not 0 <= settings.territory_margin_m <= 100_000:
+        raise SettingsError(f"TOCSIN_TERRITORY_MARGIN_M must be within 0..100000, got {settings.territory_margin_m}")
     if settings.replicas not in (1, 3, 5):
         raise SettingsError(f"TOCSIN_REPLICAS must be 1, 3 or 5, got {settings.replicas}")

@@ -12,10 +12,13 @@ import logging
 import struct
 import sys
 from collections.abc import Iterator, MutableMapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tocsin.audience import Audience
 from tocsin.errors import RecordsFull, StoreUnavailable
+from tocsin.geo.cells import Cover
 from tocsin.settings import Settings
 from tocsin.store.base import Records
 
@@ -93,6 +96,10 @@ class DeviceMirror(MutableMapping[str, dict[str, Any]]):
             shared = self._languages[languages] = languages
         self._entries[key] = (packed, shared or languages)
 
+    def reach(self, cover: Cover, status: str) -> Reach:
+        """Registered devices `cover` reaches (see `reach`)."""
+        return reach(self, cover, status)
+
     def __getitem__(self, key: str) -> dict[str, Any]:
         packed, languages = self._entries[key]
         created, renewed, flags, digest = _HEAD.unpack_from(packed)
@@ -102,6 +109,40 @@ class DeviceMirror(MutableMapping[str, dict[str, Any]]):
             tests=bool(flags & _TESTS), canary=bool(flags & _CANARY), secret_sha256=digest.hex(),
             created=_when(created), renewed=_when(renewed),
         )
+
+
+# The channel of a record without one: it receives over SSE or WebSocket when connected.
+LIVE = "live"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reach:
+    """Registered devices an alert's cover reaches (each device once, however many of its
+    cells the cover touches): in all, by channel, and by the language each prefers (the
+    first of its list; "" for a device that gave none)."""
+
+    devices: int = 0
+    by_channel: dict[str, int] = field(default_factory=dict)
+    by_language: dict[str, int] = field(default_factory=dict)
+
+
+def reach(mirror: DeviceMirror, cover: Cover, status: str) -> Reach:
+    """The devices of `mirror` whose cells `cover` touches and whose audience receives
+    `status`; expired records count until the bucket drops them."""
+    devices = 0
+    by_channel: dict[str, int] = {}
+    by_language: dict[str, int] = {}
+    for key in mirror:
+        record = mirror[key]
+        audience = Audience(tests=record["tests"], canary=record["canary"])
+        if not audience.receives(status) or not any(cover.touches(cell) for cell in record["cells"]):
+            continue
+        devices += 1
+        channel = str(record.get("channel") or LIVE)
+        by_channel[channel] = by_channel.get(channel, 0) + 1
+        language = record["languages"][0] if record["languages"] else ""
+        by_language[language] = by_language.get(language, 0) + 1
+    return Reach(devices=devices, by_channel=by_channel, by_language=by_language)
 
 
 def renewed_at(record: dict[str, Any]) -> datetime:

@@ -59,7 +59,8 @@ async def submit(request: Request, services: Services, alert: Alert, issuer: Iss
                  alert_id: AlertId) -> Response:
     """Vet the alert as accept would, keep it pending, answer 202 with its state."""
     now = services.clock()
-    payload = services.accept.vet(alert, issuer, now)
+    vetted = services.accept.vet(alert, issuer, now)
+    alert, payload = vetted.alert, vetted.payload
     # The issuer's bytes go to the ledger at publication when the record can hold both.
     fits = original is not None and len(original) + len(payload) <= services.settings.max_cap_bytes
     submission = Submission(

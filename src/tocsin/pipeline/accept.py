@@ -34,6 +34,7 @@ from tocsin.errors import (
 )
 from tocsin.geo.cells import Cover, distinct_shapes
 from tocsin.geo.covering import CoverTooSlow, CoverWorker
+from tocsin.geo.gazetteer import Gazetteer, resolve
 from tocsin.pipeline.duplicates import Duplicates, Original
 from tocsin.pipeline.gate import Entry, Gate, GateFull
 from tocsin.pipeline.handoff import drawn_areas
@@ -86,6 +87,15 @@ class Bounds:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Vetted:
+    """An alert that passed every check before storage: its areas resolved (geocodes given
+    their gazetteer polygons), and the canonical CAP that would be signed."""
+
+    alert: Alert
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Accepted:
     """The outcome for the issuer: the stored alert, and whether this call created it."""
 
@@ -119,8 +129,10 @@ class Accept:
         prepared: Callable[[AlertId, bytes, Alert, Cover | None], None] = lambda alert_id, payload, alert, cover: None,
         gate: Gate | None = None,
         duplicates: Duplicates | None = None,
+        gazetteer: Gazetteer | None = None,
     ) -> None:
         self._store = store
+        self.gazetteer = gazetteer if gazetteer is not None else Gazetteer()
         self._gate = gate or Gate(16)
         self._duplicates = duplicates
         self._bounds = bounds
@@ -148,7 +160,8 @@ class Accept:
                 the gate's queue is full (503 accept.busy).
             StoreUnavailable: no durable acknowledgement (the issuer gets a 503).
         """
-        payload = self.vet(alert, issuer, self._clock())
+        vetted = self.vet(alert, issuer, self._clock())
+        alert, payload = vetted.alert, vetted.payload
         await self._check_references(alert, issuer)
         try:
             async with self._gate.enter(rank(alert), probe=issuer.probe) as entry:
@@ -231,19 +244,21 @@ class Accept:
             else:
                 check_reference(reference, issuer, stored.envelope.issuer)
 
-    def vet(self, alert: Alert, issuer: Issuer, now: datetime) -> bytes:
-        """Every check accept makes before any work that costs (policy, limits, size), and
-        the canonical CAP it would sign; approval vets a submission with it too.
+    def vet(self, alert: Alert, issuer: Issuer, now: datetime) -> Vetted:
+        """Every check accept makes before any work that costs (geocodes resolved, policy,
+        limits, territory, size), and the canonical CAP it would sign; approval and the
+        reach preview vet with it too.
 
         Raises:
-            Rejected: as `__call__`.
+            Rejected: as `__call__`; 422 area.unknown-geocode for a code no gazetteer has.
         """
+        alert = resolve(alert, self.gazetteer)  # dict reads; bounded by the CAP size limit
         check(alert, issuer, now=now, max_skew_s=self._max_skew_s)
         check_limits(alert, issuer.limits.over(self._bounds.limits))
         check_territory(alert, issuer.territory)  # after the limits bound its cost
         payload = to_xml(alert)
         self._check_size(len(payload))  # before the cover: it only adds to the size
-        return payload
+        return Vetted(alert=alert, payload=payload)
 
     def expires_at(self, alert: Alert) -> datetime:
         """When devices stop showing the alert (its CAP expiry or the default lifetime)."""
