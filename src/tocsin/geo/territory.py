@@ -102,6 +102,10 @@ class Territory:
         inside = shapely.covers(shape, shapes)  # one vectorised pass over the alert's shapes
         return next((w for w, ok in zip(where, inside) if not ok), None)
 
+    def shapes(self) -> tuple[tuple[Polygon, ...], tuple[Circle, ...]]:
+        """Every polygon and circle the territory holds (for its extent, the reach preview)."""
+        return self.polygons, self.circles
+
     def _circles_hold(self, circle: Circle) -> bool:
         return any(distance_km((t.lat, t.lon), (circle.lat, circle.lon)) + circle.radius_km <= t.radius_km
                    for t in self.circles)

@@ -176,7 +176,7 @@ class Accept:
     async def _store_once(self, alert: Alert, issuer: Issuer, original: bytes | None, payload: bytes) -> Stored:
         """Cover, sign, record and publish `payload` (vetted); returns once both are durable."""
         now = self._clock()
-        cover = await self._cover(alert)
+        cover = await self.cover(alert)
         expires_at = self.expires_at(alert)
         envelope = Envelope(
             alert_id=alert_id_for(alert.sender, alert.identifier),
@@ -269,9 +269,13 @@ class Accept:
         if size > limit:
             raise Rejected(STORED_TOO_LARGE, f"{size} bytes as stored; the limit is {limit} bytes")
 
-    async def _cover(self, alert: Alert) -> Cover | None:
+    async def cover(self, alert: Alert) -> Cover | None:
         """The cover of the alert's drawn areas, off the loop and under the deadline; None
-        when it draws none (an Update or Cancel going where its references went)."""
+        when it draws none (an Update or Cancel going where its references went).
+
+        Raises:
+            Rejected: 422 policy.cover-too-slow.
+        """
         drawn = drawn_areas(alert)
         if not drawn:
             return None
