@@ -161,6 +161,10 @@ ROLE_REQUIRED = Problem("auth.role-required", 403, "This account's roles do not 
 ISSUER_RATE_LIMITED = Problem(
     "policy.issuer-rate-limited", 429, "This issuer organisation sent more alerts than its rate limit; retry after the time given."
 )
+PREVIEW_RATE_LIMITED = Problem(
+    "preview.rate-limited", 429,
+    "This issuer organisation asked for more reach previews on this node than its limit; retry after the time given.",
+)
 
 # Accounts (issuer organisations, users, API clients, tokens; docs/accounts.md)
 ACCOUNT_INVALID = Problem("accounts.invalid", 422, "The account record is not valid.")

@@ -156,6 +156,10 @@ class Settings:
     # A correction ("false alert, disregard") stays live this long: a device offline for a
     # day still receives it on reconnect (replay serves what has not expired), with a margin.
     correction_lifetime_s: float = 48 * 3600.0
+    # Reach previews (POST /api/v1/alerts/preview) one organisation may ask of one node a
+    # minute; each costs a cover and a pass over the devices, and none counts against the
+    # organisation's alert rate. Past it, 429 preview.rate-limited. 0: no limit.
+    previews_per_org_per_min: int = 30
     # Named areas (docs/areas.md): the gazetteers tocsin ships (INSEE-DEP, INSEE-REG) are
     # loaded at start unless this is false; imported ones live in the areas bucket.
     builtin_gazetteers: bool = True

@@ -58,26 +58,33 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def read_alert(request: Request, services: Services) -> tuple[Alert, bytes | None]:
+    """The alert in the body (CAP XML, or the JSON form) and, for XML, the issuer's bytes;
+    the content type and size are checked before anything is read or parsed.
+
+    Raises:
+        Rejected: 415 (the content type), 413 (the size), 422 cap.not-json and cap.*.
+    """
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in XML_TYPES + JSON_TYPES:
+        raise Rejected(UNSUPPORTED_MEDIA, f"got {media or 'no content type'}")
+    body = await read_body(request, services.settings.max_cap_bytes)
+    if media in XML_TYPES:
+        return services.accept.parse(body), body
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Rejected(CAP_NOT_JSON, f"the body is not JSON: {exc}") from None
+    return services.accept.parse(document), None
+
+
 async def post_alert(request: Request) -> Response:
     services = _services(request)
     started = time.perf_counter()
     issuer = await issuer_for(request, services)
     require(issuer, Role.AUTHOR)
     take_alert_slot(issuer, services)  # ACCOUNTS: the organisation's rate (429 + Retry-After)
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media not in XML_TYPES + JSON_TYPES:
-        raise Rejected(UNSUPPORTED_MEDIA, f"got {media or 'no content type'}")
-    body = await read_body(request, services.settings.max_cap_bytes)
-    original: bytes | None = None
-    if media in XML_TYPES:
-        alert = services.accept.parse(body)
-        original = body
-    else:
-        try:
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise Rejected(CAP_NOT_JSON, f"the body is not JSON: {exc}") from None
-        alert = services.accept.parse(document)
+    alert, original = await read_alert(request, services)
     alert_id = alert_id_for(alert.sender, alert.identifier)
     # Already published (an issuer's retry after its approval): accept answers 200 or 409.
     if issuer.approval.required(alert) and not await services.store.holds(alert_id):

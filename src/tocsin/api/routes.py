@@ -6,7 +6,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp
 
-from tocsin.api import admin_routes, alerts, audit, devices, drafts, public, streams
+from tocsin.api import admin_routes, alerts, audit, devices, drafts, preview, public, streams
 from tocsin.api.fastpath import SseFastPath
 from tocsin.api.headers import EdgeHeaders
 from tocsin.api.problems import HANDLERS
@@ -14,6 +14,8 @@ from tocsin.api.services import Services
 
 ROUTES = [
     Route("/api/v1/alerts", alerts.alerts, methods=["POST", "GET"]),
+    # PREVIEW: whom a draft would reach, stored nowhere (api/preview.py); before {alert_id}.
+    Route("/api/v1/alerts/preview", preview.preview_alert, methods=["POST"]),
     # The lifecycle (docs/lifecycle.md) and the audit log (docs/audit.md).
     Route("/api/v1/alerts/{alert_id}/approve", alerts.approve_alert, methods=["POST"]),
     Route("/api/v1/alerts/{alert_id}/reject", alerts.reject_alert, methods=["POST"]),

@@ -162,7 +162,7 @@ class Accept:
         """
         vetted = self.vet(alert, issuer, self._clock())
         alert, payload = vetted.alert, vetted.payload
-        await self._check_references(alert, issuer)
+        await self.check_references(alert, issuer)
         try:
             async with self._gate.enter(rank(alert), probe=issuer.probe) as entry:
                 stored = await self._store_once(alert, issuer, original, payload)
@@ -227,15 +227,22 @@ class Accept:
             )
         return stored
 
-    async def _check_references(self, alert: Alert, issuer: Issuer) -> None:
+    async def check_references(self, alert: Alert, issuer: Issuer) -> list[Stored]:
         """An Update or Cancel names alerts tocsin holds, of an organisation the issuer may
-        reference (policy.check_reference); read from the stream by id."""
+        reference (policy.check_reference); read from the stream by id and returned (the
+        reach preview covers an Update or Cancel with them).
+
+        Raises:
+            Rejected: 422 policy.too-many-references, policy.reference-unknown,
+                policy.reference-not-allowed.
+        """
         if alert.msg_type not in (MsgType.UPDATE, MsgType.CANCEL):
-            return
+            return []
         references = list({(r.sender, r.identifier): r for r in alert.references}.values())
         if len(references) > self._bounds.max_references:
             limit = self._bounds.max_references
             raise Rejected(TOO_MANY_REFERENCES, f"{len(references)} references; the limit is {limit}")
+        found: list[Stored] = []
         for reference in references:
             try:
                 stored = await self._store.get(alert_id_for(reference.sender, reference.identifier))
@@ -243,6 +250,8 @@ class Accept:
                 check_reference(reference, issuer, None)
             else:
                 check_reference(reference, issuer, stored.envelope.issuer)
+                found.append(stored)
+        return found
 
     def vet(self, alert: Alert, issuer: Issuer, now: datetime) -> Vetted:
         """Every check accept makes before any work that costs (geocodes resolved, policy,
