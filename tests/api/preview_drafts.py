@@ -61,7 +61,8 @@ def draft(*texts: Text, identifier: str | None = None, sender: str = SENDER, sta
             f"<expires>{cap_time(sent + timedelta(hours=1))}</expires><headline>{escape(text.headline)}</headline>",
             f"<description>{escape(text.description)}</description>" if text.description else "",
             f"<instruction>{escape(text.instruction)}</instruction>" if text.instruction else "",
-            *(f"<parameter><valueName>{n}</valueName><value>{escape(v)}</value></parameter>" for n, v in text.parameters),
+            *(f"<parameter><valueName>{n}</valueName><value>{escape(v)}</value></parameter>"
+              for n, v in text.parameters),
         ]
         for zone in text.zones:
             parts.append(f"<area><areaDesc>{escape(zone.desc)}</areaDesc>")

@@ -183,7 +183,8 @@ async def test_refusals_are_those_of_issuing(http: httpx.AsyncClient) -> None:
 
 
 async def test_tokens_and_roles_as_issuing(http: httpx.AsyncClient) -> None:
-    assert (await http.post("/api/v1/alerts/preview", content=draft(), headers=CAP)).json()["code"] == "auth.missing-token"
+    anonymous = await http.post("/api/v1/alerts/preview", content=draft(), headers=CAP)
+    assert anonymous.status_code == 401 and anonymous.json()["code"] == "auth.missing-token"
     org = await new_org(http)
     await ok(await http.post("/api/v1/admin/users", json={"name": f"approver-{org.name}", "org": org.name,
                                                           "roles": ["approver"]}, headers=bearer(ADMIN_TOKEN)), 201)
