@@ -15,6 +15,8 @@ from tests.api.preview_drafts import Text, Zone, draft, square
 from tests.conftest import unique_name
 from tests.datafiles import CAP_DATA
 from tests.e2e.conftest import ISSUER_TOKEN, node_settings, start_node, stop_node
+from tocsin.api.device_records import Reach
+from tocsin.api.preview import warnings
 from tocsin.app import Node
 from tocsin.cap.parse import parse_xml
 from tocsin.cap.render import to_json
@@ -250,8 +252,7 @@ async def test_languages_reached_devices_prefer_without_an_info_are_warned(http:
     assert unserved == [("it", 1)]  # fr ~ fr-FR, de-AT ~ de and de-DE, as the client picks an info
 
 
-async def test_an_area_much_larger_than_a_small_territory_is_warned(http: httpx.AsyncClient) -> None:
-    # A 1 km territory: the deployment's margin lets an area reach past it (docs/areas.md).
+async def test_the_territory_and_the_area_against_it(http: httpx.AsyncClient) -> None:
     org = await new_org(http, territory={"circles": ["45.75,4.85 1"]})
     headers = {**CAP, **bearer(org.author)}
     small = await http.post("/api/v1/alerts/preview", headers=headers,
@@ -260,3 +261,17 @@ async def test_an_area_much_larger_than_a_small_territory_is_warned(http: httpx.
     territory = small.json()["territory"]
     assert territory["km2"] == pytest.approx(math.pi, rel=0.01) and territory["ratio"] == pytest.approx(0.25, rel=0.02)
     assert "area-larger-than-territory" not in codes(small.json())
+
+
+def test_the_territory_warning_names_the_ratio_from_one_and_a_half_times() -> None:
+    alert = parse_xml(draft(status="Exercise"))
+    reached = Reach(devices=1, by_channel={"live": 1}, by_language={"fr-FR": 1})
+
+    def answer(ratio: float) -> dict[str, Any]:
+        return {"territory": {"km2": 10.0, "ratio": ratio}, "area": {"text": f"{10 * ratio:g} km²"},
+                "budgets": {"infos": [], "push": {"over": False}}}
+
+    assert warnings(alert, answer(1.49), reached) == []
+    assert warnings(alert, answer(3.0), reached) == [{
+        "code": "area-larger-than-territory", "ratio": 3.0,
+        "detail": "the area is 3.00 times the organisation's territory (30 km² against 10.0 km²)"}]

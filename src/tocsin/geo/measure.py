@@ -114,7 +114,7 @@ def _ring_integral(xy: np.ndarray) -> float:
 
 
 def km2_text(km2: float) -> str:
-    """A surface for people: 3 significant figures (0.0283 km², 78.5 km², 552,000 km²)."""
+    """A surface for people: at least 3 significant figures (0.0283 km², 78.5 km², 547,498 km²)."""
     if km2 <= 0.0:
         return "0 km²"
     digits = max(0, 2 - math.floor(math.log10(km2)))
