@@ -66,8 +66,8 @@ def document(base_url: str) -> Json:
             {"name": "audit", "description": "The append-only audit log, read only (docs/audit.md)."},
             {"name": "admin", "description": "Organisations, users, API clients, tokens (admin role)."},
         ],
-        "paths": _merge(_issuer_paths(catalog), _lifecycle_paths(catalog), _device_paths(catalog), _public_paths(),
-                        admin_paths(catalog)),
+        "paths": _merge(_issuer_paths(catalog), _preview_paths(catalog), _lifecycle_paths(catalog),
+                        _device_paths(catalog), _public_paths(), admin_paths(catalog)),
         "components": _components(catalog),
         "x-problem-codes": [{"code": p.code, "status": p.status, "title": p.title} for p in catalog],
     }
@@ -219,6 +219,87 @@ def _issuer_paths(catalog: list[Problem]) -> Json:
         "/api/v1/alerts/{alert_id}.xml": {"get": get_xml},
         "/api/v1/alerts/{alert_id}": {"get": get},
     }
+
+
+# -- The reach preview (PREVIEW, issue 12; api/preview.py) --------------------------------
+
+
+def _preview_paths(catalog: list[Problem]) -> Json:
+    xml = {"schema": {"type": "string", "contentMediaType": "application/cap+xml"}}
+    post = {
+        "tags": ["issuer"],
+        "operationId": "previewAlert",
+        "summary": "Whom a draft alert would reach; nothing is stored",
+        "description": "The body, content types, limits, token and roles are those of POST /api/v1/alerts, "
+        "and so are the refusals: the draft is vetted as issuing vets it (geocodes resolved, policy, "
+        "limits, territory, references). The answer gives the alert as vetted, its cover (an Update or "
+        "Cancel without areas: its references' covers), the registered devices reached by channel and "
+        "preferred language, the devices connected now to the worker that answered, the area in km² "
+        "(the union on the sphere), each info's text against the cell broadcast and WEA budgets, the "
+        "signed alert's size against a 4 KB push payload, and warnings with stable codes. Nothing is "
+        "published, recorded, submitted or audited, and a preview takes nothing from the organisation's "
+        "alert rate; it has its own, TOCSIN_PREVIEWS_PER_ORG_PER_MIN per organisation on each node "
+        "(429 preview.rate-limited). See docs/api.md, \"Reach preview\".",
+        "security": _ISSUER,
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/cap+xml": xml, "application/xml": xml, "text/xml": xml,
+                "application/json": {"schema": _ref("CapAlert")},
+            },
+        },
+        "responses": {
+            "200": _json(_ref("ReachPreview"), "The preview; nothing was stored."),
+            "400": _problems(catalog, 400, ("request.",)),
+            "401": _problems(catalog, 401, ("auth.",)),
+            "403": _problems(catalog, 403, ("auth.", "policy.")),
+            "413": _problems(catalog, 413, ("request.", "cap.", "alert.")),
+            "415": _problems(catalog, 415, ("request.",)),
+            "422": _problems(catalog, 422, ("cap.", "policy.", "area.")),
+            "429": _problems(catalog, 429, ("preview.",), _RETRY_AFTER),
+            "503": _problems(catalog, 503, ("store.", "request."), _RETRY_AFTER),
+            **_COMMON,
+        },
+    }
+    return {"/api/v1/alerts/preview": {"post": post}}
+
+
+def _preview_schemas() -> Json:
+    integer, number, string = {"type": "integer"}, {"type": "number"}, {"type": "string"}
+    counts = {"type": "object", "additionalProperties": integer}
+    use = {"type": "object", "required": ["length", "budget", "unit", "over"], "properties": {
+        "length": integer, "budget": integer, "unit": string, "over": {"type": "boolean"},
+        "encoding": {"type": "string", "enum": ["gsm7", "ucs2"], "description": "Cell broadcast only."},
+        "ucs2Because": {"type": ["object", "null"], "description": "Cell broadcast only: the first character "
+                        "outside the GSM 7-bit default alphabet.", "properties": {
+                            "character": string, "index": integer, "codePoint": string}}}}
+    per_info = {"type": "object", "properties": {"info": integer, "language": string, "km2": number}}
+    warning = {"type": "object", "required": ["code", "detail"], "properties": {
+        "code": {"type": "string", "enum": ["area-larger-than-territory", "over-budget", "language-not-offered",
+                                            "no-device-reached", "actual-alert"]},
+        "detail": string, "ratio": number, "channel": {"type": "string", "enum": ["cellBroadcast", "wea", "push"]},
+        "info": {"type": ["integer", "null"]}, "language": string, "devices": integer}}
+    return {"ReachPreview": {"type": "object", "required": [
+        "published", "id", "status", "msgType", "alert", "cover", "reach", "area", "territory", "budgets", "warnings"],
+        "properties": {
+            "published": {"const": False}, "id": _ALERT_ID, "status": string, "msgType": string,
+            "alert": _ref("CapAlert"),
+            "cover": {"type": "object", "properties": {
+                "from": {"type": "string", "enum": ["areas", "references", "areas+references", "everywhere", "none"]},
+                "cells": integer}},
+            "reach": {"type": "object", "properties": {
+                "devices": integer, "byChannel": counts, "byLanguage": counts,
+                "connectedHere": {"type": "object", "properties": {
+                    "node": string, "devices": integer, "sse": integer, "ws": integer}}}},
+            "area": {"type": "object", "properties": {"km2": number, "text": string,
+                                                      "infos": {"type": "array", "items": per_info}}},
+            "territory": {"type": ["object", "null"], "properties": {"km2": number, "ratio": {"type": ["number", "null"]}}},
+            "budgets": {"type": "object", "properties": {
+                "infos": {"type": "array", "items": {"type": "object", "properties": {
+                    "info": integer, "language": string, "cellBroadcast": use, "wea": use}}},
+                "push": use}},
+            "warnings": {"type": "array", "items": warning},
+        }}}
 
 
 # -- The lifecycle and the audit log (LIFECYCLE, issue 11) -------------------------------
@@ -504,7 +585,8 @@ def _public_paths() -> Json:
 
 
 def _components(catalog: list[Problem]) -> Json:
-    schemas = {**_problem_schemas(catalog), **_cap_schemas(), **_alert_schemas(), **_device_schemas(), **_lifecycle_schemas()}
+    schemas = {**_problem_schemas(catalog), **_cap_schemas(), **_alert_schemas(), **_device_schemas(),
+               **_lifecycle_schemas(), **_preview_schemas()}
     bearer = "Authorization: Bearer <token>"
     return {
         "schemas": schemas,

@@ -206,7 +206,8 @@ def warnings(alert: Alert, answer: dict[str, Any], reach: Reach) -> list[dict[st
     for language, devices in sorted(reach.by_language.items()):
         if language and not offered(alert.infos, language):
             found.append({"code": "language-not-offered", "language": language, "devices": devices,
-                          "detail": f"{devices} reached devices prefer {language!r}; no info is in it"})
+                          "detail": f"{devices} reached {'device prefers' if devices == 1 else 'devices prefer'} "
+                                    f"{language!r}; no info is in it"})
     if reach.devices == 0:
         found.append({"code": "no-device-reached", "detail": "no registered device follows a cell of this area"})
     if alert.status.value == "Actual":
