@@ -165,6 +165,10 @@ PREVIEW_RATE_LIMITED = Problem(
     "preview.rate-limited", 429,
     "This issuer organisation asked for more reach previews on this node than its limit; retry after the time given.",
 )
+PREVIEW_BUSY = Problem(
+    "preview.busy", 503,
+    "This node is computing as many reach previews as it does at once; retry shortly, or ask another node.",
+)
 
 # Accounts (issuer organisations, users, API clients, tokens; docs/accounts.md)
 ACCOUNT_INVALID = Problem("accounts.invalid", 422, "The account record is not valid.")

@@ -227,6 +227,15 @@ async def test_previews_are_bounded_per_organisation_apart_from_alerts(http: htt
     assert (await http.post("/api/v1/alerts/preview", content=draft(), headers=ISSUER)).status_code == 200
 
 
+async def test_one_preview_at_a_time_per_worker(node: Node, http: httpx.AsyncClient) -> None:
+    node.services.previews_running = 1  # another preview's cover is being computed
+    busy = await http.post("/api/v1/alerts/preview", content=draft(), headers=ISSUER)
+    assert busy.status_code == 503 and busy.json()["code"] == "preview.busy" and busy.headers["Retry-After"] == "1"
+    node.services.previews_running = 0
+    assert (await http.post("/api/v1/alerts/preview", content=draft(), headers=ISSUER)).status_code == 200
+    assert node.services.previews_running == 0
+
+
 # -- Warnings -----------------------------------------------------------------------------
 
 

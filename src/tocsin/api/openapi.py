@@ -239,7 +239,8 @@ def _preview_paths(catalog: list[Problem]) -> Json:
         "signed alert's size against a 4 KB push payload, and warnings with stable codes. Nothing is "
         "published, recorded, submitted or audited, and a preview takes nothing from the organisation's "
         "alert rate; it has its own, TOCSIN_PREVIEWS_PER_ORG_PER_MIN per organisation on each node "
-        "(429 preview.rate-limited). See docs/api.md, \"Reach preview\".",
+        "(429 preview.rate-limited), and one preview at a time per worker (503 preview.busy: retry, "
+        "or ask another node). See docs/api.md, \"Reach preview\".",
         "security": _ISSUER,
         "requestBody": {
             "required": True,
@@ -257,7 +258,7 @@ def _preview_paths(catalog: list[Problem]) -> Json:
             "415": _problems(catalog, 415, ("request.",)),
             "422": _problems(catalog, 422, ("cap.", "policy.", "area.")),
             "429": _problems(catalog, 429, ("preview.",), _RETRY_AFTER),
-            "503": _problems(catalog, 503, ("store.", "request."), _RETRY_AFTER),
+            "503": _problems(catalog, 503, ("store.", "request.", "preview."), _RETRY_AFTER),
             **_COMMON,
         },
     }

@@ -8,7 +8,10 @@ the area in km², each info's text against each channel's budget, and warnings.
 
 Nothing is published, recorded, submitted or audited: a preview changes nothing, and the
 audit log is the permanent record of what changed (a flood of previews must not grow it).
-It is bounded apart from alerts: TOCSIN_PREVIEWS_PER_ORG_PER_MIN per organisation and node.
+It is bounded apart from alerts: TOCSIN_PREVIEWS_PER_ORG_PER_MIN per organisation and node,
+and PREVIEWS_AT_ONCE per worker, since its cover goes to the child process that covers the
+alerts being issued (geo/covering.py, one cover at a time): an alert being issued waits
+behind at most that many previews' covers, each under the cover deadline.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from tocsin.cap.parse import parse_stored
 from tocsin.cap.render import to_json
 from tocsin.channels import budgets
 from tocsin.correction import is_correction
-from tocsin.errors import PREVIEW_RATE_LIMITED, Rejected
+from tocsin.errors import PREVIEW_BUSY, PREVIEW_RATE_LIMITED, Rejected
 from tocsin.geo.cells import Cover
 from tocsin.geo.measure import areas_km2, km2_text, shapes_km2
 from tocsin.geo.territory import Territory
@@ -40,6 +43,8 @@ from tocsin.pipeline.encode import encode_event
 from tocsin.policy import Issuer, Role
 from tocsin.store.base import Envelope, Stored, alert_id_for
 
+# Previews a worker computes at once; past it, 503 preview.busy (another node may answer).
+PREVIEWS_AT_ONCE = 1
 # An area this many times its issuer's territory is "much larger" (possible only within the
 # territory margin, or for a territory smaller than the margin).
 TERRITORY_RATIO_WARNING = 1.5
@@ -57,9 +62,15 @@ async def preview_alert(request: Request) -> Response:
     now = services.clock()
     vetted = services.accept.vet(alert, issuer, now)
     referenced = await services.accept.check_references(vetted.alert, issuer)
-    cover, source = await reach_cover(services, vetted.alert, referenced, now)
+    if services.previews_running >= PREVIEWS_AT_ONCE:
+        raise Rejected(PREVIEW_BUSY, f"{services.previews_running} being computed", headers={"Retry-After": "1"})
+    services.previews_running += 1
+    try:
+        cover, source = await reach_cover(services, vetted.alert, referenced, now)
+        measured = await asyncio.to_thread(measure, vetted.alert, issuer.territory)
+    finally:
+        services.previews_running -= 1
     reach = services.device_cache.reach(cover, vetted.alert.status.value)
-    measured = await asyncio.to_thread(measure, vetted.alert, issuer.territory)
     answer = {
         "published": False,
         "id": alert_id_for(vetted.alert.sender, vetted.alert.identifier),

@@ -164,8 +164,10 @@ class Services:
     # each organisation's alert rate on this node (accounts/book.py, api/auth.py).
     accounts: Accounts = field(init=False)
     issuer_rates: RatesByKey = field(default_factory=RatesByKey)
-    # Each organisation's reach previews on this node (api/preview.py), apart from its alerts.
+    # Each organisation's reach previews on this node (api/preview.py), apart from its alerts,
+    # and how many this worker is computing now (bounded by PREVIEWS_AT_ONCE there).
     preview_rates: RatesByKey = field(default_factory=RatesByKey)
+    previews_running: int = 0
     # Tokens found in no account (None), bounded in number and age: a flood of wrong
     # tokens costs one bucket read each per ISSUER_CACHE_S.
     issuer_cache: TtlCache[str, Any] = field(
