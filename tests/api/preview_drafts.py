@@ -1,13 +1,27 @@
-"""Draft alerts for the reach preview tests: any infos, areas, polygons, circles and geocodes."""
+"""For the reach preview tests: draft alerts (any infos, areas, polygons, circles, geocodes),
+a node whose devices are the test's own, and the preview call."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
 
+import httpx
+
+from tests.conftest import unique_name
+from tests.e2e.conftest import ISSUER_TOKEN, node_settings, start_node, stop_node
+from tocsin.app import Node
 from tocsin.cap.compose import cap_time
+from tocsin.cluster.nats_server import NatsServer
+
+CAP = {"Content-Type": "application/cap+xml"}
+ISSUER = {**CAP, "Authorization": f"Bearer {ISSUER_TOKEN}"}
 
 _ids = itertools.count(1)
 SENDER = "prefecture-75@interieur.gouv.fr"
@@ -73,3 +87,21 @@ def draft(*texts: Text, identifier: str | None = None, sender: str = SENDER, sta
         parts.append("</info>")
     parts.append("</alert>")
     return "".join(parts).encode()
+
+
+@contextlib.asynccontextmanager
+async def node_alone(tmp_path: Path, nats_server: NatsServer, **changes: object) -> AsyncIterator[Node]:
+    """A node with a device bucket of its own: its counts are the test's devices only."""
+    running = await start_node(node_settings(tmp_path, nats_server, device_bucket=unique_name("DEV_P"), **changes))
+    try:
+        yield running[0]
+    finally:
+        await stop_node(*running)
+
+
+async def preview(http: httpx.AsyncClient, body: bytes, headers: dict[str, str] = ISSUER) -> dict[str, Any]:
+    """The 200 answer of a preview."""
+    answered = await http.post("/api/v1/alerts/preview", content=body, headers=headers)
+    assert answered.status_code == 200, answered.text
+    got: dict[str, Any] = answered.json()
+    return got

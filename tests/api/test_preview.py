@@ -11,10 +11,9 @@ import httpx
 import pytest
 
 from tests.accounts.conftest import ADMIN_TOKEN, bearer, new_org, ok
-from tests.api.preview_drafts import Text, Zone, draft, square
-from tests.conftest import unique_name
+from tests.api.preview_drafts import CAP, ISSUER, Text, Zone, draft, node_alone, preview, square
 from tests.datafiles import CAP_DATA
-from tests.e2e.conftest import ISSUER_TOKEN, node_settings, start_node, stop_node
+from tests.e2e.conftest import ISSUER_TOKEN, http  # noqa: F401 - fixture
 from tocsin.api.device_records import Reach
 from tocsin.api.preview import warnings
 from tocsin.app import Node
@@ -23,32 +22,12 @@ from tocsin.cap.render import to_json
 from tocsin.cluster.nats_server import NatsServer
 from tocsin.geo.extent import EARTH_RADIUS_KM
 
-CAP = {"Content-Type": "application/cap+xml"}
-ISSUER = {**CAP, **bearer(ISSUER_TOKEN)}
 
 
 @pytest.fixture
 async def node(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Node]:
-    """A node with a device bucket of its own: the counts are this test's devices only."""
-    running = await start_node(node_settings(tmp_path, nats_server, device_bucket=unique_name("DEV_P"),
-                                             previews_per_org_per_min=20))
-    try:
-        yield running[0]
-    finally:
-        await stop_node(*running)
-
-
-@pytest.fixture
-async def http(node: Node) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=node.url, timeout=20) as client:
-        yield client
-
-
-async def preview(http: httpx.AsyncClient, body: bytes, headers: dict[str, str] = ISSUER) -> dict[str, Any]:
-    answered = await http.post("/api/v1/alerts/preview", content=body, headers=headers)
-    assert answered.status_code == 200, answered.text
-    got: dict[str, Any] = answered.json()
-    return got
+    async with node_alone(tmp_path, nats_server, previews_per_org_per_min=20) as running:
+        yield running
 
 
 def codes(answer: dict[str, Any]) -> list[str]:

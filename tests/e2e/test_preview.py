@@ -13,9 +13,8 @@ import h3
 import httpx
 import pytest
 
-from tests.api.preview_drafts import Text, Zone, draft, square
-from tests.conftest import unique_name
-from tests.e2e.conftest import ISSUER_TOKEN, node_settings, start_node, stop_node
+from tests.api.preview_drafts import ISSUER as CAP
+from tests.api.preview_drafts import Text, Zone, draft, node_alone, preview, square
 from tests.e2e.devices import SseDevice, register, sse_device
 from tocsin.app import Node
 from tocsin.cap.model import Alert
@@ -25,7 +24,6 @@ from tocsin.cluster.nats_server import NatsServer
 from tocsin.geo.cells import cell_for_point, cover_for, covers_point
 from tocsin.signing import verify
 
-CAP = {"Content-Type": "application/cap+xml", "Authorization": f"Bearer {ISSUER_TOKEN}"}
 # Île-de-France, roughly: 78 km by 73 km.
 REGION = square(48.5, 1.9, 0.7)
 FAR = {"Lyon": (45.764, 4.836), "Marseille": (43.296, 5.370), "Lille": (50.629, 3.057), "Brest": (48.390, -4.486)}
@@ -35,19 +33,8 @@ EVERYWHERE_IN_FRANCE = "41.0,-5.5 41.0,10.0 51.5,10.0 51.5,-5.5 41.0,-5.5"
 
 @pytest.fixture
 async def node(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Node]:
-    """A node with a device bucket of its own: its counts are this test's devices only."""
-    running = await start_node(node_settings(tmp_path, nats_server, device_bucket=unique_name("DEV_E"),
-                                             registrations_per_source_per_min=0, registrations_per_min=0))
-    try:
-        yield running[0]
-    finally:
-        await stop_node(*running)
-
-
-@pytest.fixture
-async def http(node: Node) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=node.url, timeout=20) as client:
-        yield client
+    async with node_alone(tmp_path, nats_server, registrations_per_source_per_min=0, registrations_per_min=0) as node:
+        yield node
 
 
 def whole_cells_inside(polygon: str, step_deg: float = 0.09) -> list[tuple[float, float]]:
@@ -98,13 +85,6 @@ async def displayed(devices: list[tuple[tuple[float, float], SseDevice]], closin
             if event["id"] == closing_id:
                 break
     return shown
-
-
-async def preview(http: httpx.AsyncClient, body: bytes) -> dict[str, Any]:
-    answered = await http.post("/api/v1/alerts/preview", content=body, headers=CAP)
-    assert answered.status_code == 200, answered.text
-    got: dict[str, Any] = answered.json()
-    return got
 
 
 async def issue(http: httpx.AsyncClient, body: bytes) -> dict[str, Any]:

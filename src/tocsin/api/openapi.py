@@ -120,6 +120,10 @@ _COMMON = {
 _ISSUER: list[Json] = [{"issuerToken": []}]
 _DEVICE: list[Json] = [{"deviceToken": []}, {"deviceTokenQuery": []}]
 _ALERT_ID_PARAM = {"name": "alert_id", "in": "path", "required": True, "schema": _ALERT_ID}
+_CAP_XML = {"schema": {"type": "string", "contentMediaType": "application/cap+xml"}}
+# An alert to issue or preview: CAP XML, or the JSON form.
+_ALERT_BODY = {"required": True, "content": {"application/cap+xml": _CAP_XML, "application/xml": _CAP_XML,
+                                             "text/xml": _CAP_XML, "application/json": {"schema": _ref("CapAlert")}}}
 
 
 # ---------------------------------------------------------------------------------------
@@ -153,13 +157,7 @@ def _issuer_paths(catalog: list[Problem]) -> Json:
         "policy.cover-too-slow. Nothing refused is stored. A full alert stream is 507 store.full, "
         "which no retry can help.",
         "security": _ISSUER,
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/cap+xml": xml, "application/xml": xml, "text/xml": xml,
-                "application/json": {"schema": _ref("CapAlert")},
-            },
-        },
+        "requestBody": _ALERT_BODY,
         "responses": {
             "201": _json(_ref("AlertDescription"), "Stored by this request.", _LOCATION),
             "200": _json(_ref("AlertDescription"), "Already stored (or submitted) with the same content.", _LOCATION),
@@ -225,7 +223,6 @@ def _issuer_paths(catalog: list[Problem]) -> Json:
 
 
 def _preview_paths(catalog: list[Problem]) -> Json:
-    xml = {"schema": {"type": "string", "contentMediaType": "application/cap+xml"}}
     post = {
         "tags": ["issuer"],
         "operationId": "previewAlert",
@@ -242,13 +239,7 @@ def _preview_paths(catalog: list[Problem]) -> Json:
         "(429 preview.rate-limited), and one preview at a time per worker (503 preview.busy: retry, "
         "or ask another node). See docs/api.md, \"Reach preview\".",
         "security": _ISSUER,
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/cap+xml": xml, "application/xml": xml, "text/xml": xml,
-                "application/json": {"schema": _ref("CapAlert")},
-            },
-        },
+        "requestBody": _ALERT_BODY,
         "responses": {
             "200": _json(_ref("ReachPreview"), "The preview; nothing was stored."),
             "400": _problems(catalog, 400, ("request.",)),
