@@ -190,6 +190,12 @@ async def test_a_preview_stores_nothing(node: Node, http: httpx.AsyncClient) -> 
     # Then issued: the same id, stored once.
     issued = await http.post("/api/v1/alerts", content=body, headers=ISSUER)
     assert issued.status_code == 201 and issued.json()["id"] == answer["id"]
+    again = await preview(http, body)
+    assert again["warnings"][0] == {"code": "already-issued", "seq": issued.json()["seq"], "detail": (
+        f"this alert is stored as seq {issued.json()['seq']}; issuing it again returns it (200), nothing new")}
+    other = draft(Text(headline="Autre chose", zones=(Zone(polygons=(square(48.8, 2.25, 0.1),)),)),
+                  identifier="FR-PREVIEW-NOTHING")
+    assert (await refused_alike(http, other, ISSUER))["code"] == "alert.identity-conflict"
 
 
 async def test_previews_are_bounded_per_organisation_apart_from_alerts(http: httpx.AsyncClient) -> None:

@@ -246,6 +246,7 @@ def _preview_paths(catalog: list[Problem]) -> Json:
             "401": _problems(catalog, 401, ("auth.",)),
             "403": _problems(catalog, 403, ("auth.", "policy.")),
             "413": _problems(catalog, 413, ("request.", "cap.", "alert.")),
+            "409": _problems(catalog, 409, ("alert.",), _LOCATION),
             "415": _problems(catalog, 415, ("request.",)),
             "422": _problems(catalog, 422, ("cap.", "policy.", "area.")),
             "429": _problems(catalog, 429, ("preview.",), _RETRY_AFTER),
@@ -267,9 +268,9 @@ def _preview_schemas() -> Json:
                             "character": string, "index": integer, "codePoint": string}}}}
     per_info = {"type": "object", "properties": {"info": integer, "language": string, "km2": number}}
     warning = {"type": "object", "required": ["code", "detail"], "properties": {
-        "code": {"type": "string", "enum": ["area-larger-than-territory", "over-budget", "language-not-offered",
-                                            "no-device-reached", "actual-alert"]},
-        "detail": string, "ratio": number, "channel": {"type": "string", "enum": ["cellBroadcast", "wea", "push"]},
+        "code": {"type": "string", "enum": ["already-issued", "area-larger-than-territory", "over-budget",
+                                            "language-not-offered", "no-device-reached", "actual-alert"]},
+        "detail": string, "seq": integer, "ratio": number, "channel": {"type": "string", "enum": ["cellBroadcast", "wea", "push"]},
         "info": {"type": ["integer", "null"]}, "language": string, "devices": integer}}
     return {"ReachPreview": {"type": "object", "required": [
         "published", "id", "status", "msgType", "alert", "cover", "reach", "area", "territory", "budgets", "warnings"],

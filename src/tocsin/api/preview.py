@@ -35,10 +35,11 @@ from tocsin.cap.parse import parse_stored
 from tocsin.cap.render import to_json
 from tocsin.channels import budgets
 from tocsin.correction import is_correction
-from tocsin.errors import PREVIEW_BUSY, PREVIEW_RATE_LIMITED, Rejected
+from tocsin.errors import PREVIEW_BUSY, PREVIEW_RATE_LIMITED, AlertNotFound, Rejected
 from tocsin.geo.cells import Cover
 from tocsin.geo.measure import areas_km2, km2_text, shapes_km2
 from tocsin.geo.territory import Territory
+from tocsin.pipeline.accept import Vetted, identity_conflict
 from tocsin.pipeline.encode import encode_event
 from tocsin.policy import Issuer, Role
 from tocsin.store.base import Envelope, Stored, alert_id_for
@@ -62,6 +63,7 @@ async def preview_alert(request: Request) -> Response:
     now = services.clock()
     vetted = services.accept.vet(alert, issuer, now)
     referenced = await services.accept.check_references(vetted.alert, issuer)
+    issued = await _already_issued(services, vetted)
     if services.previews_running >= PREVIEWS_AT_ONCE:
         raise Rejected(PREVIEW_BUSY, f"{services.previews_running} being computed", headers={"Retry-After": "1"})
     services.previews_running += 1
@@ -83,7 +85,25 @@ async def preview_alert(request: Request) -> Response:
         "budgets": budgets_json(vetted.alert, push_bytes(services, vetted.payload, vetted.alert)),
     }
     answer["warnings"] = warnings(vetted.alert, answer, reach)
+    if issued is not None:
+        answer["warnings"].insert(0, {"code": "already-issued", "seq": issued.seq, "detail": (
+            f"this alert is stored as seq {issued.seq}; issuing it again returns it (200), nothing new")})
     return JSONResponse(answer)
+
+
+async def _already_issued(services: Services, vetted: Vetted) -> Stored | None:
+    """The stored alert of the same identity and content, None when none is stored.
+
+    Raises:
+        Rejected: 409 alert.identity-conflict, as issuing: another alert holds the identity.
+    """
+    try:
+        stored = await services.store.get(alert_id_for(vetted.alert.sender, vetted.alert.identifier))
+    except AlertNotFound:
+        return None
+    if stored.envelope.payload != vetted.payload:
+        raise identity_conflict(vetted.alert, stored)
+    return stored
 
 
 def take_preview_slot(issuer: Issuer, services: Services) -> None:

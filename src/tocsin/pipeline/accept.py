@@ -54,6 +54,15 @@ def _outcome_read(task: asyncio.Task[object]) -> None:
         task.exception()
 
 
+def identity_conflict(alert: Alert, stored: Stored) -> Rejected:
+    """409 alert.identity-conflict: another alert is stored under this sender and identifier."""
+    return Rejected(
+        IDENTITY_CONFLICT,
+        f"{alert.sender} / {alert.identifier} is stored as seq {stored.seq}; send an Update with references instead",
+        headers={"Location": f"/api/v1/alerts/{stored.envelope.alert_id}"},
+    )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Retention:
     """How long the stream keeps what accept stores (settings.py explains each default)."""
@@ -206,12 +215,7 @@ class Accept:
             self._prepared(envelope.alert_id, payload, alert, cover)
             stored = await publishing
             if not stored.created and stored.envelope.payload != payload:
-                raise Rejected(
-                    IDENTITY_CONFLICT,
-                    f"{alert.sender} / {alert.identifier} is stored as seq {stored.seq}; "
-                    "send an Update with references instead",
-                    headers={"Location": f"/api/v1/alerts/{stored.envelope.alert_id}"},
-                )
+                raise identity_conflict(alert, stored)
         except (StoreUnavailable, StoreFull, Rejected):
             # Refused: the ledger row this attempt wrote must never be published later.
             if await recording:
