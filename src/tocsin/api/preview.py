@@ -64,14 +64,7 @@ async def preview_alert(request: Request) -> Response:
     vetted = services.accept.vet(alert, issuer, now)
     referenced = await services.accept.check_references(vetted.alert, issuer)
     issued = await _already_issued(services, vetted)
-    if services.previews_running >= PREVIEWS_AT_ONCE:
-        raise Rejected(PREVIEW_BUSY, f"{services.previews_running} being computed", headers={"Retry-After": "1"})
-    services.previews_running += 1
-    try:
-        cover, source = await reach_cover(services, vetted.alert, referenced, now)
-        measured = await asyncio.to_thread(measure, vetted.alert, issuer.territory)
-    finally:
-        services.previews_running -= 1
+    cover, source, measured = await _covered_and_measured(services, vetted.alert, referenced, now, issuer.territory)
     reach = services.device_cache.reach(cover, vetted.alert.status.value)
     answer = {
         "published": False,
@@ -84,11 +77,25 @@ async def preview_alert(request: Request) -> Response:
         **measured,
         "budgets": budgets_json(vetted.alert, push_bytes(services, vetted.payload, vetted.alert)),
     }
-    answer["warnings"] = warnings(vetted.alert, answer, reach)
-    if issued is not None:
-        answer["warnings"].insert(0, {"code": "already-issued", "seq": issued.seq, "detail": (
-            f"this alert is stored as seq {issued.seq}; issuing it again returns it (200), nothing new")})
+    answer["warnings"] = warnings(vetted.alert, answer, reach, issued_seq=issued.seq if issued else None)
     return JSONResponse(answer)
+
+
+async def _covered_and_measured(services: Services, alert: Alert, referenced: list[Stored], now: datetime,
+                                territory: Territory | None) -> tuple[Cover, str, dict[str, Any]]:
+    """The cover and the km², at most PREVIEWS_AT_ONCE at a time on this worker.
+
+    Raises:
+        Rejected: 503 preview.busy; 422 policy.cover-too-slow, as issuing.
+    """
+    if services.previews_running >= PREVIEWS_AT_ONCE:
+        raise Rejected(PREVIEW_BUSY, f"{services.previews_running} being computed", headers={"Retry-After": "1"})
+    services.previews_running += 1
+    try:
+        cover, source = await reach_cover(services, alert, referenced, now)
+        return cover, source, await asyncio.to_thread(measure, alert, territory)
+    finally:
+        services.previews_running -= 1
 
 
 async def _already_issued(services: Services, vetted: Vetted) -> Stored | None:
@@ -215,25 +222,19 @@ def offered(infos: tuple[Info, ...], language: str) -> bool:
     return any(_primary(info.language) == _primary(language) for info in infos)
 
 
-def warnings(alert: Alert, answer: dict[str, Any], reach: Reach) -> list[dict[str, Any]]:
+def warnings(alert: Alert, answer: dict[str, Any], reach: Reach, *, issued_seq: int | None = None,
+             ) -> list[dict[str, Any]]:
     """What the author should look at before issuing, each with a stable code (docs/api.md)."""
     found: list[dict[str, Any]] = []
+    if issued_seq is not None:
+        found.append({"code": "already-issued", "seq": issued_seq, "detail": (
+            f"this alert is stored as seq {issued_seq}; issuing it again returns it (200), nothing new")})
     territory = answer["territory"]
     if territory is not None and territory["ratio"] is not None and territory["ratio"] >= TERRITORY_RATIO_WARNING:
         found.append({"code": "area-larger-than-territory", "ratio": territory["ratio"],
                       "detail": f"the area is {territory['ratio']:.2f} times the organisation's territory "
                                 f"({answer['area']['text']} against {km2_text(territory['km2'])})"})
-    for entry in answer["budgets"]["infos"]:
-        for channel in ("cellBroadcast", "wea"):
-            used = entry[channel]
-            if used["over"]:
-                found.append({"code": "over-budget", "channel": channel, "info": entry["info"],
-                              "detail": f"info[{entry['info']}] ({entry['language']}): {used['length']} "
-                                        f"{used['unit']}, {channel} carries {used['budget']}"})
-    push = answer["budgets"]["push"]
-    if push["over"]:
-        found.append({"code": "over-budget", "channel": "push", "info": None,
-                      "detail": f"the signed alert is {push['length']} bytes; a push payload carries {push['budget']}"})
+    found += budget_warnings(answer["budgets"])
     for language, devices in sorted(reach.by_language.items()):
         if language and not offered(alert.infos, language):
             found.append({"code": "language-not-offered", "language": language, "devices": devices,
@@ -243,4 +244,21 @@ def warnings(alert: Alert, answer: dict[str, Any], reach: Reach) -> list[dict[st
         found.append({"code": "no-device-reached", "detail": "no registered device follows a cell of this area"})
     if alert.status.value == "Actual":
         found.append({"code": "actual-alert", "detail": "this is an Actual alert: issuing it alerts the public"})
+    return found
+
+
+def budget_warnings(used_budgets: dict[str, Any]) -> list[dict[str, Any]]:
+    """`over-budget` for each info's text over a channel's budget, and for the push payload."""
+    found: list[dict[str, Any]] = []
+    for entry in used_budgets["infos"]:
+        for channel in ("cellBroadcast", "wea"):
+            used = entry[channel]
+            if used["over"]:
+                found.append({"code": "over-budget", "channel": channel, "info": entry["info"],
+                              "detail": f"info[{entry['info']}] ({entry['language']}): {used['length']} "
+                                        f"{used['unit']}, {channel} carries {used['budget']}"})
+    push = used_budgets["push"]
+    if push["over"]:
+        found.append({"code": "over-budget", "channel": "push", "info": None,
+                      "detail": f"the signed alert is {push['length']} bytes; a push payload carries {push['budget']}"})
     return found
