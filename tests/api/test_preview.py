@@ -269,3 +269,22 @@ def test_the_territory_warning_names_the_ratio_from_one_and_a_half_times() -> No
     assert warnings(alert, answer(3.0), reached) == [{
         "code": "area-larger-than-territory", "ratio": 3.0,
         "detail": "the area is 3.00 times the organisation's territory (30 km² against 10.0 km²)"}]
+
+
+async def test_follow_ups_reach_where_their_references_went(http: httpx.AsyncClient) -> None:
+    for lat, lon in ((48.85, 2.30), (48.86, 2.31), (45.76, 4.84), (43.30, 5.37)):  # Paris twice, Lyon, Marseille
+        assert (await http.post("/api/v1/devices", json={"points": [{"lat": lat, "lon": lon}]})).status_code == 201
+    paris = Text(zones=(Zone(polygons=(square(48.8, 2.25, 0.1),)),))
+    body = draft(paris)
+    issued = await http.post("/api/v1/alerts", content=body, headers=ISSUER)
+    assert issued.status_code == 201, issued.text
+    sent = parse_xml(body)
+    reference = f"{sent.sender},{sent.identifier},{sent.sent.isoformat()}"
+    lyon = Text(zones=(Zone(polygons=(square(45.7, 4.8, 0.1),)),))
+    update = await preview(http, draft(lyon, msg_type="Update", references=reference))
+    assert (update["cover"]["from"], update["reach"]["devices"]) == ("areas+references", 3)
+    cancel = await preview(http, draft(Text(zones=()), msg_type="Cancel", references=reference))
+    assert (cancel["cover"]["from"], cancel["reach"]["devices"], cancel["area"]["km2"]) == ("references", 2, 0)
+    marker = (("tocsin:correction", "false-alert"),)
+    correction = await preview(http, draft(Text(zones=(), parameters=marker), msg_type="Cancel", references=reference))
+    assert (correction["cover"]["from"], correction["reach"]["devices"]) == ("everywhere", 4)
