@@ -66,3 +66,10 @@ def test_metropolitan_france_and_a_departement() -> None:
 def test_km2_for_people() -> None:
     assert [km2_text(x) for x in (0.0, 0.02834, 78.54, 4275.9, 547_497.6)] == [
         "0 km²", "0.0283 km²", "78.5 km²", "4,276 km²", "547,498 km²"]
+
+
+def test_degenerate_and_self_touching_outlines_count_what_they_hold() -> None:
+    assert shapes_km2((((1.0, 1.0), (1.0, 1.0), (1.0, 1.0), (1.0, 1.0)),), ()) == 0.0
+    bowtie = ((0.0, 0.0), (1.0, 1.0), (0.0, 1.0), (1.0, 0.0), (0.0, 0.0))  # two triangles, as devices check it
+    assert shapes_km2((bowtie,), ()) == pytest.approx(box_km2(0.0, 1.0, 1.0) / 2, rel=1e-3)
+    assert shapes_km2((), ()) == 0.0

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 import shapely
+from shapely.geometry import GeometryCollection, MultiPolygon
 from shapely.geometry import Polygon as ShapelyPolygon
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
@@ -91,12 +92,20 @@ def _circle_shape(circle: Circle) -> BaseGeometry:
 def _surface_km2(geometry: BaseGeometry) -> float:
     """The spherical surface of planar (lon, lat) polygons: exteriors less their holes."""
     total = 0.0
-    for part in shapely.get_parts(geometry):
-        if not isinstance(part, ShapelyPolygon):
-            continue  # lines and points left by the cut hold no surface
+    for part in _polygons(geometry):
         total += abs(_ring_integral(np.asarray(part.exterior.coords)))
         total -= sum(abs(_ring_integral(np.asarray(hole.coords))) for hole in part.interiors)
     return max(total, 0.0)
+
+
+def _polygons(geometry: BaseGeometry) -> Iterator[ShapelyPolygon]:
+    """The polygons of a geometry, at any depth of collections (lines and points hold no surface)."""
+    for part in shapely.get_parts(geometry):
+        if isinstance(part, ShapelyPolygon):
+            if not part.is_empty:
+                yield part
+        elif isinstance(part, (MultiPolygon, GeometryCollection)):
+            yield from _polygons(part)
 
 
 def _ring_integral(xy: np.ndarray) -> float:
