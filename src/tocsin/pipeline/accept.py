@@ -130,9 +130,12 @@ class Accept:
         gate: Gate | None = None,
         duplicates: Duplicates | None = None,
         gazetteer: Gazetteer | None = None,
+        territory_margin_m: float = 0.0,
     ) -> None:
         self._store = store
         self.gazetteer = gazetteer if gazetteer is not None else Gazetteer()
+        # How far an area may pass its issuer's territory (settings.territory_margin_m).
+        self.territory_margin_m = territory_margin_m
         self._gate = gate or Gate(16)
         self._duplicates = duplicates
         self._bounds = bounds
@@ -255,7 +258,8 @@ class Accept:
         alert = resolve(alert, self.gazetteer)  # dict reads; bounded by the CAP size limit
         check(alert, issuer, now=now, max_skew_s=self._max_skew_s)
         check_limits(alert, issuer.limits.over(self._bounds.limits))
-        check_territory(alert, issuer.territory)  # after the limits bound its cost
+        check_territory(alert, issuer.territory, gazetteer=self.gazetteer, margin_m=self.territory_margin_m,
+                        organisation=issuer.name)  # after the limits bound its cost
         payload = to_xml(alert)
         self._check_size(len(payload))  # before the cover: it only adds to the size
         return Vetted(alert=alert, payload=payload)
