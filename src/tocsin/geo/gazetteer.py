@@ -134,8 +134,8 @@ def checked(area: NamedArea) -> NamedArea:
 
 
 def record(area: NamedArea) -> bytes:
-    """The area as the bucket stores it (JSON, UTF-8)."""
-    return json.dumps(area.as_json(), ensure_ascii=False, separators=(",", ":")).encode()
+    """The area as the bucket stores it (JSON as store/jetstream.py `KvRecords.put` writes it)."""
+    return json.dumps(area.as_json()).encode()
 
 
 def _number(value: object, bound: float, where: str) -> float:
