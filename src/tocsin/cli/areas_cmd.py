@@ -99,7 +99,8 @@ def areas_list(scheme: str, urls: list[str], token: str, as_json: bool) -> None:
 @_reads
 def areas_show(scheme: str, code: str, urls: list[str], token: str, as_json: bool) -> None:
     """One named area with its polygons (JSON, [lat, lon] rings)."""
-    run(urls, token, True, "GET", f"/api/v1/areas/{quote(scheme, safe='')}/{quote(code, safe='')}")
+    run(urls, token, as_json, "GET", f"/api/v1/areas/{quote(scheme, safe='')}/{quote(code, safe='')}",
+        show=lambda a: json.dumps(a, ensure_ascii=False))
 
 
 @areas.command("remove")
