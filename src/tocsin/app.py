@@ -154,6 +154,21 @@ async def _prepare_store(store: JetStreamStore, settings: Settings, gazetteer: G
     return await _until_up(attempt, (StoreUnavailable,), settings.startup_timeout_s, "waiting for the stream")
 
 
+async def _load_areas(services: Services) -> None:
+    """GAZ: the imported gazetteers in this node's gazetteer before it serves (the areas
+    mirror keeps them current from then on), so that a geocode of an imported scheme never
+    meets a node that has not read it yet. A store too slow for it delays nothing more
+    than the start-up timeout: the mirror then catches up."""
+    s = services.settings
+    try:
+        async with asyncio.timeout(s.startup_timeout_s):
+            loaded = await services.store.areas.load(services.areas)
+    except (StoreUnavailable, TimeoutError) as exc:
+        log.warning("imported gazetteers not loaded at start; the mirror will read them", extra={"error": repr(exc)[:200]})
+        return
+    log.info("imported gazetteers loaded", extra={"areas": loaded, "schemes": len(services.accept.gazetteer.schemes())})
+
+
 async def _bootstrap_prober(store: JetStreamStore, settings: Settings) -> str | None:
     """The node's prober account and its token (kept in DATA_DIR/keys); None when probing is off."""
     if settings.probe_interval_s <= 0:
@@ -303,6 +318,7 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
         services = Services(
             settings=settings, store=store, accept=accept, pipeline=pipeline, live=live, signer=signer, clock=clock
         )
+        await _load_areas(services)
         services.edge = Edge.from_settings(settings, lambda code: services.metrics.refused.labels(code).inc())
         http_protocol, ws_protocol = edge_protocols(services.edge)
         proxies = [a.strip() for a in settings.trusted_proxies.split(",") if a.strip()]

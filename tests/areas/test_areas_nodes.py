@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from tests.areas.conftest import ADMIN, MARSEILLE, NICE, collection, feature, import_areas, own_node
-from tests.e2e.conftest import ISSUER_TOKEN, stop_node
+from tests.e2e.conftest import ISSUER_TOKEN, node_settings, stop_node
 from tests.samples import alert_xml
 from tests.waiting import until
-from tocsin.app import Node
+from tocsin.app import Node, open_node
 from tocsin.cap.parse import parse_xml
 from tocsin.cluster.nats_server import NatsServer
 from tocsin.geo.gazetteer import key_for
@@ -113,3 +113,18 @@ async def test_hostile_records_in_the_bucket_are_skipped_and_good_ones_kept(
     assert gazetteer.lookup("INSEE-DEP", "06").name == "Alpes-Maritimes"  # type: ignore[union-attr]
     refused = await http.post("/api/v1/alerts", content=geocode_alert(("ZONES-H", "nice")), headers=CAP)
     assert refused.status_code == 422 and refused.json()["code"] == "area.unknown-geocode"
+
+
+async def test_a_starting_node_holds_the_imported_gazetteers_before_it_serves(
+    tmp_path: Path, nats_server: NatsServer, areas_bucket: str,
+) -> None:
+    first = await own_node(tmp_path / "a", nats_server, areas_bucket)
+    try:
+        async with httpx.AsyncClient(base_url=first[0].url, timeout=30) as http:
+            assert (await import_areas(http, "ZONES-S", collection(feature("nice"), feature("mrs", MARSEILLE)))).status_code == 201
+    finally:
+        await stop_node(*first)
+    settings = node_settings(tmp_path / "b", nats_server, areas_bucket=areas_bucket)
+    async with open_node(settings) as node:  # not serving yet: its mirror has not run
+        assert node.services.accept.gazetteer.schemes().get("ZONES-S") == 2
+        assert "ZONES-S.nice" in node.services.areas

@@ -576,6 +576,35 @@ class KvRecords:
         """Write bytes as they are (tests of what a mirror meets in a bucket)."""
         await self._bucket.put(key, value)
 
+    async def load(self, into: MutableMapping[str, dict[str, Any]]) -> int:
+        """GAZ: put every key the bucket holds now into `into` (one pass of a watch), and return
+        how many; a value that is not JSON is left out. For a start that must hold the bucket
+        before it serves (the gazetteer); `mirror` then keeps `into` current.
+
+        Raises:
+            StoreUnavailable: the watch could not be read.
+        """
+        loaded = 0
+        try:
+            watcher = await self._bucket.watchall()
+            try:
+                async for entry in watcher:
+                    if entry is None:
+                        break
+                    if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                        continue
+                    try:
+                        into[entry.key] = json.loads(entry.value)
+                        loaded += 1
+                    except ValueError:
+                        log.warning("bucket load skipped a value it cannot read", extra={"key": entry.key[:64]})
+            finally:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()  # type: ignore[no-untyped-call]
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable("kv_watch", repr(exc)) from exc
+        return loaded
+
     async def mirror(self, into: MutableMapping[str, dict[str, Any]], *, retry_s: float = 1.0) -> None:
         """Keep `into` holding every key of the bucket with its JSON value, forever.
 
