@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 
 from tests.accounts.conftest import bearer, new_org
 from tests.areas.conftest import ADMIN, MARSEILLE, collection, feature, import_areas
@@ -115,3 +116,19 @@ async def test_reads_refuse_what_names_nothing(http: httpx.AsyncClient) -> None:
         answer = await http.get(path)
         assert answer.status_code == 404 and answer.json()["code"] == "area.not-found", path
     assert (await http.get("/api/v1/areas/INSEE-REG/93")).json()["name"] == "Provence-Alpes-Côte d'Azur"
+
+
+async def test_the_imported_gazetteers_are_bounded_in_schemes_and_points(
+    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("tocsin.api.areas.MAX_IMPORTED_SCHEMES", 2)
+    monkeypatch.setattr("tocsin.api.areas.MAX_IMPORTED_POINTS", 12)
+    assert (await import_areas(http, "ONE", collection(feature("a")))).status_code == 201
+    assert (await import_areas(http, "TWO", collection(feature("a")))).status_code == 201
+    third = await import_areas(http, "THREE", collection(feature("a")))
+    assert third.status_code == 422 and "2 schemes are imported already; at most 2" in third.json()["detail"]
+    more = await import_areas(http, "TWO", collection(feature("a"), feature("b")))
+    assert more.status_code == 422 and "would hold 15 points; at most 12" in more.json()["detail"]
+    assert (await import_areas(http, "TWO", collection(feature("b")))).status_code == 200  # replaces: still 10
+    assert (await http.get("/api/v1/areas/TWO")).json()["areas"][0]["code"] == "b"
+    assert (await http.get("/api/v1/areas/TWO", params={"limit": "9" * 5000})).status_code == 200

@@ -130,3 +130,22 @@ def test_the_mirror_follows_puts_and_deletes() -> None:
     assert list(mirror) == ["Z=2E1.a=2Eb"] and mirror["Z=2E1.a=2Eb"]["code"] == "a.b"
     mirror.pop("Z=2E1.a=2Eb", None)
     assert gazetteer.schemes() == {} and not gazetteer.knows("Z.1") and len(mirror) == 0
+
+
+def test_the_mirror_holds_at_most_max_imported_points(monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr("tocsin.geo.gazetteer_mirror.MAX_IMPORTED_POINTS", 12)
+    gazetteer = Gazetteer()
+    mirror = AreasMirror(gazetteer)
+    mirror["ZONES.a"] = _area("ZONES", "a")
+    mirror["ZONES.b"] = _area("ZONES", "b")
+    assert mirror.points == 10
+    with caplog.at_level(logging.WARNING, logger="tocsin.geo.gazetteer_mirror"):
+        mirror["ZONES.c"] = _area("ZONES", "c")  # 15 points: past the bound, skipped
+    assert gazetteer.lookup("ZONES", "c") is None and mirror.points == 10
+    assert "more than 12 points" in caplog.records[-1].error  # type: ignore[attr-defined]
+    mirror["ZONES.a"] = _area("ZONES", "a")  # the same area again: replaces itself, still fits
+    assert mirror.points == 10 and gazetteer.lookup("ZONES", "a") is not None
+    del mirror["ZONES.b"]
+    mirror["ZONES.c"] = _area("ZONES", "c")
+    assert mirror.points == 10 and gazetteer.schemes() == {"ZONES": 2}

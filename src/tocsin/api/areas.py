@@ -25,6 +25,8 @@ from tocsin.errors import GAZETTEER_INVALID, NAMED_AREA_NOT_FOUND, Rejected
 from tocsin.geo.gazetteer import (
     BUILTIN_ATTRIBUTION,
     CODE_TEXT,
+    MAX_IMPORTED_POINTS,
+    MAX_IMPORTED_SCHEMES,
     SCHEME_TEXT,
     Gazetteer,
     GazetteerInvalid,
@@ -72,8 +74,8 @@ async def list_areas(request: Request) -> Response:
     if not gazetteer.knows(scheme):
         raise Rejected(NAMED_AREA_NOT_FOUND, f"no scheme {scheme!r} (GET /api/v1/areas lists them)")
     after = request.query_params.get("after", "")[:64]
-    raw_limit = request.query_params.get("limit", str(MAX_PAGE))
-    limit = min(int(raw_limit), MAX_PAGE) if raw_limit.isdigit() and int(raw_limit[:7]) > 0 else MAX_PAGE
+    raw_limit = request.query_params.get("limit", "")[:8]  # digits past 8 would only clamp
+    limit = min(int(raw_limit), MAX_PAGE) if raw_limit.isdigit() and int(raw_limit) > 0 else MAX_PAGE
     areas = [a for a in gazetteer.areas_of(scheme) if a.code > after]
     page = areas[:limit]
     return JSONResponse({
@@ -152,6 +154,7 @@ async def import_areas(request: Request) -> Response:
         except GazetteerInvalid as exc:
             raise Rejected(GAZETTEER_INVALID, str(exc)) from None
         existed = gazetteer.knows(scheme)
+        _fits(services, scheme, areas, existed)
         codes = {area.code for area in areas}
         stale = [area.code for area in gazetteer.areas_of(scheme) if area.code not in codes]
         for area in areas:
@@ -184,6 +187,20 @@ async def remove_areas(request: Request) -> Response:
         await admin.audit(Action.AREAS_REMOVED, scheme, admin.issuer.name, {"scheme": scheme, "removed": len(codes)})
         await services.areas.until(lambda: not gazetteer.knows(scheme), SEEN_WAIT_S)
     return JSONResponse({"scheme": scheme, "removed": len(codes)})
+
+
+def _fits(services: Services, scheme: str, areas: list[NamedArea], existed: bool) -> None:
+    """Refuse an import that would take the imported gazetteers past what every node holds."""
+    gazetteer = services.accept.gazetteer
+    imported = [s for s in gazetteer.schemes() if s not in gazetteer.builtin_schemes]
+    if not existed and len(imported) >= MAX_IMPORTED_SCHEMES:
+        raise Rejected(GAZETTEER_INVALID, f"{len(imported)} schemes are imported already; at most "
+                                          f"{MAX_IMPORTED_SCHEMES} (tocsin areas remove)")
+    replaced = sum(area.points for area in gazetteer.areas_of(scheme))
+    total = services.areas.points - replaced + sum(area.points for area in areas)
+    if total > MAX_IMPORTED_POINTS:
+        raise Rejected(GAZETTEER_INVALID, f"the imported gazetteers would hold {total} points; at most "
+                                          f"{MAX_IMPORTED_POINTS}")
 
 
 def _shown(gazetteer: Gazetteer, written: list[NamedArea], removed: list[tuple[str, str]]) -> Callable[[], bool]:

@@ -46,6 +46,10 @@ MAX_POLYGONS_PER_AREA = 500
 MAX_POINTS_PER_AREA = 20_000
 MAX_RECORD_BYTES = 1_000_000
 MAX_AREAS_PER_SCHEME = 50_000
+# What every node holds in memory of the imported gazetteers (about 64 bytes a point:
+# 130 MB at the bound; the full France départements file is 193,161 points, 12 MB).
+MAX_IMPORTED_SCHEMES = 100
+MAX_IMPORTED_POINTS = 2_000_000
 # A scheme is a CAP valueName and a code a CAP value, restricted to what is safe in a key
 # (`key_for` encodes the '.' they may hold).
 SCHEME_TEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

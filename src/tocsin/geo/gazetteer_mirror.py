@@ -4,8 +4,9 @@ Every node mirrors the whole bucket (`Records.mirror`, the same watch as the acc
 device mirrors) into `AreasMirror`, which decodes each record fail-closed into the node's
 Gazetteer (`Accept.gazetteer`): geocodes resolve and territories by code hold on every node
 from memory, milliseconds after an import on any node. A record that cannot be read, is
-stored under another area's key, or names a built-in scheme is skipped and logged, and the
-area it replaces leaves the gazetteer (a code whose record is unreadable holds nothing).
+stored under another area's key, names a built-in scheme, or would take the imported areas
+past MAX_IMPORTED_POINTS is skipped and logged, and the area it replaces leaves the
+gazetteer (a code whose record is unreadable holds nothing).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
-from tocsin.geo.gazetteer import Gazetteer, GazetteerInvalid, NamedArea, key_for
+from tocsin.geo.gazetteer import MAX_IMPORTED_POINTS, Gazetteer, GazetteerInvalid, NamedArea, key_for
 from tocsin.store.base import Records
 
 log = logging.getLogger(__name__)
@@ -42,25 +43,29 @@ class AreasMirror(MutableMapping[str, dict[str, Any]]):
     def __init__(self, gazetteer: Gazetteer) -> None:
         self.gazetteer = gazetteer
         self._keys: dict[str, tuple[str, str]] = {}  # bucket key -> (scheme, code) held
+        self.points = 0  # of the areas held from the bucket
         self._changed = asyncio.Event()
 
     def __setitem__(self, key: str, value: dict[str, Any]) -> None:
         try:
             area = decode(key, value, self.gazetteer)
+            self.__delitem__(key)
+            if self.points + area.points > MAX_IMPORTED_POINTS:
+                raise GazetteerInvalid(f"the imported areas would hold more than {MAX_IMPORTED_POINTS} points")
         except GazetteerInvalid as exc:
             log.warning("areas mirror skipped a record", extra={"key": key[:140], "error": str(exc)[:300]})
             self.__delitem__(key)
             return
-        held = self._keys.get(key)
-        if held is not None and held != (area.scheme, area.code):
-            self.gazetteer.remove(*held)
         self._keys[key] = (area.scheme, area.code)
         self.gazetteer.put(area)
+        self.points += area.points
         self._wake()
 
     def __delitem__(self, key: str) -> None:
         held = self._keys.pop(key, None)
         if held is not None:
+            area = self.gazetteer.lookup(*held)
+            self.points -= area.points if area is not None else 0
             self.gazetteer.remove(*held)
             self._wake()
 
