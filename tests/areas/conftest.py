@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import unique_name
-from tests.e2e.conftest import ADMIN_TOKEN, node_settings, start_node, stop_node
+from tests.e2e.conftest import ADMIN_TOKEN, node_settings, running_node
 from tocsin.app import Node
 from tocsin.cluster.nats_server import NatsServer
 
@@ -38,8 +39,9 @@ async def import_areas(http: httpx.AsyncClient, scheme: str, body: bytes, *, cod
                           headers={**token, "Content-Type": "application/geo+json"}, timeout=60)
 
 
-async def own_node(tmp_path: Path, nats_server: NatsServer, bucket: str, **changes: object) -> tuple[Any, ...]:
-    return await start_node(node_settings(tmp_path, nats_server, areas_bucket=bucket, **changes))
+def own_node(tmp_path: Path, nats_server: NatsServer, bucket: str, **changes: object) -> AbstractAsyncContextManager[Node]:
+    """A serving node on this areas bucket."""
+    return running_node(node_settings(tmp_path, nats_server, areas_bucket=bucket, **changes))
 
 
 @pytest.fixture
@@ -49,11 +51,8 @@ def areas_bucket() -> str:
 
 @pytest.fixture
 async def node(tmp_path: Path, nats_server: NatsServer, areas_bucket: str) -> AsyncIterator[Node]:
-    running = await own_node(tmp_path, nats_server, areas_bucket)
-    try:
-        yield running[0]
-    finally:
-        await stop_node(*running)
+    async with own_node(tmp_path, nats_server, areas_bucket) as started:
+        yield started
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.areas.conftest import ADMIN, MARSEILLE, NICE, collection, feature, import_areas, own_node
-from tests.e2e.conftest import ISSUER_TOKEN, node_settings, stop_node
+from tests.e2e.conftest import ISSUER_TOKEN, node_settings
 from tests.samples import alert_xml
 from tests.waiting import until
 from tocsin.app import Node, open_node
@@ -32,15 +32,9 @@ def geocode_alert(*codes: tuple[str, str], desc: str = "Zone") -> bytes:
 
 @pytest.fixture
 async def two_nodes(tmp_path: Path, nats_server: NatsServer, areas_bucket: str) -> AsyncIterator[tuple[Node, Node]]:
-    first = await own_node(tmp_path / "a", nats_server, areas_bucket)
-    try:
-        second = await own_node(tmp_path / "b", nats_server, areas_bucket, stream=first[0].settings.stream)
-        try:
-            yield first[0], second[0]
-        finally:
-            await stop_node(*second)
-    finally:
-        await stop_node(*first)
+    async with own_node(tmp_path / "a", nats_server, areas_bucket) as first, \
+            own_node(tmp_path / "b", nats_server, areas_bucket, stream=first.settings.stream) as second:
+        yield first, second
 
 
 async def test_an_import_on_one_node_is_resolved_on_the_other(two_nodes: tuple[Node, Node]) -> None:
@@ -118,12 +112,9 @@ async def test_hostile_records_in_the_bucket_are_skipped_and_good_ones_kept(
 async def test_a_starting_node_holds_the_imported_gazetteers_before_it_serves(
     tmp_path: Path, nats_server: NatsServer, areas_bucket: str,
 ) -> None:
-    first = await own_node(tmp_path / "a", nats_server, areas_bucket)
-    try:
-        async with httpx.AsyncClient(base_url=first[0].url, timeout=30) as http:
-            assert (await import_areas(http, "ZONES-S", collection(feature("nice"), feature("mrs", MARSEILLE)))).status_code == 201
-    finally:
-        await stop_node(*first)
+    async with own_node(tmp_path / "a", nats_server, areas_bucket) as first, \
+            httpx.AsyncClient(base_url=first.url, timeout=30) as http:
+        assert (await import_areas(http, "ZONES-S", collection(feature("nice"), feature("mrs", MARSEILLE)))).status_code == 201
     settings = node_settings(tmp_path / "b", nats_server, areas_bucket=areas_bucket)
     async with open_node(settings) as node:  # not serving yet: its mirror has not run
         assert node.services.accept.gazetteer.schemes().get("ZONES-S") == 2

@@ -10,7 +10,7 @@ import pytest
 
 from tests.accounts.conftest import ADMIN_TOKEN, bearer, new_org, post_alert
 from tests.areas.conftest import ADMIN, NICE, collection, feature, import_areas, own_node
-from tests.e2e.conftest import node_settings, stop_node
+from tests.e2e.conftest import node_settings
 from tests.geo.test_territory import ALPES_MARITIMES, _square_beyond
 from tocsin.app import open_node
 from tocsin.cluster.nats_server import NatsServer
@@ -36,15 +36,12 @@ async def test_an_organisation_of_06_alerts_06_and_1_km_beyond_but_not_3_km(http
 
 
 async def test_with_no_margin_1_km_beyond_is_refused(tmp_path: Path, nats_server: NatsServer, areas_bucket: str) -> None:
-    running = await own_node(tmp_path, nats_server, areas_bucket, territory_margin_m=0.0)
-    try:
-        async with httpx.AsyncClient(base_url=running[0].url, timeout=10) as http:
-            org = await new_org(http, territory={"areas": ["INSEE-DEP:06"]})
-            near = await post_alert(http, org.author, org.sender, polygon=_square_beyond(ALPES_MARITIMES, 0, 1.0))
-            assert near.status_code == 403 and "widened by 0 m" in near.json()["detail"]
-            assert (await post_alert(http, org.author, org.sender, polygon=IN_NICE)).status_code == 201
-    finally:
-        await stop_node(*running)
+    async with own_node(tmp_path, nats_server, areas_bucket, territory_margin_m=0.0) as node, \
+            httpx.AsyncClient(base_url=node.url, timeout=10) as http:
+        org = await new_org(http, territory={"areas": ["INSEE-DEP:06"]})
+        near = await post_alert(http, org.author, org.sender, polygon=_square_beyond(ALPES_MARITIMES, 0, 1.0))
+        assert near.status_code == 403 and "widened by 0 m" in near.json()["detail"]
+        assert (await post_alert(http, org.author, org.sender, polygon=IN_NICE)).status_code == 201
 
 
 async def test_a_code_no_gazetteer_holds_is_refused_when_the_territory_is_set(http: httpx.AsyncClient) -> None:

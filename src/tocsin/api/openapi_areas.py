@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tocsin.api.openapi import _COMMON, _ISSUER, Json, _json, _problems, _ref
+from tocsin.api.openapi import _COMMON, Json, _json, _problems, _ref
+from tocsin.api.openapi_admin import _op
 from tocsin.errors import Problem
 
 _TEXT = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
@@ -21,17 +22,12 @@ def _read(catalog: list[Problem], op_id: str, summary: str, ok: Json, params: tu
 
 
 def _admin(catalog: list[Problem], op_id: str, summary: str, ok: Json, params: tuple[Json, ...]) -> Json:
-    return {"tags": ["admin"], "operationId": op_id, "summary": summary, "security": _ISSUER,
-            "parameters": list(params), "responses": {
-                **ok,
-                "401": _problems(catalog, 401, ("auth.",)),
-                "403": _problems(catalog, 403, ("auth.",)),
-                "404": _problems(catalog, 404, ("area.",)),
-                "413": _problems(catalog, 413, ("request.",)),
-                "422": _problems(catalog, 422, ("area.",)),
-                "503": _problems(catalog, 503, ("store.",)),
-                **_COMMON,
-            }}
+    """An admin operation as the accounts' are, with the named areas' problems."""
+    operation = _op(catalog, op_id, summary, ok, params=params)
+    responses = operation["responses"]
+    del responses["409"]
+    responses.update({"404": _problems(catalog, 404, ("area.",)), "422": _problems(catalog, 422, ("area.",))})
+    return operation
 
 
 def areas_paths(catalog: list[Problem]) -> Json:
