@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -18,6 +19,7 @@ from tests.samples import alert_xml
 
 BUILTIN = Gazetteer(builtin())
 ALPES_MARITIMES = BUILTIN["INSEE-DEP", "06"]
+IN_LYON = "45.70,4.80 45.70,4.90 45.80,4.90 45.80,4.80 45.70,4.80"
 
 
 def _outer_vertex(area: NamedArea, bearing: float) -> tuple[float, float]:
@@ -140,3 +142,27 @@ def test_without_a_gazetteer_named_areas_hold_nothing() -> None:
     territory = Territory.from_json({"areas": ["INSEE-DEP:06"]})
     with pytest.raises(Rejected):
         check_territory(_alert("43.70,7.25 43.70,7.27 43.72,7.27 43.72,7.25 43.70,7.25"), territory)
+
+
+async def test_prepare_builds_the_union_once_off_the_loop_and_the_check_then_only_reads_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    from tocsin.geo import territory as module
+
+    built: list[int] = []
+    real_build = module._build
+
+    def counted(*args: object) -> object:
+        built.append(threading.get_ident())
+        return real_build(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "_build", counted)
+    territory = Territory.from_json({"areas": [f"INSEE-REG:{c}" for c in ("84", "93")]})
+    await asyncio.gather(*(module.prepare(territory, BUILTIN, 1500) for _ in range(5)))
+    assert len(built) == 1 and built[0] != threading.get_ident()  # one build, in another thread
+    check_territory(_alert(IN_LYON), territory, gazetteer=BUILTIN, margin_m=1500)
+    assert len(built) == 1  # the check read the cached union
+    await module.prepare(territory, BUILTIN, 0)  # another margin: another union
+    assert len(built) == 2

@@ -19,6 +19,7 @@ of the margin below 60 degrees of latitude).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections import OrderedDict
@@ -210,20 +211,36 @@ def widened(part: BaseGeometry, margin_m: float) -> BaseGeometry:
 # entry holds its territory, so that its id cannot be reused while cached, and the named
 # areas it was built from: a gazetteer change (an import, a removal) replaces the NamedArea
 # objects, so the union is built again when, and only when, one of its areas changed.
-_UNIONS: OrderedDict[tuple[int, float], tuple[Territory, tuple[NamedArea | None, ...], BaseGeometry | None]] = OrderedDict()
+_Key = tuple[int, float]
+_Named = tuple[NamedArea | None, ...]
+_UNIONS: OrderedDict[_Key, tuple[Territory, _Named, BaseGeometry | None]] = OrderedDict()
 _UNIONS_MAX = 256
+# Unions being built off the loop (`prepare`), so that concurrent requests build one.
+_BUILDING: dict[_Key, tuple[Territory, _Named, asyncio.Future[BaseGeometry | None]]] = {}
 
 
-def _union(territory: Territory, gazetteer: Gazetteer | None = None, margin_m: float = 0.0) -> BaseGeometry | None:
-    """The territory as one prepared planar shape, widened by the margin (cached: it
-    changes only with the record, its named areas and the margin)."""
-    key = (id(territory), margin_m)
-    named = _named(territory, gazetteer)
+def _same(a: _Named, b: _Named) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
+def _cached(key: _Key, territory: Territory, named: _Named) -> tuple[bool, BaseGeometry | None]:
+    """(found, the union) for this territory built from these named areas."""
     cached = _UNIONS.get(key)
-    if cached is not None and cached[0] is territory and len(cached[1]) == len(named) \
-            and all(a is b for a, b in zip(cached[1], named)):
-        _UNIONS.move_to_end(key)
-        return cached[2]
+    if cached is None or cached[0] is not territory or not _same(cached[1], named):
+        return False, None
+    _UNIONS.move_to_end(key)
+    return True, cached[2]
+
+
+def _keep(key: _Key, territory: Territory, named: _Named, shape: BaseGeometry | None) -> None:
+    _UNIONS[key] = (territory, named, shape)
+    if len(_UNIONS) > _UNIONS_MAX:
+        _UNIONS.popitem(last=False)
+
+
+def _build(territory: Territory, named: _Named, margin_m: float) -> BaseGeometry | None:
+    """The territory as one prepared planar shape, widened by the margin (pure: it may run
+    in a thread)."""
     parts = [_planar(p) for p in territory.polygons]
     for text, area in zip(territory.areas, named):
         if area is None:
@@ -239,7 +256,38 @@ def _union(territory: Territory, gazetteer: Gazetteer | None = None, margin_m: f
     shape = shapely.union_all(parts) if parts else None
     if shape is not None:
         shapely.prepare(shape)
-    _UNIONS[key] = (territory, named, shape)
-    if len(_UNIONS) > _UNIONS_MAX:
-        _UNIONS.popitem(last=False)
     return shape
+
+
+def _union(territory: Territory, gazetteer: Gazetteer | None = None, margin_m: float = 0.0) -> BaseGeometry | None:
+    """The territory's widened union (cached: it changes only with the record, its named
+    areas and the margin); built here when `prepare` has not built it."""
+    key, named = (id(territory), margin_m), _named(territory, gazetteer)
+    found, shape = _cached(key, territory, named)
+    if found:
+        return shape
+    shape = _build(territory, named, margin_m)
+    _keep(key, territory, named, shape)
+    return shape
+
+
+async def prepare(territory: Territory, gazetteer: Gazetteer | None = None, margin_m: float = 0.0) -> None:
+    """Build the territory's widened union off the event loop unless it is cached, so that
+    the check that follows only reads it: a large territory by code (every département of a
+    full-resolution file) takes seconds to widen, once per change."""
+    key, named = (id(territory), margin_m), _named(territory, gazetteer)
+    if _cached(key, territory, named)[0]:
+        return
+    building = _BUILDING.get(key)
+    if building is None or building[0] is not territory or not _same(building[1], named):
+        future = asyncio.ensure_future(asyncio.to_thread(_build, territory, named, margin_m))
+        building = (territory, named, future)
+        _BUILDING[key] = building
+
+        def done(_: object, mine: tuple[Territory, _Named, asyncio.Future[BaseGeometry | None]] = building) -> None:
+            if _BUILDING.get(key) is mine:
+                del _BUILDING[key]
+
+        future.add_done_callback(done)
+    shape = await asyncio.shield(building[2])
+    _keep(key, territory, named, shape)
