@@ -290,7 +290,9 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
         store = JetStreamStore(nc, settings)
         gazetteer = Gazetteer(builtin() if settings.builtin_gazetteers else ())
         admin_token = await _prepare_store(store, settings, gazetteer)
-        prober_token = await _bootstrap_prober(store, settings)
+        # A restarted node's accounts bucket may be electing its leader still: retried as above.
+        prober_token = await _until_up(lambda: _bootstrap_prober(store, settings), (StoreUnavailable,),
+                                       settings.startup_timeout_s, "waiting for the stream")
         signer = SigningKey.load_or_create(settings.signing_key_path)
         ledger = Ledger(settings.data_dir / "ledger.sqlite3")
         stack.callback(ledger.close)

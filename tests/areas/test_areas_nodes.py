@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -67,11 +68,15 @@ async def test_geocodes_resolve_at_accept_once_and_an_unknown_code_is_named(
     http: httpx.AsyncClient, node: Node,
 ) -> None:
     assert (await import_areas(http, "ZONES-G", collection(feature("nice"), feature("mrs", MARSEILLE)))).status_code == 201
-    both = await http.post("/api/v1/alerts", content=geocode_alert(("ZONES-G", "nice"), ("ZONES-G", "mrs"),
-                                                                   ("OTHER", "1")), headers=CAP)
+    sent = geocode_alert(("ZONES-G", "nice"), ("ZONES-G", "mrs"), ("OTHER", "1"))
+    both = await http.post("/api/v1/alerts", content=sent, headers=CAP)
     assert both.status_code == 201, both.text
     area = parse_xml((await http.get(f"/api/v1/alerts/{both.json()['id']}.xml")).content).infos[0].areas[0]
     assert len(area.polygons) == 2 and len(area.geocodes) == 3
+    with sqlite3.connect(node.settings.data_dir / "ledger.sqlite3") as ledger:  # the issuer's bytes, as sent
+        original, payload = ledger.execute("SELECT original, payload FROM accepted WHERE alert_id = ?",
+                                           (both.json()["id"],)).fetchone()
+    assert original == sent and b"<polygon>" not in original and b"<polygon>" in payload
     unknown = await http.post("/api/v1/alerts", content=geocode_alert(("ZONES-G", "nice"), ("ZONES-G", "lyon"),
                                                                       desc="Côte"), headers=CAP)
     assert unknown.status_code == 422 and unknown.json()["code"] == "area.unknown-geocode"
