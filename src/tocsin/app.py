@@ -34,6 +34,7 @@ from tocsin.cluster.nats_server import NATS_USER, NatsServer, check_varz_sync_al
 from tocsin.pipeline import build_pipeline
 from tocsin.geo.covering import CoverWorker
 from tocsin.geo.gazetteer import Gazetteer, builtin
+from tocsin.geo.gazetteer_mirror import AreasMirror
 from tocsin.pipeline.accept import Accept, Bounds, Retention
 from tocsin.pipeline.duplicates import Duplicates
 from tocsin.pipeline.gate import Gate
@@ -130,7 +131,7 @@ async def _until_up(
             await asyncio.sleep(1.0)
 
 
-async def _prepare_store(store: JetStreamStore, settings: Settings) -> str | None:
+async def _prepare_store(store: JetStreamStore, settings: Settings, gazetteer: Gazetteer) -> str | None:
     """Create streams and buckets and the bootstrap accounts, waiting for a quorum if needed.
 
     Raises:
@@ -142,12 +143,30 @@ async def _prepare_store(store: JetStreamStore, settings: Settings) -> str | Non
         token = await bootstrap_admin(store.accounts, settings.admin_token)
         if settings.accounts_file:
             try:
-                await apply_accounts_file(store, Path(settings.accounts_file))
+                # GAZ: a territory's codes must name areas the gazetteer or the areas bucket holds.
+                known = AreasMirror(gazetteer)
+                await apply_accounts_file(store, Path(settings.accounts_file),
+                                          known=lambda scheme, code: known.holds(store.areas, scheme, code))
             except Rejected as exc:
                 raise SettingsError(f"TOCSIN_ACCOUNTS_FILE: {exc.detail}") from None
         return token
 
     return await _until_up(attempt, (StoreUnavailable,), settings.startup_timeout_s, "waiting for the stream")
+
+
+async def _load_areas(services: Services) -> None:
+    """GAZ: the imported gazetteers in this node's gazetteer before it serves (the areas
+    mirror keeps them current from then on), so that a geocode of an imported scheme never
+    meets a node that has not read it yet. A store too slow for it delays nothing more
+    than the start-up timeout: the mirror then catches up."""
+    s = services.settings
+    try:
+        async with asyncio.timeout(s.startup_timeout_s):
+            loaded = await services.store.areas.load(services.areas)
+    except (StoreUnavailable, TimeoutError) as exc:
+        log.warning("imported gazetteers not loaded at start; the mirror will read them", extra={"error": repr(exc)[:200]})
+        return
+    log.info("imported gazetteers loaded", extra={"areas": loaded, "schemes": len(services.accept.gazetteer.schemes())})
 
 
 async def _bootstrap_prober(store: JetStreamStore, settings: Settings) -> str | None:
@@ -269,8 +288,11 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
         nc = await _connect_when_up(settings, servers, login)
         stack.push_async_callback(nc.close)
         store = JetStreamStore(nc, settings)
-        admin_token = await _prepare_store(store, settings)
-        prober_token = await _bootstrap_prober(store, settings)
+        gazetteer = Gazetteer(builtin() if settings.builtin_gazetteers else ())
+        admin_token = await _prepare_store(store, settings, gazetteer)
+        # A restarted node's accounts bucket may be electing its leader still: retried as above.
+        prober_token = await _until_up(lambda: _bootstrap_prober(store, settings), (StoreUnavailable,),
+                                       settings.startup_timeout_s, "waiting for the stream")
         signer = SigningKey.load_or_create(settings.signing_key_path)
         ledger = Ledger(settings.data_dir / "ledger.sqlite3")
         stack.callback(ledger.close)
@@ -293,11 +315,12 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
             prepared=pipeline.handoff.prepare,
             gate=Gate(settings.accept_slots, max_waiting=settings.accept_max_waiting),
             duplicates=pipeline.duplicates,
-            gazetteer=Gazetteer(builtin() if settings.builtin_gazetteers else ()),
+            gazetteer=gazetteer, territory_margin_m=settings.territory_margin_m,
         )
         services = Services(
             settings=settings, store=store, accept=accept, pipeline=pipeline, live=live, signer=signer, clock=clock
         )
+        await _load_areas(services)
         services.edge = Edge.from_settings(settings, lambda code: services.metrics.refused.labels(code).inc())
         http_protocol, ws_protocol = edge_protocols(services.edge)
         proxies = [a.strip() for a in settings.trusted_proxies.split(",") if a.strip()]
@@ -376,6 +399,8 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         pending = tasks.create_task(store.pending.mirror(node.services.pending_cache), name="pending-mirror")
         sweep = tasks.create_task(sweep_forever(node.services), name="lifecycle-sweep")
         accounts = tasks.create_task(store.accounts.mirror(node.services.accounts.mirror), name="accounts-mirror")
+        # GAZ: imported named areas into this node's gazetteer (geo/gazetteer_mirror.py).
+        areas = tasks.create_task(store.areas.mirror(node.services.areas), name="areas-mirror")
         while not node.server.started and not http.done():
             await asyncio.sleep(0.01)
         if ready is not None and node.server.started:
@@ -401,6 +426,7 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         pending.cancel()
         sweep.cancel()
         accounts.cancel()
+        areas.cancel()
         if supervisor is not None:
             supervisor.cancel()
 

@@ -12,6 +12,7 @@ from enum import StrEnum
 
 from tocsin.cap.model import Alert, Area, Circle, Info, MsgType, Polygon, Reference, Scope, Severity, Status
 from tocsin.geo.extent import circle_km2, polygon_km2
+from tocsin.geo.gazetteer import Gazetteer
 from tocsin.geo.territory import Territory
 from tocsin.errors import (
     AREA_TOO_LARGE,
@@ -325,18 +326,24 @@ def _area_findings(alert: Alert, refuse: Refuse) -> None:
         refuse(NO_AREA, "info", "no info has an area")
 
 
-def check_territory(alert: Alert, territory: Territory | None) -> None:
-    """Refuse an alert with a drawn area outside the issuer's territory (after check_limits:
-    the alert's shapes are bounded by then).
+def check_territory(alert: Alert, territory: Territory | None, *, gazetteer: Gazetteer | None = None,
+                    margin_m: float = 0.0, organisation: str = "") -> None:
+    """Refuse an alert with a drawn area outside the issuer's territory widened by
+    `margin_m` metres, its named areas looked up in `gazetteer` (after check_limits: the
+    alert's shapes are bounded by then).
 
     Raises:
-        Rejected: 403 policy.outside-territory naming the area.
+        Rejected: 403 policy.outside-territory naming the area and the territory.
     """
     if territory is None:
         return
-    outside = territory.outside(alert)
+    outside = territory.outside(alert, gazetteer, margin_m)
     if outside is not None:
-        raise Rejected(OUTSIDE_TERRITORY, f"{outside} is not within the organisation's territory")
+        raise Rejected(
+            OUTSIDE_TERRITORY,
+            f"{outside} is not within the territory of {organisation or 'the organisation'!r} "
+            f"({territory.describe()}) widened by {margin_m:g} m",
+        )
 
 
 def check_limits(alert: Alert, limits: AlertLimits) -> None:

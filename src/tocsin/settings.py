@@ -164,6 +164,10 @@ class Settings:
     # loaded at start unless this is false; imported ones live in the areas bucket.
     builtin_gazetteers: bool = True
     areas_bucket: str = "TOCSIN_AREAS"
+    # The largest GeoJSON file `tocsin areas import` may send (deployment admins only; one
+    # import at a time per node, parsed off the loop: about ten times its size in memory
+    # while it is checked). The full France départements file with overseas is 3.7 MB.
+    max_areas_import_bytes: int = 8 * 1024**2
     # How far an alert's area may bleed past its organisation's territory (the UK tolerates
     # about 1.5 km): the territory is widened by this many metres before it is compared.
     territory_margin_m: float = 1500.0
@@ -340,5 +344,7 @@ def _check(settings: Settings) -> None:
         raise SettingsError("TOCSIN_DEVICE_TTL_S and TOCSIN_MAX_DEVICE_CELLS must be positive")
     if not 0 <= settings.territory_margin_m <= 100_000:
         raise SettingsError(f"TOCSIN_TERRITORY_MARGIN_M must be within 0..100000, got {settings.territory_margin_m}")
+    if not 0 < settings.max_areas_import_bytes <= 256 * 1024**2:
+        raise SettingsError(f"TOCSIN_MAX_AREAS_IMPORT_BYTES must be within 1..268435456, got {settings.max_areas_import_bytes}")
     if settings.replicas not in (1, 3, 5):
         raise SettingsError(f"TOCSIN_REPLICAS must be 1, 3 or 5, got {settings.replicas}")

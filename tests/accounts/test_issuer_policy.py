@@ -42,7 +42,11 @@ async def test_a_circle_is_inside_only_when_all_of_it_is(http: httpx.AsyncClient
     inside = await http.post("/api/v1/alerts", content=_circle_alert(org.sender, "45.75,4.85 20"),
                              headers={"Content-Type": "application/cap+xml", **bearer(org.author)})
     assert inside.status_code == 201, inside.text
-    wider = await http.post("/api/v1/alerts", content=_circle_alert(org.sender, "45.75,4.85 21"),
+    # 21 km passes within the default 1.5 km margin (tests/areas test the margin); 22 km not.
+    within = await http.post("/api/v1/alerts", content=_circle_alert(org.sender, "45.75,4.85 21"),
+                             headers={"Content-Type": "application/cap+xml", **bearer(org.author)})
+    assert within.status_code == 201, within.text
+    wider = await http.post("/api/v1/alerts", content=_circle_alert(org.sender, "45.75,4.85 22"),
                             headers={"Content-Type": "application/cap+xml", **bearer(org.author)})
     assert wider.status_code == 403 and wider.json()["code"] == "policy.outside-territory"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -66,13 +67,20 @@ def node_settings(tmp_path: Path, nats_server: NatsServer, **changes: object) ->
     ).replace(**changes)
 
 
-@pytest.fixture
-async def node(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Node]:
-    running = await start_node(node_settings(tmp_path, nats_server))
+@asynccontextmanager
+async def running_node(settings: Settings) -> AsyncIterator[Node]:
+    """A node serving with these settings, stopped on exit."""
+    running = await start_node(settings)
     try:
         yield running[0]
     finally:
         await stop_node(*running)
+
+
+@pytest.fixture
+async def node(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Node]:
+    async with running_node(node_settings(tmp_path, nats_server)) as started:
+        yield started
 
 
 @pytest.fixture

@@ -122,14 +122,22 @@ def _token(entry: dict[str, Any], org: str, principal: str, roles: frozenset[Rol
                  expires=expires, label="accounts file")
 
 
-async def apply_accounts_file(store: Store, path: Path) -> int:
+async def apply_accounts_file(store: Store, path: Path,
+                              known: Callable[[str, str], Awaitable[bool]] | None = None) -> int:
     """Write what the file declares and differs from the bucket, auditing each write as
     "file:<path>"; returns how many records were written (0 on an unchanged restart).
+    `known(scheme, code)`: whether a named area a territory gives exists (None: not checked).
 
     Raises:
         Rejected: accounts.file-invalid (nothing was written).
     """
     declared = read_accounts_file(path)
+    if known is not None:
+        for org in declared.orgs:
+            for n, (scheme, code) in enumerate(org.territory.named() if org.territory else ()):
+                if not await known(scheme, code):
+                    raise Rejected(ACCOUNTS_FILE_INVALID,
+                                   f"{path}: issuers ({org.name}): territory.areas[{n}]: {scheme} has no code {code!r}")
     actor = f"file:{path}"
     records = store.accounts
     written = 0

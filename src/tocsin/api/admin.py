@@ -32,6 +32,7 @@ from tocsin.accounts.validate import Invalid
 from tocsin.api.alerts import read_body
 from tocsin.api.auth import issuer_for, require
 from tocsin.api.services import Services
+from tocsin.geo.territory import Territory, TerritoryInvalid
 from tocsin.errors import (
     ACCOUNT_EXISTS,
     ACCOUNT_INVALID,
@@ -121,6 +122,19 @@ async def org_of(admin: Admin, name: str) -> Organisation:
     return org
 
 
+async def check_territory_areas(admin: Admin, raw: object) -> None:
+    """A territory's named areas must exist when it is set: 422 accounts.invalid naming the
+    first the gazetteer (or the areas bucket) does not hold. What is not a territory at all
+    is left to `validate.organisation`, which names it."""
+    try:
+        territory = Territory.from_json(raw)
+    except TerritoryInvalid:
+        return
+    for n, (scheme, code) in enumerate(territory.named()):
+        if not await admin.services.areas.holds(admin.services.store.areas, scheme, code):
+            raise invalid(Invalid(f"territory.areas[{n}]", f"{scheme} has no code {code!r} (tocsin areas list)"))
+
+
 async def change_record(admin: Admin, key: str, decode: Callable[[dict[str, Any]], Any],
                   change: Callable[[Any], Any]) -> tuple[Any, Any]:
     """Compare-and-set: read the record, apply `change`, write only if nobody wrote meanwhile.
@@ -159,6 +173,8 @@ async def create_org(request: Request) -> Response:
         org = validate.organisation(body, Organisation(name=name, created=admin.now.isoformat()))
     except Invalid as exc:
         raise invalid(exc) from None
+    if org.territory is not None:
+        await check_territory_areas(admin, body["territory"])
     # A new organisation starts with the default policy; any other is a proposal (two admins).
     proposed = org.approval
     org = replace(org, approval=Organisation(name=name).approval)
@@ -197,6 +213,8 @@ async def change_org(request: Request) -> Response:
     if name == DEPLOYMENT_ORG:
         for field in sorted(set(body) - {"approval"}):  # every right already: nothing to change but lock out
             raise invalid(Invalid(field, "the deployment's own organisation keeps its rights"))
+    if body.get("territory") is not None:
+        await check_territory_areas(admin, body["territory"])
 
     def change(old: Organisation) -> Organisation:
         try:

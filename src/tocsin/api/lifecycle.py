@@ -59,6 +59,7 @@ async def submit(request: Request, services: Services, alert: Alert, issuer: Iss
                  alert_id: AlertId) -> Response:
     """Vet the alert as accept would, keep it pending, answer 202 with its state."""
     now = services.clock()
+    await services.accept.prepare(issuer)  # GAZ: the territory built off the loop
     vetted = services.accept.vet(alert, issuer, now)
     alert, payload = vetted.alert, vetted.payload
     # The issuer's bytes go to the ledger at publication when the record can hold both.

@@ -47,13 +47,25 @@ class EdgeLimits:
     header_timeout_s: float
     body_timeout_s: float
     max_body_bytes: int
+    # GAZ: a gazetteer import (PUT under AREAS_IMPORT_PATH, deployment admins only, its route
+    # checks the token before reading a byte) may carry a GeoJSON file up to this size.
+    max_import_bytes: int = 0
 
     @classmethod
     def from_settings(cls, s: Settings) -> EdgeLimits:
         return cls(
             max_header_bytes=s.max_header_bytes, max_headers=s.max_headers, header_timeout_s=s.header_timeout_s,
-            body_timeout_s=s.body_timeout_s, max_body_bytes=s.max_cap_bytes,
+            body_timeout_s=s.body_timeout_s, max_body_bytes=s.max_cap_bytes, max_import_bytes=s.max_areas_import_bytes,
         )
+
+    def body_limit(self, target: bytes) -> int:
+        """The largest body a request for `target` (its path and query) may carry."""
+        if target.startswith(AREAS_IMPORT_PATH):
+            return max(self.max_body_bytes, self.max_import_bytes)
+        return self.max_body_bytes
+
+
+AREAS_IMPORT_PATH = b"/api/v1/admin/areas/"
 
 
 def open_file_budget(wanted: int) -> int:
@@ -164,6 +176,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._header_count = 0
+        self._body_limit = 0
         self._timer: asyncio.TimerHandle | None = None
         self._running: RequestResponseCycle | None = None
 
@@ -230,7 +243,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self._disarm()
         self._in_head = False
         declared = dict(self.headers).get(b"content-length", b"0")
-        limit = self.edge.limits.max_body_bytes
+        limit = self._body_limit = self.edge.limits.body_limit(bytes(self.url))
         if declared.isdigit() and int(declared) > limit:
             raise _Refusal(TOO_LARGE, f"{int(declared)} bytes; the limit is {limit}")
         super().on_headers_complete()
@@ -238,8 +251,8 @@ class EdgeHttpProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
-        if cycle is not None and len(cycle.body) + len(body) > self.edge.limits.max_body_bytes:
-            raise _Refusal(TOO_LARGE, f"more than {self.edge.limits.max_body_bytes} bytes")
+        if cycle is not None and len(cycle.body) + len(body) > self._body_limit:
+            raise _Refusal(TOO_LARGE, f"more than {self._body_limit} bytes")
         super().on_body(body)
 
     def on_message_complete(self) -> None:

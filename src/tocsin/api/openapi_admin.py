@@ -105,8 +105,8 @@ def admin_schemas() -> Json:
     strings = {"type": "array", "items": {"type": "string"}}
     approval = {"type": "object", "properties": {"mode": {"enum": ["always", "above", "none"]},
                                                  "severity": {"type": "string"}}}
-    territory = {"type": ["object", "null"], "description": "null: anywhere. CAP texts.",
-                 "properties": {"polygons": strings, "circles": strings}}
+    territory = {"type": ["object", "null"], "description": "null: anywhere. CAP texts, and gazetteer codes "
+                 "as SCHEME:CODE (docs/areas.md).", "properties": {"areas": strings, "polygons": strings, "circles": strings}}
     org_fields = {
         "name": {"type": "string"}, "senders": strings, "statuses": strings, "severities": strings,
         "approval": approval, "territory": territory, "limits": {"type": "object"},

@@ -37,6 +37,7 @@ from tocsin.channels import budgets
 from tocsin.correction import is_correction
 from tocsin.errors import PREVIEW_BUSY, PREVIEW_RATE_LIMITED, AlertNotFound, Rejected
 from tocsin.geo.cells import Cover
+from tocsin.geo.gazetteer import Gazetteer
 from tocsin.geo.measure import areas_km2, km2_text, shapes_km2
 from tocsin.geo.territory import Territory
 from tocsin.pipeline.accept import Vetted, identity_conflict
@@ -61,6 +62,7 @@ async def preview_alert(request: Request) -> Response:
     take_preview_slot(issuer, services)
     alert, _ = await read_alert(request, services)
     now = services.clock()
+    await services.accept.prepare(issuer)  # a large territory is built off the loop
     vetted = services.accept.vet(alert, issuer, now)
     referenced = await services.accept.check_references(vetted.alert, issuer)
     issued = await _already_issued(services, vetted)
@@ -93,7 +95,7 @@ async def _covered_and_measured(services: Services, alert: Alert, referenced: li
     services.previews_running += 1
     try:
         cover, source = await reach_cover(services, alert, referenced, now)
-        return cover, source, await asyncio.to_thread(measure, alert, territory)
+        return cover, source, await asyncio.to_thread(measure, alert, territory, services.accept.gazetteer)
     finally:
         services.previews_running -= 1
 
@@ -176,7 +178,7 @@ def connected_here(services: Services, cover: Cover, status: str) -> dict[str, A
             "sse": by_protocol.get("sse", 0), "ws": by_protocol.get("ws", 0)}
 
 
-def measure(alert: Alert, territory: Territory | None) -> dict[str, Any]:
+def measure(alert: Alert, territory: Territory | None, gazetteer: Gazetteer | None = None) -> dict[str, Any]:
     """The area per info and in all (overlaps once), and against the territory; in a thread."""
     total = areas_km2(area for info in alert.infos for area in info.areas)
     infos = [{"info": i, "language": info.language, "km2": round(areas_km2(info.areas), 3)}
@@ -184,7 +186,7 @@ def measure(alert: Alert, territory: Territory | None) -> dict[str, Any]:
     measured: dict[str, Any] = {"area": {"km2": round(total, 3), "text": km2_text(total), "infos": infos},
                                 "territory": None}
     if territory is not None:
-        own = shapes_km2(*territory.shapes())
+        own = shapes_km2(*territory.shapes(gazetteer))
         measured["territory"] = {"km2": round(own, 3), "ratio": round(total / own, 4) if own > 0 else None}
     return measured
 

@@ -6,7 +6,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp
 
-from tocsin.api import admin_routes, alerts, audit, devices, drafts, preview, public, streams
+from tocsin.api import admin_routes, alerts, areas, audit, devices, drafts, preview, public, streams
 from tocsin.api.fastpath import SseFastPath
 from tocsin.api.headers import EdgeHeaders
 from tocsin.api.problems import HANDLERS
@@ -38,6 +38,11 @@ ROUTES = [
     Route("/openapi.json", public.openapi, methods=["GET"]),
     # ACCOUNTS: the admin API (api/admin.py, docs/accounts.md)
     *admin_routes.ROUTES,
+    # GAZ: gazetteers (api/areas.py, docs/areas.md)
+    Route("/api/v1/areas", areas.list_schemes, methods=["GET"]),
+    Route("/api/v1/areas/{scheme}", areas.list_areas, methods=["GET"]),
+    Route("/api/v1/areas/{scheme}/{code}", areas.show_area, methods=["GET"]),
+    Route("/api/v1/admin/areas/{scheme}", areas.areas_admin, methods=["PUT", "DELETE"]),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import collections
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from tocsin.api.ratelimit import RateLimit, RatesByKey
 from tocsin.api.listener import Edge
 from tocsin.api.ttl_cache import TtlCache
 from tocsin.channels.live import LiveRegistry
+from tocsin.geo.gazetteer_mirror import AreasMirror
 from tocsin.health.readiness import Readiness
 from tocsin.pipeline.accept import Accept
 from tocsin.pipeline import Pipeline
@@ -183,10 +185,15 @@ class Services:
     registrations_in_all: RateLimit = field(init=False)
     # Open streams (SSE and WebSocket) per device id, bounded by max_streams_per_device.
     streams: collections.Counter[str] = field(default_factory=collections.Counter)
+    # GAZ: the areas bucket mirrored into accept's gazetteer (app.py runs the mirror), and
+    # one import at a time (api/areas.py: a large GeoJSON body is parsed off the loop).
+    areas: AreasMirror = field(init=False)
+    areas_importing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
         s = self.settings
         store = self.store
         self.accounts = Accounts(lambda: store.accounts)
+        self.areas = AreasMirror(self.accept.gazetteer)
         self.registrations_by_source = RateLimit(s.registrations_per_source_per_min, max_keys=s.rate_limit_max_sources)
         self.registrations_in_all = RateLimit(s.registrations_per_min)

@@ -27,8 +27,10 @@ def common(command: F) -> F:
 
 
 def call(urls: list[str], token: str, method: str, path: str, body: dict[str, Any] | None = None,
-         params: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-    """The answer of the first node that answers: its status and JSON body.
+         params: dict[str, str] | None = None, content: bytes | None = None,
+         timeout_s: float = 15) -> tuple[int, dict[str, Any]]:
+    """The answer of the first node that answers: its status and JSON body. `content`: a
+    body sent as it is (JSON), in place of `body`; `token` "" sends none (public reads).
 
     Raises:
         SystemExit: 3 when no node answered.
@@ -36,8 +38,11 @@ def call(urls: list[str], token: str, method: str, path: str, body: dict[str, An
     last: Exception | None = None
     for url in urls:
         try:
-            response = httpx.request(method, f"{url}{path}", json=body, params=params, timeout=15,
-                                     headers={"Authorization": f"Bearer {token}"})
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            if content is not None:
+                headers["Content-Type"] = "application/json"
+            response = httpx.request(method, f"{url}{path}", json=body, params=params, timeout=timeout_s,
+                                     headers=headers, content=content)
         except httpx.HTTPError as exc:
             last = exc
             continue
@@ -52,8 +57,9 @@ def call(urls: list[str], token: str, method: str, path: str, body: dict[str, An
 
 def run(urls: list[str], token: str, as_json: bool, method: str, path: str, *,
          body: dict[str, Any] | None = None, params: dict[str, str] | None = None,
-         show: Callable[[dict[str, Any]], str] | None = None) -> None:
-    status, answer = call(urls, token, method, path, body, params)
+         show: Callable[[dict[str, Any]], str] | None = None, content: bytes | None = None,
+         timeout_s: float = 15) -> None:
+    status, answer = call(urls, token, method, path, body, params, content, timeout_s)
     if status >= 400:
         click.echo(f"{answer.get('code', status)}: {answer.get('detail', '')}" if not as_json else json.dumps(answer),
                    err=True)
@@ -76,7 +82,7 @@ def _org_line(org: dict[str, Any]) -> str:
 
 def _org_fields(senders: tuple[str, ...], statuses: tuple[str, ...], severities: tuple[str, ...],
                 approval: str | None, polygons: tuple[str, ...], circles: tuple[str, ...], anywhere: bool,
-                rate: int | None, delegated: tuple[str, ...]) -> dict[str, Any]:
+                rate: int | None, delegated: tuple[str, ...], named: tuple[str, ...] = ()) -> dict[str, Any]:
     body: dict[str, Any] = {}
     for name, values in (("senders", senders), ("statuses", statuses), ("severities", severities),
                          ("delegated", delegated)):
@@ -85,8 +91,8 @@ def _org_fields(senders: tuple[str, ...], statuses: tuple[str, ...], severities:
     if approval:
         mode, _, severity = approval.partition(":")
         body["approval"] = {"mode": mode, **({"severity": severity} if severity else {})}
-    if polygons or circles:
-        body["territory"] = {"polygons": list(polygons), "circles": list(circles)}
+    if polygons or circles or named:
+        body["territory"] = {"polygons": list(polygons), "circles": list(circles), "areas": list(named)}
     elif anywhere:
         body["territory"] = None
     if rate is not None:
@@ -102,6 +108,8 @@ def _org_options(command: F) -> F:
         click.option("--approval", help="always | none | above:<Severity> (a change takes two admins)."),
         click.option("--territory-polygon", "polygons", multiple=True, help="A CAP polygon of its territory."),
         click.option("--territory-circle", "circles", multiple=True, help="A CAP circle of its territory."),
+        click.option("--territory-area", "named", multiple=True,
+                     help="A named area of its territory, SCHEME:CODE such as INSEE-DEP:06 (docs/areas.md)."),
         click.option("--anywhere", is_flag=True, help="No territory: it may alert anywhere."),
         click.option("--rate", type=int, help="Alerts a minute on each node (0: no limit)."),
         click.option("--delegate", "delegated", multiple=True, help="An organisation whose alerts it may update."),

@@ -92,6 +92,10 @@ def _register_optional() -> None:
 
     for group in (issuers, users, clients, tokens):
         cli.add_command(group)
+    # GAZ: gazetteers over the areas API
+    from tocsin.cli.areas_cmd import areas
+
+    cli.add_command(areas)
 
 
 _register_optional()

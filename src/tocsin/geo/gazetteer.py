@@ -36,16 +36,45 @@ BUILTIN_ATTRIBUTION = (
 )
 
 # What one named area and one scheme may hold (an import past these is refused whole).
+# One named area is one record of the areas bucket, so it must fit one NATS message:
+# nats-server's max_payload is 1 MiB unless configured, and the bucket's max value size is
+# MAX_RECORD_BYTES. A point takes at most 44 bytes as stored ("[-89.12345678901234,
+# -179.1234567890123], "), so 20,000 points fit with room for the name and the brackets;
+# the record's exact size is checked too (`checked`). The largest area of the full
+# France files (région 53 Bretagne, 114 islands) has 11,249 points.
 MAX_POLYGONS_PER_AREA = 500
-MAX_POINTS_PER_AREA = 50_000
+MAX_POINTS_PER_AREA = 20_000
+MAX_RECORD_BYTES = 1_000_000
 MAX_AREAS_PER_SCHEME = 50_000
-# A scheme is a CAP valueName and a code a CAP value, restricted to what is safe in a key.
+# What every node holds in memory of the imported gazetteers (about 64 bytes a point:
+# 130 MB at the bound; the full France départements file is 193,161 points, 12 MB).
+MAX_IMPORTED_SCHEMES = 100
+MAX_IMPORTED_POINTS = 2_000_000
+# A scheme is a CAP valueName and a code a CAP value, restricted to what is safe in a key
+# (`key_for` encodes the '.' they may hold).
 SCHEME_TEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 CODE_TEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class GazetteerInvalid(ValueError):
     """A named area that cannot be read or passes a bound; the message names it."""
+
+
+def _key_part(text: str) -> str:
+    """`text` with every character a NATS key may not hold, and '.', as =XX (hex)."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "_-") else f"={ord(c):02X}" for c in text)
+
+
+def key_for(scheme: str, code: str) -> str:
+    """The areas bucket key of one named area: "<scheme>.<code>", each part with its '.'
+    written =2E, so that the one '.' left separates them ("INSEE.X"/"1" and "INSEE"/"X.1"
+    never share a key) and the key is a valid NATS KV key."""
+    return f"{_key_part(scheme)}.{_key_part(code)}"
+
+
+def scheme_prefix(scheme: str) -> str:
+    """The key prefix of every area of `scheme` in the areas bucket."""
+    return f"{_key_part(scheme)}."
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,7 +131,15 @@ def checked(area: NamedArea) -> NamedArea:
             f"{area.scheme} {area.code}: {len(area.polygons)} polygons and {area.points} points; "
             f"at most {MAX_POLYGONS_PER_AREA} and {MAX_POINTS_PER_AREA}"
         )
+    size = len(record(area))
+    if size > MAX_RECORD_BYTES:
+        raise GazetteerInvalid(f"{area.scheme} {area.code}: {size} bytes as stored; at most {MAX_RECORD_BYTES}")
     return area
+
+
+def record(area: NamedArea) -> bytes:
+    """The area as the bucket stores it (JSON as store/jetstream.py `KvRecords.put` writes it)."""
+    return json.dumps(area.as_json()).encode()
 
 
 def _number(value: object, bound: float, where: str) -> float:
@@ -179,15 +216,20 @@ def _geometry(geometry: object, where: str) -> tuple[Polygon, ...]:
 
 
 class Gazetteer(Mapping[tuple[str, str], NamedArea]):
-    """Named areas by (scheme, code): the built-in ones and those mirrored from the bucket.
+    """Named areas by (scheme, code): the built-in ones (given at construction) and those
+    mirrored from the bucket (`put`, `remove`: gazetteer_mirror.py).
 
-    `put` and `remove` take what the bucket mirror reads; lookups are dict reads.
+    Lookups are dict reads; each scheme's count is kept, so that `schemes()` (read at every
+    accept) costs a copy of a few entries, not a pass over every area.
     """
 
     def __init__(self, areas: Iterable[NamedArea] = ()) -> None:
         self._areas: dict[tuple[str, str], NamedArea] = {}
+        self._by_scheme: dict[str, dict[str, NamedArea]] = {}
         for area in areas:
             self.put(area)
+        # What the node was built with; an import never replaces these (docs/areas.md).
+        self.builtin_schemes = frozenset(self._by_scheme)
 
     def __getitem__(self, key: tuple[str, str]) -> NamedArea:
         return self._areas[key]
@@ -200,22 +242,33 @@ class Gazetteer(Mapping[tuple[str, str], NamedArea]):
 
     def put(self, area: NamedArea) -> None:
         self._areas[(area.scheme, area.code)] = area
+        self._by_scheme.setdefault(area.scheme, {})[area.code] = area
 
     def remove(self, scheme: str, code: str) -> None:
         self._areas.pop((scheme, code), None)
+        codes = self._by_scheme.get(scheme)
+        if codes is not None:
+            codes.pop(code, None)
+            if not codes:
+                del self._by_scheme[scheme]
 
     def lookup(self, scheme: str, code: str) -> NamedArea | None:
         return self._areas.get((scheme, code))
 
     def schemes(self) -> dict[str, int]:
         """Each scheme held, with how many areas it has."""
-        counts: dict[str, int] = {}
-        for scheme, _ in self._areas:
-            counts[scheme] = counts.get(scheme, 0) + 1
-        return dict(sorted(counts.items()))
+        return {scheme: len(codes) for scheme, codes in sorted(self._by_scheme.items())}
 
     def knows(self, scheme: str) -> bool:
-        return any(held == scheme for held, _ in self._areas)
+        return scheme in self._by_scheme
+
+    def areas_of(self, scheme: str) -> list[NamedArea]:
+        """The scheme's areas, by code."""
+        return [area for _, area in sorted(self._by_scheme.get(scheme, {}).items())]
+
+    def source(self, scheme: str) -> str:
+        """"built-in" (shipped with tocsin) or "imported" (from the areas bucket)."""
+        return "built-in" if scheme in self.builtin_schemes else "imported"
 
 
 @functools.cache

@@ -54,6 +54,8 @@ class Action(StrEnum):
     TOKEN_REVOKED = "token-revoked"
     POLICY_PROPOSED = "policy-proposed"
     POLICY_CHANGED = "policy-changed"
+    AREAS_IMPORTED = "areas-imported"
+    AREAS_REMOVED = "areas-removed"
 
 
 def subject_token(subject: str) -> str:

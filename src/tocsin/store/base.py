@@ -133,6 +133,10 @@ class Records(Protocol):
         """Keep `into` holding every record of the bucket, forever (a cache: never raises)."""
         ...
 
+    async def load(self, into: MutableMapping[str, dict[str, Any]]) -> int:
+        """Put every record the bucket holds now into `into`, once; how many (raises as `get`)."""
+        ...
+
 
 class AlertStore(Protocol):
     """The alerts stream, as the stages use it: write once, read by id or seq, follow."""
@@ -170,6 +174,9 @@ class Store(AlertStore, Protocol):
 
     @property
     def pending(self) -> Records: ...
+
+    @property
+    def areas(self) -> Records: ...
 
     @property
     def audit(self) -> AuditLog: ...

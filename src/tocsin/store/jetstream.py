@@ -34,6 +34,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from tocsin.loopback import is_loopback, url_is_loopback
 from tocsin.errors import AlertNotFound, RecordsFull, StoreFull, StoreMisconfigured, StoreUnavailable, TocsinError
+from tocsin.geo.gazetteer import MAX_RECORD_BYTES
 from tocsin.settings import Settings
 from tocsin.store.audit import AuditLog, JetStreamAuditLog, ensure_stream
 from tocsin.store.base import AlertId, ConsumerHealth, Envelope, Records, Stored, StreamHealth
@@ -182,6 +183,7 @@ class JetStreamStore:
         self._devices: KvRecords | None = None
         self._accounts: KvRecords | None = None
         self._pending: KvRecords | None = None
+        self._areas: KvRecords | None = None
         self._audit: JetStreamAuditLog | None = None
 
     @property
@@ -206,6 +208,12 @@ class JetStreamStore:
         that they hold no alert identity there (tocsin/approval)."""
         assert self._pending is not None, "ensure() first"
         return self._pending
+
+    @property
+    def areas(self) -> Records:
+        """Imported named areas (gazetteers), one record each (geo/gazetteer_mirror.py)."""
+        assert self._areas is not None, "ensure() first"
+        return self._areas
 
     @property
     def audit(self) -> AuditLog:
@@ -242,6 +250,8 @@ class JetStreamStore:
             self._devices = KvRecords(await self._device_bucket(), deadline_s)
             self._accounts = KvRecords(await self._bucket("TOCSIN_ACCOUNTS"), deadline_s)
             self._pending = KvRecords(await self._bucket("TOCSIN_PENDING"), deadline_s)
+            # GAZ: one named area a record, each at most one NATS message (geo/gazetteer.py).
+            self._areas = KvRecords(await self._bucket(s.areas_bucket, max_value_size=MAX_RECORD_BYTES), deadline_s)
             audit = JetStreamAuditLog(self._js, s)
             await audit.ensure()
             self._audit = audit
@@ -262,10 +272,11 @@ class JetStreamStore:
     async def _ensure_stream(self, config: StreamConfig) -> None:
         await ensure_stream(self._js, config, _STREAM_FIELDS)
 
-    async def _bucket(self, name: str) -> KeyValue:
+    async def _bucket(self, name: str, *, max_value_size: int | None = None) -> KeyValue:
         # direct: any replica answers reads, so devices resume during a leader election.
         config = KeyValueConfig(
-            bucket=name, history=1, storage=StorageType.FILE, replicas=self._settings.replicas, direct=True
+            bucket=name, history=1, storage=StorageType.FILE, replicas=self._settings.replicas, direct=True,
+            max_value_size=max_value_size,
         )
         try:
             return await self._js.create_key_value(config)
@@ -564,6 +575,35 @@ class KvRecords:
     async def put_raw(self, key: str, value: bytes) -> None:
         """Write bytes as they are (tests of what a mirror meets in a bucket)."""
         await self._bucket.put(key, value)
+
+    async def load(self, into: MutableMapping[str, dict[str, Any]]) -> int:
+        """GAZ: put every key the bucket holds now into `into` (one pass of a watch), and return
+        how many; a value that is not JSON is left out. For a start that must hold the bucket
+        before it serves (the gazetteer); `mirror` then keeps `into` current.
+
+        Raises:
+            StoreUnavailable: the watch could not be read.
+        """
+        loaded = 0
+        try:
+            watcher = await self._bucket.watchall()
+            try:
+                async for entry in watcher:
+                    if entry is None:
+                        break
+                    if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                        continue
+                    try:
+                        into[entry.key] = json.loads(entry.value)
+                        loaded += 1
+                    except ValueError:
+                        log.warning("bucket load skipped a value it cannot read", extra={"key": entry.key[:64]})
+            finally:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()  # type: ignore[no-untyped-call]
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable("kv_watch", repr(exc)) from exc
+        return loaded
 
     async def mirror(self, into: MutableMapping[str, dict[str, Any]], *, retry_s: float = 1.0) -> None:
         """Keep `into` holding every key of the bucket with its JSON value, forever.
