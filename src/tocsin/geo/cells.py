@@ -270,16 +270,61 @@ def _planar(ring: Polygon) -> tuple[ShapelyPolygon, bool] | None:
     Cached: a client checks the same alert's rings for each of its places, and again on
     replays; a région's outline has thousands of points.
     """
-    crosses = any(abs(b[1] - a[1]) > 180.0 for a, b in zip(ring, ring[1:]))
-    xy = [(_unwrap(p_lon) if crosses else p_lon, p_lat) for p_lat, p_lon in ring]
+    xy, crosses = _planar_xy(ring)
     if len(xy) < 3:
         return None
     shape = ShapelyPolygon(xy)
     if not shape.is_valid:
-        # A self-touching outline: keep its area rather than refuse the whole alert.
+        # A ring that touches itself (accepted: see self_crossing), or a crossing one that an
+        # older node let through: keep its area rather than show nothing.
         shape = shapely.make_valid(shape)
     shapely.prepare(shape)
     return shape, crosses
+
+
+def _planar_xy(ring: Sequence[LatLon]) -> tuple[list[tuple[float, float]], bool]:
+    """The ring as (lon, lat) points, unwrapped to [0, 360) when an edge crosses the
+    antimeridian, and whether it was."""
+    crosses = any(abs(b[1] - a[1]) > 180.0 for a, b in zip(ring, ring[1:]))
+    return [(_unwrap(p_lon) if crosses else p_lon, p_lat) for p_lat, p_lon in ring], crosses
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Crossing:
+    """Where a ring crosses itself: edge `first` (from point `first` to point `first + 1`)
+    and the later edge `second`, at `at` (lat, lon)."""
+
+    first: int
+    second: int
+    at: LatLon
+
+
+def self_crossing(ring: Polygon) -> Crossing | None:
+    """The first place where two edges of the ring cross, or None.
+
+    A crossing is two edges whose interiors meet at one point inside both (a bow tie). A
+    ring that only touches itself (a vertex visited twice, a vertex on another edge, an edge
+    run back along itself) is not crossing: the area it bounds is still clear (its lobes),
+    and the cover and the device's check both take every lobe (see _planar). Plane
+    geometry in (lon, lat), as H3 and the device's check draw the ring, after unwrapping
+    a ring across the antimeridian. Costs O(n log n): GEOS's validity check first, and the
+    edges only when that finds something.
+    """
+    xy, crosses = _planar_xy(ring)
+    if len(xy) < 4 or xy[0] != xy[-1]:
+        return None
+    if ShapelyPolygon(xy).is_valid:
+        return None
+    edges = shapely.linestrings([[a, b] for a, b in zip(xy, xy[1:])])
+    found, other = shapely.STRtree(edges).query(edges, predicate="crosses")
+    pairs = sorted((int(a), int(b)) for a, b in zip(found, other) if a < b)
+    if not pairs:
+        return None
+    first, second = pairs[0]
+    point = shapely.intersection(edges[first], edges[second])
+    x, y = shapely.get_coordinates(point)[0]
+    lon = float(x) - 360.0 if crosses and x > 180.0 else float(x)
+    return Crossing(first=first, second=second, at=(float(y), lon))
 
 
 def _unwrap(lon: float) -> float:
