@@ -96,3 +96,13 @@ def test_an_alert_near_but_outside_every_place_is_not_shown() -> None:
     # Within the cell of Nice (the device receives it) but 2 km east of it.
     value = alert(replace(info(), areas=(Area(area_desc="Est", circles=(Circle(lat=43.7102, lon=7.2870, radius_km=0.5),)),)))
     assert decide(value, SUBSCRIPTION, {}, NOW).verdict is Verdict.OUT_OF_AREA
+
+
+def test_the_display_names_the_places_it_is_for() -> None:
+    from tocsin.client.display import make_display, terminal_line
+
+    value = alert()
+    decision = decide(value, Subscription(places=((48.8566, 2.3522), (48.86, 2.35)), names=("Maison", "Bureau")), {}, NOW)
+    shown = make_display(value, decision.info, alert_id="al_1", seq=1, node="http://a", now=NOW, places=decision.places)
+    assert shown.as_json()["places"] == ["Maison", "Bureau"]
+    assert "(for Maison, Bureau) [" in terminal_line(shown)
