@@ -9,24 +9,16 @@ import pytest
 
 from tocsin.cap.model import Area, Circle, MsgType, Reference
 from tocsin.client.decide import Kind, Subscription, Verdict, decide
+from tocsin.client.display import make_display, terminal_line
 from tocsin.client.places import MAX_PLACES, Place, as_places, cells_of, parse_place
 from tocsin.client.state import Shown, Standing
 from tocsin.client.watch import Watcher
 from tocsin.geo.cells import cell_for_point
 from tocsin.settings import Settings
 
-from .cap_samples import NOW, alert, info
+from tests.samples import EIGHT_PLACES as EIGHT
 
-EIGHT = (
-    Place(name="Maison", lat=48.8566, lon=2.3522),
-    Place(name="Travail", lat=48.8925, lon=2.2369),
-    Place(name="Parents", lat=45.7640, lon=4.8357),
-    Place(name="École", lat=45.7578, lon=4.8320),
-    Place(name="Nice", lat=43.7102, lon=7.2620),
-    Place(name="Brest", lat=48.3904, lon=-4.4861),
-    Place(name="Lille", lat=50.6292, lon=3.0573),
-    Place(name="Ajaccio", lat=41.9192, lon=8.7386),
-)
+from .cap_samples import NOW, alert, info
 
 
 def test_parse_place_forms() -> None:
@@ -99,8 +91,6 @@ def test_an_alert_near_but_outside_every_place_is_not_shown() -> None:
 
 
 def test_the_display_names_the_places_it_is_for() -> None:
-    from tocsin.client.display import make_display, terminal_line
-
     value = alert()
     decision = decide(value, Subscription(places=((48.8566, 2.3522), (48.86, 2.35)), names=("Maison", "Bureau")), {}, NOW)
     shown = make_display(value, decision.info, alert_id="al_1", seq=1, node="http://a", now=NOW, places=decision.places)

@@ -23,6 +23,7 @@ from xml.sax.saxutils import escape
 import httpx
 
 from tests.e2e.devices import sse_device
+from tests.samples import EIGHT_PLACES as EIGHT
 from tocsin.app import Node
 from tocsin.cap.parse import parse_xml
 from tocsin.client.display import Display
@@ -188,6 +189,7 @@ async def test_departement_06_by_geocode_alone_reaches_nice_and_not_marseille(
         sent = await issue(http, admin, alert)
         shown = await found["Nice"].next()
         assert (shown.identifier, shown.headline) == (sent, "Crue du Var")
+        assert shown.places == ()  # one place: the display need not say which
         # What the device received and verified: the resolved polygons, the geocode kept.
         received = shown.alert.infos[0].areas[0]
         assert received.polygons and [(g.value_name, g.value) for g in received.geocodes] == [("INSEE-DEP", "06")]
@@ -260,18 +262,6 @@ async def test_a_bow_tie_is_refused_naming_the_area_and_the_crossing(
     lobes = "45.0,5.0 45.0,5.1 45.1,5.1 45.0,5.0 45.0,4.9 44.9,4.9 45.0,5.0"
     response = await http.post("/api/v1/alerts", content=cap(area("Lobes", polygons=[lobes]))[1], headers={**admin, **XML})
     assert response.status_code == 201, response.text
-
-
-EIGHT = (
-    Place(name="Maison", lat=48.8566, lon=2.3522),
-    Place(name="Travail", lat=48.8925, lon=2.2369),
-    Place(name="Parents", lat=45.7640, lon=4.8357),
-    Place(name="École", lat=45.7578, lon=4.8320),
-    Place(name="Nice", lat=43.7102, lon=7.2620),
-    Place(name="Brest", lat=48.3904, lon=-4.4861),
-    Place(name="Lille", lat=50.6292, lon=3.0573),
-    Place(name="Ajaccio", lat=41.9192, lon=8.7386),
-)
 
 
 # In Lyon, 1.5 km from the eight's two Lyon places.

@@ -468,8 +468,10 @@ class Watcher:
         if decision.verdict is not Verdict.SHOW:
             return None
         alert_id = str(payload.get("id", ""))
+        # Which places it is for says something only to a device that follows several.
+        places = decision.places if len(self.places) > 1 else ()
         return make_display(alert, decision.info, alert_id=alert_id, seq=seq, node=url, now=now,
-                            kind=decision.kind, replaces=decision.replaces, places=decision.places)
+                            kind=decision.kind, replaces=decision.replaces, places=places)
 
     def _remember(self, alert: Alert, decision: Decision) -> None:
         """Record what was shown, and what an Update or Cancel superseded (shown or not:
