@@ -15,9 +15,10 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import h3
+import numpy as np
 import shapely
 from shapely.geometry import Polygon as ShapelyPolygon
 
@@ -307,24 +308,54 @@ def self_crossing(ring: Polygon) -> Crossing | None:
     run back along itself) is not crossing: the area it bounds is still clear (its lobes),
     and the cover and the device's check both take every lobe (see _planar). Plane
     geometry in (lon, lat), as H3 and the device's check draw the ring, after unwrapping
-    a ring across the antimeridian. Costs O(n log n): GEOS's validity check first, and the
-    edges only when that finds something.
+    a ring across the antimeridian.
+
+    Costs O(n log n) in C, never a Python loop per point: GEOS's validity check first (a
+    simple ring ends there); else the pairs of edges whose boxes meet (an R-tree), kept when
+    each edge's ends are not strictly on one side of the other (numpy, with a margin for
+    rounding), and GEOS's exact `crosses` decides on those few.
     """
     xy, crosses = _planar_xy(ring)
     if len(xy) < 4 or xy[0] != xy[-1]:
         return None
     if ShapelyPolygon(xy).is_valid:
         return None
-    edges = shapely.linestrings([[a, b] for a, b in zip(xy, xy[1:])])
-    found, other = shapely.STRtree(edges).query(edges, predicate="crosses")
-    pairs = sorted((int(a), int(b)) for a, b in zip(found, other) if a < b)
-    if not pairs:
+    points = np.asarray(xy, dtype=float)
+    edges = shapely.linestrings(np.stack([points[:-1], points[1:]], axis=1))
+    first, second = shapely.STRtree(edges).query(edges)
+    count = len(edges)
+    # Each pair once, without the neighbours (they share an end, never cross).
+    keep = (first < second) & (second - first != 1) & ~((first == 0) & (second == count - 1))
+    first, second = first[keep], second[keep]
+    a, b, c, d = points[first], points[first + 1], points[second], points[second + 1]
+    straddle = _straddles(a, b, c, d) & _straddles(c, d, a, b)
+    first, second = first[straddle], second[straddle]
+    crossed = shapely.crosses(edges[first], edges[second])
+    if not crossed.any():
         return None
-    first, second = pairs[0]
-    point = shapely.intersection(edges[first], edges[second])
-    x, y = shapely.get_coordinates(point)[0]
+    pairs = sorted(zip(first[crossed].tolist(), second[crossed].tolist()))
+    i, j = pairs[0]
+    x, y = shapely.get_coordinates(shapely.intersection(edges[i], edges[j]))[0]
     lon = float(x) - 360.0 if crosses and x > 180.0 else float(x)
-    return Crossing(first=first, second=second, at=(float(y), lon))
+    return Crossing(first=i, second=j, at=(float(y), lon))
+
+
+# Orientations within this of zero count as "on the line" for the straddle filter: far above
+# the rounding of products of coordinates up to 360 (~1e-13), far below any real crossing.
+_ORIENTATION_MARGIN = 1e-9
+
+
+def _straddles(a: Any, b: Any, c: Any, d: Any) -> Any:
+    """Per row: whether c and d are not both strictly on one side of the line a-b."""
+    side_c = _orientation(a, b, c)
+    side_d = _orientation(a, b, d)
+    return ~(((side_c > _ORIENTATION_MARGIN) & (side_d > _ORIENTATION_MARGIN))
+             | ((side_c < -_ORIENTATION_MARGIN) & (side_d < -_ORIENTATION_MARGIN)))
+
+
+def _orientation(a: Any, b: Any, c: Any) -> Any:
+    """Twice the signed area of each triangle (a, b, c), rows of (x, y)."""
+    return (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
 
 
 def _unwrap(lon: float) -> float:
