@@ -126,7 +126,9 @@ def exact_float(text: str) -> float:
     (format_decimal): a plain float when it does, which is nearly always (every decimal of
     up to 15 significant digits, every double's shortest form), else an ExactFloat."""
     number = float(text)
-    if repr(number) == text or Decimal(format_decimal(number)) == Decimal(text):
+    # At most 15 characters hold at most 15 significant digits, which a double always gives
+    # back (DBL_DIG): the common case, decided without formatting anything.
+    if len(text) <= 15 or repr(number) == text or Decimal(format_decimal(number)) == Decimal(text):
         return number
     exact = ExactFloat(number)
     exact.text = text
