@@ -23,6 +23,7 @@ from xml.sax.saxutils import escape
 import httpx
 
 from tests.e2e.devices import sse_device
+from tests.e2e.test_watch_cli import lines_until, tocsin_watch
 from tests.samples import EIGHT_PLACES as EIGHT
 from tocsin.app import Node
 from tocsin.cap.parse import parse_xml
@@ -305,3 +306,14 @@ async def test_a_device_following_eight_places_gets_an_alert_for_any_of_them_onc
         lyon = found["Lyon only"]
         for expected in (sent, update, cancel, last):
             assert (await lyon.next()).identifier == expected
+
+
+async def test_tocsin_watch_with_named_places_says_which_place_an_alert_is_for(
+    node: Node, http: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    async with tocsin_watch(node, "--place", f"Nice={NICE[0]},{NICE[1]}", "--place", "Brest=48.3904,-4.4861") as out:
+        sync = await issue(http, admin, cap(area("Brest", circles=[circle(BREST, 1.0)]), headline="synchro"))
+        await lines_until(out, sync)
+        sent = await issue(http, admin, cap(area("Alpes-Maritimes", geocodes=[("INSEE-DEP", "06")]), headline="Crue du Var"))
+        printed = await lines_until(out, sent)
+    assert len(printed) == 1 and "Crue du Var (for Nice) [" in printed[0]

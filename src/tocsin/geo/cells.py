@@ -6,6 +6,10 @@ makes the final check against the alert's polygons and circles before it shows a
 Longitudes: a polygon edge that spans more than 180° of longitude is taken to cross the
 antimeridian (as H3 does), both for the cover and for the precise check. Areas that enclose a
 pole are not supported: they do not crash, but their cover may miss cells near the pole.
+
+A ring that crosses itself is refused at accept (`self_crossing`, policy.check_polygons); one
+that only touches itself is accepted, and both the cover and the precise check take all of
+its lobes.
 """
 
 from __future__ import annotations
