@@ -6,6 +6,7 @@ import itertools
 from datetime import UTC, datetime
 
 from tocsin.cap.compose import simple_alert
+from tocsin.client.places import Place
 
 _ids = itertools.count(1)
 
@@ -13,6 +14,19 @@ _ids = itertools.count(1)
 PARIS_BOX = "48.80,2.25 48.80,2.42 48.90,2.42 48.90,2.25 48.80,2.25"
 IN_PARIS = (48.8566, 2.3522)
 IN_LYON = (45.7640, 4.8357)
+
+# A device's eight saved places (SAIP's number): two in Paris, two in Lyon (one cell apart or
+# less), the others far from each other.
+EIGHT_PLACES = (
+    Place(name="Maison", lat=48.8566, lon=2.3522),
+    Place(name="Travail", lat=48.8925, lon=2.2369),
+    Place(name="Parents", lat=45.7640, lon=4.8357),
+    Place(name="École", lat=45.7578, lon=4.8320),
+    Place(name="Nice", lat=43.7102, lon=7.2620),
+    Place(name="Brest", lat=48.3904, lon=-4.4861),
+    Place(name="Lille", lat=50.6292, lon=3.0573),
+    Place(name="Ajaccio", lat=41.9192, lon=8.7386),
+)
 
 
 def alert_xml(

@@ -11,10 +11,13 @@ from typing import Any
 from enum import StrEnum
 
 from tocsin.cap.model import Alert, Area, Circle, Info, MsgType, Polygon, Reference, Scope, Severity, Status
+from tocsin.cap.shapes import format_point
+from tocsin.geo.cells import self_crossing
 from tocsin.geo.extent import circle_km2, polygon_km2
 from tocsin.geo.gazetteer import Gazetteer
 from tocsin.geo.territory import Territory
 from tocsin.errors import (
+    AREA_SELF_INTERSECTING,
     AREA_TOO_LARGE,
     CAP_CEILING_BELOW_ALTITUDE,
     CAP_EXPIRES_BEFORE_SENT,
@@ -388,3 +391,29 @@ def _new_extent_km2(area: Area, seen: set[Polygon | Circle]) -> float:
             seen.add(circle)
             km2 += circle_km2(circle)
     return km2
+
+
+def check_polygons(alert: Alert) -> None:
+    """Refuse an alert with a polygon that crosses itself (a bow tie), naming the area, the
+    two edges and where they cross; before any cover, after check_limits (its cost is then
+    bounded: O(n log n) over the alert's bounded points, each distinct ring once). A ring
+    that only touches itself is accepted (geo/cells.py `self_crossing`, docs/api.md).
+
+    Raises:
+        Rejected: 422 area.self-intersecting.
+    """
+    seen: set[Polygon] = set()
+    for i, info in enumerate(alert.infos):
+        for j, area in enumerate(info.areas):
+            for k, polygon in enumerate(area.polygons):
+                if polygon in seen:
+                    continue
+                seen.add(polygon)
+                crossing = self_crossing(polygon)
+                if crossing is not None:
+                    a, b = crossing.first, crossing.second
+                    raise Rejected(
+                        AREA_SELF_INTERSECTING,
+                        f"info[{i}].area[{j}] ({area.area_desc!r}) polygon[{k}] crosses itself: the edge from "
+                        f"point {a} to {a + 1} crosses the edge from point {b} to {b + 1} at {format_point(*crossing.at)}",
+                    )

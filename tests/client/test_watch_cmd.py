@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from tocsin.cli.watch_cmd import _places, json_line, render, watch
+from tocsin.client.places import MAX_PLACES
 from tocsin.client.watch import Display
 
 from .cap_samples import NOW, alert, info
@@ -52,7 +53,20 @@ def test_json_line_fields() -> None:
 
 
 def test_places_from_lat_lon_and_place() -> None:
-    assert _places(48.85, 2.35, ("45.76,4.83",)) == [(48.85, 2.35), (45.76, 4.83)]
+    assert [p.point for p in _places(48.85, 2.35, ("45.76,4.83",))] == [(48.85, 2.35), (45.76, 4.83)]
+
+
+def test_named_places_keep_their_names() -> None:
+    found = _places(None, None, ("Nice=43.70,7.27", "Gare de Lyon=48.8443,2.3744", "45.76,4.83"))
+    assert [(p.name, p.lat, p.lon) for p in found] == [
+        ("Nice", 43.70, 7.27), ("Gare de Lyon", 48.8443, 2.3744), ("45.76,4.83", 45.76, 4.83)]
+    assert _places(48.85, 2.35, ())[0].name == "here"
+
+
+def test_more_places_than_the_bound_is_a_usage_error() -> None:
+    args = ["--url", "http://a"] + [f"--place=P{n}=45.{n:02d},4.8" for n in range(MAX_PLACES + 1)]
+    result = CliRunner().invoke(watch, args)
+    assert result.exit_code == 2 and f"at most {MAX_PLACES}" in result.output
 
 
 @pytest.mark.parametrize(
@@ -62,6 +76,9 @@ def test_places_from_lat_lon_and_place() -> None:
         ["--url", "http://a", "--lat", "48.8"],
         ["--url", "http://a", "--place", "48.8"],
         ["--url", "http://a", "--place", "91,2"],
+        ["--url", "http://a", "--place", "Nice=43.7"],
+        ["--url", "http://a", "--place", "Nice=nan,7"],
+        ["--url", "http://a", "--place", "Nice=43.7,inf"],
     ],
 )
 def test_missing_or_bad_place_is_a_usage_error(args: list[str]) -> None:

@@ -109,11 +109,37 @@ def read_decimal(raw: str) -> float:
     text = collapse(raw)
     if not _DECIMAL.fullmatch(text):
         raise BadValue(CAP_DECIMAL, f"{text!r} is not a decimal number")
-    return float(text)
+    return exact_float(text)
+
+
+class ExactFloat(float):
+    """A float read from a decimal it cannot hold exactly (more digits than a double's
+    ~15-17): it keeps the decimal, so that the CAP rendered from it (the CAP devices
+    receive and verify) has the issuer's number, not its nearest double."""
+
+    __slots__ = ("text",)
+    text: str
+
+
+def exact_float(text: str) -> float:
+    """`text` (an xs:decimal) as a float that renders back as the same number
+    (format_decimal): a plain float when it does, which is nearly always (every decimal of
+    up to 15 significant digits, every double's shortest form), else an ExactFloat."""
+    number = float(text)
+    # At most 15 characters hold at most 15 significant digits, which a double always gives
+    # back (DBL_DIG): the common case, decided without formatting anything.
+    if len(text) <= 15 or repr(number) == text or Decimal(format_decimal(number)) == Decimal(text):
+        return number
+    exact = ExactFloat(number)
+    exact.text = text
+    return exact
 
 
 def format_decimal(number: float) -> str:
-    """A float as an xs:decimal, never in exponent form (`1e-05` -> `0.00001`)."""
+    """A float as an xs:decimal, never in exponent form (`1e-05` -> `0.00001`); an
+    ExactFloat as the decimal it was read from."""
+    if isinstance(number, ExactFloat):
+        return number.text
     text = repr(float(number))
     if "e" in text or "E" in text:
         text = format(Decimal(text), "f")

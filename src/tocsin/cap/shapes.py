@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tocsin.cap.datatypes import format_decimal
+from tocsin.cap.datatypes import exact_float, format_decimal
 from tocsin.cap.model import Circle, Polygon
 from tocsin.errors import (
     CAP_CIRCLE_INVALID,
@@ -32,7 +32,7 @@ def _point(pair: str) -> tuple[float, float] | None:
     lat, comma, lon = pair.partition(",")
     if not comma or not _NUMBER.fullmatch(lat) or not _NUMBER.fullmatch(lon):
         return None
-    return (float(lat), float(lon))
+    return (exact_float(lat), exact_float(lon))
 
 
 def _range_issues(points: Polygon) -> list[Issue]:
@@ -68,7 +68,7 @@ def read_circle(text: str) -> tuple[Circle | None, list[Issue]]:
     center = _point(parts[0]) if len(parts) == 2 else None
     if center is None or not _NUMBER.fullmatch(parts[1]):
         return None, [(CAP_CIRCLE_INVALID, f"{text.strip()!r} is not 'lat,lon radius'")]
-    circle = Circle(lat=center[0], lon=center[1], radius_km=float(parts[1]))
+    circle = Circle(lat=center[0], lon=center[1], radius_km=exact_float(parts[1]))
     issues = _range_issues((center,))
     if circle.radius_km < 0:
         issues.append((CAP_CIRCLE_INVALID, f"radius {parts[1]} km is negative"))

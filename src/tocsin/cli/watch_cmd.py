@@ -13,6 +13,7 @@ from tocsin import logs
 from tocsin.cli.node_urls import url_option
 from tocsin.client.keys import KeyFileInvalid, Keys, NoTrustedKeys, load_key_file
 from tocsin.client.node import NodeIncompatible, RegistrationRefused
+from tocsin.client.places import MAX_PLACES, Place, parse_place
 from tocsin.client.display import terminal_line
 from tocsin.client.state import StateInvalid
 from tocsin.client.watch import Display, Watcher
@@ -28,25 +29,24 @@ class WatchRefused(click.ClickException):
     exit_code = EXIT_REFUSED
 
 
-def _place(text: str) -> tuple[float, float]:
-    lat_text, sep, lon_text = text.partition(",")
+def _place(text: str) -> Place:
     try:
-        lat, lon = float(lat_text), float(lon_text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: expected LAT,LON", param_hint="--place") from None
-    if not sep or not (-90 <= lat <= 90 and -180 <= lon <= 180):
-        raise click.BadParameter(f"{text!r}: expected LAT,LON in range", param_hint="--place")
-    return lat, lon
+        return parse_place(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--place") from None
 
 
-def _places(lat: float | None, lon: float | None, places: tuple[str, ...]) -> list[tuple[float, float]]:
+def _places(lat: float | None, lon: float | None, places: tuple[str, ...]) -> list[Place]:
+    """`--lat/--lon` (named "here") then each `--place`; at most MAX_PLACES in all."""
     found = [_place(p) for p in places]
     if (lat is None) != (lon is None):
         raise click.UsageError("--lat and --lon go together")
     if lat is not None and lon is not None:
-        found.insert(0, _place(f"{lat},{lon}"))
+        found.insert(0, _place(f"here={lat},{lon}"))
     if not found:
-        raise click.UsageError("give --lat and --lon, or --place LAT,LON")
+        raise click.UsageError("give --lat and --lon, or --place [NAME=]LAT,LON")
+    if len(found) > MAX_PLACES:
+        raise click.UsageError(f"{len(found)} places; a device follows at most {MAX_PLACES}")
     return found
 
 
@@ -73,7 +73,8 @@ def render(display: Display) -> str:
 @url_option
 @click.option("--lat", type=float, default=None, help="Latitude of the place to watch.")
 @click.option("--lon", type=float, default=None, help="Longitude of the place to watch.")
-@click.option("--place", "places", multiple=True, help="A place as LAT,LON; repeatable.")
+@click.option("--place", "places", multiple=True,
+              help=f"A place as NAME=LAT,LON (or LAT,LON); repeatable, at most {MAX_PLACES}. Only its coarse cell is sent.")
 @click.option("--lang", "languages", multiple=True, help="Preferred language, in order; repeatable (default en).")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="State file: keeps the device, trusted keys, last event and what it showed (replaced, cancelled).")
@@ -95,7 +96,11 @@ def watch(
     tests: bool,
     as_json: bool,
 ) -> None:
-    """Watch places for alerts, as a device would, until Ctrl-C."""
+    """Watch places for alerts, as a device would, until Ctrl-C.
+
+    The node learns only each place's coarse cell (~36 km²); whether an alert's area holds
+    a place is checked here, and an alert is printed once however many places it holds.
+    """
     for url in plain_remote_urls(urls):
         click.echo(f"warning: {url} is plain HTTP to another host: anyone on the path can read and "
                    "block alerts; use https:// (docs/security.md)", err=True)

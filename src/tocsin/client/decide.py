@@ -56,6 +56,8 @@ class Subscription:
     """What this device asked for: its places, its languages, and which statuses it wants."""
 
     places: tuple[LatLon, ...]
+    # Each place's name, in the order of `places` (shown with an alert; never sent).
+    names: tuple[str, ...] = ()
     languages: tuple[str, ...] = ("en",)
     # The same status rule the node fans out by (a canary also shows System alerts).
     audience: Audience = Audience()
@@ -71,6 +73,9 @@ class Decision:
     # UPDATE, CANCEL, CORRECTION: the shown alerts it replaces; ALSO: the one it repeats.
     replaces: tuple[Identity, ...] = ()
     fingerprint: str = ""
+    # The names of the device's places inside the shown info's areas (one display however
+    # many there are; empty for a follow-up shown because its target was shown).
+    places: tuple[str, ...] = ()
 
     @property
     def is_shown(self) -> bool:
@@ -102,6 +107,12 @@ def infos_in_area(infos: Sequence[Info], places: Sequence[LatLon]) -> list[Info]
     ]
 
 
+def places_in(info: Info, subscription: Subscription) -> tuple[str, ...]:
+    """The names of the subscription's places that lie in `info`'s areas (precise check)."""
+    names = subscription.names or tuple(f"{lat},{lon}" for lat, lon in subscription.places)
+    return tuple(name for name, (lat, lon) in zip(names, subscription.places) if covers_point(info.areas, lat, lon))
+
+
 def decide(
     alert: Alert,
     subscription: Subscription,
@@ -124,12 +135,13 @@ def decide(
         return Decision(verdict=Verdict.OUT_OF_AREA)
     info = pick_info(local, subscription.languages)
     assert info is not None
-    mark = fingerprint(alert, info)
+    mark, where = fingerprint(alert, info), places_in(info, subscription)
     for identity, record in shown.items():
         if (record.fingerprint == mark and record.is_current and identity[0] != alert.sender
                 and record.sent is not None and abs(record.sent - alert.sent) <= COALESCE_WINDOW):
-            return Decision(verdict=Verdict.SHOW, info=info, kind=Kind.ALSO, replaces=(identity,), fingerprint=mark)
-    return Decision(verdict=Verdict.SHOW, info=info, fingerprint=mark)
+            return Decision(verdict=Verdict.SHOW, info=info, kind=Kind.ALSO, replaces=(identity,), fingerprint=mark,
+                            places=where)
+    return Decision(verdict=Verdict.SHOW, info=info, fingerprint=mark, places=where)
 
 
 def _follow_up(alert: Alert, local: list[Info], subscription: Subscription,
@@ -146,7 +158,8 @@ def _follow_up(alert: Alert, local: list[Info], subscription: Subscription,
         kind = (Kind.CORRECTION if is_correction(alert)
                 else Kind.CANCEL if alert.msg_type is MsgType.CANCEL else Kind.UPDATE)
         info = pick_info(local or alert.infos, subscription.languages)
-        return Decision(verdict=Verdict.SHOW, info=info, kind=kind, replaces=follows)
+        where = places_in(info, subscription) if info is not None and local else ()
+        return Decision(verdict=Verdict.SHOW, info=info, kind=kind, replaces=follows, places=where)
     if alert.msg_type is MsgType.UPDATE and local:
         return None
     # Never out of area for lack of an area: an Update or Cancel without one is unrelated.

@@ -41,6 +41,8 @@ class Display:
     replaces: tuple[Identity, ...] = ()
     # Who issued it: its sender, and for ALSO the sender of the message it repeats first.
     senders: tuple[str, ...] = ()
+    # The device's places (their names) inside the shown info's areas; shown once for all.
+    places: tuple[str, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         """The display as a JSON object (CAP element names where CAP has one)."""
@@ -62,12 +64,13 @@ class Display:
             "kind": self.kind.value,
             "replaces": [{"sender": sender, "identifier": identifier} for sender, identifier in self.replaces],
             "senders": list(self.senders or (self.sender,)),
+            "places": list(self.places),
         }
 
 
 def make_display(
     alert: Alert, info: Info | None, *, alert_id: str, seq: int, node: str, now: datetime,
-    kind: Kind = Kind.ALERT, replaces: tuple[Identity, ...] = (),
+    kind: Kind = Kind.ALERT, replaces: tuple[Identity, ...] = (), places: tuple[str, ...] = (),
 ) -> Display:
     """What the user is shown for `alert`, in `info`'s language, at `now`, as `kind`."""
     first = [sender for sender, _ in replaces] if kind is Kind.ALSO else []
@@ -92,6 +95,7 @@ def make_display(
         kind=kind,
         replaces=replaces,
         senders=senders,
+        places=places,
     )
 
 
@@ -134,8 +138,9 @@ def terminal_line(display: Display) -> str:
         terminal_text, (display.event, display.headline, display.sender, display.identifier,
                         display.language, display.node),
     )
+    where = f" (for {', '.join(map(terminal_text, display.places))})" if display.places else ""
     return (
-        f"{tag}{kind}{event}: {headline} "
+        f"{tag}{kind}{event}: {headline}{where} "
         f"[{sender} {identifier}, {language or '-'}, after {display.delay_s:.1f} s via {node}]"
     )
 

@@ -3,9 +3,13 @@
 Embeddable:
 
     keys = load_key_file(Path("deployment-keys.json"))   # tocsin.client.keys
-    async with Watcher(urls=["https://alerts.example"], places=[(48.85, 2.35)], keys=keys) as watcher:
+    places = [Place(name="Home", lat=48.8566, lon=2.3522), Place(name="Nice", lat=43.7102, lon=7.2620)]
+    async with Watcher(urls=["https://alerts.example"], places=places, keys=keys) as watcher:
         async for display in watcher.displays():
-            print(display.headline)
+            print(display.headline, "for", ", ".join(display.places))
+
+Only the places' coarse cells are sent to the node; each alert is checked against the
+precise places here and shown once, however many of them it holds (client/places.py).
 """
 
 from __future__ import annotations
@@ -43,10 +47,10 @@ from tocsin.client.sse import SseEvent, sse_events
 from tocsin.client.state import Identity, Registration, Shown, Standing, load_state, save_state
 from tocsin.client.ws import messages, open_ws
 from tocsin.errors import CapInvalid
-from tocsin.geo.cells import cell_for_point
+from tocsin.client.places import Place, as_places, cells_of
 from tocsin.signing import keys_by_kid
 
-__all__ = ["Display", "NoTrustedKeys", "Synced", "WatchStats", "Watcher"]
+__all__ = ["Display", "NoTrustedKeys", "Place", "Synced", "WatchStats", "Watcher"]
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +108,7 @@ class Watcher:
     def __init__(
         self,
         urls: Sequence[str],
-        places: Sequence[LatLon],
+        places: Sequence[Place | LatLon],
         *,
         languages: Sequence[str] = ("en",),
         tests: bool = False,
@@ -120,14 +124,15 @@ class Watcher:
         now: Now = utc_now,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        if not places:
-            raise ValueError("a watcher needs at least one place")
+        self.places = as_places(places)
         self.subscription = Subscription(
-            places=tuple((float(lat), float(lon)) for lat, lon in places),
+            places=tuple(place.point for place in self.places),
+            names=tuple(place.name for place in self.places),
             languages=tuple(languages) or ("en",),
             audience=Audience(tests=tests, canary=canary),
         )
-        self.cells = tuple(sorted({cell_for_point(lat, lon) for lat, lon in self.subscription.places}))
+        # Only these coarse cells leave the device (client/places.py, docs/privacy.md).
+        self.cells = cells_of(self.places)
         self.rotation = Rotation(urls)
         if protocol not in ("sse", "ws"):
             raise ValueError(f"protocol must be sse or ws, not {protocol!r}")
@@ -463,8 +468,10 @@ class Watcher:
         if decision.verdict is not Verdict.SHOW:
             return None
         alert_id = str(payload.get("id", ""))
+        # Which places it is for says something only to a device that follows several.
+        places = decision.places if len(self.places) > 1 else ()
         return make_display(alert, decision.info, alert_id=alert_id, seq=seq, node=url, now=now,
-                            kind=decision.kind, replaces=decision.replaces)
+                            kind=decision.kind, replaces=decision.replaces, places=places)
 
     def _remember(self, alert: Alert, decision: Decision) -> None:
         """Record what was shown, and what an Update or Cancel superseded (shown or not:

@@ -6,6 +6,10 @@ makes the final check against the alert's polygons and circles before it shows a
 Longitudes: a polygon edge that spans more than 180° of longitude is taken to cross the
 antimeridian (as H3 does), both for the cover and for the precise check. Areas that enclose a
 pole are not supported: they do not crash, but their cover may miss cells near the pole.
+
+A ring that crosses itself is refused at accept (`self_crossing`, policy.check_polygons); one
+that only touches itself is accepted, and both the cover and the precise check take all of
+its lobes.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import h3
+import numpy as np
 import shapely
 from shapely.geometry import Polygon as ShapelyPolygon
 
@@ -270,16 +275,91 @@ def _planar(ring: Polygon) -> tuple[ShapelyPolygon, bool] | None:
     Cached: a client checks the same alert's rings for each of its places, and again on
     replays; a région's outline has thousands of points.
     """
-    crosses = any(abs(b[1] - a[1]) > 180.0 for a, b in zip(ring, ring[1:]))
-    xy = [(_unwrap(p_lon) if crosses else p_lon, p_lat) for p_lat, p_lon in ring]
+    xy, crosses = _planar_xy(ring)
     if len(xy) < 3:
         return None
     shape = ShapelyPolygon(xy)
     if not shape.is_valid:
-        # A self-touching outline: keep its area rather than refuse the whole alert.
+        # A ring that touches itself (accepted: see self_crossing), or a crossing one that an
+        # older node let through: keep its area rather than show nothing.
         shape = shapely.make_valid(shape)
     shapely.prepare(shape)
     return shape, crosses
+
+
+def _planar_xy(ring: Sequence[LatLon]) -> tuple[list[tuple[float, float]], bool]:
+    """The ring as (lon, lat) points, unwrapped to [0, 360) when an edge crosses the
+    antimeridian, and whether it was."""
+    crosses = any(abs(b[1] - a[1]) > 180.0 for a, b in zip(ring, ring[1:]))
+    return [(_unwrap(p_lon) if crosses else p_lon, p_lat) for p_lat, p_lon in ring], crosses
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Crossing:
+    """Where a ring crosses itself: edge `first` (from point `first` to point `first + 1`)
+    and the later edge `second`, at `at` (lat, lon)."""
+
+    first: int
+    second: int
+    at: LatLon
+
+
+def self_crossing(ring: Polygon) -> Crossing | None:
+    """The first place where two edges of the ring cross, or None.
+
+    A crossing is two edges whose interiors meet at one point inside both (a bow tie). A
+    ring that only touches itself (a vertex visited twice, a vertex on another edge, an edge
+    run back along itself) is not crossing: the area it bounds is still clear (its lobes),
+    and the cover and the device's check both take every lobe (see _planar). Plane
+    geometry in (lon, lat), as H3 and the device's check draw the ring, after unwrapping
+    a ring across the antimeridian.
+
+    Costs O(n log n) in C, never a Python loop per point: GEOS's validity check first (a
+    simple ring ends there); else the pairs of edges whose boxes meet (an R-tree), kept when
+    each edge's ends are not strictly on one side of the other (numpy, with a margin for
+    rounding), and GEOS's exact `crosses` decides on those few.
+    """
+    xy, crosses = _planar_xy(ring)
+    if len(xy) < 4 or xy[0] != xy[-1]:
+        return None
+    if ShapelyPolygon(xy).is_valid:
+        return None
+    points = np.asarray(xy, dtype=float)
+    edges = shapely.linestrings(np.stack([points[:-1], points[1:]], axis=1))
+    first, second = shapely.STRtree(edges).query(edges)
+    count = len(edges)
+    # Each pair once, without the neighbours (they share an end, never cross).
+    keep = (first < second) & (second - first != 1) & ~((first == 0) & (second == count - 1))
+    first, second = first[keep], second[keep]
+    a, b, c, d = points[first], points[first + 1], points[second], points[second + 1]
+    straddle = _straddles(a, b, c, d) & _straddles(c, d, a, b)
+    first, second = first[straddle], second[straddle]
+    crossed = shapely.crosses(edges[first], edges[second])
+    if not crossed.any():
+        return None
+    pairs = sorted(zip(first[crossed].tolist(), second[crossed].tolist()))
+    i, j = pairs[0]
+    x, y = shapely.get_coordinates(shapely.intersection(edges[i], edges[j]))[0]
+    lon = float(x) - 360.0 if crosses and x > 180.0 else float(x)
+    return Crossing(first=i, second=j, at=(float(y), lon))
+
+
+# Orientations within this of zero count as "on the line" for the straddle filter: far above
+# the rounding of products of coordinates up to 360 (~1e-13), far below any real crossing.
+_ORIENTATION_MARGIN = 1e-9
+
+
+def _straddles(a: Any, b: Any, c: Any, d: Any) -> Any:
+    """Per row: whether c and d are not both strictly on one side of the line a-b."""
+    side_c = _orientation(a, b, c)
+    side_d = _orientation(a, b, d)
+    return ~(((side_c > _ORIENTATION_MARGIN) & (side_d > _ORIENTATION_MARGIN))
+             | ((side_c < -_ORIENTATION_MARGIN) & (side_d < -_ORIENTATION_MARGIN)))
+
+
+def _orientation(a: Any, b: Any, c: Any) -> Any:
+    """Twice the signed area of each triangle (a, b, c), rows of (x, y)."""
+    return (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
 
 
 def _unwrap(lon: float) -> float:

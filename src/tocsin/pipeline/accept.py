@@ -40,7 +40,7 @@ from tocsin.pipeline.duplicates import Duplicates, Original
 from tocsin.pipeline.gate import Entry, Gate, GateFull
 from tocsin.pipeline.handoff import drawn_areas
 from tocsin.pipeline.priority import rank
-from tocsin.policy import AlertLimits, Issuer, check, check_limits, check_reference, check_territory
+from tocsin.policy import AlertLimits, Issuer, check, check_limits, check_polygons, check_reference, check_territory
 from tocsin.signing import SigningKey
 from tocsin.store.base import AlertId, AlertStore, Envelope, Stored, alert_id_for
 from tocsin.store.jetstream import stored_bytes
@@ -280,6 +280,7 @@ class Accept:
         alert = resolve(alert, self.gazetteer)  # dict reads; bounded by the CAP size limit
         check(alert, issuer, now=now, max_skew_s=self._max_skew_s)
         check_limits(alert, issuer.limits.over(self._bounds.limits))
+        check_polygons(alert)  # after the limits bound its cost, before any cover
         check_territory(alert, issuer.territory, gazetteer=self.gazetteer, margin_m=self.territory_margin_m,
                         organisation=issuer.name)  # after the limits bound its cost
         payload = to_xml(alert)
