@@ -14,6 +14,7 @@ import pytest
 
 from tests.accounts.conftest import bearer, fresh, post_alert
 from tests.samples import PARIS_BOX
+from tests.waiting import until
 from tocsin.accounts.model import org_key, principal_key, token_digest, token_key
 from tocsin.app import Node
 
@@ -118,3 +119,14 @@ async def test_an_unreadable_rate_falls_back_to_the_default(node: Node, http: ht
 
 async def _mirrored(node: Node, key: str, record: dict[str, Any]) -> None:
     assert await node.services.accounts.mirror.seen(key, record)
+
+
+async def test_a_record_overwritten_with_no_json_grants_nothing(node: Node, http: httpx.AsyncClient) -> None:
+    # The mirror must not keep the readable version it replaced (an active token).
+    secret, sender = await plant(node)
+    assert (await post_alert(http, secret, sender)).status_code == 201
+    key = token_key(token_digest(secret))
+    await node.services.store.accounts.put_raw(key, b"{not json")  # type: ignore[attr-defined]
+    await until(lambda: key not in node.services.accounts.mirror)
+    refused = await post_alert(http, secret, sender)
+    assert refused.status_code in (401, 403, 503), refused.text

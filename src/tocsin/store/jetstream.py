@@ -553,7 +553,15 @@ class KvRecords:
                 continue
             if not entry.value or entry.revision is None:
                 return None
-            return json.loads(entry.value), int(entry.revision)
+            try:
+                value = json.loads(entry.value)
+            except ValueError:
+                value = None
+            if not isinstance(value, dict):
+                # Fail-closed, as the mirror: an unreadable record names no one and grants nothing.
+                log.warning("bucket record unreadable", extra={"key": key[:64]})
+                return None
+            return value, int(entry.revision)
 
     async def replace(self, key: str, value: dict[str, Any], revision: int, *, ttl_s: float | None = None) -> bool:
         """Write the record only if it is still at `revision`; False when another write
@@ -634,8 +642,11 @@ class KvRecords:
                         present.add(entry.key)
                     try:
                         into[entry.key] = json.loads(entry.value)
-                    except ValueError:  # left out: a read of that key finds the same
-                        log.warning("bucket mirror skipped a value it cannot read", extra={"key": entry.key[:64]})
+                    except ValueError:
+                        # Fail-closed: the version it replaces (an active token, an area) is
+                        # gone too; a read of that key finds the same unreadable value.
+                        into.pop(entry.key, None)
+                        log.warning("bucket mirror dropped a value it cannot read", extra={"key": entry.key[:64]})
             except Exception as exc:  # a cache: nothing it meets may stop the node
                 log.warning("bucket mirror restarting", extra={"error": repr(exc)[:200]})
             finally:
