@@ -194,6 +194,7 @@ def _health(node: Node) -> _Health:
     readiness = Readiness(
         node=s.node_name, replicas=s.replicas, data_dir=s.data_dir, limits=limits, store=services.store,
         follower=services.pipeline.follower, ledger=node.ledger, prober=prober, reconciler=node.reconciler,
+        devices=services.device_cache,
     )
 
     def healthy() -> dict[str, object] | None:
