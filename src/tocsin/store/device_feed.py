@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import ssl
 from typing import Any
 from urllib.parse import ParseResult
@@ -37,6 +38,8 @@ HEARTBEAT_S = 2.0
 _CHUNK = 1 << 16
 # A control line (INFO, -ERR, a message's header line) longer than this is not NATS.
 _MAX_LINE = 1 << 16
+# MSG <subject> <sid> <reply> <bytes>: a stored value without headers.
+_MSG = re.compile(rb"MSG ([^ \r\n]+) [^ \r\n]+ ([^ \r\n]+) (\d{1,9})\r\n")
 _DELETED = (b"KV-Operation: DEL", b"KV-Operation: PURGE", b"Nats-Marker-Reason:")
 
 
@@ -64,6 +67,15 @@ class _Reader:
         buffer += data
         at = 0
         while True:
+            plain = _MSG.match(buffer, at)  # the common frame, read by one match
+            if plain is not None:
+                start = plain.end()
+                total = int(plain[3])
+                if len(buffer) < start + total + 2:
+                    break
+                self._message(plain[1], plain[2], b"", bytes(buffer[start:start + total]))
+                at = start + total + 2
+                continue
             end = buffer.find(b"\r\n", at)
             if end < 0:
                 if len(buffer) - at > _MAX_LINE:
