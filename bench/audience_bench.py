@@ -56,7 +56,7 @@ from shapely.geometry import Polygon as ShapelyPolygon
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.serve_bench import Server, free_port, machine, run_in_workdir, stop_pid  # noqa: E402
+from bench.serve_bench import Server, free_port, machine, proc_cpu_s, run_in_workdir, stop_pid  # noqa: E402
 from tocsin.api.device_index import DeviceIndex  # noqa: E402
 from tocsin.api.device_records import record_json  # noqa: E402
 from tocsin.cluster.nats_server import NatsServer  # noqa: E402
@@ -332,7 +332,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                             "nats_before": nats_before, "nats_after": nats_after,
                             "nats_per_device": (nats_after - nats_before) / args.devices}
         print(f"memory: {report['memory']}", file=sys.stderr)
-        starts = []
+        starts: list[float] = []
+        start_cpu: list[float] = []
         for _ in range(args.restarts):
             assert server.process is not None
             os.kill(server.process.pid, signal.SIGKILL)
@@ -341,9 +342,13 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             server.start()
             wait_for(server.url, target, 120, server, max_rss)
             starts.append(time.monotonic() - t)
-            print(f"start-up: {starts[-1]:.2f} s", file=sys.stderr)
+            # CPU the node spent to get there: the wall time on a busy machine is longer.
+            start_cpu.append(proc_cpu_s(server.process.pid if server.process else None))
+            print(f"start-up: {starts[-1]:.2f} s, {start_cpu[-1]:.2f} CPU-s", file=sys.stderr)
         pid = server.process.pid if server.process else None
         report["startup_s"] = starts
+        report["startup_cpu_s"] = start_cpu
+        report["load_average"] = os.getloadavg()
         report["tocsin_rss_after_restart"] = rss_bytes(pid)
         report["audience"] = await audiences(nats_server.client_url, args.runs)
     finally:
@@ -371,7 +376,10 @@ def table(report: dict[str, Any]) -> str:
                  f"{mem['nats_before'] / 2**20:,.0f} -> {mem['nats_after'] / 2**20:,.0f} MiB ({mem['nats_per_device']:.0f} bytes a device)")
     starts = report["startup_s"]
     lines.append(f"start-up to /readyz 200 with every device indexed (SIGKILL, start): "
-                 f"{', '.join(f'{s:.1f}' for s in starts)} s; RSS after restart {report['tocsin_rss_after_restart'] / 2**20:,.0f} MiB")
+                 f"{', '.join(f'{s:.1f}' for s in starts)} s, the node's CPU meanwhile "
+                 f"{', '.join(f'{s:.1f}' for s in report['startup_cpu_s'])} s (load average "
+                 f"{report['load_average'][0]:.1f} on {m['cpus']} CPUs); RSS after restart "
+                 f"{report['tocsin_rss_after_restart'] / 2**20:,.0f} MiB")
     a = report["audience"]
     lines.append(f"index fed in the bench process: {a['devices']:,} devices in {a['load_s']:.1f} s, "
                  f"RSS +{a['rss_bytes'] / 2**20:,.0f} MiB ({a['rss_bytes'] / max(1, a['devices']):.0f} bytes a device)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -157,3 +158,46 @@ def test_records_it_cannot_hold_are_refused_and_change_nothing() -> None:
             index["dev_" + "c" * 24] = bad
     assert len(index) == 0
     assert "dev_" + "c" * 24 not in index
+
+
+def test_the_feed_s_batches_equal_puts_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """put_many reads canonical records by a regular expression and others as JSON: the same
+    index either way, a value it cannot read left out, later values of a key winning."""
+    monkeypatch.setattr("tocsin.api.device_index._MERGE_AT", 5)
+    rng = random.Random(7)
+    keys = [_device_id(rng) for _ in range(40)]
+    items: list[tuple[str, bytes]] = []
+    reference = DeviceIndex()
+    for i, key in enumerate(keys + keys[:10]):  # ten keys twice: the second value wins
+        record = _record(rng)
+        # Canonical bytes (as tocsin writes them) and the same record in other JSON spellings.
+        payload = json.dumps(record).encode() if i % 3 else json.dumps(record, indent=1, sort_keys=True).encode()
+        items.append((key, payload))
+        reference[key] = record
+    items.insert(5, (_device_id(rng), b"{not json"))
+    items.insert(9, (_device_id(rng), b'{"cells": ["zz"], "languages": [], "tests": false}'))
+    batched = DeviceIndex()
+    for start in range(0, len(items), 7):
+        assert batched.put_many(items[start:start + 7]) == sum(
+            1 for _, payload in items[start:start + 7] if payload.startswith((b"{not", b'{"cells": ["zz"]')))
+    assert sorted(batched) == sorted(reference)
+    assert all(batched[key] == reference[key] for key in reference)
+    cover = Cover.of(CELLS)
+    assert batched.reach(cover, "Actual") == reference.reach(cover, "Actual")
+
+
+def test_compaction_keeps_every_live_device_and_drops_the_rest() -> None:
+    rng = random.Random(3)
+    index, reference = DeviceIndex(), {}
+    for _ in range(2000):
+        key = _device_id(rng)
+        reference[key] = index_record = _record(rng)
+        index[key] = index_record
+    for key in list(reference)[::2]:
+        del reference[key]
+        del index[key]
+    index.compact()
+    assert sorted(index) == sorted(reference)
+    assert all(index[key] == record for key, record in reference.items())
+    assert index.reach(Cover.of(CELLS), "Actual") == _reference_reach(reference, Cover.of(CELLS), "Actual")
+    assert sum(len(entries) for entries in index._postings.values()) == sum(len(r["cells"]) for r in reference.values())
