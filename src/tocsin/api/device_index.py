@@ -259,6 +259,8 @@ class DeviceIndex(MutableMapping[str, dict[str, Any]]):
         self._gen[block] = 0
         self._size += n
         self._live += n
+        his, los = [0] * n, [0] * n
+        recent, postings = self._recent, self._postings
         for i, (key, _) in enumerate(rows):
             slot = start + i
             bits = _id_bits(key)
@@ -267,13 +269,14 @@ class DeviceIndex(MutableMapping[str, dict[str, Any]]):
                 self._odd_names[slot] = key
                 flags[i] |= _ODD
             else:
-                self._id_hi[slot], self._id_lo[slot] = bits
-                self._recent[key] = slot
+                his[i], los[i] = bits
+                recent[key] = slot
             for cell in cells_of[i]:
-                found = self._postings.get(cell)
+                found = postings.get(cell)
                 if found is None:
-                    found = self._postings[cell] = array("Q")
+                    found = postings[cell] = array("Q")
                 found.append(slot)
+        self._id_hi[block], self._id_lo[block] = his, los
         self._flags[block] = flags
         if len(self._recent) >= _MERGE_AT:
             self._merge()
@@ -359,7 +362,8 @@ class DeviceIndex(MutableMapping[str, dict[str, Any]]):
         languages = tuple(languages_text[1:-1].decode().split('", "')) if languages_text else ()
         try:
             created = max(0, int(datetime.fromisoformat(created_text.decode()).timestamp()))
-            renewed = max(0, int(datetime.fromisoformat(renewed_text.decode()).timestamp())) or created
+            renewed = (created if renewed_text == created_text  # never renewed: most records
+                       else max(0, int(datetime.fromisoformat(renewed_text.decode()).timestamp())) or created)
         except (ValueError, OverflowError):  # as `_seconds` reads it
             created, renewed = _seconds(created_text.decode()), _seconds(renewed_text.decode())
             renewed = renewed or created
