@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.serve_bench import Server, free_port, machine, proc_cpu_s, run_in_workdir, stop_pid  # noqa: E402
+from bench.year_bench import rss_bytes  # noqa: E402
 from tocsin.api.device_index import DeviceIndex  # noqa: E402
 from tocsin.api.device_records import record_json  # noqa: E402
 from tocsin.cluster.nats_server import NatsServer  # noqa: E402
@@ -117,18 +118,6 @@ class France:
 
 def languages(rng: random.Random) -> list[str]:
     return list(rng.choices([x for x, _ in LANGUAGES], [w for _, w in LANGUAGES])[0])
-
-
-def rss_bytes(pid: int | None) -> int:
-    if pid is None:
-        return 0
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 # -- HTTP clients (child processes) ---------------------------------------------------------
