@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -13,7 +14,9 @@ from typing import Any
 
 import h3
 import httpx
+import nats
 import pytest
+from nats.js.api import KeyValueConfig, StorageType
 
 from tests.devices.conftest import client_from, device_settings
 from tests.e2e.conftest import start_node, stop_node
@@ -26,6 +29,7 @@ from tocsin.app import Node
 from tocsin.cluster.nats_server import NatsServer
 from tocsin.geo.cells import Cover
 from tocsin.health.readiness import Limits, Readiness
+from tocsin.store.device_feed import feed_devices
 
 NICE = h3.latlng_to_cell(43.7102, 7.2620, 6)
 NEAR_NICE = sorted(h3.grid_disk(NICE, 3))
@@ -150,3 +154,29 @@ def test_the_devices_check_is_red_until_the_first_pass_ends(loaded: bool, ok: bo
     assert check.ok is ok
     assert check.value == {"devices": 12, "loaded": loaded}
     assert ("still reading the device bucket (12 so far)" in check.detail) is not ok
+
+
+async def test_the_feed_logs_in_as_the_node_s_client_does(tmp_path: Path) -> None:
+    """The feed opens a connection of its own: with the user and password of the client."""
+    server = NatsServer(store_dir=tmp_path / "nats", name="feed-login", user="tocsin", password=secrets.token_hex(8))
+    await server.start()
+    try:
+        nc = await nats.connect(server.client_url, user="tocsin", password=server.password)
+        try:
+            js = nc.jetstream()
+            bucket = await js.create_key_value(KeyValueConfig(bucket="FEED_LOGIN", history=1, storage=StorageType.FILE))
+            await bucket.put("dev_" + "7" * 24, json.dumps(_record(3)).encode())
+            index = DeviceIndex()
+            task = asyncio.get_running_loop().create_task(feed_devices(nc, js, "FEED_LOGIN", index))
+            try:
+                await until(lambda: index.loaded or task.done())
+                assert not task.done(), task
+                assert list(index) == ["dev_" + "7" * 24]
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        finally:
+            await nc.close()
+    finally:
+        await server.stop()

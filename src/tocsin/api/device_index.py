@@ -309,13 +309,18 @@ class DeviceIndex(MutableMapping[str, dict[str, Any]]):
 
     def reach(self, cover: Cover, status: str) -> Reach:
         """The devices whose cells `cover` touches and whose audience receives `status`,
-        each once; expired records count until the bucket drops them."""
+        each once; expired records count until the bucket drops them.
+
+        Call it on the event loop, as the feed runs (not in a thread): it reads the cells'
+        arrays in place, and an array cannot grow while it is read.
+        """
         cells = h3int.uncompact_cells([int(cell, 16) for cell in cover.cells], CELL_RESOLUTION)
         postings = self._postings
         parts = [np.frombuffer(found, np.uint64) for cell in cells if (found := postings.get(cell))]
         if not parts:
             return Reach()
         entries = np.concatenate(parts)
+        del parts  # the views hold the cells' arrays: let them grow again
         slots = (entries & _LOW32).astype(np.intp)
         current = self._gen[slots] == (entries >> np.uint64(32)).astype(np.uint32)
         hit = np.zeros(self._size, np.bool_)
