@@ -170,6 +170,9 @@ def test_the_feed_s_batches_equal_puts_one_by_one(monkeypatch: pytest.MonkeyPatc
     reference = DeviceIndex()
     for i, key in enumerate(keys + keys[:10]):  # ten keys twice: the second value wins
         record = _record(rng)
+        if i < 28 or i % 2:  # dates as tocsin writes them, with microseconds
+            micro = NOW.replace(microsecond=1 + i)
+            record.update(created=(micro - timedelta(days=i)).isoformat(), renewed=micro.isoformat())
         # Canonical bytes (as tocsin writes them) and the same record in other JSON spellings.
         payload = json.dumps(record).encode() if i % 3 else json.dumps(record, indent=1, sort_keys=True).encode()
         items.append((key, payload))
