@@ -15,7 +15,8 @@ alert's audience without reading the bucket. Nothing here is a Python object per
   generation instead of searching lists: older entries stop counting at once and are
   dropped, with dead slots and unused pool cells, by `compact()` once they outweigh the live.
 
-About 150 bytes a device (bench/audience_bench.py measures it; docs/performance.md).
+About 155-160 bytes a device for the index, 180-187 of a node's RSS, at a million devices
+with 1-8 places (bench/audience_bench.py; docs/performance.md, "Audience index").
 """
 
 from __future__ import annotations
@@ -190,7 +191,8 @@ class DeviceIndex(MutableMapping[str, dict[str, Any]]):
         self._compact_if_due()
 
     def put_many(self, items: list[tuple[str, bytes]]) -> int:
-        """Put many JSON records at once (the bucket feed's path, about 5 µs a record):
+        """Put many JSON records at once (the bucket feed's path, about 11-13 µs a record
+        on a 2-vCPU Xeon):
         new ids fill a block of fresh slots with one numpy write per column. Returns how
         many values were left out as unreadable (a read of that key finds the same)."""
         rows: list[tuple[str, Row]] = []
