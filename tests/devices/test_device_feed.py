@@ -125,9 +125,10 @@ async def test_ready_only_once_the_first_pass_holds_every_record(tmp_path: Path,
 
         await until(sampled, timeout_s=30)
         assert first_ready == [True]
-        check = readiness.report()["checks"]["devices"]
-        # The 2,000 and the canaries of the two nodes' probers.
-        assert check["ok"] and check["value"]["loaded"] and check["value"]["devices"] >= 2000
+        # The 2,000 and the canaries of the two nodes' probers (`ok` may be stale by now on a
+        # busy machine: the value is what this test is about).
+        value = readiness.report()["checks"]["devices"]["value"]
+        assert value["loaded"] and value["devices"] >= 2000
         async with httpx.AsyncClient() as http:
             await Readyz(node.url).until(http, ready=True, within_s=10)
     finally:
