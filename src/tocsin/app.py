@@ -213,6 +213,7 @@ def _health(node: Node) -> _Health:
     readiness = Readiness(
         node=s.node_name, replicas=s.replicas, data_dir=s.data_dir, limits=limits, store=services.store,
         follower=services.pipeline.follower, ledger=node.ledger, prober=prober, reconciler=node.reconciler,
+        devices=services.device_cache,
     )
 
     def healthy() -> dict[str, object] | None:
@@ -394,7 +395,7 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
             name="keepalive",
         )
         store = node.services.store
-        devices = tasks.create_task(store.devices.mirror(node.services.device_cache), name="device-mirror")
+        devices = tasks.create_task(store.mirror_devices(node.services.device_cache), name="device-feed")
         # The lifecycle: submissions and drafts mirrored, expiries marked and audited.
         pending = tasks.create_task(store.pending.mirror(node.services.pending_cache), name="pending-mirror")
         sweep = tasks.create_task(sweep_forever(node.services), name="lifecycle-sweep")

@@ -132,9 +132,10 @@ class Settings:
     max_device_cells: int = 64
     # The device bucket (every node mirrors all of it in memory, docs/operations.md "Memory").
     device_bucket: str = "TOCSIN_DEVICES"
-    # Its byte limit on each replica: about 350 bytes a device, so about 750,000 devices;
-    # when full, registration is refused (507 device.registry-full) until records expire.
-    device_bucket_max_bytes: int = 256 * 1024**2
+    # Its byte limit on each replica: about 350-400 bytes a device (bench/audience_bench.py:
+    # 354 with 1-8 places), so about 1.4 million devices; when full, registration is refused
+    # (507 device.registry-full) until records expire. Each replica reserves it on disk.
+    device_bucket_max_bytes: int = 512 * 1024**2
     # The audit log's byte limit on each replica (it keeps every entry: about 400 bytes an
     # action, so about 2.5 million actions); when full, actions that must be audited are
     # refused with 503 until an operator raises it (docs/operations.md "The audit log").

@@ -17,7 +17,8 @@ from tests.devices.test_registration import PARIS_CELL, assert_problem
 from tests.e2e.conftest import start_node, stop_node
 from tests.e2e.devices import sse_device
 from tests.waiting import until, until_async
-from tocsin.api.device_records import DeviceMirror, renewed_at
+from tocsin.api.device_index import DeviceIndex
+from tocsin.api.device_records import renewed_at
 from tocsin.cluster.nats_server import NatsServer
 
 
@@ -171,11 +172,12 @@ async def test_a_mirror_that_starts_again_drops_what_the_bucket_lost_meanwhile(
         async with client_from(node.url) as http:
             kept = await _register(http)
         # As a mirror that was cut off while a device was deleted: it still holds the record.
-        mirror = DeviceMirror()
+        mirror = DeviceIndex()
         mirror["dev_deleted-while-away"] = dict(node.services.device_cache[kept["id"]])
-        task = asyncio.get_running_loop().create_task(node.services.store.devices.mirror(mirror))
+        task = asyncio.get_running_loop().create_task(node.services.store.mirror_devices(mirror))
         try:
-            await until(lambda: kept["id"] in mirror and "dev_deleted-while-away" not in mirror)
+            await until(lambda: mirror.loaded)
+            assert kept["id"] in mirror and "dev_deleted-while-away" not in mirror
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

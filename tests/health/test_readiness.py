@@ -18,7 +18,7 @@ from tocsin.cluster.nats_server import NatsServer
 from tocsin.health.readiness import Check
 
 EVERY_CHECK = {"nats", "stream", "follower", "consumers", "ledger", "disk", "reconciler", "stream-usage", "canary", "canary:sse",
-               "connections"}
+               "connections", "devices"}
 
 
 async def test_ready_node_lists_every_check_with_its_age(fast_node: Node, http: httpx.AsyncClient) -> None:
@@ -40,8 +40,11 @@ async def test_ready_node_lists_every_check_with_its_age(fast_node: Node, http: 
 async def test_node_without_prober_is_never_ready(tmp_path: Path, nats_server: NatsServer, http: httpx.AsyncClient) -> None:
     running = await start_node(fast_settings(tmp_path, nats_server, probe_interval_s=0.0))
     node = running[0]
-    started = time.monotonic()  # the node has caught up: judge a refresh made after that
     try:
+        async with asyncio.timeout(5):  # the device index's first pass too (the devices check)
+            while not node.services.device_cache.loaded:
+                await asyncio.sleep(0.01)
+        started = time.monotonic()  # the node has caught up: judge a refresh made after that
         async with asyncio.timeout(5):
             while node.services.readiness is None or (node.services.readiness.refreshed_at or 0) < started:
                 await asyncio.sleep(0.05)

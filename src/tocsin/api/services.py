@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from tocsin.accounts.book import Accounts
-from tocsin.api.device_records import DeviceMirror
+from tocsin.api.device_index import DeviceIndex
 from tocsin.api.ratelimit import RateLimit, RatesByKey
 from tocsin.api.listener import Edge
 from tocsin.api.ttl_cache import TtlCache
@@ -175,9 +175,10 @@ class Services:
     issuer_cache: TtlCache[str, Any] = field(
         default_factory=lambda: TtlCache(ISSUER_CACHE_ENTRIES, ISSUER_CACHE_S)
     )
-    # Every registered device: mirrored from the bucket by `store.mirror`, plus what this
-    # node registered or read itself before the mirror had it; packed (api/device_records.py).
-    device_cache: DeviceMirror = field(default_factory=DeviceMirror)
+    # Every registered device and the cells it follows: fed from the bucket by
+    # `store.mirror_devices`, plus what this node registered or read itself before the feed
+    # had it (the audience index, api/device_index.py).
+    device_cache: DeviceIndex = field(default_factory=DeviceIndex)
     # The pending bucket (submissions and drafts), mirrored by `store.mirror` (approval/).
     pending_cache: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Anonymous device registrations, by source and in all (api/devices.py).

@@ -650,7 +650,7 @@ async def inject_noisy(run: Run, ci: bool) -> None:
 
 # -- the matrix ---------------------------------------------------------------------------------------------------------
 
-# Every replica reserves the stream's and the device bucket's max_bytes (2 GiB and 256 MiB by
+# Every replica reserves the stream's and the device bucket's max_bytes (2 GiB and 512 MiB by
 # default): a small disk needs less.
 SMALL_DISK_ENV = {"TOCSIN_STREAM_MAX_BYTES": str(64 << 20), "TOCSIN_DEVICE_BUCKET_MAX_BYTES": str(16 << 20),
                   "TOCSIN_AUDIT_MAX_BYTES": str(8 << 20)}

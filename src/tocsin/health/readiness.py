@@ -49,6 +49,14 @@ class ReconcilerView(Protocol):
     last_error: str | None
 
 
+class DevicesView(Protocol):
+    """The audience index (api/device_index.py): loaded once the bucket's first pass ended."""
+
+    loaded: bool
+
+    def __len__(self) -> int: ...
+
+
 class ProberView(Protocol):
     interval_s: float
     running: bool
@@ -125,6 +133,7 @@ class Readiness:
         ledger: LedgerView,
         prober: ProberView | None,
         reconciler: ReconcilerView | None = None,
+        devices: DevicesView | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.node = node
@@ -136,6 +145,7 @@ class Readiness:
         self._ledger = ledger
         self.prober = prober
         self.reconciler = reconciler
+        self.devices = devices
         self._monotonic = monotonic
         self.results: dict[str, Check] = {}
         self.refreshed_at: float | None = None
@@ -173,6 +183,8 @@ class Readiness:
         self.results["follower"] = self._judge_follower()
         self.results["stream-usage"] = self._judge_usage()
         self.results["reconciler"] = self._judge_reconciler()
+        if self.devices is not None:
+            self.results["devices"] = self._judge_devices(self.devices)
         self.refreshed_at = self._monotonic()
         self._log_changes()
 
@@ -290,6 +302,14 @@ class Readiness:
                                f"the alert stream is {stream.usage:.0%} full (red above "
                                f"{self.limits.stream_usage_red:.0%}); see docs/operations.md")
         return self._check("stream-usage", True, value)
+
+    def _judge_devices(self, devices: DevicesView) -> Check:
+        """Red until the device feed's first pass ended: a half index would authenticate
+        too few devices from memory and count too small an audience in a preview."""
+        value = {"devices": len(devices), "loaded": devices.loaded}
+        if not devices.loaded:
+            return self._check("devices", False, value, f"still reading the device bucket ({len(devices)} so far)")
+        return self._check("devices", True, value)
 
     def _judge_reconciler(self) -> Check:
         r = self.reconciler

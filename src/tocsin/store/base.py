@@ -163,6 +163,26 @@ class AlertStore(Protocol):
     def follow(self, after_seq: int = 0) -> AsyncIterator[Stored]: ...
 
 
+class DeviceSink(Protocol):
+    """What the device feed fills: the node's audience index (api/device_index.py)."""
+
+    def begin_pass(self) -> None:
+        """A (re)started feed begins its first pass: records put from now on are met."""
+        ...
+
+    def end_pass(self) -> None:
+        """The first pass met every record: drop the others; the index is loaded."""
+        ...
+
+    def put_many(self, items: list[tuple[str, bytes]]) -> int:
+        """Put (key, JSON value) pairs in order; returns how many values it left out."""
+        ...
+
+    def discard(self, key: str) -> None:
+        """Drop the key if held (deleted or expired in the bucket)."""
+        ...
+
+
 class Store(AlertStore, Protocol):
     """Everything a node keeps on the replicated store: alerts, devices, issuer accounts."""
 
@@ -180,3 +200,7 @@ class Store(AlertStore, Protocol):
 
     @property
     def audit(self) -> AuditLog: ...
+
+    async def mirror_devices(self, into: DeviceSink) -> None:
+        """Keep `into` holding every device record, forever (a cache: never raises)."""
+        ...

@@ -37,7 +37,8 @@ from tocsin.errors import AlertNotFound, RecordsFull, StoreFull, StoreMisconfigu
 from tocsin.geo.gazetteer import MAX_RECORD_BYTES
 from tocsin.settings import Settings
 from tocsin.store.audit import AuditLog, JetStreamAuditLog, ensure_stream
-from tocsin.store.base import AlertId, ConsumerHealth, Envelope, Records, Stored, StreamHealth
+from tocsin.store.base import AlertId, ConsumerHealth, DeviceSink, Envelope, Records, Stored, StreamHealth
+from tocsin.store.device_feed import feed_devices
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +311,20 @@ class JetStreamStore:
             current.duplicate_window = min(120.0, s.device_ttl_s)
             await self._js.update_stream(current)
         return await self._js.key_value(s.device_bucket)
+
+    async def mirror_devices(self, into: DeviceSink, *, retry_s: float = 1.0) -> None:
+        """Keep `into` (the node's audience index) holding every device record, forever.
+
+        Reads the bucket's stream directly (store/device_feed.py: a million records in a few
+        seconds, where a KV watch takes over twenty). Each (re)start is a full first pass;
+        `into.end_pass()` drops the keys it did not meet. Never raises: it starts again.
+        """
+        while True:
+            try:
+                await feed_devices(self._nc, self._js, self._settings.device_bucket, into, _tls(self._settings))
+            except Exception as exc:  # a cache: nothing it meets may stop the node
+                log.warning("device feed restarting", extra={"error": repr(exc)[:200]})
+            await asyncio.sleep(retry_s)
 
     async def put(self, envelope: Envelope) -> Stored:
         """Store the alert unless its subject already holds one; return what is stored.
