@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from tocsin.cap.model import Alert, Area, Circle, Info, MsgType, Polygon, Reference, Scope, Severity, Status
 from tocsin.cap.shapes import format_point
-from tocsin.geo.cells import self_crossing
+from tocsin.geo.cells import TooTangled, self_crossing
 from tocsin.geo.extent import circle_km2, polygon_km2
 from tocsin.geo.gazetteer import Gazetteer
 from tocsin.geo.territory import Territory
@@ -409,7 +409,11 @@ def check_polygons(alert: Alert) -> None:
                 if polygon in seen:
                     continue
                 seen.add(polygon)
-                crossing = self_crossing(polygon)
+                try:
+                    crossing = self_crossing(polygon)
+                except TooTangled as exc:
+                    raise Rejected(AREA_SELF_INTERSECTING,
+                                   f"info[{i}].area[{j}] ({area.area_desc!r}) polygon[{k}]: {exc}") from None
                 if crossing is not None:
                     a, b = crossing.first, crossing.second
                     raise Rejected(

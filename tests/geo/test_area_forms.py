@@ -10,7 +10,7 @@ import pytest
 
 from tocsin.cap.model import Area, Circle, Polygon
 from tocsin.errors import Rejected
-from tocsin.geo.cells import Crossing, cell_for_point, cover_for, covers_point, self_crossing
+from tocsin.geo.cells import Crossing, TooTangled, cell_for_point, cover_for, covers_point, self_crossing
 from tocsin.geo.gazetteer import Gazetteer, builtin
 from tocsin.policy import check_polygons
 
@@ -188,3 +188,23 @@ def test_policy_refuses_a_bow_tie_naming_the_area_and_the_crossing() -> None:
     )
     check_polygons(alert())  # a simple ring passes
 
+
+
+@pytest.mark.parametrize(
+    "tangled",
+    [
+        ((45.0, 5.0),) * 50_000,  # one point repeated: every pair of edges meets
+        tuple((45.0, 5.0 + 0.001 * (i % 2)) for i in range(20_000)) + ((45.0, 5.0),),  # a zigzag on one line
+    ],
+    ids=["one-point", "zigzag"],
+)
+def test_a_degenerate_ring_is_refused_before_its_pairs_of_edges_are_built(tangled: Polygon) -> None:
+    # n² pairs of meeting edges (billions at 50,000 points) would hold the loop for minutes
+    # and take gigabytes; the check stops at a bound linear in the points.
+    with pytest.raises(TooTangled):
+        self_crossing(tangled)
+    value = alert(replace(info(), areas=(Area(area_desc="Pelote", polygons=(tangled,)),)))
+    with pytest.raises(Rejected) as refused:
+        check_polygons(value)
+    assert refused.value.problem.code == "area.self-intersecting"
+    assert refused.value.detail.startswith("info[0].area[0] ('Pelote') polygon[0]: more than ")

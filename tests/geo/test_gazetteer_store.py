@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import itertools
 import json
 import logging
@@ -52,7 +54,10 @@ def test_every_builtin_area_fits_a_record() -> None:
 
 def test_the_point_bound_keeps_a_record_within_one_nats_message() -> None:
     # The widest coordinates a float prints: the record of the largest allowed area fits.
-    ring = [(-89.12345678901234, -179.1234567890123)] * (MAX_POINTS_PER_AREA - 1)
+    # Distinct points around a circle (a ring of one point repeated is refused as tangled).
+    steps = MAX_POINTS_PER_AREA - 1
+    ring = [(-45.12345678901234 + 10 * math.sin(2 * math.pi * i / steps),
+             -100.1234567890123 + 10 * math.cos(2 * math.pi * i / steps)) for i in range(steps)]
     area = NamedArea(scheme="S" * 64, code="C" * 64, name="é" * 200, polygons=(tuple(ring) + (ring[0],),))
     assert len(record(area)) <= MAX_RECORD_BYTES < 1024 * 1024
     checked(area)
@@ -73,6 +78,10 @@ def test_the_point_bound_keeps_a_record_within_one_nats_message() -> None:
      r"features\[0\] \(Z a\) polygon 0\[0\]: 43 .* -180..180|not a coordinate"),
     ({"type": "Feature", "properties": {"code": "a.b c"}, "geometry": {"type": "Polygon", "coordinates": [SQUARE]}},
      r"not a code"),
+    # A bow tie ([lon, lat]): every alert by its code would be refused, so the import is.
+    ({"type": "Feature", "properties": {"code": "bow"},
+      "geometry": {"type": "Polygon", "coordinates": [[[5, 45], [5.1, 45.1], [5.1, 45], [5, 45.1], [5, 45]]]}},
+     r"Z bow: polygon 0 crosses itself \(edges 0 and 2"),
 ])
 def test_an_import_names_the_feature_it_cannot_read(feature: dict[str, object], message: str) -> None:
     with pytest.raises(GazetteerInvalid, match=message):

@@ -318,6 +318,10 @@ def self_crossing(ring: Polygon) -> Crossing | None:
     simple ring ends there); else the pairs of edges whose boxes meet (an R-tree), kept when
     each edge's ends are not strictly on one side of the other (numpy, with a margin for
     rounding), and GEOS's exact `crosses` decides on those few.
+
+    Raises:
+        TooTangled: a degenerate ring whose edges run over one another by the thousand
+            (its pairs of meeting edges are bounded before they are built).
     """
     xy, crosses = _planar_xy(ring)
     if len(xy) < 4 or xy[0] != xy[-1]:
@@ -326,11 +330,7 @@ def self_crossing(ring: Polygon) -> Crossing | None:
         return None
     points = np.asarray(xy, dtype=float)
     edges = shapely.linestrings(np.stack([points[:-1], points[1:]], axis=1))
-    first, second = shapely.STRtree(edges).query(edges)
-    count = len(edges)
-    # Each pair once, without the neighbours (they share an end, never cross).
-    keep = (first < second) & (second - first != 1) & ~((first == 0) & (second == count - 1))
-    first, second = first[keep], second[keep]
+    first, second = _meeting_edges(edges)
     a, b, c, d = points[first], points[first + 1], points[second], points[second + 1]
     straddle = _straddles(a, b, c, d) & _straddles(c, d, a, b)
     first, second = first[straddle], second[straddle]
@@ -342,6 +342,50 @@ def self_crossing(ring: Polygon) -> Crossing | None:
     x, y = shapely.get_coordinates(shapely.intersection(edges[i], edges[j]))[0]
     lon = float(x) - 360.0 if crosses and x > 180.0 else float(x)
     return Crossing(first=i, second=j, at=(float(y), lon))
+
+
+class TooTangled(ValueError):
+    """A ring whose edges' boxes meet far more often than any drawn outline's (thousands of
+    edges run over one another: a degenerate ring); the check stopped before it cost more."""
+
+    def __init__(self, pairs: int) -> None:
+        super().__init__(f"more than {pairs} pairs of its edges meet (its edges run over one another)")
+        self.pairs = pairs
+
+
+# Edges queried against the R-tree at a time, and the pairs of meeting edges a ring may
+# have per edge: a drawn outline has a few (its neighbours); a ring of one point repeated,
+# or a zigzag along one line, has n² (50,000 points: 2.5 billion pairs, gigabytes and
+# minutes), so the count is bounded before the pairs are built.
+_QUERY_CHUNK = 64
+_PAIRS_PER_EDGE = 16
+_PAIRS_FLOOR = 10_000
+
+
+def _meeting_edges(edges: Any) -> tuple[Any, Any]:
+    """The pairs (i, j), i < j, of non-adjacent edges whose boxes meet.
+
+    Raises:
+        TooTangled: more than _PAIRS_PER_EDGE per edge (plus _PAIRS_FLOOR) would be built;
+            memory and time stay linear in the ring's points.
+    """
+    count = len(edges)
+    budget = _PAIRS_PER_EDGE * count + _PAIRS_FLOOR
+    tree = shapely.STRtree(edges)
+    firsts, seconds = [], []
+    found = 0
+    for start in range(0, count, _QUERY_CHUNK):
+        # At most _QUERY_CHUNK x count pairs at once (a few MB at the largest alert).
+        local, second = tree.query(edges[start:start + _QUERY_CHUNK])
+        first = local + start
+        # Each pair once, without the neighbours (they share an end, never cross).
+        keep = (first < second) & (second - first != 1) & ~((first == 0) & (second == count - 1))
+        found += int(keep.sum())
+        if found > budget:
+            raise TooTangled(budget)
+        firsts.append(first[keep])
+        seconds.append(second[keep])
+    return np.concatenate(firsts), np.concatenate(seconds)
 
 
 # Orientations within this of zero count as "on the line" for the straddle filter: far above

@@ -24,6 +24,7 @@ from typing import Any
 
 from tocsin.cap.model import Alert, Area, Polygon
 from tocsin.errors import UNKNOWN_GEOCODE, Rejected
+from tocsin.geo.cells import TooTangled, self_crossing
 
 # The gazetteers tocsin ships: scheme -> (package data file, code property, name property).
 BUILTIN = {
@@ -134,6 +135,17 @@ def checked(area: NamedArea) -> NamedArea:
     size = len(record(area))
     if size > MAX_RECORD_BYTES:
         raise GazetteerInvalid(f"{area.scheme} {area.code}: {size} bytes as stored; at most {MAX_RECORD_BYTES}")
+    for n, ring in enumerate(area.polygons):
+        # Refused here, not at each alert: an alert by this code would meet 422 area.self-intersecting.
+        try:
+            crossing = self_crossing(ring)
+        except TooTangled as exc:
+            raise GazetteerInvalid(f"{area.scheme} {area.code}: polygon {n}: {exc}") from None
+        if crossing is not None:
+            raise GazetteerInvalid(
+                f"{area.scheme} {area.code}: polygon {n} crosses itself (edges {crossing.first} and "
+                f"{crossing.second}, at {crossing.at[0]:.6f},{crossing.at[1]:.6f})"
+            )
     return area
 
 
