@@ -672,7 +672,7 @@ def _restored(path: Path) -> tuple[DeviceIndex, StreamPosition]:
     """The index a snapshot file holds (compacted: postings and id arrays rebuilt), and its
     position. Raises SnapshotRefused on any file that is not a whole one of this format."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with open(path, "rb") as raw, np.load(raw, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}  # reading checks each CRC
         meta = json.loads(arrays.pop("meta").tobytes())
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
