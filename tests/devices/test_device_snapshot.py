@@ -27,7 +27,7 @@ from tests.e2e.conftest import start_node, stop_node
 from tests.waiting import until
 from tocsin.api.device_index import DeviceIndex, SnapshotRefused
 from tocsin.api.device_records import record_json
-from tocsin.api.device_snapshots import load_snapshot, snapshot_path
+from tocsin.api.device_snapshots import SnapshotKeeper, load_snapshot, snapshot_path
 from tocsin.app import Node
 from tocsin.cluster.nats_server import NatsServer
 from tocsin.geo.cells import Cover
@@ -292,3 +292,23 @@ async def test_a_truncated_snapshot_on_a_node_means_a_full_pass(
             _same(index, rebuilt)
     finally:
         await stop_node(*running)
+
+
+async def test_the_keeper_writes_only_a_loaded_index_that_moved(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, device_bucket="B")
+    index = _filled(200)
+    keeper = SnapshotKeeper(index, settings)
+    index.position = StreamPosition("2026-01-02T03:04:05+00:00", 7)
+    assert not await keeper.save()  # not loaded yet: a pass is under way
+    index.loaded = True
+    index.position = None
+    assert not await keeper.save()  # no position: a full pass is under way
+    index.position = StreamPosition("2026-01-02T03:04:05+00:00", 7)
+    assert await keeper.save()
+    assert not await keeper.save()  # unchanged
+    index["dev_" + "b" * 24] = _record(1)
+    index.position = StreamPosition("2026-01-02T03:04:05+00:00", 8)
+    assert await keeper.save()
+    loaded = DeviceIndex.load(snapshot_path(settings))
+    assert loaded.position == index.position
+    _same(loaded, index)
