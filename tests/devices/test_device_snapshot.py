@@ -312,3 +312,49 @@ async def test_the_keeper_writes_only_a_loaded_index_that_moved(tmp_path: Path) 
     loaded = DeviceIndex.load(snapshot_path(settings))
     assert loaded.position == index.position
     _same(loaded, index)
+
+
+async def test_a_copy_in_chunks_while_the_index_changes_plus_what_followed_equals_the_index(tmp_path: Path) -> None:
+    """The copy frees the event loop between chunks: puts, deletes and new ids land in
+    between; replaying every change after the copy's position gives the index back."""
+    index = _filled(3000)
+    index.position = StreamPosition("2026-01-02T03:04:05+00:00", 100)
+    keys = list(index)
+    task = asyncio.get_running_loop().create_task(index.snapshot_in_chunks(chunk=64))
+    changes: list[tuple[str, dict[str, Any] | None]] = []
+    i = 0
+    while not task.done():
+        key = keys[(i * 37) % len(keys)]
+        change = (key, _record(i)) if i % 3 else (key, None)
+        if i % 5 == 0:
+            change = (f"dev_{i:024x}", _record(i))  # a new id
+        if i % 11 == 0:
+            change = ("odd-" + str(i), _record(i))
+        changes.append(change)
+        if change[1] is None:
+            index.discard(change[0])
+        else:
+            index[change[0]] = change[1]
+        i += 1
+        await asyncio.sleep(0)
+    snapshot, longest = task.result()
+    assert snapshot is not None and snapshot.position.seq == 100 and len(changes) > 50
+    assert longest < 0.5
+    snapshot.write(tmp_path / "s.npz")
+    loaded = DeviceIndex.load(tmp_path / "s.npz")
+    for key, record in changes:
+        if record is None:
+            loaded.discard(key)
+        else:
+            loaded[key] = record
+    _same(loaded, index)
+
+
+async def test_a_compaction_during_the_copy_defers_the_snapshot() -> None:
+    index = _filled(2000)
+    index.position = StreamPosition("2026-01-02T03:04:05+00:00", 1)
+    task = asyncio.get_running_loop().create_task(index.snapshot_in_chunks(chunk=64))
+    await asyncio.sleep(0)
+    index.compact()
+    snapshot, _ = await task
+    assert snapshot is None

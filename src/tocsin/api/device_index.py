@@ -21,12 +21,14 @@ with 1-8 places (bench/audience_bench.py; docs/performance.md, "Audience index")
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
 import os
 import re
 import sys
+import time
 import zipfile
 from array import array
 from collections.abc import Iterator, MutableMapping
@@ -46,6 +48,8 @@ from tocsin.store.base import StreamPosition
 
 _TESTS, _CANARY, _SEEN, _USED, _ODD = 1, 2, 4, 8, 16
 _MIN_CAPACITY = 1024
+# Slots a snapshot copies with the event loop held (each a few ms at a million devices).
+_SNAPSHOT_CHUNK = 32768
 _MERGE_AT = 65536
 # Compact once dead slots, stale postings or unused pool cells outnumber this and the live.
 _COMPACT_MIN = 65536
@@ -114,6 +118,7 @@ class DeviceIndex(MutableMapping[str, dict[str, Any]]):
         # Complete up to this message of the bucket's stream; None during a full pass (its
         # messages come by subject, not in order). The feed sets it, a snapshot records it.
         self.position: StreamPosition | None = None
+        self._compactions = 0
         self._size = 0  # slots handed out, dead ones included
         self._live = 0
         self._dead = 0
@@ -321,9 +326,55 @@ class DeviceIndex(MutableMapping[str, dict[str, Any]]):
 
     def snapshot(self) -> Snapshot | None:
         """A copy to write from a thread (`Snapshot.write`), or None while no position is
-        known. Holds the event loop for the copy only: about 30 ms at a million devices
-        (docs/performance.md, "Audience index")."""
+        known, in one go (tests, small indexes; the node uses `snapshot_in_chunks`)."""
         return None if self.position is None else _snapshot(self, self.position)
+
+    async def snapshot_in_chunks(self, chunk: int = _SNAPSHOT_CHUNK) -> tuple[Snapshot | None, float]:
+        """`snapshot`, copied `chunk` slots at a time with the event loop free in between;
+        returns it (None if a compaction renumbered the slots meanwhile: try again later)
+        and the longest the loop was held (docs/performance.md, "Audience index").
+
+        Puts, deletes and new slots that land between chunks are fine: the snapshot's
+        position is the one when the copy began, and a load replays every message after
+        it, so each key ends as its last message says, whichever of its states was copied.
+        New slots past the starting size are left out (their messages come after the
+        position); odd ids are taken at the start (a slot retired later keeps its name).
+        What needs one numbering of slots and pool cells, a compaction, aborts the copy.
+        """
+        position = self.position
+        if position is None:
+            return None, 0.0
+        compactions, size = self._compactions, self._size
+        odd = {str(slot): name for slot, name in self._odd_names.items() if slot < size}
+        columns = {name: np.empty((size, *getattr(self, name).shape[1:]), getattr(self, name).dtype)
+                   for name in _SLOT_COLUMNS}
+        longest = 0.0
+        for start in range(0, size, chunk):
+            if self._compactions != compactions:
+                return None, longest
+            began = time.perf_counter()
+            end = min(size, start + chunk)
+            for name, column in columns.items():
+                column[start:end] = getattr(self, name)[start:end]
+            longest = max(longest, time.perf_counter() - began)
+            await asyncio.sleep(0)
+        # Pool cells are only appended between compactions: those the copied rows use stay put.
+        used = self._pool_used
+        pool = np.empty(used, np.uint64)
+        for start in range(0, used, 4 * chunk):
+            if self._compactions != compactions:
+                return None, longest
+            began = time.perf_counter()
+            end = min(used, start + 4 * chunk)
+            pool[start:end] = self._pool[start:end]
+            longest = max(longest, time.perf_counter() - began)
+            await asyncio.sleep(0)
+        if self._compactions != compactions:
+            return None, longest
+        columns["_pool"] = pool
+        tables = {"size": size, "languages": [list(x) for x in self._languages],
+                  "channels": list(self._channels), "odd": odd}
+        return Snapshot(position, columns, tables), longest
 
     @classmethod
     def load(cls, path: Path) -> DeviceIndex:
@@ -560,6 +611,7 @@ class DeviceIndex(MutableMapping[str, dict[str, Any]]):
 
     def compact(self) -> None:
         """Rebuild every column, the id map and the postings from the live slots only."""
+        self._compactions += 1  # slots and pool cells renumbered: a snapshot copy under way stops
         live = np.flatnonzero(self._flags[: self._size] & _USED)
         odd = {int(old): self._odd_names[int(old)] for old in live[self._flags[live] & _ODD != 0].tolist()}
         counts = self._cell_n[live].astype(np.int64)
@@ -663,7 +715,7 @@ def _snapshot(index: DeviceIndex, position: StreamPosition) -> Snapshot:
     size = index._size
     columns = {name: getattr(index, name)[:size].copy() for name in _SLOT_COLUMNS}
     columns["_pool"] = index._pool[: index._pool_used].copy()
-    tables = {"size": size, "live": index._live, "languages": [list(x) for x in index._languages],
+    tables = {"size": size, "languages": [list(x) for x in index._languages],
               "channels": list(index._channels), "odd": {str(slot): name for slot, name in index._odd_names.items()}}
     return Snapshot(position, columns, tables)
 

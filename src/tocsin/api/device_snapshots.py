@@ -7,8 +7,8 @@ the snapshot's sequence. A snapshot of another stream (the bucket deleted and ma
 one the stream no longer continues, leads to a full pass, as does any unreadable file.
 
 `SnapshotKeeper` writes the index every `device_snapshot_s` when it changed, and once more at a
-clean stop: a copy of its columns on the event loop (tens of ms at a million devices), the
-file from a thread.
+clean stop: a copy of its columns on the event loop in chunks of 32,768 slots (a few ms each
+at a million devices, the loop free between them), the file from a thread.
 """
 
 from __future__ import annotations
@@ -78,9 +78,9 @@ class SnapshotKeeper:
             if not index.loaded or index.position is None or index.position == self.written:
                 return False
             started = time.perf_counter()
-            snapshot = index.snapshot()
-            self.held_s = time.perf_counter() - started
-            if snapshot is None:
+            snapshot, self.held_s = await index.snapshot_in_chunks()
+            if snapshot is None:  # a compaction meanwhile, or a full pass began
+                log.info("device snapshot deferred: the index was compacted while it was copied")
                 return False
             try:
                 await asyncio.to_thread(snapshot.write, self.path)
