@@ -13,6 +13,10 @@ Any doubt (a gap in the consumer's sequence, no heartbeat for three intervals, a
 connection, a protocol error) ends the feed; the caller starts it again, which makes a new
 first pass, and keys that pass does not meet are dropped (they were deleted or expired
 meanwhile, their markers perhaps gone).
+
+A node that loaded a snapshot of its index (api/device_snapshots.py) gives `after`, the
+stream position the snapshot is complete up to: the consumer then delivers every message
+after it in order (deliver by start sequence), and its first pass drops nothing.
 """
 
 from __future__ import annotations
