@@ -115,6 +115,7 @@ async def test_a_damaged_or_foreign_file_is_ignored_with_a_log_line(
     settings = Settings(data_dir=tmp_path, device_bucket="B")
     path = snapshot_path(settings)
     _saved(_filled(500), path)
+    (path.parent / f".{path.name}.999999.tmp").write_bytes(b"a write cut short")
     raw = path.read_bytes()
     if damage == "truncated":
         path.write_bytes(raw[: len(raw) // 2])
@@ -140,6 +141,7 @@ async def test_a_damaged_or_foreign_file_is_ignored_with_a_log_line(
         assert await load_snapshot(index, settings) is None
     assert len(index) == 0
     assert any(r.getMessage() == "device snapshot ignored: a full pass" for r in caplog.records)
+    assert not list(path.parent.glob(".*.tmp"))  # left by a crash mid-write: removed
 
 
 async def test_records_past_the_ttl_are_dropped_at_load(tmp_path: Path) -> None:

@@ -38,6 +38,8 @@ def drop_expired(index: DeviceIndex, settings: Settings) -> int:
 async def load_snapshot(index: DeviceIndex, settings: Settings) -> StreamPosition | None:
     """Fill `index` from its snapshot file; its position, or None (no file, or refused)."""
     path = snapshot_path(settings)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # a write a crash cut short
+        stale.unlink(missing_ok=True)
     if not path.exists():
         return None
     started = time.perf_counter()
