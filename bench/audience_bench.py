@@ -15,8 +15,12 @@ start-up and audience figures.
    at ~2,000 a second), then again with it. The node follows the whole fill live.
 4. RSS of tocsin and of nats-server, before registration and once the node's index holds
    all N (read from /readyz's `devices` check): per registered device.
-5. Start-up: the node is killed by pid (SIGKILL) and started again; the time from its start
-   to /readyz 200 with the index holding every device.
+5. Start-up: the node is killed by pid (SIGKILL) and started again with its index snapshot
+   removed (a full pass of the bucket); the time from its start to /readyz 200 with the
+   index holding every device. Then `--restarts` times more from a snapshot: the node is
+   stopped cleanly (SIGINT: it writes its snapshot at stop) and started again; the same
+   time, with the snapshot's write (time the event loop was held for its copy, total) and
+   load as the node logs them, and the file's size.
 6. Audience: an index is fed in this process from the same bucket by the same feed
    (store/device_feed.py; its load time and RSS are printed too) and `reach()` timed for
    départements 06 and 75, régions 93 and 11, and all of France (the union of the INSEE-REG
@@ -33,10 +37,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
@@ -227,6 +233,16 @@ def readyz(url: str) -> tuple[int, int, bool]:
         return 0, 0, False
 
 
+def logged(server: Server, message: str) -> dict[str, Any]:
+    """The last JSON log line of the node with this message ({} if none)."""
+    found: dict[str, Any] = {}
+    for line in server.log_path.read_text(errors="replace").splitlines():
+        if message in line:
+            with contextlib.suppress(ValueError):
+                found = json.loads(line)
+    return found
+
+
 def wait_for(url: str, devices: int, timeout_s: float, server: Server, max_rss: int) -> float:
     started = time.monotonic()
     while True:
@@ -323,10 +339,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         print(f"memory: {report['memory']}", file=sys.stderr)
         starts: list[float] = []
         start_cpu: list[float] = []
+        snapshots = server.data_dir / "device-index"
         for _ in range(args.restarts):
             assert server.process is not None
             os.kill(server.process.pid, signal.SIGKILL)
             server.process.wait(10)
+            shutil.rmtree(snapshots, ignore_errors=True)  # a full pass
             t = time.monotonic()
             server.start()
             wait_for(server.url, target, 120, server, max_rss)
@@ -334,9 +352,25 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             # CPU the node spent to get there: the wall time on a busy machine is longer.
             start_cpu.append(proc_cpu_s(server.process.pid if server.process else None))
             print(f"start-up: {starts[-1]:.2f} s, {start_cpu[-1]:.2f} CPU-s", file=sys.stderr)
-        pid = server.process.pid if server.process else None
         report["startup_s"] = starts
         report["startup_cpu_s"] = start_cpu
+        from_snapshot: list[dict[str, Any]] = []
+        for _ in range(args.restarts):
+            t = time.monotonic()
+            server.stop()  # SIGINT: a clean stop writes the snapshot
+            stop_s = time.monotonic() - t
+            written = logged(server, "device snapshot written")
+            size = sum(f.stat().st_size for f in snapshots.glob("*.npz"))
+            t = time.monotonic()
+            server.start()
+            wait_for(server.url, target, 120, server, max_rss)
+            from_snapshot.append({"startup_s": time.monotonic() - t, "stop_s": stop_s, "file_bytes": size,
+                                  "cpu_s": proc_cpu_s(server.process.pid if server.process else None),
+                                  "loop_held_ms": written.get("loop_held_ms"), "write_s": written.get("seconds"),
+                                  "load_s": logged(server, "device snapshot loaded").get("seconds")})
+            print(f"start-up from a snapshot: {from_snapshot[-1]}", file=sys.stderr)
+        report["startup_from_snapshot"] = from_snapshot
+        pid = server.process.pid if server.process else None
         report["load_average"] = os.getloadavg()
         report["tocsin_rss_after_restart"] = rss_bytes(pid)
         report["audience"] = await audiences(nats_server.client_url, args.runs)
@@ -369,6 +403,10 @@ def table(report: dict[str, Any]) -> str:
                  f"{', '.join(f'{s:.1f}' for s in report['startup_cpu_s'])} s (load average "
                  f"{report['load_average'][0]:.1f} on {m['cpus']} CPUs); RSS after restart "
                  f"{report['tocsin_rss_after_restart'] / 2**20:,.0f} MiB")
+    for r in report.get("startup_from_snapshot", []):
+        lines.append(f"start-up from the clean stop's snapshot: {r['startup_s']:.1f} s (the node's CPU {r['cpu_s']:.1f} s; "
+                     f"load {r['load_s']} s); the stop before it {r['stop_s']:.1f} s, its snapshot written in "
+                     f"{r['write_s']} s holding the event loop {r['loop_held_ms']} ms, {r['file_bytes'] / 2**20:,.0f} MiB")
     a = report["audience"]
     lines.append(f"index fed in the bench process: {a['devices']:,} devices in {a['load_s']:.1f} s, "
                  f"RSS +{a['rss_bytes'] / 2**20:,.0f} MiB ({a['rss_bytes'] / max(1, a['devices']):.0f} bytes a device)")

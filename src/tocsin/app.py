@@ -21,6 +21,7 @@ from pathlib import Path
 from tocsin.accounts import grant
 from tocsin.accounts.bootstrap import bootstrap_admin
 from tocsin.accounts.file import apply_accounts_file
+from tocsin.api.device_snapshots import SnapshotKeeper, mirror_with_snapshot
 from tocsin.api.lifecycle import sweep_forever
 from tocsin.api.listener import Edge, edge_protocols
 from tocsin.api.routes import make_app
@@ -395,7 +396,11 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
             name="keepalive",
         )
         store = node.services.store
-        devices = tasks.create_task(store.mirror_devices(node.services.device_cache), name="device-feed")
+        # The audience index: from its local snapshot if usable, then the bucket's stream.
+        index = node.services.device_cache
+        devices = tasks.create_task(mirror_with_snapshot(store, index, node.settings), name="device-feed")
+        keeper = SnapshotKeeper(index, node.settings)
+        snapshots = tasks.create_task(keeper.run(), name="device-snapshots")
         # The lifecycle: submissions and drafts mirrored, expiries marked and audited.
         pending = tasks.create_task(store.pending.mirror(node.services.pending_cache), name="pending-mirror")
         sweep = tasks.create_task(sweep_forever(node.services), name="lifecycle-sweep")
@@ -424,6 +429,12 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         reconciler.cancel()
         keepalive.cancel()
         devices.cancel()
+        snapshots.cancel()
+        if node.settings.device_snapshot_s > 0:  # a clean stop: the next start reads only what follows
+            try:
+                await keeper.save()
+            except Exception as exc:
+                log.warning("device snapshot at stop failed", extra={"error": repr(exc)[:200]})
         pending.cancel()
         sweep.cancel()
         accounts.cancel()

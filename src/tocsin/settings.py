@@ -177,6 +177,9 @@ class Settings:
     # A connect renews the record only once it is older than this share of device_ttl_s:
     # a reconnect storm of every device is then not a storm of bucket writes.
     device_renew_fraction: float = 0.5
+    # Every this many seconds, the audience index is written to data_dir/device-index/ (if
+    # it changed) so that a restart reads only what followed; also at a clean stop. 0: never.
+    device_snapshot_s: float = 600.0
     # Restart back-off for the embedded nats-server child.
     nats_restart_delay_s: float = 0.5
     # In a cluster, a node red for this long closes its device streams so that they resume
@@ -341,6 +344,8 @@ def _check(settings: Settings) -> None:
         )
     if not 0 < settings.device_renew_fraction < 1:
         raise SettingsError(f"TOCSIN_DEVICE_RENEW_FRACTION must be in (0, 1), got {settings.device_renew_fraction}")
+    if settings.device_snapshot_s < 0:
+        raise SettingsError(f"TOCSIN_DEVICE_SNAPSHOT_S must be 0 (never) or positive, got {settings.device_snapshot_s}")
     if settings.device_ttl_s <= 0 or settings.max_device_cells < 1:
         raise SettingsError("TOCSIN_DEVICE_TTL_S and TOCSIN_MAX_DEVICE_CELLS must be positive")
     if not 0 <= settings.territory_margin_m <= 100_000:

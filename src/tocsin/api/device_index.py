@@ -21,13 +21,20 @@ with 1-8 places (bench/audience_bench.py; docs/performance.md, "Audience index")
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
+import os
 import re
 import sys
+import time
+import zipfile
 from array import array
 from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import h3.api.basic_int as h3int
@@ -37,9 +44,12 @@ import numpy.typing as npt
 from tocsin.api.device_records import LIVE, Reach, epoch, record_json
 from tocsin.audience import Audience
 from tocsin.geo.cells import CELL_RESOLUTION, Cover
+from tocsin.store.base import StreamPosition
 
 _TESTS, _CANARY, _SEEN, _USED, _ODD = 1, 2, 4, 8, 16
 _MIN_CAPACITY = 1024
+# Slots a snapshot copies with the event loop held (each a few ms at a million devices).
+_SNAPSHOT_CHUNK = 32768
 _MERGE_AT = 65536
 # Compact once dead slots, stale postings or unused pool cells outnumber this and the live.
 _COMPACT_MIN = 65536
@@ -105,6 +115,10 @@ class DeviceIndex(MutableMapping[str, dict[str, Any]]):
 
     def __init__(self) -> None:
         self.loaded = False
+        # Complete up to this message of the bucket's stream; None during a full pass (its
+        # messages come by subject, not in order). The feed sets it, a snapshot records it.
+        self.position: StreamPosition | None = None
+        self._compactions = 0
         self._size = 0  # slots handed out, dead ones included
         self._live = 0
         self._dead = 0
@@ -294,11 +308,12 @@ class DeviceIndex(MutableMapping[str, dict[str, Any]]):
         """A feed (re)starts: from now on, records it puts are marked as met."""
         self._flags[: self._size] &= np.uint8(0xFF ^ _SEEN)
 
-    def end_pass(self) -> None:
+    def end_pass(self, *, drop_unmet: bool = True) -> None:
         """The feed met every record present when it began: drop those it did not meet
-        (deleted or expired while no feed ran), then mark the index loaded."""
+        (deleted or expired while no feed ran), then mark the index loaded. A pass that
+        began from a snapshot (every message after it, in order) drops nothing."""
         flags = self._flags[: self._size]
-        gone = np.flatnonzero((flags & _USED != 0) & (flags & _SEEN == 0))
+        gone = np.flatnonzero((flags & _USED != 0) & (flags & _SEEN == 0)) if drop_unmet else np.zeros(0, np.intp)
         for slot in gone.tolist():
             self._retire(int(slot))
         if len(gone):
@@ -306,6 +321,90 @@ class DeviceIndex(MutableMapping[str, dict[str, Any]]):
         else:
             self._merge()
         self.loaded = True
+
+    # -- snapshots (a restart loads one, then reads only what the stream holds after it) ----
+
+    def snapshot(self) -> Snapshot | None:
+        """A copy to write from a thread (`Snapshot.write`), or None while no position is
+        known, in one go (tests, small indexes; the node uses `snapshot_in_chunks`)."""
+        return None if self.position is None else _snapshot(self, self.position)
+
+    async def snapshot_in_chunks(self, chunk: int = _SNAPSHOT_CHUNK) -> tuple[Snapshot | None, float]:
+        """`snapshot`, copied `chunk` slots at a time with the event loop free in between;
+        returns it (None if a compaction renumbered the slots meanwhile: try again later)
+        and the longest the loop was held (docs/performance.md, "Audience index").
+
+        Puts, deletes and new slots that land between chunks are fine: the snapshot's
+        position is the one when the copy began, and a load replays every message after
+        it, so each key ends as its last message says, whichever of its states was copied.
+        New slots past the starting size are left out (their messages come after the
+        position); odd ids are taken at the start (a slot retired later keeps its name).
+        What needs one numbering of slots and pool cells, a compaction, aborts the copy.
+        """
+        position = self.position
+        if position is None:
+            return None, 0.0
+        compactions, size = self._compactions, self._size
+        odd = {str(slot): name for slot, name in self._odd_names.items() if slot < size}
+        columns = {name: np.empty((size, *getattr(self, name).shape[1:]), getattr(self, name).dtype)
+                   for name in _SLOT_COLUMNS}
+        longest = 0.0
+        for start in range(0, size, chunk):
+            if self._compactions != compactions:
+                return None, longest
+            began = time.perf_counter()
+            end = min(size, start + chunk)
+            for name, column in columns.items():
+                column[start:end] = getattr(self, name)[start:end]
+            longest = max(longest, time.perf_counter() - began)
+            await asyncio.sleep(0)
+        # Pool cells are only appended between compactions: those the copied rows use stay put.
+        used = self._pool_used
+        pool = np.empty(used, np.uint64)
+        for start in range(0, used, 4 * chunk):
+            if self._compactions != compactions:
+                return None, longest
+            began = time.perf_counter()
+            end = min(used, start + 4 * chunk)
+            pool[start:end] = self._pool[start:end]
+            longest = max(longest, time.perf_counter() - began)
+            await asyncio.sleep(0)
+        if self._compactions != compactions:
+            return None, longest
+        columns["_pool"] = pool
+        tables = {"size": size, "languages": [list(x) for x in self._languages],
+                  "channels": list(self._channels), "odd": odd}
+        return Snapshot(position, columns, tables), longest
+
+    @classmethod
+    def load(cls, path: Path) -> DeviceIndex:
+        """The index a snapshot file holds, with its `position`, not yet `loaded` (the feed
+        first reads what followed). Seconds at a million devices: call it in a thread.
+
+        Raises:
+            SnapshotRefused: not a whole snapshot of this format (truncated, corrupt, other).
+        """
+        index, position = _restored(path)
+        index.position = position
+        return index
+
+    def adopt(self, other: DeviceIndex) -> None:
+        """Hold what `other` holds (a loaded snapshot), in place: the node keeps this object."""
+        self.__dict__.update(other.__dict__)
+
+    def drop_renewed_before(self, cutoff_s: int) -> int:
+        """Drop the records last written before `cutoff_s` (Unix seconds): past the TTL, the
+        bucket has dropped them by age. Returns how many."""
+        flags = self._flags[: self._size]
+        gone = np.flatnonzero((flags & _USED != 0) & (self._renewed[: self._size] < cutoff_s))
+        if not len(gone):
+            return 0
+        for slot in gone.tolist():
+            name = self._name(slot)
+            self._forget_id(name)
+            self._retire(slot)
+        self._compact_if_due()
+        return len(gone)
 
     # -- audiences -------------------------------------------------------------------------
 
@@ -512,6 +611,7 @@ class DeviceIndex(MutableMapping[str, dict[str, Any]]):
 
     def compact(self) -> None:
         """Rebuild every column, the id map and the postings from the live slots only."""
+        self._compactions += 1  # slots and pool cells renumbered: a snapshot copy under way stops
         live = np.flatnonzero(self._flags[: self._size] & _USED)
         odd = {int(old): self._odd_names[int(old)] for old in live[self._flags[live] & _ODD != 0].tolist()}
         counts = self._cell_n[live].astype(np.int64)
@@ -563,3 +663,106 @@ class DeviceIndex(MutableMapping[str, dict[str, Any]]):
         remap[used] = [position[self._languages[i]] for i in used.tolist()]
         self._language[: self._size] = remap[self._language[: self._size]]
         self._languages, self._language_ids = lists, position
+
+
+# -- snapshots -----------------------------------------------------------------------------
+
+SNAPSHOT_FORMAT = "tocsin-device-index/1"
+# The columns a snapshot holds, each trimmed to the slots (or pool cells) in use.
+_SLOT_COLUMNS = ("_digest", "_created", "_renewed", "_flags", "_language", "_channel", "_gen",
+                 "_cell_at", "_cell_n", "_id_hi", "_id_lo")
+
+
+class SnapshotRefused(ValueError):
+    """A snapshot file that is not a complete one of this format: the feed reads it all."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A copy of an index's columns and tables, taken on the event loop and written from a
+    thread (`write`): nothing in it is shared with the index it came from."""
+
+    position: StreamPosition
+    columns: dict[str, Column]
+    tables: dict[str, Any]
+
+    def write(self, path: Path) -> None:
+        """To `path` atomically: a temporary file beside it, fsynced, renamed over it."""
+        meta = {"format": SNAPSHOT_FORMAT, "created": self.position.created, "seq": self.position.seq,
+                "saved_at": datetime.now(UTC).isoformat(), **self.tables}
+        arrays = {name.lstrip("_"): column for name, column in self.columns.items()}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(temporary, "wb") as out:
+                savez: Any = np.savez  # its stubs read ** as its allow_pickle flag
+                savez(out, allow_pickle=False, **arrays)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def _snapshot(index: DeviceIndex, position: StreamPosition) -> Snapshot:
+    size = index._size
+    columns = {name: getattr(index, name)[:size].copy() for name in _SLOT_COLUMNS}
+    columns["_pool"] = index._pool[: index._pool_used].copy()
+    tables = {"size": size, "languages": [list(x) for x in index._languages],
+              "channels": list(index._channels), "odd": {str(slot): name for slot, name in index._odd_names.items()}}
+    return Snapshot(position, columns, tables)
+
+
+def _restored(path: Path) -> tuple[DeviceIndex, StreamPosition]:
+    """The index a snapshot file holds (compacted: postings and id arrays rebuilt), and its
+    position. Raises SnapshotRefused on any file that is not a whole one of this format."""
+    try:
+        with open(path, "rb") as raw, np.load(raw, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}  # reading checks each CRC
+        meta = json.loads(arrays.pop("meta").tobytes())
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise SnapshotRefused(f"unreadable: {exc!r}"[:300]) from None
+    if not isinstance(meta, dict) or meta.get("format") != SNAPSHOT_FORMAT:
+        raise SnapshotRefused(f"another format: {str(meta.get('format') if isinstance(meta, dict) else meta)[:80]}")
+    index = DeviceIndex()
+    try:
+        size, created, seq = int(meta["size"]), str(meta["created"]), int(meta["seq"])
+        for name in _SLOT_COLUMNS:
+            column, like = arrays[name.lstrip("_")], getattr(index, name)
+            if column.dtype != like.dtype or column.shape[1:] != like.shape[1:] or len(column) != size:
+                raise SnapshotRefused(f"column {name} is not {like.dtype} of {size} rows")
+        pool = arrays["pool"]
+        if pool.dtype != np.uint64 or pool.ndim != 1:
+            raise SnapshotRefused("the cell pool is not uint64")
+        languages = [tuple(str(x) for x in group) for group in meta["languages"]]
+        channels = [str(x) for x in meta["channels"]]
+        odd = {int(slot): str(name) for slot, name in meta["odd"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise SnapshotRefused(f"incomplete: {exc!r}"[:300]) from None
+    used = arrays["flags"] & _USED != 0
+    ends = arrays["cell_at"].astype(np.int64) + arrays["cell_n"]
+    if (not languages or languages[0] != () or not channels or channels[0] != LIVE
+            or len(channels) > _MAX_CHANNELS or len(set(languages)) != len(languages)
+            or (size and (int(ends[used].max(initial=0)) > len(pool)
+                          or int(arrays["language"][used].max(initial=0)) >= len(languages)
+                          or int(arrays["channel"][used].max(initial=0)) >= len(channels)))
+            or any(not 0 <= slot < size or not arrays["flags"][slot] & _ODD for slot in odd)
+            or not set(np.flatnonzero(used & (arrays["flags"] & _ODD != 0)).tolist()) <= odd.keys()):
+        raise SnapshotRefused("inconsistent columns or tables")
+    for name in _SLOT_COLUMNS:
+        setattr(index, name, arrays[name.lstrip("_")])
+    index._pool, index._pool_used = pool, len(pool)
+    index._size = size
+    index._live = int(np.count_nonzero(used))
+    index._languages, index._language_ids = languages, {x: i for i, x in enumerate(languages)}
+    index._channels, index._channel_ids = channels, {x: i for i, x in enumerate(channels)}
+    index._odd_names = {slot: name for slot, name in odd.items() if used[slot]}
+    index.compact()  # postings, the sorted ids and the odd-id map, from the live slots
+    return index, StreamPosition(created, seq)

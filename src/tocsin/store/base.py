@@ -163,15 +163,29 @@ class AlertStore(Protocol):
     def follow(self, after_seq: int = 0) -> AsyncIterator[Stored]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """How far a device index is complete: every message of the bucket's stream created at
+    `created` (its stream info's time, ISO 8601) up to and including stream sequence `seq`.
+    A bucket deleted and made again is another stream: its `created` differs."""
+
+    created: str
+    seq: int
+
+
 class DeviceSink(Protocol):
     """What the device feed fills: the node's audience index (api/device_index.py)."""
+
+    # Set by the feed once known (after a full pass; from the start of a pass after a snapshot).
+    position: StreamPosition | None
 
     def begin_pass(self) -> None:
         """A (re)started feed begins its first pass: records put from now on are met."""
         ...
 
-    def end_pass(self) -> None:
-        """The first pass met every record: drop the others; the index is loaded."""
+    def end_pass(self, *, drop_unmet: bool = True) -> None:
+        """The first pass met every record: drop the others (unless it began from a
+        snapshot and read every message after it); the index is loaded."""
         ...
 
     def put_many(self, items: list[tuple[str, bytes]]) -> int:
@@ -201,6 +215,8 @@ class Store(AlertStore, Protocol):
     @property
     def audit(self) -> AuditLog: ...
 
-    async def mirror_devices(self, into: DeviceSink) -> None:
-        """Keep `into` holding every device record, forever (a cache: never raises)."""
+    async def mirror_devices(self, into: DeviceSink, *, after: StreamPosition | None = None) -> None:
+        """Keep `into` holding every device record, forever (a cache: never raises). With
+        `after`, `into` holds a snapshot complete up to it: read only what followed, if the
+        stream still holds it (else a full pass)."""
         ...

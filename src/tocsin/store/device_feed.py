@@ -13,6 +13,10 @@ Any doubt (a gap in the consumer's sequence, no heartbeat for three intervals, a
 connection, a protocol error) ends the feed; the caller starts it again, which makes a new
 first pass, and keys that pass does not meet are dropped (they were deleted or expired
 meanwhile, their markers perhaps gone).
+
+A node that loaded a snapshot of its index (api/device_snapshots.py) gives `after`, the
+stream position the snapshot is complete up to: the consumer then delivers every message
+after it in order (deliver by start sequence), and its first pass drops nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from tocsin.store.base import DeviceSink
+from tocsin.store.base import DeviceSink, StreamPosition
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +51,21 @@ class FeedBroken(Exception):
     """The feed can no longer vouch for what it delivers; start it again."""
 
 
+class SnapshotStale(FeedBroken):
+    """The stream cannot continue a snapshot (another stream, or messages after it gone)."""
+
+
 class _Reader:
     """Parses what the server sends on the feed's connection; acts on each message."""
 
-    def __init__(self, sink: DeviceSink, prefix: bytes, inbox: bytes, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, sink: DeviceSink, prefix: bytes, inbox: bytes, writer: asyncio.StreamWriter,
+                 created: str, after: StreamPosition | None) -> None:
         self.sink = sink
+        self.created = created
+        # From a snapshot: every message after it, in order (so the position holds throughout,
+        # and the pass drops nothing). Otherwise the last message of each key, by key.
+        self.in_order = after is not None
+        self.seq = after.seq if after is not None else 0  # the highest stream sequence applied
         self.prefix = prefix
         self.inbox = inbox
         self.writer = writer
@@ -102,6 +116,8 @@ class _Reader:
                 raise FeedBroken(line[:200].decode(errors="replace"))
         del buffer[:at]
         self.flush()
+        if self.in_order or not self.in_first_pass:
+            self.sink.position = StreamPosition(self.created, self.seq)
 
     def flush(self) -> None:
         """Put the records met so far in one batch (before any delete, so order holds)."""
@@ -121,10 +137,12 @@ class _Reader:
             raise FeedBroken(f"not a consumer's message: {subject[:80]!r}")
         # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>,
         # or with a domain and account hash first (12 tokens).
-        seq, pending = (int(tokens[6]), int(tokens[8])) if len(tokens) == 9 else (int(tokens[8]), int(tokens[10]))
+        stream_seq, seq, pending = ((int(tokens[5]), int(tokens[6]), int(tokens[8])) if len(tokens) == 9
+                                    else (int(tokens[7]), int(tokens[8]), int(tokens[10])))
         if seq != self.delivered + 1:
             raise FeedBroken(f"consumer sequence {seq} after {self.delivered}: a message was lost")
         self.delivered = seq
+        self.seq = max(self.seq, stream_seq)
         key = subject[len(self.prefix):].decode()
         if not payload or (headers and any(marker in headers for marker in _DELETED)):
             self.flush()
@@ -145,7 +163,8 @@ class _Reader:
     def end_first_pass(self) -> None:
         self.flush()
         self.in_first_pass = False
-        self.sink.end_pass()
+        self.sink.position = StreamPosition(self.created, self.seq)
+        self.sink.end_pass(drop_unmet=not self.in_order)
 
 
 async def _pong(reader: asyncio.StreamReader) -> None:
@@ -183,40 +202,62 @@ async def _open(url: ParseResult, nc: Client, tls: ssl.SSLContext | None) -> tup
 
 
 async def feed_devices(nc: Client, js: JetStreamContext, bucket: str, sink: DeviceSink,
-                       tls: ssl.SSLContext | None = None) -> None:
+                       tls: ssl.SSLContext | None = None, *, after: StreamPosition | None = None) -> None:
     """Fill `sink` from the bucket, then keep it current until something breaks.
 
+    With `after` (the position of a snapshot `sink` holds), the first pass reads every
+    message after it in order, deletes and markers included, and drops nothing it does not
+    meet; it is refused (SnapshotStale, before `sink` changes) unless the stream is the one
+    the snapshot came from and still holds every message after it.
+
     Raises:
+        SnapshotStale: start again without `after` (a full pass).
         FeedBroken, OSError, nats errors: the feed stopped; the caller starts it again.
     """
+    stream = f"KV_{bucket}"
+    stream_info = await js.stream_info(stream)
+    created = stream_info.created.isoformat() if stream_info.created is not None else ""
+    if after is not None:
+        state = stream_info.state
+        if not created or created != after.created:
+            raise SnapshotStale(f"the stream was created at {created or 'an unknown time'}, "
+                                f"the snapshot's at {after.created}")
+        if after.seq > state.last_seq or state.first_seq > after.seq + 1:
+            raise SnapshotStale(f"the stream holds {state.first_seq}..{state.last_seq}, "
+                                f"the snapshot ends at {after.seq}")
     url = nc.connected_url
     if url is None:
         raise FeedBroken("not connected")
     reader, writer = await _open(url, nc, tls)
     inbox = nc.new_inbox().encode()
-    stream = f"KV_{bucket}"
     consumer = None
     try:
         writer.write(b"SUB " + inbox + b" 1\r\nPING\r\n")
         await writer.drain()
         await _pong(reader)
-        state = _Reader(sink, f"$KV.{bucket}.".encode(), inbox, writer)
-        sink.begin_pass()
+        reader_state = _Reader(sink, f"$KV.{bucket}.".encode(), inbox, writer, created, after)
+        if after is None:
+            sink.position = None
+            sink.begin_pass()
         info = await js.add_consumer(stream, ConsumerConfig(
-            deliver_subject=inbox.decode(), deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            deliver_subject=inbox.decode(),
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT if after is None else DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=None if after is None else after.seq + 1,
             ack_policy=AckPolicy.NONE, flow_control=True, idle_heartbeat=HEARTBEAT_S,
             filter_subject=f"$KV.{bucket}.>", mem_storage=True, num_replicas=1,
             inactive_threshold=10 * HEARTBEAT_S,
         ))
         consumer = info.name
         if not info.num_pending:
-            state.end_first_pass()  # an empty bucket: nothing to wait for
+            if after is None:  # every message up to the stream's last when it was read
+                reader_state.seq = max(reader_state.seq, stream_info.state.last_seq)
+            reader_state.end_first_pass()  # an empty bucket: nothing to wait for
         while True:
             async with asyncio.timeout(3 * HEARTBEAT_S):
                 data = await reader.read(_CHUNK)
             if not data:
                 raise FeedBroken("the server closed the feed's connection")
-            state.feed(data)
+            reader_state.feed(data)
             if writer.transport.get_write_buffer_size():
                 await writer.drain()
     except TimeoutError:

@@ -37,8 +37,8 @@ from tocsin.errors import AlertNotFound, RecordsFull, StoreFull, StoreMisconfigu
 from tocsin.geo.gazetteer import MAX_RECORD_BYTES
 from tocsin.settings import Settings
 from tocsin.store.audit import AuditLog, JetStreamAuditLog, ensure_stream
-from tocsin.store.base import AlertId, ConsumerHealth, DeviceSink, Envelope, Records, Stored, StreamHealth
-from tocsin.store.device_feed import feed_devices
+from tocsin.store.base import AlertId, ConsumerHealth, DeviceSink, Envelope, Records, Stored, StreamHealth, StreamPosition
+from tocsin.store.device_feed import SnapshotStale, feed_devices
 
 log = logging.getLogger(__name__)
 
@@ -312,18 +312,28 @@ class JetStreamStore:
             await self._js.update_stream(current)
         return await self._js.key_value(s.device_bucket)
 
-    async def mirror_devices(self, into: DeviceSink, *, retry_s: float = 1.0) -> None:
+    async def mirror_devices(self, into: DeviceSink, *, after: StreamPosition | None = None,
+                             retry_s: float = 1.0) -> None:
         """Keep `into` (the node's audience index) holding every device record, forever.
 
         Reads the bucket's stream directly (store/device_feed.py: a million records in a few
-        seconds, where a KV watch takes over twenty). Each (re)start is a full first pass;
-        `into.end_pass()` drops the keys it did not meet. Never raises: it starts again.
+        seconds, where a KV watch takes over twenty). With `after` (`into` holds a snapshot
+        complete up to it), the first feed reads only the messages after it; if the stream
+        cannot continue it, or that feed breaks, a full pass follows. Every restart after
+        that is a full first pass: `into.end_pass()` drops the keys it did not meet, so no
+        doubt about what a broken feed applied survives it. Never raises: it starts again.
         """
         while True:
             try:
-                await feed_devices(self._nc, self._js, self._settings.device_bucket, into, _tls(self._settings))
+                await feed_devices(self._nc, self._js, self._settings.device_bucket, into, _tls(self._settings),
+                                   after=after)
+            except SnapshotStale as exc:
+                log.warning("device snapshot not continued: a full pass", extra={"error": str(exc)[:300]})
+                after = None
+                continue
             except Exception as exc:  # a cache: nothing it meets may stop the node
                 log.warning("device feed restarting", extra={"error": repr(exc)[:200]})
+            after = None
             await asyncio.sleep(retry_s)
 
     async def put(self, envelope: Envelope) -> Stored:
