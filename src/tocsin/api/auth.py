@@ -84,9 +84,11 @@ async def device_for(conn: HTTPConnection, services: Services, *, renew: bool = 
     device_id, _, secret = token.partition(".")
     record = services.device_cache.get(device_id)
     if record is None and device_id:
+        # Read, not put in the index: only the device feed writes it in the bucket's order
+        # (a read put here could undo a delete the feed applied meanwhile, and the index
+        # snapshot would keep it across restarts). The feed brings the record within
+        # milliseconds of its write; until then each connect of it reads the bucket.
         record = await services.store.devices.get(device_id)
-        if record is not None:
-            services.device_cache[device_id] = record
     now = services.clock()
     if (record is None or is_expired(record, now, services.settings)
             or not hmac.compare_digest(str(record.get("secret_sha256", "")), token_digest(secret))):
