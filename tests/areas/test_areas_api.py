@@ -31,6 +31,7 @@ async def test_an_import_is_listed_shown_replaced_and_removed(http: httpx.AsyncC
     shown = (await http.get("/api/v1/areas/ZONES.T/13")).json()
     assert shown["polygons"] == [[[lat, lon] for lon, lat in MARSEILLE]] and shown["source"] == "imported"
     assert await node.services.store.areas.get(key_for("ZONES.T", "13")) is not None  # in the bucket
+    assert (await http.get("/api/v1/areas/ZONES.T/nice")).json()["name"] == "Nice"  # its body is kept now
     # A new file replaces the scheme: an area it no longer lists leaves.
     replaced = await import_areas(http, "ZONES.T", collection(feature("nice", nom="Nice (ville)")))
     assert replaced.status_code == 200 and replaced.json()["removed"] == 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 
 from starlette.requests import Request
@@ -92,7 +93,29 @@ async def show_area(request: Request) -> Response:
     area = gazetteer.lookup(scheme, code) if CODE_TEXT.fullmatch(code) else None
     if area is None:
         raise Rejected(NAMED_AREA_NOT_FOUND, f"{scheme} has no code {code!r:.80}")
-    return JSONResponse({**area.as_json(), "points": area.points, "source": gazetteer.source(scheme)})
+    return Response(_area_body(area, gazetteer.source(scheme)), media_type="application/json")
+
+
+# Bodies of `show_area` by (scheme, code), each kept with the area it shows: an anonymous
+# client asking for a 20,000-point area again and again costs a dict read, not a JSON
+# encoding of hundreds of kilobytes each time.
+# Bounded in bytes (an area's body is at most about 1 MB).
+_BODIES: OrderedDict[tuple[str, str], tuple[NamedArea, str, bytes]] = OrderedDict()
+_BODIES_MAX_BYTES = 16 * 1024 * 1024
+
+
+def _area_body(area: NamedArea, source: str) -> bytes:
+    key = (area.scheme, area.code)
+    cached = _BODIES.get(key)
+    if cached is not None and cached[0] is area and cached[1] == source:
+        _BODIES.move_to_end(key)
+        return cached[2]
+    body = json.dumps({**area.as_json(), "points": area.points, "source": source},
+                      ensure_ascii=False, separators=(",", ":")).encode()
+    _BODIES[key] = (area, source, body)
+    while sum(len(kept) for _, _, kept in _BODIES.values()) > _BODIES_MAX_BYTES and len(_BODIES) > 1:
+        _BODIES.popitem(last=False)
+    return body
 
 
 # Admin: import and remove
