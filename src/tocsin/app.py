@@ -155,19 +155,21 @@ async def _prepare_store(store: JetStreamStore, settings: Settings, gazetteer: G
     return await _until_up(attempt, (StoreUnavailable,), settings.startup_timeout_s, "waiting for the stream")
 
 
-async def _load_areas(services: Services) -> None:
-    """GAZ: the imported gazetteers in this node's gazetteer before it serves (the areas
-    mirror keeps them current from then on), so that a geocode of an imported scheme never
-    meets a node that has not read it yet. A store too slow for it delays nothing more
-    than the start-up timeout: the mirror then catches up."""
-    s = services.settings
+async def _start_areas_mirror(services: Services) -> asyncio.Task[None]:
+    """The imported gazetteers in this node's gazetteer before it serves, so that a geocode
+    of an imported scheme never meets a node that has not read it yet; the same mirror then
+    keeps them current (geo/gazetteer_mirror.py), the bucket read once. A store too slow for
+    the first pass delays the start no longer than the start-up timeout: the mirror catches up."""
+    first_pass = asyncio.Event()
+    task = asyncio.create_task(services.store.areas.mirror(services.areas, first_pass=first_pass), name="areas-mirror")
     try:
-        async with asyncio.timeout(s.startup_timeout_s):
-            loaded = await services.store.areas.load(services.areas)
-    except (StoreUnavailable, TimeoutError) as exc:
-        log.warning("imported gazetteers not loaded at start; the mirror will read them", extra={"error": repr(exc)[:200]})
-        return
-    log.info("imported gazetteers loaded", extra={"areas": loaded, "schemes": len(services.accept.gazetteer.schemes())})
+        async with asyncio.timeout(services.settings.startup_timeout_s):
+            await first_pass.wait()
+    except TimeoutError:
+        log.warning("imported gazetteers not loaded at start; the mirror will read them")
+    else:
+        log.info("imported gazetteers loaded", extra={"schemes": len(services.accept.gazetteer.schemes())})
+    return task
 
 
 async def _bootstrap_prober(store: JetStreamStore, settings: Settings) -> str | None:
@@ -322,7 +324,8 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
         services = Services(
             settings=settings, store=store, accept=accept, pipeline=pipeline, live=live, signer=signer, clock=clock
         )
-        await _load_areas(services)
+        areas_mirror = await _start_areas_mirror(services)
+        stack.callback(areas_mirror.cancel)
         services.edge = Edge.from_settings(settings, lambda code: services.metrics.refused.labels(code).inc())
         http_protocol, ws_protocol = edge_protocols(services.edge)
         proxies = [a.strip() for a in settings.trusted_proxies.split(",") if a.strip()]
@@ -405,8 +408,6 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         pending = tasks.create_task(store.pending.mirror(node.services.pending_cache), name="pending-mirror")
         sweep = tasks.create_task(sweep_forever(node.services), name="lifecycle-sweep")
         accounts = tasks.create_task(store.accounts.mirror(node.services.accounts.mirror), name="accounts-mirror")
-        # GAZ: imported named areas into this node's gazetteer (geo/gazetteer_mirror.py).
-        areas = tasks.create_task(store.areas.mirror(node.services.areas), name="areas-mirror")
         while not node.server.started and not http.done():
             await asyncio.sleep(0.01)
         if ready is not None and node.server.started:
@@ -438,7 +439,6 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         pending.cancel()
         sweep.cancel()
         accounts.cancel()
-        areas.cancel()
         if supervisor is not None:
             supervisor.cancel()
 

@@ -9,9 +9,11 @@ from starlette.requests import HTTPConnection
 
 from tocsin.accounts.model import new_token, token_digest
 from tocsin.api.device_records import is_expired, renew_if_due
-from tocsin.api.ratelimit import retry_after
+from tocsin.api.ratelimit import RatesByKey, retry_after
 from tocsin.api.services import Services
-from tocsin.errors import DEVICE_UNKNOWN, ISSUER_RATE_LIMITED, ROLE_REQUIRED, UNAUTHENTICATED, UNKNOWN_TOKEN, Rejected
+from tocsin.errors import (
+    DEVICE_UNKNOWN, ISSUER_RATE_LIMITED, ROLE_REQUIRED, UNAUTHENTICATED, UNKNOWN_TOKEN, Problem, Rejected,
+)
 from tocsin.policy import Issuer, Role
 
 __all__ = ["bearer", "device_for", "issuer_for", "new_token", "require", "take_alert_slot", "token_digest"]
@@ -64,14 +66,21 @@ def take_alert_slot(issuer: Issuer, services: Services) -> None:
     Raises:
         Rejected: 429 policy.issuer-rate-limited with Retry-After.
     """
-    if issuer.alerts_per_min <= 0:
+    take_org_slot(services.issuer_rates, issuer.name, issuer.alerts_per_min, ISSUER_RATE_LIMITED,
+                  f"{issuer.name!r} may send {issuer.alerts_per_min} alerts a minute on this node")
+
+
+def take_org_slot(rates: RatesByKey, org: str, per_min: int, problem: Problem, detail: str) -> None:
+    """Count one request of `org` against `per_min` on this node (0: no limit).
+
+    Raises:
+        Rejected: `problem` (a 429) with `detail` and Retry-After.
+    """
+    if per_min <= 0:
         return
-    wait_s = services.issuer_rates.take(issuer.name, issuer.alerts_per_min)
+    wait_s = rates.take(org, per_min)
     if wait_s > 0:
-        raise Rejected(
-            ISSUER_RATE_LIMITED, f"{issuer.name!r} may send {issuer.alerts_per_min} alerts a minute on this node",
-            headers={"Retry-After": retry_after(wait_s)},
-        )
+        raise Rejected(problem, detail, headers={"Retry-After": retry_after(wait_s)})
 
 
 async def device_for(conn: HTTPConnection, services: Services, *, renew: bool = True) -> tuple[str, dict[str, Any]]:

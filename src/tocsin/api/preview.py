@@ -26,9 +26,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from tocsin.api.alerts import read_alert
-from tocsin.api.auth import issuer_for, require
+from tocsin.api.auth import issuer_for, require, take_org_slot
 from tocsin.api.device_records import Reach
-from tocsin.api.ratelimit import retry_after
 from tocsin.api.services import Services
 from tocsin.cap.model import Alert, Info, MsgType
 from tocsin.cap.parse import parse_stored
@@ -122,12 +121,8 @@ def take_preview_slot(issuer: Issuer, services: Services) -> None:
         Rejected: 429 preview.rate-limited with Retry-After.
     """
     per_min = services.settings.previews_per_org_per_min
-    if per_min <= 0:
-        return
-    wait_s = services.preview_rates.take(issuer.name, per_min)
-    if wait_s > 0:
-        raise Rejected(PREVIEW_RATE_LIMITED, f"{issuer.name!r} may ask {per_min} previews a minute of this node",
-                       headers={"Retry-After": retry_after(wait_s)})
+    take_org_slot(services.preview_rates, issuer.name, per_min, PREVIEW_RATE_LIMITED,
+                  f"{issuer.name!r} may ask {per_min} previews a minute of this node")
 
 
 async def reach_cover(services: Services, alert: Alert, referenced: list[Stored], now: datetime) -> tuple[Cover, str]:

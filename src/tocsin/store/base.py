@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import hashlib
 from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass
@@ -129,12 +131,10 @@ class Records(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
-    async def mirror(self, into: MutableMapping[str, dict[str, Any]]) -> None:
-        """Keep `into` holding every record of the bucket, forever (a cache: never raises)."""
-        ...
-
-    async def load(self, into: MutableMapping[str, dict[str, Any]]) -> int:
-        """Put every record the bucket holds now into `into`, once; how many (raises as `get`)."""
+    async def mirror(self, into: MutableMapping[str, dict[str, Any]], *,
+                     first_pass: asyncio.Event | None = None) -> None:
+        """Keep `into` holding every record of the bucket, forever (a cache: never raises);
+        `first_pass` is set once it holds what the bucket held when it began."""
         ...
 
 

@@ -609,36 +609,8 @@ class KvRecords:
         """Write bytes as they are (tests of what a mirror meets in a bucket)."""
         await self._bucket.put(key, value)
 
-    async def load(self, into: MutableMapping[str, dict[str, Any]]) -> int:
-        """GAZ: put every key the bucket holds now into `into` (one pass of a watch), and return
-        how many; a value that is not JSON is left out. For a start that must hold the bucket
-        before it serves (the gazetteer); `mirror` then keeps `into` current.
-
-        Raises:
-            StoreUnavailable: the watch could not be read.
-        """
-        loaded = 0
-        try:
-            watcher = await self._bucket.watchall()
-            try:
-                async for entry in watcher:
-                    if entry is None:
-                        break
-                    if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                        continue
-                    try:
-                        into[entry.key] = json.loads(entry.value)
-                        loaded += 1
-                    except ValueError:
-                        log.warning("bucket load skipped a value it cannot read", extra={"key": entry.key[:64]})
-            finally:
-                with contextlib.suppress(Exception):
-                    await watcher.stop()  # type: ignore[no-untyped-call]
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
-            raise StoreUnavailable("kv_watch", repr(exc)) from exc
-        return loaded
-
-    async def mirror(self, into: MutableMapping[str, dict[str, Any]], *, retry_s: float = 1.0) -> None:
+    async def mirror(self, into: MutableMapping[str, dict[str, Any]], *, retry_s: float = 1.0,
+                     first_pass: asyncio.Event | None = None) -> None:
         """Keep `into` holding every key of the bucket with its JSON value, forever.
 
         Every node mirrors the device bucket, so a device that moves here from a lost node
@@ -646,7 +618,9 @@ class KvRecords:
         Deleted and expired keys are dropped as their markers arrive; when the watch
         (re)starts, keys it no longer finds in the bucket are dropped at the end of its
         first pass. A key the mirror has not seen yet is read from the bucket by the
-        caller. The watch starts again after any error.
+        caller. The watch starts again after any error. `first_pass` is set once `into`
+        holds what the bucket held when the mirror began (a start that must hold the bucket
+        before it serves waits for it: the gazetteer).
         """
         while True:
             watcher = None
@@ -659,6 +633,8 @@ class KvRecords:
                             for gone in [key for key in into if key not in present]:
                                 into.pop(gone, None)
                         present = None
+                        if first_pass is not None:
+                            first_pass.set()
                         continue
                     if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
                         into.pop(entry.key, None)
