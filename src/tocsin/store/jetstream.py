@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import random
+import re
 import ssl
 from collections.abc import AsyncIterator, MutableMapping
 from datetime import UTC, datetime
@@ -48,6 +49,14 @@ _WRONG_LAST_SEQUENCE = 10071
 _INSUFFICIENT_RESOURCES = 10047
 # JetStream API error: "maximum bytes exceeded": the stream reached its max_bytes (discard: new).
 _MAXIMUM_BYTES_EXCEEDED = 10077
+# What JetStream takes as a key: dot-separated tokens, none empty. nats-py checks the
+# characters and the ends but not an empty token inside ("org..0"), which the server never
+# answers: a read of such a key would wait out every retry (10 s) and say 503.
+_KEY_TOKEN = re.compile(r"[-/_=a-zA-Z0-9]+")
+
+
+def is_valid_key(key: str) -> bool:
+    return bool(key) and all(_KEY_TOKEN.fullmatch(token) for token in key.split("."))
 
 _H_SIG, _H_KID, _H_ISSUER = "Tocsin-Sig", "Tocsin-Kid", "Tocsin-Issuer"
 _H_NODE, _H_ACCEPTED, _H_EXPIRES = "Tocsin-Node", "Tocsin-Accepted-At", "Tocsin-Expires"
@@ -540,7 +549,14 @@ class KvRecords:
         found = await self.get_versioned(key)
         return None if found is None else found[0]
 
+    def _writable(self, key: str) -> str:
+        """Callers build keys from checked names: an invalid one here is a bug, said plainly."""
+        if not is_valid_key(key):
+            raise ValueError(f"not a key of bucket {self.name}: {key[:64]!r}")
+        return key
+
     async def put(self, key: str, value: dict[str, Any]) -> None:
+        self._writable(key)
         try:
             await self._bucket.put(key, json.dumps(value).encode())
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
@@ -549,6 +565,7 @@ class KvRecords:
     async def create(self, key: str, value: dict[str, Any], *, ttl_s: float | None = None) -> bool:
         """Create the key unless it exists; False when it already did. `ttl_s`: the record
         leaves the bucket that long after this write (per-message TTL)."""
+        self._writable(key)
         try:
             await self._bucket.create(key, json.dumps(value).encode(), msg_ttl=_whole_s(ttl_s))
             return True
@@ -563,7 +580,10 @@ class KvRecords:
             raise self._failed("kv_create", exc) from exc
 
     async def get_versioned(self, key: str) -> tuple[dict[str, Any], int] | None:
-        """The record and its revision (for `replace`), or None; retried as `get`."""
+        """The record and its revision (for `replace`), or None; retried as `get`. A key
+        JetStream cannot hold (a name from a request path) names no record: None at once."""
+        if not is_valid_key(key):
+            return None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._deadline_s
         while True:
@@ -591,6 +611,7 @@ class KvRecords:
     async def replace(self, key: str, value: dict[str, Any], revision: int, *, ttl_s: float | None = None) -> bool:
         """Write the record only if it is still at `revision`; False when another write
         came first (the caller reads again and decides again). `ttl_s` as for `create`."""
+        self._writable(key)
         try:
             await self._bucket._update(key, json.dumps(value).encode(), last=revision, msg_ttl=_whole_s(ttl_s))
             return True
@@ -600,6 +621,8 @@ class KvRecords:
             raise self._failed("kv_update", exc) from exc
 
     async def delete(self, key: str) -> None:
+        if not is_valid_key(key):
+            return  # it names no record: nothing to delete
         try:
             await self._bucket.delete(key)
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
