@@ -295,6 +295,20 @@ DEVICE_REGISTRY_FULL = Problem(
     "device.registry-full", 507, "The device registry is full; unused records expire, retry much later."
 )
 TOO_MANY_STREAMS = Problem("device.too-many-streams", 429, "This device token holds as many streams as it may.")
+# Push registrations and gateway deliveries (docs/delivery.md).
+CHANNEL_UNAVAILABLE = Problem(
+    "device.channel-unavailable", 422, "This deployment does not deliver through the channel the device asks for."
+)
+PUSH_TARGET_INVALID = Problem(
+    "device.push-target-invalid", 422, "The push subscription or token is not one the channel's gateway would take."
+)
+PUSH_HOST_REFUSED = Problem(
+    "device.push-host-refused", 422, "The push endpoint names a host that is not a push service this deployment posts to."
+)
+RECEIPT_INVALID = Problem("receipt.invalid", 422, "The receipt does not name an alert this device was sent.")
+EVENT_UNKNOWN = Problem("event.unknown", 404, "No active alert with this id.")
+ROUTE_INVALID = Problem("route.invalid", 422, "The CAP route is not valid.")
+ROUTE_UNKNOWN = Problem("route.unknown", 404, "No CAP route with this name.")
 NODE_NOT_READY = Problem(
     "node.not-ready", 503, "This node cannot deliver right now; connect to another node and resume."
 )

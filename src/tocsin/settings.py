@@ -180,6 +180,54 @@ class Settings:
     # Every this many seconds, the audience index is written to data_dir/device-index/ (if
     # it changed) so that a restart reads only what followed; also at a clean stop. 0: never.
     device_snapshot_s: float = 600.0
+    # -- Gateway deliveries (docs/delivery.md; each channel's page lists its own) ----------
+    # The work queue: one message per device and per CAP route of each alert.
+    deliveries_stream: str = "TOCSIN_DELIVERIES"
+    deliveries_max_bytes: int = 1024**3
+    # A dispatcher that holds a delivery this long without a word is taken as dead and the
+    # delivery goes to another (a send's timeouts are well inside it).
+    delivery_ack_wait_s: float = 30.0
+    # Sends in flight at once on this node (all channels); 0 turns the dispatchers off.
+    dispatch_concurrency: int = 64
+    # One request's deadline at a gateway; a send that takes longer is a retry.
+    push_timeout_s: float = 10.0
+    # Full-jitter backoff between attempts: uniform in [0, min(max, base * 2**attempt)],
+    # never less than a gateway's Retry-After; no attempt after the alert expires.
+    delivery_backoff_base_s: float = 1.0
+    delivery_backoff_max_s: float = 300.0
+    # A gateway host that failed this many sends in a row is not tried for breaker_open_s
+    # (then one send tries it again).
+    breaker_failures: int = 5
+    breaker_open_s: float = 30.0
+    # Extra CA certificates (PEM) trusted for gateways and CAP routes, beside the system's
+    # (a private gateway; the tests' fakes on loopback).
+    push_ca_file: str = ""
+    # Web Push (docs/webpush.md). The VAPID key (P-256, PEM); empty: DATA_DIR/keys/vapid.pem,
+    # made at first start. The contact push services may write to (mailto: or https:).
+    webpush_vapid_key_file: str = ""
+    webpush_subject: str = "mailto:operator@localhost"
+    # Push services a subscription's endpoint may name (host names, comma separated; a
+    # leading "." admits subdomains). Anything else is refused at registration: the node
+    # never posts to a host a stranger chose.
+    webpush_hosts: str = "fcm.googleapis.com,updates.push.services.mozilla.com,.push.apple.com,.notify.windows.com"
+    # FCM HTTP v1 (docs/mobile-push.md): the service-account JSON file; empty: FCM is off.
+    fcm_service_account_file: str = ""
+    fcm_url: str = "https://fcm.googleapis.com"
+    # A registration token the prober's FCM canary sends to (a test device); empty: none.
+    fcm_canary_token: str = ""
+    # APNs (docs/mobile-push.md): the token-signing key (.p8), its key id and team id, and
+    # the app's bundle id (apns-topic); empty key file: APNs is off.
+    apns_key_file: str = ""
+    apns_key_id: str = ""
+    apns_team_id: str = ""
+    apns_topic: str = ""
+    apns_url: str = "https://api.push.apple.com"
+    # The app holds Apple's critical-alert entitlement: Extreme alerts go out as critical.
+    apns_critical_alerts: bool = False
+    apns_canary_token: str = ""
+    # CAP forwarding (docs/cap-forwarding.md): each route is tested this often (a System
+    # message); a route whose last test failed is named in /status and /readyz.
+    route_link_test_s: float = 300.0
     # Restart back-off for the embedded nats-server child.
     nats_restart_delay_s: float = 0.5
     # In a cluster, a node red for this long closes its device streams so that they resume
@@ -352,5 +400,10 @@ def _check(settings: Settings) -> None:
         raise SettingsError(f"TOCSIN_TERRITORY_MARGIN_M must be within 0..100000, got {settings.territory_margin_m}")
     if not 0 < settings.max_areas_import_bytes <= 256 * 1024**2:
         raise SettingsError(f"TOCSIN_MAX_AREAS_IMPORT_BYTES must be within 1..268435456, got {settings.max_areas_import_bytes}")
+    if settings.delivery_ack_wait_s < 2 * settings.push_timeout_s:
+        raise SettingsError("TOCSIN_DELIVERY_ACK_WAIT_S must be at least twice TOCSIN_PUSH_TIMEOUT_S: "
+                            "a send in flight must not be handed to another dispatcher")
+    if settings.dispatch_concurrency < 0 or settings.breaker_failures < 1:
+        raise SettingsError("TOCSIN_DISPATCH_CONCURRENCY must be 0 or more, TOCSIN_BREAKER_FAILURES 1 or more")
     if settings.replicas not in (1, 3, 5):
         raise SettingsError(f"TOCSIN_REPLICAS must be 1, 3 or 5, got {settings.replicas}")

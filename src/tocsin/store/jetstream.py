@@ -33,6 +33,7 @@ from nats.js.api import (
 )
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from tocsin.delivery import queue as deliveries
 from tocsin.loopback import is_loopback, url_is_loopback
 from tocsin.errors import AlertNotFound, RecordsFull, StoreFull, StoreMisconfigured, StoreUnavailable, TocsinError
 from tocsin.geo.gazetteer import MAX_RECORD_BYTES
@@ -201,6 +202,15 @@ class JetStreamStore:
         return bool(self._nc.is_connected)
 
     @property
+    def jetstream(self) -> JetStreamContext:
+        """For the delivery work queue's planner and dispatchers (tocsin/delivery)."""
+        return self._js
+
+    @property
+    def nats(self) -> Client:
+        return self._nc
+
+    @property
     def devices(self) -> Records:
         """Device registrations by device id."""
         assert self._devices is not None, "ensure() first"
@@ -265,15 +275,17 @@ class JetStreamStore:
             audit = JetStreamAuditLog(self._js, s)
             await audit.ensure()
             self._audit = audit
+            await deliveries.ensure(self._js, s)
         except nats.js.errors.APIError as exc:
             if exc.err_code == _INSUFFICIENT_RESOURCES:
                 # Every replica reserves the stream's whole max_bytes: a plain refusal, not a
                 # passing fault, so startup stops with a message instead of waiting.
                 raise StoreMisconfigured(
                     f"the NATS servers cannot reserve {s.stream_max_bytes} bytes for the alert stream and "
-                    f"{s.device_bucket_max_bytes} for the device bucket and {s.audit_max_bytes} for the audit "
-                    f"log on each of {s.replicas} replica(s); free disk space or lower TOCSIN_STREAM_MAX_BYTES, "
-                    "TOCSIN_DEVICE_BUCKET_MAX_BYTES or TOCSIN_AUDIT_MAX_BYTES"
+                    f"{s.device_bucket_max_bytes} for the device bucket, {s.audit_max_bytes} for the audit "
+                    f"log and {s.deliveries_max_bytes} for the delivery queue on each of {s.replicas} replica(s); "
+                    "free disk space or lower TOCSIN_STREAM_MAX_BYTES, TOCSIN_DEVICE_BUCKET_MAX_BYTES, "
+                    "TOCSIN_AUDIT_MAX_BYTES or TOCSIN_DELIVERIES_MAX_BYTES"
                 ) from exc
             raise StoreUnavailable("ensure", repr(exc)) from exc
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
