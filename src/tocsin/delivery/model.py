@@ -8,6 +8,7 @@ into one request to its gateway and says what became of it as a `Result`.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from dataclasses import dataclass
 from enum import StrEnum
@@ -95,8 +96,10 @@ class Push:
     delivery: Delivery
     # The device record's "push" field as its channel's `check_target` wrote it.
     target: dict[str, Any]
-    # The app payload (`push_payload`): the signed alert, or a signed pointer to it.
+    # The app payload (`push_payload`): the signed alert, or a signed pointer to it; and the
+    # pointer alone, for a gateway whose own fields leave too little room (APNs `aps`).
     payload: bytes
+    pointer: bytes
     # Replaces what the device holds for the same alert chain (an Update or Cancel replaces
     # its alert): Web Push Topic, FCM collapse key, APNs collapse id. ≤ 32 url-safe chars.
     topic: str
@@ -105,6 +108,11 @@ class Push:
     status: str
     # Seconds until the alert expires (>= 0) at the time the request is made.
     ttl_s: int
+    # What a platform shows before the app runs (APNs alert, FCM notification): the headline
+    # and the start of the description of the info in the device's language. The app still
+    # verifies the signed payload and may replace or withdraw it.
+    headline: str = ""
+    body: str = ""
 
 
 class Sender(Protocol):
@@ -127,20 +135,21 @@ def topic_for(root_alert_id: str) -> str:
     return root_alert_id[:32]
 
 
+def pointer_payload(envelope: Envelope, seq: int, *, pointer_url: str) -> bytes:
+    """The pointer form of `push_payload` (a few hundred bytes)."""
+    pointer = {"seq": seq, "id": envelope.alert_id, "kid": envelope.kid, "sig": envelope.sig,
+               "sha256": base64.urlsafe_b64encode(hashlib.sha256(envelope.payload).digest()).decode().rstrip("="),
+               "url": pointer_url}
+    return json.dumps(pointer, separators=(",", ":")).encode()
+
+
 def push_payload(envelope: Envelope, seq: int, *, pointer_url: str, budget: int = PUSH_BUDGET_BYTES) -> bytes:
     """The payload an app receives: the event exactly as SSE sends it (`seq`, `id`, `kid`,
     `sig`, `cap`), so that the app verifies the signature before it shows anything; when
     that does not fit in `budget` bytes, a pointer instead: the same `id`, `kid` and `sig`
     with the CAP's SHA-256 and the URL the app fetches it from (`GET /api/v1/events/{id}`).
     The signature covers the CAP bytes, so neither form can be forged by a gateway."""
-    import hashlib
-
     body = {"seq": seq, "id": envelope.alert_id, "kid": envelope.kid, "sig": envelope.sig,
             "cap": envelope.payload.decode("utf-8")}
     full = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    if len(full) <= budget:
-        return full
-    pointer = {"seq": seq, "id": envelope.alert_id, "kid": envelope.kid, "sig": envelope.sig,
-               "sha256": base64.urlsafe_b64encode(hashlib.sha256(envelope.payload).digest()).decode().rstrip("="),
-               "url": pointer_url}
-    return json.dumps(pointer, separators=(",", ":")).encode()
+    return full if len(full) <= budget else pointer_payload(envelope, seq, pointer_url=pointer_url)
