@@ -1,0 +1,174 @@
+"""A fake APNs provider API (`POST /3/device/{token}`), HTTP/2 only as Apple's is, checking
+what Apple checks and answering its documented `{"reason": ...}` errors:
+
+- the provider token: ES256 signed by the team's .p8 key (verified with pyjwt against its
+  public part), `kid` the key id, `iss` the team, `iat` not older than an hour
+  (ExpiredProviderToken), and not replaced within 20 minutes of the last one
+  (TooManyProviderTokenUpdates);
+- the headers: apns-topic the app's bundle id, apns-push-type, apns-priority,
+  apns-expiration, apns-collapse-id of at most 64 bytes, apns-id a UUID;
+- the body: not empty, at most 4096 bytes (413 PayloadTooLarge), a JSON object with `aps`.
+
+Each device's notifications are kept, and what its user sees (one per collapse id). Told
+at run time (`fail`): "429" (TooManyRequests), "500", "503", "Unregistered",
+"BadDeviceToken", "hang".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from tests.fakes.gateway_faults import FakeClock, Faults
+from tests.fakes.h2 import h2_server
+
+MAX_PAYLOAD_BYTES = 4096
+PUSH_TYPES = {"alert", "background", "location", "voip", "complication", "fileprovider", "mdm", "liveactivity",
+              "pushtotalk", "widgets", "controls"}
+_TOKEN = re.compile(r"[0-9a-f]{64,200}")
+_FAULTS = {"429": (429, "TooManyRequests"), "500": (500, "InternalServerError"), "503": (503, "ServiceUnavailable"),
+           "Unregistered": (410, "Unregistered"), "BadDeviceToken": (400, "BadDeviceToken")}
+
+
+def reason(status: int, text: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"reason": text, **extra}, status_code=status)
+
+
+def write_p8(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
+    """A key file as Apple hands it out: PKCS#8 PEM."""
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return path
+
+
+class FakeApns:
+    def __init__(self, *, team_id: str = "TEAM123456", key_id: str = "KEY1234567", topic: str = "org.example.tocsin",
+                 clock: FakeClock | None = None) -> None:
+        self.team_id, self.key_id, self.topic = team_id, key_id, topic
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.clock = clock or FakeClock()
+        self.faults = Faults()
+        self.url = ""
+        self.requests = 0
+        # The provider tokens accepted, in order (a new one is a refresh).
+        self.provider_tokens: list[str] = []
+        self._last_iat = 0.0
+        self.received: dict[str, list[dict[str, Any]]] = defaultdict(list)  # {"headers", "body"}
+        self.shown: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        self.app = Starlette(routes=[Route("/3/device/{token}", self._push, methods=["POST", "GET", "PUT", "DELETE"])])
+
+    @asynccontextmanager
+    async def serve(self) -> AsyncIterator[str]:
+        async with h2_server(self.app) as url:
+            self.url = url
+            try:
+                yield url
+            finally:
+                self.faults.heal()
+
+    def key_file(self, folder: Path) -> Path:
+        return write_p8(self.key, folder / f"AuthKey_{self.key_id}.p8")
+
+    def settings(self, folder: Path) -> dict[str, Any]:
+        """The Settings fields that point a node at this fake."""
+        return {"apns_key_file": str(self.key_file(folder)), "apns_key_id": self.key_id, "apns_team_id": self.team_id,
+                "apns_topic": self.topic, "apns_url": self.url}
+
+    def fail(self, kind: str, *, token: str | None = None, times: int | None = None) -> None:
+        self.faults.fail(kind, token=token, times=times)
+
+    def heal(self, token: str | None = None) -> None:
+        self.faults.heal(token)
+
+    def _provider_problem(self, authorization: str) -> JSONResponse | None:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return reason(403, "MissingProviderToken")
+        try:
+            header = jwt.get_unverified_header(token)
+            claims = jwt.decode(token, self.key.public_key(), algorithms=["ES256"],
+                                options={"verify_exp": False, "verify_iat": False, "require": ["iss", "iat"]})
+        except jwt.InvalidTokenError:
+            return reason(403, "InvalidProviderToken")
+        if header.get("kid") != self.key_id or claims["iss"] != self.team_id or not isinstance(claims["iat"], int):
+            return reason(403, "InvalidProviderToken")
+        if self.clock() - claims["iat"] > 3600:
+            return reason(403, "ExpiredProviderToken")
+        if claims["iat"] > self.clock() + 60:
+            return reason(403, "InvalidProviderToken")
+        if not self.provider_tokens or token != self.provider_tokens[-1]:
+            if self.provider_tokens and claims["iat"] - self._last_iat < 20 * 60:
+                return reason(429, "TooManyProviderTokenUpdates")
+            self.provider_tokens.append(token)
+            self._last_iat = claims["iat"]
+        return None
+
+    def _header_problem(self, request: Request) -> JSONResponse | None:
+        headers = request.headers
+        if "apns-topic" not in headers:
+            return reason(400, "MissingTopic")
+        if headers["apns-topic"] != self.topic:
+            return reason(400, "DeviceTokenNotForTopic")
+        if headers.get("apns-push-type", "alert") not in PUSH_TYPES:
+            return reason(400, "InvalidPushType")
+        if headers.get("apns-priority", "10") not in ("1", "5", "10"):
+            return reason(400, "BadPriority")
+        if not headers.get("apns-expiration", "0").isdigit():
+            return reason(400, "BadExpirationDate")
+        if len(headers.get("apns-collapse-id", "").encode()) > 64:
+            return reason(400, "BadCollapseId")
+        try:
+            uuid.UUID(headers.get("apns-id", str(uuid.uuid4())))
+        except ValueError:
+            return reason(400, "BadMessageId")
+        return None
+
+    async def _push(self, request: Request) -> Response:
+        if request.scope.get("http_version") != "2":
+            return PlainTextResponse("HTTP/2 required", status_code=505)
+        self.requests += 1
+        body = await request.body()  # before any answer (hypercorn's HTTP/2 needs it)
+        if request.method != "POST":
+            return reason(405, "MethodNotAllowed")
+        device = request.path_params["token"]
+        problem = self._provider_problem(request.headers.get("authorization", "")) or self._header_problem(request)
+        if problem is not None:
+            return problem
+        if not _TOKEN.fullmatch(device):
+            return reason(400, "BadDeviceToken")
+        if not body:
+            return reason(400, "PayloadEmpty")
+        if len(body) > MAX_PAYLOAD_BYTES:
+            return reason(413, "PayloadTooLarge")
+        try:
+            document = json.loads(body)
+        except ValueError:
+            document = None
+        if not isinstance(document, dict) or not isinstance(document.get("aps"), dict):
+            # Apple documents no reason for this; the request is refused as malformed.
+            return reason(400, "BadPayload")
+        fault = self.faults.take(device)
+        if fault is not None and fault.kind == "hang":
+            await self.faults.hang()
+            return reason(503, "ServiceUnavailable")
+        if fault is not None:
+            status, text = _FAULTS[fault.kind]
+            return reason(status, text, **({"timestamp": int(self.clock() * 1000)} if status == 410 else {}))
+        apns_id = request.headers.get("apns-id") or str(uuid.uuid4())
+        self.received[device].append({"headers": dict(request.headers), "body": document})
+        self.shown[device][request.headers.get("apns-collapse-id") or apns_id] = document
+        return Response(status_code=200, headers={"apns-id": apns_id})
