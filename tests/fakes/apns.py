@@ -3,8 +3,8 @@ what Apple checks and answering its documented `{"reason": ...}` errors:
 
 - the provider token: ES256 signed by the team's .p8 key (verified with pyjwt against its
   public part), `kid` the key id, `iss` the team, `iat` not older than an hour
-  (ExpiredProviderToken), and not replaced within 20 minutes of the last one
-  (TooManyProviderTokenUpdates);
+  (ExpiredProviderToken), and not replaced on a connection within 20 minutes of the
+  token it used before (TooManyProviderTokenUpdates);
 - the headers: apns-topic the app's bundle id, apns-push-type, apns-priority,
   apns-expiration, apns-collapse-id of at most 64 bytes, apns-id a UUID;
 - the body: not empty, at most 4096 bytes (413 PayloadTooLarge), a JSON object with `aps`.
@@ -28,6 +28,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -48,7 +49,7 @@ def reason(status: int, text: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"reason": text, **extra}, status_code=status)
 
 
-def write_p8(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
+def write_p8(key: PrivateKeyTypes, path: Path) -> Path:
     """A key file as Apple hands it out: PKCS#8 PEM."""
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
@@ -67,6 +68,9 @@ class FakeApns:
         # The provider tokens accepted, in order (a new one is a refresh).
         self.provider_tokens: list[str] = []
         self._last_iat = 0.0
+        # Per connection, the token it last used and its iat: Apple counts updates per connection.
+        self._connection_tokens: dict[Any, tuple[str, float]] = {}
+        self._expired_through = -1.0  # tokens made at or before this are refused as expired
         self.received: dict[str, list[dict[str, Any]]] = defaultdict(list)  # {"headers", "body"}
         self.shown: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
         self.app = Starlette(routes=[Route("/3/device/{token}", self._push, methods=["POST", "GET", "PUT", "DELETE"])])
@@ -88,13 +92,18 @@ class FakeApns:
         return {"apns_key_file": str(self.key_file(folder)), "apns_key_id": self.key_id, "apns_team_id": self.team_id,
                 "apns_topic": self.topic, "apns_url": self.url}
 
+    def expire_provider_tokens(self) -> None:
+        """Refuse every provider token accepted so far as ExpiredProviderToken (as Apple does
+        with a token its clock finds over an hour old)."""
+        self._expired_through = self._last_iat
+
     def fail(self, kind: str, *, token: str | None = None, times: int | None = None) -> None:
         self.faults.fail(kind, token=token, times=times)
 
     def heal(self, token: str | None = None) -> None:
         self.faults.heal(token)
 
-    def _provider_problem(self, authorization: str) -> JSONResponse | None:
+    def _provider_problem(self, authorization: str, connection: Any) -> JSONResponse | None:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return reason(403, "MissingProviderToken")
@@ -106,15 +115,18 @@ class FakeApns:
             return reason(403, "InvalidProviderToken")
         if header.get("kid") != self.key_id or claims["iss"] != self.team_id or not isinstance(claims["iat"], int):
             return reason(403, "InvalidProviderToken")
-        if self.clock() - claims["iat"] > 3600:
+        if self.clock() - claims["iat"] > 3600 or claims["iat"] <= self._expired_through:
             return reason(403, "ExpiredProviderToken")
         if claims["iat"] > self.clock() + 60:
             return reason(403, "InvalidProviderToken")
-        if not self.provider_tokens or token != self.provider_tokens[-1]:
-            if self.provider_tokens and claims["iat"] - self._last_iat < 20 * 60:
+        last_token, last_iat = self._connection_tokens.get(connection, ("", 0.0))
+        if token != last_token:
+            if last_token and claims["iat"] - last_iat < 20 * 60:
                 return reason(429, "TooManyProviderTokenUpdates")
-            self.provider_tokens.append(token)
-            self._last_iat = claims["iat"]
+            self._connection_tokens[connection] = (token, claims["iat"])
+            if token not in self.provider_tokens:
+                self.provider_tokens.append(token)
+            self._last_iat = max(self._last_iat, claims["iat"])
         return None
 
     def _header_problem(self, request: Request) -> JSONResponse | None:
@@ -145,7 +157,8 @@ class FakeApns:
         if request.method != "POST":
             return reason(405, "MethodNotAllowed")
         device = request.path_params["token"]
-        problem = self._provider_problem(request.headers.get("authorization", "")) or self._header_problem(request)
+        problem = (self._provider_problem(request.headers.get("authorization", ""), request.scope.get("client"))
+                   or self._header_problem(request))
         if problem is not None:
             return problem
         if not _TOKEN.fullmatch(device):
