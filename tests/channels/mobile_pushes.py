@@ -1,12 +1,41 @@
-"""`Push` values as the dispatcher hands them to a sender, for the FCM and APNs tests."""
+"""`Push` values as the dispatcher hands them to a sender, and what the FCM and APNs tests
+share: a sender with its fake, and the hang every gateway may do."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
+from typing import Generic, TypeVar
 
-from tocsin.delivery.model import Delivery, Push, pointer_payload, push_payload, topic_for
+from tests.fakes.gateway_faults import FakeClock, FakeGateway
+from tocsin.delivery.model import Delivery, Outcome, Push, Sender, pointer_payload, push_payload, topic_for
+from tocsin.settings import Settings
 from tocsin.store.base import AlertId, Envelope
+
+F = TypeVar("F", bound=FakeGateway)
+S = TypeVar("S", bound=Sender)
+
+
+@dataclasses.dataclass
+class Rig(Generic[F, S]):
+    fake: F
+    sender: S
+    clock: FakeClock
+    settings: Settings
+
+
+async def check_a_hang_is_a_timely_retry(fake: FakeGateway, sender: Sender, sent: Push, timeout_s: float) -> None:
+    """A gateway that never answers costs a send `timeout_s` (and a little), is a retry
+    with reason `timeout`, and leaves the sender's client able to send at once after."""
+    fake.fail("hang")
+    started = time.monotonic()
+    result = await sender.send(sent)
+    elapsed = time.monotonic() - started
+    fake.heal()
+    assert (result.outcome, result.reason) == (Outcome.RETRY, "timeout")
+    assert elapsed < timeout_s + 1.0
+    assert (await sender.send(sent)).outcome is Outcome.SENT
 
 POINTER_URL = "https://alerts.example.org/api/v1/events/"
 

@@ -20,8 +20,6 @@ import json
 import re
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from tests.fakes.gateway_faults import FakeClock, Faults
-from tests.fakes.h2 import h2_server
+from tests.fakes.gateway_faults import FakeClock, FakeGateway
 
 MAX_PAYLOAD_BYTES = 4096
 PUSH_TYPES = {"alert", "background", "location", "voip", "complication", "fileprovider", "mdm", "liveactivity",
@@ -56,15 +53,12 @@ def write_p8(key: PrivateKeyTypes, path: Path) -> Path:
     return path
 
 
-class FakeApns:
+class FakeApns(FakeGateway):
     def __init__(self, *, team_id: str = "TEAM123456", key_id: str = "KEY1234567", topic: str = "org.example.tocsin",
                  clock: FakeClock | None = None) -> None:
+        super().__init__(clock)
         self.team_id, self.key_id, self.topic = team_id, key_id, topic
         self.key = ec.generate_private_key(ec.SECP256R1())
-        self.clock = clock or FakeClock()
-        self.faults = Faults()
-        self.url = ""
-        self.requests = 0
         # The provider tokens accepted, in order (a new one is a refresh).
         self.provider_tokens: list[str] = []
         self._last_iat = 0.0
@@ -74,15 +68,6 @@ class FakeApns:
         self.received: dict[str, list[dict[str, Any]]] = defaultdict(list)  # {"headers", "body"}
         self.shown: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
         self.app = Starlette(routes=[Route("/3/device/{token}", self._push, methods=["POST", "GET", "PUT", "DELETE"])])
-
-    @asynccontextmanager
-    async def serve(self) -> AsyncIterator[str]:
-        async with h2_server(self.app) as url:
-            self.url = url
-            try:
-                yield url
-            finally:
-                self.faults.heal()
 
     def key_file(self, folder: Path) -> Path:
         return write_p8(self.key, folder / f"AuthKey_{self.key_id}.p8")
@@ -96,12 +81,6 @@ class FakeApns:
         """Refuse every provider token accepted so far as ExpiredProviderToken (as Apple does
         with a token its clock finds over an hour old)."""
         self._expired_through = self._last_iat
-
-    def fail(self, kind: str, *, token: str | None = None, times: int | None = None) -> None:
-        self.faults.fail(kind, token=token, times=times)
-
-    def heal(self, token: str | None = None) -> None:
-        self.faults.heal(token)
 
     def _provider_problem(self, authorization: str, connection: Any) -> JSONResponse | None:
         scheme, _, token = authorization.partition(" ")

@@ -23,8 +23,6 @@ import json
 import re
 import secrets
 from collections import defaultdict
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -37,8 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.fakes.gateway_faults import FakeClock, Faults
-from tests.fakes.h2 import h2_server
+from tests.fakes.gateway_faults import FakeClock, FakeGateway
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
@@ -86,17 +83,14 @@ def _fault_answer(kind: str, retry_after_s: int | None) -> Response:
     return answers[kind]()
 
 
-class FakeFcm:
+class FakeFcm(FakeGateway):
     def __init__(self, *, project_id: str = "tocsin-test", clock: FakeClock | None = None,
                  token_lifetime_s: int = 3600) -> None:
+        super().__init__(clock)
         self.project_id = project_id
         self.client_email = f"tocsin-push@{project_id}.iam.gserviceaccount.com"
         self.key = _account_key()
-        self.clock = clock or FakeClock()
         self.token_lifetime_s = token_lifetime_s
-        self.faults = Faults()
-        self.url = ""
-        self.requests = 0  # messages:send requests, answered or not
         self.token_requests = 0
         # Per registration token: each message received, in order; what the user sees.
         self.received: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -110,15 +104,6 @@ class FakeFcm:
     @property
     def token_uri(self) -> str:
         return f"{self.url}/token"
-
-    @asynccontextmanager
-    async def serve(self) -> AsyncIterator[str]:
-        async with h2_server(self.app) as url:
-            self.url = url
-            try:
-                yield url
-            finally:
-                self.faults.heal()
 
     def service_account_file(self, folder: Path, **changes: Any) -> Path:
         """A service-account JSON for this fake (a field given None is left out)."""
@@ -137,13 +122,6 @@ class FakeFcm:
     def expire_access_tokens(self) -> None:
         """Every access token issued so far is refused from now on (as when revoked)."""
         self._tokens.clear()
-
-    def fail(self, kind: str, *, token: str | None = None, times: int | None = None,
-             retry_after_s: int | None = None) -> None:
-        self.faults.fail(kind, token=token, times=times, retry_after_s=retry_after_s)
-
-    def heal(self, token: str | None = None) -> None:
-        self.faults.heal(token)
 
     # -- the token endpoint -------------------------------------------------------------
 

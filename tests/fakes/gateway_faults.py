@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
+
+from tests.fakes.h2 import h2_server
 
 # A hung request is let go after this long at most, so a fake never outlives its test.
 MAX_HANG_S = 60.0
@@ -71,3 +76,33 @@ class Faults:
             await asyncio.wait_for(release.wait(), MAX_HANG_S)
         except TimeoutError:
             pass
+
+
+class FakeGateway:
+    """A fake's serving and its run-time orders; `app` is the fake's ASGI app."""
+
+    app: Any
+
+    def __init__(self, clock: FakeClock | None) -> None:
+        self.clock = clock or FakeClock()
+        self.faults = Faults()
+        self.url = ""
+        self.requests = 0  # push requests, answered or not
+
+    @asynccontextmanager
+    async def serve(self) -> AsyncIterator[str]:
+        """Serve over HTTP/2 with TLS until the block ends; hung requests are let go then."""
+        async with h2_server(self.app) as url:
+            self.url = url
+            try:
+                yield url
+            finally:
+                self.faults.heal()
+
+    def fail(self, kind: str, *, token: str | None = None, times: int | None = None,
+             retry_after_s: int | None = None) -> None:
+        """Answer `kind` instead, for `token` (None: every token), `times` times (None: until healed)."""
+        self.faults.fail(kind, token=token, times=times, retry_after_s=retry_after_s)
+
+    def heal(self, token: str | None = None) -> None:
+        self.faults.heal(token)

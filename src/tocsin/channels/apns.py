@@ -20,16 +20,14 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from tocsin.channels.gateway_reply import guarded, json_object, read_bounded, retry_after_s
-from tocsin.delivery.http import gateway_client
+from tocsin.channels.gateway_sender import GatewaySender, registered_token, retry_after_s
 from tocsin.delivery.jws import es256
 from tocsin.delivery.model import APNS, Outcome, Push, Result, Sender
-from tocsin.errors import PUSH_TARGET_INVALID, Rejected, Violation
 from tocsin.settings import Settings, SettingsError
 
 # Apple's limit on a notification's JSON body.
@@ -62,12 +60,7 @@ def check_target(document: dict[str, Any], settings: Settings, *, canary: bool) 
     Raises:
         Rejected: 422 device.push-target-invalid naming `token`.
     """
-    token = document.get("token")
-    if not isinstance(token, str) or not TOKEN.fullmatch(token):
-        detail = "an APNs device token: 64 to 200 hexadecimal digits"
-        raise Rejected(PUSH_TARGET_INVALID, f"token: {detail}",
-                       violations=(Violation(problem=PUSH_TARGET_INVALID, path="token", detail=detail),))
-    return {"token": token.lower()}
+    return {"token": registered_token(document, TOKEN, "an APNs device token: 64 to 200 hexadecimal digits").lower()}
 
 
 def make_sender(settings: Settings) -> Sender:
@@ -174,7 +167,7 @@ def headers(push: Push, settings: Settings, token: str) -> dict[str, str]:
     }
 
 
-def classify(status: int, body: dict[str, Any], response_headers: Any) -> Result:
+def classify(status: int, body: dict[str, Any], response_headers: httpx.Headers) -> Result:
     """Apple's answer as an outcome (docs/mobile-push.md has the table)."""
     reason = str(body.get("reason", ""))[:40]
     if status == 200:
@@ -192,28 +185,18 @@ def classify(status: int, body: dict[str, Any], response_headers: Any) -> Result
                   retry_after_s=retry_after_s(response_headers))
 
 
-class ApnsSender:
+class ApnsSender(GatewaySender):
     """One app (apns_topic) at one APNs environment, over one HTTP/2 client."""
 
     channel = APNS
 
     def __init__(self, settings: Settings, key: ec.EllipticCurvePrivateKey, *,
                  clock: Callable[[], float] = time.time) -> None:
-        self._settings = settings
-        self._client = gateway_client(settings)
+        super().__init__(settings, settings.apns_url, TOKEN)
         self._tokens = ProviderTokens(key, key_id=settings.apns_key_id, team_id=settings.apns_team_id, clock=clock)
         self._base = settings.apns_url.rstrip("/")
-        self._host = urlsplit(settings.apns_url).hostname or settings.apns_url
-
-    def host(self, push: Push) -> str:
-        return self._host
-
-    async def send(self, push: Push) -> Result:
-        return await guarded(lambda: self._send(push), self._settings.push_timeout_s)
 
     async def _send(self, push: Push) -> Result:
-        if not TOKEN.fullmatch(str(push.target.get("token", ""))):
-            return Result(outcome=Outcome.PERMANENT, reason="bad-target")  # never put in a URL
         body = notification(push, self._settings)
         token = self._tokens.current()
         result = await self._post(push, body, token)
@@ -222,11 +205,5 @@ class ApnsSender:
         return result
 
     async def _post(self, push: Push, body: bytes, token: str) -> Result:
-        url = f"{self._base}/3/device/{push.target['token']}"
-        async with self._client.stream("POST", url, content=body,
-                                       headers=headers(push, self._settings, token)) as response:
-            reply = json_object(await read_bounded(response))
-        return classify(response.status_code, reply, response.headers)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
+        return await self._exchange(f"{self._base}/3/device/{push.target['token']}", classify, content=body,
+                                    headers=headers(push, self._settings, token))

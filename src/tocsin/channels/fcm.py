@@ -25,11 +25,9 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from tocsin.channels.gateway_reply import guarded, json_object, read_bounded, retry_after_s
-from tocsin.delivery.http import gateway_client
+from tocsin.channels.gateway_sender import GatewaySender, json_object, read_bounded, registered_token, retry_after_s
 from tocsin.delivery.jws import rs256
 from tocsin.delivery.model import FCM, Outcome, Push, Result, Sender
-from tocsin.errors import PUSH_TARGET_INVALID, Rejected, Violation
 from tocsin.settings import Settings, SettingsError
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -62,12 +60,8 @@ def check_target(document: dict[str, Any], settings: Settings, *, canary: bool) 
     Raises:
         Rejected: 422 device.push-target-invalid naming `token`.
     """
-    token = document.get("token")
-    if not isinstance(token, str) or not TOKEN.fullmatch(token):
-        detail = "an FCM registration token: 32 to 1024 characters of A-Z a-z 0-9 _ - :"
-        raise Rejected(PUSH_TARGET_INVALID, f"token: {detail}",
-                       violations=(Violation(problem=PUSH_TARGET_INVALID, path="token", detail=detail),))
-    return {"token": token}
+    return {"token": registered_token(document, TOKEN, "an FCM registration token: 32 to 1024 characters of "
+                                                       "A-Z a-z 0-9 _ - :")}
 
 
 def make_sender(settings: Settings) -> Sender:
@@ -253,28 +247,18 @@ def classify(status: int, body: dict[str, Any], headers: httpx.Headers) -> Resul
                   retry_after_s=retry_after_s(headers))
 
 
-class FcmSender:
+class FcmSender(GatewaySender):
     """One FCM project: one HTTP/2 client to fcm_url and to the token endpoint."""
 
     channel = FCM
 
     def __init__(self, settings: Settings, account: ServiceAccount, *,
                  clock: Callable[[], float] = time.time) -> None:
-        self._settings, self._account = settings, account
-        self._client = gateway_client(settings)
+        super().__init__(settings, settings.fcm_url, TOKEN)
         self._tokens = AccessTokens(self._client, account, clock)
         self._url = f"{settings.fcm_url.rstrip('/')}/v1/projects/{account.project_id}/messages:send"
-        self._host = urlsplit(settings.fcm_url).hostname or settings.fcm_url
-
-    def host(self, push: Push) -> str:
-        return self._host
-
-    async def send(self, push: Push) -> Result:
-        return await guarded(lambda: self._send(push), self._settings.push_timeout_s)
 
     async def _send(self, push: Push) -> Result:
-        if not TOKEN.fullmatch(str(push.target.get("token", ""))):
-            return Result(outcome=Outcome.PERMANENT, reason="bad-target")
         body = message(push)
         try:
             token = await self._tokens.current()
@@ -288,9 +272,4 @@ class FcmSender:
 
     async def _post(self, body: bytes, token: str) -> Result:
         headers = {"authorization": f"Bearer {token}", "content-type": "application/json; charset=utf-8"}
-        async with self._client.stream("POST", self._url, content=body, headers=headers) as response:
-            reply = json_object(await read_bounded(response))
-        return classify(response.status_code, reply, response.headers)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
+        return await self._exchange(self._url, classify, content=body, headers=headers)
