@@ -61,6 +61,8 @@ async def test_each_fcm_and_apns_device_in_the_area_gets_the_alert_once(tmp_path
         finally:
             await stop_node(node, task, cm)
     assert fcm.requests == 2 + 2  # two sent, two 503s before the second went
+    assert apns.requests == 2 + 1  # two sent, one answered 410 Unregistered
+    assert all(len(apns.received[t]) == 1 for t in APNS_TOKENS[:2]) and APNS_TOKENS[2] not in apns.received
     assert FCM_TOKENS[2] not in fcm.received  # Lyon is outside the area
     assert len(apns.provider_tokens) == 1 and fcm.token_requests == 1
     fcm_event = json.loads(fcm.received[FCM_TOKENS[0]][0]["data"]["tocsin"])
