@@ -106,11 +106,15 @@ async def test_a_refused_access_token_is_refreshed_once_and_the_push_sent(rig: R
     assert len(rig.fake.received[TOKEN]) == 2
 
 
-async def test_a_grant_the_token_endpoint_refuses_is_a_retry_naming_it(rig: Rig) -> None:
+async def test_a_grant_the_token_endpoint_refuses_is_a_retry_naming_it_asked_again_only_later(rig: Rig) -> None:
     rig.fake.client_email = "someone-else@tocsin-test.iam.gserviceaccount.com"
-    result = await rig.sender.send(push(FCM, TOKEN))
-    assert (result.outcome, result.reason) == (Outcome.RETRY, "oauth-invalid_grant")
-    assert rig.fake.requests == 0
+    results = await asyncio.gather(*(rig.sender.send(push(FCM, TOKEN)) for _ in range(5)))
+    assert {(r.outcome, r.reason) for r in results} == {(Outcome.RETRY, "oauth-invalid_grant")}
+    assert rig.fake.requests == 0 and rig.fake.token_requests == 1  # the waiting sends did not ask again
+    rig.fake.client_email = FakeFcm().client_email  # the operator mended the account
+    rig.clock.advance(fcm.GRANT_RETRY_S)
+    assert (await rig.sender.send(push(FCM, TOKEN))).outcome is Outcome.SENT
+    assert rig.fake.token_requests == 2
 
 
 @pytest.mark.parametrize(("kind", "outcome", "reason", "status"), [

@@ -45,6 +45,8 @@ MAX_ACCOUNT_FILE_BYTES = 64 * 1024
 PROJECT_ID = re.compile(r"[a-z0-9][a-z0-9.:-]{0,99}")
 # An access token is used until this long before Google says it expires.
 TOKEN_MARGIN_S = 300.0
+# A token endpoint that refused a grant is not asked again for this long.
+GRANT_RETRY_S = 5.0
 # The assertion's lifetime: Google takes at most one hour.
 ASSERTION_LIFETIME_S = 3600
 _ACCOUNT_SETTING = "TOCSIN_FCM_SERVICE_ACCOUNT_FILE"
@@ -137,12 +139,15 @@ class GrantRefused(Exception):
 
 class AccessTokens:
     """The OAuth2 access token, shared by every send: fetched once while many sends wait,
-    kept until `TOKEN_MARGIN_S` before it expires, fetched again once when FCM refuses it."""
+    kept until `TOKEN_MARGIN_S` before it expires, fetched again once when FCM refuses it.
+    A refused grant is remembered for `GRANT_RETRY_S`: the sends waiting meanwhile are
+    answered its refusal at once instead of each asking the token endpoint in turn."""
 
     def __init__(self, client: httpx.AsyncClient, account: ServiceAccount, clock: Callable[[], float]) -> None:
         self._client, self._account, self._clock = client, account, clock
         self._token = ""
         self._until = 0.0
+        self._refused: tuple[str, float] = ("", 0.0)  # the last refusal and until when it holds
         self._lock = asyncio.Lock()
 
     def _fresh(self) -> bool:
@@ -171,6 +176,16 @@ class AccessTokens:
         })
 
     async def _fetch(self) -> None:
+        reason, until = self._refused
+        if self._clock() < until:
+            raise GrantRefused(reason)
+        try:
+            await self._grant()
+        except GrantRefused as exc:
+            self._refused = (exc.reason, self._clock() + GRANT_RETRY_S)
+            raise
+
+    async def _grant(self) -> None:
         form = {"grant_type": GRANT_TYPE, "assertion": self._assertion()}
         async with self._client.stream("POST", self._account.token_uri, data=form) as response:
             body = json_object(await read_bounded(response))
