@@ -84,6 +84,11 @@ async def test_an_update_replaces_what_the_user_sees(rig: Rig) -> None:
     assert rig.fake.shown[TOKEN][first.topic]["aps"]["alert"]["title"] == "Flood warning updated"
 
 
+async def test_an_alert_without_a_headline_still_has_a_title_for_the_extension_to_run(rig: Rig) -> None:
+    assert (await rig.sender.send(push(APNS, TOKEN, headline="", body=""))).outcome is Outcome.SENT
+    assert rig.fake.received[TOKEN][0]["body"]["aps"]["alert"] == {"title": "Alert", "body": ""}
+
+
 async def test_a_body_that_would_pass_4096_bytes_carries_the_pointer(rig: Rig) -> None:
     sent = push(APNS, TOKEN, cap_bytes=3700, body="é" * 2000)  # a full payload and a long text
     assert len(sent.payload) > 3500

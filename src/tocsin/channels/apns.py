@@ -44,6 +44,8 @@ BUNDLE_ID = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 # fits beside the pointer.
 MAX_HEADLINE_BYTES = 256
 MAX_BODY_BYTES = 1024
+# The title of an alert that has no headline (no info block): the extension replaces it.
+FALLBACK_TITLE = "Alert"
 CRITICAL_SOUND = {"critical": 1, "name": "default", "volume": 1.0}
 # Answers that say the device token is no more (or never was) for this app.
 _GONE = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered", "ExpiredToken"})
@@ -140,7 +142,9 @@ def notification(push: Push, settings: Settings) -> bytes:
     the pointer to it when the whole would pass Apple's 4096 bytes)."""
     critical = is_critical(push, settings)
     aps: dict[str, Any] = {
-        "alert": {"title": _clip(push.headline, MAX_HEADLINE_BYTES), "body": _clip(push.body, MAX_BODY_BYTES)},
+        # iOS runs the app's extension only for an alert with text: never an empty one.
+        "alert": {"title": _clip(push.headline or FALLBACK_TITLE, MAX_HEADLINE_BYTES),
+                  "body": _clip(push.body, MAX_BODY_BYTES)},
         "mutable-content": 1,
         "sound": CRITICAL_SOUND if critical else "default",
         "interruption-level": "critical" if critical else "time-sensitive",
