@@ -1,0 +1,130 @@
+"""The FCM and APNs fakes refuse what the real services refuse, as they answer it."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from tests.fakes.apns import FakeApns
+from tests.fakes.fcm import SCOPE, FakeFcm
+from tests.fakes.tls import gateway_ca
+from tocsin.delivery.jws import es256, rs256
+
+DEVICE = "ab" * 32
+FCM_TOKEN = "fcm:APA91bH" + "x" * 140
+
+
+def _client() -> httpx.AsyncClient:
+    """Opened inside the fake's block, so it is closed first: the fake's server waits for
+    its connections to close when it stops."""
+    return httpx.AsyncClient(http2=True, verify=ssl.create_default_context(cafile=gateway_ca().ca_file))
+
+
+def _assertion(fake: FakeFcm, key: rsa.RSAPrivateKey | None = None, **changes: Any) -> str:
+    now = int(time.time())
+    claims = {"iss": fake.client_email, "scope": SCOPE, "aud": fake.token_uri, "iat": now, "exp": now + 3600}
+    return rs256(key or fake.key, claims | changes)
+
+
+async def _grant(client: httpx.AsyncClient, fake: FakeFcm, assertion: str) -> httpx.Response:
+    return await client.post(fake.token_uri, data={"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+                                                   "assertion": assertion})
+
+
+@pytest.mark.parametrize("change", [
+    {"key": rsa.generate_private_key(public_exponent=65537, key_size=2048)},
+    {"aud": "https://oauth2.example.org/token"},
+    {"iss": "someone@example.org"},
+    {"scope": "https://www.googleapis.com/auth/cloud-platform.read-only"},
+    {"exp": int(time.time()) + 7200},
+])
+async def test_the_fake_token_endpoint_refuses_a_wrong_assertion(change: dict[str, Any]) -> None:
+    fake = FakeFcm()
+    async with fake.serve(), _client() as client:
+        assert (await _grant(client, fake, _assertion(fake))).status_code == 200
+        response = await _grant(client, fake, _assertion(fake, **change))
+    assert response.status_code == 400 and response.json()["error"] == "invalid_grant"
+
+
+async def test_the_fake_fcm_refuses_a_bearer_it_did_not_issue_and_messages_fcm_would_refuse() -> None:
+    fake = FakeFcm()
+    async with fake.serve(), _client() as client:
+        token = (await _grant(client, fake, _assertion(fake))).json()["access_token"]
+        url = f"{fake.url}/v1/projects/{fake.project_id}/messages:send"
+
+        async def send(message: dict[str, Any], bearer: str = token) -> httpx.Response:
+            return await client.post(url, json={"message": message}, headers={"authorization": f"Bearer {bearer}"})
+
+        good = {"token": FCM_TOKEN, "data": {"tocsin": "{}"}, "android": {"priority": "HIGH", "ttl": "60s"}}
+        assert (await send(good)).status_code == 200
+        assert (await send(good, "ya29.forged")).json()["error"]["status"] == "UNAUTHENTICATED"
+        for bad in [good | {"data": {"tocsin": "x" * 4096}}, good | {"data": {"tocsin": 12}},
+                    good | {"data": {"google.x": "1"}}, good | {"unknown": 1},
+                    good | {"android": {"priority": "URGENT"}}, good | {"android": {"ttl": "2419201s"}},
+                    good | {"token": "not a token"}]:
+            response = await send(bad)
+            assert (response.status_code, response.json()["error"]["status"]) == (400, "INVALID_ARGUMENT"), bad
+        other = await client.post(f"{fake.url}/v1/projects/another/messages:send", json={"message": good},
+                                  headers={"authorization": f"Bearer {token}"})
+        assert other.status_code == 403
+    assert list(fake.received) == [FCM_TOKEN] and len(fake.received[FCM_TOKEN]) == 1
+
+
+def _provider(fake: FakeApns, *, key: ec.EllipticCurvePrivateKey | None = None, kid: str | None = None,
+              iat: float | None = None, iss: str | None = None) -> str:
+    claims = {"iss": iss or fake.team_id, "iat": int(time.time() if iat is None else iat)}
+    return es256(key or fake.key, claims, kid=kid or fake.key_id)
+
+
+async def _push(client: httpx.AsyncClient, fake: FakeApns, token: str, body: bytes = b'{"aps":{"alert":"x"}}',
+                **headers: str) -> httpx.Response:
+    base = {"authorization": f"bearer {token}", "apns-topic": fake.topic, "apns-push-type": "alert",
+            "apns-priority": "10", "apns-expiration": "0"}
+    return await client.post(f"{fake.url}/3/device/{DEVICE}", content=body, headers=base | headers)
+
+
+async def test_the_fake_apns_checks_the_provider_token_as_apple_does() -> None:
+    fake = FakeApns()
+    async with fake.serve(), _client() as client:
+        good = _provider(fake)
+        answers = [
+            await _push(client, fake, _provider(fake, key=ec.generate_private_key(ec.SECP256R1()))),
+            await _push(client, fake, _provider(fake, kid="OTHERKEY99")),
+            await _push(client, fake, _provider(fake, iss="OTHERTEAM9")),
+            await _push(client, fake, _provider(fake, iat=time.time() - 3700)),
+            await _push(client, fake, good),
+            await _push(client, fake, _provider(fake, iat=time.time() - 60)),  # a new token too soon
+            await _push(client, fake, ""),
+        ]
+    assert [(r.status_code, r.json()["reason"] if r.content else "") for r in answers] == [
+        (403, "InvalidProviderToken"), (403, "InvalidProviderToken"), (403, "InvalidProviderToken"),
+        (403, "ExpiredProviderToken"), (200, ""), (429, "TooManyProviderTokenUpdates"),
+        (403, "MissingProviderToken")]
+    assert answers[4].headers["apns-id"]
+
+
+async def test_the_fake_apns_checks_headers_and_body_as_apple_does() -> None:
+    fake = FakeApns()
+    async with fake.serve(), _client() as client:
+        token = _provider(fake)
+        aps = json.dumps({"aps": {"alert": "x"}, "pad": "y" * 4096}).encode()
+        answers = [
+            await _push(client, fake, token, **{"apns-topic": "org.example.other"}),
+            await _push(client, fake, token, **{"apns-collapse-id": "c" * 65}),
+            await _push(client, fake, token, **{"apns-priority": "11"}),
+            await _push(client, fake, token, **{"apns-expiration": "soon"}),
+            await _push(client, fake, token, **{"apns-push-type": "shout"}),
+            await _push(client, fake, token, **{"apns-id": "not-a-uuid"}),
+            await _push(client, fake, token, body=aps),
+            await _push(client, fake, token, body=b""),
+        ]
+    assert [(r.status_code, r.json()["reason"]) for r in answers] == [
+        (400, "DeviceTokenNotForTopic"), (400, "BadCollapseId"), (400, "BadPriority"), (400, "BadExpirationDate"),
+        (400, "InvalidPushType"), (400, "BadMessageId"), (413, "PayloadTooLarge"), (400, "PayloadEmpty")]
+    assert fake.received == {}
