@@ -83,10 +83,10 @@ def _provider(fake: FakeApns, *, key: ec.EllipticCurvePrivateKey | None = None, 
 
 
 async def _push(client: httpx.AsyncClient, fake: FakeApns, token: str, body: bytes = b'{"aps":{"alert":"x"}}',
-                **headers: str) -> httpx.Response:
+                headers: dict[str, str] | None = None) -> httpx.Response:
     base = {"authorization": f"bearer {token}", "apns-topic": fake.topic, "apns-push-type": "alert",
             "apns-priority": "10", "apns-expiration": "0"}
-    return await client.post(f"{fake.url}/3/device/{DEVICE}", content=body, headers=base | headers)
+    return await client.post(f"{fake.url}/3/device/{DEVICE}", content=body, headers=base | (headers or {}))
 
 
 async def test_the_fake_apns_checks_the_provider_token_as_apple_does() -> None:
@@ -115,12 +115,12 @@ async def test_the_fake_apns_checks_headers_and_body_as_apple_does() -> None:
         token = _provider(fake)
         aps = json.dumps({"aps": {"alert": "x"}, "pad": "y" * 4096}).encode()
         answers = [
-            await _push(client, fake, token, **{"apns-topic": "org.example.other"}),
-            await _push(client, fake, token, **{"apns-collapse-id": "c" * 65}),
-            await _push(client, fake, token, **{"apns-priority": "11"}),
-            await _push(client, fake, token, **{"apns-expiration": "soon"}),
-            await _push(client, fake, token, **{"apns-push-type": "shout"}),
-            await _push(client, fake, token, **{"apns-id": "not-a-uuid"}),
+            await _push(client, fake, token, headers={"apns-topic": "org.example.other"}),
+            await _push(client, fake, token, headers={"apns-collapse-id": "c" * 65}),
+            await _push(client, fake, token, headers={"apns-priority": "11"}),
+            await _push(client, fake, token, headers={"apns-expiration": "soon"}),
+            await _push(client, fake, token, headers={"apns-push-type": "shout"}),
+            await _push(client, fake, token, headers={"apns-id": "not-a-uuid"}),
             await _push(client, fake, token, body=aps),
             await _push(client, fake, token, body=b""),
         ]
