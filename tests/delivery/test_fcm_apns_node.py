@@ -34,7 +34,8 @@ async def test_each_fcm_and_apns_device_in_the_area_gets_the_alert_once(tmp_path
     fcm, apns = FakeFcm(), FakeApns()
     async with fcm.serve(), apns.serve():
         settings = node_settings(
-            tmp_path, nats_server, deliveries_stream=unique_name("DELIVERIES_T"), device_bucket=unique_name("DEVICES_T"),
+            tmp_path, nats_server, deliveries_stream=unique_name("DELIVERIES_T"),
+            device_bucket=unique_name("DEVICES_T"),
             push_ca_file=str(gateway_ca().ca_file), push_timeout_s=2.0, delivery_backoff_base_s=0.05,
             delivery_backoff_max_s=0.4, fcm_service_account_file=str(fcm.service_account_file(tmp_path)),
             fcm_url=fcm.url, **apns.settings(tmp_path))

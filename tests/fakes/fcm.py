@@ -40,7 +40,8 @@ from tests.fakes.gateway_faults import FakeClock, FakeGateway
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 MAX_DATA_BYTES = 4096
-_MESSAGE_FIELDS = {"name", "data", "notification", "android", "webpush", "apns", "fcm_options", "token", "topic", "condition"}
+_MESSAGE_FIELDS = {"name", "data", "notification", "android", "webpush", "apns", "fcm_options", "token", "topic",
+                   "condition"}
 _ANDROID_FIELDS = {"collapse_key", "priority", "ttl", "restricted_package_name", "data", "notification",
                    "fcm_options", "direct_boot_ok"}
 _TTL = re.compile(r"(\d+)(\.\d{1,9})?s")

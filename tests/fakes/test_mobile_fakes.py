@@ -61,7 +61,8 @@ async def test_the_fake_fcm_refuses_a_bearer_it_did_not_issue_and_messages_fcm_w
         async def send(message: dict[str, Any], bearer: str = token) -> httpx.Response:
             return await client.post(url, json={"message": message}, headers={"authorization": f"Bearer {bearer}"})
 
-        good: dict[str, Any] = {"token": FCM_TOKEN, "data": {"tocsin": "{}"}, "android": {"priority": "HIGH", "ttl": "60s"}}
+        good: dict[str, Any] = {"token": FCM_TOKEN, "data": {"tocsin": "{}"},
+                                "android": {"priority": "HIGH", "ttl": "60s"}}
         assert (await send(good)).status_code == 200
         assert (await send(good, "ya29.forged")).json()["error"]["status"] == "UNAUTHENTICATED"
         for bad in [good | {"data": {"tocsin": "x" * 4096}}, good | {"data": {"tocsin": 12}},

@@ -95,7 +95,8 @@ def load_key(settings: Settings) -> ec.EllipticCurvePrivateKey:
     try:
         key = load_pem_private_key(raw, password=None)
     except (ValueError, TypeError) as exc:
-        raise SettingsError(f"TOCSIN_APNS_KEY_FILE: {path} is not an unencrypted PEM (.p8) private key: {exc}") from None
+        raise SettingsError(f"TOCSIN_APNS_KEY_FILE: {path} is not an unencrypted PEM (.p8) private key: "
+                            f"{exc}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise SettingsError(f"TOCSIN_APNS_KEY_FILE: {path} must be an EC P-256 key (ES256), as Apple's .p8 keys are")
     return key
