@@ -22,10 +22,11 @@ def _free_port() -> int:
 
 
 @asynccontextmanager
-async def h2_server(app: Any, *, tls: bool = True) -> AsyncIterator[str]:
-    """Serve `app` until the block ends; yields its base URL (https://127.0.0.1:PORT)."""
+async def h2_server(app: Any, *, tls: bool = True, port: int = 0) -> AsyncIterator[str]:
+    """Serve `app` until the block ends; yields its base URL (https://127.0.0.1:PORT); on
+    `port`, or a free one."""
     config = Config()
-    port = _free_port()
+    port = port or _free_port()
     config.bind = [f"127.0.0.1:{port}"]
     config.alpn_protocols = ["h2", "http/1.1"]
     config.accesslog = None
