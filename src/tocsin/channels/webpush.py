@@ -21,6 +21,7 @@ import functools
 import ipaddress
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ TOKEN_LIFETIME_S = 12 * 3600
 TOKEN_RENEW_S = 3600
 # RFC 8030 §5.4: a Topic is at most 32 characters of the URL- and filename-safe base64 alphabet.
 MAX_TOPIC = 32
+_HOST = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?\.?")
 _B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 # A Retry-After longer than this is taken as this: the dispatcher gives up at expiry anyway.
 MAX_RETRY_AFTER_S = 24 * 3600.0
@@ -208,6 +210,9 @@ def check_endpoint(value: object, settings: Settings, *, canary: bool) -> str:
         raise _invalid(field, "must not hold user information")
     if not host:
         raise _invalid(field, "names no host")
+    if not (_HOST.fullmatch(host) or _is_loopback(host)):
+        # Only the letters a host name has: "a\\.push.apple.com" reads differently elsewhere.
+        raise _invalid(field, "the host must be a DNS name (letters, digits, dots, hyphens)")
     if canary and _is_loopback(host) and url.scheme in ("http", "https"):
         return endpoint
     if url.scheme != "https":
