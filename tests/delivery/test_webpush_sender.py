@@ -4,6 +4,7 @@ each of the push service's answers becomes."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from email.utils import formatdate
@@ -178,7 +179,19 @@ async def test_a_payload_over_the_budget_is_permanent_without_a_request(tmp_path
             result = await sender.send(_push(settings, fake.subscribe(), b"x" * 3994))
         finally:
             await sender.aclose()
-    assert result.outcome is Outcome.PERMANENT and fake.requests == 0
+    assert (result.outcome, result.reason) == (Outcome.PERMANENT, "payload-too-large") and fake.requests == 0
+
+
+async def test_a_record_that_is_not_a_subscription_is_permanent_without_a_request(tmp_path: Path) -> None:
+    async with webpush_fake() as fake:
+        settings, sender = await _with(tmp_path)
+        try:
+            push = _push(settings, fake.subscribe())
+            broken = dataclasses.replace(push, target={"endpoint": fake.url})
+            result = await sender.send(broken)
+        finally:
+            await sender.aclose()
+    assert (result.outcome, result.reason) == (Outcome.PERMANENT, "target-invalid") and fake.requests == 0
 
 
 async def test_a_key_the_subscription_was_not_made_with_is_a_vapid_refusal_to_retry(tmp_path: Path) -> None:
