@@ -94,6 +94,22 @@ async def test_one_http2_connection_serves_every_push(tmp_path: Path) -> None:
     assert len(fake.subscription(subscription["endpoint"]).held) == 3  # three topics: three shown
 
 
+async def test_concurrent_pushes_share_the_connection_and_each_arrives_once(tmp_path: Path) -> None:
+    async with webpush_fake() as fake:
+        settings, sender = await _with(tmp_path)
+        try:
+            browsers = [fake.subscribe() for _ in range(20)]
+            results = await asyncio.gather(*(sender.send(_push(settings, b, f"to {n}".encode()))
+                                             for n, b in enumerate(browsers)))
+            connections = len(sender._client._transport._pool.connections)  # type: ignore[attr-defined]
+        finally:
+            await sender.aclose()
+    assert all(r.outcome is Outcome.SENT for r in results) and fake.requests == 20
+    assert [[m.payload for m in fake.subscription(b["endpoint"]).received] for b in browsers] == [
+        [f"to {n}".encode()] for n in range(20)]
+    assert connections == 1  # HTTP/2 streams on one connection, not 20 handshakes
+
+
 async def test_the_token_is_made_once_per_origin_and_renewed_before_it_ends(tmp_path: Path) -> None:
     now = [1_000_000.0]
     settings = _settings(tmp_path)
