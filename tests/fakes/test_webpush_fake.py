@@ -106,12 +106,12 @@ async def test_a_body_not_encrypted_for_the_browser_is_taken_but_never_shown() -
 async def test_the_fake_as_a_process_with_its_control_api_and_state_file(tmp_path: Path) -> None:
     state = tmp_path / "state.jsonl"
     port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "tests.fakes.webpush", "--port", str(port), "--state", str(state)],
-                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "tests.fakes.webpush", "--port", str(port), "--state", str(state),
+                                "--ca-dir", str(tmp_path / "ca")], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
         ready = json.loads(await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 20))
-        assert ready["url"] == f"https://127.0.0.1:{port}"
+        assert ready["url"] == f"https://127.0.0.1:{port}" and ready["ca_file"] == str(tmp_path / "ca" / "ca.pem")
         settings = Settings(data_dir=tmp_path, push_ca_file=ready["ca_file"], webpush_hosts="127.0.0.1")
         sender = webpush.make_sender(settings)
         async with httpx.AsyncClient(base_url=ready["url"], verify=ssl.create_default_context(cafile=ready["ca_file"])) as control:

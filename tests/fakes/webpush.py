@@ -23,11 +23,14 @@ characters, Content-Encoding not aes128gcm -> 400; a body over 4096 bytes -> 413
 
 As a process, for the fault suite:
 
-    python -m tests.fakes.webpush --port P --state FILE
+    python -m tests.fakes.webpush --port P --state FILE [--ca-dir DIR]
 
 prints one JSON line on stdout once it listens: {"url": "https://127.0.0.1:P", "ca_file":
 PATH} (the node trusts it through TOCSIN_PUSH_CA_FILE, and needs
-TOCSIN_WEBPUSH_HOSTS=127.0.0.1). FILE gets one JSON line per event, flushed at once:
+TOCSIN_WEBPUSH_HOSTS=127.0.0.1). With --ca-dir, the TLS files are DIR/ca.pem, server.pem and
+server-key.pem, written there by the first fake that finds none (start the fakes one after
+the other): every fake of a run then shares one CA, the one file a node trusts. FILE gets
+one JSON line per event, flushed at once:
   {"event": "ready", "url": ..., "ca_file": ...}
   {"event": "message", "subscription": ID, "topic": T, "alert_id": ID|null, "seq": N|null,
    "sha256": HEX of the plaintext, "at": UNIX}
@@ -51,6 +54,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import time
 import uuid
@@ -70,7 +74,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.fakes.h2 import h2_server
-from tests.fakes.tls import gateway_ca
+from tests.fakes.tls import GatewayCa, gateway_ca
 
 MAX_BODY = 4096
 URGENCIES = ("very-low", "low", "normal", "high")
@@ -383,10 +387,10 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 @asynccontextmanager
 async def webpush_fake(*, port: int = 0, on_event: Callable[[dict[str, Any]], None] = lambda e: None,
-                       ) -> AsyncIterator[FakePushService]:
+                       ca: GatewayCa | None = None) -> AsyncIterator[FakePushService]:
     """The fake served over HTTP/2 and TLS on loopback until the block ends."""
     fake = FakePushService(on_event=on_event)
-    async with h2_server(fake, port=port) as url:
+    async with h2_server(fake, port=port, ca=ca) as url:
         fake.url = url
         try:
             yield fake
@@ -394,14 +398,28 @@ async def webpush_fake(*, port: int = 0, on_event: Callable[[dict[str, Any]], No
             fake.release()
 
 
-async def _main(port: int, state: Path) -> None:
+def shared_ca(directory: Path) -> GatewayCa:
+    """The test CA kept in `directory`: the one found there, else this process's copied there."""
+    found = GatewayCa(ca_file=directory / "ca.pem", cert_file=directory / "server.pem",
+                      key_file=directory / "server-key.pem")
+    if not all(path.exists() for path in (found.ca_file, found.cert_file, found.key_file)):
+        directory.mkdir(parents=True, exist_ok=True)
+        made = gateway_ca()
+        for source, target in ((made.cert_file, found.cert_file), (made.key_file, found.key_file),
+                               (made.ca_file, found.ca_file)):  # ca.pem last: its presence says all are
+            shutil.copyfile(source, target)
+    return found
+
+
+async def _main(port: int, state: Path, ca_dir: Path | None) -> None:
+    ca = shared_ca(ca_dir) if ca_dir else gateway_ca()
     with state.open("a", encoding="utf-8") as out:
         def write(event: dict[str, Any]) -> None:
             out.write(json.dumps(event, separators=(",", ":")) + "\n")
             out.flush()
 
-        async with webpush_fake(port=port, on_event=write) as fake:
-            ready = {"url": fake.url, "ca_file": str(gateway_ca().ca_file)}
+        async with webpush_fake(port=port, on_event=write, ca=ca) as fake:
+            ready = {"url": fake.url, "ca_file": str(ca.ca_file)}
             write({"event": "ready", **ready})
             print(json.dumps(ready), flush=True)
             await asyncio.Event().wait()  # until the process is stopped
@@ -411,9 +429,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.fakes.webpush", description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--state", type=Path, required=True)
+    parser.add_argument("--ca-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     try:
-        asyncio.run(_main(args.port, args.state))
+        asyncio.run(_main(args.port, args.state, args.ca_dir))
     except KeyboardInterrupt:
         sys.exit(0)
 

@@ -131,12 +131,18 @@ def load_or_create_vapid_key(path: Path) -> VapidKey:
 
 @functools.lru_cache(maxsize=16)
 def _cached_key(path: Path, version: tuple[int, int]) -> VapidKey:
-    return load_or_create_vapid_key(path)
+    return _load(path)
 
 
 def vapid_key(settings: Settings) -> VapidKey:
-    """The deployment's VAPID key, made if absent; read again only when the file changes."""
+    """The deployment's VAPID key, made if absent; read again only when the file changes.
+
+    Raises:
+        ValueError: the file holds something else than a P-256 private key.
+    """
     path = vapid_key_path(settings)
+    if not path.exists():
+        return load_or_create_vapid_key(path)
     return _cached_key(path, _version(path))
 
 
