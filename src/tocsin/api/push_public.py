@@ -17,10 +17,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tocsin.api.services import Services
+from tocsin.audience import Audience
 from tocsin.channels import webpush
 from tocsin.errors import CHANNEL_UNAVAILABLE, EVENT_UNKNOWN, Rejected
 
 _ALERT_ID = re.compile(r"[0-9a-f]{32}")
+# What an anonymous reader may fetch: what a device that opted in to tests receives (System
+# alerts are the canaries' only, as on the stream).
+ANYONE = Audience(tests=True)
 # The SSE frame is `id: ...\nevent: alert\ndata: <JSON>\n\n` (pipeline/encode.py).
 _DATA = b"\ndata: "
 # The key changes only with the file (a restart reads it); a browser may keep it a day.
@@ -60,13 +64,14 @@ async def event(request: Request) -> Response:
     """The event of an alert active on this node: seq, event_id, id, kid, sig, cap.
 
     Raises:
-        Rejected: 404 event.unknown (not an alert id, or no such active alert here).
+        Rejected: 404 event.unknown (not an alert id, no such active alert here, or a
+            System alert: those go to canaries only).
     """
     alert_id = request.path_params["alert_id"]
     if not _ALERT_ID.fullmatch(alert_id):
         raise Rejected(EVENT_UNKNOWN, "an alert id is 32 lowercase hex digits")
     active = _services(request).pipeline.index.by_id.get(alert_id)
-    if active is None:
+    if active is None or not ANYONE.receives(active.event.status):
         raise Rejected(EVENT_UNKNOWN, f"no active alert {alert_id} on this node (expired, or not yet here)")
     return Response(event_body(active.event.sse), media_type="application/json",
                     headers={"Cache-Control": EVENT_CACHE})
