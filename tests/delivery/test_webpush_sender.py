@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tocsin.channels import webpush
 from tocsin.channels.webpush import WebPushSender, check_target, make_sender, vapid_key
-from tocsin.delivery.jws import b64url_decode
+from tocsin.channels.webpush_crypto import public_bytes
+from tocsin.delivery.jws import b64url, b64url_decode
 from tocsin.delivery.model import WEBPUSH, Delivery, Outcome, Push
 from tocsin.settings import Settings
 
@@ -245,15 +246,16 @@ async def test_a_refused_connection_is_a_retry(tmp_path: Path) -> None:
     assert (result.outcome, result.reason) == (Outcome.RETRY, "connect")
 
 
-def test_the_host_is_the_endpoints(tmp_path: Path) -> None:
+async def test_the_host_is_the_endpoints(tmp_path: Path) -> None:
     settings = _settings(tmp_path, webpush_hosts="fcm.googleapis.com")
     sender = make_sender(settings)
     key = ec.generate_private_key(ec.SECP256R1())
     subscription = {"endpoint": "https://FCM.googleapis.com/fcm/send/abc", "expirationTime": None,
-                    "keys": {"p256dh": webpush.b64url(webpush.public_bytes(key.public_key())),
-                             "auth": webpush.b64url(b"\x01" * 16)}}
-    assert sender.host(_push(settings, subscription)) == "fcm.googleapis.com"
-    asyncio.run(sender.aclose())
+                    "keys": {"p256dh": b64url(public_bytes(key.public_key())), "auth": b64url(b"\x01" * 16)}}
+    try:
+        assert sender.host(_push(settings, subscription)) == "fcm.googleapis.com"
+    finally:
+        await sender.aclose()
 
 
 @pytest.mark.parametrize(("value", "expected"), [

@@ -96,7 +96,8 @@ def test_each_bad_field_is_refused_by_name(change: Any, field: str) -> None:
 
 
 def test_no_subscription_object_is_refused() -> None:
-    for document in ({}, {"subscription": "https://fcm.googleapis.com/x"}, {"subscription": []}):
+    documents: list[dict[str, Any]] = [{}, {"subscription": "https://fcm.googleapis.com/x"}, {"subscription": []}]
+    for document in documents:
         refused = _refused(document)
         assert refused.problem is PUSH_TARGET_INVALID and refused.detail.startswith("subscription:")
 

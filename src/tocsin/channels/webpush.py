@@ -210,7 +210,7 @@ def check_endpoint(value: object, settings: Settings, *, canary: bool) -> str:
     try:
         url = urlsplit(endpoint)
         host = url.hostname or ""
-        url.port  # noqa: B018 -- read only to refuse a port that is not a number
+        _ = url.port  # read only to refuse a port that is not a number (ValueError)
     except ValueError as exc:
         raise _invalid(field, f"not a URL: {exc}") from None
     if url.username is not None or url.password is not None or "@" in url.netloc:
