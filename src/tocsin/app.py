@@ -27,6 +27,7 @@ from tocsin.api.listener import Edge, edge_protocols
 from tocsin.api.routes import make_app
 from tocsin.api.services import Services
 from tocsin.api.streams import freshness
+from tocsin.channels import webpush
 from tocsin.channels.live import LiveRegistry
 from tocsin.errors import Rejected, StoreMisconfigured, StoreUnavailable
 from tocsin.health.readiness import Limits, Readiness
@@ -298,6 +299,8 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
         prober_token = await _until_up(lambda: _bootstrap_prober(store, settings), (StoreUnavailable,),
                                        settings.startup_timeout_s, "waiting for the stream")
         signer = SigningKey.load_or_create(settings.signing_key_path)
+        if webpush.enabled(settings):  # WEBPUSH: the VAPID key, made at first start
+            webpush.vapid_key(settings)
         ledger = Ledger(settings.data_dir / "ledger.sqlite3")
         stack.callback(ledger.close)
         live = LiveRegistry()

@@ -6,7 +6,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp
 
-from tocsin.api import admin_routes, alerts, areas, audit, devices, drafts, preview, public, streams
+from tocsin.api import admin_routes, alerts, areas, audit, devices, drafts, preview, public, push_public, streams
 from tocsin.api.fastpath import SseFastPath
 from tocsin.api.headers import EdgeHeaders
 from tocsin.api.problems import HANDLERS
@@ -43,6 +43,9 @@ ROUTES = [
     Route("/api/v1/areas/{scheme}", areas.list_areas, methods=["GET"]),
     Route("/api/v1/areas/{scheme}/{code}", areas.show_area, methods=["GET"]),
     Route("/api/v1/admin/areas/{scheme}", areas.areas_admin, methods=["PUT", "DELETE"]),
+    # WEBPUSH: the VAPID key, and the event a push pointer sends the app to (api/push_public.py)
+    Route("/api/v1/webpush/key", push_public.webpush_key, methods=["GET"]),
+    Route("/api/v1/events/{alert_id}", push_public.event, methods=["GET"]),
 ]
 
 
