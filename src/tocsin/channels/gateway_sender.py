@@ -6,16 +6,15 @@ request, and the gateway's answer read without trusting it (the body only up to 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import re
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
+from tocsin.channels import webpush
 from tocsin.delivery.http import gateway_client
 from tocsin.delivery.model import Outcome, Push, Result
 from tocsin.errors import PUSH_TARGET_INVALID, Rejected, Violation
@@ -23,8 +22,6 @@ from tocsin.settings import Settings
 
 # A gateway's error answer is a small JSON object; anything past this is not read.
 MAX_REPLY_BYTES = 16 * 1024
-# A Retry-After further off than this is taken as this (an alert cannot wait a day).
-MAX_RETRY_AFTER_S = 3600.0
 
 
 def registered_token(document: dict[str, Any], pattern: re.Pattern[str], what: str) -> str:
@@ -62,20 +59,10 @@ def json_object(body: bytes) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
-def retry_after_s(headers: httpx.Headers, *, now: float | None = None) -> float | None:
-    """RFC 9110 §10.2.3: delay-seconds or an HTTP-date; None when absent or unreadable."""
-    raw = headers.get("retry-after", "").strip()[:64]
-    if not raw:
-        return None
-    if raw.isdigit():
-        return min(float(raw), MAX_RETRY_AFTER_S)
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return min(max(0.0, when.timestamp() - (time.time() if now is None else now)), MAX_RETRY_AFTER_S)
+def retry_after_s(headers: httpx.Headers) -> float | None:
+    """The answer's Retry-After in seconds, read as the Web Push sender reads it (either
+    form, capped), or None."""
+    return webpush.retry_after_s(headers.get("retry-after"))
 
 
 async def guarded(attempt: Callable[[], Awaitable[Result]], timeout_s: float) -> Result:
