@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -143,15 +144,18 @@ async def test_an_expired_provider_token_is_made_anew_once_and_the_push_sent(rig
     assert len(rig.fake.provider_tokens) == 2 and len(rig.fake.received[TOKEN]) == 2
 
 
-async def test_a_provider_token_apple_keeps_refusing_is_a_retry(tmp_path: Path) -> None:
+async def test_a_provider_token_apple_keeps_refusing_is_a_retry(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeApns()
     async with fake.serve():
         settings = _settings(fake, tmp_path, apns_key_id="OTHERKEY01")
         sender = ApnsSender(settings, load_key(settings))
         try:
-            result = await sender.send(push(APNS, TOKEN))
+            with caplog.at_level(logging.WARNING, logger="tocsin.channels.apns"):
+                result = await sender.send(push(APNS, TOKEN))
         finally:
             await sender.aclose()
+    assert [r.getMessage() for r in caplog.records] == ["APNs refused a new provider token"]
     assert (result.outcome, result.reason, result.status) == (Outcome.RETRY, "InvalidProviderToken", 403)
     assert fake.requests == 2  # refused, made anew, refused again: no more
 

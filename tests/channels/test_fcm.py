@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -106,10 +107,13 @@ async def test_a_refused_access_token_is_refreshed_once_and_the_push_sent(rig: R
     assert len(rig.fake.received[TOKEN]) == 2
 
 
-async def test_a_grant_the_token_endpoint_refuses_is_a_retry_naming_it_asked_again_only_later(rig: Rig) -> None:
+async def test_a_grant_the_token_endpoint_refuses_is_a_retry_naming_it_asked_again_only_later(
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     rig.fake.client_email = "someone-else@tocsin-test.iam.gserviceaccount.com"
-    results = await asyncio.gather(*(rig.sender.send(push(FCM, TOKEN)) for _ in range(5)))
+    with caplog.at_level(logging.WARNING, logger="tocsin.channels.fcm"):
+        results = await asyncio.gather(*(rig.sender.send(push(FCM, TOKEN)) for _ in range(5)))
     assert {(r.outcome, r.reason) for r in results} == {(Outcome.RETRY, "oauth-invalid_grant")}
+    assert [r.getMessage() for r in caplog.records] == ["FCM token endpoint refused the service account's grant"]
     assert rig.fake.requests == 0 and rig.fake.token_requests == 1  # the waiting sends did not ask again
     rig.fake.client_email = FakeFcm().client_email  # the operator mended the account
     rig.clock.advance(fcm.GRANT_RETRY_S)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 import uuid
@@ -29,6 +30,8 @@ from tocsin.channels.gateway_sender import GatewaySender, registered_token, retr
 from tocsin.delivery.jws import es256
 from tocsin.delivery.model import APNS, Outcome, Push, Result, Sender
 from tocsin.settings import Settings, SettingsError
+
+log = logging.getLogger(__name__)
 
 # Apple's limit on a notification's JSON body.
 MAX_PAYLOAD_BYTES = 4096
@@ -207,6 +210,10 @@ class ApnsSender(GatewaySender):
         result = await self._post(push, body, token)
         if result.reason in _REFRESH:
             result = await self._post(push, body, await self._tokens.refresh(token))
+            if result.reason in _REFRESH:
+                # A new token refused too: the key, key id or team is wrong (ours to mend).
+                log.warning("APNs refused a new provider token", extra={"reason": result.reason,
+                                                                         "key_id": self._settings.apns_key_id})
         return result
 
     async def _post(self, push: Push, body: bytes, token: str) -> Result:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from tocsin.channels.gateway_sender import GatewaySender, json_object, read_boun
 from tocsin.delivery.jws import rs256
 from tocsin.delivery.model import FCM, Outcome, Push, Result, Sender
 from tocsin.settings import Settings, SettingsError
+
+log = logging.getLogger(__name__)
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -182,6 +185,9 @@ class AccessTokens:
         try:
             await self._grant()
         except GrantRefused as exc:
+            # Ours to mend (a deleted key, a wrong clock): said at most once per GRANT_RETRY_S.
+            log.warning("FCM token endpoint refused the service account's grant",
+                        extra={"reason": exc.reason, "account": self._account.client_email})
             self._refused = (exc.reason, self._clock() + GRANT_RETRY_S)
             raise
 
