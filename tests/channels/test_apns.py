@@ -35,7 +35,7 @@ Rig = mobile_pushes.Rig[FakeApns, ApnsSender]
 
 def _settings(fake: FakeApns, folder: Path, **changes: Any) -> Settings:
     fields: dict[str, Any] = {"push_ca_file": str(gateway_ca().ca_file), "push_timeout_s": 2.0,
-                              **fake.settings(folder)}
+                              **fake.node_settings(folder)}
     return Settings(**(fields | changes))
 
 
@@ -82,7 +82,8 @@ async def test_an_update_replaces_what_the_user_sees(rig: Rig) -> None:
     await rig.sender.send(update)
     assert len(rig.fake.received[TOKEN]) == 2
     assert list(rig.fake.shown[TOKEN]) == [first.topic]
-    assert rig.fake.shown[TOKEN][first.topic]["aps"]["alert"]["title"] == "Flood warning updated"
+    assert json.loads(rig.fake.shown[TOKEN][first.topic]) == json.loads(update.payload)
+    assert rig.fake.received[TOKEN][-1]["body"]["aps"]["alert"]["title"] == "Flood warning updated"
 
 
 async def test_an_alert_without_a_headline_still_has_a_title_for_the_extension_to_run(rig: Rig) -> None:
@@ -233,13 +234,13 @@ def test_check_target_refuses_what_is_no_device_token(token: object) -> None:
 ])
 def test_bad_apns_settings_are_refused_at_start_naming_the_setting(tmp_path: Path, changes: dict[str, Any],
                                                                    named: str) -> None:
-    settings = Settings(**(FakeApns().settings(tmp_path) | changes))
+    settings = Settings(**(FakeApns().node_settings(tmp_path) | changes))
     with pytest.raises(SettingsError, match=named):
         apns.make_sender(settings)
 
 
 def test_a_key_file_that_is_no_p256_key_is_refused_at_start(tmp_path: Path) -> None:
-    base = FakeApns().settings(tmp_path)
+    base = FakeApns().node_settings(tmp_path)
     garbage = tmp_path / "garbage.p8"
     garbage.write_text("-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
     other_curve = tmp_path / "p384.p8"

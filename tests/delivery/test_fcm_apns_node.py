@@ -41,8 +41,8 @@ async def test_each_fcm_and_apns_device_in_the_area_gets_the_alert_once(tmp_path
             tmp_path, nats_server, deliveries_stream=unique_name("DELIVERIES_T"),
             device_bucket=unique_name("DEVICES_T"),
             push_ca_file=str(gateway_ca().ca_file), push_timeout_s=2.0, delivery_backoff_base_s=0.05,
-            delivery_backoff_max_s=0.4, fcm_service_account_file=str(fcm.service_account_file(tmp_path)),
-            fcm_url=fcm.url, **apns.settings(tmp_path))
+            delivery_backoff_max_s=0.4, **fcm.node_settings(tmp_path),
+            **apns.node_settings(tmp_path))
         node, task, cm = await start_node(settings)
         try:
             async with httpx.AsyncClient(base_url=node.url, timeout=10) as http:

@@ -12,6 +12,10 @@ what Apple checks and answering its documented `{"reason": ...}` errors:
 Each device's notifications are kept, and what its user sees (one per collapse id). Told
 at run time (`fail`): "429" (TooManyRequests), "500", "503", "Unregistered",
 "BadDeviceToken", "hang".
+
+As a process, for the fault suite (tests/fakes/gateway_faults.py has the control API):
+
+    python -m tests.fakes.apns --port P --state FILE --dir DIR [--ca-dir DIR]
 """
 
 from __future__ import annotations
@@ -66,13 +70,18 @@ class FakeApns(FakeGateway):
         self._connection_tokens: dict[Any, tuple[str, float]] = {}
         self._expired_through = -1.0  # tokens made at or before this are refused as expired
         self.received: dict[str, list[dict[str, Any]]] = defaultdict(list)  # {"headers", "body"}
-        self.shown: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-        self.app = Starlette(routes=[Route("/3/device/{token}", self._push, methods=["POST", "GET", "PUT", "DELETE"])])
+        # Per device, by collapse id: the tocsin payload its user sees (JSON text).
+        self.shown: dict[str, dict[str, str]] = defaultdict(dict)
+        self.app = Starlette(routes=[Route("/3/device/{token}", self._push, methods=["POST", "GET", "PUT", "DELETE"]),
+                                     *self.control_routes()])
 
     def key_file(self, folder: Path) -> Path:
         return write_p8(self.key, folder / f"AuthKey_{self.key_id}.p8")
 
-    def settings(self, folder: Path) -> dict[str, Any]:
+    def received_by(self, token: str) -> list[Any]:
+        return self.received.get(token, [])
+
+    def node_settings(self, folder: Path) -> dict[str, Any]:
         """The Settings fields that point a node at this fake."""
         return {"apns_key_file": str(self.key_file(folder)), "apns_key_id": self.key_id, "apns_team_id": self.team_id,
                 "apns_topic": self.topic, "apns_url": self.url}
@@ -162,5 +171,12 @@ class FakeApns(FakeGateway):
             return reason(status, text, **({"timestamp": int(self.clock() * 1000)} if status == 410 else {}))
         apns_id = request.headers.get("apns-id") or str(uuid.uuid4())
         self.received[device].append({"headers": dict(request.headers), "body": document})
-        self.shown[device][request.headers.get("apns-collapse-id") or apns_id] = document
+        self.shown_to(device, request.headers.get("apns-collapse-id") or apns_id, json.dumps(document.get("tocsin")))
         return Response(status_code=200, headers={"apns-id": apns_id})
+
+
+if __name__ == "__main__":
+    from tests.fakes.gateway_faults import process_main
+
+    fake = FakeApns()
+    process_main("python -m tests.fakes.apns", __doc__ or "", fake, fake.node_settings)

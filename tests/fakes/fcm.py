@@ -14,6 +14,10 @@ their documented error bodies.
 Told at run time (`fail`): "429" (QUOTA_EXCEEDED with Retry-After), "500" (INTERNAL),
 "503" (UNAVAILABLE), "UNREGISTERED", "INVALID_TOKEN", "SENDER_ID_MISMATCH",
 "THIRD_PARTY_AUTH_ERROR", "hang".
+
+As a process, for the fault suite (tests/fakes/gateway_faults.py has the control API):
+
+    python -m tests.fakes.fcm --port P --state FILE --dir DIR [--ca-dir DIR]
 """
 
 from __future__ import annotations
@@ -100,6 +104,7 @@ class FakeFcm(FakeGateway):
         self.app = Starlette(routes=[
             Route("/token", self._grant, methods=["POST"]),
             Route("/v1/projects/{project}/messages:send", self._send, methods=["POST"]),
+            *self.control_routes(),
         ])
 
     @property
@@ -119,6 +124,13 @@ class FakeFcm(FakeGateway):
         path = folder / "fcm-service-account.json"
         path.write_text(json.dumps({k: v for k, v in account.items() if v is not None}))
         return path
+
+    def received_by(self, token: str) -> list[Any]:
+        return self.received.get(token, [])
+
+    def node_settings(self, folder: Path) -> dict[str, Any]:
+        """The Settings fields that point a node at this fake (its service account written in `folder`)."""
+        return {"fcm_service_account_file": str(self.service_account_file(folder)), "fcm_url": self.url}
 
     def expire_access_tokens(self) -> None:
         """Every access token issued so far is refused from now on (as when revoked)."""
@@ -187,7 +199,7 @@ class FakeFcm(FakeGateway):
         name = f"projects/{self.project_id}/messages/{secrets.token_hex(8)}"
         self.received[message["token"]].append(message)
         data = message.get("data", {})
-        self.shown[message["token"]][message.get("android", {}).get("collapse_key") or name] = data.get("tocsin", "")
+        self.shown_to(message["token"], message.get("android", {}).get("collapse_key") or name, data.get("tocsin", ""))
         return JSONResponse({"name": name})
 
 
@@ -218,3 +230,10 @@ def _message_problem(message: Any) -> Response | None:
     if not isinstance(android.get("collapse_key", ""), str):
         return invalid("Invalid value at 'message.android.collapse_key'", "message.android.collapse_key")
     return None
+
+
+if __name__ == "__main__":
+    from tests.fakes.gateway_faults import process_main
+
+    fake = FakeFcm()
+    process_main("python -m tests.fakes.fcm", __doc__ or "", fake, fake.node_settings)

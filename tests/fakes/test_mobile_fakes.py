@@ -1,20 +1,32 @@
-"""The FCM and APNs fakes refuse what the real services refuse, as they answer it."""
+"""The FCM and APNs fakes refuse what the real services refuse, as they answer it, and run
+as processes for the fault suite with their control API and state file."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import ssl
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from tests.channels.mobile_pushes import push
+from tests.datafiles import ROOT
 from tests.fakes.apns import FakeApns
 from tests.fakes.fcm import SCOPE, FakeFcm
 from tests.fakes.tls import gateway_ca
+from tests.waiting import until
+from tocsin.delivery import channels
 from tocsin.delivery.jws import es256, rs256
+from tocsin.delivery.model import APNS, FCM, Outcome
+from tocsin.settings import Settings
 
 DEVICE = "ab" * 32
 FCM_TOKEN = "fcm:APA91bH" + "x" * 140
@@ -129,3 +141,39 @@ async def test_the_fake_apns_checks_headers_and_body_as_apple_does() -> None:
         (400, "DeviceTokenNotForTopic"), (400, "BadCollapseId"), (400, "BadPriority"), (400, "BadExpirationDate"),
         (400, "InvalidPushType"), (400, "BadMessageId"), (413, "PayloadTooLarge"), (400, "PayloadEmpty")]
     assert fake.received == {}
+
+
+@pytest.mark.parametrize(("module", "channel", "token"), [("tests.fakes.fcm", FCM, FCM_TOKEN),
+                                                          ("tests.fakes.apns", APNS, DEVICE)])
+async def test_each_fake_as_a_process_with_its_control_api_and_state_file(tmp_path: Path, module: str, channel: str,
+                                                                          token: str) -> None:
+    state = tmp_path / "state.jsonl"
+    process = subprocess.Popen([sys.executable, "-m", module, "--state", str(state), "--dir", str(tmp_path / "keys"),
+                                "--ca-dir", str(tmp_path / "ca")], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        ready = json.loads(await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 20))
+        assert ready["ca_file"] == str(tmp_path / "ca" / "ca.pem")
+        settings = Settings(push_ca_file=ready["ca_file"], **ready["settings"])
+        sender = channels.make_senders(settings)[channel]
+        sent = push(channel, token)
+        async with httpx.AsyncClient(base_url=ready["url"],
+                                     verify=ssl.create_default_context(cafile=ready["ca_file"])) as control:
+            failing = await control.post("/control/fail", json={"mode": "503", "token": token, "times": 1,
+                                                                "retry_after": 4})
+            assert failing.status_code == 200
+            outcomes = [(await sender.send(sent)).outcome for _ in range(2)]
+            seen = (await control.get("/control/state")).json()
+        await sender.aclose()
+        assert outcomes == [Outcome.RETRY, Outcome.SENT]
+        assert seen["requests"] == 2
+        assert seen["devices"] == {token: {"received": 1, "shown": {sent.topic: {"alert_id": "a1" * 16, "seq": 7}}}}
+        await until(lambda: state.read_text().count('"message"') == 1)
+        events = [json.loads(line) for line in state.read_text().splitlines()]
+        assert [e["event"] for e in events] == ["ready", "message"]
+        assert (events[1]["token"], events[1]["collapse"], events[1]["alert_id"]) == (token, sent.topic, "a1" * 16)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(10)
+        if process.stdout is not None:
+            process.stdout.close()
