@@ -58,6 +58,8 @@ def write_p8(key: PrivateKeyTypes, path: Path) -> Path:
 
 
 class FakeApns(FakeGateway):
+    kinds = frozenset({*_FAULTS, "hang"})
+
     def __init__(self, *, team_id: str = "TEAM123456", key_id: str = "KEY1234567", topic: str = "org.example.tocsin",
                  clock: FakeClock | None = None) -> None:
         super().__init__(clock)

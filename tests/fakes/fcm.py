@@ -89,6 +89,9 @@ def _fault_answer(kind: str, retry_after_s: int | None) -> Response:
 
 
 class FakeFcm(FakeGateway):
+    kinds = frozenset({"429", "500", "503", "UNREGISTERED", "INVALID_TOKEN", "SENDER_ID_MISMATCH",
+                       "THIRD_PARTY_AUTH_ERROR", "hang"})
+
     def __init__(self, *, project_id: str = "tocsin-test", clock: FakeClock | None = None,
                  token_lifetime_s: int = 3600) -> None:
         super().__init__(clock)

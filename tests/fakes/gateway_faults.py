@@ -106,6 +106,7 @@ class FakeGateway:
 
     app: Any
     shown: Any
+    kinds: frozenset[str]  # what `fail` may be told, "hang" included
 
     def __init__(self, clock: FakeClock | None) -> None:
         self.clock = clock or FakeClock()
@@ -139,8 +140,11 @@ class FakeGateway:
         if not isinstance(body, dict) or not isinstance(body.get("mode"), str):
             return JSONResponse({"message": "give a mode"}, status_code=400)
         times, later = body.get("times"), body.get("retry_after")
-        self.fail(body["mode"], token=body.get("token") or None, times=int(times) if times is not None else None,
-                  retry_after_s=int(later) if later is not None else None)
+        try:
+            self.fail(body["mode"], token=body.get("token") or None, times=int(times) if times is not None else None,
+                      retry_after_s=int(later) if later is not None else None)
+        except (ValueError, TypeError) as exc:
+            return JSONResponse({"message": str(exc)}, status_code=400)
         return JSONResponse({"ok": True})
 
     async def _control_clear(self, request: Request) -> Response:
@@ -163,7 +167,13 @@ class FakeGateway:
 
     def fail(self, kind: str, *, token: str | None = None, times: int | None = None,
              retry_after_s: int | None = None) -> None:
-        """Answer `kind` instead, for `token` (None: every token), `times` times (None: until healed)."""
+        """Answer `kind` instead, for `token` (None: every token), `times` times (None: until healed).
+
+        Raises:
+            ValueError: not a kind this fake answers.
+        """
+        if kind not in self.kinds:
+            raise ValueError(f"{kind!r}: this fake answers {', '.join(sorted(self.kinds))}")
         self.faults.fail(kind, token=token, times=times, retry_after_s=retry_after_s)
 
     def heal(self, token: str | None = None) -> None:

@@ -162,6 +162,7 @@ async def test_each_fake_as_a_process_with_its_control_api_and_state_file(tmp_pa
             failing = await control.post("/control/fail", json={"mode": "503", "token": token, "times": 1,
                                                                 "retry_after": 4})
             assert failing.status_code == 200
+            assert (await control.post("/control/fail", json={"mode": "teapot"})).status_code == 400
             outcomes = [(await sender.send(sent)).outcome for _ in range(2)]
             seen = (await control.get("/control/state")).json()
         await sender.aclose()
