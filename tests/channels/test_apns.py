@@ -253,3 +253,9 @@ def test_a_key_file_that_is_no_p256_key_is_refused_at_start(tmp_path: Path) -> N
         with pytest.raises(SettingsError, match=named) as refused:
             apns.make_sender(Settings(**(base | {"apns_key_file": str(path)})))
         assert "TOCSIN_APNS_KEY_FILE" in str(refused.value)
+
+
+def test_a_reason_apple_does_not_document_is_no_reason() -> None:
+    """Reasons are metric labels: a gateway's own words never become one."""
+    odd = apns.classify(400, {"reason": "y" * 500}, httpx.Headers())
+    assert (odd.outcome, odd.reason) == (Outcome.PERMANENT, "http-400")

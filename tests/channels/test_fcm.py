@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -219,3 +220,10 @@ def test_an_unreadable_service_account_file_is_refused_at_start(tmp_path: Path, 
         path.write_bytes(content)
     with pytest.raises(SettingsError, match=named):
         load_service_account(str(path))
+
+
+def test_a_code_fcm_does_not_document_is_no_reason() -> None:
+    """Reasons are metric labels: a gateway's own words never become one."""
+    odd = fcm.classify(500, {"error": {"status": "X" * 500, "details": [{"@type": fcm.FCM_ERROR_TYPE,
+                                                                       "errorCode": "<b>new</b>"}]}}, httpx.Headers())
+    assert (odd.outcome, odd.reason) == (Outcome.RETRY, "http-500")

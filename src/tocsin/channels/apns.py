@@ -50,6 +50,15 @@ MAX_BODY_BYTES = 1024
 # The title of an alert that has no headline (no info block): the extension replaces it.
 FALLBACK_TITLE = "Alert"
 CRITICAL_SOUND = {"critical": 1, "name": "default", "volume": 1.0}
+# Apple's documented reasons (Handling error responses from APNs).
+REASONS = frozenset({
+    "BadCollapseId", "BadDeviceToken", "BadExpirationDate", "BadMessageId", "BadPriority", "BadTopic",
+    "DeviceTokenNotForTopic", "DuplicateHeaders", "IdleTimeout", "InvalidPushType", "MissingDeviceToken",
+    "MissingTopic", "PayloadEmpty", "TopicDisallowed", "BadCertificate", "BadCertificateEnvironment",
+    "ExpiredProviderToken", "Forbidden", "InvalidProviderToken", "MissingProviderToken", "UnrelatedKeyIdInToken",
+    "BadEnvironmentKeyIdInToken", "BadPath", "MethodNotAllowed", "ExpiredToken", "Unregistered", "PayloadTooLarge",
+    "TooManyProviderTokenUpdates", "TooManyRequests", "InternalServerError", "ServiceUnavailable", "Shutdown",
+})
 # Answers that say the device token is no more (or never was) for this app.
 _GONE = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered", "ExpiredToken"})
 _REFRESH = frozenset({"ExpiredProviderToken", "InvalidProviderToken"})
@@ -177,7 +186,7 @@ def headers(push: Push, settings: Settings, token: str) -> dict[str, str]:
 
 def classify(status: int, body: dict[str, Any], response_headers: httpx.Headers) -> Result:
     """Apple's answer as an outcome (docs/mobile-push.md has the table)."""
-    reason = str(body.get("reason", ""))[:40]
+    reason = body.get("reason") if body.get("reason") in REASONS else ""  # a metric label: Apple's words only
     if status == 200:
         return Result(outcome=Outcome.SENT, status=status)
     if status == 410 or reason in _GONE:

@@ -48,6 +48,16 @@ MAX_ACCOUNT_FILE_BYTES = 64 * 1024
 PROJECT_ID = re.compile(r"[a-z0-9][a-z0-9.:-]{0,99}")
 # An access token is used until this long before Google says it expires.
 TOKEN_MARGIN_S = 300.0
+FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
+# FCM's documented error codes (ErrorCode) and the canonical statuses it answers with.
+FCM_CODES = frozenset({
+    "UNSPECIFIED_ERROR", "INVALID_ARGUMENT", "UNREGISTERED", "SENDER_ID_MISMATCH", "QUOTA_EXCEEDED", "UNAVAILABLE",
+    "INTERNAL", "THIRD_PARTY_AUTH_ERROR", "UNAUTHENTICATED", "PERMISSION_DENIED", "NOT_FOUND", "RESOURCE_EXHAUSTED",
+    "DEADLINE_EXCEEDED", "FAILED_PRECONDITION",
+})
+# OAuth2's error codes (RFC 6749 §5.2), as a refused grant's reason.
+OAUTH_ERRORS = frozenset({"invalid_request", "invalid_client", "invalid_grant", "unauthorized_client",
+                          "unsupported_grant_type", "invalid_scope"})
 # A token endpoint that refused a grant is not asked again for this long.
 GRANT_RETRY_S = 5.0
 # The assertion's lifetime: Google takes at most one hour.
@@ -197,7 +207,8 @@ class AccessTokens:
             body = json_object(await read_bounded(response))
         token, expires_in = body.get("access_token"), body.get("expires_in")
         if response.status_code != 200:
-            raise GrantRefused(f"oauth-{str(body.get('error') or response.status_code)[:40]}")
+            error = body.get("error")
+            raise GrantRefused(f"oauth-{error if error in OAUTH_ERRORS else response.status_code}")
         if not isinstance(token, str) or not 0 < len(token) <= 4096 or not token.isascii() or not token.isprintable():
             raise GrantRefused("oauth-no-token")
         lifetime = float(expires_in) if isinstance(expires_in, int) and 0 < expires_in <= 86_400 else 3600.0
@@ -226,12 +237,15 @@ def _error(body: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
 
 
 def error_code(body: dict[str, Any]) -> str:
-    """The FCM error code (an `FcmError` detail's errorCode), else the canonical status."""
+    """The FCM error code (an `FcmError` detail's errorCode), else the canonical status;
+    "" for one neither documents (a reason is a metric label: never a stranger's text)."""
     error, details = _error(body)
     for detail in details:
-        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.firebase.fcm.v1.FcmError"):
-            return str(detail.get("errorCode", ""))[:40]
-    return str(error.get("status", ""))[:40]
+        if isinstance(detail, dict) and detail.get("@type") == FCM_ERROR_TYPE:
+            code = detail.get("errorCode")
+            return code if code in FCM_CODES else ""
+    status = error.get("status")
+    return status if status in FCM_CODES else ""
 
 
 def _about_token(body: dict[str, Any]) -> bool:
