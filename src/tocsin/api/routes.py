@@ -6,7 +6,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp
 
-from tocsin.api import admin_routes, alerts, areas, audit, devices, drafts, preview, public, streams
+from tocsin.api import admin_routes, alerts, areas, audit, cap_routes, devices, drafts, preview, public, streams
 from tocsin.api.fastpath import SseFastPath
 from tocsin.api.headers import EdgeHeaders
 from tocsin.api.problems import HANDLERS
@@ -43,6 +43,10 @@ ROUTES = [
     Route("/api/v1/areas/{scheme}", areas.list_areas, methods=["GET"]),
     Route("/api/v1/areas/{scheme}/{code}", areas.show_area, methods=["GET"]),
     Route("/api/v1/admin/areas/{scheme}", areas.areas_admin, methods=["PUT", "DELETE"]),
+    # ROUTES: CAP forwarding routes (api/cap_routes.py, docs/cap-forwarding.md)
+    Route("/api/v1/admin/routes", cap_routes.list_routes, methods=["GET"]),
+    Route("/api/v1/admin/routes/{name}", cap_routes.route, methods=["GET", "PUT", "DELETE"]),
+    Route("/api/v1/admin/routes/{name}/test", cap_routes.test_route, methods=["POST"]),
 ]
 
 
