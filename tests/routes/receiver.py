@@ -93,6 +93,7 @@ class Receiver:
         return Response(why, status_code=status, media_type="text/plain")
 
     async def _post(self, request: Request) -> Response:
+        arrived = time.time()
         if self.token and request.headers.get("authorization") != f"Bearer {self.token}":
             return self._refuse(401, "bad or missing bearer token")
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/cap+xml":
@@ -119,7 +120,7 @@ class Receiver:
             await self.released.wait()
             planned = Answer(503)
         self.requests.append(Received(
-            at=time.time(), status=planned.status, identifier=root.findtext(f"{CAP}identifier") or "",
+            at=arrived, status=planned.status, identifier=root.findtext(f"{CAP}identifier") or "",
             msg_type=root.findtext(f"{CAP}msgType") or "", cap_status=cap_status,
             alert_id=request.headers.get("x-tocsin-alert-id", ""), seq=request.headers.get("x-tocsin-seq", ""),
             body=body))

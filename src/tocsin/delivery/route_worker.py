@@ -65,6 +65,8 @@ MAX_RETRY_AFTER_S = 86400.0
 # The statuses of an answer worth trying again (RFC 9110, RFC 8470, RFC 6585).
 RETRYABLE = frozenset({408, 425, 429})
 LINK_TEST_SENDER = "tocsin-link-test"
+# No attempt starts this close to the alert's expiry: what is sent arrives before it.
+EXPIRY_MARGIN_S = 1.0
 # What the downstream's answer may hold in our logs and records.
 MAX_REASON_CHARS = 200
 
@@ -100,9 +102,10 @@ def classify(status: int, retry_after: float | None) -> Result:
 
 
 async def post_cap(client: httpx.AsyncClient, route: Route, envelope: Envelope, *, seq: int,
-                   clock: Callable[[], float] = time.time) -> Result:
+                   clock: Callable[[], float] = time.time, timeout_s: float | None = None) -> Result:
     """One POST of the signed CAP to the route. Never raises for what the link does; the
-    answer's body is not read (a downstream's answer costs nothing but its headers)."""
+    answer's body is not read (a downstream's answer costs nothing but its headers).
+    `timeout_s`: a deadline shorter than the client's (the alert expires sooner)."""
     headers = {
         "Content-Type": "application/cap+xml",
         "X-Tocsin-Signature": envelope.sig, "X-Tocsin-Key-Id": envelope.kid,
@@ -111,7 +114,9 @@ async def post_cap(client: httpx.AsyncClient, route: Route, envelope: Envelope, 
     if route.token:
         headers["Authorization"] = f"Bearer {route.token}"
     try:
-        async with client.stream("POST", route.url, content=envelope.payload, headers=headers) as response:
+        timeout = httpx.USE_CLIENT_DEFAULT if timeout_s is None else httpx.Timeout(timeout_s)
+        async with client.stream("POST", route.url, content=envelope.payload, headers=headers,
+                                 timeout=timeout) as response:
             return classify(response.status_code, retry_after_s(response.headers.get("retry-after"), clock()))
     except httpx.TimeoutException:
         return Result(outcome=Outcome.RETRY, reason="timeout")
@@ -345,7 +350,7 @@ class RouteWorker:
         if route is None or not route.enabled:
             await msg.nak(delay=self.tick_s)
             return
-        if self._clock() >= delivery.expires_at:
+        if self._remaining_s(delivery) <= 0:
             await self._give_up(name, msg, delivery, "expired", "expired")
             return
         try:
@@ -356,8 +361,19 @@ class RouteWorker:
         except StoreUnavailable:
             await msg.nak(delay=self._delay(msg))
             return
-        result = await post_cap(self.client, route, stored.envelope, seq=delivery.seq, clock=self._clock)
+        remaining = self._remaining_s(delivery)
+        if remaining <= 0:
+            await self._give_up(name, msg, delivery, "expired", "expired")
+            return
+        # No request is left in flight past the expiry: it is abandoned there.
+        result = await post_cap(self.client, route, stored.envelope, seq=delivery.seq, clock=self._clock,
+                                timeout_s=min(self.settings.push_timeout_s, remaining))
         await self._settle(name, msg, delivery, result)
+
+    def _remaining_s(self, delivery: Delivery) -> float:
+        """How long an attempt may still take: until the expiry, less a margin so that what
+        is sent arrives before it (an attempt in its last second is not made)."""
+        return delivery.expires_at - EXPIRY_MARGIN_S - self._clock()
 
     def _delay(self, msg: Msg, at_least: float | None = None) -> float:
         attempt = max(0, int(msg.metadata.num_delivered or 1) - 1)
@@ -373,7 +389,7 @@ class RouteWorker:
             await self._give_up(name, msg, delivery, "refused", result.reason)
             return
         delay = self._delay(msg, result.retry_after_s)
-        if self._clock() + delay >= delivery.expires_at:
+        if delay >= self._remaining_s(delivery):
             # The next attempt could only come after the alert's expiry.
             await self._give_up(name, msg, delivery, "expired", f"expired after {result.reason}")
             return
