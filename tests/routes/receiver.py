@@ -108,7 +108,7 @@ class Receiver:
             return self._refuse(400, "not XML")
         if root.tag != f"{CAP}alert" or not official_schema().validate(root):
             return self._refuse(400, "not CAP 1.2")
-        sig, kid = request.headers.get("x-tocsin-signature", ""), request.headers.get("x-tocsin-key-id", "")
+        sig, kid = request.headers.get("tocsin-signature", ""), request.headers.get("tocsin-key-id", "")
         if not verify(self.keys, kid, body, sig):
             return self._refuse(400, "signature does not verify")
         cap_status = root.findtext(f"{CAP}status") or ""
@@ -122,7 +122,7 @@ class Receiver:
         self.requests.append(Received(
             at=arrived, status=planned.status, identifier=root.findtext(f"{CAP}identifier") or "",
             msg_type=root.findtext(f"{CAP}msgType") or "", cap_status=cap_status,
-            alert_id=request.headers.get("x-tocsin-alert-id", ""), seq=request.headers.get("x-tocsin-seq", ""),
+            alert_id=request.headers.get("tocsin-alert-id", ""), seq=request.headers.get("tocsin-seq", ""),
             body=body))
         headers = {"Retry-After": planned.retry_after} if planned.retry_after else {}
         return Response(b"", status_code=planned.status, headers=headers)

@@ -108,8 +108,8 @@ async def post_cap(client: httpx.AsyncClient, route: Route, envelope: Envelope, 
     `timeout_s`: a deadline shorter than the client's (the alert expires sooner)."""
     headers = {
         "Content-Type": "application/cap+xml",
-        "X-Tocsin-Signature": envelope.sig, "X-Tocsin-Key-Id": envelope.kid,
-        "X-Tocsin-Alert-Id": envelope.alert_id, "X-Tocsin-Seq": str(seq),
+        "Tocsin-Signature": envelope.sig, "Tocsin-Key-Id": envelope.kid,
+        "Tocsin-Alert-Id": envelope.alert_id, "Tocsin-Seq": str(seq),
     }
     if route.token:
         headers["Authorization"] = f"Bearer {route.token}"
