@@ -263,10 +263,20 @@ class RouteWorker:
                 self.pending[route.name] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
             except Exception as exc:  # the backlog is a view: unknown until it answers
                 log.debug("route backlog unread", extra={"route": route.name, "error": repr(exc)[:200]})
-            if route.name not in self._testing and await self._take_lease(route.name):
+            if route.name not in self._testing and self._link_test_due(route.name) and await self._take_lease(route.name):
                 self._testing[route.name] = asyncio.create_task(self.link_test(route), name=f"link-test:{route.name}")
         if sweep and self.loaded.is_set():
             await self._sweep()
+
+    def _link_test_due(self, name: str) -> bool:
+        """No bucket write for a lease while the mirrored last test is younger than the
+        interval (the lease decides between the nodes once it is due)."""
+        last = self.status.get(link_key(name)) or {}
+        try:
+            at = datetime.fromisoformat(str(last["at"])).timestamp()
+        except (KeyError, ValueError):
+            return True
+        return self._clock() - at >= self.settings.route_link_test_s - self.tick_s
 
     async def _take_lease(self, name: str) -> bool:
         """One node at a time tests a route, once per interval: whoever creates the lease."""
