@@ -38,6 +38,7 @@ class Received:
     cap_status: str
     alert_id: str
     seq: str
+    node: str  # the tocsin node that posted it
     body: bytes
 
 
@@ -61,6 +62,8 @@ class Receiver:
     planned: deque[Answer] = field(default_factory=deque)
     released: asyncio.Event = field(default_factory=asyncio.Event)
     refusals: list[str] = field(default_factory=list)
+    # The nodes whose requests are hanging now.
+    hanging: list[str] = field(default_factory=list)
 
     def answer(self, status: int, times: int = 1, *, retry_after: str | None = None) -> None:
         """The next `times` requests get `status` (then 200 again)."""
@@ -117,12 +120,14 @@ class Receiver:
         else:
             planned = self.planned.popleft() if self.planned else Answer(200)
         if planned.hang:
+            self.hanging.append(request.headers.get("tocsin-node", ""))
             await self.released.wait()
             planned = Answer(503)
         self.requests.append(Received(
             at=arrived, status=planned.status, identifier=root.findtext(f"{CAP}identifier") or "",
             msg_type=root.findtext(f"{CAP}msgType") or "", cap_status=cap_status,
             alert_id=request.headers.get("tocsin-alert-id", ""), seq=request.headers.get("tocsin-seq", ""),
+            node=request.headers.get("tocsin-node", ""),
             body=body))
         headers = {"Retry-After": planned.retry_after} if planned.retry_after else {}
         return Response(b"", status_code=planned.status, headers=headers)

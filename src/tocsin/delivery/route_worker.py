@@ -101,7 +101,7 @@ def classify(status: int, retry_after: float | None) -> Result:
     return Result(outcome=Outcome.PERMANENT, reason=reason, status=status)
 
 
-async def post_cap(client: httpx.AsyncClient, route: Route, envelope: Envelope, *, seq: int,
+async def post_cap(client: httpx.AsyncClient, route: Route, envelope: Envelope, *, seq: int, node: str,
                    clock: Callable[[], float] = time.time, timeout_s: float | None = None) -> Result:
     """One POST of the signed CAP to the route. Never raises for what the link does; the
     answer's body is not read (a downstream's answer costs nothing but its headers).
@@ -109,7 +109,7 @@ async def post_cap(client: httpx.AsyncClient, route: Route, envelope: Envelope, 
     headers = {
         "Content-Type": "application/cap+xml",
         "Tocsin-Signature": envelope.sig, "Tocsin-Key-Id": envelope.kid,
-        "Tocsin-Alert-Id": envelope.alert_id, "Tocsin-Seq": str(seq),
+        "Tocsin-Alert-Id": envelope.alert_id, "Tocsin-Seq": str(seq), "Tocsin-Node": node,
     }
     if route.token:
         headers["Authorization"] = f"Bearer {route.token}"
@@ -376,8 +376,8 @@ class RouteWorker:
             await self._give_up(name, msg, delivery, "expired", "expired")
             return
         # No request is left in flight past the expiry: it is abandoned there.
-        result = await post_cap(self.client, route, stored.envelope, seq=delivery.seq, clock=self._clock,
-                                timeout_s=min(self.settings.push_timeout_s, remaining))
+        result = await post_cap(self.client, route, stored.envelope, seq=delivery.seq, node=self.settings.node_name,
+                                clock=self._clock, timeout_s=min(self.settings.push_timeout_s, remaining))
         await self._settle(name, msg, delivery, result)
 
     def _remaining_s(self, delivery: Delivery) -> float:
@@ -441,7 +441,7 @@ class RouteWorker:
         now = self._clock()
         envelope = link_test_envelope(self._signer, route.name, self.settings.node_name,
                                       datetime.fromtimestamp(now, UTC), self.settings.route_link_test_s)
-        result = await post_cap(self.client, route, envelope, seq=0, clock=self._clock)
+        result = await post_cap(self.client, route, envelope, seq=0, node=self.settings.node_name, clock=self._clock)
         record = {"at": _iso(now), "ok": result.outcome is Outcome.SENT, "reason": result.reason,
                   "status": result.status, "node": self.settings.node_name, "alert_id": envelope.alert_id}
         self.status[link_key(route.name)] = record
