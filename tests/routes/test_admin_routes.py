@@ -137,3 +137,5 @@ async def test_a_route_with_a_wrong_token_fails_its_link_test(node: Node, http: 
     answer = (await http.post("/api/v1/admin/routes/wrong/test", headers=ADMIN)).json()
     assert not answer["link_test"]["ok"] and answer["link_test"]["reason"] == "http-401"
     assert not answer["status"]["ok"] and "http-401" in answer["status"]["detail"]
+    failed = await _tocsin(node, "routes", "test", "wrong")
+    assert failed.exit_code == 1 and "link test FAILED: http-401" in failed.output

@@ -5,14 +5,15 @@ accounts commands: 2 refused, 3 no node answered.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import click
 
-from tocsin.cli.accounts_cmd import common, run
-from tocsin.cli.issue_cmd import EXIT_REFUSED
+from tocsin.cli.accounts_cmd import call, common, run
+from tocsin.cli.issue_cmd import EXIT_REFUSED, EXIT_UNAVAILABLE
 from tocsin.delivery.routes import DEFAULT_STATUSES, MAX_TOKEN_CHARS, STATUSES
 
 
@@ -92,10 +93,23 @@ def routes_remove(name: str, urls: list[str], token: str, as_json: bool) -> None
     run(urls, token, as_json, "DELETE", f"/api/v1/admin/routes/{quote(name, safe='')}", show=lambda a: f"{a['route']['name']} removed")
 
 
+# `tocsin routes test`: the downstream did not accept the link test.
+EXIT_LINK_FAILED = 1
+
+
 @routes.command("test")
 @click.argument("name")
 @common
 def routes_test(name: str, urls: list[str], token: str, as_json: bool) -> None:
-    """Post a link test (a System message signed by the deployment) to route NAME now."""
-    run(urls, token, as_json, "POST", f"/api/v1/admin/routes/{quote(name, safe='')}/test",
-        show=lambda a: f"{name}: link test {'ok' if a['link_test']['ok'] else 'FAILED: ' + str(a['link_test']['reason'])}")
+    """Post a link test (a System message signed by the deployment) to route NAME now;
+    exits 1 when the downstream did not accept it."""
+    status, answer = call(urls, token, "POST", f"/api/v1/admin/routes/{quote(name, safe='')}/test")
+    if status >= 400:
+        click.echo(json.dumps(answer) if as_json else f"{answer.get('code', status)}: {answer.get('detail', '')}",
+                   err=True)
+        raise SystemExit(EXIT_UNAVAILABLE if status >= 500 else EXIT_REFUSED)
+    link = answer["link_test"]
+    click.echo(json.dumps(answer) if as_json else
+               f"{name}: link test {'ok' if link['ok'] else 'FAILED: ' + str(link['reason'])}")
+    if not link["ok"]:
+        raise SystemExit(EXIT_LINK_FAILED)

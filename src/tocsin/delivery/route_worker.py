@@ -113,15 +113,20 @@ async def post_cap(client: httpx.AsyncClient, route: Route, envelope: Envelope, 
     }
     if route.token:
         headers["Authorization"] = f"Bearer {route.token}"
-    try:
-        timeout = httpx.USE_CLIENT_DEFAULT if timeout_s is None else httpx.Timeout(timeout_s)
-        async with client.stream("POST", route.url, content=envelope.payload, headers=headers,
-                                 timeout=timeout) as response:
-            return classify(response.status_code, retry_after_s(response.headers.get("retry-after"), clock()))
-    except httpx.TimeoutException:
-        return Result(outcome=Outcome.RETRY, reason="timeout")
-    except httpx.HTTPError as exc:
-        return Result(outcome=Outcome.RETRY, reason=f"connection: {type(exc).__name__}")
+    timeout = httpx.USE_CLIENT_DEFAULT if timeout_s is None else httpx.Timeout(timeout_s)
+    closed = Result(outcome=Outcome.RETRY, reason="connection: RemoteProtocolError")
+    for _ in range(2):  # a kept connection the downstream had closed answered nothing: once more
+        try:
+            async with client.stream("POST", route.url, content=envelope.payload, headers=headers,
+                                     timeout=timeout) as response:
+                return classify(response.status_code, retry_after_s(response.headers.get("retry-after"), clock()))
+        except httpx.RemoteProtocolError:
+            continue
+        except httpx.TimeoutException:
+            return Result(outcome=Outcome.RETRY, reason="timeout")
+        except httpx.HTTPError as exc:
+            return Result(outcome=Outcome.RETRY, reason=f"connection: {type(exc).__name__}")
+    return closed
 
 
 def link_test_envelope(signer: SigningKey, route: str, node: str, now: datetime, lifetime_s: float) -> Envelope:
