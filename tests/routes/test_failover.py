@@ -31,7 +31,8 @@ async def test_a_delivery_held_by_a_node_that_stops_is_posted_by_another(tmp_pat
         async with httpx.AsyncClient(base_url=any_node.url, timeout=10) as http:
             await add_route(http, "relay", receiver.url)
             for running in nodes.values():  # every node's worker has the route before the alert
-                await until(lambda node=running[0]: "relay" in node.services.routes)
+                book = running[0].services.routes
+                await until(lambda: "relay" in book)
             receiver.hang(1)
             issued = await issue(http, alert_xml(identifier="FAIL-1"))
         await enqueue(any_node, "relay", issued)
