@@ -15,7 +15,9 @@ from tests.e2e.conftest import ADMIN_TOKEN
 from tests.routes.conftest import ADMIN, ISSUER, add_route
 from tests.routes.receiver import Receiver
 from tests.waiting import until
+from tocsin.accounts import grant
 from tocsin.app import Node
+from tocsin.policy import Issuer, Role
 from tocsin.cli.main import cli
 
 GOOD = "https://gateway.example.org/cap"
@@ -31,6 +33,17 @@ async def test_only_a_deployment_admin_manages_routes(http: httpx.AsyncClient) -
         anonymous = await http.request(method, path, json={"url": GOOD})
         assert anonymous.status_code == 401
     assert (await http.get("/api/v1/admin/routes", headers=ADMIN)).json() == {"routes": []}
+
+
+async def test_an_organisations_own_admin_is_refused_too(node: Node, http: httpx.AsyncClient) -> None:
+    """Routes are the deployment's: an admin of another organisation manages none."""
+    await grant(node.services.store, "tca_org-admin", Issuer(name="prefecture-75", principal="user:org-admin",
+                                                             roles=frozenset({Role.ADMIN, Role.AUTHOR})))
+    org_admin = {"Authorization": "Bearer tca_org-admin"}
+    assert (await http.get("/api/v1/admin/orgs/prefecture-75", headers=org_admin)).status_code == 200
+    refused = await http.put("/api/v1/admin/routes/gw", json={"url": GOOD}, headers=org_admin)
+    assert refused.status_code == 403 and refused.json()["code"] == "auth.role-required"
+    assert (await http.get("/api/v1/admin/routes", headers=org_admin)).status_code == 403
 
 
 @pytest.mark.parametrize(("body", "field"), [
