@@ -117,3 +117,17 @@ async def test_a_removed_route_gets_nothing_more(node: Node, http: httpx.AsyncCl
     await until(lambda: len(receiver.accepted()) == 1, timeout_s=10)
     assert receiver.accepted()[0].identifier == "NEW-1"
     assert "GONE-2" not in {r.identifier for r in receiver.alerts()}
+
+
+async def test_a_disabled_route_is_planned_nothing_and_waits(node: Node, http: httpx.AsyncClient,
+                                                             receiver: Receiver) -> None:
+    await add_route(http, "paused", receiver.url, enabled=False)
+    assert node.services.routes.names_for("Actual") == []
+    answer = (await http.get("/api/v1/admin/routes/paused", headers=ADMIN)).json()
+    assert answer["status"]["ok"] and answer["status"]["detail"].startswith("disabled")
+    # What was queued anyway waits for it, and goes once it is enabled.
+    await enqueue(node, "paused", await issue(http, alert_xml(identifier="WAIT-1")))
+    await add_route(http, "paused", receiver.url)
+    assert node.services.routes.names_for("Actual") == ["paused"]
+    await until(lambda: len(receiver.accepted()) == 1, timeout_s=10)
+    assert receiver.accepted()[0].identifier == "WAIT-1"

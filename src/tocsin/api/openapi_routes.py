@@ -75,7 +75,7 @@ def routes_schemas() -> Json:
             "at": {"type": "string", "format": "date-time"}, "ok": {"type": "boolean"}, "reason": {"type": "string"},
             "status": {"type": ["integer", "null"]}, "node": {"type": "string"}, "alert_id": {"type": "string"}}},
         "RouteStatus": {"type": "object", "properties": {
-            "ok": {"type": "boolean"}, "detail": {"type": "string", "description": "What is wrong; empty when ok."},
+            "ok": {"type": "boolean"}, "detail": {"type": "string", "description": "What is wrong, or that it is disabled; else empty."},
             "enabled": {"type": "boolean"},
             "pending": {"type": ["integer", "null"], "description": "Deliveries waiting (null: not read yet)."},
             "last_success": when, "last_failure": when, "link_test": _ref("LinkTest"),

@@ -31,7 +31,7 @@ def route_line(route: dict[str, Any]) -> str:
     status = route.get("status") or {}
     link = status.get("link_test")
     failure = status.get("last_failure")
-    state = "ok" if status.get("ok") else ("disabled" if not route.get("enabled") else "FAILING")
+    state = "disabled" if not route.get("enabled") else "ok" if status.get("ok") else "FAILING"
     line = (f"{route['name']}  {state}  {route['url']}  statuses={','.join(route['statuses'])}  "
             f"token={'yes' if route.get('has_token') else 'no'}  pending={status.get('pending', '?')}  "
             f"last-success={_when(status.get('last_success'))}  "

@@ -168,14 +168,15 @@ def route_status(route: Route, status: Mapping[str, dict[str, Any]], pending: in
     failure: dict[str, Any] = delivery.get("last_failure") or {}
     failing_now = failure.get("outcome") == "retry" and str(failure.get("at", "")) > str(success.get("at", ""))
     detail = ""
-    if not route.enabled:
-        detail = "disabled"
-    elif link is not None and not link.get("ok"):
+    if link is not None and not link.get("ok"):
         detail = f"link test failed at {link.get('at')}: {link.get('reason')}"
     elif failing_now:
         detail = f"deliveries failing since {failure.get('at')}: {failure.get('reason')}"
+    # A route an admin disabled is not a fault: said, never failing (nor link-tested).
+    ok = not route.enabled or not detail
     return {
-        "ok": route.enabled and not detail, "detail": detail, "enabled": route.enabled, "pending": pending,
+        "ok": ok, "detail": "disabled: nothing is forwarded" if not route.enabled else detail,
+        "enabled": route.enabled, "pending": pending,
         "last_success": success or None, "last_failure": failure or None, "link_test": link, "counts": delivery.get("counts", {}),
     }
 
