@@ -29,6 +29,7 @@ from tocsin.api.services import Services
 from tocsin.api.streams import freshness
 from tocsin.channels import webpush
 from tocsin.channels.live import LiveRegistry
+from tocsin.delivery.route_worker import RouteWorker, route_checks
 from tocsin.errors import Rejected, StoreMisconfigured, StoreUnavailable
 from tocsin.health.readiness import Limits, Readiness
 from tocsin.health.shed import shed_when_unready
@@ -230,6 +231,10 @@ def _health(node: Node) -> _Health:
         on_outcome=lambda outcome: services.metrics.heartbeats.labels(outcome).inc(),
     )
     services.prober, services.readiness = prober, readiness
+    # ROUTES: each route is named in /readyz, never making the node unready (docs/health.md).
+    worker = services.route_worker
+    if worker is not None:
+        readiness.advisory = lambda: route_checks(worker.report())
     services.metrics.watch(services.live, readiness, prober)
     return _Health(prober=prober, readiness=readiness, heartbeat=heartbeat)
 
@@ -327,6 +332,11 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
         services = Services(
             settings=settings, store=store, accept=accept, pipeline=pipeline, live=live, signer=signer, clock=clock
         )
+        # ROUTES: CAP forwarding (delivery/route_worker.py), started with the other tasks.
+        services.route_worker = RouteWorker(
+            settings=settings, js=store.jetstream, store=store, book=services.routes, status_records=store.route_status,
+            status=services.route_status, signer=signer, routes=store.routes,
+        )
         areas_mirror = await _start_areas_mirror(services)
         stack.callback(areas_mirror.cancel)
         services.edge = Edge.from_settings(settings, lambda code: services.metrics.refused.labels(code).inc())
@@ -411,6 +421,8 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         pending = tasks.create_task(store.pending.mirror(node.services.pending_cache), name="pending-mirror")
         sweep = tasks.create_task(sweep_forever(node.services), name="lifecycle-sweep")
         accounts = tasks.create_task(store.accounts.mirror(node.services.accounts.mirror), name="accounts-mirror")
+        # ROUTES: the routes and their status mirrored, and every route's worker on this node.
+        route_tasks = _start_routes(tasks, node.services)
         while not node.server.started and not http.done():
             await asyncio.sleep(0.01)
         if ready is not None and node.server.started:
@@ -442,8 +454,23 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         pending.cancel()
         sweep.cancel()
         accounts.cancel()
+        for task in route_tasks:
+            task.cancel()
         if supervisor is not None:
             supervisor.cancel()
+
+
+def _start_routes(tasks: asyncio.TaskGroup, services: Services) -> list[asyncio.Task[None]]:
+    """ROUTES: the routes bucket and its status bucket mirrored, and the route worker."""
+    worker = services.route_worker
+    if worker is None:
+        return []
+    store = services.store
+    return [
+        tasks.create_task(store.routes.mirror(services.routes, first_pass=worker.loaded), name="routes-mirror"),
+        tasks.create_task(store.route_status.mirror(services.route_status), name="route-status-mirror"),
+        tasks.create_task(worker.run(), name="route-worker"),
+    ]
 
 
 def stop_on_signals(node: Node) -> None:

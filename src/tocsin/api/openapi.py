@@ -47,6 +47,7 @@ def document(base_url: str) -> Json:
     from tocsin.api.openapi_admin import admin_paths, admin_schemas  # it uses this module's builders
     from tocsin.api.openapi_areas import areas_paths, areas_schemas  # GAZ
     from tocsin.api.openapi_webpush import webpush_paths, webpush_schemas  # WEBPUSH
+    from tocsin.api.openapi_routes import routes_paths, routes_schemas  # ROUTES
 
     catalog = problem_catalog()
     spec: Json = {
@@ -70,13 +71,14 @@ def document(base_url: str) -> Json:
         ],
         "paths": _merge(_issuer_paths(catalog), _preview_paths(catalog), _lifecycle_paths(catalog),
                         _device_paths(catalog), _public_paths(), admin_paths(catalog), areas_paths(catalog),
-                        webpush_paths(catalog)),
+                        webpush_paths(catalog), routes_paths(catalog)),
         "components": _components(catalog),
         "x-problem-codes": [{"code": p.code, "status": p.status, "title": p.title} for p in catalog],
     }
     spec["components"]["schemas"].update(admin_schemas())
     spec["components"]["schemas"].update(areas_schemas())
     spec["components"]["schemas"].update(webpush_schemas())  # WEBPUSH
+    spec["components"]["schemas"].update(routes_schemas())
     return spec
 
 

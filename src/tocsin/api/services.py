@@ -20,6 +20,8 @@ from tocsin.api.ratelimit import RateLimit, RatesByKey
 from tocsin.api.listener import Edge
 from tocsin.api.ttl_cache import TtlCache
 from tocsin.channels.live import LiveRegistry
+from tocsin.delivery.route_worker import RouteWorker
+from tocsin.delivery.routes import RouteBook
 from tocsin.geo.gazetteer_mirror import AreasMirror
 from tocsin.health.readiness import Readiness
 from tocsin.pipeline.accept import Accept
@@ -190,6 +192,11 @@ class Services:
     # one import at a time (api/areas.py: a large GeoJSON body is parsed off the loop).
     areas: AreasMirror = field(init=False)
     areas_importing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # ROUTES: the routes bucket and its status bucket mirrored (app.py runs the mirrors), and
+    # the route worker (app.py starts it; None in ASGI-only tests) (delivery/routes.py).
+    routes: RouteBook = field(default_factory=RouteBook)
+    route_status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    route_worker: RouteWorker | None = None
 
     def __post_init__(self) -> None:
         s = self.settings
