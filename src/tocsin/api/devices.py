@@ -302,3 +302,10 @@ async def delete_device(request: Request) -> Response:
     await services.store.devices.delete(device_id)
     services.device_cache.pop(device_id, None)
     return Response(status_code=204)
+
+
+async def device(request: Request) -> Response:
+    """/api/v1/devices/{device_id}: PUT replaces, DELETE forgets."""
+    if request.method == "PUT":
+        return await update_device(request)
+    return await delete_device(request)

@@ -1,0 +1,86 @@
+"""Bench: planning one alert for N push-registered devices (default 100,000).
+
+    python bench/delivery_bench.py [--devices 100000] [--batch 1000] [--no-sync]
+
+Prints the time of each part of a plan, as the planner does it (delivery/planner.py):
+`DeviceIndex.members` for a cover over the devices' cell, the Delivery messages, and
+`enqueue_all` to the DELIVERIES work queue on a nats-server started here (file store,
+`sync_interval: always`, R1; pipelined publishes, each with its Nats-Msg-Id and TTL); then
+the same enqueue again (a replanned alert: every message a duplicate). The server is
+stopped by pid at the end, on error and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import nats
+
+from tocsin.api.device_index import DeviceIndex
+from tocsin.api.device_records import record_json
+from tocsin.cluster.nats_server import NatsServer
+from tocsin.delivery import queue
+from tocsin.delivery.model import FCM
+from tocsin.delivery.planner import deliveries, enqueue_all
+from tocsin.geo.cells import Cover, cell_for_point
+from tocsin.settings import Settings
+
+
+async def main(devices: int, batch: int, sync_always: bool = True) -> None:
+    cell = cell_for_point(48.8566, 2.3522)
+    index = DeviceIndex()
+    now = datetime.now(UTC)
+    record = record_json(cells=[cell], languages=["fr"], tests=False, canary=False, secret_sha256="0" * 64,
+                         created=now, renewed=now)
+    payload = json.dumps({**record, "channel": FCM}).encode()
+    index.put_many([(f"dev_{i:024x}", payload) for i in range(devices)])
+    began = time.perf_counter()
+    members = index.members(Cover(cells=frozenset({cell})), "Actual", (FCM,))
+    members_s = time.perf_counter() - began
+    active = SimpleNamespace(
+        stored=SimpleNamespace(seq=1, envelope=SimpleNamespace(alert_id="a" * 32)),
+        expires_at=now + timedelta(hours=1),
+        alert=SimpleNamespace(status=SimpleNamespace(value="Actual"), infos=()),
+    )
+    began = time.perf_counter()
+    planned = deliveries(active, members, [])  # type: ignore[arg-type]
+    build_s = time.perf_counter() - began
+    with tempfile.TemporaryDirectory() as folder:
+        server = NatsServer(store_dir=Path(folder) / "nats", name="bench", sync_always=sync_always)
+        await server.start()
+        try:
+            nc = await nats.connect(server.client_url)
+            settings = Settings(deliveries_stream="BENCH_DELIVERIES", deliveries_max_bytes=2 * 1024**3)
+            js = nc.jetstream()
+            await queue.ensure(js, settings)
+            began = time.perf_counter()
+            await enqueue_all(js, settings, planned, batch=batch)
+            enqueue_s = time.perf_counter() - began
+            began = time.perf_counter()
+            await enqueue_all(js, settings, planned, batch=batch)
+            again_s = time.perf_counter() - began
+            held = (await js.stream_info(settings.deliveries_stream)).state.messages
+            await nc.close()
+        finally:
+            await server.stop()
+    print(f"devices: {len(members)} (of {devices} in the index); queue holds {held} after two plans")
+    print(f"members(): {members_s * 1000:.0f} ms; Delivery messages: {build_s * 1000:.0f} ms")
+    print(f"enqueue (batch {batch}): {enqueue_s:.2f} s, {len(planned) / enqueue_s:,.0f} deliveries/s")
+    print(f"enqueue again (all duplicates): {again_s:.2f} s")
+    print(f"alert planned for {len(members)} devices in {members_s + build_s + enqueue_s:.2f} s")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--devices", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--no-sync", action="store_true", help="the server without sync_interval: always")
+    args = parser.parse_args()
+    asyncio.run(main(args.devices, args.batch, not args.no_sync))
