@@ -36,6 +36,7 @@ _TOPIC = re.compile(r"[A-Za-z0-9_-]{1,32}")
 @dataclass(frozen=True, slots=True)
 class Received:
     token: str
+    node: str  # the sender's label (X-Node): which node's dispatcher sent it
     at: float  # time.time()
     answer: str
     topic: str
@@ -50,6 +51,8 @@ class Gateway:
     received: list[Received] = field(default_factory=list)
     script: defaultdict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     default: str = "200"
+    # Nodes (X-Node) whose requests hang, whatever the script says.
+    hang_for: set[str] = field(default_factory=set)
 
     def answer_next(self, token: str) -> str:
         queued = self.script[token]
@@ -57,6 +60,9 @@ class Gateway:
 
     def to(self, token: str) -> list[Received]:
         return [r for r in self.received if r.token == token]
+
+    def to_node(self, node: str) -> list[Received]:
+        return [r for r in self.received if r.node == node]
 
     def sent(self, token: str | None = None) -> list[Received]:
         return [r for r in self.received if r.answer == "200" and (token is None or r.token == token)]
@@ -68,8 +74,9 @@ class Gateway:
             ttl, topic = request.headers.get("ttl", ""), request.headers.get("topic", "")
             if not ttl.isdigit() or not _TOPIC.fullmatch(topic) or len(body) > 4096:
                 return JSONResponse({"error": "bad request"}, status_code=400)
-            answer = self.answer_next(token)
-            self.received.append(Received(token, time.time(), answer, topic, int(ttl), body))
+            node = request.headers.get("x-node", "")
+            answer = "hang" if node in self.hang_for else self.answer_next(token)
+            self.received.append(Received(token, node, time.time(), answer, topic, int(ttl), body))
             if answer == "hang":
                 await asyncio.sleep(3600)
             if answer.startswith("429"):
@@ -84,8 +91,9 @@ class GatewaySender:
 
     channel = FCM
 
-    def __init__(self, url: str, settings: Settings) -> None:
+    def __init__(self, url: str, settings: Settings, node: str = "") -> None:
         self._url = url
+        self._node = node
         self._client = gateway_client(settings)
 
     def check_target(self, document: dict[str, Any], *, canary: bool) -> dict[str, Any]:
@@ -98,7 +106,7 @@ class GatewaySender:
         return urlsplit(self._url).netloc
 
     async def send(self, push: Push) -> Result:
-        headers = {"TTL": str(push.ttl_s), "Topic": push.topic, "Urgency": "high"}
+        headers = {"TTL": str(push.ttl_s), "Topic": push.topic, "Urgency": "high", "X-Node": self._node}
         try:
             response = await self._client.post(f"{self._url}/push/{push.target['token']}", content=push.payload,
                                                headers=headers)
