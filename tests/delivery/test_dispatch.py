@@ -99,6 +99,10 @@ async def test_each_push_device_in_the_area_gets_the_alert_once(tmp_path: Path, 
         assert set(payload) == {"seq", "id", "kid", "sig", "cap"} and "<identifier>" in payload["cap"]
         assert all(0 < r.ttl <= 3600 for r in run.gateway.received)
         assert len(inside) == 3
+        # The planner's consumer holds one alert at a time by design: readiness leaves it out.
+        infos = await run.node.services.store.jetstream.consumers_info(run.node.settings.stream)
+        assert "planner" in {info.name for info in infos}
+        assert "planner" not in {c.name for c in await run.node.services.store.consumer_health()}
 
 
 async def _empty(run: Running) -> bool:

@@ -33,14 +33,14 @@ from tocsin.api.device_index import DeviceIndex
 from tocsin.cap.model import Severity, Status
 from tocsin.delivery.model import CAP, Delivery
 from tocsin.delivery.progress import Progress
-from tocsin.delivery.queue import enqueue
+from tocsin.delivery.queue import PLANNER_CONSUMER, enqueue
 from tocsin.errors import StoreUnavailable
 from tocsin.pipeline.index import Active, ActiveIndex
 from tocsin.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CONSUMER = "planner"
+CONSUMER = PLANNER_CONSUMER
 # Publishes in flight at once (pipelined on the one connection; each awaits its ack).
 BATCH = 1000
 # How long to wait for this node's follower to reach an alert before handing it back.

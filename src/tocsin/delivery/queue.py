@@ -29,6 +29,10 @@ from tocsin.errors import StoreUnavailable
 from tocsin.settings import Settings
 from tocsin.store.audit import ensure_stream
 
+# CORE: the planner's durable consumer on the alert stream (delivery/planner.py). It holds
+# one alert at a time by design (max_ack_pending 1), so it is "at max ack pending" whenever
+# it plans: the readiness check of consumers leaves it out (store.consumer_health).
+PLANNER_CONSUMER = "planner"
 # A planner that dies is replaced after its ack_wait; a few of those fit in this window.
 DEDUPE_WINDOW_S = 15 * 60.0
 _FIELDS = ("subjects", "max_bytes", "num_replicas", "duplicate_window", "allow_msg_ttl")
