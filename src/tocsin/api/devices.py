@@ -161,7 +161,7 @@ def registration(document: object, max_cells: int) -> Registration:
 def _size(value: object) -> int:
     try:
         return len(json.dumps(value, separators=(",", ":")))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return MAX_PUSH_BYTES + 1
 
 
@@ -183,7 +183,8 @@ def with_push(document: dict[str, Any], body: Registration, settings: Settings,
     if channel == LIVE:
         return body
     if part is None or part not in document:
-        # Not a channel at all: check_target refuses it, naming the channels there are.
+        # Not a channel, or not one configured here: check_target refuses it, naming those
+        # there are; a configured one without its push part: the channel's own refusal.
         channels.check_target(channel, document, settings, canary=body.canary, senders=senders)
         raise Rejected(DEVICE_INVALID, f"{part}: a {channel} registration needs one")
     if _size(document[part]) > MAX_PUSH_BYTES:
