@@ -1,11 +1,11 @@
 """Bench: planning one alert for N push-registered devices (default 100,000).
 
-    python bench/delivery_bench.py [--devices 100000] [--batch 1000] [--no-sync]
+    python bench/delivery_bench.py [--devices 100000] [--no-sync]
 
 Prints the time of each part of a plan, as the planner does it (delivery/planner.py):
 `DeviceIndex.members` for a cover over the devices' cell, the Delivery messages, and
 `enqueue_all` to the DELIVERIES work queue on a nats-server started here (file store,
-`sync_interval: always`, R1; pipelined publishes, each with its Nats-Msg-Id and TTL); then
+`sync_interval: always`, R1; atomic batches of 1000, each message with its Nats-Msg-Id and TTL); then
 the same enqueue again (a replanned alert: every message a duplicate). The server is
 stopped by pid at the end, on error and on Ctrl-C.
 """
@@ -27,13 +27,14 @@ from tocsin.api.device_index import DeviceIndex
 from tocsin.api.device_records import record_json
 from tocsin.cluster.nats_server import NatsServer
 from tocsin.delivery import queue
+from tocsin.delivery.queue import ATOMIC_BATCH
 from tocsin.delivery.model import FCM
 from tocsin.delivery.planner import deliveries, enqueue_all
 from tocsin.geo.cells import Cover, cell_for_point
 from tocsin.settings import Settings
 
 
-async def main(devices: int, batch: int, sync_always: bool = True) -> None:
+async def main(devices: int, sync_always: bool = True) -> None:
     cell = cell_for_point(48.8566, 2.3522)
     index = DeviceIndex()
     now = datetime.now(UTC)
@@ -61,10 +62,10 @@ async def main(devices: int, batch: int, sync_always: bool = True) -> None:
             js = nc.jetstream()
             await queue.ensure(js, settings)
             began = time.perf_counter()
-            await enqueue_all(js, settings, planned, batch=batch)
+            await enqueue_all(nc, js, settings, planned)
             enqueue_s = time.perf_counter() - began
             began = time.perf_counter()
-            await enqueue_all(js, settings, planned, batch=batch)
+            await enqueue_all(nc, js, settings, planned)
             again_s = time.perf_counter() - began
             held = (await js.stream_info(settings.deliveries_stream)).state.messages
             await nc.close()
@@ -72,7 +73,7 @@ async def main(devices: int, batch: int, sync_always: bool = True) -> None:
             await server.stop()
     print(f"devices: {len(members)} (of {devices} in the index); queue holds {held} after two plans")
     print(f"members(): {members_s * 1000:.0f} ms; Delivery messages: {build_s * 1000:.0f} ms")
-    print(f"enqueue (batch {batch}): {enqueue_s:.2f} s, {len(planned) / enqueue_s:,.0f} deliveries/s")
+    print(f"enqueue (atomic batches of {ATOMIC_BATCH}): {enqueue_s:.2f} s, {len(planned) / enqueue_s:,.0f} deliveries/s")
     print(f"enqueue again (all duplicates): {again_s:.2f} s")
     print(f"alert planned for {len(members)} devices in {members_s + build_s + enqueue_s:.2f} s")
 
@@ -80,7 +81,6 @@ async def main(devices: int, batch: int, sync_always: bool = True) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--no-sync", action="store_true", help="the server without sync_interval: always")
     args = parser.parse_args()
-    asyncio.run(main(args.devices, args.batch, not args.no_sync))
+    asyncio.run(main(args.devices, not args.no_sync))

@@ -381,7 +381,7 @@ def _deliveries(services: Services, store: JetStreamStore,
     s = services.settings
     planner = None
     if services.senders or routes_for is not None:
-        planner = Planner(js=store.jetstream, settings=s, index=services.pipeline.index,
+        planner = Planner(nc=store.nats, js=store.jetstream, settings=s, index=services.pipeline.index,
                           devices=services.device_cache, channels=tuple(services.senders),
                           progress=services.progress, routes_for=routes_for or no_routes)
     dispatcher = None

@@ -26,6 +26,7 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -33,7 +34,7 @@ from tocsin.api.device_index import DeviceIndex
 from tocsin.cap.model import Severity, Status
 from tocsin.delivery.model import CAP, Delivery
 from tocsin.delivery.progress import Progress
-from tocsin.delivery.queue import PLANNER_CONSUMER, enqueue
+from tocsin.delivery.queue import ATOMIC_BATCH, PLANNER_CONSUMER, enqueue_batch
 from tocsin.errors import StoreUnavailable
 from tocsin.pipeline.index import Active, ActiveIndex
 from tocsin.settings import Settings
@@ -41,8 +42,6 @@ from tocsin.settings import Settings
 log = logging.getLogger(__name__)
 
 CONSUMER = PLANNER_CONSUMER
-# Publishes in flight at once (pipelined on the one connection; each awaits its ack).
-BATCH = 1000
 # How long to wait for this node's follower to reach an alert before handing it back.
 FOLLOWER_WAIT_S = 10.0
 
@@ -70,13 +69,13 @@ def deliveries(active: Active, members: Sequence[tuple[str, str]], routes: Seque
     return planned
 
 
-async def enqueue_all(js: JetStreamContext, settings: Settings, planned: Sequence[Delivery],
-                      *, batch: int = BATCH, still_working: Callable[[], Any] | None = None) -> None:
-    """Enqueue every delivery, `batch` publishes in flight at a time (not one round trip
-    each: 100,000 devices in seconds). Raises StoreUnavailable when one is not acknowledged
-    (the caller plans the alert again: dedupe keeps what was enqueued once)."""
-    for start in range(0, len(planned), batch):
-        await asyncio.gather(*(enqueue(js, settings, delivery) for delivery in planned[start: start + batch]))
+async def enqueue_all(nc: Client, js: JetStreamContext, settings: Settings, planned: Sequence[Delivery],
+                      *, still_working: Callable[[], Any] | None = None) -> None:
+    """Enqueue every delivery in atomic batches (`queue.enqueue_batch`: one write each, not
+    one round trip and one fsync per delivery). Raises StoreUnavailable when a batch is not
+    acknowledged (the caller plans the alert again: dedupe keeps what was enqueued once)."""
+    for start in range(0, len(planned), ATOMIC_BATCH):
+        await enqueue_batch(nc, js, settings, planned[start: start + ATOMIC_BATCH])
         if still_working is not None:
             await still_working()
 
@@ -85,9 +84,10 @@ class Planner:
     """This node's share of the cluster's one planner (see the module docstring)."""
 
     def __init__(
-        self, *, js: JetStreamContext, settings: Settings, index: ActiveIndex, devices: DeviceIndex,
+        self, *, nc: Client, js: JetStreamContext, settings: Settings, index: ActiveIndex, devices: DeviceIndex,
         channels: Sequence[str], progress: Progress, routes_for: RoutesFor = no_routes,
     ) -> None:
+        self._nc = nc
         self._js = js
         self._settings = settings
         self._index = index
@@ -165,7 +165,7 @@ class Planner:
         status = active.alert.status.value
         members = self._devices.members(None if active.everywhere else active.cover, status, self._channels)
         planned = deliveries(active, members, self._routes_for(status))
-        await enqueue_all(self._js, self._settings, planned, still_working=still_working)
+        await enqueue_all(self._nc, self._js, self._settings, planned, still_working=still_working)
         alert_id = str(active.stored.envelope.alert_id)
         counts: dict[str, int] = {}
         for delivery in planned:
