@@ -1,6 +1,6 @@
 """Bench: planning one alert for N push-registered devices (default 100,000).
 
-    python bench/delivery_bench.py [--devices 100000] [--no-sync]
+    python bench/delivery_bench.py [--devices 100000] [--no-sync] [--r3]
 
 Prints the time of each part of a plan, as the planner does it (delivery/planner.py):
 `DeviceIndex.members` for a cover over the devices' cell, the Delivery messages, and
@@ -25,6 +25,7 @@ import nats
 
 from tocsin.api.device_index import DeviceIndex
 from tocsin.api.device_records import record_json
+from tocsin.cluster.local import LocalCluster
 from tocsin.cluster.nats_server import NatsServer
 from tocsin.delivery import queue
 from tocsin.delivery.queue import ATOMIC_BATCH
@@ -34,7 +35,7 @@ from tocsin.geo.cells import Cover, cell_for_point
 from tocsin.settings import Settings
 
 
-async def main(devices: int, sync_always: bool = True) -> None:
+async def main(devices: int, sync_always: bool = True, r3: bool = False) -> None:
     cell = cell_for_point(48.8566, 2.3522)
     index = DeviceIndex()
     now = datetime.now(UTC)
@@ -54,11 +55,18 @@ async def main(devices: int, sync_always: bool = True) -> None:
     planned = deliveries(active, members, [])  # type: ignore[arg-type]
     build_s = time.perf_counter() - began
     with tempfile.TemporaryDirectory() as folder:
-        server = NatsServer(store_dir=Path(folder) / "nats", name="bench", sync_always=sync_always)
-        await server.start()
+        if r3:  # three nats-servers (LocalCluster: each with sync_interval: always), R3 streams
+            cluster = LocalCluster(Path(folder), nodes=3)
+            await cluster.start()
+            url, replicas, stop = cluster.specs[0].nats_url, 3, cluster.stop
+        else:
+            server = NatsServer(store_dir=Path(folder) / "nats", name="bench", sync_always=sync_always)
+            await server.start()
+            url, replicas, stop = server.client_url, 1, server.stop
         try:
-            nc = await nats.connect(server.client_url)
-            settings = Settings(deliveries_stream="BENCH_DELIVERIES", deliveries_max_bytes=2 * 1024**3)
+            nc = await nats.connect(url)
+            settings = Settings(deliveries_stream="BENCH_DELIVERIES", deliveries_max_bytes=2 * 1024**3,
+                                replicas=replicas)
             js = nc.jetstream()
             await queue.ensure(js, settings)
             began = time.perf_counter()
@@ -70,7 +78,8 @@ async def main(devices: int, sync_always: bool = True) -> None:
             held = (await js.stream_info(settings.deliveries_stream)).state.messages
             await nc.close()
         finally:
-            await server.stop()
+            await stop()
+    print(f"R{replicas}")
     print(f"devices: {len(members)} (of {devices} in the index); queue holds {held} after two plans")
     print(f"members(): {members_s * 1000:.0f} ms; Delivery messages: {build_s * 1000:.0f} ms")
     print(f"enqueue (atomic batches of {ATOMIC_BATCH}): {enqueue_s:.2f} s, {len(planned) / enqueue_s:,.0f} deliveries/s")
@@ -82,5 +91,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--no-sync", action="store_true", help="the server without sync_interval: always")
+    parser.add_argument("--r3", action="store_true", help="a 3-server cluster, the queue replicated three times")
     args = parser.parse_args()
-    asyncio.run(main(args.devices, not args.no_sync))
+    asyncio.run(main(args.devices, not args.no_sync, args.r3))
