@@ -46,6 +46,10 @@ URGENT, NORMAL = "dispatch-urgent", "dispatch-normal"
 MAX_ACK_PENDING = 65536
 # What a platform shows before the app runs: the start of the description.
 BODY_CHARS = 240
+# How long a pull waits on an empty lane: the urgent lane briefly (it is asked first each
+# time), the normal one longer (a fresh urgent message waits at most this).
+URGENT_WAIT_S = 0.01
+NORMAL_WAIT_S = 0.25
 # The work left for a channel no sender here serves (another node may serve it).
 NO_SENDER_DELAY_S = 5.0
 
@@ -178,11 +182,15 @@ class Dispatcher:
             await asyncio.wait(list(self._in_flight), timeout=timeout_s)
 
     async def _pull(self, urgent: Any, normal: Any) -> None:
+        # Pull again once half the slots are free (at least one): each pull is a round trip
+        # (and a short wait on an empty urgent lane), so pulls of one message each would
+        # bound a node to a few tens of sends a second (measured: bench/dispatch_bench.py).
+        refill_at = max(1, self._concurrency // 2)
         while True:
             async with self._room:
-                await self._room.wait_for(lambda: len(self._in_flight) < self._concurrency)
+                await self._room.wait_for(lambda: self._concurrency - len(self._in_flight) >= refill_at)
             room = self._concurrency - len(self._in_flight)
-            messages = await _fetch(urgent, room, 0.05) or await _fetch(normal, room, 0.5)
+            messages = await _fetch(urgent, room, URGENT_WAIT_S) or await _fetch(normal, room, NORMAL_WAIT_S)
             for msg in messages:
                 task = asyncio.create_task(self._handle_one(msg), name="dispatch")
                 self._in_flight.add(task)
