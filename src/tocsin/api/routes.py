@@ -29,7 +29,7 @@ ROUTES = [
     Route("/api/v1/alerts/{alert_id}.xml", alerts.get_alert_xml, methods=["GET"]),
     Route("/api/v1/alerts/{alert_id}", alerts.get_alert, methods=["GET"]),
     Route("/api/v1/devices", devices.register_device, methods=["POST"]),
-    Route("/api/v1/devices/{device_id}", devices.delete_device, methods=["DELETE"]),
+    Route("/api/v1/devices/{device_id}", devices.device, methods=["DELETE", "PUT"]),  # CORE: PUT
     Route("/api/v1/stream", streams.stream, methods=["GET"]),
     WebSocketRoute("/api/v1/ws", streams.websocket),
     Route("/.well-known/tocsin/keys", public.keys, methods=["GET"]),

@@ -522,7 +522,8 @@ class JetStreamStore:
                 pending=int(info.num_pending or 0),
             )
             for info in infos
-            if info.config.durable_name
+            # CORE: the planner holds one alert at a time by design (delivery/queue.py).
+            if info.config.durable_name and info.name != deliveries.PLANNER_CONSUMER
         ]
 
     async def follow(self, after_seq: int = 0) -> AsyncIterator[Stored]:
