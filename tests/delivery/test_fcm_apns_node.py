@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.conftest import unique_name
 from tests.e2e.conftest import ISSUER_TOKEN, node_settings, start_node, stop_node
@@ -18,9 +17,6 @@ from tests.fakes.fcm import FakeFcm
 from tests.fakes.tls import gateway_ca
 from tests.samples import IN_LYON, IN_PARIS, alert_xml
 from tests.waiting import until, until_async
-
-# Until the dispatchers are on this branch (CORE), nothing sends: this test waits for them.
-pytest.importorskip("tocsin.delivery.dispatcher")
 
 ISSUER = {"Authorization": f"Bearer {ISSUER_TOKEN}", "Content-Type": "application/cap+xml"}
 FCM_TOKENS = [f"fcm{i}:APA91bH" + "a1B2c3D4e5F6_-" * 10 for i in range(3)]
