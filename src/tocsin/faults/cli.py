@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
         print(f"{fault_id}: {result.verdict} in {result.duration_s:.0f} s; acked {result.acked}, lost {result.lost}, "
               f"dup {result.duplicated}, gap {result.max_gap_s} s, recover {result.recover_s} s"
+              + (f"; push {result.push_received}/{result.push_expected}, lost {result.push_lost}, astray "
+                 f"{result.push_astray}, repeats {result.push_repeats} (bound {result.push_repeat_bound})"
+                 if result.push_expected else "")
               + "".join(f"\n    {v}" for v in result.violations[:8]), flush=True)
         (workdir / "results.json").write_text(json.dumps([r.as_json() for r in results], indent=1))
     if not args.no_report:

@@ -37,13 +37,18 @@ CROWD_POLYGON = "44.80,-0.65 44.80,-0.50 44.88,-0.50 44.88,-0.65 44.80,-0.65"
 
 
 def cluster_env(ca_file: str, *, ack_wait_s: float, timeout_s: float, concurrency: int) -> dict[str, str]:
-    """What the nodes need to send to the fake, and soon again after a dispatcher dies."""
+    """What the nodes need to send to the fake, and to send again within the run: a dead
+    dispatcher's deliveries taken over after a short ack_wait, and retries (a send timed out
+    on a loaded machine, a breaker opened by them) within seconds, not the minutes of the
+    production backoff (300 s at most) and breaker (30 s)."""
     return {
         "TOCSIN_PUSH_CA_FILE": ca_file,
         "TOCSIN_WEBPUSH_HOSTS": "127.0.0.1",
         "TOCSIN_DELIVERY_ACK_WAIT_S": str(ack_wait_s),
         "TOCSIN_PUSH_TIMEOUT_S": str(timeout_s),
         "TOCSIN_DISPATCH_CONCURRENCY": str(concurrency),
+        "TOCSIN_DELIVERY_BACKOFF_MAX_S": "4",
+        "TOCSIN_BREAKER_OPEN_S": "3",
     }
 
 

@@ -660,6 +660,13 @@ def _slots(run: Run) -> int:
     return run.options.push_concurrency
 
 
+def _taken_before(run: Run, at: float) -> int:
+    """Pushes the fake took in the SLOW_PUSH_S before `at`: their answers were still pending
+    (on every node) at that moment, the sends in flight."""
+    assert run.push is not None
+    return sum(1 for m in run.push.messages() if at - SLOW_PUSH_S <= float(m.get("at", 0)) <= at)
+
+
 async def inject_kill_dispatcher(run: Run, ci: bool) -> None:
     """kill -9 node2's tocsin (its dispatchers) while every dispatcher has sends in flight;
     its deliveries are taken over by the others after ack_wait; restart it."""
@@ -669,7 +676,10 @@ async def inject_kill_dispatcher(run: Run, ci: bool) -> None:
         await asyncio.sleep(4.0)
         run.fault("kill -9 node2's tocsin with push sends in flight (each answered 1.5 s late)", node="node2",
                   repeat_bound=_slots(run))
+        killed = time.time()
         await run.cluster.kill("node2", nats=False)
+        run.in_flight = _taken_before(run, killed)  # type: ignore[attr-defined]
+        run.note("sends in flight at the kill (answers pending, every node)", sends=run.in_flight)  # type: ignore[attr-defined]
         await asyncio.sleep(run.options.push_ack_wait_s + 2.0)
         await run.restart_node("node2", nats=False)
         run.heal("node2's tocsin restarted", node="node2")
@@ -687,12 +697,24 @@ async def inject_kill_push_node(run: Run, ci: bool) -> None:
         await asyncio.sleep(4.0)
         run.fault("kill -9 node3 (nats-server and tocsin) with push sends in flight", node="node3",
                   repeat_bound=_slots(run) * len(run.cluster.specs))
+        killed = time.time()
         await run.cluster.kill("node3")
+        run.in_flight = _taken_before(run, killed)  # type: ignore[attr-defined]
+        run.note("sends in flight at the kill (answers pending, every node)", sends=run.in_flight)  # type: ignore[attr-defined]
         await asyncio.sleep(_ci_seconds(ci, 15, 10))
         await run.restart_node("node3")
         run.heal("node3 restarted", node="node3")
     finally:
         await run.push.clear()
+
+
+async def verify_in_flight(run: Run, result: Result, ci: bool) -> None:
+    """The fault came with sends in flight (else it proves nothing about them)."""
+    sends = getattr(run, "in_flight", 0)
+    result.notes.append(f"{sends} pushes taken by the fake in the {SLOW_PUSH_S} s before the kill, "
+                        "their answers pending (every node)")
+    if not sends:
+        result.violations.append("no push send was in flight at the kill")
 
 
 async def _client_in_msgs(run: Run) -> dict[str, int]:
@@ -876,14 +898,16 @@ def _matrix() -> list[Scenario]:
                  inject=inject_noisy, expect=Expect(p99_s=10.0), ci_options=ci, needs=needs_stress),
         Scenario(id="F28-dispatcher", fault="kill -9 a node's tocsin (its push dispatchers) with sends in flight",
                  must="every push delivery made, shown once; repeats within the sends in flight; invariants",
-                 inject=inject_kill_dispatcher, options=Options(**PUSH_OPTIONS), ci_options=PUSH_CI),
+                 inject=inject_kill_dispatcher, verify=verify_in_flight, options=Options(**PUSH_OPTIONS),
+                 ci_options=PUSH_CI),
         Scenario(id="F28-planner", fault="kill -9 the tocsin planning an alert of 2,500 push devices, mid-plan",
                  must="re-planned by another node after ack_wait; every push delivery once; invariants",
                  inject=inject_kill_planner, verify=verify_replanned,
                  options=Options(**PUSH_OPTIONS, push_crowd=2500), ci_options={**PUSH_CI, "push_crowd": 2500}),
         Scenario(id="F28-node", fault="kill -9 a whole node (nats-server and tocsin) with push sends in flight",
                  must="every push delivery made, shown once; repeats within the sends in flight; invariants",
-                 inject=inject_kill_push_node, options=Options(**PUSH_OPTIONS), ci_options=PUSH_CI),
+                 inject=inject_kill_push_node, verify=verify_in_flight, options=Options(**PUSH_OPTIONS),
+                 ci_options=PUSH_CI),
     ]
 
 
