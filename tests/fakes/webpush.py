@@ -425,6 +425,12 @@ def shared_ca(directory: Path) -> GatewayCa:
 
 
 async def _main(port: int, state: Path, ca_dir: Path | None) -> None:
+    # A push service keeps a sender's HTTP/2 connection as long as it is used; hypercorn ends
+    # one after 1,000 requests, with the answers of the streams in flight lost although their
+    # pushes were taken: a fault run's dispatchers would see repeats no real service causes.
+    from hypercorn.config import Config
+
+    Config.keep_alive_max_requests = 10**9
     ca = shared_ca(ca_dir) if ca_dir else gateway_ca()
     with state.open("a", encoding="utf-8") as out:
         def write(event: dict[str, Any]) -> None:

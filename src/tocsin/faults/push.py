@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 import tocsin
+from tocsin.faults.fleet import post_device
 from tocsin.faults.history import History
 
 # The repository's root: src/tocsin/__init__.py -> ../..
@@ -149,7 +150,7 @@ class PushService:
                     home = i % len(node_urls)
                     body = {"channel": "webpush", "points": [points[i]],
                             "subscription": {"endpoint": made["endpoint"], "keys": made["keys"]}}
-                    device_id = await _post_device(api, node_urls, home, body)
+                    device_id = str((await post_device(api, node_urls, home, body))["id"])
                     slots[i] = PushDevice(index=i, subscription=str(made["id"]), device_id=device_id,
                                           inside=kinds[i] == "inside", crowd=kinds[i] == "crowd", home=home)
 
@@ -203,18 +204,3 @@ async def _vapid_key(http: httpx.AsyncClient, urls: list[str]) -> str:
     if len(keys) != 1 or "" in keys:
         raise RuntimeError(f"the nodes do not give one VAPID key: {sorted(keys)}")
     return keys.pop()
-
-
-async def _post_device(http: httpx.AsyncClient, urls: list[str], home: int, body: dict[str, Any]) -> str:
-    last = ""
-    for attempt in range(8):  # bounded: the home node first, then the others
-        url = urls[(home + attempt) % len(urls)]
-        try:
-            response = await http.post(f"{url}/api/v1/devices", json=body)
-            if response.status_code == 201:
-                return str(response.json()["id"])
-            last = f"{response.status_code} {response.text[:200]}"
-        except httpx.HTTPError as exc:
-            last = repr(exc)
-        await asyncio.sleep(0.2 * (attempt + 1))
-    raise RuntimeError(f"push device registration failed: {last}")

@@ -6,6 +6,7 @@ rates and durations, the same invariants.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -717,71 +718,91 @@ async def verify_in_flight(run: Run, result: Result, ci: bool) -> None:
         result.violations.append("no push send was in flight at the kill")
 
 
-async def _client_in_msgs(run: Run) -> dict[str, int]:
-    """Messages each tocsin node's NATS connections published (nats-server /connz, all servers;
-    a tocsin connection is named after its node)."""
+async def _connz(run: Run, **params: str) -> list[dict[str, Any]]:
+    """Every client connection of every nats-server (/connz); a tocsin's is named after its node."""
     import httpx
 
-    totals: dict[str, int] = {}
-    async with httpx.AsyncClient(timeout=1.0) as http:
-        answers = await asyncio.gather(*(http.get(s.monitor_url + "/connz", params={"limit": "1024"})
+    found: list[dict[str, Any]] = []
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        answers = await asyncio.gather(*(http.get(s.monitor_url + "/connz", params={"limit": "1024", **params})
                                          for s in run.cluster.specs), return_exceptions=True)
     for answer in answers:
-        if isinstance(answer, BaseException) or answer.status_code != 200:
-            continue
-        for conn in answer.json().get("connections") or []:
-            name = str(conn.get("name") or "")
-            totals[name] = totals.get(name, 0) + int(conn.get("in_msgs") or 0)
+        if not isinstance(answer, BaseException) and answer.status_code == 200:
+            found += answer.json().get("connections") or []
+    return found
+
+
+async def _published(run: Run) -> dict[str, int]:
+    """Messages each tocsin node's NATS connections published so far (named after the node)."""
+    totals: dict[str, int] = {}
+    for conn in await _connz(run):
+        name = str(conn.get("name") or "")
+        totals[name] = totals.get(name, 0) + int(conn.get("in_msgs") or 0)
     return totals
 
 
 async def inject_kill_planner(run: Run, ci: bool) -> None:
     """Issue one alert over the workload's area and the push crowd's (thousands of deliveries:
-    several atomic batches), find the node planning it from who publishes its deliveries
-    (nats-server /connz), and kill -9 that node's tocsin between its batches. Another node
-    plans the alert again after ack_wait; the work queue's message ids keep nothing twice."""
+    several atomic batches). The moment the first of its deliveries reaches the work queue's
+    subjects every tocsin is frozen (SIGSTOP, from the subscription's callback: the plan stops
+    where it is); the planner is the node whose connections published them (nats-server
+    /connz, connections named after their node); it is killed -9 and the others resume.
+    Another node plans the alert again after ack_wait; the queue's message ids keep nothing
+    twice."""
     assert run.issuer is not None and run.push is not None
     nc = await nats.connect(servers=[s.nats_url for s in run.cluster.specs], connect_timeout=2)
     ident = run.issuer.new_identifier("crowd")
     alert_id = alert_id_for(SENDER, ident)
     run.crowd_ids.add(alert_id)
     run.history.record("crowd_alert", id=alert_id, devices=run.options.push_crowd)
-    seen = asyncio.Event()
-    counted = [0]
+    names = [s.name for s in run.cluster.specs]
+    frozen = asyncio.Event()
+    counted = [0, 0]  # deliveries seen; of them when frozen
 
     async def delivery(msg: Msg) -> None:
-        if (msg.headers or {}).get("Nats-Msg-Id", "").startswith(alert_id + "."):
-            counted[0] += 1
-            seen.set()
+        if not (msg.headers or {}).get("Nats-Msg-Id", "").startswith(alert_id + "."):
+            return
+        counted[0] += 1
+        if not frozen.is_set():
+            for name in names:
+                run.cluster.signal(name, signal.SIGSTOP, nats=False)
+            frozen.set()
+            counted[1] = counted[0]
 
-    sub = await nc.subscribe("TOCSIN_DELIVERIES.device.>", cb=delivery)
+    queue = await nc.subscribe("TOCSIN_DELIVERIES.device.>", cb=delivery)
     try:
-        before = await _client_in_msgs(run)
+        before = await _published(run)
         xml = alert_xml(ident).replace(b"</area>", b"</area><area><areaDesc>Bordeaux</areaDesc><polygon>"
                                        + CROWD_POLYGON.encode() + b"</polygon></area>", 1)
         issuing = asyncio.get_running_loop().create_task(run.issuer.issue(ident, xml=xml))
         try:
             async with asyncio.timeout(30):
-                await seen.wait()
+                await frozen.wait()
         except TimeoutError:
             run.note("no delivery of the crowd alert seen within 30 s")
-        after = await _client_in_msgs(run)
-        names = [s.name for s in run.cluster.specs]
-        grown = {n: after.get(n, 0) - before.get(n, 0) for n in names}
-        planner = max(names, key=lambda n: grown[n])
-        run.fault("kill -9 the tocsin planning the crowd alert, between its batches", node=planner,
-                  alert=alert_id, published=grown, seen=counted[0], repeat_bound=_slots(run))
-        await run.cluster.kill(planner, nats=False)
+            return
+        try:
+            after = await _published(run)
+            grown = {n: after.get(n, 0) - before.get(n, 0) for n in names}
+            planner = max(names, key=lambda n: grown[n])
+            run.fault("kill -9 the tocsin planning the crowd alert, frozen at its first delivery", node=planner,
+                      alert=alert_id, published=grown, seen=counted[1], repeat_bound=_slots(run))
+            run.cluster.signal(planner, signal.SIGKILL, nats=False)
+        finally:
+            for name in names:
+                with contextlib.suppress(ProcessLookupError):
+                    run.cluster.signal(name, signal.SIGCONT, nats=False)
+        await run.cluster.kill(planner, nats=False)  # reaps it
         outcome = await issuing
-        run.note("crowd alert", id=alert_id, acked=outcome.acked, seen_at_kill=counted[0])
+        run.note("crowd alert", id=alert_id, acked=outcome.acked, planner=planner)
         await asyncio.sleep(run.options.push_ack_wait_s + 2.0)
         await run.restart_node(planner, nats=False)
         run.heal("the planning node's tocsin restarted", node=planner)
         run.killed_planner = planner  # type: ignore[attr-defined]
         await asyncio.sleep(5.0)
-        run.note("crowd deliveries enqueued (publishes seen, repeats included)", seen=counted[0])
+        run.note("crowd deliveries published (repeats included)", seen=counted[0])
     finally:
-        await sub.unsubscribe()
+        await queue.unsubscribe()
         await nc.close()
 
 
