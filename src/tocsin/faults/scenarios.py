@@ -718,6 +718,24 @@ async def verify_in_flight(run: Run, result: Result, ci: bool) -> None:
         result.violations.append("no push send was in flight at the kill")
 
 
+async def inject_gateway_errors(run: Run, ci: bool) -> None:
+    """The push service fails every push for a while, each way a real one does: 500, then
+    429 with Retry-After, then 503, then no answer at all (hang, until the sender's timeout).
+    None of those takes the message, so every delivery must still be made, and none twice."""
+    assert run.push is not None
+    each_s = _ci_seconds(ci, 6.0, 4.0)
+    run.fault("the push service answers 500, 429 (Retry-After 2), 503, then hangs", seconds=4 * each_s)
+    try:
+        for mode, retry_after in (("500", None), ("429", "2"), ("503", None), ("hang", None)):
+            await run.push.control("fail", {"mode": mode, "retry_after": retry_after})
+            run.note("push service failing", mode=mode)
+            await asyncio.sleep(each_s)
+            await run.push.clear()
+    finally:
+        await run.push.clear()
+    run.heal("the push service answers again")
+
+
 async def _connz(run: Run, **params: str) -> list[dict[str, Any]]:
     """Every client connection of every nats-server (/connz); a tocsin's is named after its node."""
     import httpx
@@ -925,6 +943,9 @@ def _matrix() -> list[Scenario]:
                  must="re-planned by another node after ack_wait; every push delivery once; invariants",
                  inject=inject_kill_planner, verify=verify_replanned,
                  options=Options(**PUSH_OPTIONS, push_crowd=2500), ci_options={**PUSH_CI, "push_crowd": 2500}),
+        Scenario(id="F28-gateway", fault="the push service answers 500, 429, 503, then hangs, 6 s each",
+                 must="retried (Retry-After honoured) until accepted; every push delivery once; invariants",
+                 inject=inject_gateway_errors, options=Options(**PUSH_OPTIONS), ci_options=PUSH_CI),
         Scenario(id="F28-node", fault="kill -9 a whole node (nats-server and tocsin) with push sends in flight",
                  must="every push delivery made, shown once; repeats within the sends in flight; invariants",
                  inject=inject_kill_push_node, verify=verify_in_flight, options=Options(**PUSH_OPTIONS),
