@@ -725,6 +725,7 @@ async def inject_gateway_errors(run: Run, ci: bool) -> None:
     assert run.push is not None
     each_s = _ci_seconds(ci, 6.0, 4.0)
     run.fault("the push service answers 500, 429 (Retry-After 2), 503, then hangs", seconds=4 * each_s)
+    run.failing_from = time.time()  # type: ignore[attr-defined]
     try:
         for mode, retry_after in (("500", None), ("429", "2"), ("503", None), ("hang", None)):
             await run.push.control("fail", {"mode": mode, "retry_after": retry_after})
@@ -733,7 +734,21 @@ async def inject_gateway_errors(run: Run, ci: bool) -> None:
             await run.push.clear()
     finally:
         await run.push.clear()
+    run.failing_until = time.time()  # type: ignore[attr-defined]
     run.heal("the push service answers again")
+
+
+async def verify_gateway(run: Run, result: Result, ci: bool) -> None:
+    """Nothing was taken while the service failed, and the backlog went once it answered."""
+    assert run.push is not None
+    start, end = getattr(run, "failing_from", 0.0), getattr(run, "failing_until", 0.0)
+    times = sorted(float(m.get("at", 0)) for m in run.push.messages() if m.get("event") == "message")
+    during = sum(1 for t in times if start + 0.5 < t < end)
+    soon = sum(1 for t in times if end <= t < end + 10.0)
+    result.notes.append(f"pushes taken while the service failed ({end - start:.0f} s): {during}; in the 10 s after "
+                        f"it answered again: {soon}")
+    if during:
+        result.violations.append(f"{during} pushes taken while the push service was told to fail")
 
 
 async def _connz(run: Run, **params: str) -> list[dict[str, Any]]:
@@ -806,6 +821,7 @@ async def inject_kill_planner(run: Run, ci: bool) -> None:
             run.fault("kill -9 the tocsin planning the crowd alert, frozen at its first delivery", node=planner,
                       alert=alert_id, published=grown, seen=counted[1], repeat_bound=_slots(run))
             run.cluster.signal(planner, signal.SIGKILL, nats=False)
+            run.planner_published = grown  # type: ignore[attr-defined]
         finally:
             for name in names:
                 with contextlib.suppress(ProcessLookupError):
@@ -832,8 +848,11 @@ async def verify_replanned(run: Run, result: Result, ci: bool) -> None:
             else "" for s in run.cluster.specs}
     planned_by = sorted(n for n, text in logs.items()
                         if any("alert planned" in line and alert_id in line for line in text.splitlines()))
+    published = getattr(run, "planner_published", {})
     result.notes.append(f"crowd alert {alert_id} ({run.options.push_crowd} crowd devices): planning node "
-                        f"{planner} killed; 'alert planned' logged by {planned_by or 'none'}")
+                        f"{planner} killed having published {published.get(planner)} messages (the others "
+                        f"{[v for k, v in sorted(published.items()) if k != planner]}); 'alert planned' logged by "
+                        f"{planned_by or 'none'}")
     if planner is None or planner in planned_by and len(planned_by) == 1:
         result.violations.append(f"the planner ({planner}) was not killed mid-plan: it finished the plan")
     if not planned_by:
@@ -945,7 +964,8 @@ def _matrix() -> list[Scenario]:
                  options=Options(**PUSH_OPTIONS, push_crowd=2500), ci_options={**PUSH_CI, "push_crowd": 2500}),
         Scenario(id="F28-gateway", fault="the push service answers 500, 429, 503, then hangs, 6 s each",
                  must="retried (Retry-After honoured) until accepted; every push delivery once; invariants",
-                 inject=inject_gateway_errors, options=Options(**PUSH_OPTIONS), ci_options=PUSH_CI),
+                 inject=inject_gateway_errors, verify=verify_gateway, options=Options(**PUSH_OPTIONS),
+                 ci_options=PUSH_CI),
         Scenario(id="F28-node", fault="kill -9 a whole node (nats-server and tocsin) with push sends in flight",
                  must="every push delivery made, shown once; repeats within the sends in flight; invariants",
                  inject=inject_kill_push_node, verify=verify_in_flight, options=Options(**PUSH_OPTIONS),
