@@ -16,6 +16,7 @@ import json
 import os
 import random
 import signal
+import ssl
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,7 @@ class PushService:
             await process.wait()
 
     def _client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(verify=self.ca_file, timeout=10)
+        return httpx.AsyncClient(verify=ssl.create_default_context(cafile=self.ca_file), timeout=10)
 
     async def control(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         async with self._client() as http:
