@@ -65,8 +65,8 @@ class Options:
     push_outside: float = 0.1
     push_crowd: int = 0
     # Short enough that a dispatcher's or planner's deliveries are taken over within the run.
-    push_ack_wait_s: float = 6.0
-    push_timeout_s: float = 3.0
+    push_ack_wait_s: float = 10.0
+    push_timeout_s: float = 5.0
     push_concurrency: int = 16
 
 

@@ -654,7 +654,7 @@ async def inject_noisy(run: Run, ci: bool) -> None:
 
 # How late the fake answers each push while the fault is on: sends are in flight on every
 # dispatcher (each push is taken at once, its 201 comes this late; under TOCSIN_PUSH_TIMEOUT_S).
-SLOW_PUSH_S = 1.5
+SLOW_PUSH_S = 1.0
 
 
 def _slots(run: Run) -> int:
@@ -675,7 +675,7 @@ async def inject_kill_dispatcher(run: Run, ci: bool) -> None:
     await run.push.slow(SLOW_PUSH_S)
     try:
         await asyncio.sleep(4.0)
-        run.fault("kill -9 node2's tocsin with push sends in flight (each answered 1.5 s late)", node="node2",
+        run.fault("kill -9 node2's tocsin with push sends in flight (each answered 1 s late)", node="node2",
                   repeat_bound=_slots(run))
         killed = time.time()
         await run.cluster.kill("node2", nats=False)
