@@ -103,6 +103,23 @@ async def test_a_body_not_encrypted_for_the_browser_is_taken_but_never_shown() -
     assert not fake.subscription(subscription["endpoint"]).received
 
 
+async def test_a_slow_answer_takes_the_push_first_and_answers_later() -> None:
+    """"slow" (the fault suite's sends in flight): the browser has the message before the 201
+    comes, so a sender that dies meanwhile never learns it was taken."""
+    async with webpush_fake() as fake:
+        subscription = fake.subscribe()
+        with pytest.raises(ValueError):
+            fake.fail("slow", delay_s=61.0)
+        fake.fail("slow", delay_s=0.5)
+        browser = fake.subscription(subscription["endpoint"])
+        async with httpx.AsyncClient(http2=True, verify=ssl.create_default_context(cafile=gateway_ca().ca_file)) as client:
+            sending = asyncio.create_task(client.post(subscription["endpoint"], **_request(fake.url, subscription)))
+            await until(lambda: len(browser.received) == 1)
+            assert not sending.done()
+            response = await sending
+    assert response.status_code == 201 and [m.payload for m in browser.received] == [b"hello"]
+
+
 async def test_the_fake_as_a_process_with_its_control_api_and_state_file(tmp_path: Path) -> None:
     state = tmp_path / "state.jsonl"
     port = _free_port()

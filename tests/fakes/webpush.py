@@ -38,8 +38,9 @@ one JSON line per event, flushed at once:
 The control API on the same port (JSON bodies):
   POST /control/subscribe {"server_key": B64URL|null} -> the subscription JSON plus "id"
   POST /control/unsubscribe {"id": ID}
-  POST /control/fail {"mode": "400"|"429"|"500"|"503"|"410"|"413"|"hang", "subscription": ID|null,
-                      "times": N|null (null: until cleared), "retry_after": "S"|HTTP-date|null}
+  POST /control/fail {"mode": "400"|"429"|"500"|"503"|"410"|"413"|"hang"|"slow", "subscription": ID|null,
+                      "times": N|null (null: until cleared), "retry_after": "S"|HTTP-date|null,
+                      "delay_s": S (slow: the push is taken at once, its 201 comes S later)}
   POST /control/clear                         every failure mode off
   GET  /control/state -> {"requests": N, "subscriptions": {ID: {"requests": N,
                           "received": N, "held": [{"topic", "alert_id", "sha256"}...]}}}
@@ -50,6 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -80,7 +82,9 @@ MAX_BODY = 4096
 URGENCIES = ("very-low", "low", "normal", "high")
 _TOPIC = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _AUTH = re.compile(r"vapid\s+t=([A-Za-z0-9_.-]+)\s*,\s*k=([A-Za-z0-9_=-]+)\s*")
-MODES = ("400", "429", "500", "503", "410", "413", "hang")
+MODES = ("400", "429", "500", "503", "410", "413", "hang", "slow")
+# The longest a "slow" answer may be told to wait.
+MAX_DELAY_S = 60.0
 
 
 def _b64(data: bytes) -> str:
@@ -144,6 +148,7 @@ class Failure:
     subscription: str | None
     remaining: int | None  # None: until cleared
     retry_after: str | None
+    delay_s: float = 0.0  # "slow": the message is taken at once, its 201 comes this late
 
 
 class FakePushService:
@@ -189,13 +194,17 @@ class FakePushService:
         self.subscription(endpoint_or_id).active = False
 
     def fail(self, mode: str, *, subscription: str | None = None, times: int | None = None,
-             retry_after: str | None = None) -> None:
+             retry_after: str | None = None, delay_s: float = 0.0) -> None:
         """Answer `mode` (one of MODES) to the pushes of one subscription or of all, `times`
-        times or until `clear`."""
+        times or until `clear`. "slow" is no failure: the push is checked and taken (the
+        browser has it) and the 201 comes `delay_s` later, as from a loaded service; a sender
+        that dies meanwhile never learns it was taken (the fault suite's repeats)."""
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} is not one of {MODES}")
+        if not 0.0 <= delay_s <= MAX_DELAY_S:
+            raise ValueError(f"delay_s must be within 0..{MAX_DELAY_S}")
         sub_id = subscription.rsplit("/", 1)[-1] if subscription else None
-        self.failures.append(Failure(mode, sub_id, times, retry_after))
+        self.failures.append(Failure(mode, sub_id, times, retry_after, delay_s))
 
     def clear(self) -> None:
         self.failures.clear()
@@ -233,7 +242,7 @@ class FakePushService:
             return _error(410, "push subscription has unsubscribed or expired")
         sub.requests += 1
         failure = self._failure_for(sub.id)
-        if failure is not None:
+        if failure is not None and failure.mode != "slow":
             return await self._failed(failure)
         refused = self._check_vapid(request, sub) or self._check_headers(request)
         if refused is not None:
@@ -241,6 +250,9 @@ class FakePushService:
         if body is None:
             return _error(413, f"payload over {MAX_BODY} bytes")
         self._deliver(sub, request, body)
+        if failure is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._released.wait(), failure.delay_s)
         return Response(status_code=201, headers={"Location": f"{self.url}/message/{uuid.uuid4().hex}",
                                                   "TTL": request.headers["ttl"]})
 
@@ -327,7 +339,8 @@ class FakePushService:
         try:
             self.fail(str(body.get("mode")), subscription=body.get("subscription") or None,
                       times=int(times) if times is not None else None,
-                      retry_after=str(body["retry_after"]) if body.get("retry_after") is not None else None)
+                      retry_after=str(body["retry_after"]) if body.get("retry_after") is not None else None,
+                      delay_s=float(body.get("delay_s") or 0.0))
         except (ValueError, TypeError) as exc:
             return _error(400, str(exc))
         return JSONResponse({"ok": True})
@@ -412,6 +425,12 @@ def shared_ca(directory: Path) -> GatewayCa:
 
 
 async def _main(port: int, state: Path, ca_dir: Path | None) -> None:
+    # A push service keeps a sender's HTTP/2 connection as long as it is used; hypercorn ends
+    # one after 1,000 requests, with the answers of the streams in flight lost although their
+    # pushes were taken: a fault run's dispatchers would see repeats no real service causes.
+    from hypercorn.config import Config
+
+    Config.keep_alive_max_requests = 10**9
     ca = shared_ca(ca_dir) if ca_dir else gateway_ca()
     with state.open("a", encoding="utf-8") as out:
         def write(event: dict[str, Any]) -> None:

@@ -145,3 +145,62 @@ def test_a_gap_while_no_node_delivers_is_not_stranding() -> None:
                    Expect(max_gap_s=None, max_stranded_s=10.0))
     assert result.max_device_gap_s > 10.0
     assert result.max_stranded_s < 0.5 and result.violations == []
+
+
+# -- push devices ---------------------------------------------------------------------------
+
+INSIDE, OUTSIDE, CROWD = "s-in", "s-out", "s-crowd"
+
+
+def push_history(*extra: dict[str, Any]) -> list[dict[str, Any]]:
+    devices = [{"i": 0, "sub": INSIDE, "inside": True, "crowd": False},
+               {"i": 1, "sub": OUTSIDE, "inside": False, "crowd": False},
+               {"i": 2, "sub": CROWD, "inside": False, "crowd": True}]
+    return history({"t": 0.5, "k": "push_devices", "devices": devices}, *extra)
+
+
+def pushed(*messages: tuple[str, str, str]) -> dict[str, Any]:
+    return {**final(), "push": [{"event": "message", "subscription": sub, "alert_id": alert_id, "topic": topic}
+                                for sub, alert_id, topic in messages]}
+
+
+def test_every_push_made_once_passes_and_counts() -> None:
+    result = check("T", push_history(), pushed((INSIDE, A, "t1")), Expect())
+    assert result.violations == []
+    assert (result.push_expected, result.push_received, result.push_lost, result.push_repeats) == (1, 1, 0, 0)
+
+
+def test_a_push_never_made_is_lost_and_one_outside_the_area_is_astray() -> None:
+    result = check("T", push_history(), pushed((OUTSIDE, A, "t1"), (CROWD, A, "t1")), Expect())
+    assert result.push_lost == 1 and result.push_astray == 2
+    assert any("never made" in v for v in result.violations)
+    assert any("outside the alert's area" in v for v in result.violations)
+
+
+def test_the_crowd_expects_its_crowd_alert_only() -> None:
+    crowd = {"t": 1.15, "k": "crowd_alert", "id": A}
+    assert check("T", push_history(crowd), pushed((INSIDE, A, "t1")), Expect()).push_lost == 1
+    assert check("T", push_history(crowd), pushed((INSIDE, A, "t1"), (CROWD, A, "t1")), Expect()).violations == []
+
+
+def test_repeats_are_a_figure_within_the_sends_in_flight_and_a_violation_beyond() -> None:
+    kill = {"t": 1.25, "k": "fault", "what": "kill", "repeat_bound": 1}
+    twice = pushed((INSIDE, A, "t1"), (INSIDE, A, "t1"))
+    within = check("T", push_history(kill), twice, Expect(max_gap_s=None))
+    assert within.violations == [] and (within.push_repeats, within.push_repeat_bound) == (1, 1)
+    beyond = check("T", push_history(), twice, Expect())
+    assert any("more than the 0 sends" in v for v in beyond.violations)
+
+
+def test_one_alert_under_two_topics_is_shown_twice() -> None:
+    kill = {"t": 1.25, "k": "fault", "what": "kill", "repeat_bound": 5}
+    result = check("T", push_history(kill), pushed((INSIDE, A, "t1"), (INSIDE, A, "t2")), Expect(max_gap_s=None))
+    assert any("shown twice" in v for v in result.violations)
+
+
+def test_a_push_that_does_not_decrypt_or_was_never_issued_is_flagged() -> None:
+    data = pushed((INSIDE, A, "t1"), (INSIDE, B, "t9"))
+    data["push"].append({"event": "undecryptable", "subscription": INSIDE})
+    result = check("T", push_history(), data, Expect())
+    assert any("did not decrypt" in v for v in result.violations)
+    assert any("not issued" in v for v in result.violations)

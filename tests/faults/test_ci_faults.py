@@ -1,5 +1,6 @@
 """The CI subset of the fault matrix (RELIABILITY.md): each fault on a real 3-node cluster,
-with a device fleet and an issuer, checked against the five invariants.
+with a device fleet and an issuer, checked against the five invariants (and, for F28, the
+push devices' rules: checker.py).
 
 Shorter durations and rates than `tocsin-faults --all`; the same invariants. Histories are
 kept under pytest's tmp_path for a failed run.
@@ -27,3 +28,8 @@ async def test_fault_keeps_every_invariant(fault_id: str, tmp_path: Path) -> Non
     assert result.acked > 0 and result.lost == 0 and result.duplicated == 0
     # Approvals in flight through the fault: a tenth of the alerts wait for a second person.
     assert result.approved > 0, result.notes
+    if SCENARIOS[fault_id].options.push_devices:
+        # Every push delivery made (once, as shown); repeats only within the sends in flight.
+        assert result.push_expected > 0 and result.push_lost == 0 and result.push_astray == 0, result.notes
+        assert result.push_received == result.push_expected + result.push_repeats
+        assert result.push_repeats <= result.push_repeat_bound, result.notes

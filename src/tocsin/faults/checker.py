@@ -14,6 +14,24 @@
    without the alerts issued meanwhile (where the scenario sets `max_stranded_s`).
 
 A scenario adds its own figure checks (p99 latency, longest gap, expected 503s...).
+
+Push devices (runs with `Options.push_devices`; RELIABILITY.md F28, "every push delivery
+once"), from the Web Push fake's state file (one line per push it accepted and its browser
+decrypted):
+
+- lost = 0: every acknowledged alert reaches every push device inside its area at least once
+  (the crowd of F28-planner is inside the area of the alerts marked `crowd_alert` only);
+- nothing reaches a push device outside the alert's area, no alert the workload never issued
+  arrives, and every accepted push decrypts;
+- shown once, as a browser shows it: every copy of one alert for one subscription carries
+  the same Topic (the browser keeps one message per Topic, and the app drops a repeat by
+  identity); copies under two Topics would be shown twice, a violation;
+- raw repeats (one alert accepted twice for one subscription) are a figure, not a violation:
+  a dispatcher killed between the gateway's 201 and its ack leaves that delivery unacked, and
+  the dispatcher that takes it over after ack_wait sends it again. They are bounded by the
+  sends in flight at the kills: the `repeat_bound` each fault entry states (the dispatch
+  concurrency of every dispatcher it killed or cut off); more repeats than that is a
+  violation (a redelivery not caused by the fault).
 """
 
 from __future__ import annotations
@@ -74,6 +92,15 @@ class Result:
     restored: int = 0
     # Alerts submitted by one person and published by another's approval during the run.
     approved: int = 0
+    # Push devices (the checker's docstring): inside/crowd subscriptions, pushes expected
+    # ((subscription, alert) pairs), received, missing, astray, raw repeats and their bound.
+    push_devices: int = 0
+    push_expected: int = 0
+    push_received: int = 0
+    push_lost: int = 0
+    push_astray: int = 0
+    push_repeats: int = 0
+    push_repeat_bound: int = 0
 
     @property
     def verdict(self) -> str:
@@ -135,6 +162,7 @@ class Checker:
         self.replicas()
         self.timeliness()
         self.issuers()
+        self.push()
         return r
 
     # 1
@@ -310,6 +338,54 @@ class Checker:
                        and a + 1.0 <= e["t"] <= b]
                 if bad:
                     self._violation(f"{len(bad)} acknowledgements from the cut-off node(s) {x.no_ack_from}")
+
+    # push devices (the module docstring)
+    def push(self) -> None:
+        registered = self.by_kind["push_devices"]
+        if not registered:
+            return
+        r = self.result
+        devices = {d["sub"]: d for d in registered[0]["devices"]}
+        crowd_ids = {e["id"] for e in self.by_kind["crowd_alert"]}
+
+        def expected(sub: str, alert_id: str) -> bool:
+            device = devices[sub]
+            return bool(device["inside"] or (device["crowd"] and alert_id in crowd_ids))
+
+        copies: dict[tuple[str, str], int] = defaultdict(int)
+        topics: dict[tuple[str, str], set[str | None]] = defaultdict(set)
+        for m in self.final.get("push", []):
+            if m.get("event") == "undecryptable":
+                self._violation(f"a push to subscription {m['subscription']} did not decrypt")
+                continue
+            sub, alert_id = str(m["subscription"]), str(m.get("alert_id"))
+            if sub not in devices or alert_id not in self.issued:
+                self._violation(f"push of {alert_id} to {sub}: not a registered device or not issued")
+                continue
+            copies[(sub, alert_id)] += 1
+            topics[(sub, alert_id)].add(m.get("topic"))
+        pairs = [(sub, a) for a in self.acked for sub in devices if expected(sub, a)]
+        lost = [p for p in pairs if not copies.get(p)]
+        astray = [p for p in copies if not expected(*p)]
+        twice = [p for p, t in topics.items() if len(t) > 1]
+        r.push_devices = sum(1 for d in devices.values() if d["inside"] or d["crowd"])
+        r.push_expected, r.push_received = len(pairs), sum(copies.values())
+        r.push_lost, r.push_astray = len(lost), len(astray)
+        r.push_repeats = sum(n - 1 for n in copies.values() if n > 1)
+        r.push_repeat_bound = sum(int(e.get("repeat_bound", 0)) for e in self.by_kind["fault"])
+        if lost:
+            sub, alert_id = lost[0]
+            self._violation(f"{len(lost)} push deliveries never made (e.g. alert {alert_id} to {sub})")
+        if astray:
+            self._violation(f"{len(astray)} pushes to devices outside the alert's area (e.g. {astray[0]})")
+        if twice:
+            self._violation(f"{len(twice)} alerts pushed under two Topics to one device: shown twice")
+        if r.push_repeats > r.push_repeat_bound:
+            self._violation(f"{r.push_repeats} pushes repeated: more than the {r.push_repeat_bound} sends "
+                            "in flight at the kills")
+        r.notes.append(f"push: {r.push_devices} devices, {r.push_received} pushes accepted of {r.push_expected} "
+                       f"expected, lost {r.push_lost}, astray {r.push_astray}, repeats {r.push_repeats} "
+                       f"(bound {r.push_repeat_bound}: sends in flight at the kills), each shown once by Topic")
 
     def _violation(self, text: str) -> None:
         if len(self.result.violations) < 40:

@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tocsin-faults", description=__doc__.split("\n\n")[0])
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--all", action="store_true", help="every fault of the matrix")
-    which.add_argument("--only", help="comma separated ids, e.g. F05,F06 (F11 includes its mutation runs)")
+    which.add_argument("--only", help="comma separated ids, e.g. F05,F06 (F11 includes its mutation runs, "
+                       "F28 its three push runs)")
     which.add_argument("--render", type=Path, metavar="RESULTS_JSON",
                        help="only write the report again from a run's results.json")
     parser.add_argument("--ci", action="store_true", help="the short CI variant of each fault")
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
         print(f"{fault_id}: {result.verdict} in {result.duration_s:.0f} s; acked {result.acked}, lost {result.lost}, "
               f"dup {result.duplicated}, gap {result.max_gap_s} s, recover {result.recover_s} s"
+              + (f"; push {result.push_received}/{result.push_expected}, lost {result.push_lost}, astray "
+                 f"{result.push_astray}, repeats {result.push_repeats} (bound {result.push_repeat_bound})"
+                 if result.push_expected else "")
               + "".join(f"\n    {v}" for v in result.violations[:8]), flush=True)
         (workdir / "results.json").write_text(json.dumps([r.as_json() for r in results], indent=1))
     if not args.no_report:
@@ -74,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
 def _expand(ids: list[str]) -> list[str]:
     out: list[str] = []
     for i in (x.strip().upper() for x in ids if x.strip()):
-        out += [k for k in SCENARIOS if k == i or k.upper().startswith(i + "-")] if i == "F11" else [i]
-    return [k for k in SCENARIOS if k in out] if out else out
+        # An id names itself (any case); F11 and F28 also name their variants (F11-mutation, F28-node...).
+        found = [k for k in SCENARIOS if k.upper() == i or (i in ("F11", "F28") and k.upper().startswith(i + "-"))]
+        out += found or [i]
+    return [k for k in SCENARIOS if k in out] if all(k in SCENARIOS for k in out) else out
 
 
 if __name__ == "__main__":

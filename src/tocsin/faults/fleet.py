@@ -129,19 +129,7 @@ class Fleet:
                                               for d in self.devices])
 
     async def _post_device(self, http: httpx.AsyncClient, home: int, point: dict[str, float]) -> dict[str, Any]:
-        last: str = ""
-        for attempt in range(8):  # bounded: the home node first, then the others
-            url = self.urls[(home + attempt) % len(self.urls)]
-            try:
-                response = await http.post(f"{url}/api/v1/devices", json={"points": [point]})
-                if response.status_code == 201:
-                    body: dict[str, Any] = response.json()
-                    return body
-                last = f"{response.status_code} {response.text[:200]}"
-            except httpx.HTTPError as exc:
-                last = repr(exc)
-            await asyncio.sleep(0.2 * (attempt + 1))
-        raise RuntimeError(f"device registration failed: {last}")
+        return await post_device(http, self.urls, home, {"points": [point]})
 
     async def _fetch_keys(self, http: httpx.AsyncClient) -> None:
         for url in self.urls:
@@ -306,6 +294,23 @@ class Fleet:
                 break
             await asyncio.sleep(0.2)
         return {i: inside - self.displayed[i] for i in ids if self.displayed[i] < inside}
+
+
+async def post_device(http: httpx.AsyncClient, urls: list[str], home: int, body: dict[str, Any]) -> dict[str, Any]:
+    """POST /api/v1/devices, the home node first, then the others (bounded); the 201's body."""
+    last: str = ""
+    for attempt in range(8):
+        url = urls[(home + attempt) % len(urls)]
+        try:
+            response = await http.post(f"{url}/api/v1/devices", json=body)
+            if response.status_code == 201:
+                found: dict[str, Any] = response.json()
+                return found
+            last = f"{response.status_code} {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        await asyncio.sleep(0.2 * (attempt + 1))
+    raise RuntimeError(f"device registration failed: {last}")
 
 
 def emit(kind: str, **fields: Any) -> None:

@@ -31,7 +31,9 @@ import nats
 import nats.errors
 
 from tocsin.cluster.local import LocalCluster, free_port_block
+from tocsin.faults.fleet import INSIDE_BOX, OUTSIDE_BOX
 from tocsin.faults.history import History
+from tocsin.faults.push import PushService, cluster_env
 from tocsin.faults.workload import Issuer
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,16 @@ class Options:
     idle_timeout_s: float = 8.0
     env: dict[str, str] = field(default_factory=dict)
     seed: int = 1
+    # Push devices (faults/push.py): subscriptions of the Web Push fake registered on the
+    # nodes, a share `push_outside` of them outside the workload's area, and `push_crowd` more
+    # in a second area only a scenario's crowd alert covers. 0: no push service in the run.
+    push_devices: int = 0
+    push_outside: float = 0.1
+    push_crowd: int = 0
+    # Short enough that a dispatcher's or planner's deliveries are taken over within the run.
+    push_ack_wait_s: float = 10.0
+    push_timeout_s: float = 5.0
+    push_concurrency: int = 16
 
 
 # Settings every fault cluster runs with: probes and keepalives often enough to see a
@@ -101,6 +113,10 @@ class Run:
         # Nodes whose tocsin runs inside this process (F16, F17), and those nodes.
         self.inproc_nodes: list[str] = []
         self.inproc: dict[str, Any] = {}
+        # The Web Push fake and its devices (Options.push_devices), and the alerts that also
+        # cover the push crowd (their audience is larger).
+        self.push: PushService | None = None
+        self.crowd_ids: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -118,7 +134,9 @@ class Run:
     async def start(self) -> None:
         self.history.record("run", fault=self.fault_id, run_id=self.run_id,
                             options={k: getattr(self.options, k) for k in ("devices", "rate", "sync_always")})
+        await self.start_push()
         await self.start_cluster()
+        await self.register_push()
         self.history.record("note", what="cluster started", pids={s.name: self.cluster.pids(s.name)
                                                                   for s in self.cluster.specs})
         self.issuer = Issuer({s.name: s.url for s in self.cluster.specs}, self.cluster.issuer_token, self.history,
@@ -127,6 +145,29 @@ class Run:
         await self.start_fleet()
         self._tasks += [asyncio.get_running_loop().create_task(self._sample(s.name), name=f"readyz-{s.name}")
                         for s in self.cluster.specs]
+
+    async def start_push(self) -> None:
+        """The Web Push fake (its own process, stopped by pid at close), and the nodes' settings
+        to send to it: before the cluster starts, since they trust its CA file."""
+        o = self.options
+        if not (o.push_devices or o.push_crowd):
+            return
+        self.push = PushService(self.workdir, self.history)
+        self.on_close(self.push.stop)
+        await self.push.start()
+        self.cluster.extra_env.update(cluster_env(self.push.ca_file, ack_wait_s=o.push_ack_wait_s,
+                                                  timeout_s=o.push_timeout_s, concurrency=o.push_concurrency))
+        self.cluster.extra_env.update(o.env)  # a scenario's own settings win
+        self.history.record("push_config", concurrency=o.push_concurrency, ack_wait_s=o.push_ack_wait_s,
+                            timeout_s=o.push_timeout_s)
+
+    async def register_push(self) -> None:
+        if self.push is None:
+            return
+        o = self.options
+        await self.push.register([s.url for s in self.cluster.specs], o.push_devices, outside=o.push_outside,
+                                 crowd=o.push_crowd, seed=o.seed, inside_box=INSIDE_BOX, outside_box=OUTSIDE_BOX)
+        self.note("push devices registered", devices=len(self.push.devices))
 
     async def start_cluster(self) -> None:
         """LocalCluster.start(), except that nodes in `inproc_nodes` run tocsin in this process."""
@@ -278,6 +319,9 @@ class Run:
         acked = [oc.alert_id for oc in self.issuer.outcomes.values() if oc.acked]
         missing = await self.await_displays(acked, o.settle_s)
         self.history.record("phase", what="settled", missing=len(missing))
+        if self.push is not None:
+            left = await self.push.await_all(acked, self.crowd_ids, o.settle_s)
+            self.history.record("phase", what="push settled", missing=left)
         await self.read_final_state()
 
     # -- the cluster's final state ------------------------------------------------------------
@@ -328,6 +372,8 @@ class Run:
         contents = await self.stream_contents()
         alarms = self.count_in_logs("reconciler republished alert")
         self.final = {"replicas": states, "stream": contents, "republished_alarms": alarms}
+        if self.push is not None:
+            self.final["push"] = self.push.messages()
         self.history.record("final", replicas=states, stream_count=len(contents), republished_alarms=alarms)
         (self.workdir / "stream.json").write_text(json.dumps(contents))
 

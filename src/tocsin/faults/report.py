@@ -48,6 +48,7 @@ def render(results: list[Result], *, command: str, scenarios: dict[str, tuple[st
             f"{_s(r.max_device_gap_s)} | {_s(r.max_stranded_s)} | {_s(r.recover_s)} | {_s(r.p99_s)} | {r.unavailable} | "
             f"**{r.verdict}** |"
         )
+    lines += push_table(results)
     lines += ["", "## Details", ""]
     for r in results:
         fault, must = scenarios.get(r.fault, (r.fault, ""))
@@ -72,6 +73,26 @@ def render(results: list[Result], *, command: str, scenarios: dict[str, tuple[st
             lines.append(f"- ... {len(r.violations) - 12} more violations")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def push_table(results: list[Result]) -> list[str]:
+    """The push devices' figures of the runs that had them (F28; checker.py, "push")."""
+    runs = [r for r in results if r.push_expected and not r.skipped]
+    if not runs:
+        return []
+    lines = [
+        "", "Push devices (F28): *devices* Web Push subscriptions in the alerts' areas; *expected* "
+        "(device, acknowledged alert) pairs; *received* pushes the fake accepted and decrypted; *lost* "
+        "pairs never received; *astray* pushes to devices outside the area; *repeats* an alert accepted "
+        "again for a device (shown once: one Topic), at most *bound*, the sends in flight at the kills.",
+        "",
+        "| id | devices | expected | received | lost | astray | repeats | bound | verdict |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in runs:
+        lines.append(f"| {r.fault} | {r.push_devices} | {r.push_expected} | {r.push_received} | {r.push_lost} | "
+                     f"{r.push_astray} | {r.push_repeats} | {r.push_repeat_bound} | **{r.verdict}** |")
+    return lines
 
 
 def _cpus() -> int:

@@ -1,4 +1,4 @@
-"""F01-F22 of RELIABILITY.md's fault matrix, each a setup, an injection (with its heal) and
+"""F01-F22 and F28 (push deliveries: F28-dispatcher, -planner, -node) of RELIABILITY.md's fault matrix, each a setup, an injection (with its heal) and
 the expectations its run is checked against. `ci=True` runs the shorter CI variant: lower
 rates and durations, the same invariants.
 """
@@ -6,6 +6,7 @@ rates and durations, the same invariants.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -27,6 +28,7 @@ from tocsin.faults.checker import Expect, Result, check
 from tocsin.faults.harness import STREAM, Options, Run
 from tocsin.faults.history import read
 from tocsin.faults.inproc import InProcessNode
+from tocsin.faults.push import CROWD_POLYGON
 from tocsin.faults.workload import SENDER, alert_xml
 from tocsin.store.base import alert_id_for
 
@@ -648,6 +650,215 @@ async def inject_noisy(run: Run, ci: bool) -> None:
     run.heal("stress-ng finished")
 
 
+# -- F28 push deliveries: a dispatcher, a planner, a whole node killed mid-alert ---------------
+
+# How late the fake answers each push while the fault is on: sends are in flight on every
+# dispatcher (each push is taken at once, its 201 comes this late; under TOCSIN_PUSH_TIMEOUT_S).
+SLOW_PUSH_S = 1.0
+
+
+def _slots(run: Run) -> int:
+    return run.options.push_concurrency
+
+
+def _taken_before(run: Run, at: float) -> int:
+    """Pushes the fake took in the SLOW_PUSH_S before `at`: their answers were still pending
+    (on every node) at that moment, the sends in flight."""
+    assert run.push is not None
+    return sum(1 for m in run.push.messages() if at - SLOW_PUSH_S <= float(m.get("at", 0)) <= at)
+
+
+async def inject_kill_dispatcher(run: Run, ci: bool) -> None:
+    """kill -9 node2's tocsin (its dispatchers) while every dispatcher has sends in flight;
+    its deliveries are taken over by the others after ack_wait; restart it."""
+    assert run.push is not None
+    await run.push.slow(SLOW_PUSH_S)
+    try:
+        await asyncio.sleep(4.0)
+        run.fault("kill -9 node2's tocsin with push sends in flight (each answered 1 s late)", node="node2",
+                  repeat_bound=_slots(run))
+        killed = time.time()
+        await run.cluster.kill("node2", nats=False)
+        run.in_flight = _taken_before(run, killed)  # type: ignore[attr-defined]
+        run.note("sends in flight at the kill (answers pending, every node)", sends=run.in_flight)  # type: ignore[attr-defined]
+        await asyncio.sleep(run.options.push_ack_wait_s + 2.0)
+        await run.restart_node("node2", nats=False)
+        run.heal("node2's tocsin restarted", node="node2")
+    finally:
+        await run.push.clear()
+
+
+async def inject_kill_push_node(run: Run, ci: bool) -> None:
+    """kill -9 node3's nats-server and tocsin while sends are in flight. The deliveries
+    consumers' leaders may be on node3: acks in flight to them are lost too, so every
+    dispatcher's sends in flight may repeat (the bound counts the three)."""
+    assert run.push is not None
+    await run.push.slow(SLOW_PUSH_S)
+    try:
+        await asyncio.sleep(4.0)
+        run.fault("kill -9 node3 (nats-server and tocsin) with push sends in flight", node="node3",
+                  repeat_bound=_slots(run) * len(run.cluster.specs))
+        killed = time.time()
+        await run.cluster.kill("node3")
+        run.in_flight = _taken_before(run, killed)  # type: ignore[attr-defined]
+        run.note("sends in flight at the kill (answers pending, every node)", sends=run.in_flight)  # type: ignore[attr-defined]
+        await asyncio.sleep(_ci_seconds(ci, 15, 10))
+        await run.restart_node("node3")
+        run.heal("node3 restarted", node="node3")
+    finally:
+        await run.push.clear()
+
+
+async def verify_in_flight(run: Run, result: Result, ci: bool) -> None:
+    """The fault came with sends in flight (else it proves nothing about them)."""
+    sends = getattr(run, "in_flight", 0)
+    result.notes.append(f"{sends} pushes taken by the fake in the {SLOW_PUSH_S} s before the kill, "
+                        "their answers pending (every node)")
+    if not sends:
+        result.violations.append("no push send was in flight at the kill")
+
+
+async def inject_gateway_errors(run: Run, ci: bool) -> None:
+    """The push service fails every push for a while, each way a real one does: 500, then
+    429 with Retry-After, then 503, then no answer at all (hang, until the sender's timeout).
+    None of those takes the message, so every delivery must still be made, and none twice."""
+    assert run.push is not None
+    each_s = _ci_seconds(ci, 6.0, 4.0)
+    run.fault("the push service answers 500, 429 (Retry-After 2), 503, then hangs", seconds=4 * each_s)
+    run.failing_from = time.time()  # type: ignore[attr-defined]
+    try:
+        for mode, retry_after in (("500", None), ("429", "2"), ("503", None), ("hang", None)):
+            await run.push.control("fail", {"mode": mode, "retry_after": retry_after})
+            run.note("push service failing", mode=mode)
+            await asyncio.sleep(each_s)
+            await run.push.clear()
+    finally:
+        await run.push.clear()
+    run.failing_until = time.time()  # type: ignore[attr-defined]
+    run.heal("the push service answers again")
+
+
+async def verify_gateway(run: Run, result: Result, ci: bool) -> None:
+    """Nothing was taken while the service failed, and the backlog went once it answered."""
+    assert run.push is not None
+    start, end = getattr(run, "failing_from", 0.0), getattr(run, "failing_until", 0.0)
+    times = sorted(float(m.get("at", 0)) for m in run.push.messages() if m.get("event") == "message")
+    during = sum(1 for t in times if start + 0.5 < t < end)
+    soon = sum(1 for t in times if end <= t < end + 10.0)
+    result.notes.append(f"pushes taken while the service failed ({end - start:.0f} s): {during}; in the 10 s after "
+                        f"it answered again: {soon}")
+    if during:
+        result.violations.append(f"{during} pushes taken while the push service was told to fail")
+
+
+async def _connz(run: Run, **params: str) -> list[dict[str, Any]]:
+    """Every client connection of every nats-server (/connz); a tocsin's is named after its node."""
+    import httpx
+
+    found: list[dict[str, Any]] = []
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        answers = await asyncio.gather(*(http.get(s.monitor_url + "/connz", params={"limit": "1024", **params})
+                                         for s in run.cluster.specs), return_exceptions=True)
+    for answer in answers:
+        if not isinstance(answer, BaseException) and answer.status_code == 200:
+            found += answer.json().get("connections") or []
+    return found
+
+
+async def _published(run: Run) -> dict[str, int]:
+    """Messages each tocsin node's NATS connections published so far (named after the node)."""
+    totals: dict[str, int] = {}
+    for conn in await _connz(run):
+        name = str(conn.get("name") or "")
+        totals[name] = totals.get(name, 0) + int(conn.get("in_msgs") or 0)
+    return totals
+
+
+async def inject_kill_planner(run: Run, ci: bool) -> None:
+    """Issue one alert over the workload's area and the push crowd's (thousands of deliveries:
+    several atomic batches). The moment the first of its deliveries reaches the work queue's
+    subjects every tocsin is frozen (SIGSTOP, from the subscription's callback: the plan stops
+    where it is); the planner is the node whose connections published them (nats-server
+    /connz, connections named after their node); it is killed -9 and the others resume.
+    Another node plans the alert again after ack_wait; the queue's message ids keep nothing
+    twice."""
+    assert run.issuer is not None and run.push is not None
+    nc = await nats.connect(servers=[s.nats_url for s in run.cluster.specs], connect_timeout=2)
+    ident = run.issuer.new_identifier("crowd")
+    alert_id = alert_id_for(SENDER, ident)
+    run.crowd_ids.add(alert_id)
+    run.history.record("crowd_alert", id=alert_id, devices=run.options.push_crowd)
+    names = [s.name for s in run.cluster.specs]
+    frozen = asyncio.Event()
+    counted = [0, 0]  # deliveries seen; of them when frozen
+
+    async def delivery(msg: Msg) -> None:
+        if not (msg.headers or {}).get("Nats-Msg-Id", "").startswith(alert_id + "."):
+            return
+        counted[0] += 1
+        if not frozen.is_set():
+            for name in names:
+                run.cluster.signal(name, signal.SIGSTOP, nats=False)
+            frozen.set()
+            counted[1] = counted[0]
+
+    queue = await nc.subscribe("TOCSIN_DELIVERIES.device.>", cb=delivery)
+    try:
+        before = await _published(run)
+        xml = alert_xml(ident).replace(b"</area>", b"</area><area><areaDesc>Bordeaux</areaDesc><polygon>"
+                                       + CROWD_POLYGON.encode() + b"</polygon></area>", 1)
+        issuing = asyncio.get_running_loop().create_task(run.issuer.issue(ident, xml=xml))
+        try:
+            async with asyncio.timeout(30):
+                await frozen.wait()
+        except TimeoutError:
+            run.note("no delivery of the crowd alert seen within 30 s")
+            return
+        try:
+            after = await _published(run)
+            grown = {n: after.get(n, 0) - before.get(n, 0) for n in names}
+            planner = max(names, key=lambda n: grown[n])
+            run.fault("kill -9 the tocsin planning the crowd alert, frozen at its first delivery", node=planner,
+                      alert=alert_id, published=grown, seen=counted[1], repeat_bound=_slots(run))
+            run.cluster.signal(planner, signal.SIGKILL, nats=False)
+            run.planner_published = grown  # type: ignore[attr-defined]
+        finally:
+            for name in names:
+                with contextlib.suppress(ProcessLookupError):
+                    run.cluster.signal(name, signal.SIGCONT, nats=False)
+        await run.cluster.kill(planner, nats=False)  # reaps it
+        outcome = await issuing
+        run.note("crowd alert", id=alert_id, acked=outcome.acked, planner=planner)
+        await asyncio.sleep(run.options.push_ack_wait_s + 2.0)
+        await run.restart_node(planner, nats=False)
+        run.heal("the planning node's tocsin restarted", node=planner)
+        run.killed_planner = planner  # type: ignore[attr-defined]
+        await asyncio.sleep(5.0)
+        run.note("crowd deliveries published (repeats included)", seen=counted[0])
+    finally:
+        await queue.unsubscribe()
+        await nc.close()
+
+
+async def verify_replanned(run: Run, result: Result, ci: bool) -> None:
+    """The kill came mid-plan: the killed node never logged the crowd alert planned, another did."""
+    planner = getattr(run, "killed_planner", None)
+    alert_id = next(iter(run.crowd_ids), "")
+    logs = {s.name: (s.data_dir / "tocsin.log").read_text(errors="replace") if (s.data_dir / "tocsin.log").exists()
+            else "" for s in run.cluster.specs}
+    planned_by = sorted(n for n, text in logs.items()
+                        if any("alert planned" in line and alert_id in line for line in text.splitlines()))
+    published = getattr(run, "planner_published", {})
+    result.notes.append(f"crowd alert {alert_id} ({run.options.push_crowd} crowd devices): planning node "
+                        f"{planner} killed having published {published.get(planner)} messages (the others "
+                        f"{[v for k, v in sorted(published.items()) if k != planner]}); 'alert planned' logged by "
+                        f"{planned_by or 'none'}")
+    if planner is None or planner in planned_by and len(planned_by) == 1:
+        result.violations.append(f"the planner ({planner}) was not killed mid-plan: it finished the plan")
+    if not planned_by:
+        result.violations.append("no node logged the crowd alert as planned")
+
+
 # -- the matrix ---------------------------------------------------------------------------------------------------------
 
 # Every replica reserves the stream's and the device bucket's max_bytes (2 GiB and 512 MiB by
@@ -659,6 +870,9 @@ SMALL_DISK_ENV = {"TOCSIN_STREAM_MAX_BYTES": str(64 << 20), "TOCSIN_DEVICE_BUCKE
 STRANDED_S = 10.0
 
 CI_OPTIONS: dict[str, Any] = {"devices": 150, "rate": 3.0, "warmup_s": 4.0, "after_s": 10.0, "settle_s": 30.0}
+# F28: push devices in the workload's area get every alert (rate x devices pushes a second).
+PUSH_OPTIONS: dict[str, Any] = {"push_devices": 80, "rate": 1.0, "devices": 150, "settle_s": 60.0}
+PUSH_CI: dict[str, Any] = {**CI_OPTIONS, "push_devices": 60, "rate": 1.0, "settle_s": 45.0}
 
 
 def _matrix() -> list[Scenario]:
@@ -740,6 +954,22 @@ def _matrix() -> list[Scenario]:
                  expect=Expect(max_stranded_s=STRANDED_S), ci_options=ci),
         Scenario(id="F22", fault="noisy neighbour (stress-ng) during F01", must="p99 under 10 s; invariants",
                  inject=inject_noisy, expect=Expect(p99_s=10.0), ci_options=ci, needs=needs_stress),
+        Scenario(id="F28-dispatcher", fault="kill -9 a node's tocsin (its push dispatchers) with sends in flight",
+                 must="every push delivery made, shown once; repeats within the sends in flight; invariants",
+                 inject=inject_kill_dispatcher, verify=verify_in_flight, options=Options(**PUSH_OPTIONS),
+                 ci_options=PUSH_CI),
+        Scenario(id="F28-planner", fault="kill -9 the tocsin planning an alert of 2,500 push devices, mid-plan",
+                 must="re-planned by another node after ack_wait; every push delivery once; invariants",
+                 inject=inject_kill_planner, verify=verify_replanned,
+                 options=Options(**PUSH_OPTIONS, push_crowd=2500), ci_options={**PUSH_CI, "push_crowd": 2500}),
+        Scenario(id="F28-gateway", fault="the push service answers 500, 429, 503, then hangs, 6 s each",
+                 must="retried (Retry-After honoured) until accepted; every push delivery once; invariants",
+                 inject=inject_gateway_errors, verify=verify_gateway, options=Options(**PUSH_OPTIONS),
+                 ci_options=PUSH_CI),
+        Scenario(id="F28-node", fault="kill -9 a whole node (nats-server and tocsin) with push sends in flight",
+                 must="every push delivery made, shown once; repeats within the sends in flight; invariants",
+                 inject=inject_kill_push_node, verify=verify_in_flight, options=Options(**PUSH_OPTIONS),
+                 ci_options=PUSH_CI),
     ]
 
 
@@ -759,7 +989,7 @@ def _needs_loop() -> str | None:
 
 
 SCENARIOS: dict[str, Scenario] = {s.id: s for s in _matrix()}
-CI_SUBSET = ("F01", "F02", "F03", "F04", "F07", "F08", "F09", "F12", "F16", "F19")
+CI_SUBSET = ("F01", "F02", "F03", "F04", "F07", "F08", "F09", "F12", "F16", "F19", "F28-dispatcher")
 
 
 async def run_scenario(scenario: Scenario, workdir: Path, *, ci: bool = False) -> Result:
