@@ -28,6 +28,7 @@ from tocsin.api.routes import make_app
 from tocsin.api.services import Services
 from tocsin.api.streams import freshness
 from tocsin.channels.live import LiveRegistry
+from tocsin.delivery.progress import Progress, ProgressRecords
 from tocsin.errors import Rejected, StoreMisconfigured, StoreUnavailable
 from tocsin.health.readiness import Limits, Readiness
 from tocsin.health.shed import shed_when_unready
@@ -46,6 +47,7 @@ from tocsin.prober.probe import Prober, load_or_create_token, prober_account
 from tocsin.secret_file import private_dir
 from tocsin.settings import Settings, SettingsError
 from tocsin.signing import SigningKey
+from tocsin.store.base import AlertId
 from tocsin.store.jetstream import JetStreamStore, connect
 from tocsin.store.ledger import Ledger
 
@@ -189,6 +191,19 @@ def _loopback_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}"
 
 
+def _progress(services: Services, records: ProgressRecords) -> Progress:
+    """PROGRESS: this node's delivery counts, written to the progress bucket; an alert's
+    records leave with it (its expiry as this node's follower holds it)."""
+    s, index = services.settings, services.pipeline.index
+
+    def expires_of(alert_id: str) -> float | None:
+        active = index.by_id.get(AlertId(alert_id))
+        return None if active is None else active.expires_at.timestamp()
+
+    return Progress(s.node_name, records, expires_of=expires_of, keep_s=s.progress_keep_s,
+                    default_lifetime_s=s.default_lifetime_s, read_timeout_s=s.check_timeout_s)
+
+
 @dataclass(slots=True, kw_only=True)
 class _Health:
     prober: Prober | None
@@ -324,6 +339,7 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
         services = Services(
             settings=settings, store=store, accept=accept, pipeline=pipeline, live=live, signer=signer, clock=clock
         )
+        services.progress = _progress(services, store.progress)
         areas_mirror = await _start_areas_mirror(services)
         stack.callback(areas_mirror.cancel)
         services.edge = Edge.from_settings(settings, lambda code: services.metrics.refused.labels(code).inc())
@@ -408,6 +424,7 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         pending = tasks.create_task(store.pending.mirror(node.services.pending_cache), name="pending-mirror")
         sweep = tasks.create_task(sweep_forever(node.services), name="lifecycle-sweep")
         accounts = tasks.create_task(store.accounts.mirror(node.services.accounts.mirror), name="accounts-mirror")
+        progress = tasks.create_task(node.services.progress.run(), name="delivery-progress")
         while not node.server.started and not http.done():
             await asyncio.sleep(0.01)
         if ready is not None and node.server.started:
@@ -439,8 +456,19 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         pending.cancel()
         sweep.cancel()
         accounts.cancel()
+        progress.cancel()
+        await _last_flush(node.services.progress)
         if supervisor is not None:
             supervisor.cancel()
+
+
+async def _last_flush(progress: Progress) -> None:
+    """A clean stop writes the counts of its last second (a bounded wait: the store may be gone)."""
+    try:
+        async with asyncio.timeout(2.0):
+            await progress.flush()
+    except Exception as exc:
+        log.warning("last progress flush failed", extra={"error": repr(exc)[:200]})
 
 
 def stop_on_signals(node: Node) -> None:

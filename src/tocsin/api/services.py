@@ -20,6 +20,7 @@ from tocsin.api.ratelimit import RateLimit, RatesByKey
 from tocsin.api.listener import Edge
 from tocsin.api.ttl_cache import TtlCache
 from tocsin.channels.live import LiveRegistry
+from tocsin.delivery.progress import Progress
 from tocsin.geo.gazetteer_mirror import AreasMirror
 from tocsin.health.readiness import Readiness
 from tocsin.pipeline.accept import Accept
@@ -190,6 +191,10 @@ class Services:
     # one import at a time (api/areas.py: a large GeoJSON body is parsed off the loop).
     areas: AreasMirror = field(init=False)
     areas_importing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # PROGRESS: delivery progress per alert and channel (delivery/progress.py; app.py gives
+    # it the progress bucket), and each device's receipts on this node (api/receipts.py).
+    progress: Progress = field(default_factory=Progress)
+    receipt_rates: RateLimit = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -198,3 +203,4 @@ class Services:
         self.areas = AreasMirror(self.accept.gazetteer)
         self.registrations_by_source = RateLimit(s.registrations_per_source_per_min, max_keys=s.rate_limit_max_sources)
         self.registrations_in_all = RateLimit(s.registrations_per_min)
+        self.receipt_rates = RateLimit(s.receipts_per_device_per_min, max_keys=s.rate_limit_max_sources)

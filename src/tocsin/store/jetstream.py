@@ -196,6 +196,7 @@ class JetStreamStore:
         self._pending: KvRecords | None = None
         self._areas: KvRecords | None = None
         self._audit: JetStreamAuditLog | None = None
+        self._progress: KvRecords | None = None
 
     @property
     def is_connected(self) -> bool:
@@ -234,6 +235,12 @@ class JetStreamStore:
         """Imported named areas (gazetteers), one record each (geo/gazetteer_mirror.py)."""
         assert self._areas is not None, "ensure() first"
         return self._areas
+
+    @property
+    def progress(self) -> KvRecords:
+        """Delivery progress, one record per alert and node (delivery/progress.py)."""
+        assert self._progress is not None, "ensure() first"
+        return self._progress
 
     @property
     def audit(self) -> AuditLog:
@@ -276,6 +283,9 @@ class JetStreamStore:
             await audit.ensure()
             self._audit = audit
             await deliveries.ensure(self._js, s)
+            # PROGRESS: per-message TTLs (nats-py's KV streams allow them), so each record
+            # leaves with its alert; bounded in bytes like the others.
+            self._progress = KvRecords(await self._bucket(s.progress_bucket, max_bytes=s.progress_max_bytes), deadline_s)
         except nats.js.errors.APIError as exc:
             if exc.err_code == _INSUFFICIENT_RESOURCES:
                 # Every replica reserves the stream's whole max_bytes: a plain refusal, not a
@@ -294,11 +304,11 @@ class JetStreamStore:
     async def _ensure_stream(self, config: StreamConfig) -> None:
         await ensure_stream(self._js, config, _STREAM_FIELDS)
 
-    async def _bucket(self, name: str, *, max_value_size: int | None = None) -> KeyValue:
+    async def _bucket(self, name: str, *, max_value_size: int | None = None, max_bytes: int | None = None) -> KeyValue:
         # direct: any replica answers reads, so devices resume during a leader election.
         config = KeyValueConfig(
             bucket=name, history=1, storage=StorageType.FILE, replicas=self._settings.replicas, direct=True,
-            max_value_size=max_value_size,
+            max_value_size=max_value_size, max_bytes=max_bytes,
         )
         try:
             return await self._js.create_key_value(config)
@@ -639,6 +649,45 @@ class KvRecords:
             await self._bucket.delete(key)
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
             raise StoreUnavailable("kv_delete", repr(exc)) from exc
+
+    # PROGRESS: one record per alert and node, each with its own TTL (delivery/progress.py).
+    async def put_with_ttl(self, key: str, value: dict[str, Any], *, ttl_s: float) -> None:
+        """Write the record whatever its revision; it leaves the bucket `ttl_s` after this write."""
+        self._writable(key)
+        try:
+            await self._bucket._js.publish(f"{self._bucket._pre}{key}", json.dumps(value).encode(),
+                                           msg_ttl=_whole_s(ttl_s))
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise self._failed("kv_put", exc) from exc
+
+    async def matching(self, pattern: str, *, limit: int, timeout_s: float) -> dict[str, dict[str, Any]]:
+        """The records whose keys match `pattern` (`<alert id>.*`), at most `limit` of them,
+        read by one short-lived watch (what is there now, not what follows).
+
+        Raises:
+            StoreUnavailable: no full answer within `timeout_s`.
+        """
+        found: dict[str, dict[str, Any]] = {}
+        watcher = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                watcher = await self._bucket.watch(pattern, ignore_deletes=True)
+                async for entry in watcher:
+                    if entry is None or len(found) >= limit:
+                        break
+                    if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                        continue
+                    with contextlib.suppress(ValueError):
+                        value = json.loads(entry.value)
+                        if isinstance(value, dict):
+                            found[entry.key] = value
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable("kv_watch", repr(exc)) from exc
+        finally:
+            if watcher is not None:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()  # type: ignore[no-untyped-call]
+        return found
 
     async def put_raw(self, key: str, value: bytes) -> None:
         """Write bytes as they are (tests of what a mirror meets in a bucket)."""
