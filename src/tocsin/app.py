@@ -244,7 +244,7 @@ def _health(node: Node) -> _Health:
         on_outcome=lambda outcome: services.metrics.heartbeats.labels(outcome).inc(),
     )
     services.prober, services.readiness = prober, readiness
-    services.metrics.watch(services.live, readiness, prober)
+    services.metrics.watch(services.live, readiness, prober, services.progress)
     return _Health(prober=prober, readiness=readiness, heartbeat=heartbeat)
 
 

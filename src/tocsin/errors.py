@@ -306,6 +306,9 @@ PUSH_HOST_REFUSED = Problem(
     "device.push-host-refused", 422, "The push endpoint names a host that is not a push service this deployment posts to."
 )
 RECEIPT_INVALID = Problem("receipt.invalid", 422, "The receipt does not name an alert this device was sent.")
+RECEIPT_RATE_LIMITED = Problem(
+    "receipt.rate-limited", 429, "This device sent more receipts than it may; retry after the time given."
+)
 EVENT_UNKNOWN = Problem("event.unknown", 404, "No active alert with this id.")
 ROUTE_INVALID = Problem("route.invalid", 422, "The CAP route is not valid.")
 ROUTE_UNKNOWN = Problem("route.unknown", 404, "No CAP route with this name.")

@@ -6,7 +6,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp
 
-from tocsin.api import admin_routes, alerts, areas, audit, devices, drafts, preview, public, streams
+from tocsin.api import admin_routes, alerts, areas, audit, devices, drafts, preview, public, receipts, streams
 from tocsin.api.fastpath import SseFastPath
 from tocsin.api.headers import EdgeHeaders
 from tocsin.api.problems import HANDLERS
@@ -29,6 +29,8 @@ ROUTES = [
     Route("/api/v1/devices", devices.register_device, methods=["POST"]),
     Route("/api/v1/devices/{device_id}", devices.delete_device, methods=["DELETE"]),
     Route("/api/v1/stream", streams.stream, methods=["GET"]),
+    # PROGRESS: a device confirms it showed an alert (api/receipts.py)
+    Route("/api/v1/receipts", receipts.post_receipt, methods=["POST"]),
     WebSocketRoute("/api/v1/ws", streams.websocket),
     Route("/.well-known/tocsin/keys", public.keys, methods=["GET"]),
     Route("/livez", public.livez, methods=["GET"]),

@@ -88,18 +88,21 @@ class Metrics:
         if result.latency_s is not None:
             self.probe_seconds.labels(result.channel).observe(result.latency_s)
 
-    def watch(self, live: LiveRegistry, readiness: Readiness | None, prober: Prober | None) -> None:
+    def watch(self, live: LiveRegistry, readiness: Readiness | None, prober: Prober | None,
+              progress: Progress | None = None) -> None:
         """Read the node's in-memory counters at each scrape (no bookkeeping on the hot path)."""
-        self.registry.register(_NodeCollector(live, readiness, prober))
+        self.registry.register(_NodeCollector(live, readiness, prober, progress))
 
 
 class _NodeCollector(Collector):
     """Values owned by lower layers, read when /metrics is scraped."""
 
-    def __init__(self, live: LiveRegistry, readiness: Readiness | None, prober: Prober | None) -> None:
+    def __init__(self, live: LiveRegistry, readiness: Readiness | None, prober: Prober | None,
+                 progress: Progress | None = None) -> None:
         self._live = live
         self._readiness = readiness
         self._prober = prober
+        self._progress = progress
 
     def describe(self) -> list[Metric]:
         return []  # collected at scrape time only; no names to reserve at registration
@@ -129,6 +132,8 @@ class _NodeCollector(Collector):
             yield age
         if self._readiness is not None:
             yield from self._readiness_metrics(self._readiness)
+        if self._progress is not None:
+            yield from _progress_metrics(self._progress)
 
     def _readiness_metrics(self, readiness: Readiness) -> Iterator[Metric]:
         yield GaugeMetricFamily("tocsin_pending_deliveries",
@@ -143,6 +148,21 @@ class _NodeCollector(Collector):
         for name, check in report["checks"].items():
             checks.add_metric([name], 1 if check["ok"] else 0)
         yield checks
+
+
+def _progress_metrics(progress: Progress) -> Iterator[Metric]:
+    """PROGRESS: receipts by channel and this node's progress bookkeeping (delivery/progress.py)."""
+    receipts = CounterMetricFamily("tocsin_receipts", "Receipts counted on this node (devices that showed an "
+                                   "alert, once per device and alert), by channel.", labels=["channel"])
+    for channel, n in sorted(progress.receipts_by_channel.items()):
+        receipts.add_metric([channel], n)
+    yield receipts
+    yield CounterMetricFamily("tocsin_receipts_uncounted", "Receipts not counted: this node's table of counted "
+                              "receipts was full.", value=progress.receipts_uncounted)
+    yield GaugeMetricFamily("tocsin_progress_alerts", "Alerts whose delivery progress this node counts now.",
+                            value=len(progress))
+    yield CounterMetricFamily("tocsin_progress_write_failures", "Progress records this node could not write "
+                              "(written again at the next flush).", value=progress.flush_failures)
 
 
 @dataclass(slots=True, kw_only=True)
