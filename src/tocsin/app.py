@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nats.errors
 import uvicorn
@@ -28,6 +28,8 @@ from tocsin.api.routes import make_app
 from tocsin.api.services import Services
 from tocsin.api.streams import freshness
 from tocsin.channels.live import LiveRegistry
+from tocsin.delivery.channels import enabled_channels
+from tocsin.delivery.model import APNS, FCM, WEBPUSH
 from tocsin.delivery.progress import Progress, ProgressRecords
 from tocsin.errors import Rejected, StoreMisconfigured, StoreUnavailable
 from tocsin.health.readiness import Limits, Readiness
@@ -204,6 +206,15 @@ def _progress(services: Services, records: ProgressRecords) -> Progress:
                     default_lifetime_s=s.default_lifetime_s, read_timeout_s=s.check_timeout_s)
 
 
+def _push_canaries(settings: Settings) -> dict[str, Any]:
+    """PROGRESS: the prober's gateway canaries for the channels this deployment delivers
+    through: Web Push always, FCM and APNs where a test device's token is set."""
+    enabled = enabled_channels(settings)
+    tokens = {FCM: settings.fcm_canary_token, APNS: settings.apns_canary_token}
+    return {"webpush": WEBPUSH in enabled,
+            "gateway_tokens": {channel: token for channel, token in tokens.items() if channel in enabled and token}}
+
+
 @dataclass(slots=True, kw_only=True)
 class _Health:
     prober: Prober | None
@@ -222,6 +233,7 @@ def _health(node: Node) -> _Health:
             read_timeout_s=max(3 * s.sse_keepalive_s, s.probe_deadline_s),
             canary_file=s.data_dir / "keys" / "canary-sse.json",
             on_result=services.metrics.observe_probe, clock=services.clock,
+            **_push_canaries(s),
         )
     limits = Limits(
         interval_s=s.readiness_interval_s, check_timeout_s=s.check_timeout_s, stall_s=s.stall_s,
