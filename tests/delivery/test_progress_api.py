@@ -115,6 +115,8 @@ async def test_a_receipt_is_refused_plainly(nodes: tuple[Node, Node], body: byte
                                  headers={**_device(device["token"]), "Content-Type": "application/json"})
         assert (answer.status_code, answer.json()["code"]) == (status, code), answer.text
         assert answer.headers["content-type"].startswith("application/problem+json")
+        if code == "receipt.invalid":  # the field at fault is named
+            assert answer.json()["errors"][0]["path"] in ("$", "alert_id", "event_id", "extra")
         assert one.services.progress.local(alert_id) == {}
 
 
