@@ -89,6 +89,10 @@ async def test_gateway_progress_is_summed_over_the_nodes_in_the_alert(nodes: tup
         await until_async(summed, timeout_s=10, every_s=0.2)
         body = (await http.get(f"/api/v1/alerts/{alert_id}")).json()
         assert body["delivery"]["node"] == one.settings.node_name  # what was there stays
+        metrics = (await http.get("/metrics")).text  # this node's own share
+        assert 'tocsin_deliveries_total{channel="webpush",outcome="planned"} 3.0' in metrics
+        assert 'tocsin_deliveries_total{channel="webpush",outcome="sent"} 1.0' in metrics
+        assert 'outcome="failed"' not in metrics and "tocsin_progress_alerts 1.0" in metrics
         record = await one.services.store.progress.get(f"{alert_id}.{two.settings.node_name}")  # type: ignore[attr-defined]
         assert record is not None and record["node"] == two.settings.node_name
         # The record leaves with the alert: its TTL runs to the expiry (an hour) plus the keep time.

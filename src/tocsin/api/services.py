@@ -116,6 +116,9 @@ class _NodeCollector(Collector):
             deliveries.add_metric([protocol, "queued"], n)
         for protocol, n in sorted(self._live.dropped.items()):
             deliveries.add_metric([protocol, "dropped"], n)
+        if self._progress is not None:  # PROGRESS: gateway deliveries planned, sent, failed here
+            for (channel, outcome), n in sorted(self._progress.totals.items()):
+                deliveries.add_metric([channel, outcome], n)
         yield deliveries
         connected = GaugeMetricFamily("tocsin_connected_devices", "Devices connected now, by channel.",
                                       labels=["channel"])

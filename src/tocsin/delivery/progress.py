@@ -134,6 +134,8 @@ class Progress:
         self._receipts_held = 0
         # Seen by the metrics at scrape time (api/services.py).
         self.receipts_by_channel: Counter[str] = Counter()
+        # (channel, "planned" | "sent" | "failed") since this node started.
+        self.totals: Counter[tuple[str, str]] = Counter()
         self.receipts_uncounted = 0
         self.flushes = 0
         self.flush_failures = 0
@@ -157,13 +159,16 @@ class Progress:
         """The planner enqueued `n` deliveries of the alert through `channel`."""
         if n > 0:
             self._alert(alert_id).channel(channel).planned += n
+            self.totals[channel[:MAX_REASON_CHARS], "planned"] += n
 
     def finished(self, alert_id: str, channel: str, outcome: Outcome, reason: str = "") -> None:
         """A delivery's last word: SENT, PERMANENT, GONE, or given up at expiry ("expired")."""
         counts = self._alert(alert_id).channel(channel)
         if outcome is Outcome.SENT:
             counts.sent += 1
+            self.totals[channel[:MAX_REASON_CHARS], "sent"] += 1
             return
+        self.totals[channel[:MAX_REASON_CHARS], "failed"] += 1
         label = reason_of(outcome, reason)
         if label not in counts.failed and len(counts.failed) >= MAX_REASONS - 1:
             label = OTHER

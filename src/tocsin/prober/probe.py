@@ -373,10 +373,17 @@ class Prober:
                     "delivered": health.delivered,
                     "lost": health.lost,
                     "refused": health.refused,
+                    **self._problems(channel),
                 }
                 for channel, health in self.channels.items()
             },
         }
+
+
+    def _problems(self, channel: str) -> dict[str, Any]:
+        """A push canary's refused or unshowable pushes by reason, when it has any."""
+        problems = getattr(self._canaries.get(channel), "problems", None)
+        return {"problems": dict(problems)} if problems else {}
 
 
 def _round(value: float | None) -> float | None:

@@ -184,6 +184,11 @@ class WebPushCanary(_Renewing):
     def is_connected(self) -> bool:
         return self.receiver.serving and self.registration.device_id is not None
 
+    @property
+    def problems(self) -> dict[str, int]:
+        """Pushes refused by its push service or not shown by its browser, by reason (/status)."""
+        return {**self.receiver.refused, **self.unreadable}
+
     def subscription(self) -> dict[str, Any]:
         return {"endpoint": self.receiver.endpoint, "keys": {
             "p256dh": b64url(public_bytes(self._private.public_key())), "auth": b64url(self._auth)}}
