@@ -453,6 +453,8 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         # Open device streams would hold the graceful shutdown: end them; devices resume.
         node.services.live.close_all()
         await http
+        if health.prober is not None:
+            await _forget_push_canaries(node.services, health.prober)
         follower.cancel()
         if checkpoint is not None:
             checkpoint.cancel()
@@ -472,6 +474,18 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         await _last_flush(node.services.progress)
         if supervisor is not None:
             supervisor.cancel()
+
+
+async def _forget_push_canaries(services: Services, prober: Prober) -> None:
+    """PROGRESS: a stopping node's push canaries leave the device bucket (straight from the
+    store: the HTTP server is closing), so that no dispatcher keeps sending probes to a
+    receiver that is gone until they expire."""
+    for device_id in prober.push_canary_devices():
+        try:
+            async with asyncio.timeout(2.0):
+                await services.store.devices.delete(device_id)
+        except Exception as exc:  # it expires on its own; the next start deletes it too
+            log.info("push canary device not deleted at stop", extra={"error": repr(exc)[:200]})
 
 
 async def _last_flush(progress: Progress) -> None:

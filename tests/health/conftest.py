@@ -35,6 +35,10 @@ def fast_settings(data_dir: Path, nats: NatsServer, **changes: Any) -> Settings:
         nats_monitor_url=nats.monitor_url,
         node_name=unique_name("hnode"),
         stream=unique_name("ALERTS_H"),
+        # Each node its own delivery queue and device bucket: the push canaries of the tests
+        # before are not this node's work (their receivers are gone).
+        deliveries_stream=unique_name("DELIVERIES_H"),
+        device_bucket=unique_name("DEVICES_H"),
         admin_token=ADMIN_TOKEN,
         accounts_file=str(write_automated_source(data_dir / "accounts.toml", ISSUER_TOKEN)),
         sse_keepalive_s=1.0,

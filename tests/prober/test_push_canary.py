@@ -169,6 +169,10 @@ async def test_a_canary_registration_replaces_the_previous_device(browser: Brows
     second = await Registration(browser.http, ISSUER_TOKEN, saved).replace(body)
     assert second != first and await browser.node.services.store.devices.get(first) is None
     assert json.loads(saved.read_text())["id"] == second
+    # A canary that stops takes its device with it.
+    stopping = Registration(browser.http, ISSUER_TOKEN, saved)
+    await stopping.forget()
+    assert await browser.node.services.store.devices.get(second) is None and not saved.exists()
 
 
 def _delivery(alert_id: str, destination: str, channel: str = FCM) -> Delivery:

@@ -247,6 +247,15 @@ class Prober:
         """The running canary of a channel (tests and drills reach its receiver)."""
         return self._canaries.get(channel)
 
+    def push_canary_devices(self) -> list[str]:
+        """The push canaries' registered device ids (the node deletes them when it stops)."""
+        found = []
+        for canary in self._canaries.values():
+            registration = getattr(canary, "registration", None)
+            if isinstance(registration, Registration) and registration.device_id is not None:
+                found.append(registration.device_id)
+        return found
+
     def on_sent(self, delivery: Delivery, push: Push) -> None:
         """The dispatchers' hook (a gateway accepted a delivery): the FCM/APNs canaries'."""
         canary = self._canaries.get(delivery.channel)

@@ -48,6 +48,8 @@ KEYS_PATH = "/.well-known/tocsin/keys"
 RENEW_EVERY_S = 30.0
 # The node's keys are read again for an unknown kid at most this often.
 KEYS_EVERY_S = 5.0
+# A stopping canary waits this long at most for its device to be deleted.
+FORGET_WITHIN_S = 2.0
 
 
 class Registration:
@@ -66,6 +68,7 @@ class Registration:
         """Delete the previous canary device (this run's or a saved one), register a new one
         with `body`, retrying until the node answers; returns the new device id."""
         await self._delete_previous()
+        self.device_id = None
         delay = 0.2
         while True:
             try:
@@ -87,14 +90,26 @@ class Registration:
 
     async def _delete_previous(self) -> None:
         saved = self._load()
-        self.device_id = None
         if saved is None:
             return
         try:
-            await self._http.delete(f"{DEVICES_PATH}/{saved['id']}",
-                                    headers={"Authorization": f"Bearer {saved['token']}"})
-        except httpx.HTTPError as exc:  # it expires on its own; a canary must not wait on it
+            async with asyncio.timeout(FORGET_WITHIN_S):
+                response = await self._http.delete(f"{DEVICES_PATH}/{saved['id']}",
+                                                   headers={"Authorization": f"Bearer {saved['token']}"})
+        except (httpx.HTTPError, TimeoutError) as exc:  # it expires on its own; never wait on it
             log.info("previous canary device not deleted", extra={"error": repr(exc)[:200]})
+            return
+        if response.status_code in (204, 401):  # gone either way
+            if self.device_id == saved["id"]:
+                self.device_id = None
+            if self._saved is not None:
+                self._saved.unlink(missing_ok=True)
+
+    async def forget(self) -> None:
+        """The canary stops (the node stops): its device goes, so that no dispatcher keeps
+        sending probes to a receiver that is no more (each would fail until the probe expires,
+        and count against the loopback host's circuit breaker)."""
+        await self._delete_previous()
 
     def _load(self) -> dict[str, str] | None:
         if self._saved is None or not self._saved.exists():
@@ -150,10 +165,13 @@ class _Renewing:
             self._renew.set()
 
     async def _keep_registered(self, body: Callable[[], dict[str, Any]]) -> None:
-        while True:
-            await self.registration.replace(body())
-            self._renew.clear()
-            await self._renew.wait()
+        try:
+            while True:
+                await self.registration.replace(body())
+                self._renew.clear()
+                await self._renew.wait()
+        finally:  # cancelled: the node stops, or the prober restarts
+            await self.registration.forget()
 
 
 def _probe_cell() -> str:
