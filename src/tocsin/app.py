@@ -453,8 +453,6 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         # Open device streams would hold the graceful shutdown: end them; devices resume.
         node.services.live.close_all()
         await http
-        if health.prober is not None:
-            await _forget_push_canaries(node.services, health.prober)
         follower.cancel()
         if checkpoint is not None:
             checkpoint.cancel()
@@ -472,6 +470,8 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         accounts.cancel()
         progress.cancel()
         await _last_flush(node.services.progress)
+        if health.prober is not None:
+            await _forget_push_canaries(node.services, health.prober)
         if supervisor is not None:
             supervisor.cancel()
 
