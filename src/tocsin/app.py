@@ -46,6 +46,7 @@ from tocsin.pipeline.reconcile import Reconciler
 from tocsin.policy import AlertLimits
 from tocsin.prober.heartbeat import Heartbeat, heartbeat_urls
 from tocsin.prober.probe import Prober, load_or_create_token, prober_account
+from tocsin.prober.relay import CanarySentRelay
 from tocsin.secret_file import private_dir
 from tocsin.settings import Settings, SettingsError
 from tocsin.signing import SigningKey
@@ -220,6 +221,8 @@ class _Health:
     prober: Prober | None
     readiness: Readiness
     heartbeat: Heartbeat
+    # PROGRESS: word of the FCM/APNs canaries' deliveries from whichever node sent them.
+    relay: CanarySentRelay | None = None
 
 
 def _health(node: Node) -> _Health:
@@ -256,8 +259,11 @@ def _health(node: Node) -> _Health:
         on_outcome=lambda outcome: services.metrics.heartbeats.labels(outcome).inc(),
     )
     services.prober, services.readiness = prober, readiness
+    relay = None
+    if prober is not None and isinstance(services.store, JetStreamStore):
+        relay = CanarySentRelay(services.store.nats, f"tocsin.canary-sent.{s.stream}", prober.gateway_sent)
     services.metrics.watch(services.live, readiness, prober, services.progress)
-    return _Health(prober=prober, readiness=readiness, heartbeat=heartbeat)
+    return _Health(prober=prober, readiness=readiness, heartbeat=heartbeat, relay=relay)
 
 
 def _bind(listen: str) -> socket.socket:
@@ -444,10 +450,11 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         # The prober reads this node through its own HTTP endpoint, so it starts once serving.
         prober = tasks.create_task(health.prober.run(), name=f"prober:{node.settings.node_name}") if health.prober else None
         heartbeat = tasks.create_task(health.heartbeat.run(), name="heartbeat")
+        relay = tasks.create_task(health.relay.run(), name="canary-relay") if health.relay else None
         while not (http.done() or node.server.should_exit):
             await asyncio.wait([http], timeout=0.05)
         # Stop probing first: the canary's open stream would hold the graceful shutdown.
-        for task in (checks, prober, heartbeat, shedder):
+        for task in (checks, prober, heartbeat, shedder, relay):
             if task is not None:
                 task.cancel()
         # Open device streams would hold the graceful shutdown: end them; devices resume.

@@ -5,6 +5,7 @@ canaries' count of what a dispatcher reports sent."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -13,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.conftest import unique_name
 from tests.e2e.conftest import ISSUER_TOKEN, node_settings, running_node
 from tests.samples import alert_xml
 from tests.waiting import until
@@ -27,6 +30,7 @@ from tocsin.delivery.model import FCM, Delivery, Push, push_payload
 from tocsin.channels.webpush_crypto import public_bytes
 from tocsin.prober.probe import Prober, _Pending
 from tocsin.prober.push_canary import GatewayCanary, Registration, WebPushCanary
+from tocsin.prober.relay import CanarySentRelay
 from tocsin.store.base import AlertId
 
 ISSUE = {"Content-Type": "application/cap+xml", "Authorization": f"Bearer {ISSUER_TOKEN}"}
@@ -196,14 +200,52 @@ def test_a_gateway_canary_counts_what_the_gateway_accepted_for_its_own_device() 
     canary._seen = prober._seen_on(FCM)
     probe = "c" * 32
     prober._pending[probe] = _Pending(issued=time.monotonic(), channels={FCM})
-    prober.on_sent(_delivery(probe, "dev_someone_else"), _push(_delivery(probe, "dev_someone_else")))
-    prober.on_sent(_delivery(probe, "dev_canary", channel="apns"), _push(_delivery(probe, "dev_canary")))
-    assert probe in prober._pending  # not ours: another device, another channel
-    prober.on_sent(_delivery(probe, "dev_canary"), _push(_delivery(probe, "dev_canary")))
+    prober.gateway_sent(FCM, "dev_someone_else", probe)
+    prober.gateway_sent("apns", "dev_canary", probe)
+    assert probe in prober._pending  # not ours: another node's canary device, another channel
+    prober.gateway_sent(FCM, "dev_canary", probe)
     assert probe not in prober._pending
     health = prober.channels[FCM]
     assert health.delivered == 1 and health.last_latency_s is not None
     assert prober.is_connected(FCM) and set(prober._gateway_tokens) == {FCM}
+
+
+async def test_a_canarys_gateway_delivery_is_relayed_to_every_node(nats_server: NatsServer) -> None:
+    """Node A's dispatcher sent a probe to node B's FCM canary: B hears of it."""
+    prefix = f"tocsin.canary-sent.{unique_name('RELAY')}"
+    nc = await nats.connect(nats_server.client_url)
+    try:
+        heard_a: list[tuple[str, str, str]] = []
+        heard_b: list[tuple[str, str, str]] = []
+        a = CanarySentRelay(nc, prefix, lambda *sent: heard_a.append(sent))
+        b = CanarySentRelay(nc, prefix, lambda *sent: heard_b.append(sent))
+        listening = [asyncio.create_task(a.run()), asyncio.create_task(b.run())]
+        await until(lambda: a.listening.is_set() and b.listening.is_set())
+        probe = "d" * 32
+        system = _push(_delivery(probe, "dev_b"))
+        a.on_sent(_delivery(probe, "dev_b"), system)
+        # Not relayed: an alert that is not a probe, a channel the canary reads itself, a bad id.
+        a.on_sent(_delivery("e" * 32, "dev_b"), _replace(system, status="Actual"))
+        a.on_sent(_delivery(probe, "dev_b", channel="webpush"), system)
+        a.on_sent(_delivery(probe, "dev.b*"), system)
+        await until(lambda: heard_b == [(FCM, "dev_b", probe)] and heard_a == heard_b)
+        await nc.flush()
+        assert heard_b == [(FCM, "dev_b", probe)]
+        # What no dispatcher sends is ignored (messages are heard in order: the good one last).
+        await nc.publish(f"{prefix}.fcm.dev_b", b"not an alert id")
+        await nc.publish(f"{prefix}.webpush.dev_b", probe.encode())
+        await nc.publish(f"{prefix}.apns.dev_c", probe.encode())
+        await until(lambda: len(heard_b) == 2)
+        assert heard_b == [(FCM, "dev_b", probe), ("apns", "dev_c", probe)]
+        for task in listening:
+            task.cancel()
+        await asyncio.gather(*listening, return_exceptions=True)
+    finally:
+        await nc.close()
+
+
+def _replace(push: Push, **changes: Any) -> Push:
+    return dataclasses.replace(push, **changes)
 
 
 def test_readiness_names_the_late_channel() -> None:

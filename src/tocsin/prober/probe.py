@@ -26,7 +26,7 @@ import httpx
 
 from tocsin.cap.compose import simple_alert
 from tocsin.policy import Issuer
-from tocsin.delivery.model import FCM, APNS, Delivery, Push
+from tocsin.delivery.model import FCM, APNS
 from tocsin.prober.canary import Canary, SseCanary, canary_token
 from tocsin.prober.push_canary import GatewayCanary, Registration, WebPushCanary
 from tocsin.prober.history import History
@@ -256,11 +256,12 @@ class Prober:
                 found.append(registration.device_id)
         return found
 
-    def on_sent(self, delivery: Delivery, push: Push) -> None:
-        """The dispatchers' hook (a gateway accepted a delivery): the FCM/APNs canaries'."""
-        canary = self._canaries.get(delivery.channel)
+    def gateway_sent(self, channel: str, device_id: str, alert_id: str) -> None:
+        """A gateway accepted a probe for a canary device (prober/relay.py, from any node's
+        dispatcher): counted when it is this node's FCM/APNs canary."""
+        canary = self._canaries.get(channel)
         if isinstance(canary, GatewayCanary):
-            canary.on_sent(delivery, push)
+            canary.sent(device_id, alert_id)
 
     async def _register(self, http: httpx.AsyncClient) -> str:
         """Register the canary device, retrying until the node answers."""

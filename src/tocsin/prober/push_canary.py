@@ -34,7 +34,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tocsin.channels.webpush_crypto import DecryptError, decrypt, public_bytes
 from tocsin.delivery.jws import b64url
-from tocsin.delivery.model import Delivery, Push
 from tocsin.geo.cells import cell_for_point
 from tocsin.prober.canary import DEVICES_PATH, Seen
 from tocsin.prober.push_receiver import PushReceiver
@@ -273,10 +272,8 @@ class GatewayCanary(_Renewing):
         self._seen = seen
         await self._keep_registered(self.registration_body)
 
-    def on_sent(self, delivery: Delivery, push: Push) -> None:
-        """The dispatcher's hook: a delivery the gateway accepted. Ours when it is this
-        canary device's; then the probe counts as delivered on this channel."""
-        if (self._seen is None or delivery.channel != self.channel
-                or delivery.destination != self.registration.device_id):
-            return
-        self._seen(delivery.alert_id, self._monotonic(), True)
+    def sent(self, device_id: str, alert_id: str) -> None:
+        """A gateway accepted a probe for a canary device (prober/relay.py): ours when it is
+        this canary's device; then the probe counts as delivered on this channel."""
+        if self._seen is not None and device_id == self.registration.device_id:
+            self._seen(alert_id, self._monotonic(), True)
