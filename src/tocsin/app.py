@@ -50,6 +50,7 @@ from tocsin.prober.relay import CanarySentRelay
 from tocsin.secret_file import private_dir
 from tocsin.settings import Settings, SettingsError
 from tocsin.signing import SigningKey
+from tocsin.cap.model import Status
 from tocsin.store.base import AlertId
 from tocsin.store.jetstream import JetStreamStore, connect
 from tocsin.store.ledger import Ledger
@@ -203,7 +204,11 @@ def _progress(services: Services, records: ProgressRecords) -> Progress:
         active = index.by_id.get(AlertId(alert_id))
         return None if active is None else active.expires_at.timestamp()
 
-    return Progress(s.node_name, records, expires_of=expires_of, keep_s=s.progress_keep_s,
+    def keep_of(alert_id: str) -> float | None:  # a probe's counts leave as soon as the probe
+        active = index.by_id.get(AlertId(alert_id))
+        return s.probe_retention_s if active is not None and active.alert.status is Status.SYSTEM else None
+
+    return Progress(s.node_name, records, expires_of=expires_of, keep_s=s.progress_keep_s, keep_of=keep_of,
                     default_lifetime_s=s.default_lifetime_s, read_timeout_s=s.check_timeout_s)
 
 

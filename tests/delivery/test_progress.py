@@ -3,6 +3,7 @@ bounded in size and in time (a real nats-server; two `Progress` stand for two no
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -99,6 +100,10 @@ async def test_a_record_carries_a_ttl_until_its_alert_expires_and_leaves_with_it
     raw = await bucket.store.jetstream.get_last_msg(f"KV_{bucket.records.name}", f"$KV.{bucket.records.name}.{ALERT}.node-1")
     ttl = int((raw.headers or {})["Nats-TTL"].rstrip("s"))
     assert 4190 <= ttl <= 4201  # an hour to its expiry, then ten minutes
+    # A probe's counts are kept only as long as the probe (keep_of: its retention).
+    probe = Progress("node-1", bucket.records, expires_of=lambda alert_id: expires, keep_s=600, keep_of=lambda a: 5.0)
+    probe.planned(OTHER_ALERT, "webpush", 1)
+    assert 3600 <= probe._alerts[OTHER_ALERT].ttl_s <= 3606
     # An alert about to expire, kept one second more: its record and counts leave soon after.
     short = Progress("node-2", bucket.records, expires_of=lambda alert_id: time.time(), keep_s=1.0)
     short.planned(OTHER_ALERT, "fcm", 2)
@@ -150,3 +155,30 @@ def test_a_node_name_becomes_one_key_token() -> None:
     assert node_token("tocsin-1") == "tocsin-1"
     odd = node_token("node one.example")
     assert odd != "node one.example" and odd.isalnum() and odd == node_token("node one.example")
+
+
+async def test_many_reads_of_an_alert_cost_one_bucket_read_a_second(bucket: Bucket) -> None:
+    """GET /api/v1/alerts/{id} is public: a crowd asking about one alert reads the bucket once."""
+
+    class Counted:
+        reads = 0
+
+        async def put_with_ttl(self, key: str, value: dict[str, object], *, ttl_s: float) -> None:
+            await bucket.records.put_with_ttl(key, value, ttl_s=ttl_s)
+
+        async def matching(self, pattern: str, *, limit: int, timeout_s: float) -> dict[str, dict[str, object]]:
+            Counted.reads += 1
+            return await bucket.records.matching(pattern, limit=limit, timeout_s=timeout_s)
+
+    Progress("node-1", bucket.records).planned(ALERT, "webpush", 2)
+    writer = Progress("node-1", bucket.records)
+    writer.planned(ALERT, "webpush", 2)
+    await writer.flush()
+    now = [100.0]
+    reader = Progress("node-2", Counted(), monotonic=lambda: now[0])
+    answers = await asyncio.gather(*(reader.summary(ALERT) for _ in range(50)))
+    assert Counted.reads == 1 and all(a["webpush"]["planned"] == 2 for a in answers)
+    assert (await reader.summary(ALERT))["webpush"]["planned"] == 2 and Counted.reads == 1
+    now[0] += 1.5  # a second later: read again
+    await reader.summary(ALERT)
+    assert Counted.reads == 2

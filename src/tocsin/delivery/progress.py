@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from tocsin.api.ttl_cache import TtlCache
 from tocsin.delivery.model import Outcome
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,10 @@ MAX_RECEIPTS = 500_000
 MAX_ALERTS = 50_000
 # Records read for one alert: one per node; a cluster has far fewer.
 MAX_NODES = 64
+# An alert's records are read at most once this often, and so many alerts at once at most.
+READ_CACHE_S = 1.0
+READ_CACHE_ALERTS = 1024
+MAX_READS = 64
 _REASON_CHAR = re.compile(r"[^A-Za-z0-9_.:-]")
 _NODE_CHAR = re.compile(r"[^-_a-zA-Z0-9]")
 
@@ -105,7 +110,8 @@ class Progress:
 
     `records` None: counts of this node only (a node without the bucket, a unit test).
     `expires_of(alert_id)`: the alert's expiry as Unix seconds if this node's follower holds
-    it, else None (the default lifetime is assumed).
+    it, else None (the default lifetime is assumed). `keep_of(alert_id)`: how long its counts
+    stay after it expires when not `keep_s` (a probe's are kept as briefly as the probe).
     """
 
     def __init__(
@@ -115,6 +121,7 @@ class Progress:
         *,
         expires_of: Callable[[str], float | None] = lambda alert_id: None,
         keep_s: float = 3600.0,
+        keep_of: Callable[[str], float | None] = lambda alert_id: None,
         default_lifetime_s: float = 86400.0,
         read_timeout_s: float = 2.0,
         wall: Callable[[], float] = time.time,
@@ -125,6 +132,7 @@ class Progress:
         self._records = records
         self._expires_of = expires_of
         self._keep_s = keep_s
+        self._keep_of = keep_of
         self._default_lifetime_s = default_lifetime_s
         self._read_timeout_s = read_timeout_s
         self._wall = wall
@@ -132,6 +140,9 @@ class Progress:
         self._alerts: dict[str, _Alert] = {}
         self._dirty: set[str] = set()
         self._receipts_held = 0
+        self._read_cache: TtlCache[str, dict[str, dict[str, Any]] | None] = TtlCache(READ_CACHE_ALERTS, READ_CACHE_S,
+                                                                               clock=monotonic)
+        self._reading: dict[str, asyncio.Future[dict[str, dict[str, Any]]]] = {}
         # Seen by the metrics at scrape time (api/services.py).
         self.receipts_by_channel: Counter[str] = Counter()
         # (channel, "planned" | "sent" | "failed") since this node started.
@@ -150,7 +161,8 @@ class Progress:
             expires = self._expires_of(alert_id)
             now = self._wall()
             left = self._default_lifetime_s if expires is None else max(0.0, expires - now)
-            ttl_s = left + self._keep_s
+            keep = self._keep_of(alert_id)
+            ttl_s = left + (self._keep_s if keep is None else keep)
             found = self._alerts[alert_id] = _Alert(until=self._monotonic() + ttl_s, ttl_s=ttl_s)
         self._dirty.add(alert_id)
         return found
@@ -261,21 +273,42 @@ class Progress:
     async def summary(self, alert_id: str) -> dict[str, Any]:
         """The alert's progress on every node, per channel: planned, queued (planned and not
         finished yet), sent, failed by reason, receipts. This node's own counts are its
-        latest; another node's are at most a flush old. A bucket that does not answer
-        leaves this node's counts alone (logged)."""
-        per_node: dict[str, dict[str, Any]] = {}
-        if self._records is not None:
-            try:
-                found = await self._records.matching(f"{alert_id}.*", limit=MAX_NODES, timeout_s=self._read_timeout_s)
-            except Exception as exc:
-                log.warning("progress not read", extra={"alert_id": alert_id, "error": repr(exc)[:200]})
-                found = {}
-            for key, record in found.items():
-                channels = record.get("channels")
-                if isinstance(channels, dict):
-                    per_node[key] = channels
+        latest; another node's are at most a flush and a read (`READ_CACHE_S`) old. A bucket
+        that does not answer leaves this node's counts alone (logged)."""
+        per_node = dict(await self._others(alert_id))
         per_node[self.key(alert_id)] = self.local(alert_id)
         return total(per_node.values())
+
+    async def _others(self, alert_id: str) -> dict[str, dict[str, Any]]:
+        """The alert's records in the bucket: one read per alert and `READ_CACHE_S`, however
+        many requests ask (the route is public); at most `MAX_READS` alerts read at once."""
+        if self._records is None:
+            return {}
+        cached = self._read_cache.get(alert_id, None)
+        if cached is not None:
+            return cached
+        reading = self._reading.get(alert_id)
+        if reading is None:
+            if len(self._reading) >= MAX_READS:
+                return {}
+            reading = self._reading[alert_id] = asyncio.ensure_future(self._read(alert_id))
+            reading.add_done_callback(lambda _: self._reading.pop(alert_id, None))
+        return await asyncio.shield(reading)
+
+    async def _read(self, alert_id: str) -> dict[str, dict[str, Any]]:
+        assert self._records is not None
+        found: dict[str, dict[str, Any]] = {}
+        try:
+            records = await self._records.matching(f"{alert_id}.*", limit=MAX_NODES, timeout_s=self._read_timeout_s)
+        except Exception as exc:
+            log.warning("progress not read", extra={"alert_id": alert_id, "error": repr(exc)[:200]})
+            records = {}
+        for key, record in records.items():
+            channels = record.get("channels")
+            if key != self.key(alert_id) and isinstance(channels, dict):
+                found[key] = channels
+        self._read_cache.put(alert_id, found)
+        return found
 
 
 def _count(value: object) -> int:

@@ -24,6 +24,7 @@ from nats.aio.client import Client
 from nats.aio.client import Server as NatsServerRef
 from nats.js import JetStreamContext
 from nats.js.api import (
+    AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
@@ -661,32 +662,40 @@ class KvRecords:
             raise self._failed("kv_put", exc) from exc
 
     async def matching(self, pattern: str, *, limit: int, timeout_s: float) -> dict[str, dict[str, Any]]:
-        """The records whose keys match `pattern` (`<alert id>.*`), at most `limit` of them,
-        read by one short-lived watch (what is there now, not what follows).
+        """The records whose keys match `pattern` (`<alert id>.*`), at most `limit` of them.
+
+        One short-lived pull consumer (the last message of each key): its pending count,
+        read before anything is delivered, says exactly how many to fetch, so the read ends
+        as soon as they are in (a watch's "no more for now" can come before its messages).
 
         Raises:
             StoreUnavailable: no full answer within `timeout_s`.
         """
+        js, stream = self._bucket._js, self._bucket._stream
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, ack_policy=AckPolicy.NONE,
+                                inactive_threshold=max(1.0, 2 * timeout_s), mem_storage=True, num_replicas=1)
         found: dict[str, dict[str, Any]] = {}
-        watcher = None
+        subscription = None
         try:
             async with asyncio.timeout(timeout_s):
-                watcher = await self._bucket.watch(pattern, ignore_deletes=True)
-                async for entry in watcher:
-                    if entry is None or len(found) >= limit:
-                        break
-                    if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                        continue
-                    with contextlib.suppress(ValueError):
-                        value = json.loads(entry.value)
-                        if isinstance(value, dict):
-                            found[entry.key] = value
+                subscription = await js.pull_subscribe(f"{self._bucket._pre}{pattern}", stream=stream, config=config)
+                pending = min(limit, int((await subscription.consumer_info()).num_pending or 0))
+                messages = await subscription.fetch(pending, timeout=timeout_s) if pending else []
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
-            raise StoreUnavailable("kv_watch", repr(exc)) from exc
+            raise StoreUnavailable("kv_read", repr(exc)) from exc
         finally:
-            if watcher is not None:
+            if subscription is not None:
                 with contextlib.suppress(Exception):
-                    await watcher.stop()  # type: ignore[no-untyped-call]
+                    await js.delete_consumer(stream, str(config.name))
+                    await subscription.unsubscribe()
+        for msg in messages:
+            operation = (msg.headers or {}).get("KV-Operation")
+            if operation in (KV_DEL, KV_PURGE) or "Nats-Marker-Reason" in (msg.headers or {}) or not msg.data:
+                continue
+            with contextlib.suppress(ValueError):
+                value = json.loads(msg.data)
+                if isinstance(value, dict):
+                    found[msg.subject[len(self._bucket._pre):]] = value
         return found
 
     async def put_raw(self, key: str, value: bytes) -> None:
