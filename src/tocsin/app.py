@@ -448,6 +448,7 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         sweep = tasks.create_task(sweep_forever(node.services), name="lifecycle-sweep")
         accounts = tasks.create_task(store.accounts.mirror(node.services.accounts.mirror), name="accounts-mirror")
         progress = tasks.create_task(node.services.progress.run(), name="delivery-progress")
+        relay = tasks.create_task(health.relay.run(), name="canary-relay") if health.relay else None
         while not node.server.started and not http.done():
             await asyncio.sleep(0.01)
         if ready is not None and node.server.started:
@@ -455,7 +456,6 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         # The prober reads this node through its own HTTP endpoint, so it starts once serving.
         prober = tasks.create_task(health.prober.run(), name=f"prober:{node.settings.node_name}") if health.prober else None
         heartbeat = tasks.create_task(health.heartbeat.run(), name="heartbeat")
-        relay = tasks.create_task(health.relay.run(), name="canary-relay") if health.relay else None
         while not (http.done() or node.server.should_exit):
             await asyncio.wait([http], timeout=0.05)
         # Stop probing first: the canary's open stream would hold the graceful shutdown.
