@@ -31,7 +31,8 @@ class Bucket:
 @pytest.fixture
 async def bucket(nats_server: NatsServer) -> AsyncIterator[Bucket]:
     settings = Settings(nats_url=nats_server.client_url, nats_monitor_url=nats_server.monitor_url,
-                        stream=unique_name("PROGA"), progress_bucket=unique_name("PROG"))
+                        stream=unique_name("PROGA"), progress_bucket=unique_name("PROG"), progress_max_bytes=1024 * 1024,
+                        stream_max_bytes=8 * 1024 * 1024)
     nc = await connect(settings, [nats_server.client_url], name="progress-test")
     try:
         store = JetStreamStore(nc, settings)

@@ -28,9 +28,9 @@ PARIS = (48.8566, 2.3522)
 async def nodes(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[tuple[Node, Node]]:
     """Two nodes of one deployment (one stream, one progress bucket)."""
     stream, bucket = unique_name("ALERTS_P"), unique_name("PROG")
-    one = node_settings(tmp_path / "one", nats_server, stream=stream, progress_bucket=bucket,
-                        receipts_per_device_per_min=5)
-    two = node_settings(tmp_path / "two", nats_server, stream=stream, progress_bucket=bucket)
+    small = {"progress_bucket": bucket, "progress_max_bytes": 1024 * 1024}
+    one = node_settings(tmp_path / "one", nats_server, stream=stream, receipts_per_device_per_min=5, **small)
+    two = node_settings(tmp_path / "two", nats_server, stream=stream, **small)
     async with running_node(one) as first, running_node(two) as second:
         yield first, second
 

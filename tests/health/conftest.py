@@ -39,6 +39,10 @@ def fast_settings(data_dir: Path, nats: NatsServer, **changes: Any) -> Settings:
         # before are not this node's work (their receivers are gone).
         deliveries_stream=unique_name("DELIVERIES_H"),
         device_bucket=unique_name("DEVICES_H"),
+        # Small: every test's stream and buckets stay reserved on the session's server.
+        deliveries_max_bytes=8 * 1024 * 1024,
+        device_bucket_max_bytes=8 * 1024 * 1024,
+        progress_max_bytes=1024 * 1024,
         admin_token=ADMIN_TOKEN,
         accounts_file=str(write_automated_source(data_dir / "accounts.toml", ISSUER_TOKEN)),
         sse_keepalive_s=1.0,
