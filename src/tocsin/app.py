@@ -27,10 +27,16 @@ from tocsin.api.listener import Edge, edge_protocols
 from tocsin.api.routes import make_app
 from tocsin.api.services import Services
 from tocsin.api.streams import freshness
+from tocsin.channels import webpush
 from tocsin.channels.live import LiveRegistry
 from tocsin.delivery.channels import enabled_channels
 from tocsin.delivery.model import APNS, FCM, WEBPUSH
 from tocsin.delivery.progress import Progress, ProgressRecords
+from tocsin.delivery.route_worker import RouteWorker, route_checks
+from tocsin.delivery.channels import make_senders
+from tocsin.delivery.dispatcher import Dispatcher, Parts
+from tocsin.delivery.model import Sender
+from tocsin.delivery.planner import Planner, RoutesFor
 from tocsin.errors import Rejected, StoreMisconfigured, StoreUnavailable
 from tocsin.health.readiness import Limits, Readiness
 from tocsin.health.shed import shed_when_unready
@@ -75,6 +81,9 @@ class Node:
     ledger: Ledger
     reconciler: Reconciler
     prober_token: str | None = None  # the node's prober account (System alerts only)
+    # CORE: gateway deliveries (docs/delivery.md); None where this node runs none.
+    planner: Planner | None = None
+    dispatcher: Dispatcher | None = None
 
     @property
     def url(self) -> str:
@@ -267,6 +276,12 @@ def _health(node: Node) -> _Health:
     relay = None
     if prober is not None and isinstance(services.store, JetStreamStore):
         relay = CanarySentRelay(services.store.nats, f"tocsin.canary-sent.{s.stream}", prober.gateway_sent)
+        if node.dispatcher is not None:  # the FCM/APNs canaries hear of what any node sent
+            node.dispatcher.on_sent.append(relay.on_sent)
+    # ROUTES: each route is named in /readyz, never making the node unready (docs/health.md).
+    worker = services.route_worker
+    if worker is not None:
+        readiness.advisory = lambda: route_checks(worker.report())
     services.metrics.watch(services.live, readiness, prober, services.progress)
     return _Health(prober=prober, readiness=readiness, heartbeat=heartbeat, relay=relay)
 
@@ -309,8 +324,15 @@ def alert_bounds(settings: Settings) -> Bounds:
 
 
 @asynccontextmanager
-async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> AsyncIterator[Node]:
-    """Start every part of a node; stop them in order on exit."""
+async def open_node(
+    settings: Settings, *, clock: Callable[[], datetime] = utc_now,
+    senders: dict[str, Sender] | None = None, routes_for: RoutesFor | None = None,
+) -> AsyncIterator[Node]:
+    """Start every part of a node; stop them in order on exit.
+
+    `senders`: the push senders by channel (default: the configured channels'); `routes_for`:
+    the CAP routes an alert of a status goes to (delivery/routes.py); see `_deliveries`.
+    """
     private_dir(settings.data_dir)  # keys, tokens, the ledger and the stream's files: this user's only
     async with AsyncExitStack() as stack:
         nats_server: NatsServer | None = None
@@ -336,6 +358,8 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
         prober_token = await _until_up(lambda: _bootstrap_prober(store, settings), (StoreUnavailable,),
                                        settings.startup_timeout_s, "waiting for the stream")
         signer = SigningKey.load_or_create(settings.signing_key_path)
+        if webpush.enabled(settings):  # WEBPUSH: the VAPID key, made at first start
+            webpush.vapid_key(settings)
         ledger = Ledger(settings.data_dir / "ledger.sqlite3")
         stack.callback(ledger.close)
         live = LiveRegistry()
@@ -363,6 +387,12 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
             settings=settings, store=store, accept=accept, pipeline=pipeline, live=live, signer=signer, clock=clock
         )
         services.progress = _progress(services, store.progress)
+        # ROUTES: CAP forwarding (delivery/route_worker.py), started with the other tasks.
+        services.route_worker = RouteWorker(
+            settings=settings, js=store.jetstream, store=store, book=services.routes, status_records=store.route_status,
+            status=services.route_status, signer=signer, routes=store.routes,
+            finished=services.progress.finished,
+        )
         areas_mirror = await _start_areas_mirror(services)
         stack.callback(areas_mirror.cancel)
         services.edge = Edge.from_settings(settings, lambda code: services.metrics.refused.labels(code).inc())
@@ -387,10 +417,38 @@ async def open_node(settings: Settings, *, clock: Callable[[], datetime] = utc_n
             forget_before_s=settings.max_clock_skew_s + 60.0,
             clock=clock, on_republish=services.metrics.republished.inc,
         )
+        services.senders = make_senders(settings) if senders is None else senders
+        for sender in services.senders.values():
+            stack.push_async_callback(sender.aclose)
+        planner, dispatcher = _deliveries(services, store, routes_for)
         yield Node(
             settings=settings, services=services, nats=nats_server, admin_token=admin_token,
             server=server, ledger=ledger, reconciler=reconciler, prober_token=prober_token,
+            planner=planner, dispatcher=dispatcher,
         )
+
+
+def _deliveries(services: Services, store: JetStreamStore,
+                routes_for: RoutesFor | None) -> tuple[Planner | None, Dispatcher | None]:
+    """CORE: the planner runs on every node (CAP routes may be added at any time: the routes
+    mirror says where each alert goes, `routes_for` in tests); dispatchers where there are
+    push senders and dispatch_concurrency > 0 (a node with 0 plans but leaves sending to the
+    others)."""
+    s = services.settings
+    planner = Planner(nc=store.nats, js=store.jetstream, settings=s, index=services.pipeline.index,
+                      devices=services.device_cache, channels=tuple(services.senders),
+                      progress=services.progress, routes_for=routes_for or services.routes.names_for)
+    dispatcher = None
+    if services.senders and s.dispatch_concurrency > 0:
+        metrics = services.metrics
+        dispatcher = Dispatcher(
+            js=store.jetstream, settings=s, senders=services.senders, progress=services.progress,
+            parts=Parts(devices=store.devices, index=services.pipeline.index,
+                        public_url=lambda: services.settings.base_url),
+            on_attempt=lambda channel, outcome: metrics.push_attempts.labels(channel, outcome).inc(),
+            on_removed=lambda channel: metrics.registrations_removed.labels(channel).inc(),
+        )
+    return planner, dispatcher
 
 
 async def run_node(node: Node, ready: Callable[[Node], None] | None = None) -> None:
@@ -449,6 +507,8 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         accounts = tasks.create_task(store.accounts.mirror(node.services.accounts.mirror), name="accounts-mirror")
         progress = tasks.create_task(node.services.progress.run(), name="delivery-progress")
         relay = tasks.create_task(health.relay.run(), name="canary-relay") if health.relay else None
+        # ROUTES: the routes and their status mirrored, and every route's worker on this node.
+        route_tasks = _start_routes(tasks, node.services)
         while not node.server.started and not http.done():
             await asyncio.sleep(0.01)
         if ready is not None and node.server.started:
@@ -456,6 +516,9 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         # The prober reads this node through its own HTTP endpoint, so it starts once serving.
         prober = tasks.create_task(health.prober.run(), name=f"prober:{node.settings.node_name}") if health.prober else None
         heartbeat = tasks.create_task(health.heartbeat.run(), name="heartbeat")
+        # CORE: gateway deliveries once the follower runs (the planner waits for it).
+        planner = tasks.create_task(node.planner.run(), name="planner") if node.planner else None
+        dispatcher = tasks.create_task(node.dispatcher.run(), name="dispatch") if node.dispatcher else None
         while not (http.done() or node.server.should_exit):
             await asyncio.wait([http], timeout=0.05)
         # Stop probing first: the canary's open stream would hold the graceful shutdown.
@@ -465,6 +528,13 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         # Open device streams would hold the graceful shutdown: end them; devices resume.
         node.services.live.close_all()
         await http
+        # CORE: plan no more, let sends in flight finish (briefly; those left unacked are
+        # redelivered to another node after ack_wait), then stop pulling.
+        if planner is not None:
+            planner.cancel()
+        if dispatcher is not None and node.dispatcher is not None:
+            await node.dispatcher.drain(timeout_s=2.0)
+            dispatcher.cancel()
         follower.cancel()
         if checkpoint is not None:
             checkpoint.cancel()
@@ -484,6 +554,8 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         await _last_flush(node.services.progress)
         if health.prober is not None:
             await _forget_push_canaries(node.services, health.prober)
+        for task in route_tasks:
+            task.cancel()
         if supervisor is not None:
             supervisor.cancel()
 
@@ -507,6 +579,17 @@ async def _last_flush(progress: Progress) -> None:
             await progress.flush()
     except Exception as exc:
         log.warning("last progress flush failed", extra={"error": repr(exc)[:200]})
+def _start_routes(tasks: asyncio.TaskGroup, services: Services) -> list[asyncio.Task[None]]:
+    """ROUTES: the routes bucket and its status bucket mirrored, and the route worker."""
+    worker = services.route_worker
+    if worker is None:
+        return []
+    store = services.store
+    return [
+        tasks.create_task(store.routes.mirror(services.routes, first_pass=worker.loaded), name="routes-mirror"),
+        tasks.create_task(store.route_status.mirror(services.route_status), name="route-status-mirror"),
+        tasks.create_task(worker.run(), name="route-worker"),
+    ]
 
 
 def stop_on_signals(node: Node) -> None:

@@ -236,6 +236,9 @@ class Settings:
     # CAP forwarding (docs/cap-forwarding.md): each route is tested this often (a System
     # message); a route whose last test failed is named in /status and /readyz.
     route_link_test_s: float = 300.0
+    # The routes bucket (one record per route) and beside it `<name>_STATUS` (each route's
+    # last deliveries and link test, and the link-test lease).
+    routes_bucket: str = "TOCSIN_ROUTES"
     # Restart back-off for the embedded nats-server child.
     nats_restart_delay_s: float = 0.5
     # In a cluster, a node red for this long closes its device streams so that they resume

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,10 +26,11 @@ ISSUER_TOKEN = "tci_test-automated-source"
 
 
 async def start_node(
-    settings: Settings, clock: Callable[[], datetime] | None = None
+    settings: Settings, clock: Callable[[], datetime] | None = None, **options: Any
 ) -> tuple[Node, asyncio.Task[None], object]:
+    """`options`: open_node's other keywords (CORE: `senders`, `routes_for`)."""
     started: asyncio.Future[Node] = asyncio.get_running_loop().create_future()
-    cm = open_node(settings, clock=clock) if clock else open_node(settings)
+    cm = open_node(settings, clock=clock, **options) if clock else open_node(settings, **options)
     node = await cm.__aenter__()
     task = asyncio.get_running_loop().create_task(run_node(node, started.set_result))
     async with asyncio.timeout(20):

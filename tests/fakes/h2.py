@@ -12,7 +12,7 @@ from typing import Any
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from tests.fakes.tls import gateway_ca
+from tests.fakes.tls import GatewayCa, gateway_ca
 
 
 def _free_port() -> int:
@@ -22,17 +22,18 @@ def _free_port() -> int:
 
 
 @asynccontextmanager
-async def h2_server(app: Any, *, tls: bool = True) -> AsyncIterator[str]:
-    """Serve `app` until the block ends; yields its base URL (https://127.0.0.1:PORT)."""
+async def h2_server(app: Any, *, tls: bool = True, port: int = 0, ca: GatewayCa | None = None) -> AsyncIterator[str]:
+    """Serve `app` until the block ends; yields its base URL (https://127.0.0.1:PORT); on
+    `port`, or a free one; with the certificate of `ca`, or of this process's test CA."""
     config = Config()
-    port = _free_port()
+    port = port or _free_port()
     config.bind = [f"127.0.0.1:{port}"]
     config.alpn_protocols = ["h2", "http/1.1"]
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 0.5
     if tls:
-        ca = gateway_ca()
+        ca = ca or gateway_ca()
         config.certfile, config.keyfile = str(ca.cert_file), str(ca.key_file)
     stop = asyncio.Event()
     task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]

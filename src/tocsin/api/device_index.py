@@ -31,7 +31,7 @@ import sys
 import time
 import zipfile
 from array import array
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Collection, Iterator, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -415,21 +415,9 @@ class DeviceIndex(MutableMapping[str, dict[str, Any]]):
         Call it on the event loop, as the feed runs (not in a thread): it reads the cells'
         arrays in place, and an array cannot grow while it is read.
         """
-        cells = h3int.uncompact_cells([int(cell, 16) for cell in cover.cells], CELL_RESOLUTION)
-        postings = self._postings
-        parts = [np.frombuffer(found, np.uint64) for cell in cells if (found := postings.get(cell))]
-        if not parts:
+        chosen = self._chosen(cover, status)
+        if not len(chosen):
             return Reach()
-        entries = np.concatenate(parts)
-        del parts  # the views hold the cells' arrays: let them grow again
-        slots = (entries & _LOW32).astype(np.intp)
-        current = self._gen[slots] == (entries >> np.uint64(32)).astype(np.uint32)
-        hit = np.zeros(self._size, np.bool_)
-        hit[slots[current]] = True
-        chosen = np.flatnonzero(hit)  # each device once
-        receives = np.array([Audience(tests=bool(f & _TESTS), canary=bool(f & _CANARY)).receives(status)
-                             for f in range(4)])
-        chosen = chosen[receives[self._flags[chosen] & 3]]
         by_channel = {self._channels[i]: int(n) for i, n in enumerate(np.bincount(self._channel[chosen])) if n}
         by_language: dict[str, int] = {}
         for list_id, n in enumerate(np.bincount(self._language[chosen]).tolist()):
@@ -438,6 +426,43 @@ class DeviceIndex(MutableMapping[str, dict[str, Any]]):
                 first = languages[0] if languages else ""
                 by_language[first] = by_language.get(first, 0) + n
         return Reach(devices=len(chosen), by_channel=by_channel, by_language=by_language)
+
+    def members(self, cover: Cover | None, status: str, channels: Collection[str]) -> list[tuple[str, str]]:
+        """(device id, channel) of the devices `reach` counts whose channel is one of
+        `channels`; `cover` None: every device (a correction, `Active.everywhere`).
+
+        The planner's question (delivery/planner.py). On the event loop, as `reach`.
+        """
+        wanted = [self._channel_ids[channel] for channel in channels if channel in self._channel_ids]
+        if not wanted:
+            return []
+        chosen = self._chosen(cover, status)
+        chosen = chosen[np.isin(self._channel[chosen], np.array(wanted, np.uint8))]
+        names, channel_of = self._channels, self._channel[chosen].tolist()
+        return [(self._name(slot), names[c]) for slot, c in zip(chosen.tolist(), channel_of)]
+
+    def _chosen(self, cover: Cover | None, status: str) -> Column:
+        """The live slots whose cells `cover` touches (all live slots for None) and whose
+        audience receives `status`, each once, in slot order."""
+        if cover is None:
+            chosen = np.flatnonzero(self._flags[: self._size] & _USED)
+        else:
+            cells = h3int.uncompact_cells([int(cell, 16) for cell in cover.cells], CELL_RESOLUTION)
+            postings = self._postings
+            parts = [np.frombuffer(found, np.uint64) for cell in cells if (found := postings.get(cell))]
+            if not parts:
+                return np.zeros(0, np.intp)
+            entries = np.concatenate(parts)
+            del parts  # the views hold the cells' arrays: let them grow again
+            slots = (entries & _LOW32).astype(np.intp)
+            current = self._gen[slots] == (entries >> np.uint64(32)).astype(np.uint32)
+            hit = np.zeros(self._size, np.bool_)
+            hit[slots[current]] = True
+            chosen = np.flatnonzero(hit)  # each device once
+        receives = np.array([Audience(tests=bool(f & _TESTS), canary=bool(f & _CANARY)).receives(status)
+                             for f in range(4)])
+        kept: Column = chosen[receives[self._flags[chosen] & 3]]
+        return kept
 
     # -- slots -----------------------------------------------------------------------------
 

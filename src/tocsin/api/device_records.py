@@ -88,7 +88,14 @@ async def renew_if_due(
     # storm of one device's reconnects writes once.
     mirror[device_id] = {**record, "renewed": now.isoformat()}
     try:
-        await bucket.put(device_id, mirror[device_id])
+        written = mirror[device_id]
+        if record.get("channel", LIVE) != LIVE:
+            # The index keeps no push fields (subscription, token): the bucket's record does.
+            stored = await bucket.get(device_id)
+            if stored is None:
+                return  # deleted meanwhile (a 410 from its gateway): nothing to renew
+            written = {**stored, "renewed": now.isoformat()}
+        await bucket.put(device_id, written)
     except (StoreUnavailable, RecordsFull) as exc:
         mirror[device_id] = record  # due again at the next connect
         log.warning("device renewal failed", extra={"error": str(exc)[:200]})

@@ -11,7 +11,9 @@ import json
 import math
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -19,18 +21,25 @@ from starlette.responses import JSONResponse, Response
 
 from tocsin.api.alerts import read_body
 from tocsin.api.auth import bearer, device_for, issuer_for, token_digest
-from tocsin.api.device_records import record_json
+from tocsin.api.device_records import LIVE, epoch, record_json
 from tocsin.api.ratelimit import retry_after, source_of
 from tocsin.api.services import Services
 from tocsin.errors import (
     BAD_REQUEST, CELL_INVALID, DEVICE_INVALID, DEVICE_REGISTRY_FULL, DEVICE_TOO_MANY_CELLS, DEVICE_UNKNOWN,
     REGISTRATIONS_BUSY, TOO_MANY_REGISTRATIONS, RecordsFull, Rejected, Violation,
 )
+from tocsin.delivery import channels
+from tocsin.delivery.model import APNS, FCM, WEBPUSH, Sender
 from tocsin.geo.cells import CELL_RESOLUTION, cell_for_point, normalize_cell
+from tocsin.settings import Settings
 
 MAX_LANGUAGES = 8
 MAX_BODY_BYTES = 64 * 1024
-FIELDS = frozenset({"cells", "points", "languages", "tests", "canary"})
+FIELDS = frozenset({"cells", "points", "languages", "tests", "canary", "channel", "subscription", "token"})
+# CORE: a registration's push part (a Web Push subscription, an FCM or APNs token) as the
+# body gives it and as the record keeps it: a few hundred bytes in practice.
+MAX_PUSH_BYTES = 4096
+_PUSH_PART = {WEBPUSH: "subscription", FCM: "token", APNS: "token"}
 # An H3 cell index as text: 15 hex digits (h3geo.org/docs/library/index/cell). h3 itself
 # accepts spaces and capitals around one, which is how padded duplicates got stored.
 _CELL_TEXT = re.compile(r"[0-9a-f]{15}")
@@ -46,6 +55,8 @@ class Registration:
     languages: list[str]
     tests: bool
     canary: bool
+    channel: str = LIVE
+    push: dict[str, Any] | None = None  # the record's "push" field (channel check_target)
 
 
 def _refuse(violations: list[Violation]) -> Rejected:
@@ -147,6 +158,62 @@ def registration(document: object, max_cells: int) -> Registration:
     return result
 
 
+def _size(value: object) -> int:
+    try:
+        return len(json.dumps(value, separators=(",", ":")))
+    except (TypeError, ValueError, RecursionError):
+        return MAX_PUSH_BYTES + 1
+
+
+def with_push(document: dict[str, Any], body: Registration, settings: Settings,
+              senders: Mapping[str, Sender] | None = None) -> Registration:
+    """`body` with the registration's channel and its push part, read by the channel.
+
+    Raises:
+        Rejected: 422 device.invalid (a push part the channel does not take, or too large),
+            device.channel-unavailable, or the channel's own refusal.
+    """
+    channel = document.get("channel", LIVE)
+    if not isinstance(channel, str) or len(channel) > 16:
+        raise Rejected(DEVICE_INVALID, "channel: must be live, webpush, fcm or apns")
+    part = _PUSH_PART.get(channel)
+    for name in ("subscription", "token"):
+        if name in document and name != part:
+            raise Rejected(DEVICE_INVALID, f"{name}: not a field of a {channel[:16]} registration")
+    if channel == LIVE:
+        return body
+    if part is None or part not in document:
+        # Not a channel, or not one configured here: check_target refuses it, naming those
+        # there are; a configured one without its push part: the channel's own refusal.
+        channels.check_target(channel, document, settings, canary=body.canary, senders=senders)
+        raise Rejected(DEVICE_INVALID, f"{part}: a {channel} registration needs one")
+    if _size(document[part]) > MAX_PUSH_BYTES:
+        raise Rejected(DEVICE_INVALID, f"{part}: at most {MAX_PUSH_BYTES} bytes of JSON")
+    push = channels.check_target(channel, document, settings, canary=body.canary, senders=senders)
+    if _size(push) > MAX_PUSH_BYTES:
+        raise Rejected(DEVICE_INVALID, f"{part}: at most {MAX_PUSH_BYTES} bytes of JSON")
+    return Registration(cells=body.cells, languages=body.languages, tests=body.tests, canary=body.canary,
+                        channel=channel, push=push)
+
+
+def device_record(body: Registration, *, secret_sha256: str, created: datetime, renewed: datetime) -> dict[str, Any]:
+    """The stored record: `record_json`, plus the channel and push fields of a push device."""
+    record = record_json(cells=body.cells, languages=body.languages, tests=body.tests, canary=body.canary,
+                         secret_sha256=secret_sha256, created=created, renewed=renewed)
+    if body.channel != LIVE:
+        record["channel"] = body.channel
+        record["push"] = body.push
+    return record
+
+
+def _answer(device_id: str, body: Registration) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "id": device_id, "cells": body.cells, "languages": body.languages, "tests": body.tests,
+        "canary": body.canary, "channel": body.channel, "cell_resolution": CELL_RESOLUTION,
+    }
+    return answer
+
+
 def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
@@ -177,32 +244,54 @@ async def register_device(request: Request) -> Response:
     anonymous = bearer(request) is None
     if anonymous:
         _take_registration(request, services)  # before the body is read or parsed
-    body = registration(_parse(await read_body(request, MAX_BODY_BYTES)), services.settings.max_device_cells)
+    document = _parse(await read_body(request, MAX_BODY_BYTES))
+    body = registration(document, services.settings.max_device_cells)
     if body.canary:
         # Canaries receive System alerts; only an issuer account (the prober) may create one.
         await issuer_for(request, services)
     elif not anonymous:
         _take_registration(request, services)
+    assert isinstance(document, dict)  # registration() refused anything else
+    body = with_push(document, body, services.settings, services.senders)
     device_id = "dev_" + secrets.token_hex(12)
     secret = secrets.token_urlsafe(24)
     now = services.clock()
-    record = record_json(cells=body.cells, languages=body.languages, tests=body.tests, canary=body.canary,
-                         secret_sha256=token_digest(secret), created=now, renewed=now)
+    record = device_record(body, secret_sha256=token_digest(secret), created=now, renewed=now)
     try:
         await services.store.devices.put(device_id, record)
     except RecordsFull:
         raise Rejected(DEVICE_REGISTRY_FULL, "no device can register until unused records expire") from None
     services.device_cache[device_id] = record
-    answer = {
-        "id": device_id,
-        "token": f"{device_id}.{secret}",
-        "cells": body.cells,
-        "languages": body.languages,
-        "tests": body.tests,
-        "canary": body.canary,
-        "cell_resolution": CELL_RESOLUTION,
-    }
+    answer = {**_answer(device_id, body), "token": f"{device_id}.{secret}"}
     return JSONResponse(answer, status_code=201, headers={"Location": f"/api/v1/devices/{device_id}"})
+
+
+async def update_device(request: Request) -> Response:
+    """Replace a device's cells, languages, tests flag and push part (a browser rotates its
+    subscription), renewing the record: its own token authenticates. The channel and the
+    canary flag stay as registered."""
+    services: Services = request.app.state.services
+    device_id, record = await device_for(request, services, renew=False)
+    if device_id != request.path_params["device_id"]:
+        raise Rejected(DEVICE_UNKNOWN, "the token is not this device's", headers={"WWW-Authenticate": "Bearer"})
+    document = _parse(await read_body(request, MAX_BODY_BYTES))
+    body = registration(document, services.settings.max_device_cells)
+    assert isinstance(document, dict)
+    channel = str(record.get("channel", LIVE))
+    if document.get("channel", channel) != channel:
+        raise Rejected(DEVICE_INVALID, f"channel: this device registered as {channel}; register again to change it")
+    if body.canary != bool(record.get("canary")):
+        raise Rejected(DEVICE_INVALID, "canary: a device keeps the canary flag it registered with")
+    body = with_push({**document, "channel": channel}, body, services.settings, services.senders)
+    now = services.clock()
+    created = datetime.fromtimestamp(epoch(record.get("created")), UTC)
+    written = device_record(body, secret_sha256=str(record["secret_sha256"]), created=created, renewed=now)
+    try:
+        await services.store.devices.put(device_id, written)
+    except RecordsFull:
+        raise Rejected(DEVICE_REGISTRY_FULL, "no device can register until unused records expire") from None
+    services.device_cache[device_id] = written
+    return JSONResponse(_answer(device_id, body))
 
 
 async def delete_device(request: Request) -> Response:
@@ -214,3 +303,10 @@ async def delete_device(request: Request) -> Response:
     await services.store.devices.delete(device_id)
     services.device_cache.pop(device_id, None)
     return Response(status_code=204)
+
+
+async def device(request: Request) -> Response:
+    """/api/v1/devices/{device_id}: PUT replaces, DELETE forgets."""
+    if request.method == "PUT":
+        return await update_device(request)
+    return await delete_device(request)

@@ -47,6 +47,8 @@ def document(base_url: str) -> Json:
     from tocsin.api.openapi_admin import admin_paths, admin_schemas  # it uses this module's builders
     from tocsin.api.openapi_areas import areas_paths, areas_schemas  # GAZ
     from tocsin.api.openapi_progress import progress_schemas, receipts_paths  # PROGRESS
+    from tocsin.api.openapi_webpush import webpush_paths, webpush_schemas  # WEBPUSH
+    from tocsin.api.openapi_routes import routes_paths, routes_schemas  # ROUTES
 
     catalog = problem_catalog()
     spec: Json = {
@@ -70,13 +72,15 @@ def document(base_url: str) -> Json:
         ],
         "paths": _merge(_issuer_paths(catalog), _preview_paths(catalog), _lifecycle_paths(catalog),
                         _device_paths(catalog), _public_paths(), admin_paths(catalog), areas_paths(catalog),
-                        receipts_paths(catalog)),
+                        webpush_paths(catalog), routes_paths(catalog), receipts_paths(catalog)),
         "components": _components(catalog),
         "x-problem-codes": [{"code": p.code, "status": p.status, "title": p.title} for p in catalog],
     }
     spec["components"]["schemas"].update(admin_schemas())
     spec["components"]["schemas"].update(areas_schemas())
     spec["components"]["schemas"].update(progress_schemas())
+    spec["components"]["schemas"].update(webpush_schemas())  # WEBPUSH
+    spec["components"]["schemas"].update(routes_schemas())
     return spec
 
 
@@ -500,6 +504,31 @@ def _device_paths(catalog: list[Problem]) -> Json:
             **_COMMON,
         },
     }
+    update = {  # CORE
+        "tags": ["device"],
+        "operationId": "updateDevice",
+        "summary": "Replace this device's cells, languages, tests flag and push part",
+        "description": "The device's own token authenticates (another device's is 401 "
+        "device.unknown). The body is a registration's: its cells, languages and tests replace the "
+        "record's, and so does its `subscription` or `token` (a browser rotates its subscription). "
+        "The channel and the canary flag stay as registered (a different one is 422 device.invalid). "
+        "The record is renewed. The answer is the registration's without the token.",
+        "security": _DEVICE,
+        "parameters": [{"name": "device_id", "in": "path", "required": True,
+                        "schema": {"type": "string", "pattern": "^dev_[0-9a-f]{24}$"}}, token],
+        "requestBody": {"required": True,
+                        "content": {"application/json": {"schema": _ref("DeviceRegistration")}}},
+        "responses": {
+            "200": _json(_ref("DeviceRegistered"), "Replaced and renewed."),
+            "400": _problems(catalog, 400, ("request.",)),
+            "401": _problems(catalog, 401, ("device.",)),
+            "413": _problems(catalog, 413, ("request.",)),
+            "422": _problems(catalog, 422, ("device.",)),
+            "503": _problems(catalog, 503, ("store.", "request."), _RETRY_AFTER),
+            "507": _problems(catalog, 507, ("device.",)),
+            **_COMMON,
+        },
+    }
     stream = {
         "tags": ["device"],
         "operationId": "stream",
@@ -546,7 +575,7 @@ def _device_paths(catalog: list[Problem]) -> Json:
             },
         },
     }
-    return {"/api/v1/devices": {"post": register}, "/api/v1/devices/{device_id}": {"delete": delete},
+    return {"/api/v1/devices": {"post": register}, "/api/v1/devices/{device_id}": {"delete": delete, "put": update},
             "/api/v1/stream": {"get": stream}, "/api/v1/ws": {"get": websocket}}
 
 
@@ -737,8 +766,17 @@ def _device_schemas() -> Json:
         "languages": {"type": "array", "maxItems": MAX_LANGUAGES,
                       "items": {"type": "string", "pattern": "^[A-Za-z]{1,8}(-[A-Za-z0-9]{1,8}){0,7}$"}},
         "tests": {**boolean, "description": "Also receive Test and Exercise alerts."},
-        "canary": {**boolean, "description": "Also receive System alerts; needs an issuer token."}}}
+        "canary": {**boolean, "description": "Also receive System alerts; needs an issuer token."},
+        # CORE: push registration (docs/api.md "Push registration", docs/delivery.md).
+        "channel": {"type": "string", "enum": ["live", "webpush", "fcm", "apns"], "default": "live",
+                    "description": "How alerts reach the device: live (SSE/WebSocket while connected) or "
+                                   "a push service this deployment is configured for."},
+        "subscription": {"type": "object", "description": "webpush only: the browser's PushSubscription "
+                         "(endpoint, keys.p256dh, keys.auth); at most 4096 bytes of JSON."},
+        "token": {"type": "string", "maxLength": 4096, "description": "fcm and apns only: the app's "
+                  "registration token or device token."}}}
     registered = {"type": "object", "properties": {
+        "channel": string,
         "id": string, "token": {"type": "string", "description": "<id>.<secret>; shown once."},
         "cells": {"type": "array", "items": string}, "languages": {"type": "array", "items": string},
         "tests": boolean, "canary": boolean, "cell_resolution": {"type": "integer", "const": res}}}

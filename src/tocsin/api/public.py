@@ -111,12 +111,16 @@ def status_document(services: Services) -> dict[str, Any]:
         "ready": report["ready"],
         "failing": report["failing"],
         "failing_details": {name: report["checks"][name]["detail"] for name in report["failing"]},
+        # Non-blocking checks that fail (a CAP route's downstream): named, the node stays ready.
+        "degraded": {name: report["checks"][name]["detail"] for name in report.get("degraded", [])},
         "redundancy": report["redundancy"],
         "canary": prober.as_json() if prober else None,
         "devices": {"total": live.count, **{k: v for k, v in sorted(live.connected.items())}},
         "pending_deliveries": readiness.lag if readiness else None,
         "follower_behind_s": round(readiness.behind_s, 3) if readiness else None,
         "measured": prober.history.as_json() if prober else {},
+        # ROUTES: each CAP route's last deliveries and link test (docs/cap-forwarding.md).
+        "routes": services.route_worker.report() if services.route_worker else {},
         "readiness": report,
     }
 
@@ -163,6 +167,7 @@ def render_status(body: dict[str, Any]) -> str:
         f"<li><b>{e(name)}</b>: {e(str(detail))}</li>" for name, detail in body["failing_details"].items()
     )
     table = "".join(rows) or '<tr><td colspan="7">no probe measured yet</td></tr>'
+    degraded = "".join(f"<li><b>{e(name)}</b>: {e(str(detail))}</li>" for name, detail in body.get("degraded", {}).items())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -173,6 +178,7 @@ table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ccc;
 <body><h1>tocsin node {e(body['node'])}</h1>
 <p class="state">{state}</p>
 {f'<ul>{failing}</ul>' if failing else ''}
+{f'<p>Degraded (the node still delivers):</p><ul>{degraded}</ul>' if degraded else ''}
 <p>{e(body['redundancy']['statement'])}</p>
 <p>Devices connected: {body['devices']['total']}. Alerts not yet fanned out: {body['pending_deliveries']}.</p>
 <h2>Measured end to end</h2>

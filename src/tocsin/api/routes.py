@@ -6,7 +6,9 @@ from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp
 
-from tocsin.api import admin_routes, alerts, areas, audit, devices, drafts, preview, public, receipts, streams
+from tocsin.api import (
+    admin_routes, alerts, areas, audit, cap_routes, devices, drafts, preview, public, push_public, receipts, streams,
+)
 from tocsin.api.fastpath import SseFastPath
 from tocsin.api.headers import EdgeHeaders
 from tocsin.api.problems import HANDLERS
@@ -27,7 +29,7 @@ ROUTES = [
     Route("/api/v1/alerts/{alert_id}.xml", alerts.get_alert_xml, methods=["GET"]),
     Route("/api/v1/alerts/{alert_id}", alerts.get_alert, methods=["GET"]),
     Route("/api/v1/devices", devices.register_device, methods=["POST"]),
-    Route("/api/v1/devices/{device_id}", devices.delete_device, methods=["DELETE"]),
+    Route("/api/v1/devices/{device_id}", devices.device, methods=["DELETE", "PUT"]),  # CORE: PUT
     Route("/api/v1/stream", streams.stream, methods=["GET"]),
     # PROGRESS: a device confirms it showed an alert (api/receipts.py)
     Route("/api/v1/receipts", receipts.post_receipt, methods=["POST"]),
@@ -45,6 +47,13 @@ ROUTES = [
     Route("/api/v1/areas/{scheme}", areas.list_areas, methods=["GET"]),
     Route("/api/v1/areas/{scheme}/{code}", areas.show_area, methods=["GET"]),
     Route("/api/v1/admin/areas/{scheme}", areas.areas_admin, methods=["PUT", "DELETE"]),
+    # WEBPUSH: the VAPID key, and the event a push pointer sends the app to (api/push_public.py)
+    Route("/api/v1/webpush/key", push_public.webpush_key, methods=["GET"]),
+    Route("/api/v1/events/{alert_id}", push_public.event, methods=["GET"]),
+    # ROUTES: CAP forwarding routes (api/cap_routes.py, docs/cap-forwarding.md)
+    Route("/api/v1/admin/routes", cap_routes.list_routes, methods=["GET"]),
+    Route("/api/v1/admin/routes/{name}", cap_routes.route, methods=["GET", "PUT", "DELETE"]),
+    Route("/api/v1/admin/routes/{name}/test", cap_routes.test_route, methods=["POST"]),
 ]
 
 

@@ -20,6 +20,9 @@ from tocsin.api.ratelimit import RateLimit, RatesByKey
 from tocsin.api.listener import Edge
 from tocsin.api.ttl_cache import TtlCache
 from tocsin.channels.live import LiveRegistry
+from tocsin.delivery.route_worker import RouteWorker
+from tocsin.delivery.routes import RouteBook
+from tocsin.delivery.model import Sender
 from tocsin.delivery.progress import Progress
 from tocsin.geo.gazetteer_mirror import AreasMirror
 from tocsin.health.readiness import Readiness
@@ -53,6 +56,9 @@ class Metrics:
     probes: Counter = field(init=False)
     probe_seconds: Histogram = field(init=False)
     heartbeats: Counter = field(init=False)
+    # CORE: gateway deliveries (delivery/dispatcher.py; docs/delivery.md, "Metrics").
+    push_attempts: Counter = field(init=False)
+    registrations_removed: Counter = field(init=False)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -80,6 +86,17 @@ class Metrics:
         self.heartbeats = Counter(
             "tocsin_heartbeats_total", "Heartbeat periods by outcome (sent, failed, withheld).",
             ["outcome"], registry=r,
+        )
+
+        self.push_attempts = Counter(
+            "tocsin_push_attempts_total", "Gateway send attempts by channel and outcome (sent, retry, "
+            "rate-limited, permanent, gone; unregistered: the device was gone before the send).",
+            ["channel", "outcome"], registry=r,
+        )
+        self.registrations_removed = Counter(
+            "tocsin_push_registrations_removed_total",
+            "Push registrations removed because their gateway said the token or subscription is gone.",
+            ["channel"], registry=r,
         )
 
     def observe_probe(self, result: ProbeResult) -> None:
@@ -218,6 +235,14 @@ class Services:
     # it the progress bucket), and each device's receipts on this node (api/receipts.py).
     progress: Progress = field(default_factory=Progress)
     receipt_rates: RateLimit = field(init=False)
+    # ROUTES: the routes bucket and its status bucket mirrored (app.py runs the mirrors), and
+    # the route worker (app.py starts it; None in ASGI-only tests) (delivery/routes.py).
+    routes: RouteBook = field(default_factory=RouteBook)
+    route_status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    route_worker: RouteWorker | None = None
+    # CORE (delivery/): the senders this node delivers through, by channel (app.py: the
+    # configured channels' `make_senders`, or the ones a test gives).
+    senders: dict[str, Sender] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         s = self.settings

@@ -96,6 +96,10 @@ def _register_optional() -> None:
     from tocsin.cli.areas_cmd import areas
 
     cli.add_command(areas)
+    # ROUTES: CAP forwarding routes over the admin API
+    from tocsin.cli.routes_cmd import routes
+
+    cli.add_command(routes)
 
 
 _register_optional()

@@ -11,6 +11,7 @@ Each channel module (channels/webpush.py, fcm.py, apns.py) provides:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
@@ -29,13 +30,24 @@ def enabled_channels(settings: Settings) -> tuple[str, ...]:
     return tuple(channel for channel in (WEBPUSH, FCM, APNS) if _module(channel).enabled(settings))
 
 
-def check_target(channel: str, document: dict[str, Any], settings: Settings, *, canary: bool) -> dict[str, Any]:
+def check_target(channel: str, document: dict[str, Any], settings: Settings, *, canary: bool,
+                 senders: Mapping[str, Sender] | None = None) -> dict[str, Any]:
     """The `push` field of a registration through `channel`.
+
+    `senders`: the senders the node was given instead of `make_senders` (tests, benches);
+    a channel whose module is not enabled here but that one of them serves is read by that
+    sender's own `check_target(document, canary=)` when it has one (the seam that lets a
+    test deliver through a fake gateway without configuring a real channel).
 
     Raises:
         Rejected: 422 device.channel-unavailable (not a channel, or not configured here), or
             the channel's own refusal of the subscription or token.
     """
+    injected = (senders or {}).get(channel) if channel in (WEBPUSH, FCM, APNS) else None
+    own_check = getattr(injected, "check_target", None)
+    if injected is not None and own_check is not None and not _module(channel).enabled(settings):
+        checked: dict[str, Any] = own_check(document, canary=canary)
+        return checked
     if channel not in (WEBPUSH, FCM, APNS) or not _module(channel).enabled(settings):
         raise Rejected(CHANNEL_UNAVAILABLE, f"channel {channel[:40]!r}: this deployment delivers through "
                                             f"{', '.join(('live',) + enabled_channels(settings))}")

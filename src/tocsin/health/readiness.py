@@ -157,6 +157,9 @@ class Readiness:
         self._reconciler_progress: tuple[int, float] | None = None
         self._threads: dict[str, asyncio.Future[None]] = {}
         self._failing: frozenset[str] = frozenset()
+        # Non-blocking checks (e.g. each CAP route, `route:<name>`): shown and named in
+        # `degraded` when failing, never in `failing`, never making the node unready.
+        self.advisory: Callable[[], dict[str, dict[str, Any]]] | None = None
 
     @property
     def max_age_s(self) -> float:
@@ -367,16 +370,28 @@ class Readiness:
             checks["checks"] = {"ok": False, "age_s": None, "max_age_s": self.max_age_s, "value": None,
                                 "detail": "not checked yet"}
         checks.update(self._canary_checks())
-        failing = sorted(name for name, c in checks.items() if not c["ok"])
+        checks.update(self._advisory_checks())
+        failing = sorted(name for name, c in checks.items() if not c["ok"] and c.get("blocking", True))
         return {
             "status": "ready" if not failing else "not ready",
             "ready": not failing,
             "node": self.node,
             "failing": failing,
+            "degraded": sorted(name for name, c in checks.items() if not c["ok"] and not c.get("blocking", True)),
             "checked_age_s": None if self.refreshed_at is None else round(now - self.refreshed_at, 3),
             "redundancy": redundancy(self.replicas),
             "checks": checks,
         }
+
+    def _advisory_checks(self) -> dict[str, dict[str, Any]]:
+        if self.advisory is None:
+            return {}
+        try:
+            found = self.advisory()
+        except Exception as exc:  # a view of something else: never a reason to fail the report
+            log.warning("advisory checks failed", extra={"error": repr(exc)[:200]})
+            return {}
+        return {name: {**check, "blocking": False} for name, check in found.items()}
 
     def is_ready(self) -> bool:
         return bool(self.report()["ready"])

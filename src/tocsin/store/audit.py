@@ -56,6 +56,11 @@ class Action(StrEnum):
     POLICY_CHANGED = "policy-changed"
     AREAS_IMPORTED = "areas-imported"
     AREAS_REMOVED = "areas-removed"
+    # ROUTES: CAP forwarding routes (api/cap_routes.py)
+    ROUTE_CREATED = "route-created"
+    ROUTE_CHANGED = "route-changed"
+    ROUTE_REMOVED = "route-removed"
+    ROUTE_TESTED = "route-tested"
 
 
 def subject_token(subject: str) -> str:

@@ -196,6 +196,8 @@ class JetStreamStore:
         self._accounts: KvRecords | None = None
         self._pending: KvRecords | None = None
         self._areas: KvRecords | None = None
+        self._routes: KvRecords | None = None
+        self._route_status: KvRecords | None = None
         self._audit: JetStreamAuditLog | None = None
         self._progress: KvRecords | None = None
 
@@ -244,6 +246,18 @@ class JetStreamStore:
         return self._progress
 
     @property
+    def routes(self) -> Records:
+        """CAP forwarding routes, one record per route name (delivery/routes.py)."""
+        assert self._routes is not None, "ensure() first"
+        return self._routes
+
+    @property
+    def route_status(self) -> Records:
+        """Each route's last deliveries, last link test and link-test lease (delivery/route_worker.py)."""
+        assert self._route_status is not None, "ensure() first"
+        return self._route_status
+
+    @property
     def audit(self) -> AuditLog:
         """The append-only record of every action (store/audit.py)."""
         assert self._audit is not None, "ensure() first"
@@ -280,6 +294,10 @@ class JetStreamStore:
             self._pending = KvRecords(await self._bucket("TOCSIN_PENDING"), deadline_s)
             # GAZ: one named area a record, each at most one NATS message (geo/gazetteer.py).
             self._areas = KvRecords(await self._bucket(s.areas_bucket, max_value_size=MAX_RECORD_BYTES), deadline_s)
+            # ROUTES: CAP forwarding routes and their status (delivery/routes.py).
+            self._routes = KvRecords(await self._bucket(s.routes_bucket, max_value_size=16384), deadline_s)
+            self._route_status = KvRecords(await self._bucket(f"{s.routes_bucket}_STATUS", max_value_size=16384),
+                                           deadline_s)
             audit = JetStreamAuditLog(self._js, s)
             await audit.ensure()
             self._audit = audit
@@ -515,7 +533,8 @@ class JetStreamStore:
                 pending=int(info.num_pending or 0),
             )
             for info in infos
-            if info.config.durable_name
+            # CORE: the planner holds one alert at a time by design (delivery/queue.py).
+            if info.config.durable_name and info.name != deliveries.PLANNER_CONSUMER
         ]
 
     async def follow(self, after_seq: int = 0) -> AsyncIterator[Stored]:

@@ -1,0 +1,177 @@
+"""The planner: each stored alert -> one work-queue message per push device and CAP route.
+
+Every node runs one, all on the same durable pull consumer of the alert stream, so each
+alert is planned by one node at a time (docs/delivery.md, "Planner"):
+
+- `max_ack_pending` 1: alerts are planned one after the other, in stream order. A CAP route
+  keeps order (a Cancel only after the Alert it cancels): that holds only if the Alert's
+  route message is enqueued before the Cancel's, whichever node plans each;
+- explicit acks after the last enqueue; `in_progress()` while it works, so a large alert is
+  not handed to another node; a node that dies mid-alert is replaced after `ack_wait`, and
+  its replacement enqueues everything again: the work queue's message ids (alert, channel,
+  destination) keep none twice;
+- the plan reads this node's follower index (the cover, Update/Cancel references and the
+  expiry are the follower's): it waits, bounded, until the follower is past the alert. An
+  alert the index does not hold once past it (expired, unreadable) is acked without plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from tocsin.api.device_index import DeviceIndex
+from tocsin.cap.model import Severity, Status
+from tocsin.delivery.model import CAP, Delivery
+from tocsin.delivery.progress import Progress
+from tocsin.delivery.queue import ATOMIC_BATCH, PLANNER_CONSUMER, enqueue_batch
+from tocsin.errors import StoreUnavailable
+from tocsin.pipeline.index import Active, ActiveIndex
+from tocsin.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CONSUMER = PLANNER_CONSUMER
+# How long to wait for this node's follower to reach an alert before handing it back.
+FOLLOWER_WAIT_S = 10.0
+
+RoutesFor = Callable[[str], Sequence[str]]
+
+
+def no_routes(status: str) -> list[str]:
+    return []
+
+
+def is_urgent(active: Active) -> bool:
+    """Extreme Actual: dispatched before anything else."""
+    alert = active.alert
+    return alert.status is Status.ACTUAL and any(info.severity is Severity.EXTREME for info in alert.infos)
+
+
+def deliveries(active: Active, members: Sequence[tuple[str, str]], routes: Sequence[str]) -> list[Delivery]:
+    """The work-queue messages of one alert: one per device, one per CAP route."""
+    seq, alert_id = active.stored.seq, str(active.stored.envelope.alert_id)
+    expires, urgent = active.expires_at.timestamp(), is_urgent(active)
+    planned = [Delivery(alert_id=alert_id, seq=seq, channel=channel, destination=device_id,
+                        expires_at=expires, urgent=urgent) for device_id, channel in members]
+    planned += [Delivery(alert_id=alert_id, seq=seq, channel=CAP, destination=route,
+                         expires_at=expires, urgent=urgent) for route in routes]
+    return planned
+
+
+async def enqueue_all(nc: Client, js: JetStreamContext, settings: Settings, planned: Sequence[Delivery],
+                      *, still_working: Callable[[], Any] | None = None) -> None:
+    """Enqueue every delivery in atomic batches (`queue.enqueue_batch`: one write each, not
+    one round trip and one fsync per delivery). Raises StoreUnavailable when a batch is not
+    acknowledged (the caller plans the alert again: dedupe keeps what was enqueued once)."""
+    for start in range(0, len(planned), ATOMIC_BATCH):
+        await enqueue_batch(nc, js, settings, planned[start: start + ATOMIC_BATCH])
+        if still_working is not None:
+            await still_working()
+
+
+class Planner:
+    """This node's share of the cluster's one planner (see the module docstring)."""
+
+    def __init__(
+        self, *, nc: Client, js: JetStreamContext, settings: Settings, index: ActiveIndex, devices: DeviceIndex,
+        channels: Sequence[str], progress: Progress, routes_for: RoutesFor = no_routes,
+    ) -> None:
+        self._nc = nc
+        self._js = js
+        self._settings = settings
+        self._index = index
+        self._devices = devices
+        self._channels = tuple(channels)
+        self._progress = progress
+        self._routes_for = routes_for
+        self.planned = 0  # alerts this node planned (tests, status)
+
+    def consumer_config(self) -> ConsumerConfig:
+        s = self._settings
+        return ConsumerConfig(
+            durable_name=CONSUMER, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=s.delivery_ack_wait_s, max_deliver=-1, max_ack_pending=1,
+            filter_subject=f"{s.stream}.>",
+        )
+
+    async def run(self) -> None:
+        """Plan alerts until cancelled; a lost store is waited out."""
+        while True:
+            try:
+                subscription = await self._js.pull_subscribe(
+                    f"{self._settings.stream}.>", durable=CONSUMER, stream=self._settings.stream,
+                    config=self.consumer_config(),
+                )
+                await self._pull(subscription)
+            except (nats.errors.Error, StoreUnavailable, OSError) as exc:
+                log.warning("planner waiting for the store", extra={"error": repr(exc)[:200]})
+                await asyncio.sleep(1.0)
+
+    async def _pull(self, subscription: JetStreamContext.PullSubscription) -> None:
+        while True:
+            try:
+                messages = await subscription.fetch(1, timeout=5.0)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue
+            for msg in messages:
+                await self.handle(msg)
+
+    async def handle(self, msg: Any) -> None:
+        """Plan one alert message, then ack it; nak it when the plan could not finish."""
+        seq = int(msg.metadata.sequence.stream)
+        try:
+            active = await self._wait_for(seq, msg)
+            if active is not None:
+                await self.plan(active, still_working=msg.in_progress)
+        except (StoreUnavailable, nats.errors.Error, asyncio.TimeoutError, TimeoutError) as exc:
+            log.warning("alert not planned; again soon", extra={"seq": seq, "error": repr(exc)[:200]})
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak(delay=1.0)
+            return
+        with contextlib.suppress(nats.errors.Error):
+            await msg.ack()
+
+    async def _wait_for(self, seq: int, msg: Any) -> Active | None:
+        """This node's active alert at `seq`, once its follower is past it; None when the
+        index does not hold it then (expired or unreadable: nothing to plan).
+
+        Raises:
+            TimeoutError: the follower did not reach it within FOLLOWER_WAIT_S.
+        """
+        deadline = time.monotonic() + FOLLOWER_WAIT_S
+        last_word = time.monotonic()
+        while self._index.last_seq < seq:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"this node's follower is not at seq {seq}")
+            if time.monotonic() - last_word > self._settings.delivery_ack_wait_s / 3:
+                await msg.in_progress()
+                last_word = time.monotonic()
+            await asyncio.sleep(0.02)
+        return self._index.active.get(seq)
+
+    async def plan(self, active: Active, *, still_working: Callable[[], Any] | None = None) -> int:
+        """Enqueue the alert's deliveries; returns how many (duplicates included)."""
+        status = active.alert.status.value
+        members = self._devices.members(None if active.everywhere else active.cover, status, self._channels)
+        planned = deliveries(active, members, self._routes_for(status))
+        await enqueue_all(self._nc, self._js, self._settings, planned, still_working=still_working)
+        alert_id = str(active.stored.envelope.alert_id)
+        counts: dict[str, int] = {}
+        for delivery in planned:
+            counts[delivery.channel] = counts.get(delivery.channel, 0) + 1
+        for channel, n in counts.items():
+            self._progress.planned(alert_id, channel, n)
+        self.planned += 1
+        log.info("alert planned", extra={"alert_id": alert_id, "deliveries": len(planned)})
+        return len(planned)
