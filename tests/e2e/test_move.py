@@ -53,7 +53,10 @@ async def pair(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Pair]:
     holds: list[asyncio.Event] = []
     try:
         for name in ("a", "b"):
-            settings = fast_settings(tmp_path / name, nats_server, stream=stream, signing_key_file=str(key))
+            # Live watchers only: no Web Push canary (a node whose follower is held keeps the
+            # probes its planner took for FOLLOWER_WAIT_S, which makes the other node's late too).
+            settings = fast_settings(tmp_path / name, nats_server, stream=stream, signing_key_file=str(key),
+                                     webpush_hosts="")
             started.append(await start_node(settings))
         a, b = started[0][0], started[1][0]
         async with httpx.AsyncClient(timeout=5) as http:
