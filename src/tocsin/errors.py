@@ -305,6 +305,9 @@ PUSH_TARGET_INVALID = Problem(
 PUSH_HOST_REFUSED = Problem(
     "device.push-host-refused", 422, "The push endpoint names a host that is not a push service this deployment posts to."
 )
+DEVICE_TOO_MANY_UPDATES = Problem(
+    "device.too-many-updates", 429, "This device changed its registration too often; retry after the time given."
+)
 RECEIPT_INVALID = Problem("receipt.invalid", 422, "The receipt does not name an alert this device was sent.")
 RECEIPT_RATE_LIMITED = Problem(
     "receipt.rate-limited", 429, "This device sent more receipts than it may; retry after the time given."

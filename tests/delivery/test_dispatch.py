@@ -312,3 +312,25 @@ async def test_a_hanging_gateway_is_timed_out_and_retried(tmp_path: Path, nats_s
         await run.issue(alert_xml())
         await until(lambda: len(run.gateway.sent("dev")) == 1, 10)
         assert [a.answer for a in run.gateway.to("dev")] == ["hang", "200"]
+
+
+async def test_a_device_that_changes_its_registration_too_often_is_told_when_to_come_back(
+    tmp_path: Path, nats_server: Any
+) -> None:
+    from tocsin.api.services import DEVICE_UPDATES_PER_MIN
+
+    async with running(fast(tmp_path, nats_server)) as run:
+        device = await run.register("a-token")
+        auth = {"Authorization": f"Bearer {device['token']}"}
+        body = {"token": "a-token", "points": [{"lat": IN_LYON[0], "lon": IN_LYON[1]}]}
+        for _ in range(DEVICE_UPDATES_PER_MIN):
+            answer = await run.http.put(f"/api/v1/devices/{device['id']}", json=body, headers=auth)
+            assert answer.status_code == 200, answer.text
+        refused = await run.http.put(f"/api/v1/devices/{device['id']}", json=body, headers=auth)
+        assert (refused.status_code, refused.json()["code"]) == (429, "device.too-many-updates")
+        assert int(refused.headers["Retry-After"]) >= 1
+        # Another device is not held back by this one.
+        other = await run.register("b-token")
+        answer = await run.http.put(f"/api/v1/devices/{other['id']}", json={**body, "token": "b-token"},
+                                    headers={"Authorization": f"Bearer {other['token']}"})
+        assert answer.status_code == 200, answer.text

@@ -62,6 +62,8 @@ def node_settings(tmp_path: Path, nats_server: NatsServer, **changes: object) ->
         accounts_file=str(accounts),
         sse_keepalive_s=1.0,
         stream_max_bytes=32 * 1024 * 1024,
+        # Each test's own queue reserves this much of the session's one server (1 GiB by default).
+        deliveries_max_bytes=16 * 1024 * 1024,
         # Tests call reconcile() themselves; the background pass runs once at start.
         reconcile_interval_s=3600.0,
         # These tests count the stream's seqs; the prober's System alerts are tested in tests/health.

@@ -36,13 +36,14 @@ def fast_settings(data_dir: Path, nats: NatsServer, **changes: Any) -> Settings:
         node_name=unique_name("hnode"),
         stream=unique_name("ALERTS_H"),
         # Small: every test's stream and buckets stay reserved on the session's server.
-        deliveries_max_bytes=8 * 1024 * 1024,
         device_bucket_max_bytes=8 * 1024 * 1024,
         progress_max_bytes=1024 * 1024,
         admin_token=ADMIN_TOKEN,
         accounts_file=str(write_automated_source(data_dir / "accounts.toml", ISSUER_TOKEN)),
         sse_keepalive_s=1.0,
         stream_max_bytes=32 * 1024 * 1024,
+        # Each test's own queue reserves this much of the session's one server (1 GiB by default).
+        deliveries_max_bytes=16 * 1024 * 1024,
         probe_interval_s=PROBE_INTERVAL_S,
         probe_expires_s=5.0,
         probe_deadline_s=2.0,

@@ -25,7 +25,8 @@ from tocsin.api.device_records import LIVE, epoch, record_json
 from tocsin.api.ratelimit import retry_after, source_of
 from tocsin.api.services import Services
 from tocsin.errors import (
-    BAD_REQUEST, CELL_INVALID, DEVICE_INVALID, DEVICE_REGISTRY_FULL, DEVICE_TOO_MANY_CELLS, DEVICE_UNKNOWN,
+    BAD_REQUEST, CELL_INVALID, DEVICE_INVALID, DEVICE_REGISTRY_FULL, DEVICE_TOO_MANY_CELLS, DEVICE_TOO_MANY_UPDATES,
+    DEVICE_UNKNOWN,
     REGISTRATIONS_BUSY, TOO_MANY_REGISTRATIONS, RecordsFull, Rejected, Violation,
 )
 from tocsin.delivery import channels
@@ -274,6 +275,9 @@ async def update_device(request: Request) -> Response:
     device_id, record = await device_for(request, services, renew=False)
     if device_id != request.path_params["device_id"]:
         raise Rejected(DEVICE_UNKNOWN, "the token is not this device's", headers={"WWW-Authenticate": "Bearer"})
+    wait_s = services.device_updates.take(device_id)  # before the body is read: each is a write
+    if wait_s:
+        raise Rejected(DEVICE_TOO_MANY_UPDATES, headers={"Retry-After": retry_after(wait_s)})
     document = _parse(await read_body(request, MAX_BODY_BYTES))
     body = registration(document, services.settings.max_device_cells)
     assert isinstance(document, dict)

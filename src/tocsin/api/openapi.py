@@ -512,7 +512,8 @@ def _device_paths(catalog: list[Problem]) -> Json:
         "device.unknown). The body is a registration's: its cells, languages and tests replace the "
         "record's, and so does its `subscription` or `token` (a browser rotates its subscription). "
         "The channel and the canary flag stay as registered (a different one is 422 device.invalid). "
-        "The record is renewed. The answer is the registration's without the token.",
+        "The record is renewed. The answer is the registration's without the token. A device may "
+        "change its registration a few times a minute (429 device.too-many-updates with Retry-After).",
         "security": _DEVICE,
         "parameters": [{"name": "device_id", "in": "path", "required": True,
                         "schema": {"type": "string", "pattern": "^dev_[0-9a-f]{24}$"}}, token],
@@ -524,6 +525,7 @@ def _device_paths(catalog: list[Problem]) -> Json:
             "401": _problems(catalog, 401, ("device.",)),
             "413": _problems(catalog, 413, ("request.",)),
             "422": _problems(catalog, 422, ("device.",)),
+            "429": _problems(catalog, 429, ("device.",), _RETRY_AFTER),
             "503": _problems(catalog, 503, ("store.", "request."), _RETRY_AFTER),
             "507": _problems(catalog, 507, ("device.",)),
             **_COMMON,

@@ -39,6 +39,9 @@ ISSUER_CACHE_S = 1.0
 # Issuers are few; a flood of distinct wrong tokens evicts only wrong tokens and old entries.
 ISSUER_CACHE_ENTRIES = 4096
 
+# Registration changes one device may make a minute (PUT /api/v1/devices/{id}).
+DEVICE_UPDATES_PER_MIN = 6
+
 # Issue-to-display latency of the probes: loopback is milliseconds, a stalled path is seconds.
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -225,6 +228,7 @@ class Services:
     # Anonymous device registrations, by source and in all (api/devices.py).
     registrations_by_source: RateLimit = field(init=False)
     registrations_in_all: RateLimit = field(init=False)
+    device_updates: RateLimit = field(init=False)
     # Open streams (SSE and WebSocket) per device id, bounded by max_streams_per_device.
     streams: collections.Counter[str] = field(default_factory=collections.Counter)
     # GAZ: the areas bucket mirrored into accept's gazetteer (app.py runs the mirror), and
@@ -252,3 +256,6 @@ class Services:
         self.registrations_by_source = RateLimit(s.registrations_per_source_per_min, max_keys=s.rate_limit_max_sources)
         self.registrations_in_all = RateLimit(s.registrations_per_min)
         self.receipt_rates = RateLimit(s.receipts_per_device_per_min, max_keys=s.rate_limit_max_sources)
+        # PUT /api/v1/devices/{id}: each is a bucket write; a device rotates its subscription
+        # or moves a few times a day, not every second (api/devices.py).
+        self.device_updates = RateLimit(DEVICE_UPDATES_PER_MIN, max_keys=s.rate_limit_max_sources)

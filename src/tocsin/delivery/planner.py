@@ -42,8 +42,10 @@ from tocsin.settings import Settings
 log = logging.getLogger(__name__)
 
 CONSUMER = PLANNER_CONSUMER
-# How long to wait for this node's follower to reach an alert before handing it back.
-FOLLOWER_WAIT_S = 10.0
+# How long to wait for this node's follower to reach an alert before handing it back; a
+# node whose follower is that far behind takes no alert to plan until it reaches that one
+# (a stuck follower must not hold every alert of the cluster for this long, again and again).
+FOLLOWER_WAIT_S = 3.0
 
 RoutesFor = Callable[[str], Sequence[str]]
 
@@ -96,6 +98,7 @@ class Planner:
         self._progress = progress
         self._routes_for = routes_for
         self.planned = 0  # alerts this node planned (tests, status)
+        self._behind_seq = 0  # an alert handed back because the follower had not reached it
 
     def consumer_config(self) -> ConsumerConfig:
         s = self._settings
@@ -120,6 +123,8 @@ class Planner:
 
     async def _pull(self, subscription: JetStreamContext.PullSubscription) -> None:
         while True:
+            while self._index.last_seq < self._behind_seq:  # leave the alerts to nodes that can plan them
+                await asyncio.sleep(0.1)
             try:
                 messages = await subscription.fetch(1, timeout=5.0)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
@@ -153,6 +158,7 @@ class Planner:
         last_word = time.monotonic()
         while self._index.last_seq < seq:
             if time.monotonic() > deadline:
+                self._behind_seq = seq
                 raise TimeoutError(f"this node's follower is not at seq {seq}")
             if time.monotonic() - last_word > self._settings.delivery_ack_wait_s / 3:
                 await msg.in_progress()
