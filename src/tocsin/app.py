@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nats.errors
 import uvicorn
@@ -29,6 +29,9 @@ from tocsin.api.services import Services
 from tocsin.api.streams import freshness
 from tocsin.channels import webpush
 from tocsin.channels.live import LiveRegistry
+from tocsin.delivery.channels import enabled_channels
+from tocsin.delivery.model import APNS, FCM, WEBPUSH
+from tocsin.delivery.progress import Progress, ProgressRecords
 from tocsin.delivery.route_worker import RouteWorker, route_checks
 from tocsin.delivery.channels import make_senders
 from tocsin.delivery.dispatcher import Dispatcher, Parts
@@ -49,9 +52,12 @@ from tocsin.pipeline.reconcile import Reconciler
 from tocsin.policy import AlertLimits
 from tocsin.prober.heartbeat import Heartbeat, heartbeat_urls
 from tocsin.prober.probe import Prober, load_or_create_token, prober_account
+from tocsin.prober.relay import CanarySentRelay
 from tocsin.secret_file import private_dir
 from tocsin.settings import Settings, SettingsError
 from tocsin.signing import SigningKey
+from tocsin.cap.model import Status
+from tocsin.store.base import AlertId
 from tocsin.store.jetstream import JetStreamStore, connect
 from tocsin.store.ledger import Ledger
 
@@ -198,11 +204,39 @@ def _loopback_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}"
 
 
+def _progress(services: Services, records: ProgressRecords) -> Progress:
+    """PROGRESS: this node's delivery counts, written to the progress bucket; an alert's
+    records leave with it (its expiry as this node's follower holds it)."""
+    s, index = services.settings, services.pipeline.index
+
+    def expires_of(alert_id: str) -> float | None:
+        active = index.by_id.get(AlertId(alert_id))
+        return None if active is None else active.expires_at.timestamp()
+
+    def keep_of(alert_id: str) -> float | None:  # a probe's counts leave as soon as the probe
+        active = index.by_id.get(AlertId(alert_id))
+        return s.probe_retention_s if active is not None and active.alert.status is Status.SYSTEM else None
+
+    return Progress(s.node_name, records, expires_of=expires_of, keep_s=s.progress_keep_s, keep_of=keep_of,
+                    default_lifetime_s=s.default_lifetime_s, read_timeout_s=s.check_timeout_s)
+
+
+def _push_canaries(settings: Settings) -> dict[str, Any]:
+    """PROGRESS: the prober's gateway canaries for the channels this deployment delivers
+    through: Web Push always, FCM and APNs where a test device's token is set."""
+    enabled = enabled_channels(settings)
+    tokens = {FCM: settings.fcm_canary_token, APNS: settings.apns_canary_token}
+    return {"webpush": WEBPUSH in enabled,
+            "gateway_tokens": {channel: token for channel, token in tokens.items() if channel in enabled and token}}
+
+
 @dataclass(slots=True, kw_only=True)
 class _Health:
     prober: Prober | None
     readiness: Readiness
     heartbeat: Heartbeat
+    # PROGRESS: word of the FCM/APNs canaries' deliveries from whichever node sent them.
+    relay: CanarySentRelay | None = None
 
 
 def _health(node: Node) -> _Health:
@@ -216,6 +250,7 @@ def _health(node: Node) -> _Health:
             read_timeout_s=max(3 * s.sse_keepalive_s, s.probe_deadline_s),
             canary_file=s.data_dir / "keys" / "canary-sse.json",
             on_result=services.metrics.observe_probe, clock=services.clock,
+            **_push_canaries(s),
         )
     limits = Limits(
         interval_s=s.readiness_interval_s, check_timeout_s=s.check_timeout_s, stall_s=s.stall_s,
@@ -238,12 +273,17 @@ def _health(node: Node) -> _Health:
         on_outcome=lambda outcome: services.metrics.heartbeats.labels(outcome).inc(),
     )
     services.prober, services.readiness = prober, readiness
+    relay = None
+    if prober is not None and isinstance(services.store, JetStreamStore):
+        relay = CanarySentRelay(services.store.nats, f"tocsin.canary-sent.{s.stream}", prober.gateway_sent)
+        if node.dispatcher is not None:  # the FCM/APNs canaries hear of what any node sent
+            node.dispatcher.on_sent.append(relay.on_sent)
     # ROUTES: each route is named in /readyz, never making the node unready (docs/health.md).
     worker = services.route_worker
     if worker is not None:
         readiness.advisory = lambda: route_checks(worker.report())
-    services.metrics.watch(services.live, readiness, prober)
-    return _Health(prober=prober, readiness=readiness, heartbeat=heartbeat)
+    services.metrics.watch(services.live, readiness, prober, services.progress)
+    return _Health(prober=prober, readiness=readiness, heartbeat=heartbeat, relay=relay)
 
 
 def _bind(listen: str) -> socket.socket:
@@ -346,6 +386,7 @@ async def open_node(
         services = Services(
             settings=settings, store=store, accept=accept, pipeline=pipeline, live=live, signer=signer, clock=clock
         )
+        services.progress = _progress(services, store.progress)
         # ROUTES: CAP forwarding (delivery/route_worker.py), started with the other tasks.
         services.route_worker = RouteWorker(
             settings=settings, js=store.jetstream, store=store, book=services.routes, status_records=store.route_status,
@@ -464,6 +505,8 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         pending = tasks.create_task(store.pending.mirror(node.services.pending_cache), name="pending-mirror")
         sweep = tasks.create_task(sweep_forever(node.services), name="lifecycle-sweep")
         accounts = tasks.create_task(store.accounts.mirror(node.services.accounts.mirror), name="accounts-mirror")
+        progress = tasks.create_task(node.services.progress.run(), name="delivery-progress")
+        relay = tasks.create_task(health.relay.run(), name="canary-relay") if health.relay else None
         # ROUTES: the routes and their status mirrored, and every route's worker on this node.
         route_tasks = _start_routes(tasks, node.services)
         while not node.server.started and not http.done():
@@ -479,7 +522,7 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         while not (http.done() or node.server.should_exit):
             await asyncio.wait([http], timeout=0.05)
         # Stop probing first: the canary's open stream would hold the graceful shutdown.
-        for task in (checks, prober, heartbeat, shedder):
+        for task in (checks, prober, heartbeat, shedder, relay):
             if task is not None:
                 task.cancel()
         # Open device streams would hold the graceful shutdown: end them; devices resume.
@@ -507,12 +550,35 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         pending.cancel()
         sweep.cancel()
         accounts.cancel()
+        progress.cancel()
+        await _last_flush(node.services.progress)
+        if health.prober is not None:
+            await _forget_push_canaries(node.services, health.prober)
         for task in route_tasks:
             task.cancel()
         if supervisor is not None:
             supervisor.cancel()
 
 
+async def _forget_push_canaries(services: Services, prober: Prober) -> None:
+    """PROGRESS: a stopping node's push canaries leave the device bucket (straight from the
+    store: the HTTP server is closing), so that no dispatcher keeps sending probes to a
+    receiver that is gone until they expire."""
+    for device_id in prober.push_canary_devices():
+        try:
+            async with asyncio.timeout(2.0):
+                await services.store.devices.delete(device_id)
+        except Exception as exc:  # it expires on its own; the next start deletes it too
+            log.info("push canary device not deleted at stop", extra={"error": repr(exc)[:200]})
+
+
+async def _last_flush(progress: Progress) -> None:
+    """A clean stop writes the counts of its last second (a bounded wait: the store may be gone)."""
+    try:
+        async with asyncio.timeout(2.0):
+            await progress.flush()
+    except Exception as exc:
+        log.warning("last progress flush failed", extra={"error": repr(exc)[:200]})
 def _start_routes(tasks: asyncio.TaskGroup, services: Services) -> list[asyncio.Task[None]]:
     """ROUTES: the routes bucket and its status bucket mirrored, and the route worker."""
     worker = services.route_worker

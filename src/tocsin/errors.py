@@ -309,6 +309,9 @@ DEVICE_TOO_MANY_UPDATES = Problem(
     "device.too-many-updates", 429, "This device changed its registration too often; retry after the time given."
 )
 RECEIPT_INVALID = Problem("receipt.invalid", 422, "The receipt does not name an alert this device was sent.")
+RECEIPT_RATE_LIMITED = Problem(
+    "receipt.rate-limited", 429, "This device sent more receipts than it may; retry after the time given."
+)
 EVENT_UNKNOWN = Problem("event.unknown", 404, "No active alert with this id.")
 ROUTE_INVALID = Problem("route.invalid", 422, "The CAP route is not valid.")
 ROUTE_UNKNOWN = Problem("route.unknown", 404, "No CAP route with this name.")

@@ -225,6 +225,14 @@ class Settings:
     # The app holds Apple's critical-alert entitlement: Extreme alerts go out as critical.
     apns_critical_alerts: bool = False
     apns_canary_token: str = ""
+    # Delivery progress (docs/health.md, "Delivery progress"): the bucket of per-alert,
+    # per-node counts is bounded in bytes, and each record leaves it this long after its
+    # alert expires (so does each node's memory of the alert's counts and receipts).
+    progress_bucket: str = "TOCSIN_PROGRESS"
+    progress_max_bytes: int = 64 * 2**20
+    progress_keep_s: float = 3600.0
+    # Receipts (POST /api/v1/receipts) one device may send a minute on a node.
+    receipts_per_device_per_min: int = 60
     # CAP forwarding (docs/cap-forwarding.md): each route is tested this often (a System
     # message); a route whose last test failed is named in /status and /readyz.
     route_link_test_s: float = 300.0

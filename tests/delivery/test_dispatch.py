@@ -299,10 +299,10 @@ async def _no_record(run: Running, device_id: str) -> bool:
 
 
 async def _failed(progress: Any, key: str) -> bool:
-    for alert_id, channel in list(progress._counts):
-        if progress._counts[alert_id, channel].get(key):
-            return True
-    return False
+    # PROGRESS: this node's counts per alert and channel (delivery/progress.py `local`).
+    reason = key.removeprefix("failed:")
+    return any(counts["failed"].get(reason) for alert_id in list(progress._alerts)
+               for counts in progress.local(alert_id).values())
 
 
 async def test_a_hanging_gateway_is_timed_out_and_retried(tmp_path: Path, nats_server: Any) -> None:

@@ -142,7 +142,9 @@ async def test_a_registration_flood_from_one_source_is_refused_while_others_are_
         print(f"flood: {dict(statuses)}; RSS {rss_before} -> {rss_after} KiB; open files {files_before} -> {files_after}")
         assert rss_after - rss_before < 64 * 1024
         assert files_after - files_before < 20
-        assert len(node.services.device_cache) == statuses[201] + 3  # and the first, the other source, the canary
+        # And the first, the other source, and a canary per channel the prober reads (sse, webpush).
+        assert node.services.prober is not None
+        assert len(node.services.device_cache) == statuses[201] + 2 + len(node.services.prober.channels)
         assert node.services.metrics.refused.labels("device.too-many-registrations")._value.get() == statuses[429]
     finally:
         await stop_node(*running)

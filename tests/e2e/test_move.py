@@ -53,7 +53,11 @@ async def pair(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Pair]:
     holds: list[asyncio.Event] = []
     try:
         for name in ("a", "b"):
-            settings = fast_settings(tmp_path / name, nats_server, stream=stream, signing_key_file=str(key))
+            # Live watchers only: no Web Push canary. A node whose follower is held keeps the
+            # probe its planner took for FOLLOWER_WAIT_S (3 s, more than two 0.5 s intervals),
+            # so the other node's Web Push canary is late too and no node is ready to move to.
+            settings = fast_settings(tmp_path / name, nats_server, stream=stream, signing_key_file=str(key),
+                                     webpush_hosts="")
             started.append(await start_node(settings))
         a, b = started[0][0], started[1][0]
         async with httpx.AsyncClient(timeout=5) as http:

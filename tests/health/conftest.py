@@ -28,13 +28,16 @@ PROBE_INTERVAL_S = 0.5
 
 def fast_settings(data_dir: Path, nats: NatsServer, **changes: Any) -> Settings:
     """A node that probes every 0.5 s and judges every check within a couple of seconds."""
-    return Settings(
+    settings = Settings(
         data_dir=data_dir,
         listen="127.0.0.1:0",
         nats_url=nats.client_url,
         nats_monitor_url=nats.monitor_url,
         node_name=unique_name("hnode"),
         stream=unique_name("ALERTS_H"),
+        # Small: every test's stream and buckets stay reserved on the session's server.
+        device_bucket_max_bytes=8 * 1024 * 1024,
+        progress_max_bytes=1024 * 1024,
         admin_token=ADMIN_TOKEN,
         accounts_file=str(write_automated_source(data_dir / "accounts.toml", ISSUER_TOKEN)),
         sse_keepalive_s=1.0,
@@ -50,6 +53,10 @@ def fast_settings(data_dir: Path, nats: NatsServer, **changes: Any) -> Settings:
         disk_min_free_mb=1.0,
         reconcile_interval_s=1.0,
     ).replace(**changes)
+    # Each deployment (the nodes of one stream) its own delivery queue and device bucket:
+    # the push canaries of the tests before are not its work (their receivers are gone).
+    own = {"deliveries_stream": f"{settings.stream}_DELIVERIES", "device_bucket": f"{settings.stream}_DEVICES"}
+    return settings.replace(**{name: value for name, value in own.items() if name not in changes})
 
 
 @dataclass

@@ -18,7 +18,7 @@ from tocsin.cluster.nats_server import NatsServer
 from tocsin.health.readiness import Check
 
 EVERY_CHECK = {"nats", "stream", "follower", "consumers", "ledger", "disk", "reconciler", "stream-usage", "canary", "canary:sse",
-               "connections", "devices"}
+               "canary:webpush", "connections", "devices"}
 
 
 async def test_ready_node_lists_every_check_with_its_age(fast_node: Node, http: httpx.AsyncClient) -> None:

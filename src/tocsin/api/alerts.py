@@ -184,7 +184,10 @@ async def get_alert(request: Request) -> Response:
             raise
         return view
     alert = parse_stored(stored.envelope.payload)
-    return JSONResponse({**describe(stored, alert, services), "alert": to_json(alert)})
+    described = describe(stored, alert, services)
+    # PROGRESS: the gateway deliveries and receipts per channel, summed over the nodes.
+    described["delivery"]["channels"] = await services.progress.summary(alert_id)
+    return JSONResponse({**described, "alert": to_json(alert)})
 
 
 async def get_alert_xml(request: Request) -> Response:

@@ -27,7 +27,11 @@ PUBLIC_READS = ("/api/v1/alerts/", "/api/v1/stream", "/.well-known/tocsin/", "/s
 PREFLIGHTS = {
     "/api/v1/devices": (b"POST", b"content-type"),
     "/api/v1/stream": (b"GET", b"authorization, last-event-id"),
+    # PROGRESS: a web app's receipts (api/receipts.py), with its device token.
+    "/api/v1/receipts": (b"POST", b"authorization, content-type"),
 }
+# POSTs a page of any origin may send (a device's own calls; no cookie ever authenticates).
+PUBLIC_POSTS = ("/api/v1/devices", "/api/v1/receipts")
 PREFLIGHT_MAX_AGE_S = b"86400"
 
 
@@ -58,7 +62,7 @@ class EdgeHeaders:
             ]})
             await send({"type": "http.response.body", "body": b""})
             return
-        cors = _is_public_read(scope) or (scope["method"] == "POST" and scope["path"] == "/api/v1/devices")
+        cors = _is_public_read(scope) or (scope["method"] == "POST" and scope["path"] in PUBLIC_POSTS)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -46,6 +46,7 @@ def document(base_url: str) -> Json:
     """The whole OpenAPI 3.1 document, with `base_url` as its server."""
     from tocsin.api.openapi_admin import admin_paths, admin_schemas  # it uses this module's builders
     from tocsin.api.openapi_areas import areas_paths, areas_schemas  # GAZ
+    from tocsin.api.openapi_progress import progress_schemas, receipts_paths  # PROGRESS
     from tocsin.api.openapi_webpush import webpush_paths, webpush_schemas  # WEBPUSH
     from tocsin.api.openapi_routes import routes_paths, routes_schemas  # ROUTES
 
@@ -71,12 +72,13 @@ def document(base_url: str) -> Json:
         ],
         "paths": _merge(_issuer_paths(catalog), _preview_paths(catalog), _lifecycle_paths(catalog),
                         _device_paths(catalog), _public_paths(), admin_paths(catalog), areas_paths(catalog),
-                        webpush_paths(catalog), routes_paths(catalog)),
+                        webpush_paths(catalog), routes_paths(catalog), receipts_paths(catalog)),
         "components": _components(catalog),
         "x-problem-codes": [{"code": p.code, "status": p.status, "title": p.title} for p in catalog],
     }
     spec["components"]["schemas"].update(admin_schemas())
     spec["components"]["schemas"].update(areas_schemas())
+    spec["components"]["schemas"].update(progress_schemas())
     spec["components"]["schemas"].update(webpush_schemas())  # WEBPUSH
     spec["components"]["schemas"].update(routes_schemas())
     return spec
@@ -707,7 +709,9 @@ def _alert_schemas() -> Json:
             "node": string,
             "followed": {"type": "boolean", "description": "This node's follower has reached the alert."},
             "liveDevicesOffered": {"type": ["integer", "null"],
-                                   "description": "Live devices on this node it was queued to (null: not active)."}}},
+                                   "description": "Live devices on this node it was queued to (null: not active)."},
+            # PROGRESS: GET /api/v1/alerts/{alert_id} only (delivery/progress.py).
+            "channels": _ref("DeliveryChannels")}},
         "links": {"type": "object", "properties": {"self": string, "cap": string}},
         # BURST (issue 11): only in the answer to the POST.
         "standing": {"type": "object", "description": "Where the alert stands (POST answer only).", "properties": {

@@ -7,7 +7,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp
 
 from tocsin.api import (
-    admin_routes, alerts, areas, audit, cap_routes, devices, drafts, preview, public, push_public, streams,
+    admin_routes, alerts, areas, audit, cap_routes, devices, drafts, preview, public, push_public, receipts, streams,
 )
 from tocsin.api.fastpath import SseFastPath
 from tocsin.api.headers import EdgeHeaders
@@ -31,6 +31,8 @@ ROUTES = [
     Route("/api/v1/devices", devices.register_device, methods=["POST"]),
     Route("/api/v1/devices/{device_id}", devices.device, methods=["DELETE", "PUT"]),  # CORE: PUT
     Route("/api/v1/stream", streams.stream, methods=["GET"]),
+    # PROGRESS: a device confirms it showed an alert (api/receipts.py)
+    Route("/api/v1/receipts", receipts.post_receipt, methods=["POST"]),
     WebSocketRoute("/api/v1/ws", streams.websocket),
     Route("/.well-known/tocsin/keys", public.keys, methods=["GET"]),
     Route("/livez", public.livez, methods=["GET"]),

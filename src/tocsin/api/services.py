@@ -108,18 +108,21 @@ class Metrics:
         if result.latency_s is not None:
             self.probe_seconds.labels(result.channel).observe(result.latency_s)
 
-    def watch(self, live: LiveRegistry, readiness: Readiness | None, prober: Prober | None) -> None:
+    def watch(self, live: LiveRegistry, readiness: Readiness | None, prober: Prober | None,
+              progress: Progress | None = None) -> None:
         """Read the node's in-memory counters at each scrape (no bookkeeping on the hot path)."""
-        self.registry.register(_NodeCollector(live, readiness, prober))
+        self.registry.register(_NodeCollector(live, readiness, prober, progress))
 
 
 class _NodeCollector(Collector):
     """Values owned by lower layers, read when /metrics is scraped."""
 
-    def __init__(self, live: LiveRegistry, readiness: Readiness | None, prober: Prober | None) -> None:
+    def __init__(self, live: LiveRegistry, readiness: Readiness | None, prober: Prober | None,
+                 progress: Progress | None = None) -> None:
         self._live = live
         self._readiness = readiness
         self._prober = prober
+        self._progress = progress
 
     def describe(self) -> list[Metric]:
         return []  # collected at scrape time only; no names to reserve at registration
@@ -133,6 +136,9 @@ class _NodeCollector(Collector):
             deliveries.add_metric([protocol, "queued"], n)
         for protocol, n in sorted(self._live.dropped.items()):
             deliveries.add_metric([protocol, "dropped"], n)
+        if self._progress is not None:  # PROGRESS: gateway deliveries planned, sent, failed here
+            for (channel, outcome), n in sorted(self._progress.totals.items()):
+                deliveries.add_metric([channel, outcome], n)
         yield deliveries
         connected = GaugeMetricFamily("tocsin_connected_devices", "Devices connected now, by channel.",
                                       labels=["channel"])
@@ -149,6 +155,8 @@ class _NodeCollector(Collector):
             yield age
         if self._readiness is not None:
             yield from self._readiness_metrics(self._readiness)
+        if self._progress is not None:
+            yield from _progress_metrics(self._progress)
 
     def _readiness_metrics(self, readiness: Readiness) -> Iterator[Metric]:
         yield GaugeMetricFamily("tocsin_pending_deliveries",
@@ -163,6 +171,21 @@ class _NodeCollector(Collector):
         for name, check in report["checks"].items():
             checks.add_metric([name], 1 if check["ok"] else 0)
         yield checks
+
+
+def _progress_metrics(progress: Progress) -> Iterator[Metric]:
+    """PROGRESS: receipts by channel and this node's progress bookkeeping (delivery/progress.py)."""
+    receipts = CounterMetricFamily("tocsin_receipts", "Receipts counted on this node (devices that showed an "
+                                   "alert, once per device and alert), by channel.", labels=["channel"])
+    for channel, n in sorted(progress.receipts_by_channel.items()):
+        receipts.add_metric([channel], n)
+    yield receipts
+    yield CounterMetricFamily("tocsin_receipts_uncounted", "Receipts not counted: this node's table of counted "
+                              "receipts was full.", value=progress.receipts_uncounted)
+    yield GaugeMetricFamily("tocsin_progress_alerts", "Alerts whose delivery progress this node counts now.",
+                            value=len(progress))
+    yield CounterMetricFamily("tocsin_progress_write_failures", "Progress records this node could not write "
+                              "(written again at the next flush).", value=progress.flush_failures)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -212,15 +235,18 @@ class Services:
     # one import at a time (api/areas.py: a large GeoJSON body is parsed off the loop).
     areas: AreasMirror = field(init=False)
     areas_importing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # PROGRESS: delivery progress per alert and channel (delivery/progress.py; app.py gives
+    # it the progress bucket), and each device's receipts on this node (api/receipts.py).
+    progress: Progress = field(default_factory=Progress)
+    receipt_rates: RateLimit = field(init=False)
     # ROUTES: the routes bucket and its status bucket mirrored (app.py runs the mirrors), and
     # the route worker (app.py starts it; None in ASGI-only tests) (delivery/routes.py).
     routes: RouteBook = field(default_factory=RouteBook)
     route_status: dict[str, dict[str, Any]] = field(default_factory=dict)
     route_worker: RouteWorker | None = None
     # CORE (delivery/): the senders this node delivers through, by channel (app.py: the
-    # configured channels' `make_senders`, or the ones a test gives), and delivery progress.
+    # configured channels' `make_senders`, or the ones a test gives).
     senders: dict[str, Sender] = field(default_factory=dict)
-    progress: Progress = field(default_factory=Progress)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -229,6 +255,7 @@ class Services:
         self.areas = AreasMirror(self.accept.gazetteer)
         self.registrations_by_source = RateLimit(s.registrations_per_source_per_min, max_keys=s.rate_limit_max_sources)
         self.registrations_in_all = RateLimit(s.registrations_per_min)
+        self.receipt_rates = RateLimit(s.receipts_per_device_per_min, max_keys=s.rate_limit_max_sources)
         # PUT /api/v1/devices/{id}: each is a bucket write; a device rotates its subscription
         # or moves a few times a day, not every second (api/devices.py).
         self.device_updates = RateLimit(DEVICE_UPDATES_PER_MIN, max_keys=s.rate_limit_max_sources)

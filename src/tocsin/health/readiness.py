@@ -340,21 +340,26 @@ class Readiness:
         limit = 2 * prober.interval_s
         checks: dict[str, dict[str, Any]] = {}
         youngest: float | None = None
+        late: dict[str, str] = {}
         for channel in sorted(prober.channels):
             age = prober.canary_age_s(channel)
             ok = prober.running and age is not None and age < limit
             if age is not None:
                 youngest = age if youngest is None else min(youngest, age)
             detail = "" if ok else ("the prober is not running" if not prober.running
-                                    else "no probe displayed yet" if age is None
-                                    else f"last probe displayed {age:.1f} s ago")
+                                    else _late(channel, age))
+            if not ok and prober.running:
+                late[channel] = detail
             checks[f"canary:{channel}"] = {
                 "ok": ok, "age_s": _round(age), "max_age_s": limit,
                 "value": {"connected": prober.is_connected(channel)}, "detail": detail,
             }
         all_ok = bool(checks) and all(c["ok"] for c in checks.values())
-        node = {"ok": all_ok, "age_s": _round(youngest), "max_age_s": limit, "value": {"channels": len(checks)},
-                "detail": "" if all_ok else "a channel's canary is late"}
+        # The node's canary names the late channels: an operator reads which link is down.
+        summary = "; ".join(late.values()) if late else "the prober is not running" if not prober.running else "no canary runs"
+        node = {"ok": all_ok, "age_s": _round(youngest), "max_age_s": limit,
+                "value": {"channels": len(checks), "late": sorted(late)},
+                "detail": "" if all_ok else summary}
         return {"canary": node, **checks}
 
     def report(self) -> dict[str, Any]:
@@ -400,6 +405,13 @@ class Readiness:
             for name in sorted(self._failing - failing):
                 log.info("readiness check passing", extra={"node": self.node, "check": name})
             self._failing = failing
+
+
+def _late(channel: str, age: float | None) -> str:
+    """Why a channel's canary fails, naming the channel ("the webpush canary is late: 9.1 s")."""
+    if age is None:
+        return f"the {channel} canary is late: no probe displayed yet"
+    return f"the {channel} canary is late: {age:.1f} s since its last probe was displayed"
 
 
 def _round(value: float | None) -> float | None:

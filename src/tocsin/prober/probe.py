@@ -15,7 +15,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -26,7 +26,9 @@ import httpx
 
 from tocsin.cap.compose import simple_alert
 from tocsin.policy import Issuer
+from tocsin.delivery.model import FCM, APNS
 from tocsin.prober.canary import Canary, SseCanary, canary_token
+from tocsin.prober.push_canary import GatewayCanary, Registration, WebPushCanary
 from tocsin.prober.history import History
 from tocsin.secret_file import write_secret
 from tocsin.store.base import alert_id_for
@@ -137,6 +139,8 @@ class Prober:
         deadline_s: float,
         read_timeout_s: float,
         canary_file: Path | None = None,
+        webpush: bool = False,
+        gateway_tokens: Mapping[str, str] | None = None,
         on_result: Callable[[ProbeResult], None] = lambda result: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
@@ -150,6 +154,10 @@ class Prober:
         self.deadline_s = deadline_s
         self._read_timeout_s = read_timeout_s
         self._canary_file = canary_file
+        # PROGRESS: the gateway channels' canaries (prober/push_canary.py): Web Push when
+        # the deployment delivers through it, FCM/APNs where a test device's token is set.
+        self._webpush = webpush
+        self._gateway_tokens = {c: t for c, t in (gateway_tokens or {}).items() if c in (FCM, APNS) and t}
         self._on_result = on_result
         self._clock = clock
         self._monotonic = monotonic
@@ -212,7 +220,8 @@ class Prober:
                     self._canary_file.unlink(missing_ok=True)
                 return await self._register(http)
 
-            canaries: list[Canary] = [SseCanary(http, register, read_timeout_s=self._read_timeout_s)]
+            canaries: list[Canary] = [SseCanary(http, register, read_timeout_s=self._read_timeout_s),
+                                      *self._push_canaries(http)]
             self._canaries = {c.channel: c for c in canaries}
             self.channels = {c.channel: ChannelHealth() for c in canaries}
             self.running = True
@@ -224,6 +233,35 @@ class Prober:
                     tasks.create_task(self._issue_loop(issuer), name="probe-issuer")
             finally:
                 self.running = False
+
+    def _push_canaries(self, http: httpx.AsyncClient) -> list[Canary]:
+        def registration(channel: str) -> Registration:
+            saved = None if self._canary_file is None else self._canary_file.with_name(f"canary-{channel}.json")
+            return Registration(http, self._token, saved, retry_max_s=max(self.interval_s, 1.0))
+
+        found: list[Canary] = [WebPushCanary(http, registration("webpush"))] if self._webpush else []
+        found += [GatewayCanary(channel, token, registration(channel)) for channel, token in sorted(self._gateway_tokens.items())]
+        return found
+
+    def canary(self, channel: str) -> Canary | None:
+        """The running canary of a channel (tests and drills reach its receiver)."""
+        return self._canaries.get(channel)
+
+    def push_canary_devices(self) -> list[str]:
+        """The push canaries' registered device ids (the node deletes them when it stops)."""
+        found = []
+        for canary in self._canaries.values():
+            registration = getattr(canary, "registration", None)
+            if isinstance(registration, Registration) and registration.device_id is not None:
+                found.append(registration.device_id)
+        return found
+
+    def gateway_sent(self, channel: str, device_id: str, alert_id: str) -> None:
+        """A gateway accepted a probe for a canary device (prober/relay.py, from any node's
+        dispatcher): counted when it is this node's FCM/APNs canary."""
+        canary = self._canaries.get(channel)
+        if isinstance(canary, GatewayCanary):
+            canary.sent(device_id, alert_id)
 
     async def _register(self, http: httpx.AsyncClient) -> str:
         """Register the canary device, retrying until the node answers."""
@@ -345,10 +383,17 @@ class Prober:
                     "delivered": health.delivered,
                     "lost": health.lost,
                     "refused": health.refused,
+                    **self._problems(channel),
                 }
                 for channel, health in self.channels.items()
             },
         }
+
+
+    def _problems(self, channel: str) -> dict[str, Any]:
+        """A push canary's refused or unshowable pushes by reason, when it has any."""
+        problems = getattr(self._canaries.get(channel), "problems", None)
+        return {"problems": dict(problems)} if problems else {}
 
 
 def _round(value: float | None) -> float | None:

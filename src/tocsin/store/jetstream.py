@@ -24,6 +24,7 @@ from nats.aio.client import Client
 from nats.aio.client import Server as NatsServerRef
 from nats.js import JetStreamContext
 from nats.js.api import (
+    AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
@@ -198,6 +199,7 @@ class JetStreamStore:
         self._routes: KvRecords | None = None
         self._route_status: KvRecords | None = None
         self._audit: JetStreamAuditLog | None = None
+        self._progress: KvRecords | None = None
 
     @property
     def is_connected(self) -> bool:
@@ -236,6 +238,12 @@ class JetStreamStore:
         """Imported named areas (gazetteers), one record each (geo/gazetteer_mirror.py)."""
         assert self._areas is not None, "ensure() first"
         return self._areas
+
+    @property
+    def progress(self) -> KvRecords:
+        """Delivery progress, one record per alert and node (delivery/progress.py)."""
+        assert self._progress is not None, "ensure() first"
+        return self._progress
 
     @property
     def routes(self) -> Records:
@@ -294,6 +302,9 @@ class JetStreamStore:
             await audit.ensure()
             self._audit = audit
             await deliveries.ensure(self._js, s)
+            # PROGRESS: per-message TTLs (nats-py's KV streams allow them), so each record
+            # leaves with its alert; bounded in bytes like the others.
+            self._progress = KvRecords(await self._bucket(s.progress_bucket, max_bytes=s.progress_max_bytes), deadline_s)
         except nats.js.errors.APIError as exc:
             if exc.err_code == _INSUFFICIENT_RESOURCES:
                 # Every replica reserves the stream's whole max_bytes: a plain refusal, not a
@@ -312,11 +323,11 @@ class JetStreamStore:
     async def _ensure_stream(self, config: StreamConfig) -> None:
         await ensure_stream(self._js, config, _STREAM_FIELDS)
 
-    async def _bucket(self, name: str, *, max_value_size: int | None = None) -> KeyValue:
+    async def _bucket(self, name: str, *, max_value_size: int | None = None, max_bytes: int | None = None) -> KeyValue:
         # direct: any replica answers reads, so devices resume during a leader election.
         config = KeyValueConfig(
             bucket=name, history=1, storage=StorageType.FILE, replicas=self._settings.replicas, direct=True,
-            max_value_size=max_value_size,
+            max_value_size=max_value_size, max_bytes=max_bytes,
         )
         try:
             return await self._js.create_key_value(config)
@@ -658,6 +669,53 @@ class KvRecords:
             await self._bucket.delete(key)
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
             raise StoreUnavailable("kv_delete", repr(exc)) from exc
+
+    # PROGRESS: one record per alert and node, each with its own TTL (delivery/progress.py).
+    async def put_with_ttl(self, key: str, value: dict[str, Any], *, ttl_s: float) -> None:
+        """Write the record whatever its revision; it leaves the bucket `ttl_s` after this write."""
+        self._writable(key)
+        try:
+            await self._bucket._js.publish(f"{self._bucket._pre}{key}", json.dumps(value).encode(),
+                                           msg_ttl=_whole_s(ttl_s))
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise self._failed("kv_put", exc) from exc
+
+    async def matching(self, pattern: str, *, limit: int, timeout_s: float) -> dict[str, dict[str, Any]]:
+        """The records whose keys match `pattern` (`<alert id>.*`), at most `limit` of them.
+
+        One short-lived pull consumer (the last message of each key): its pending count,
+        read before anything is delivered, says exactly how many to fetch, so the read ends
+        as soon as they are in (a watch's "no more for now" can come before its messages).
+
+        Raises:
+            StoreUnavailable: no full answer within `timeout_s`.
+        """
+        js, stream = self._bucket._js, self._bucket._stream
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, ack_policy=AckPolicy.NONE,
+                                inactive_threshold=max(1.0, 2 * timeout_s), mem_storage=True, num_replicas=1)
+        found: dict[str, dict[str, Any]] = {}
+        subscription = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                subscription = await js.pull_subscribe(f"{self._bucket._pre}{pattern}", stream=stream, config=config)
+                pending = min(limit, int((await subscription.consumer_info()).num_pending or 0))
+                messages = await subscription.fetch(pending, timeout=timeout_s) if pending else []
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable("kv_read", repr(exc)) from exc
+        finally:
+            if subscription is not None:
+                with contextlib.suppress(Exception):
+                    await js.delete_consumer(stream, str(config.name))
+                    await subscription.unsubscribe()
+        for msg in messages:
+            operation = (msg.headers or {}).get("KV-Operation")
+            if operation in (KV_DEL, KV_PURGE) or "Nats-Marker-Reason" in (msg.headers or {}) or not msg.data:
+                continue
+            with contextlib.suppress(ValueError):
+                value = json.loads(msg.data)
+                if isinstance(value, dict):
+                    found[msg.subject[len(self._bucket._pre):]] = value
+        return found
 
     async def put_raw(self, key: str, value: bytes) -> None:
         """Write bytes as they are (tests of what a mirror meets in a bucket)."""
