@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import start_node, stop_node
+from tests.waiting import until
 from tests.health.conftest import GREEN_WITHIN_S, Readyz, fast_settings, red_then_green
 from tocsin.app import Node
 from tocsin.cluster.nats_server import NatsServer
@@ -76,3 +77,30 @@ async def test_readyz_and_status_say_which_channel_is_late(push_node: Node, http
         assert status["canary"]["channels"]["webpush"]["problems"]["told to fail with 500"] > 0
     finally:
         _canary(push_node).receiver.fail_with = None
+
+
+async def test_each_node_alone_sends_to_its_own_web_push_canary(tmp_path: Path, nats_server: NatsServer) -> None:
+    # Two nodes of one deployment: a canary's receiver listens on its node's loopback, which
+    # on hosts apart only that node reaches. Probes reach both canaries; a delivery to one
+    # that the other node's dispatcher pulled goes to its owner's lane, never to the gateway.
+    first = fast_settings(tmp_path / "a", nats_server, webpush_vapid_key_file=str(tmp_path / "vapid.pem"))
+    second = fast_settings(tmp_path / "b", nats_server, stream=first.stream,
+                           webpush_vapid_key_file=first.webpush_vapid_key_file)
+    nodes = [await start_node(first), await start_node(second)]
+    try:
+        a, b = nodes[0][0], nodes[1][0]
+
+        def sent(node: Node) -> float:
+            value: float = node.services.metrics.push_attempts.labels("webpush", "sent")._value.get()
+            return value
+
+        def settled() -> bool:
+            taken = [_canary(n).receiver.taken for n in (a, b)]
+            return min(taken) >= 3 and [sent(n) for n in (a, b)] == taken
+
+        await until(settled, 30)
+        assert a.dispatcher is not None and b.dispatcher is not None
+        assert a.dispatcher.forwarded + b.dispatcher.forwarded > 0
+    finally:
+        for running in reversed(nodes):
+            await stop_node(*running)

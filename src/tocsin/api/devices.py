@@ -36,7 +36,9 @@ from tocsin.settings import Settings
 
 MAX_LANGUAGES = 8
 MAX_BODY_BYTES = 64 * 1024
-FIELDS = frozenset({"cells", "points", "languages", "tests", "canary", "channel", "subscription", "token"})
+FIELDS = frozenset({"cells", "points", "languages", "tests", "canary", "channel", "subscription", "token", "node"})
+# A canary's node (the prober's receiver is on that node's loopback): a NATS subject token.
+_NODE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # CORE: a registration's push part (a Web Push subscription, an FCM or APNs token) as the
 # body gives it and as the record keeps it: a few hundred bytes in practice.
 MAX_PUSH_BYTES = 4096
@@ -58,6 +60,8 @@ class Registration:
     canary: bool
     channel: str = LIVE
     push: dict[str, Any] | None = None  # the record's "push" field (channel check_target)
+    # A canary only: the node whose dispatcher alone sends to it (delivery/dispatcher.py).
+    node: str = ""
 
 
 def _refuse(violations: list[Violation]) -> Rejected:
@@ -138,6 +142,14 @@ def _languages(document: dict[str, Any], problems: list[Violation]) -> list[str]
     return list(dict.fromkeys(languages))  # unique, in the device's order of preference
 
 
+def _node(document: dict[str, Any], problems: list[Violation]) -> str:
+    value = document.get("node", "")
+    if not isinstance(value, str) or (value and not _NODE.fullmatch(value)):
+        problems.append(Violation(problem=DEVICE_INVALID, path="node", detail="a node name: 1-64 letters, digits, _ or -"))
+        return ""
+    return value
+
+
 def registration(document: object, max_cells: int) -> Registration:
     """Read a registration body strictly.
 
@@ -153,7 +165,10 @@ def registration(document: object, max_cells: int) -> Registration:
         languages=_languages(document, problems),
         tests=_flag(document, "tests", problems),
         canary=_flag(document, "canary", problems),
+        node=_node(document, problems),
     )
+    if result.node and not result.canary:
+        problems.append(Violation(problem=DEVICE_INVALID, path="node", detail="only a canary names its node"))
     if problems:
         raise _refuse(problems)
     return result
@@ -194,7 +209,7 @@ def with_push(document: dict[str, Any], body: Registration, settings: Settings,
     if _size(push) > MAX_PUSH_BYTES:
         raise Rejected(DEVICE_INVALID, f"{part}: at most {MAX_PUSH_BYTES} bytes of JSON")
     return Registration(cells=body.cells, languages=body.languages, tests=body.tests, canary=body.canary,
-                        channel=channel, push=push)
+                        channel=channel, push=push, node=body.node)
 
 
 def device_record(body: Registration, *, secret_sha256: str, created: datetime, renewed: datetime) -> dict[str, Any]:
@@ -204,6 +219,8 @@ def device_record(body: Registration, *, secret_sha256: str, created: datetime, 
     if body.channel != LIVE:
         record["channel"] = body.channel
         record["push"] = body.push
+    if body.node:
+        record["node"] = body.node
     return record
 
 

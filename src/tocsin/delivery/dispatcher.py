@@ -33,6 +33,7 @@ from tocsin.api.device_records import LIVE
 from tocsin.cap.model import Alert, Info
 from tocsin.delivery.model import Delivery, Outcome, Push, Result, Sender, pointer_payload, push_payload, topic_for
 from tocsin.delivery.progress import Progress
+from tocsin.delivery.queue import canary_subject, enqueue, node_token
 from tocsin.errors import StoreUnavailable
 from tocsin.pipeline.index import Active, ActiveIndex
 from tocsin.settings import Settings
@@ -41,6 +42,8 @@ from tocsin.store.base import Records
 log = logging.getLogger(__name__)
 
 URGENT, NORMAL = "dispatch-urgent", "dispatch-normal"
+# This node's own lane (queue.canary_subject): deliveries to its prober's Web Push canary.
+LANE = "dispatch-canary-"
 # Deliveries a consumer may hold unacked across the cluster: in flight plus those nak'ed
 # with a delay (a failing gateway's backlog must not stop the others).
 MAX_ACK_PENDING = 65536
@@ -144,16 +147,21 @@ class Dispatcher:
         self._on_attempt = on_attempt
         self._on_removed = on_removed
         self.on_sent: list[OnSent] = []
+        self.forwarded = 0  # canary deliveries handed to their own node's lane
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_open_s)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._room = asyncio.Condition()
 
     def consumer_config(self, name: str) -> ConsumerConfig:
-        lane = "urgent" if name == URGENT else "normal"
+        if name.startswith(LANE):
+            subject = canary_subject(self._settings, self._settings.node_name)
+        else:
+            lane = "urgent" if name == URGENT else "normal"
+            subject = f"{self._settings.deliveries_stream}.device.{lane}.>"
         return ConsumerConfig(
             durable_name=name, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self._settings.delivery_ack_wait_s, max_deliver=-1, max_ack_pending=MAX_ACK_PENDING,
-            filter_subject=f"{self._settings.deliveries_stream}.device.{lane}.>",
+            filter_subject=subject,
         )
 
     async def _subscribe(self, name: str) -> JetStreamContext.PullSubscription:
@@ -168,7 +176,8 @@ class Dispatcher:
             while True:
                 try:
                     urgent, normal = await self._subscribe(URGENT), await self._subscribe(NORMAL)
-                    await self._pull(urgent, normal)
+                    own = await self._subscribe(LANE + node_token(self._settings.node_name))
+                    await self._pull(urgent, normal, own)
                 except (nats.errors.Error, StoreUnavailable, OSError) as exc:
                     log.warning("dispatcher waiting for the store", extra={"error": repr(exc)[:200]})
                     await asyncio.sleep(1.0)
@@ -181,7 +190,7 @@ class Dispatcher:
         if self._in_flight:
             await asyncio.wait(list(self._in_flight), timeout=timeout_s)
 
-    async def _pull(self, urgent: Any, normal: Any) -> None:
+    async def _pull(self, urgent: Any, normal: Any, own: Any) -> None:
         # Pull again once half the slots are free (at least one): each pull is a round trip
         # (and a short wait on an empty urgent lane), so pulls of one message each would
         # bound a node to a few tens of sends a second (measured: bench/dispatch_bench.py).
@@ -190,7 +199,8 @@ class Dispatcher:
             async with self._room:
                 await self._room.wait_for(lambda: self._concurrency - len(self._in_flight) >= refill_at)
             room = self._concurrency - len(self._in_flight)
-            messages = await _fetch(urgent, room, URGENT_WAIT_S) or await _fetch(normal, room, NORMAL_WAIT_S)
+            messages = (await _fetch(urgent, room, URGENT_WAIT_S) or await _fetch(own, room, URGENT_WAIT_S)
+                        or await _fetch(normal, room, NORMAL_WAIT_S))
             for msg in messages:
                 task = asyncio.create_task(self._handle_one(msg), name="dispatch")
                 self._in_flight.add(task)
@@ -297,6 +307,13 @@ class Dispatcher:
             # Deleted (or re-registered elsewhere) since it was planned: nothing to send.
             await self._give_up(msg, delivery, Outcome.PERMANENT, "unregistered")
             self._on_attempt(delivery.channel, "unregistered")
+            return None
+        owner = record.get("node")
+        if record.get("canary") and isinstance(owner, str) and owner and owner != node_token(self._settings.node_name):
+            # A canary's receiver is on its own node's loopback: only that node reaches it.
+            await enqueue(self._js, self._settings, delivery, to_node=owner)
+            await msg.ack()
+            self.forwarded += 1
             return None
         index = self._parts.index
         active = index.active.get(delivery.seq)

@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import math
+import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -56,6 +57,17 @@ def device_subject(settings: Settings, delivery: Delivery) -> str:
     return f"{settings.deliveries_stream}.device.{lane}.{delivery.channel}"
 
 
+def node_token(node: str) -> str:
+    """A node's name as one subject token (and as a canary registration's `node`)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", node)[:64] or "_"
+
+
+def canary_subject(settings: Settings, node: str) -> str:
+    """A node's own lane: deliveries to its prober's Web Push canary, whose receiver only
+    that node reaches (on its loopback). Only that node's dispatcher pulls it."""
+    return f"{settings.deliveries_stream}.canary.{node_token(node)}"
+
+
 def route_subject(settings: Settings, route: str) -> str:
     return f"{settings.deliveries_stream}.route.{route}"
 
@@ -89,9 +101,9 @@ async def ensure(js: JetStreamContext, settings: Settings) -> None:
     await ensure_stream(js, stream_config(settings), _FIELDS)
 
 
-async def enqueue(js: JetStreamContext, settings: Settings, delivery: Delivery) -> None:
+async def enqueue(js: JetStreamContext, settings: Settings, delivery: Delivery, *, to_node: str = "") -> None:
     """Publish one delivery, idempotently (message id `delivery.msg_id`). Expired ones are
-    not enqueued at all.
+    not enqueued at all. `to_node`: onto that node's canary lane instead (its own id there).
 
     Raises:
         StoreUnavailable: no acknowledgement (the caller retries the same delivery: safe).
@@ -99,10 +111,11 @@ async def enqueue(js: JetStreamContext, settings: Settings, delivery: Delivery) 
     ttl_s = delivery.expires_at - time.time()
     if ttl_s <= 0:
         return
-    headers = {"Nats-Msg-Id": delivery.msg_id, "Nats-TTL": f"{max(1, math.ceil(ttl_s))}s"}
+    subject = canary_subject(settings, to_node) if to_node else subject_for(settings, delivery)
+    msg_id = f"{delivery.msg_id}.lane" if to_node else delivery.msg_id
+    headers = {"Nats-Msg-Id": msg_id, "Nats-TTL": f"{max(1, math.ceil(ttl_s))}s"}
     try:
-        await js.publish(subject_for(settings, delivery), delivery.to_bytes(), stream=settings.deliveries_stream,
-                         headers=headers)
+        await js.publish(subject, delivery.to_bytes(), stream=settings.deliveries_stream, headers=headers)
     except (nats.errors.Error, asyncio.TimeoutError) as exc:
         raise StoreUnavailable("enqueue delivery", repr(exc)) from exc
 

@@ -28,6 +28,7 @@ from tocsin.cap.compose import simple_alert
 from tocsin.policy import Issuer
 from tocsin.delivery.model import FCM, APNS
 from tocsin.prober.canary import Canary, SseCanary, canary_token
+from tocsin.delivery.queue import node_token
 from tocsin.prober.push_canary import GatewayCanary, Registration, WebPushCanary
 from tocsin.prober.history import History
 from tocsin.secret_file import write_secret
@@ -239,7 +240,7 @@ class Prober:
             saved = None if self._canary_file is None else self._canary_file.with_name(f"canary-{channel}.json")
             return Registration(http, self._token, saved, retry_max_s=max(self.interval_s, 1.0))
 
-        found: list[Canary] = [WebPushCanary(http, registration("webpush"))] if self._webpush else []
+        found: list[Canary] = [WebPushCanary(http, registration("webpush"), node=node_token(self.node))] if self._webpush else []
         found += [GatewayCanary(channel, token, registration(channel)) for channel, token in sorted(self._gateway_tokens.items())]
         return found
 

@@ -184,9 +184,12 @@ class WebPushCanary(_Renewing):
 
     channel = "webpush"
 
-    def __init__(self, http: httpx.AsyncClient, registration: Registration, *,
+    def __init__(self, http: httpx.AsyncClient, registration: Registration, *, node: str = "",
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         super().__init__(registration)
+        # Its receiver listens on this node's loopback: only this node's dispatcher can reach
+        # it, so the registration names the node and its deliveries go to its lane.
+        self.node = node
         self._keys = NodeKeys(http)
         self._private = ec.generate_private_key(ec.SECP256R1())
         self._auth = os.urandom(16)
@@ -211,7 +214,8 @@ class WebPushCanary(_Renewing):
             "p256dh": b64url(public_bytes(self._private.public_key())), "auth": b64url(self._auth)}}
 
     def registration_body(self) -> dict[str, Any]:
-        return {"channel": self.channel, "subscription": self.subscription(), "cells": [_probe_cell()], "canary": True}
+        body = {"channel": self.channel, "subscription": self.subscription(), "cells": [_probe_cell()], "canary": True}
+        return {**body, "node": self.node} if self.node else body
 
     async def run(self, seen: Seen) -> None:
         self._seen = seen
