@@ -38,10 +38,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -50,10 +52,14 @@ from tocsin.api.device_records import record_json  # noqa: E402
 from tocsin.app import Node, open_node, run_node  # noqa: E402
 from tocsin.approval.automated import write_automated_source  # noqa: E402
 from tocsin.channels.webpush import load_or_create_vapid_key  # noqa: E402
+from tocsin.cli.main import run_loop  # noqa: E402
 from tocsin.cluster.nats_server import NatsServer  # noqa: E402
 from tocsin.delivery.model import WEBPUSH  # noqa: E402
 from tocsin.geo.cells import cell_for_point  # noqa: E402
 from tocsin.settings import Settings  # noqa: E402
+from tocsin.store.base import Records  # noqa: E402
+from tocsin.store.jetstream import KvRecords  # noqa: E402
+from tocsin.cluster.local import LocalCluster  # noqa: E402
 
 from tests.samples import IN_PARIS, alert_xml  # noqa: E402
 
@@ -170,8 +176,8 @@ class Run:
     load_after: str
 
 
-async def put_devices(node: Node, subscriptions: list[dict[str, Any]]) -> None:
-    bucket, now = node.services.store.devices, node.services.clock()
+async def put_devices(bucket: Records, now: datetime, subscriptions: list[dict[str, Any]]) -> None:
+    """One webpush device record per subscription, written straight into the bucket."""
     record = record_json(cells=[cell_for_point(*IN_PARIS)], languages=["fr"], tests=False, canary=False,
                          secret_sha256="0" * 64, created=now, renewed=now)
 
@@ -339,10 +345,10 @@ async def main(mode: str, devices: int, concurrencies: list[int], timeout_s: flo
                 async def body(node: Node, first: bool = i == 0) -> Run:
                     if first:
                         began = time.perf_counter()
-                        await put_devices(node, subscriptions)
+                        await put_devices(node.services.store.devices, node.services.clock(), subscriptions)
                         print(f"{devices:,} device records written in {time.perf_counter() - began:.1f} s")
                     await wait_for(lambda: len(node.services.device_cache) >= devices, 300, "the device index")
-                    return await one_alert(node, fake, server, devices, timeout_s)  # type: ignore[arg-type]
+                    return await one_alert(node, fake, server, devices, timeout_s)
 
                 run = await with_node(settings, devices, body)
                 runs.append(run)
@@ -355,13 +361,99 @@ async def main(mode: str, devices: int, concurrencies: list[int], timeout_s: flo
             await server.stop()
 
 
+def sent_by_node(metrics_text: str) -> int:
+    """tocsin_push_attempts_total{channel="webpush",outcome="sent"} of one node's /metrics."""
+    for line in metrics_text.splitlines():
+        if line.startswith("tocsin_push_attempts_total{") and 'channel="webpush"' in line and 'outcome="sent"' in line:
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
+async def cluster_main(devices: int, concurrency: int, timeout_s: float) -> None:
+    """Three tocsin processes, each beside its nats-server (LocalCluster, R3, sync always)."""
+    print(f"push_bench cluster: {os.cpu_count()} cores shared by 3 nats-servers, 3 tocsin processes and the fake "
+          f"push service (its own process); dispatch_concurrency {concurrency} per node; {load()}")
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        fake = Fake.start(root)
+        key = load_or_create_vapid_key(root / "vapid.pem")
+        cluster = LocalCluster(root / "cluster", nodes=3, extra_env={
+            "TOCSIN_PUSH_CA_FILE": fake.ca_file, "TOCSIN_WEBPUSH_HOSTS": "127.0.0.1",
+            "TOCSIN_WEBPUSH_VAPID_KEY_FILE": str(root / "vapid.pem"),
+            "TOCSIN_DISPATCH_CONCURRENCY": str(concurrency), "TOCSIN_PROBE_INTERVAL_S": "0",
+            "TOCSIN_RECONCILE_INTERVAL_S": "3600", "TOCSIN_DELIVERIES_MAX_BYTES": str(1024**3)})
+        try:
+            await cluster.start()
+            began = time.perf_counter()
+            subscriptions = await fake.subscribe(devices, key.public_b64)
+            print(f"{devices:,} subscriptions made in {time.perf_counter() - began:.1f} s")
+            nc = await nats.connect(cluster.specs[0].nats_url)
+            try:
+                bucket = KvRecords(await nc.jetstream().key_value(Settings().device_bucket), 5.0)
+                await put_devices(bucket, datetime.now(UTC), subscriptions)
+            finally:
+                await nc.close()
+            await cluster_alert(cluster, fake, devices, timeout_s)
+        finally:
+            await cluster.stop()
+            fake.stop()
+
+
+async def cluster_alert(cluster: LocalCluster, fake: Fake, devices: int, timeout_s: float) -> None:
+    headers = {"Authorization": f"Bearer {cluster.issuer_token}", "Content-Type": "application/cap+xml"}
+    async with httpx.AsyncClient(timeout=30) as http:
+        async def indexed(url: str) -> int:
+            response = await http.post(f"{url}/api/v1/alerts/preview", content=alert_xml(), headers=headers)
+            return int(response.json()["reach"]["byChannel"].get(WEBPUSH, 0)) if response.status_code == 200 else 0
+
+        deadline = time.monotonic() + 300
+        while min([await indexed(s.url) for s in cluster.specs]) < devices:
+            if time.monotonic() > deadline:
+                raise SystemExit("bench: the nodes' device indexes did not reach every device in 300 s")
+            await asyncio.sleep(0.5)
+        fake.read()
+        before, pids = load(), [p.pid for p in cluster.tocsin.values()]
+        cpu = [cpu_s(pid) for pid in pids]
+        fake_cpu = fake.cpu_s()
+        response = await http.post(f"{cluster.specs[0].url}/api/v1/alerts", content=alert_xml(), headers=headers)
+        issued = time.time()
+        if response.status_code != 201:
+            raise SystemExit(f"bench: the alert was refused: {response.status_code} {response.text[:300]}")
+        alert_id = str(response.json()["id"])
+        accepted: list[float] = []
+
+        def done() -> bool:
+            accepted.extend(e["at"] for e in fake.read() if e.get("event") == "message" and e.get("alert_id") == alert_id)
+            return len(accepted) >= devices
+
+        await wait_for(done, timeout_s, f"{devices} messages accepted by the fake")
+        took = max(accepted) - issued
+        cpu = [cpu_s(pid) - c for pid, c in zip(pids, cpu, strict=True)]
+        sent: list[int] = []
+        deadline = time.monotonic() + 10  # the counters move once each node has the answer
+        while sum(sent) < devices and time.monotonic() < deadline:
+            sent = [sent_by_node((await http.get(f"{s.url}/metrics")).text) for s in cluster.specs]
+            await asyncio.sleep(0.1)
+    latencies = sorted(at - issued for at in accepted)
+    print(f"- 3 nodes, {devices:,} devices ({before} before, {load()} after)")
+    print(f"  all accepted by the fake {took:.2f} s after the 201: {devices / took:,.0f} deliveries/s in all")
+    print("  per node: " + "; ".join(f"{s.name} sent {n:,} ({n / took:,.0f}/s, CPU {c:.1f} s)"
+                                     for s, n, c in zip(cluster.specs, sent, cpu, strict=True)))
+    print(f"  per-device latency (201 -> accepted): p50 {percentile(latencies, 50):.2f} s, "
+          f"p99 {percentile(latencies, 99):.2f} s, max {latencies[-1]:.2f} s")
+    print(f"  CPU of the fake push service {fake.cpu_s() - fake_cpu:.1f} s, of {took * (os.cpu_count() or 1):.1f} core-s")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", choices=("throughput", "reach"))
+    parser.add_argument("mode", choices=("throughput", "reach", "cluster"))
     parser.add_argument("--devices", type=int, default=None)
     parser.add_argument("--concurrency", default=None, help="comma-separated dispatch_concurrency values")
     parser.add_argument("--timeout", type=float, default=900.0, help="bound on each alert's sends (s)")
     args = parser.parse_args()
-    n = args.devices or (5000 if args.mode == "throughput" else 100_000)
-    levels = [int(x) for x in (args.concurrency or ("64,256" if args.mode == "throughput" else "256")).split(",")]
-    asyncio.run(main(args.mode, n, levels, args.timeout))
+    n = args.devices or (100_000 if args.mode == "reach" else 5000)
+    levels = [int(x) for x in (args.concurrency or ("64,256" if args.mode == "throughput" else "64")).split(",")]
+    if args.mode == "cluster":
+        run_loop(cluster_main(n, levels[0], args.timeout))
+    else:  # on uvloop, as `tocsin serve` runs
+        run_loop(main(args.mode, n, levels, args.timeout))
