@@ -57,6 +57,7 @@ from tocsin.cluster.nats_server import NatsServer  # noqa: E402
 from tocsin.delivery.model import WEBPUSH  # noqa: E402
 from tocsin.geo.cells import cell_for_point  # noqa: E402
 from tocsin.settings import Settings  # noqa: E402
+from tocsin.errors import StoreUnavailable  # noqa: E402
 from tocsin.store.base import Records  # noqa: E402
 from tocsin.store.jetstream import KvRecords  # noqa: E402
 from tocsin.cluster.local import LocalCluster  # noqa: E402
@@ -181,10 +182,16 @@ async def put_devices(bucket: Records, now: datetime, subscriptions: list[dict[s
     record = record_json(cells=[cell_for_point(*IN_PARIS)], languages=["fr"], tests=False, canary=False,
                          secret_sha256="0" * 64, created=now, renewed=now)
 
-    def one(i: int) -> Any:
+    async def one(i: int) -> None:
         sub = subscriptions[i]
         push = {"endpoint": sub["endpoint"], "p256dh": sub["keys"]["p256dh"], "auth": sub["keys"]["auth"]}
-        return bucket.put(f"dev_{i:024x}", {**record, "channel": WEBPUSH, "push": push})
+        for attempt in range(5):  # a put not confirmed in time on a loaded machine: again
+            try:
+                await bucket.put(f"dev_{i:024x}", {**record, "channel": WEBPUSH, "push": push})
+                return
+            except StoreUnavailable:
+                if attempt == 4:
+                    raise
 
     for start in range(0, len(subscriptions), PUT_BATCH):
         await asyncio.gather(*(one(i) for i in range(start, min(len(subscriptions), start + PUT_BATCH))))
