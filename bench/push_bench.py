@@ -177,6 +177,12 @@ class Run:
     load_after: str
 
 
+def device_id(i: int) -> str:
+    """A distinct id per device, its bits spread as the API's random ids are (the device
+    index looks ids up by their first 64 bits: `dev_{i:024x}` would give all the same)."""
+    return f"dev_{(i * 0x9E3779B97F4A7C15) % 2**96:024x}"
+
+
 async def put_devices(bucket: Records, now: datetime, subscriptions: list[dict[str, Any]]) -> None:
     """One webpush device record per subscription, written straight into the bucket."""
     record = record_json(cells=[cell_for_point(*IN_PARIS)], languages=["fr"], tests=False, canary=False,
@@ -187,7 +193,7 @@ async def put_devices(bucket: Records, now: datetime, subscriptions: list[dict[s
         push = {"endpoint": sub["endpoint"], "p256dh": sub["keys"]["p256dh"], "auth": sub["keys"]["auth"]}
         for attempt in range(5):  # a put not confirmed in time on a loaded machine: again
             try:
-                await bucket.put(f"dev_{i:024x}", {**record, "channel": WEBPUSH, "push": push})
+                await bucket.put(device_id(i), {**record, "channel": WEBPUSH, "push": push})
                 return
             except StoreUnavailable:
                 if attempt == 4:
