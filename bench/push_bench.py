@@ -1,7 +1,8 @@
 """Bench: Web Push deliveries from one node to the fake push service in its own process.
 
     python bench/push_bench.py throughput [--devices 5000] [--concurrency 64,256]
-    python bench/push_bench.py reach [--devices 100000] [--concurrency 256]
+    python bench/push_bench.py reach [--devices 100000] [--concurrency 64]
+    python bench/push_bench.py cluster [--devices 5000] [--concurrency 64]
 
 Both start a nats-server (file store, `sync_interval: always`), the tests' Web Push fake as
 a separate process (`python -m tests.fakes.webpush`: HTTP/2 over TLS on loopback; it checks
@@ -15,7 +16,9 @@ Then one alert over them per run:
   devices): the time from the issue's 201 until the planner has enqueued all N (the plan)
   and until the fake has accepted all N (the sends), and the deliveries/s;
 - `reach`: the time from the 201 until the last device's message is accepted, and the
-  per-device latency (201 -> the fake's "message" event time) at p50, p99 and max.
+  per-device latency (201 -> the fake's "message" event time) at p50, p99 and max;
+- `cluster`: the same over a LocalCluster of three tocsin processes, each beside its
+  nats-server (R3), with each node's share of the sends (its /metrics).
 
 On this machine the fake and the node share the cores: the fake's CPU (ES256 verify, ECDH
 and AES-GCM decrypt, hypercorn's HTTP/2) is taken from the node. The load average is
