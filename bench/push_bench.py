@@ -241,11 +241,18 @@ async def one_alert(node: Node, fake: Fake, server: NatsServer, devices: int, ti
     alert_id = str(response.json()["id"])
     accepted: list[float] = []
 
-    def done() -> bool:
-        accepted.extend(e["at"] for e in fake.read() if e.get("event") == "message" and e.get("alert_id") == alert_id)
-        return len(accepted) >= devices
+    reached: set[str] = set()
 
-    await wait_for(done, timeout_s, f"{devices} messages accepted by the fake")
+    def done() -> bool:
+        for e in fake.read():
+            if e.get("event") == "message" and e.get("alert_id") == alert_id:
+                accepted.append(e["at"])
+                reached.add(e["subscription"])
+        return len(reached) >= devices
+
+    await wait_for(done, timeout_s, f"{devices} devices' messages accepted by the fake")
+    if len(accepted) > len(reached):
+        print(f"  DUPLICATES: {len(accepted) - len(reached)} messages to a device that had the alert already")
     undecryptable = sum(1 for e in fake.events if e.get("event") == "undecryptable")
     if undecryptable:
         raise SystemExit(f"bench: the fake could not decrypt {undecryptable} messages")
@@ -438,11 +445,18 @@ async def cluster_alert(cluster: LocalCluster, fake: Fake, devices: int, timeout
         alert_id = str(response.json()["id"])
         accepted: list[float] = []
 
-        def done() -> bool:
-            accepted.extend(e["at"] for e in fake.read() if e.get("event") == "message" and e.get("alert_id") == alert_id)
-            return len(accepted) >= devices
+        reached: set[str] = set()
 
-        await wait_for(done, timeout_s, f"{devices} messages accepted by the fake")
+        def done() -> bool:
+            for e in fake.read():
+                if e.get("event") == "message" and e.get("alert_id") == alert_id:
+                    accepted.append(e["at"])
+                    reached.add(e["subscription"])
+            return len(reached) >= devices
+
+        await wait_for(done, timeout_s, f"{devices} devices' messages accepted by the fake")
+        if len(accepted) > len(reached):
+            print(f"  DUPLICATES: {len(accepted) - len(reached)} messages to a device that had the alert already")
         took = max(accepted) - issued
         cpu = [cpu_s(pid) - c for pid, c in zip(pids, cpu, strict=True)]
         sent: list[int] = []
