@@ -111,6 +111,22 @@ async def test_concurrent_pushes_share_the_connection_and_each_arrives_once(tmp_
     assert connections == 1  # HTTP/2 streams on one connection, not 20 handshakes
 
 
+async def test_more_pushes_at_once_than_the_service_allows_streams_wait_for_a_stream(tmp_path: Path) -> None:
+    # The fake (hypercorn) allows 100 concurrent streams per connection, as many push
+    # services do. A stream whose answer was not read to its end stays open in h2 after the
+    # client gave its slot back: the 101st then failed with TooManyStreamsError (a retry).
+    async with webpush_fake() as fake:
+        settings, sender = await _with(tmp_path)
+        try:
+            browsers = [fake.subscribe() for _ in range(250)]
+            results = await asyncio.gather(*(sender.send(_push(settings, b, f"to {n}".encode()))
+                                             for n, b in enumerate(browsers)))
+        finally:
+            await sender.aclose()
+    assert [r.reason for r in results if r.outcome is not Outcome.SENT] == []
+    assert fake.requests == 250 and fake.undecryptable == 0
+
+
 async def test_the_token_is_made_once_per_origin_and_renewed_before_it_ends(tmp_path: Path) -> None:
     now = [1_000_000.0]
     settings = _settings(tmp_path)

@@ -316,6 +316,20 @@ def result_for(response: httpx.Response) -> Result:
     return Result(outcome=Outcome.PERMANENT, reason=f"http-{status}", status=status)
 
 
+# What is read of a push service's answer at most (they answer a few hundred bytes); a
+# longer one is closed unread past this.
+MAX_ANSWER_BYTES = 8192
+
+
+async def _read_answer(response: httpx.Response) -> None:
+    """Read the answer's body to its end, or until MAX_ANSWER_BYTES, and drop it."""
+    size = 0
+    async for chunk in response.aiter_raw():
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            return
+
+
 class WebPushSender:
     """Posts pushes to the subscriptions' push services through one HTTP/2 client."""
 
@@ -372,12 +386,18 @@ class WebPushSender:
         except (KeyError, ValueError):  # a record check_target did not write
             return Result(outcome=Outcome.PERMANENT, reason="target-invalid")
         try:
-            # One deadline for the whole exchange (httpx's bound each read, not the sum);
-            # the answer's body is never read: its status and headers say all.
+            # One deadline for the whole exchange (httpx's bound each read, not the sum).
+            # The status and headers say all, but the answer's (small) body is read to its
+            # end, bounded: httpcore frees the request's slot on its HTTP/2 connection when
+            # the response closes, while h2 counts the stream as open until the service's
+            # END_STREAM; closed before it, the streams of a busy connection passed the
+            # service's SETTINGS_MAX_CONCURRENT_STREAMS (100 at many) and every push over it
+            # failed with h2's TooManyStreamsError (bench/push_bench.py, docs/performance.md).
             async with asyncio.timeout(self._settings.push_timeout_s):
                 async with self._client.stream("POST", endpoint, content=body,
                                                headers=self.request_headers(push)) as response:
                     result = result_for(response)
+                    await _read_answer(response)
         except (TimeoutError, httpx.TimeoutException):
             return Result(outcome=Outcome.RETRY, reason="timeout")
         except httpx.HTTPError as exc:

@@ -193,7 +193,7 @@ class Dispatcher:
     async def _pull(self, urgent: Any, normal: Any, own: Any) -> None:
         # Pull again once half the slots are free (at least one): each pull is a round trip
         # (and a short wait on an empty urgent lane), so pulls of one message each would
-        # bound a node to a few tens of sends a second (measured: bench/dispatch_bench.py).
+        # bound a node to a few tens of sends a second (measured: bench/push_bench.py).
         refill_at = max(1, self._concurrency // 2)
         while True:
             async with self._room:
