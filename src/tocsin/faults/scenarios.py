@@ -864,7 +864,8 @@ async def verify_replanned(run: Run, result: Result, ci: bool) -> None:
 # Every replica reserves the stream's and the device bucket's max_bytes (2 GiB and 512 MiB by
 # default): a small disk needs less.
 SMALL_DISK_ENV = {"TOCSIN_STREAM_MAX_BYTES": str(64 << 20), "TOCSIN_DEVICE_BUCKET_MAX_BYTES": str(16 << 20),
-                  "TOCSIN_AUDIT_MAX_BYTES": str(8 << 20)}
+                  "TOCSIN_AUDIT_MAX_BYTES": str(8 << 20), "TOCSIN_DELIVERIES_MAX_BYTES": str(16 << 20),
+                  "TOCSIN_PROGRESS_MAX_BYTES": str(8 << 20)}
 
 # RELIABILITY.md invariant 6: while a node delivers, no device waits longer than this for it.
 STRANDED_S = 10.0
