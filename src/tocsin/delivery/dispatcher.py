@@ -47,6 +47,8 @@ LANE = "dispatch-canary-"
 # Deliveries a consumer may hold unacked across the cluster: in flight plus those nak'ed
 # with a delay (a failing gateway's backlog must not stop the others).
 MAX_ACK_PENDING = 65536
+# Alerts whose push payloads a dispatcher keeps made (Dispatcher._payloads).
+PAYLOADS_KEPT = 64
 # What a platform shows before the app runs: the start of the description.
 BODY_CHARS = 240
 # How long a pull waits on an empty lane: the urgent lane briefly (it is asked first each
@@ -148,6 +150,9 @@ class Dispatcher:
         self._on_removed = on_removed
         self.on_sent: list[OnSent] = []
         self.forwarded = 0  # canary deliveries handed to their own node's lane
+        # Each alert's payload and pointer, made once for all its devices (an alert's CAP is
+        # encoded once, not once per device); a few alerts at a time, dropped in a lump.
+        self._payloads: dict[tuple[int, str], tuple[bytes, bytes]] = {}
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_open_s)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._room = asyncio.Condition()
@@ -325,16 +330,26 @@ class Dispatcher:
             return None
         return self.push_for(delivery, active, record)
 
+    def _payload_of(self, active: Active, url: str) -> tuple[bytes, bytes]:
+        key = (active.stored.seq, url)
+        found = self._payloads.get(key)
+        if found is None:
+            if len(self._payloads) >= PAYLOADS_KEPT:
+                self._payloads.clear()
+            envelope = active.stored.envelope
+            found = self._payloads[key] = (push_payload(envelope, active.stored.seq, pointer_url=url),
+                                           pointer_payload(envelope, active.stored.seq, pointer_url=url))
+        return found
+
     def push_for(self, delivery: Delivery, active: Active, record: dict[str, Any]) -> Push:
         envelope = active.stored.envelope
         root = self._parts.index.active.get(active.root_seq) if active.root_seq else None
         root_id = str((root or active).stored.envelope.alert_id)
         url = f"{self._parts.public_url().rstrip('/')}/api/v1/events/{envelope.alert_id}"
         info = info_for(active.alert, record.get("languages") or [])
+        payload, pointer = self._payload_of(active, url)
         return Push(
-            delivery=delivery, target=record["push"],
-            payload=push_payload(envelope, delivery.seq, pointer_url=url),
-            pointer=pointer_payload(envelope, delivery.seq, pointer_url=url),
+            delivery=delivery, target=record["push"], payload=payload, pointer=pointer,
             topic=topic_for(root_id), severity=info.severity.value if info else "Unknown",
             status=active.alert.status.value, ttl_s=max(0, int(delivery.expires_at - time.time())),
             headline=(info.headline or info.event) if info else "",
