@@ -53,6 +53,9 @@ class Options:
     warmup_s: float = 5.0
     after_s: float = 15.0  # issuing goes on this long after the fault is healed
     settle_s: float = 45.0  # then wait at most this long for every device to show everything
+    # Then /readyz is sampled on until every node is green, at most this long after the heal,
+    # so that the check "green within 15 s of recovery" sees the whole of its window.
+    green_wait_s: float = 30.0
     give_up_s: float = 120.0
     sync_always: bool = True
     idle_timeout_s: float = 8.0
@@ -106,6 +109,7 @@ class Run:
         self.issuer: Issuer | None = None
         self.fleet: asyncio.subprocess.Process | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._green: dict[str, bool] = {}  # each node's last /readyz sample
         self._cleanups: list[Callable[[], Awaitable[None]]] = []
         self._post_stop: list[Callable[[], Awaitable[None]]] = []
         self.final: dict[str, Any] = {}
@@ -280,9 +284,11 @@ class Run:
                 try:
                     response = await http.get(url)
                     body = response.json()
+                    self._green[name] = response.status_code == 200
                     self.history.record("ready", node=name, ok=response.status_code == 200,
                                         code=response.status_code, failing=body.get("failing"))
                 except (httpx.HTTPError, ValueError) as exc:
+                    self._green[name] = False
                     self.history.record("ready", node=name, ok=False, code=type(exc).__name__)
                 await asyncio.sleep(max(0.0, SAMPLE_EVERY_S - (time.monotonic() - started)))
 
@@ -297,8 +303,9 @@ class Run:
     def note(self, what: str, **details: Any) -> None:
         self.history.record("note", what=what, **details)
 
-    async def execute(self, inject: Callable[[Run], Awaitable[None]]) -> None:
-        """Issue, warm up, inject (and heal), issue on, settle; then read the final state."""
+    async def execute(self, inject: Callable[[Run], Awaitable[None]], green: tuple[str, ...] = ()) -> None:
+        """Issue, warm up, inject (and heal), issue on, settle, wait for the nodes `green` to
+        be ready again (those whose readiness the checker follows); then read the final state."""
         assert self.issuer is not None
         stop = asyncio.Event()
         o = self.options
@@ -310,6 +317,7 @@ class Run:
             self.history.record("phase", what="inject")
             await inject(self)
             self.history.record("phase", what="healed")
+            healed = time.monotonic()
             await asyncio.sleep(o.after_s)
         finally:
             stop.set()
@@ -322,7 +330,16 @@ class Run:
         if self.push is not None:
             left = await self.push.await_all(acked, self.crowd_ids, o.settle_s)
             self.history.record("phase", what="push settled", missing=left)
+        if green:
+            await self.await_green(green, healed + o.green_wait_s)
         await self.read_final_state()
+
+    async def await_green(self, names: tuple[str, ...], deadline: float) -> None:
+        """Until the last /readyz sample of each of `names` is green, or the monotonic `deadline`."""
+        while time.monotonic() < deadline and not all(self._green.get(n, False) for n in names):
+            await asyncio.sleep(SAMPLE_EVERY_S)
+        self.history.record("phase", what="green" if all(self._green.get(n, False) for n in names)
+                            else "not green", nodes={n: self._green.get(n) for n in names})
 
     # -- the cluster's final state ------------------------------------------------------------
 

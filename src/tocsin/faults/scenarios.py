@@ -1006,7 +1006,7 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, ci: bool = False) -
         if scenario.prepare:
             await scenario.prepare(run, ci)
         await _start(run)
-        await run.execute(lambda r: scenario.inject(r, ci))
+        await run.execute(lambda r: scenario.inject(r, ci), green=scenario.expect.red_nodes)
         await run.stop_fleet()  # the fleet writes its last lines as it stops
         run.history.flush()
         result = check(scenario.id, read(run.workdir / "history.jsonl", run.fleet_history), run.final,
