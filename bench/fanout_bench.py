@@ -12,6 +12,12 @@ to core `--fleet-cpu`) with N connections, then:
 - burst: `--burst` messages sent back to back; deliveries per second until the last
   device has the last one.
 
+`--workers 1,2` runs tocsin's phases once per worker count (`tocsin serve --workers N`, named
+`tocsin-sse/wN` beyond 1; docs/workers.md); `--fleets K` splits the devices over K fleet
+processes (default: one per 15,000 devices, each under the open-files limit), their source
+addresses spread over 127.0.0.2-201 so that ports never run out; a round's last device is the
+last over every fleet. Several workers need cores of their own: use `--no-pin` for them.
+
 Systems: `c-sse` (bench/baselines/sse_server.c, compiled with gcc here), `py-sse`
 (bench/baselines/uvloop_sse.py), `tocsin-sse` and `tocsin-ws` (`tocsin serve`, the embedded
 default, alerts issued through `POST /api/v1/alerts`), `nats` (nats-server core pub/sub,
@@ -364,9 +370,11 @@ class Bench:
         return Phase(name="mosquitto", protocol="mqtt", pids=lambda: [process.pid], url=f"mqtt://127.0.0.1:{port}",
                      publisher=publisher, stop=lambda: (publisher.close(), stop_pid(process, signal.SIGTERM, 10)))
 
-    def tocsin_phase(self, protocol: str) -> Phase:
+    def tocsin_phase(self, protocol: str, workers: int = 1) -> Phase:
         server = Server(data_dir=self.workdir / "tocsin-data", port=free_port(),
-                        admin_token=self.args_token, launcher=taskset(self.args.server_cpu))
+                        admin_token=self.args_token, launcher=taskset(self.args.server_cpu),
+                        extra_env={"TOCSIN_WORKERS": str(workers),
+                                   "TOCSIN_MAX_CONNECTIONS": str(max(self.args.devices) + 2000)})
         self.stack.callback(server.stop)
         server.start()
         if self.registered < max(self.args.devices):
@@ -374,8 +382,8 @@ class Bench:
         publisher = TocsinPublisher(server.url, server.issuer_token, self.args.burst)
         after = self._last_seq(server)
         return Phase(
-            name=f"tocsin-{protocol}", protocol=protocol,
-            pids=lambda: [p for p in (server.process.pid if server.process else None, server.nats_pid) if p],
+            name=f"tocsin-{protocol}" + (f"/w{workers}" if workers > 1 else ""), protocol=protocol,
+            pids=lambda: server.pids(),
             url=server.url, publisher=publisher, stop=lambda: (publisher.close(), server.stop()),
             fleet_extra=("--tokens", str(self.workdir / "devices.json"), "--after", str(after)),
         )
@@ -404,10 +412,12 @@ class Bench:
         say(f"registered {count} devices with tocsin in {time.monotonic() - started:.1f} s")
 
     def start(self, system: str) -> Phase:
+        name, _, workers = system.partition("/w")
         return {
             "c-sse": self.c_server, "py-sse": self.py_server, "nats": self.nats, "mosquitto": self.mosquitto,
-            "tocsin-sse": lambda: self.tocsin_phase("sse"), "tocsin-ws": lambda: self.tocsin_phase("ws"),
-        }[system]()
+            "tocsin-sse": lambda: self.tocsin_phase("sse", int(workers or 1)),
+            "tocsin-ws": lambda: self.tocsin_phase("ws", int(workers or 1)),
+        }[name]()
 
     def profiler(self, phase: Phase, devices: int) -> subprocess.Popen[bytes] | None:
         """py-spy on tocsin's process while the fleet is measured (`--profile DIR`)."""
@@ -424,13 +434,21 @@ class Bench:
 
     def measure(self, system: str, devices: int) -> dict[str, Any]:
         phase = self.start(system)
-        fleet = Fleet(url=phase.url, devices=devices, outside=0.0, log_path=self.workdir / f"fleet-{system}-{devices}.log",
-                      launcher=taskset(self.args.fleet_cpu),
-                      extra=("--protocol", phase.protocol, *phase.fleet_extra))
+        count = self.args.fleets or -(-devices // FLEET_DEVICES)
+        shares = [devices // count + (1 if k < devices % count else 0) for k in range(count)]
+        fleets = Fleets([
+            Fleet(url=phase.url, devices=share, outside=0.0,
+                  log_path=self.workdir / f"fleet-{system.replace('/', '-')}-{devices}-{k}.log",
+                  launcher=taskset(self.args.fleet_cpu),
+                  extra=("--protocol", phase.protocol, *phase.fleet_extra, "--skip", str(sum(shares[:k]))))
+            for k, share in enumerate(shares)])
+        fleet = fleets
+        rss_before = rss_mb(phase.pids())
         try:
             fleet.start()
             ready = fleet.expect("ready", READY_TIMEOUT_S)
-            say(f"{system} x{devices}: fleet ready in {ready['connect_s']:.1f} s")
+            rss_after = rss_mb(phase.pids())
+            say(f"{system} x{devices}: {count} fleet(s) ready in {ready['connect_s']:.1f} s")
             spy = self.profiler(phase, devices)
             rounds = []
             for n in range(1, self.args.rounds + 1):
@@ -461,8 +479,76 @@ class Bench:
             fleet.stop()
             phase.stop()
         result = summarize(system, devices, ready, rounds, burst, summary)
+        result["fleets"] = count
+        result["server_rss_mb"] = {"before": round(rss_before, 1), "connected": round(rss_after, 1)}
+        result["kb_per_device"] = round((rss_after - rss_before) * 1024 / devices, 2)
         say(line_for(result))
         return result
+
+
+FLEET_DEVICES = 15_000  # per fleet process by default: under the open-files limit (20,000 here)
+
+
+def rss_mb(pids: list[int]) -> float:
+    """Resident memory of these processes (MB), from /proc/PID/status."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+    return total / 1024
+
+
+class Fleets:
+    """Several fleet processes as one: each command to all, their answers combined (the last
+    device is the last of any fleet, counts add up)."""
+
+    def __init__(self, fleets: list[Fleet]) -> None:
+        self.fleets = fleets
+
+    def start(self) -> None:
+        for fleet in self.fleets:
+            fleet.start()
+
+    def send(self, **command: Any) -> None:
+        for fleet in self.fleets:
+            fleet.send(**command)
+
+    def stop(self) -> None:
+        for fleet in self.fleets:
+            fleet.stop()
+
+    def expect(self, kind: str, timeout_s: float) -> dict[str, Any]:
+        answers = [fleet.expect(kind, timeout_s) for fleet in self.fleets]
+        if len(answers) == 1:
+            return answers[0]
+        return combine(kind, answers)
+
+
+def combine(kind: str, answers: list[dict[str, Any]]) -> dict[str, Any]:
+    """One answer from several fleets' answers of one kind."""
+    out = dict(answers[0])
+    add = ("devices", "inside", "expected", "received", "missing", "duplicates", "unexpected", "deliveries",
+           "cpu_s", "rounds", "foreign", "lost_connections")
+    for key in add:
+        if key in out:
+            out[key] = sum(a[key] for a in answers)
+    for key in ("max_ms", "last_ms", "connect_s", "p99_ms", "spread_ms"):
+        if key in out:
+            out[key] = max(a[key] for a in answers)
+    for key in ("min_ms", "first_ms"):
+        if key in out:
+            out[key] = min(a[key] for a in answers)
+    if "p50_ms" in out:  # fleets of equal size: the median of their medians
+        out["p50_ms"] = statistics.median(a["p50_ms"] for a in answers)
+    if kind == "burst":
+        out["per_s"] = out["deliveries"] / (out["last_ms"] / 1000) if out["last_ms"] > 0 else 0.0
+    if kind == "summary":
+        out["lost_examples"] = [e for a in answers for e in a.get("lost_examples", [])][:5]
+    return out
 
 
 def summarize(system: str, devices: int, ready: dict[str, Any], rounds: list[dict[str, Any]],
@@ -548,6 +634,14 @@ def ratios(results: list[dict[str, Any]]) -> list[str]:
             f"{'met' if tr >= 0.6 * py else 'NOT met'}); = {tr / rate('mosquitto'):.1f}x mosquitto "
             f"{rate('mosquitto'):.0f}/s (target >= 2x: {'met' if tr >= 2 * rate('mosquitto') else 'NOT met'})",
         ]
+        for name, w in sorted(by.items()):
+            if not name.startswith("tocsin-sse/w"):
+                continue
+            wl, wr = w["last_median_ms"], rate(name)
+            out.append(f"  N={n}: {name} last device {wl:.1f} ms = {wl / c:.2f}x C (target <= 1.2x: "
+                       f"{'met' if wl <= 1.2 * c else 'NOT met'}); {wr:.0f} deliveries/s = {wr / tr:.2f}x one "
+                       f"worker (target >= 1.6x with 2: {'met' if wr >= 1.6 * tr else 'NOT met'}); "
+                       f"{w['kb_per_device']:.1f} KB per connected device")
         if "tocsin-ws" in by:
             w = by["tocsin-ws"]
             out.append(f"  N={n}: tocsin-ws last device {w['last_median_ms']:.1f} ms = {w['last_median_ms'] / c:.2f}x C,"
@@ -584,10 +678,15 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument("--save", default="", help="write the JSON report here")
     parser.add_argument("--profile", default="", help="py-spy tocsin during its phases; raw stacks in this directory")
+    parser.add_argument("--workers", default="1", help="comma-separated worker counts for tocsin's phases")
+    parser.add_argument("--fleets", type=int, default=0, help=f"fleet processes (0: one per {FLEET_DEVICES} devices)")
     args = parser.parse_args()
     args.devices = [int(n) for n in args.devices.split(",") if n]
+    counts = [int(n) for n in args.workers.split(",") if n]
     systems = [s for s in args.systems.split(",") if s]
     unknown = set(systems) - set(SYSTEMS)
+    systems = [f"{s}/w{w}" if s.startswith("tocsin") and w > 1 else s
+               for s in systems for w in (counts if s.startswith("tocsin") else [1])]
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}")
     if args.no_pin:

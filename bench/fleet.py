@@ -507,10 +507,12 @@ async def devices_for(args: argparse.Namespace) -> list[Device]:
     saved = Path(args.tokens) if args.tokens else None
     if saved is not None and saved.exists():
         rows = json.loads(saved.read_text())
-        if len(rows) >= args.devices:
-            # Resume after `--after`: alerts of earlier runs are not replayed to this one.
+        if len(rows) >= args.skip + args.devices:
+            # Resume after `--after`: alerts of earlier runs are not replayed to this one. With
+            # `--skip`, this fleet is one of several: its devices keep their indices (and so
+            # their source addresses) in the whole file.
             return [Device(index=i, device_id=r["id"], token=r["token"], inside=r["inside"], last_seq=args.after)
-                    for i, r in enumerate(rows[: args.devices])]
+                    for i, r in enumerate(rows[: args.skip + args.devices]) if i >= args.skip]
     devices = await register(args.url, args.devices, args.outside, args.seed)
     if saved is not None:
         saved.write_text(json.dumps([{"id": d.device_id, "token": d.token, "inside": d.inside} for d in devices]))
@@ -819,6 +821,7 @@ def main() -> None:
     parser.add_argument("--reconnect", default="", help="comma-separated URLs to reconnect to when a connection ends")
     parser.add_argument("--reconnect-base", type=float, default=0.5, help="full-jitter base delay, s")
     parser.add_argument("--after", type=int, default=0, help="with --tokens: resume after this seq")
+    parser.add_argument("--skip", type=int, default=0, help="with --tokens: this fleet's devices start after this many")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--connect-timeout", type=float, default=300.0)
     parser.add_argument("--round-timeout", type=float, default=30.0)

@@ -192,6 +192,13 @@ class Server:
         kids = child_pids(self.process.pid)
         self.nats_pid = kids[0] if kids else None
 
+    def pids(self) -> list[int]:
+        """The node's every process: tocsin, its nats-server, its workers (`--workers`)."""
+        found = [self.process.pid] if self.process else []
+        for pid in found:  # grows as it goes: children, then theirs
+            found += child_pids(pid)
+        return found
+
     def cpu_s(self) -> tuple[float, float]:
         """(tocsin, nats-server) CPU seconds so far."""
         return proc_cpu_s(self.process.pid if self.process else None), proc_cpu_s(self.nats_pid)

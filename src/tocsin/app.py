@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -40,6 +41,7 @@ from tocsin.delivery.planner import Planner, RoutesFor
 from tocsin.errors import Rejected, StoreMisconfigured, StoreUnavailable
 from tocsin.health.readiness import Limits, Readiness
 from tocsin.health.shed import shed_when_unready
+from tocsin.health.workers import WorkerPeers, register
 from tocsin.cluster.nats_server import NATS_USER, NatsServer, check_varz_sync_always, load_or_create_password
 from tocsin.pipeline import build_pipeline
 from tocsin.geo.covering import CoverWorker
@@ -84,6 +86,9 @@ class Node:
     # CORE: gateway deliveries (docs/delivery.md); None where this node runs none.
     planner: Planner | None = None
     dispatcher: Dispatcher | None = None
+    # WORKERS (health/workers.py): this worker's private loopback URL and its view of the others.
+    private_url: str = ""
+    peers: WorkerPeers | None = None
 
     @property
     def url(self) -> str:
@@ -157,7 +162,7 @@ async def _prepare_store(store: JetStreamStore, settings: Settings, gazetteer: G
     async def attempt() -> str | None:
         await store.ensure()
         token = await bootstrap_admin(store.accounts, settings.admin_token)
-        if settings.accounts_file:
+        if settings.accounts_file and not settings.is_worker:  # a worker's supervisor applied it
             try:
                 # GAZ: a territory's codes must name areas the gazetteer or the areas bucket holds.
                 known = AreasMirror(gazetteer)
@@ -217,7 +222,8 @@ def _progress(services: Services, records: ProgressRecords) -> Progress:
         active = index.by_id.get(AlertId(alert_id))
         return s.probe_retention_s if active is not None and active.alert.status is Status.SYSTEM else None
 
-    return Progress(s.node_name, records, expires_of=expires_of, keep_s=s.progress_keep_s, keep_of=keep_of,
+    # WORKERS: each worker writes its own record of an alert (`<alert>.<node>-w<i>`).
+    return Progress(s.node_name + s.worker_suffix, records, expires_of=expires_of, keep_s=s.progress_keep_s, keep_of=keep_of,
                     default_lifetime_s=s.default_lifetime_s, read_timeout_s=s.check_timeout_s)
 
 
@@ -245,10 +251,12 @@ def _health(node: Node) -> _Health:
     prober = None
     if node.prober_token is not None:
         prober = Prober(
-            base_url=_loopback_url(s), token=node.prober_token, node=s.node_name,
+            # WORKERS: a worker's canary connects to the worker itself, through its private port.
+            base_url=node.private_url or _loopback_url(s), token=node.prober_token, node=s.node_name,
+            instance=s.worker_suffix,
             interval_s=s.probe_interval_s, expires_in_s=s.probe_expires_s, deadline_s=s.probe_deadline_s,
             read_timeout_s=max(3 * s.sse_keepalive_s, s.probe_deadline_s),
-            canary_file=s.data_dir / "keys" / "canary-sse.json",
+            canary_file=s.data_dir / "keys" / f"canary-sse{s.worker_suffix}.json",
             on_result=services.metrics.observe_probe, clock=services.clock,
             **_push_canaries(s),
         )
@@ -259,7 +267,8 @@ def _health(node: Node) -> _Health:
     )
     readiness = Readiness(
         node=s.node_name, replicas=s.replicas, data_dir=s.data_dir, limits=limits, store=services.store,
-        follower=services.pipeline.follower, ledger=node.ledger, prober=prober, reconciler=node.reconciler,
+        follower=services.pipeline.follower, ledger=node.ledger, prober=prober,
+        reconciler=node.reconciler if s.primary else None,  # WORKERS: worker 0's alone
         devices=services.device_cache,
     )
 
@@ -286,7 +295,10 @@ def _health(node: Node) -> _Health:
     return _Health(prober=prober, readiness=readiness, heartbeat=heartbeat, relay=relay)
 
 
-def _bind(listen: str) -> socket.socket:
+def bind(listen: str, *, shared: bool = False, backlog: int = 4096) -> socket.socket:
+    """A listening socket; `shared`: SO_REUSEPORT, so that the node's workers each listen on
+    the port and the kernel spreads the connections over them (backlog 0: bound, not listening,
+    which holds the port for them and takes no connection)."""
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
     # without it a response body can wait 40 ms for the client's delayed ACK (Nagle).
     host, _, port = listen.rpartition(":")
@@ -294,8 +306,11 @@ def _bind(listen: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, int(port)))
-    sock.listen(4096)
+    if backlog:
+        sock.listen(backlog)
     sock.setblocking(False)
     return sock
 
@@ -323,6 +338,54 @@ def alert_bounds(settings: Settings) -> Bounds:
     )
 
 
+@dataclass(slots=True, kw_only=True)
+class Prepared:
+    """What a node (or a supervisor of workers) has once its store and keys are ready."""
+
+    nats: NatsServer | None  # the embedded nats-server, when this process started one
+    servers: list[str]
+    login: tuple[str, str]
+    nc: Client
+    store: JetStreamStore
+    gazetteer: Gazetteer
+    admin_token: str | None
+    prober_token: str | None
+    signer: SigningKey
+
+
+async def prepare(settings: Settings, stack: AsyncExitStack) -> Prepared:
+    """The embedded nats-server (unless TOCSIN_NATS_URL names servers), a connection, the
+    streams and buckets, the bootstrap accounts, the keys; what is started stops with `stack`."""
+    private_dir(settings.data_dir)  # keys, tokens, the ledger and the stream's files: this user's only
+    nats_server: NatsServer | None = None
+    if settings.nats_url:
+        servers = [u.strip() for u in settings.nats_url.split(",") if u.strip()]
+        login = _nats_login(settings)
+    else:
+        # Loopback only (NatsServer's host), and still behind a password of its own.
+        login = (NATS_USER, load_or_create_password(settings.nats_password_path))
+        nats_server = NatsServer(
+            store_dir=settings.data_dir / "nats", name=settings.node_name,
+            restart_delay_s=settings.nats_restart_delay_s, user=login[0], password=login[1],
+        )
+        await nats_server.start()
+        stack.push_async_callback(nats_server.stop)
+        servers = [nats_server.client_url]
+    nc = await _connect_when_up(settings, servers, login)
+    stack.push_async_callback(nc.close)
+    store = JetStreamStore(nc, settings)
+    gazetteer = Gazetteer(builtin() if settings.builtin_gazetteers else ())
+    admin_token = await _prepare_store(store, settings, gazetteer)
+    # A restarted node's accounts bucket may be electing its leader still: retried as above.
+    prober_token = await _until_up(lambda: _bootstrap_prober(store, settings), (StoreUnavailable,),
+                                   settings.startup_timeout_s, "waiting for the stream")
+    signer = SigningKey.load_or_create(settings.signing_key_path)
+    if webpush.enabled(settings):  # WEBPUSH: the VAPID key, made at first start
+        webpush.vapid_key(settings)
+    return Prepared(nats=nats_server, servers=servers, login=login, nc=nc, store=store, gazetteer=gazetteer,
+                    admin_token=admin_token, prober_token=prober_token, signer=signer)
+
+
 @asynccontextmanager
 async def open_node(
     settings: Settings, *, clock: Callable[[], datetime] = utc_now,
@@ -333,39 +396,16 @@ async def open_node(
     `senders`: the push senders by channel (default: the configured channels'); `routes_for`:
     the CAP routes an alert of a status goes to (delivery/routes.py); see `_deliveries`.
     """
-    private_dir(settings.data_dir)  # keys, tokens, the ledger and the stream's files: this user's only
     async with AsyncExitStack() as stack:
-        nats_server: NatsServer | None = None
-        if settings.nats_url:
-            servers = [u.strip() for u in settings.nats_url.split(",") if u.strip()]
-            login = _nats_login(settings)
-        else:
-            # Loopback only (NatsServer's host), and still behind a password of its own.
-            login = (NATS_USER, load_or_create_password(settings.nats_password_path))
-            nats_server = NatsServer(
-                store_dir=settings.data_dir / "nats", name=settings.node_name,
-                restart_delay_s=settings.nats_restart_delay_s, user=login[0], password=login[1],
-            )
-            await nats_server.start()
-            stack.push_async_callback(nats_server.stop)
-            servers = [nats_server.client_url]
-        nc = await _connect_when_up(settings, servers, login)
-        stack.push_async_callback(nc.close)
-        store = JetStreamStore(nc, settings)
-        gazetteer = Gazetteer(builtin() if settings.builtin_gazetteers else ())
-        admin_token = await _prepare_store(store, settings, gazetteer)
-        # A restarted node's accounts bucket may be electing its leader still: retried as above.
-        prober_token = await _until_up(lambda: _bootstrap_prober(store, settings), (StoreUnavailable,),
-                                       settings.startup_timeout_s, "waiting for the stream")
-        signer = SigningKey.load_or_create(settings.signing_key_path)
-        if webpush.enabled(settings):  # WEBPUSH: the VAPID key, made at first start
-            webpush.vapid_key(settings)
+        prepared = await prepare(settings, stack)
+        nats_server, nc, store, gazetteer = prepared.nats, prepared.nc, prepared.store, prepared.gazetteer
+        admin_token, prober_token, signer = prepared.admin_token, prepared.prober_token, prepared.signer
         ledger = Ledger(settings.data_dir / "ledger.sqlite3")
         stack.callback(ledger.close)
         live = LiveRegistry()
         pipeline = build_pipeline(
             store, live, default_lifetime_s=settings.default_lifetime_s,
-            position_file=settings.data_dir / "follower-position.json", clock=clock,
+            position_file=settings.data_dir / f"follower-position{settings.worker_suffix}.json", clock=clock,
             duplicates=Duplicates(window_s=settings.same_message_window_s, max_entries=settings.same_message_max_entries),
         )
         covers = CoverWorker()
@@ -453,9 +493,10 @@ def _deliveries(services: Services, store: JetStreamStore,
 
 async def run_node(node: Node, ready: Callable[[Node], None] | None = None) -> None:
     """Serve until the server is told to exit; every task runs in one TaskGroup."""
-    sockets = [_bind(node.settings.listen)]
+    shared = node.settings.is_worker
+    sockets = [bind(node.settings.listen, shared=shared)]
     if node.settings.issuer_listen:
-        sockets.append(_bind(node.settings.issuer_listen))
+        sockets.append(bind(node.settings.issuer_listen, shared=shared))
     bound = [f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in sockets]
     # Port 0 in a setting: the port the system chose, for links, the prober and tests.
     node.settings = node.settings.replace(
@@ -466,11 +507,35 @@ async def run_node(node: Node, ready: Callable[[Node], None] | None = None) -> N
     edge = node.services.edge
     if edge is not None and len(sockets) > 1:
         edge.issuer_port = sockets[1].getsockname()[1]
+    if shared:
+        sockets.append(_worker_peers(node))
     try:
         await _run_tasks(node, sockets, ready)
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _worker_peers(node: Node) -> socket.socket:
+    """WORKERS: this worker's private loopback listener (its canary's way in, and where the
+    other workers read its readiness and metrics), and its view of the others."""
+    s = node.settings
+    private = bind("127.0.0.1:0", backlog=1024)
+    port = private.getsockname()[1]
+    node.private_url = f"http://127.0.0.1:{port}"
+    node.peers = WorkerPeers(data_dir=s.data_dir, index=s.worker_index, count=s.worker_count,
+                             interval_s=s.readiness_interval_s, timeout_s=max(1.0, s.check_timeout_s),
+                             private_port=port)
+    node.services.peers = node.peers
+    return private
+
+
+async def _exit_with_parent(node: Node, parent: int) -> None:
+    """WORKERS: a worker whose supervisor is gone stops (its devices reconnect elsewhere)."""
+    while os.getppid() == parent:
+        await asyncio.sleep(0.5)
+    log.warning("the supervisor is gone; this worker stops", extra={"worker": node.settings.worker_index})
+    node.server.should_exit = True
 
 
 async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[Node], None] | None) -> None:
@@ -488,7 +553,8 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
                                                 after_s=node.settings.shed_after_s), name="shed")
             if node.settings.replicas > 1 and node.settings.shed_after_s > 0 else None
         )
-        reconciler = tasks.create_task(node.reconciler.run(), name="reconciler")
+        primary = node.settings.primary  # WORKERS: the node's single tasks run in worker 0
+        reconciler = tasks.create_task(node.reconciler.run(), name="reconciler") if primary else None
         supervisor = tasks.create_task(node.nats.supervise(), name="nats") if node.nats else None
         http = tasks.create_task(node.server.serve(sockets=sockets), name="http")
         keepalive = tasks.create_task(
@@ -500,7 +566,7 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         index = node.services.device_cache
         devices = tasks.create_task(mirror_with_snapshot(store, index, node.settings), name="device-feed")
         keeper = SnapshotKeeper(index, node.settings)
-        snapshots = tasks.create_task(keeper.run(), name="device-snapshots")
+        snapshots = tasks.create_task(keeper.run(), name="device-snapshots") if primary else None
         # The lifecycle: submissions and drafts mirrored, expiries marked and audited.
         pending = tasks.create_task(store.pending.mirror(node.services.pending_cache), name="pending-mirror")
         sweep = tasks.create_task(sweep_forever(node.services), name="lifecycle-sweep")
@@ -509,20 +575,25 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         relay = tasks.create_task(health.relay.run(), name="canary-relay") if health.relay else None
         # ROUTES: the routes and their status mirrored, and every route's worker on this node.
         route_tasks = _start_routes(tasks, node.services)
+        peers = tasks.create_task(node.peers.run(), name="worker-peers") if node.peers else None
+        parent = (tasks.create_task(_exit_with_parent(node, os.getppid()), name="worker-parent")
+                  if node.settings.is_worker else None)
         while not node.server.started and not http.done():
             await asyncio.sleep(0.01)
+        if node.settings.is_worker and node.server.started:
+            register(node.settings.data_dir, node.settings.worker_index, node.private_url)
         if ready is not None and node.server.started:
             ready(node)
         # The prober reads this node through its own HTTP endpoint, so it starts once serving.
         prober = tasks.create_task(health.prober.run(), name=f"prober:{node.settings.node_name}") if health.prober else None
-        heartbeat = tasks.create_task(health.heartbeat.run(), name="heartbeat")
+        heartbeat = tasks.create_task(health.heartbeat.run(), name="heartbeat") if primary else None
         # CORE: gateway deliveries once the follower runs (the planner waits for it).
         planner = tasks.create_task(node.planner.run(), name="planner") if node.planner else None
         dispatcher = tasks.create_task(node.dispatcher.run(), name="dispatch") if node.dispatcher else None
         while not (http.done() or node.server.should_exit):
             await asyncio.wait([http], timeout=0.05)
         # Stop probing first: the canary's open stream would hold the graceful shutdown.
-        for task in (checks, prober, heartbeat, shedder, relay):
+        for task in (checks, prober, heartbeat, shedder, relay, peers, parent):
             if task is not None:
                 task.cancel()
         # Open device streams would hold the graceful shutdown: end them; devices resume.
@@ -536,13 +607,12 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
             await node.dispatcher.drain(timeout_s=2.0)
             dispatcher.cancel()
         follower.cancel()
-        if checkpoint is not None:
-            checkpoint.cancel()
-        reconciler.cancel()
+        for task in (checkpoint, reconciler, snapshots):
+            if task is not None:
+                task.cancel()
         keepalive.cancel()
         devices.cancel()
-        snapshots.cancel()
-        if node.settings.device_snapshot_s > 0:  # a clean stop: the next start reads only what follows
+        if primary and node.settings.device_snapshot_s > 0:  # a clean stop: the next start reads only what follows
             try:
                 await keeper.save()
             except Exception as exc:
@@ -600,6 +670,7 @@ def stop_on_signals(node: Node) -> None:
 
 
 async def serve(settings: Settings, ready: Callable[[Node], None] | None = None) -> None:
+    """A node of one process until SIGTERM or Ctrl-C (`serve_workers` for several)."""
     async with open_node(settings) as node:
         stop_on_signals(node)
         await run_node(node, ready)

@@ -299,6 +299,15 @@ class Settings:
     # Comma separated addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto
     # name the client; empty: the socket's peer is the client, and those headers are ignored.
     trusted_proxies: str = ""
+    # Worker processes (docs/workers.md): `tocsin serve --workers N` runs N processes that
+    # share the listening ports, each with its own follower and live devices; 0: one per core
+    # available. 1: the node is one process.
+    workers: int = 1
+    # Set by the supervisor in each worker's environment, never by hand: the worker's number
+    # (0 keeps the node's single tasks: the reconciler, the device snapshots, the heartbeat)
+    # and how many workers the node runs. -1: not a worker.
+    worker_index: int = -1
+    worker_count: int = 0
 
     @property
     def host(self) -> str:
@@ -323,6 +332,21 @@ class Settings:
     @property
     def base_url(self) -> str:
         return self.public_url or f"http://{self.listen}"
+
+    @property
+    def is_worker(self) -> bool:
+        """One of the node's worker processes (not the whole node, nor its supervisor)."""
+        return self.worker_index >= 0
+
+    @property
+    def worker_suffix(self) -> str:
+        """What tells this worker's own files and counts apart ("" for a node of one process)."""
+        return f"-w{self.worker_index}" if self.is_worker else ""
+
+    @property
+    def primary(self) -> bool:
+        """This process runs the node's single tasks (a node of one process, or worker 0)."""
+        return self.worker_index <= 0
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -416,5 +440,10 @@ def _check(settings: Settings) -> None:
                             "a send in flight must not be handed to another dispatcher")
     if settings.dispatch_concurrency < 0 or settings.breaker_failures < 1:
         raise SettingsError("TOCSIN_DISPATCH_CONCURRENCY must be 0 or more, TOCSIN_BREAKER_FAILURES 1 or more")
+    if not 0 <= settings.workers <= 256:
+        raise SettingsError(f"TOCSIN_WORKERS / --workers must be within 0..256 (0: one per core), got {settings.workers}")
+    if settings.worker_index >= 0 and not settings.worker_index < settings.worker_count:
+        raise SettingsError(f"TOCSIN_WORKER_INDEX {settings.worker_index} outside 0..TOCSIN_WORKER_COUNT-1 "
+                            f"({settings.worker_count}); the supervisor sets them")
     if settings.replicas not in (1, 3, 5):
         raise SettingsError(f"TOCSIN_REPLICAS must be 1, 3 or 5, got {settings.replicas}")

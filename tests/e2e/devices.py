@@ -29,6 +29,7 @@ class SseDevice:
         self.last_event_id = last_event_id
         self.events: asyncio.Queue[SseEvent] = asyncio.Queue()
         self.status: int | None = None
+        self.ended = asyncio.Event()  # the stream closed, or its connection failed
 
     async def next(self, event: str = "alert", timeout_s: float = 10.0) -> SseEvent:
         """The next event of this kind (others are skipped), within the deadline."""
@@ -46,12 +47,30 @@ class SseDevice:
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "text/event-stream"}
         if self.last_event_id is not None:
             headers["Last-Event-ID"] = str(self.last_event_id)
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(10, read=None)) as http:
-            async with http.stream("GET", "/api/v1/stream", headers=headers) as response:
-                self.status = response.status_code
-                opened.set_result(None)
-                async for event in sse_events(response.aiter_bytes()):
-                    self.events.put_nowait(event)
+        try:
+            async with httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(10, read=None)) as http:
+                async with http.stream("GET", "/api/v1/stream", headers=headers) as response:
+                    self.status = response.status_code
+                    opened.set_result(None)
+                    async for event in sse_events(response.aiter_bytes()):
+                        self.events.put_nowait(event)
+        finally:
+            self.ended.set()
+
+    async def next_alert_or_end(self, timeout_s: float = 10.0) -> dict[str, Any] | None:
+        """The next alert, or None if the stream ends first (within the deadline)."""
+        alert = asyncio.ensure_future(self.next_alert(timeout_s))
+        ended = asyncio.ensure_future(self.ended.wait())
+        try:
+            await asyncio.wait([alert, ended], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            if alert.done():
+                return alert.result()
+            if ended.done():
+                return None
+            raise TimeoutError(f"no alert and no end of the stream within {timeout_s} s")
+        finally:
+            alert.cancel()
+            ended.cancel()
 
 
 @contextlib.asynccontextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -55,12 +56,13 @@ async def _pump(stream: asyncio.StreamReader, served: Served) -> None:
 
 
 @asynccontextmanager
-async def tocsin_serve(data: Path, **env: str) -> AsyncIterator[Served]:
+async def tocsin_serve(data: Path, *args: str, **env: str) -> AsyncIterator[Served]:
     # No prober: these tests count the stream's seqs (probing is tested in tests/health).
     environ = {k: v for k, v in os.environ.items() if not k.startswith("TOCSIN_")} | {"TOCSIN_PROBE_INTERVAL_S": "0"} | env
     process = await asyncio.create_subprocess_exec(
-        *TOCSIN, "serve", "--data", str(data), "--listen", "127.0.0.1:0",
+        *TOCSIN, "serve", "--data", str(data), "--listen", "127.0.0.1:0", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=environ,
+        start_new_session=True,  # its process group: the node's every process, stopped at the end
     )
     served = Served(process)
     assert process.stdout and process.stderr
@@ -76,9 +78,11 @@ async def tocsin_serve(data: Path, **env: str) -> AsyncIterator[Served]:
                 served.token = (await process.stdout.readline()).decode().strip().split("=", 1)[1]
         yield served
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        # The group: a supervisor's workers and nats-server too (they hold its pipes open,
+        # and a process's wait() ends only once its pipes close).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
         pump.cancel()
 
 

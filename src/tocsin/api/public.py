@@ -19,6 +19,7 @@ from tocsin.api.openapi import document
 from tocsin.api.services import Services
 from tocsin.geo.cells import CELL_RESOLUTION
 from tocsin.health.readiness import redundancy
+from tocsin.health.workers import WorkerPeers
 from tocsin.signing import published_key_set
 
 _NO_STORE = {"Cache-Control": "no-store"}
@@ -84,24 +85,44 @@ def _checks_report(services: Services) -> dict[str, Any]:
     return services.readiness.report()
 
 
+def _for_the_node(request: Request) -> WorkerPeers | None:
+    """WORKERS: the node's other workers, when this request asks for the node's view (on a
+    public port); None for a node of one process, or on this worker's private port."""
+    peers = _services(request).peers
+    server = request.scope.get("server")
+    if peers is None or (server is not None and server[1] == peers.private_port):
+        return None
+    return peers
+
+
+def node_readiness(request: Request) -> dict[str, Any]:
+    """This process's readiness, merged with the other workers' when it speaks for the node."""
+    report = readiness_report(_services(request))
+    peers = _for_the_node(request)
+    return report if peers is None else peers.merge(report)
+
+
 async def readyz(request: Request) -> Response:
     """200 only when this node measured, seconds ago, that it can deliver; else 503."""
-    report = readiness_report(_services(request))
+    report = node_readiness(request)
     return JSONResponse(report, status_code=200 if report["ready"] else 503, headers=_NO_STORE)
 
 
 async def metrics(request: Request) -> Response:
     services = _services(request)
-    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    own = generate_latest(services.metrics.registry)
+    peers = _for_the_node(request)
+    return Response(own if peers is None else await peers.metrics(own), media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi(request: Request) -> Response:
     return JSONResponse(document(_services(request).settings.base_url))
 
 
-def status_document(services: Services) -> dict[str, Any]:
-    """What /status shows: readiness, canaries, devices, backlog, measured availability."""
-    report = readiness_report(services)
+def status_document(services: Services, report: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What /status shows: readiness (`report`: the node's, merged over its workers), canaries,
+    devices, backlog, measured availability."""
+    report = readiness_report(services) if report is None else report
     prober = services.prober
     live = services.live
     readiness = services.readiness
@@ -127,7 +148,7 @@ def status_document(services: Services) -> dict[str, Any]:
 
 async def status(request: Request) -> Response:
     """The public status page: HTML for browsers, JSON when asked (Accept or ?format=json)."""
-    body = status_document(_services(request))
+    body = status_document(_services(request), node_readiness(request))
     accept = request.headers.get("accept", "")
     wants_json = request.query_params.get("format") == "json" or (
         "application/json" in accept and "text/html" not in accept

@@ -26,6 +26,7 @@ from tocsin.delivery.model import Sender
 from tocsin.delivery.progress import Progress
 from tocsin.geo.gazetteer_mirror import AreasMirror
 from tocsin.health.readiness import Readiness
+from tocsin.health.workers import WorkerPeers
 from tocsin.pipeline.accept import Accept
 from tocsin.pipeline import Pipeline
 from tocsin.prober.probe import ProbeResult, Prober
@@ -205,6 +206,8 @@ class Services:
     readiness: Readiness | None = None
     # The listeners' limits and connection counts (app.py sets it; None in ASGI-only tests).
     edge: Edge | None = None
+    # WORKERS: the node's other worker processes (health/workers.py); None in a node of one.
+    peers: WorkerPeers | None = None
     started_monotonic: float = field(default_factory=time.monotonic)
     # Every account record, mirrored from the accounts bucket (app.py runs the mirror), and
     # each organisation's alert rate on this node (accounts/book.py, api/auth.py).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Coroutine
 from typing import Any
 import sys
@@ -27,25 +28,41 @@ def cli() -> None:
 @click.option("--listen", default=None, help="HOST:PORT to serve HTTP on (default 127.0.0.1:8080).")
 @click.option("--config", "config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="TOML file of settings (keys as in TOCSIN_<KEY>, lower case); or TOCSIN_CONFIG.")
-def serve(data_dir: Path | None, listen: str | None, config: Path | None) -> None:
+@click.option("--workers", type=int, default=None,
+              help="Processes sharing the node's ports (0: one per core; default 1, or TOCSIN_WORKERS).")
+def serve(data_dir: Path | None, listen: str | None, config: Path | None, workers: int | None) -> None:
     """Run a node: an embedded nats-server (unless TOCSIN_NATS_URL is set) and the HTTP API."""
-    from tocsin import app, logs
+    from tocsin import app, logs, workers as node_workers
 
+    overrides: dict[str, Any] = {"data_dir": data_dir, "listen": listen}
+    if workers is not None:
+        overrides["workers"] = workers
     try:
-        settings = Settings.from_env(config=config, data_dir=data_dir, listen=listen)
+        settings = Settings.from_env(config=config, **overrides)
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
     logs.setup(settings.log_level)
 
-    def ready(node: app.Node) -> None:
-        click.echo(f"tocsin {node.settings.node_name} serving on {node.url} (data in {node.settings.data_dir})")
-        if node.admin_token:
+    def said(name: str, url: str, data: Path, token: str | None, workers_note: str = "") -> None:
+        click.echo(f"tocsin {name} serving on {url}{workers_note} (data in {data})")
+        if token:
             click.echo("admin token, shown once; keep it safe:")
-            click.echo(f"  TOCSIN_TOKEN={node.admin_token}")
+            click.echo(f"  TOCSIN_TOKEN={token}")
         sys.stdout.flush()
 
+    def ready(node: app.Node) -> None:
+        said(node.settings.node_name, node.url, node.settings.data_dir, node.admin_token)
+
+    def ready_workers(node: node_workers.Started) -> None:
+        said(node.node_name, node.url, node.data_dir, node.admin_token, f" with {node.workers} workers")
+
+    if config is not None:  # the workers read the same file
+        os.environ["TOCSIN_CONFIG"] = str(config.resolve())
     try:
-        run_loop(app.serve(settings, ready))
+        if settings.workers == 1 or settings.is_worker:
+            run_loop(app.serve(settings, ready))
+        else:
+            run_loop(node_workers.serve_workers(settings, ready_workers))
     except KeyboardInterrupt:
         pass
     except (NatsServerError, StoreMisconfigured, SettingsError) as exc:

@@ -145,6 +145,7 @@ class Prober:
         on_result: Callable[[ProbeResult], None] = lambda result: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
+        instance: str = "",
     ) -> None:
         self.base_url = base_url
         self._token = token
@@ -162,7 +163,9 @@ class Prober:
         self._on_result = on_result
         self._clock = clock
         self._monotonic = monotonic
-        self._boot = f"{int(time.time() * 1000):x}"
+        # Probe identifiers: this start's, apart from another worker's of the node (`instance`).
+        self._instance = instance
+        self._boot = f"{int(time.time() * 1000):x}{instance}"
         self._issued = 0
         self._pending: dict[str, _Pending] = {}
         self._canaries: dict[str, Canary] = {}
@@ -237,7 +240,8 @@ class Prober:
 
     def _push_canaries(self, http: httpx.AsyncClient) -> list[Canary]:
         def registration(channel: str) -> Registration:
-            saved = None if self._canary_file is None else self._canary_file.with_name(f"canary-{channel}.json")
+            saved = None if self._canary_file is None else self._canary_file.with_name(
+                f"canary-{channel}{self._instance}.json")
             return Registration(http, self._token, saved, retry_max_s=max(self.interval_s, 1.0))
 
         found: list[Canary] = [WebPushCanary(http, registration("webpush"), node=node_token(self.node))] if self._webpush else []
