@@ -475,6 +475,8 @@ def _deliveries(services: Services, store: JetStreamStore,
     push senders and dispatch_concurrency > 0 (a node with 0 plans but leaves sending to the
     others)."""
     s = services.settings
+    if s.is_issuer_worker:  # WORKERS: no fan-out of any kind where issuers are answered
+        return None, None
     planner = Planner(nc=store.nats, js=store.jetstream, settings=s, index=services.pipeline.index,
                       devices=services.device_cache, channels=tuple(services.senders),
                       progress=services.progress, routes_for=routes_for or services.routes.names_for)
@@ -493,20 +495,22 @@ def _deliveries(services: Services, store: JetStreamStore,
 
 async def run_node(node: Node, ready: Callable[[Node], None] | None = None) -> None:
     """Serve until the server is told to exit; every task runs in one TaskGroup."""
-    shared = node.settings.is_worker
-    sockets = [bind(node.settings.listen, shared=shared)]
-    if node.settings.issuer_listen:
-        sockets.append(bind(node.settings.issuer_listen, shared=shared))
-    bound = [f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in sockets]
+    s = node.settings
+    shared = s.is_worker
+    # WORKERS: the issuer worker listens for issuers only; the others for everyone but them.
+    public = None if s.is_issuer_worker else bind(s.listen, shared=shared)
+    issuer = bind(s.issuer_listen, shared=shared) if s.issuer_listen else None
+    sockets = [sock for sock in (public, issuer) if sock is not None]
     # Port 0 in a setting: the port the system chose, for links, the prober and tests.
-    node.settings = node.settings.replace(
-        listen=f"{node.settings.host}:{sockets[0].getsockname()[1]}",
-        issuer_listen=bound[1] if len(bound) > 1 else "",
-    )
+    if public is not None:
+        node.settings = node.settings.replace(listen=f"{s.host}:{public.getsockname()[1]}")
+    if issuer is not None:
+        host, port = issuer.getsockname()[:2]
+        node.settings = node.settings.replace(issuer_listen=f"{host}:{port}")
     node.services.settings = node.settings
     edge = node.services.edge
-    if edge is not None and len(sockets) > 1:
-        edge.issuer_port = sockets[1].getsockname()[1]
+    if edge is not None and issuer is not None:
+        edge.issuer_port = issuer.getsockname()[1]
     if shared:
         sockets.append(_worker_peers(node))
     try:
@@ -655,11 +659,13 @@ def _start_routes(tasks: asyncio.TaskGroup, services: Services) -> list[asyncio.
     if worker is None:
         return []
     store = services.store
-    return [
+    mirrors = [
         tasks.create_task(store.routes.mirror(services.routes, first_pass=worker.loaded), name="routes-mirror"),
         tasks.create_task(store.route_status.mirror(services.route_status), name="route-status-mirror"),
-        tasks.create_task(worker.run(), name="route-worker"),
     ]
+    if services.settings.is_issuer_worker:  # WORKERS: the routes are posted from the other workers
+        return mirrors
+    return [*mirrors, tasks.create_task(worker.run(), name="route-worker")]
 
 
 def stop_on_signals(node: Node) -> None:

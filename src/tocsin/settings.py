@@ -308,6 +308,9 @@ class Settings:
     # and how many workers the node runs. -1: not a worker.
     worker_index: int = -1
     worker_count: int = 0
+    # "issuer": the worker that alone serves TOCSIN_ISSUER_LISTEN (when it is set), holding
+    # no device and sending nothing to gateways, so that no fan-out delays an issuer.
+    worker_role: str = ""
 
     @property
     def host(self) -> str:
@@ -342,6 +345,11 @@ class Settings:
     def worker_suffix(self) -> str:
         """What tells this worker's own files and counts apart ("" for a node of one process)."""
         return f"-w{self.worker_index}" if self.is_worker else ""
+
+    @property
+    def is_issuer_worker(self) -> bool:
+        """The worker that serves only the issuer listener (docs/workers.md)."""
+        return self.is_worker and self.worker_role == "issuer"
 
     @property
     def primary(self) -> bool:
@@ -440,6 +448,9 @@ def _check(settings: Settings) -> None:
                             "a send in flight must not be handed to another dispatcher")
     if settings.dispatch_concurrency < 0 or settings.breaker_failures < 1:
         raise SettingsError("TOCSIN_DISPATCH_CONCURRENCY must be 0 or more, TOCSIN_BREAKER_FAILURES 1 or more")
+    if settings.worker_role not in ("", "issuer") or (settings.worker_role and not settings.issuer_listen):
+        raise SettingsError(f"TOCSIN_WORKER_ROLE must be empty or issuer (with TOCSIN_ISSUER_LISTEN), "
+                            f"got {settings.worker_role!r}; the supervisor sets it")
     if not 0 <= settings.workers <= 256:
         raise SettingsError(f"TOCSIN_WORKERS / --workers must be within 0..256 (0: one per core), got {settings.workers}")
     if settings.worker_index >= 0 and not settings.worker_index < settings.worker_count:

@@ -8,7 +8,9 @@ a whole node in every other respect: it listens on the same ports (SO_REUSEPORT:
 spreads new connections over the listening workers), follows the stream, holds its own live
 devices and audience index, probes itself through its own canary, and speaks for the node at
 `/readyz` and `/metrics` (health/workers.py). Worker 0 also runs the node's single tasks (the
-reconciler of the ledger, the device snapshots, the heartbeat).
+reconciler of the ledger, the device snapshots, the heartbeat). With TOCSIN_ISSUER_LISTEN set,
+one worker more serves that listener alone: it accepts alerts and answers issuers, holds no
+device connection and sends nothing to gateways, so that no fan-out ever delays an issuer.
 
 A worker that exits is started again (after 0.5 s, doubling to 30 s while it keeps failing
 within a minute of its start); its devices reconnect and land on the other workers meanwhile.
@@ -64,12 +66,14 @@ class Started:
     url: str
     data_dir: Path
     workers: int
+    issuer_url: str  # the issuer worker's listener, when TOCSIN_ISSUER_LISTEN is set
     admin_token: str | None
 
 
 @dataclass(slots=True)
 class _Worker:
     index: int
+    env: dict[str, str] = field(default_factory=dict)  # this worker's own settings
     process: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
     delay_s: float = RESTART_FIRST_S
@@ -86,11 +90,19 @@ class Supervisor:
     workers: list[_Worker] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
+    issuer_listen: str = ""  # with one: a worker more, for issuers alone
+
     def __post_init__(self) -> None:
-        self.workers = [_Worker(i) for i in range(self.count)]
+        total = self.count + (1 if self.issuer_listen else 0)
+        devices = {"TOCSIN_ISSUER_LISTEN": "", "TOCSIN_WORKER_COUNT": str(total)}
+        self.workers = [_Worker(i, devices) for i in range(self.count)]
+        if self.issuer_listen:
+            self.workers.append(_Worker(self.count, {
+                "TOCSIN_ISSUER_LISTEN": self.issuer_listen, "TOCSIN_WORKER_ROLE": "issuer",
+                "TOCSIN_WORKER_COUNT": str(total)}))
 
     async def _spawn(self, worker: _Worker) -> None:
-        env = {**self.env, "TOCSIN_WORKER_INDEX": str(worker.index)}
+        env = {**self.env, **worker.env, "TOCSIN_WORKER_INDEX": str(worker.index)}
         worker.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tocsin.workers", env=env, stdin=asyncio.subprocess.DEVNULL)
         worker.started_at = time.monotonic()
@@ -188,9 +200,7 @@ async def serve_workers(settings: Settings, ready: Callable[[Started], None] | N
             stack.callback(sock.close)
         env = {
             **os.environ,
-            "TOCSIN_DATA_DIR": str(settings.data_dir), "TOCSIN_LISTEN": held[0][1],
-            "TOCSIN_ISSUER_LISTEN": held[1][1] if len(held) > 1 else "",
-            "TOCSIN_WORKERS": "1", "TOCSIN_WORKER_COUNT": str(count),
+            "TOCSIN_DATA_DIR": str(settings.data_dir), "TOCSIN_LISTEN": held[0][1], "TOCSIN_WORKERS": "1",
             # The node's connection budget, shared out (per source and per device stay per worker).
             "TOCSIN_MAX_CONNECTIONS": str(math.ceil(settings.max_connections / count)),
         }
@@ -199,7 +209,8 @@ async def serve_workers(settings: Settings, ready: Callable[[Started], None] | N
                         "TOCSIN_NATS_USER": prepared.login[0],
                         "TOCSIN_NATS_PASSWORD_FILE": str(settings.nats_password_path)})
         await prepared.nc.close()  # the supervisor itself reads nothing from the store
-        supervisor = Supervisor(settings=settings, count=count, env=env)
+        supervisor = Supervisor(settings=settings, count=count, env=env,
+                                issuer_listen=held[1][1] if len(held) > 1 else "")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, supervisor.stopping.set)
@@ -210,6 +221,7 @@ async def serve_workers(settings: Settings, ready: Callable[[Started], None] | N
             if ready is not None:
                 url = settings.public_url or f"http://{held[0][1]}"
                 ready(Started(node_name=settings.node_name, url=url, data_dir=settings.data_dir, workers=count,
+                              issuer_url=f"http://{held[1][1]}" if len(held) > 1 else "",
                               admin_token=prepared.admin_token))
             watching = asyncio.create_task(supervisor.watch(), name="workers")
             await supervisor.stopping.wait()

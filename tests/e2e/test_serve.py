@@ -31,6 +31,7 @@ TOCSIN = [sys.executable, "-m", "tocsin.cli.main"]
 class Served:
     process: asyncio.subprocess.Process
     url: str = ""
+    said: str = ""  # the line that says where it serves
     token: str | None = None
     stderr: list[str] = field(default_factory=list)
     _lines: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
@@ -72,7 +73,7 @@ async def tocsin_serve(data: Path, *args: str, **env: str) -> AsyncIterator[Serv
             first = (await process.stdout.readline()).decode()
             match = re.search(r"serving on (\S+)", first)
             assert match, first + "\n".join(served.stderr)
-            served.url = match.group(1)
+            served.url, served.said = match.group(1), first
             if not (data / "second-start").exists():
                 assert "admin token" in (await process.stdout.readline()).decode()
                 served.token = (await process.stdout.readline()).decode().strip().split("=", 1)[1]
@@ -83,6 +84,11 @@ async def tocsin_serve(data: Path, *args: str, **env: str) -> AsyncIterator[Serv
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
+        # Until every holder of its pipes is gone (the end of both): no pipe outlives the test.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await process.stdout.read()
+                await pump
         pump.cancel()
 
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -154,3 +155,31 @@ async def test_sigterm_stops_every_worker_and_a_worker_without_its_supervisor_st
             return not any(_alive(pid) for pid in workers)
 
         await until_async(gone, 20)
+
+
+async def test_issuers_have_a_worker_of_their_own_that_holds_no_device(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with tocsin_serve(data, "--workers", "2", TOCSIN_ISSUER_LISTEN="127.0.0.1:0", **FAST) as served:
+        match = re.search(r"issuers: (http://\S+), a worker of their own", served.said)
+        assert match, served.said
+        issuer_url = match.group(1)
+        assert _entry(data, 2)["url"]  # workers 0 and 1 for devices, 2 for issuers
+        async with httpx.AsyncClient(base_url=served.url, timeout=10) as http:
+            tokens = [(await register(http, *IN_PARIS, tests=True))["token"] for _ in range(DEVICES)]
+            async with _devices(served, tokens) as devices:
+                # Every device is on a device worker; the issuer worker holds its canary alone.
+                held = [await _connected(http, _entry(data, i)["url"]) for i in (0, 1, 2)]
+                assert held[2] == 1 and held[0] + held[1] == DEVICES + 2, held
+                await until_async(lambda: _green(served.url), 20)
+                detail = (await _node_readiness(served.url))["checks"]["workers"]["detail"]
+                assert detail == "3 workers ready", detail
+                auth = {"Authorization": f"Bearer {served.token}", "Content-Type": "application/cap+xml"}
+                async with httpx.AsyncClient(base_url=issuer_url, timeout=10) as issuer:
+                    answer = await issuer.post("/api/v1/alerts", content=alert_xml(status="Exercise"), headers=auth)
+                    assert answer.status_code == 201, answer.text
+                    assert (await issuer.get("/readyz")).json()["checks"]["workers"]["detail"] == "3 workers ready"
+                for device in devices:
+                    assert (await device.next_alert())["id"] == answer.json()["id"]
+            # The issuer worker plans and sends nothing: gateway deliveries are the others' work.
+            logged = "\n".join(served.stderr)
+            assert '"msg": "alert planned"' in logged

@@ -54,7 +54,8 @@ def serve(data_dir: Path | None, listen: str | None, config: Path | None, worker
         said(node.settings.node_name, node.url, node.settings.data_dir, node.admin_token)
 
     def ready_workers(node: node_workers.Started) -> None:
-        said(node.node_name, node.url, node.data_dir, node.admin_token, f" with {node.workers} workers")
+        issuers = f" (issuers: {node.issuer_url}, a worker of their own)" if node.issuer_url else ""
+        said(node.node_name, node.url, node.data_dir, node.admin_token, f" with {node.workers} workers{issuers}")
 
     if config is not None:  # the workers read the same file
         os.environ["TOCSIN_CONFIG"] = str(config.resolve())
