@@ -18,6 +18,11 @@ processes (default: one per 15,000 devices, each under the open-files limit), th
 addresses spread over 127.0.0.2-201 so that ports never run out; a round's last device is the
 last over every fleet. Several workers need cores of their own: use `--no-pin` for them.
 
+`--issuer-probe`: tocsin runs with an issuer listener (TOCSIN_ISSUER_LISTEN; with workers, the
+issuer worker of docs/workers.md serves it), and while each burst fans out, one issuer posts
+alerts one after the other (an area no device is in, so they add no fan-out), alternately on
+the issuer port and on the public port: their 201 latencies, p50 and p99 per port.
+
 Systems: `c-sse` (bench/baselines/sse_server.c, compiled with gcc here), `py-sse`
 (bench/baselines/uvloop_sse.py), `tocsin-sse` and `tocsin-ws` (`tocsin serve`, the embedded
 default, alerts issued through `POST /api/v1/alerts`), `nats` (nats-server core pub/sub,
@@ -42,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -53,7 +59,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.fleet import MQTT_TOPIC, NATS_SUBJECT, raise_nofile  # noqa: E402
+from bench.fleet import MQTT_TOPIC, NATS_SUBJECT, percentile, raise_nofile  # noqa: E402
 from bench.serve_bench import (  # noqa: E402
     DISPLAY_POLYGON, Fleet, Server, alerts_request_head, answer_head, free_port, issuer_client, machine, stop_pid,
 )
@@ -307,6 +313,8 @@ class Phase:
     publisher: Publisher
     stop: Callable[[], None]
     fleet_extra: tuple[str, ...] = ()
+    issuer_url: str = ""  # tocsin's issuer listener (--issuer-probe)
+    issuer_token: str = ""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -318,6 +326,7 @@ class Bench:
     tocsin: Server | None = None
     registered: int = 0
     binary: Path | None = None
+    nofile: int = 20_000
     results: list[dict[str, Any]] = field(default_factory=list)
 
     def popen(self, cmd: list[str], log: str) -> subprocess.Popen[bytes]:
@@ -371,10 +380,12 @@ class Bench:
                      publisher=publisher, stop=lambda: (publisher.close(), stop_pid(process, signal.SIGTERM, 10)))
 
     def tocsin_phase(self, protocol: str, workers: int = 1) -> Phase:
+        env = {"TOCSIN_WORKERS": str(workers), "TOCSIN_MAX_CONNECTIONS": str(max(self.args.devices) + 2000)}
+        issuer_port = free_port() if self.args.issuer_probe else 0
+        if issuer_port:
+            env["TOCSIN_ISSUER_LISTEN"] = f"127.0.0.1:{issuer_port}"
         server = Server(data_dir=self.workdir / "tocsin-data", port=free_port(),
-                        admin_token=self.args_token, launcher=taskset(self.args.server_cpu),
-                        extra_env={"TOCSIN_WORKERS": str(workers),
-                                   "TOCSIN_MAX_CONNECTIONS": str(max(self.args.devices) + 2000)})
+                        admin_token=self.args_token, launcher=taskset(self.args.server_cpu), extra_env=env)
         self.stack.callback(server.stop)
         server.start()
         if self.registered < max(self.args.devices):
@@ -386,6 +397,7 @@ class Bench:
             pids=lambda: server.pids(),
             url=server.url, publisher=publisher, stop=lambda: (publisher.close(), server.stop()),
             fleet_extra=("--tokens", str(self.workdir / "devices.json"), "--after", str(after)),
+            issuer_url=f"http://127.0.0.1:{issuer_port}" if issuer_port else "", issuer_token=server.issuer_token,
         )
 
     @property
@@ -432,7 +444,12 @@ class Bench:
         self.stack.callback(stop_pid, process, signal.SIGINT, 20)
         return process
 
-    def measure(self, system: str, devices: int) -> dict[str, Any]:
+    def measure(self, system: str, devices: int) -> dict[str, Any] | None:
+        workers = int(system.partition("/w")[2] or 1)
+        if system.startswith("tocsin") and devices / workers > self.nofile - FD_RESERVE:
+            say(f"{system} x{devices}: skipped: {devices / workers:.0f} connections per process, over the "
+                f"open-files limit {self.nofile} less {FD_RESERVE}; more workers hold them")
+            return None
         phase = self.start(system)
         count = self.args.fleets or -(-devices // FLEET_DEVICES)
         shares = [devices // count + (1 if k < devices % count else 0) for k in range(count)]
@@ -467,10 +484,15 @@ class Bench:
                 fleet.send(cmd="mark")
                 fleet.expect("mark", 30)
                 server_cpu = cpu_s(phase.pids())
+                probe = IssuerProbe(phase) if phase.issuer_url else None
                 issued_at, seqs = phase.publisher.publish(self.args.burst)
+                if probe is not None:
+                    probe.start()
                 fleet.send(cmd="burst", seqs=seqs, issued_at=issued_at)
                 burst = fleet.expect("burst", 180)
                 burst["server_cpu_s"] = cpu_s(phase.pids()) - server_cpu
+                if probe is not None:
+                    burst["issuer"] = probe.stop()
             fleet.send(cmd="stop")
             summary = fleet.expect("summary", 60)
             if spy is not None:
@@ -486,6 +508,53 @@ class Bench:
         return result
 
 
+class IssuerProbe:
+    """While a burst fans out: alerts one after the other, alternately on the issuer port and
+    on the public port, over an area no device is in; the 201 latency of each."""
+
+    AREA = "43.25,5.30 43.25,5.45 43.35,5.45 43.35,5.30 43.25,5.30"  # Marseille: no bench device
+
+    def __init__(self, phase: Phase) -> None:
+        self.ports = {"issuer": RawHttp(phase.issuer_url, phase.issuer_token, 1),
+                      "public": RawHttp(phase.url, phase.issuer_token, 1)}
+        self.latencies: dict[str, list[float]] = {name: [] for name in self.ports}
+        self.refused: dict[str, int] = {name: 0 for name in self.ports}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="issuer-probe")
+        self._n = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, http in self.ports.items():
+                self._n += 1
+                document = alert_xml(polygon=self.AREA, headline=f"issuer probe {self._n}", expires_in_s=60)
+                started = time.perf_counter()
+                _, answers = http.send([document])
+                elapsed = time.perf_counter() - started
+                if answers[0][0] == 201:
+                    self.latencies[name].append(elapsed * 1000)
+                else:
+                    self.refused[name] += 1
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join(timeout=60)
+        for http in self.ports.values():
+            http.close()
+        out: dict[str, Any] = {}
+        for name, values in self.latencies.items():
+            values.sort()
+            out[name] = {"requests": len(values), "refused": self.refused[name],
+                         "p50_ms": round(percentile(values, 50), 2) if values else None,
+                         "p99_ms": round(percentile(values, 99), 2) if values else None,
+                         "max_ms": round(values[-1], 2) if values else None}
+        return out
+
+
+FD_RESERVE = 1_500  # files a tocsin process keeps for NATS, the ledger, logs and its peers
 FLEET_DEVICES = 15_000  # per fleet process by default: under the open-files limit (20,000 here)
 
 
@@ -572,7 +641,14 @@ def line_for(r: dict[str, Any]) -> str:
     b = r["burst"] or {}
     return (f"{r['system']:<11} {r['devices']:>6} last {r['last_min_ms']:7.1f} {r['last_median_ms']:7.1f} "
             f"{r['last_max_ms']:7.1f} ms  burst {b.get('per_s', 0):9.0f}/s  missing {r['missing']} "
-            f"dup {r['duplicates']} lost {r['lost']}")
+            f"dup {r['duplicates']} lost {r['lost']}" + issuer_line(b.get("issuer")))
+
+
+def issuer_line(probe: dict[str, Any] | None) -> str:
+    if not probe:
+        return ""
+    return "  issuer 201 during the burst: " + ", ".join(
+        f"{port} p50 {p['p50_ms']} ms p99 {p['p99_ms']} ms ({p['requests']} requests)" for port, p in probe.items())
 
 
 def table(report: dict[str, Any]) -> str:
@@ -642,6 +718,10 @@ def ratios(results: list[dict[str, Any]]) -> list[str]:
                        f"{'met' if wl <= 1.2 * c else 'NOT met'}); {wr:.0f} deliveries/s = {wr / tr:.2f}x one "
                        f"worker (target >= 1.6x with 2: {'met' if wr >= 1.6 * tr else 'NOT met'}); "
                        f"{w['kb_per_device']:.1f} KB per connected device")
+        for name, w in sorted(by.items()):
+            probe = (w.get("burst") or {}).get("issuer")
+            if probe:
+                out.append(f"  N={n}: {name}{issuer_line(probe)} (target p99 < 50 ms on 100,000)")
         if "tocsin-ws" in by:
             w = by["tocsin-ws"]
             out.append(f"  N={n}: tocsin-ws last device {w['last_median_ms']:.1f} ms = {w['last_median_ms'] / c:.2f}x C,"
@@ -680,6 +760,8 @@ def main() -> None:
     parser.add_argument("--profile", default="", help="py-spy tocsin during its phases; raw stacks in this directory")
     parser.add_argument("--workers", default="1", help="comma-separated worker counts for tocsin's phases")
     parser.add_argument("--fleets", type=int, default=0, help=f"fleet processes (0: one per {FLEET_DEVICES} devices)")
+    parser.add_argument("--issuer-probe", action="store_true",
+                        help="201 latency on the issuer port and the public port while bursts fan out")
     args = parser.parse_args()
     args.devices = [int(n) for n in args.devices.split(",") if n]
     counts = [int(n) for n in args.workers.split(",") if n]
@@ -701,11 +783,13 @@ def main() -> None:
     ok = False
     with ExitStack() as stack:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-        bench = Bench(args=args, workdir=workdir, stack=stack, payload=payload)
+        bench = Bench(args=args, workdir=workdir, stack=stack, payload=payload, nofile=nofile)
         try:
             for devices in args.devices:
                 for system in systems:
-                    bench.results.append(bench.measure(system, devices))
+                    result = bench.measure(system, devices)
+                    if result is not None:
+                        bench.results.append(result)
             ok = all(r["complete"] for r in bench.results)
         finally:
             if args.keep or not ok:
