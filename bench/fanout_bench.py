@@ -241,22 +241,39 @@ class RawHttp:
     HTTP library's own per-request Python (about a millisecond for httpx) would be counted
     as tocsin's time."""
 
+    # The node closes a connection idle longer than its keep-alive (5 s) or whose next request
+    # has not begun within TOCSIN_HEADER_TIMEOUT_S (10 s): idle this long, connect again first.
+    IDLE_S = 4.0
+
     def __init__(self, url: str, token: str, connections: int) -> None:
         parts = urlsplit(url)
+        self.address = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.head = alerts_request_head(url, token)
+        self.count = connections
+        self.socks: list[socket.socket] = []
+        self.used = 0.0
+        self._connect()
+
+    def _connect(self) -> None:
+        self.close()
         self.socks = []
-        for _ in range(connections):
-            sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=60)
+        for _ in range(self.count):
+            sock = socket.create_connection(self.address, timeout=60)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.socks.append(sock)
+        self.used = time.monotonic()
 
     def send(self, documents: list[bytes]) -> tuple[float, list[tuple[int, bytes]]]:
         """POST each document on its own connection, all sent before any answer is read."""
+        if time.monotonic() - self.used > self.IDLE_S:  # before the clock starts
+            self._connect()
         requests = [self.head + b"Content-Length: %d\r\n\r\n" % len(d) + d for d in documents]
         sent_at = time.time()
         for sock, request in zip(self.socks, requests):
             sock.sendall(request)
-        return sent_at, [self._answer(sock) for sock in self.socks[: len(documents)]]
+        answers = [self._answer(sock) for sock in self.socks[: len(documents)]]
+        self.used = time.monotonic()
+        return sent_at, answers
 
     @staticmethod
     def _answer(sock: socket.socket) -> tuple[int, bytes]:

@@ -67,6 +67,7 @@ OUTSIDE_BOX = (45.72, 4.78, 45.79, 4.88)
 # backlog (4096) never overflows.
 CONNECT_PARALLEL = 256
 REGISTER_PARALLEL = 32
+REGISTER_ATTEMPTS = 3
 SOURCE_ADDRESSES = 200
 # After the last expected device has the alert, wait this long for duplicates/strays.
 SETTLE_S = 0.3
@@ -486,7 +487,14 @@ async def register(url: str, count: int, outside_share: float, seed: int) -> lis
     async def worker(http: httpx.AsyncClient) -> None:
         for i in next_index:
             box = OUTSIDE_BOX if i in outside else INSIDE_BOX
-            response = await http.post("/api/v1/devices", json={"points": [random_point(rng, box)]})
+            point = random_point(rng, box)
+            for attempt in range(REGISTER_ATTEMPTS):  # a connection cut under load: a new one
+                try:
+                    response = await http.post("/api/v1/devices", json={"points": [point]})
+                    break
+                except httpx.TransportError:
+                    if attempt == REGISTER_ATTEMPTS - 1:
+                        raise
             if response.status_code != 201:
                 raise RuntimeError(f"registration {i} refused: {response.status_code} {response.text[:200]}")
             body = response.json()
