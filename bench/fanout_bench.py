@@ -483,6 +483,9 @@ class Bench:
             ready = fleet.expect("ready", READY_TIMEOUT_S)
             rss_after = rss_mb(phase.pids())
             say(f"{system} x{devices}: {count} fleet(s) ready in {ready['connect_s']:.1f} s")
+            if system.startswith("tocsin"):  # the node settled after the connection storm
+                settled = wait_ready(phase.url, READY_TIMEOUT_S)
+                say(f"{system} x{devices}: /readyz green {settled:.1f} s after the fleet was ready")
             spy = self.profiler(phase, devices)
             rounds = []
             for n in range(1, self.args.rounds + 1):
@@ -573,6 +576,22 @@ class IssuerProbe:
 
 FD_RESERVE = 1_500  # files a tocsin process keeps for NATS, the ledger, logs and its peers
 FLEET_DEVICES = 15_000  # per fleet process by default: under the open-files limit (20,000 here)
+
+
+def wait_ready(url: str, timeout_s: float) -> float:
+    """Seconds until the node's /readyz answers 200 (a node busy with many reconnects is slow
+    to read a request: the issuer's first alert would meet its header timeout)."""
+    import httpx
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url}/readyz not green within {timeout_s} s")
 
 
 def rss_mb(pids: list[int]) -> float:
