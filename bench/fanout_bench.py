@@ -252,6 +252,7 @@ class RawHttp:
         self.count = connections
         self.socks: list[socket.socket] = []
         self.used = 0.0
+        self.fresh = connections  # connections used since they were opened
         self._connect()
 
     def _connect(self) -> None:
@@ -265,8 +266,11 @@ class RawHttp:
 
     def send(self, documents: list[bytes]) -> tuple[float, list[tuple[int, bytes]]]:
         """POST each document on its own connection, all sent before any answer is read."""
-        if time.monotonic() - self.used > self.IDLE_S:  # before the clock starts
+        # Before the clock starts: a connection opened or last used too long ago is one the
+        # node has closed (or is about to); the burst's connections sit unused over the rounds.
+        if time.monotonic() - self.used > self.IDLE_S or len(documents) > self.fresh:
             self._connect()
+        self.fresh = len(documents)
         requests = [self.head + b"Content-Length: %d\r\n\r\n" % len(d) + d for d in documents]
         sent_at = time.time()
         for sock, request in zip(self.socks, requests):
