@@ -61,7 +61,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.fleet import MQTT_TOPIC, NATS_SUBJECT, percentile, raise_nofile  # noqa: E402
 from bench.serve_bench import (  # noqa: E402
-    DISPLAY_POLYGON, Fleet, Server, alerts_request_head, answer_head, free_port, issuer_client, machine, stop_pid,
+    DISPLAY_POLYGON, Fleet, Server, alerts_request_head, answer_head, free_port, issuer_client, machine, rss_bytes,
+    stop_pid,
 )
 from tests.samples import alert_xml  # noqa: E402
 
@@ -599,16 +600,8 @@ def wait_ready(url: str, timeout_s: float) -> float:
 
 
 def rss_mb(pids: list[int]) -> float:
-    """Resident memory of these processes (MB), from /proc/PID/status."""
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except (OSError, ValueError):
-            pass
-    return total / 1024
+    """Resident memory of these processes (MB)."""
+    return sum(rss_bytes(pid) for pid in pids) / 2**20
 
 
 class Fleets:

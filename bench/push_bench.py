@@ -51,6 +51,7 @@ import nats
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.serve_bench import rss_bytes  # noqa: E402
 from tocsin.api.device_records import record_json  # noqa: E402
 from tocsin.app import Node, open_node, run_node  # noqa: E402
 from tocsin.approval.automated import write_automated_source  # noqa: E402
@@ -156,12 +157,7 @@ class Fake:
         return cpu_s(self.process.pid)
 
     def rss_mb(self) -> float:
-        try:
-            status = Path(f"/proc/{self.process.pid}/status").read_text()
-        except OSError:
-            return 0.0
-        line = next((x for x in status.splitlines() if x.startswith("VmRSS:")), "VmRSS: 0 kB")
-        return int(line.split()[1]) / 1024
+        return rss_bytes(self.process.pid) / 2**20
 
 
 @dataclass

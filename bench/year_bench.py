@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.accept_bench import TocsinIssuer, accept_polygon, stats  # noqa: E402
-from bench.serve_bench import XML, machine, proc_cpu_s, run_in_workdir  # noqa: E402
+from bench.serve_bench import XML, machine, proc_cpu_s, rss_bytes, run_in_workdir  # noqa: E402
 from tests.samples import alert_xml  # noqa: E402
 from tocsin.cap.parse import parse_xml  # noqa: E402
 from tocsin.cap.render import to_xml  # noqa: E402
@@ -289,18 +289,6 @@ class ProbePreloader:
 
 
 # -- measuring a cluster --------------------------------------------------------------------
-
-
-def rss_bytes(pid: int | None) -> int:
-    if pid is None:
-        return 0
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def tree_bytes(path: Path) -> int:

@@ -343,7 +343,6 @@ class Prepared:
     """What a node (or a supervisor of workers) has once its store and keys are ready."""
 
     nats: NatsServer | None  # the embedded nats-server, when this process started one
-    servers: list[str]
     login: tuple[str, str]
     nc: Client
     store: JetStreamStore
@@ -382,7 +381,7 @@ async def prepare(settings: Settings, stack: AsyncExitStack) -> Prepared:
     signer = SigningKey.load_or_create(settings.signing_key_path)
     if webpush.enabled(settings):  # WEBPUSH: the VAPID key, made at first start
         webpush.vapid_key(settings)
-    return Prepared(nats=nats_server, servers=servers, login=login, nc=nc, store=store, gazetteer=gazetteer,
+    return Prepared(nats=nats_server, login=login, nc=nc, store=store, gazetteer=gazetteer,
                     admin_token=admin_token, prober_token=prober_token, signer=signer)
 
 

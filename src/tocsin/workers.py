@@ -34,7 +34,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tocsin.health.workers import read_entry, registry_dir
+from tocsin.health.workers import entry_path, read_entry, registry_dir
 from tocsin.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class Supervisor:
             if self.stopping.is_set():
                 return
             with contextlib.suppress(FileNotFoundError):  # the others see it gone at once
-                (registry_dir(self.settings.data_dir) / f"{worker.index}.json").unlink()
+                entry_path(self.settings.data_dir, worker.index).unlink()
             ran = time.monotonic() - worker.started_at
             worker.delay_s = RESTART_FIRST_S if ran >= STEADY_S else min(RESTART_MAX_S, worker.delay_s * 2)
             worker.restarts += 1

@@ -75,7 +75,6 @@ async def test_two_workers_share_the_port_speak_as_one_node_and_a_dead_one_comes
         assert served.token
         auth = {"Authorization": f"Bearer {served.token}", "Content-Type": "application/cap+xml"}
         async with httpx.AsyncClient(base_url=served.url, timeout=10) as http:
-            assert (await http.get("/readyz")).status_code in (200, 503)
             tokens = [(await register(http, *IN_PARIS, tests=True))["token"] for _ in range(DEVICES)]
             async with _devices(served, tokens) as devices:
                 privates = [_entry(data, i)["url"] for i in (0, 1)]

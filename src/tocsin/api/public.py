@@ -109,10 +109,10 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    services = _services(request)
-    own = generate_latest(services.metrics.registry)
+    registry = _services(request).metrics.registry
     peers = _for_the_node(request)
-    return Response(own if peers is None else await peers.metrics(own), media_type=CONTENT_TYPE_LATEST)
+    body = generate_latest(registry) if peers is None else await peers.metrics(lambda: generate_latest(registry))
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi(request: Request) -> Response:

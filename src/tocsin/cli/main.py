@@ -57,12 +57,12 @@ def serve(data_dir: Path | None, listen: str | None, config: Path | None, worker
         issuers = f" (issuers: {node.issuer_url}, a worker of their own)" if node.issuer_url else ""
         said(node.node_name, node.url, node.data_dir, node.admin_token, f" with {node.workers} workers{issuers}")
 
-    if config is not None:  # the workers read the same file
-        os.environ["TOCSIN_CONFIG"] = str(config.resolve())
     try:
         if settings.workers == 1 or settings.is_worker:
             run_loop(app.serve(settings, ready))
         else:
+            if config is not None:  # the workers read the same file (they inherit the environment)
+                os.environ["TOCSIN_CONFIG"] = str(config.resolve())
             run_loop(node_workers.serve_workers(settings, ready_workers))
     except KeyboardInterrupt:
         pass

@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import operator
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 # "this worker is ready" is ready for the node only when every worker's is).
 LEAST = frozenset({"tocsin_ready", "tocsin_readiness_check"})
 MOST = frozenset({"tocsin_canary_age_seconds", "tocsin_follower_behind_seconds", "tocsin_pending_deliveries"})
+# The node's /metrics reads the other workers at most this often: scrapes in between get the
+# same merge, so a flood of scrapes costs each worker one round of reads a second, not one each.
+METRICS_FRESH_S = 1.0
 
 
 def registry_dir(data_dir: Path) -> Path:
@@ -82,6 +87,9 @@ class WorkerPeers:
     timeout_s: float
     private_port: int = 0  # this worker's private listener: requests there are answered locally
     _answers: dict[int, _Answer] = field(default_factory=dict)
+    _http: httpx.AsyncClient | None = None  # while `run` runs: its connections to the others
+    _merged: tuple[float, bytes] | None = None  # the last merged metrics, and when
+    _merging: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def max_age_s(self) -> float:
@@ -94,10 +102,14 @@ class WorkerPeers:
     async def run(self) -> None:
         """Ask every other worker's /readyz each interval, all at once, each within the timeout."""
         async with httpx.AsyncClient(timeout=self.timeout_s) as http:
-            while True:
-                started = time.monotonic()
-                await asyncio.gather(*(self._ask(http, i) for i in self.others()))
-                await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
+            self._http = http
+            try:
+                while True:
+                    started = time.monotonic()
+                    await asyncio.gather(*(self._ask(http, i) for i in self.others()))
+                    await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
+            finally:
+                self._http = None
 
     async def _ask(self, http: httpx.AsyncClient, index: int) -> None:
         answer = self._answers.setdefault(index, _Answer())
@@ -157,22 +169,48 @@ class WorkerPeers:
         return {**own, "status": "not ready" if ordered else "ready", "ready": not ordered, "failing": ordered,
                 "checks": dict(sorted(checks.items()))}
 
-    async def metrics(self, own: bytes) -> bytes:
-        """The node's metrics: every worker's, read now from their private ports, merged."""
-        async def read(http: httpx.AsyncClient, index: int) -> str | None:
-            entry = read_entry(self.data_dir, index)
-            if entry is None:
-                return None
-            try:
-                response = await http.get(f"{entry['url']}/metrics")
-            except httpx.HTTPError:
-                return None
-            return response.text if response.status_code == 200 else None
+    async def metrics(self, own: Callable[[], bytes]) -> bytes:
+        """The node's metrics: every worker's, read from their private ports (at most once
+        every METRICS_FRESH_S, with the client `run` holds), merged."""
+        async with self._merging:
+            if self._merged is not None and time.monotonic() - self._merged[0] < METRICS_FRESH_S:
+                return self._merged[1]
+            http = self._http
+            theirs = [] if http is None else await asyncio.gather(*(self._metrics_of(http, i) for i in self.others()))
+            texts = [own().decode("utf-8"), *(t for t in theirs if t is not None)]
+            merged = merge_metrics(texts, configured=self.count)
+            self._merged = (time.monotonic(), merged)
+            return merged
 
-        async with httpx.AsyncClient(timeout=self.timeout_s) as http:
-            theirs = await asyncio.gather(*(read(http, i) for i in self.others()))
-        texts = [own.decode("utf-8"), *(t for t in theirs if t is not None)]
-        return merge_metrics(texts, configured=self.count)
+    async def _metrics_of(self, http: httpx.AsyncClient, index: int) -> str | None:
+        entry = read_entry(self.data_dir, index)
+        if entry is None:
+            return None
+        try:
+            response = await http.get(f"{entry['url']}/metrics")
+        except httpx.HTTPError:
+            return None
+        return response.text if response.status_code == 200 else None
+
+
+def _fold(family: str, sample: str) -> Any:
+    """How two workers' values of a sample make the node's: the earliest creation time, the
+    least or greatest of the gauges of LEAST and MOST, the sum of everything else."""
+    if sample.endswith("_created") or family in LEAST:
+        return min
+    if family in MOST:
+        return max
+    return operator.add
+
+
+class _Collected(Collector):
+    """Metric families already made, for generate_latest."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Any:
+        return iter(self._families)
 
 
 def merge_metrics(texts: list[str], *, configured: int) -> bytes:
@@ -187,15 +225,8 @@ def merge_metrics(texts: list[str], *, configured: int) -> bytes:
             samples = values[kept.name]
             for sample in family.samples:
                 key = (sample.name, tuple(sorted(sample.labels.items())))
-                if key not in samples:
-                    samples[key] = sample.value
-                elif family.name in LEAST:
-                    samples[key] = min(samples[key], sample.value)
-                elif family.name in MOST or sample.name.endswith("_created"):
-                    fold = min if sample.name.endswith("_created") else max
-                    samples[key] = fold(samples[key], sample.value)
-                else:
-                    samples[key] += sample.value
+                had = samples.get(key)
+                samples[key] = sample.value if had is None else _fold(family.name, sample.name)(had, sample.value)
     for name, family in families.items():
         for (sample_name, labels), number in values[name].items():
             family.add_sample(sample_name, dict(labels), number)
@@ -204,11 +235,6 @@ def merge_metrics(texts: list[str], *, configured: int) -> bytes:
     workers.add_sample("tocsin_workers", {"state": "configured"}, configured)
     workers.add_sample("tocsin_workers", {"state": "answering"}, len(texts))
     families["tocsin_workers"] = workers
-
-    class _Merged(Collector):
-        def collect(self) -> Any:
-            return iter(families.values())
-
     registry = CollectorRegistry()
-    registry.register(_Merged())
+    registry.register(_Collected(list(families.values())))
     return generate_latest(registry)
