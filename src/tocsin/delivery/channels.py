@@ -15,19 +15,20 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
-from tocsin.delivery.model import APNS, FCM, WEBPUSH, Sender
+from tocsin.delivery.model import APNS, FCM, FPAS, WEBPUSH, Sender
 from tocsin.errors import CHANNEL_UNAVAILABLE, Rejected
 from tocsin.settings import Settings
 
 
 def _module(channel: str) -> ModuleType:
-    from tocsin.channels import apns, fcm, webpush
+    from tocsin.channels import apns, fcm, fpas, webpush
 
-    return {WEBPUSH: webpush, FCM: fcm, APNS: apns}[channel]
+    return {WEBPUSH: webpush, FCM: fcm, APNS: apns, FPAS: fpas}[channel]
 
 
 def enabled_channels(settings: Settings) -> tuple[str, ...]:
-    return tuple(channel for channel in (WEBPUSH, FCM, APNS) if _module(channel).enabled(settings))
+    # FPAS: subscriptions of the FPAS client API (api/fpas.py), not registered through check_target.
+    return tuple(channel for channel in (WEBPUSH, FCM, APNS, FPAS) if _module(channel).enabled(settings))
 
 
 def check_target(channel: str, document: dict[str, Any], settings: Settings, *, canary: bool,
