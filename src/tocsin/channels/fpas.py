@@ -119,7 +119,9 @@ class FpasSender:
     async def post(self, push: Push, body: bytes) -> Result:
         """One payload to the subscription's endpoint."""
         if push.target.get("service") == UNIFIED_PUSH_ENCRYPTED:
-            return await self._webpush.send(replace(push, payload=body))
+            # No Topic: a push service replaces a pending message of the same Topic, and an
+            # Update's `removed` must not replace its `update` on a phone that is offline.
+            return await self._webpush.send(replace(push, payload=body, topic=""))
         return await self._post_plain(push, body)
 
     async def _post_plain(self, push: Push, body: bytes) -> Result:
