@@ -402,3 +402,6 @@ FPAS_PUSH_UNCONFIRMED = Problem(
 FPAS_SUBSCRIPTION_UNKNOWN = Problem("fpas.subscription-unknown", 404, "The subscription is unknown or expired: subscribe again.")
 FPAS_NO_SUBSCRIPTION = Problem("fpas.no-subscription", 400, "No valid subscription has that id.")
 FPAS_ALERT_UNKNOWN = Problem("fpas.alert-unknown", 404, "No active alert has that id.")
+FPAS_SUBSCRIPTIONS_FULL = Problem(
+    "fpas.subscriptions-full", 507, "This server holds as many FPAS subscriptions as it takes; unused ones expire, retry later."
+)

@@ -323,6 +323,9 @@ class Settings:
     fpas_terms_of_service: str = ""
     # The alert ids /alert/all and /alert/area answer at most (the newest first).
     fpas_max_listed: int = 500
+    # FPAS subscriptions this deployment holds at most (as this node's mirror counts them);
+    # past it a subscription is refused until unused ones expire.
+    fpas_max_subscriptions: int = 100_000
 
     @property
     def host(self) -> str:

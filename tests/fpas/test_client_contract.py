@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +43,25 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-async def node(tmp_path: Path, nats_server: NatsServer, fake: FakePushService, clock: FakeClock) -> AsyncIterator[Node]:
+@asynccontextmanager
+async def fpas_node(tmp_path: Path, nats_server: NatsServer, clock: FakeClock, **changes: Any) -> AsyncIterator[Node]:
+    """A node taking FPAS subscriptions to the fake push service on loopback."""
     settings = node_settings(tmp_path, nats_server, fpas_push_hosts="127.0.0.1", fpas_operator="Test operator",
                              push_ca_file=str(gateway_ca().ca_file), device_ttl_s=10 * 86400.0,
                              # Its own registry: the subscriptions here are this test's only.
-                             device_bucket=unique_name("FPAS_DEVICES"), device_bucket_max_bytes=8 * 1024**2)
+                             device_bucket=unique_name("FPAS_DEVICES"), device_bucket_max_bytes=8 * 1024**2,
+                             **changes)
     running = await start_node(settings, clock)
     try:
         yield running[0]
     finally:
         await stop_node(*running)
+
+
+@pytest.fixture
+async def node(tmp_path: Path, nats_server: NatsServer, fake: FakePushService, clock: FakeClock) -> AsyncIterator[Node]:
+    async with fpas_node(tmp_path, nats_server, clock) as started:
+        yield started
 
 
 @pytest.fixture
@@ -264,3 +273,17 @@ async def test_unknown_alerts_and_other_statuses_are_404(http: httpx.AsyncClient
             response = await http.get(path)
             assert response.status_code == 404 and _problem(response) == "fpas.alert-unknown", path
     assert (await http.get("/alert/area", params=PARIS)).json() == []
+
+
+async def test_past_the_subscription_limit_a_subscription_is_refused_until_one_goes(
+    tmp_path: Path, nats_server: NatsServer, fake: FakePushService, clock: FakeClock
+) -> None:
+    async with fpas_node(tmp_path, nats_server, clock, fpas_max_subscriptions=2) as small, \
+            httpx.AsyncClient(base_url=small.url, timeout=15) as http:
+        ids = [(await fosswarn_subscribe(http, fake, PARIS))[0].json()["subscription_id"] for _ in range(2)]
+        refused, sub = await fosswarn_subscribe(http, fake, PARIS)
+        assert refused.status_code == 507 and _problem(refused) == "fpas.subscriptions-full"
+        assert sub.received == []  # refused before any push
+        assert (await http.delete("/subscription/", params={"subscription_id": ids[0]})).status_code == 200
+        again, _ = await fosswarn_subscribe(http, fake, PARIS)
+        assert again.status_code == 200, again.text

@@ -38,7 +38,7 @@ from tocsin.delivery.model import FPAS, Outcome
 from tocsin.errors import (
     DEVICE_REGISTRY_FULL, DEVICE_TOO_MANY_UPDATES, FPAS_ALERT_UNKNOWN, FPAS_BOX_INVALID, FPAS_BOX_TOO_LARGE,
     FPAS_INVALID, FPAS_NO_SUBSCRIPTION, FPAS_PUSH_ENDPOINT_REFUSED, FPAS_PUSH_SERVICE_UNAVAILABLE,
-    FPAS_PUSH_UNCONFIRMED, FPAS_SUBSCRIPTION_UNKNOWN, RecordsFull, Rejected,
+    FPAS_PUSH_UNCONFIRMED, FPAS_SUBSCRIPTION_UNKNOWN, FPAS_SUBSCRIPTIONS_FULL, RecordsFull, Rejected,
 )
 from tocsin.geo.cells import CELL_RESOLUTION, cell_for_point, cover_of_shapes
 from tocsin.pipeline.index import Active, ActiveIndex
@@ -192,6 +192,9 @@ async def subscribe(request: Request) -> Response:
     """POST /subscription/: check, send the confirmation push, and only then store."""
     services = _services(request)
     _take_registration(request, services)  # before the body is read or parsed
+    held = services.device_cache.count(FPAS)
+    if held >= services.settings.fpas_max_subscriptions:
+        raise Rejected(FPAS_SUBSCRIPTIONS_FULL, f"{held} subscriptions; at most {services.settings.fpas_max_subscriptions}")
     device_id, target, cells = _new_subscription(_parse(await read_body(request, MAX_BODY_BYTES)), services)
     confirmation_id = str(uuid.uuid4())
     result = await _sender(services).confirm(target, device_id, confirmation_id)

@@ -24,7 +24,7 @@ _TEXT = {"content": {"text/plain": {"schema": {"type": "string"}}}}
 
 def _op(catalog: list[Problem], op_id: str, summary: str, ok: Json, **extra: Any) -> Json:
     responses: Json = {**ok, **_COMMON}
-    for status in (400, 404, 413, 429):
+    for status in (400, 404, 413, 429, 507):
         codes = [p for p in catalog if p.status == status and p.code.startswith(("fpas.", "request.", "device."))]
         if codes:
             responses.setdefault(str(status), _problems(catalog, status, ("fpas.", "request.", "device.")))
