@@ -21,6 +21,11 @@ characters, Content-Encoding not aes128gcm -> 400; a body over 4096 bytes -> 413
 201 with a Location. An accepted body the browser cannot decrypt is counted in
 `undecryptable` (a real service cannot know; the browser drops it).
 
+Plain UnifiedPush endpoints (the FPAS API's `UNIFIED_PUSH`, docs/fpas.md) come from
+`subscribe_plain()`: POST /up/<id> takes the body as the message itself (no keys, no
+VAPID, as a distributor's push server does): over 4096 bytes 413, an unknown endpoint 404,
+one unsubscribed 410, a failure told at run time, else 201.
+
 As a process, for the fault suite:
 
     python -m tests.fakes.webpush --port P --state FILE [--ca-dir DIR]

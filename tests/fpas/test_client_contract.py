@@ -287,3 +287,16 @@ async def test_past_the_subscription_limit_a_subscription_is_refused_until_one_g
         assert (await http.delete("/subscription/", params={"subscription_id": ids[0]})).status_code == 200
         again, _ = await fosswarn_subscribe(http, fake, PARIS)
         assert again.status_code == 200, again.text
+
+
+async def test_an_endpoint_its_push_server_says_is_gone_ends_the_subscription(
+    http: httpx.AsyncClient, fake: FakePushService, node: Node
+) -> None:
+    response, sub = await kpublicalerts_subscribe(http, fake, PARIS)
+    subscription_id = response.json()["subscription_id"]
+    fake.unsubscribe(sub.endpoint)  # the distributor dropped the app's registration: 410
+    await issue(http)
+    device_id = "fpas_" + uuid.UUID(subscription_id).hex
+    await until(lambda: device_id not in node.services.device_cache, timeout_s=15)
+    beat = await http.put("/subscription/", params={"subscription_id": subscription_id})
+    assert beat.status_code == 404  # what makes the client subscribe again
