@@ -279,11 +279,20 @@ def _is_listed(active: Active, index: ActiveIndex) -> bool:
             and active.stored.envelope.alert_id not in index.superseded)
 
 
+def _with_ancestors(cells: list[str]) -> frozenset[str]:
+    """`cells` and every coarser cell holding one: a compacted cover touches one of `cells`
+    exactly when one of its cells is in this set (at most 7 per cell at resolution 6)."""
+    return frozenset(h3.cell_to_parent(cell, res) for cell in cells for res in range(CELL_RESOLUTION + 1))
+
+
 def listed(index: ActiveIndex, cells: list[str], now_s: float, limit: int) -> list[str]:
-    """The ids of the listed active alerts that reach any of `cells`, the newest first."""
+    """The ids of the listed active alerts that reach any of `cells`, the newest first.
+    Each alert costs one set test of at most its cover's or the cells' size (`isdisjoint`
+    walks the smaller), not a walk per cell: an anonymous /alert/area stays cheap."""
+    wanted = _with_ancestors(cells)
     found = [active for active in index.active.values()
              if _is_listed(active, index) and active.expires_at.timestamp() > now_s
-             and any(active.reaches(cell) for cell in cells)]
+             and (active.everywhere or not wanted.isdisjoint(active.cover.cells))]
     found.sort(key=lambda active: active.stored.seq, reverse=True)
     return [str(active.stored.envelope.alert_id) for active in found[:limit]]
 
