@@ -300,3 +300,10 @@ async def test_an_endpoint_its_push_server_says_is_gone_ends_the_subscription(
     await until(lambda: device_id not in node.services.device_cache, timeout_s=15)
     beat = await http.put("/subscription/", params={"subscription_id": subscription_id})
     assert beat.status_code == 404  # what makes the client subscribe again
+
+
+async def test_the_device_api_registers_no_fpas_device(http: httpx.AsyncClient) -> None:
+    response = await http.post("/api/v1/devices", json={"channel": "fpas", "cells": [], "points": [
+        {"lat": 48.85, "lon": 2.35}]})
+    assert response.status_code == 422 and _problem(response) == "device.channel-unavailable"
+    assert "fpas" not in response.json()["detail"].split("through")[-1]
