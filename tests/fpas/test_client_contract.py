@@ -307,3 +307,20 @@ async def test_the_device_api_registers_no_fpas_device(http: httpx.AsyncClient) 
         {"lat": 48.85, "lon": 2.35}]})
     assert response.status_code == 422 and _problem(response) == "device.channel-unavailable"
     assert "fpas" not in response.json()["detail"].split("through")[-1]
+
+
+async def test_a_deployment_without_fpas_push_hosts_takes_no_subscription_but_lists_alerts(
+    tmp_path: Path, nats_server: NatsServer, fake: FakePushService, clock: FakeClock
+) -> None:
+    async with fpas_node(tmp_path, nats_server, clock, fpas_push_hosts="") as off, \
+            httpx.AsyncClient(base_url=off.url, timeout=15) as http:
+        status = (await http.get("/config/server_status")).json()
+        assert status["supported_push_services"] == {"UNIFIED_PUSH": False, "UNIFIED_PUSH_ENCRYPTED": False,
+                                                     "APN": False, "FIREBASE": False}
+        endpoint = fake.subscribe_plain()
+        refused = await http.post("/subscription/", json={"token": endpoint, "push_service": "UNIFIED_PUSH", **PARIS})
+        assert refused.status_code == 400 and _problem(refused) == "fpas.push-service-unavailable"
+        assert fake.subscription(endpoint).requests == 0
+        alert_id, _ = await issue(http)
+        await until(lambda: alert_id in off.services.pipeline.index.by_id)
+        assert (await http.get("/alert/area", params=PARIS)).json() == [alert_id]

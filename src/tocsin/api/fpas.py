@@ -348,13 +348,13 @@ async def alert_cap(request: Request) -> Response:
 async def server_status(request: Request) -> Response:
     """GET /config/server_status: who runs this server and which push services it takes."""
     settings = _services(request).settings
-    encrypted = FPAS in _services(request).senders
+    taken = FPAS in _services(request).senders  # subscriptions are taken (TOCSIN_FPAS_PUSH_HOSTS)
     return JSONResponse({
         "server_version": SERVER_VERSION,
         "server_operator": settings.fpas_operator,
         "privacy_notice": settings.fpas_privacy_notice,
         "terms_of_service": settings.fpas_terms_of_service,
         "congestion_state": 1,
-        "supported_push_services": {"UNIFIED_PUSH": encrypted, "UNIFIED_PUSH_ENCRYPTED": encrypted,
+        "supported_push_services": {"UNIFIED_PUSH": taken, "UNIFIED_PUSH_ENCRYPTED": taken,
                                     "APN": False, "FIREBASE": False},
     })
