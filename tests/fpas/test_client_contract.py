@@ -46,11 +46,11 @@ def clock() -> FakeClock:
 @asynccontextmanager
 async def fpas_node(tmp_path: Path, nats_server: NatsServer, clock: FakeClock, **changes: Any) -> AsyncIterator[Node]:
     """A node taking FPAS subscriptions to the fake push service on loopback."""
-    settings = node_settings(tmp_path, nats_server, fpas_push_hosts="127.0.0.1", fpas_operator="Test operator",
-                             push_ca_file=str(gateway_ca().ca_file), device_ttl_s=10 * 86400.0,
-                             # Its own registry: the subscriptions here are this test's only.
-                             device_bucket=unique_name("FPAS_DEVICES"), device_bucket_max_bytes=8 * 1024**2,
-                             **changes)
+    fpas: dict[str, Any] = {"fpas_push_hosts": "127.0.0.1", "fpas_operator": "Test operator",
+                            "push_ca_file": str(gateway_ca().ca_file), "device_ttl_s": 10 * 86400.0,
+                            # Its own registry: the subscriptions here are this test's only.
+                            "device_bucket": unique_name("FPAS_DEVICES"), "device_bucket_max_bytes": 8 * 1024**2}
+    settings = node_settings(tmp_path, nats_server, **{**fpas, **changes})
     running = await start_node(settings, clock)
     try:
         yield running[0]
