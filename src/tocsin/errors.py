@@ -384,3 +384,24 @@ CAP_COORDINATE_OUT_OF_RANGE = Problem(
 CAP_CIRCLE_INVALID = Problem("cap.circle-invalid", 422, "A circle must read lat,lon radius, the radius in km and not negative.")
 CAP_CEILING_WITHOUT_ALTITUDE = Problem("cap.ceiling-without-altitude", 422, "An area with a ceiling must also give its altitude.")
 CAP_DEREF_URI_NOT_BASE64 = Problem("cap.deref-uri-not-base64", 422, "A resource's derefUri must hold base64-encoded data.")
+
+# FPAS: the FOSS Public Alert Server client API (docs/fpas.md). Its clients read the status
+# only: 400 for every refused request, 404 for a subscription that is no more.
+FPAS_INVALID = Problem("fpas.invalid", 400, "The request lacks a field the FPAS API needs, or one is malformed.")
+FPAS_BOX_INVALID = Problem(
+    "fpas.box-invalid", 400, "The bounding box needs min_lat < max_lat within -90..90 and min_lon < max_lon within -180..180."
+)
+FPAS_BOX_TOO_LARGE = Problem("fpas.box-too-large", 400, "The bounding box covers more cells than a subscription may hold.")
+FPAS_PUSH_SERVICE_UNAVAILABLE = Problem("fpas.push-service-unavailable", 400, "This deployment does not deliver through that push service.")
+FPAS_PUSH_ENDPOINT_REFUSED = Problem(
+    "fpas.push-endpoint-refused", 400, "The push endpoint is not an https URL at a push server this deployment posts to."
+)
+FPAS_PUSH_UNCONFIRMED = Problem(
+    "fpas.push-unconfirmed", 400, "The push endpoint did not take the confirmation push; nothing was subscribed."
+)
+FPAS_SUBSCRIPTION_UNKNOWN = Problem("fpas.subscription-unknown", 404, "The subscription is unknown or expired: subscribe again.")
+FPAS_NO_SUBSCRIPTION = Problem("fpas.no-subscription", 400, "No valid subscription has that id.")
+FPAS_ALERT_UNKNOWN = Problem("fpas.alert-unknown", 404, "No active alert has that id.")
+FPAS_SUBSCRIPTIONS_FULL = Problem(
+    "fpas.subscriptions-full", 507, "This server holds as many FPAS subscriptions as it takes; unused ones expire, retry later."
+)

@@ -312,6 +312,21 @@ class Settings:
     # no device and sending nothing to gateways, so that no fan-out delays an issuer.
     worker_role: str = ""
 
+    # FPAS: the FOSS Public Alert Server client API (docs/fpas.md). The push servers
+    # (UnifiedPush distributors, Web Push services) a subscription's endpoint may name:
+    # host names, comma separated, a leading "." admitting subdomains; empty: the FPAS API
+    # takes no subscription (it still lists alerts). A node posts to no host a stranger chose.
+    fpas_push_hosts: str = ""
+    # What /config/server_status names as the operator, its privacy notice and terms.
+    fpas_operator: str = ""
+    fpas_privacy_notice: str = ""
+    fpas_terms_of_service: str = ""
+    # The alert ids /alert/all and /alert/area answer at most (the newest first).
+    fpas_max_listed: int = 500
+    # FPAS subscriptions this deployment holds at most (as this node's mirror counts them);
+    # past it a subscription is refused until unused ones expire.
+    fpas_max_subscriptions: int = 100_000
+
     @property
     def host(self) -> str:
         return self.listen.rsplit(":", 1)[0]

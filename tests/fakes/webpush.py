@@ -21,6 +21,11 @@ characters, Content-Encoding not aes128gcm -> 400; a body over 4096 bytes -> 413
 201 with a Location. An accepted body the browser cannot decrypt is counted in
 `undecryptable` (a real service cannot know; the browser drops it).
 
+Plain UnifiedPush endpoints (the FPAS API's `UNIFIED_PUSH`, docs/fpas.md) come from
+`subscribe_plain()`: POST /up/<id> takes the body as the message itself (no keys, no
+VAPID, as a distributor's push server does): over 4096 bytes 413, an unknown endpoint 404,
+one unsubscribed 410, a failure told at run time, else 201.
+
 As a process, for the fault suite:
 
     python -m tests.fakes.webpush --port P --state FILE [--ca-dir DIR]
@@ -166,6 +171,9 @@ class FakePushService:
         self._on_event = on_event
         self.app = Starlette(routes=[
             Route("/push/{sub_id}", self._push, methods=["POST"]),
+            # A plain UnifiedPush endpoint (unifiedpush.org/developers/spec/server/): what
+            # a distributor's push server takes from an application server.
+            Route("/up/{sub_id}", self._push_plain, methods=["POST"]),
             Route("/control/subscribe", self._control_subscribe, methods=["POST"]),
             Route("/control/unsubscribe", self._control_unsubscribe, methods=["POST"]),
             Route("/control/fail", self._control_fail, methods=["POST"]),
@@ -186,6 +194,14 @@ class FakePushService:
             ec.SECP256R1()), auth=os.urandom(16), server_key=server_key)
         self.subscriptions[sub_id] = sub
         return sub.as_json()
+
+    def subscribe_plain(self) -> str:
+        """A plain UnifiedPush endpoint (no keys: the message is posted as it is)."""
+        sub_id = uuid.uuid4().hex
+        self.subscriptions[sub_id] = Subscription(id=sub_id, endpoint=f"{self.url}/up/{sub_id}",
+                                                  private=ec.generate_private_key(ec.SECP256R1()), auth=b"",
+                                                  server_key=None)
+        return self.subscriptions[sub_id].endpoint
 
     def subscription(self, endpoint_or_id: str) -> Subscription:
         return self.subscriptions[endpoint_or_id.rsplit("/", 1)[-1]]
@@ -255,6 +271,33 @@ class FakePushService:
                 await asyncio.wait_for(self._released.wait(), failure.delay_s)
         return Response(status_code=201, headers={"Location": f"{self.url}/message/{uuid.uuid4().hex}",
                                                   "TTL": request.headers["ttl"]})
+
+    async def _push_plain(self, request: Request) -> Response:
+        """POST /up/<id>: the UnifiedPush server spec's checks, in this order: the body read
+        (over 4096 bytes: 413), an unknown endpoint 404 (one unsubscribed: 410), a failure
+        told at run time, then 201; the body is the message the app receives."""
+        self.requests += 1
+        body = await _bounded_body(request)
+        sub = self.subscriptions.get(request.path_params["sub_id"])
+        response: Response
+        if sub is None or not sub.endpoint.endswith(f"/up/{sub.id}"):
+            response = _error(404, "no such endpoint")
+        elif not sub.active:
+            response = _error(410, "endpoint unregistered")
+        elif body is None:
+            response = _error(413, f"message over {MAX_BODY} bytes")
+        else:
+            sub.requests += 1
+            failure = self._failure_for(sub.id)
+            if failure is not None and failure.mode != "slow":
+                response = await self._failed(failure)
+            else:
+                ttl = request.headers.get("ttl", "0")
+                sub.take(Message(topic=None, urgency=request.headers.get("urgency"),
+                                 ttl=int(ttl) if ttl.isdigit() else 0, payload=body, headers={}))
+                response = Response(status_code=201)
+        self.answers.append(response.status_code)
+        return response
 
     async def _failed(self, failure: Failure) -> Response:
         if failure.mode == "hang":

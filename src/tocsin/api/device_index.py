@@ -427,6 +427,15 @@ class DeviceIndex(MutableMapping[str, dict[str, Any]]):
                 by_language[first] = by_language.get(first, 0) + n
         return Reach(devices=len(chosen), by_channel=by_channel, by_language=by_language)
 
+    def count(self, channel: str) -> int:
+        """FPAS: the live devices on `channel` (one vectorised pass over two columns)."""
+        found = self._channel_ids.get(channel)
+        if found is None:
+            return 0
+        size = self._size
+        live = (self._flags[:size] & _USED) != 0
+        return int(np.count_nonzero(live & (self._channel[:size] == found)))
+
     def members(self, cover: Cover | None, status: str, channels: Collection[str]) -> list[tuple[str, str]]:
         """(device id, channel) of the devices `reach` counts whose channel is one of
         `channels`; `cover` None: every device (a correction, `Active.everywhere`).

@@ -9,6 +9,7 @@ from starlette.types import ASGIApp
 from tocsin.api import (
     admin_routes, alerts, areas, audit, cap_routes, devices, drafts, preview, public, push_public, receipts, streams,
 )
+from tocsin.api import fpas  # FPAS
 from tocsin.api.fastpath import SseFastPath
 from tocsin.api.headers import EdgeHeaders
 from tocsin.api.problems import HANDLERS
@@ -54,6 +55,13 @@ ROUTES = [
     Route("/api/v1/admin/routes", cap_routes.list_routes, methods=["GET"]),
     Route("/api/v1/admin/routes/{name}", cap_routes.route, methods=["GET", "PUT", "DELETE"]),
     Route("/api/v1/admin/routes/{name}/test", cap_routes.test_route, methods=["POST"]),
+    # FPAS: the FOSS Public Alert Server client API at the paths its clients use (api/fpas.py, docs/fpas.md)
+    Route("/subscription/", fpas.subscription, methods=["GET", "POST", "PUT", "DELETE"]),
+    Route("/alert/all", fpas.alerts_of_subscription, methods=["GET"]),
+    Route("/alert/area", fpas.alerts_of_area, methods=["GET"]),
+    Route("/alert/{alert_id}.xml", fpas.alert_cap, methods=["GET"]),
+    Route("/alert/{alert_id}", fpas.alert, methods=["GET"]),
+    Route("/config/server_status", fpas.server_status, methods=["GET"]),
 ]
 
 

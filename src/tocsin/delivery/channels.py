@@ -7,6 +7,9 @@ Each channel module (channels/webpush.py, fcm.py, apns.py) provides:
   (`subscription` for webpush, `token` for fcm and apns) read strictly into the record's
   `push` field, or `Rejected` (device.push-target-invalid, device.push-host-refused);
 - `make_sender(settings) -> Sender` (delivery/model.py).
+
+FPAS (channels/fpas.py) is a channel of the same kind whose devices are the FPAS client
+API's subscriptions (api/fpas.py): never registered through `check_target`.
 """
 
 from __future__ import annotations
@@ -15,19 +18,20 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
-from tocsin.delivery.model import APNS, FCM, WEBPUSH, Sender
+from tocsin.delivery.model import APNS, FCM, FPAS, WEBPUSH, Sender
 from tocsin.errors import CHANNEL_UNAVAILABLE, Rejected
 from tocsin.settings import Settings
 
 
 def _module(channel: str) -> ModuleType:
-    from tocsin.channels import apns, fcm, webpush
+    from tocsin.channels import apns, fcm, fpas, webpush
 
-    return {WEBPUSH: webpush, FCM: fcm, APNS: apns}[channel]
+    return {WEBPUSH: webpush, FCM: fcm, APNS: apns, FPAS: fpas}[channel]
 
 
 def enabled_channels(settings: Settings) -> tuple[str, ...]:
-    return tuple(channel for channel in (WEBPUSH, FCM, APNS) if _module(channel).enabled(settings))
+    # FPAS: subscriptions of the FPAS client API (api/fpas.py), not registered through check_target.
+    return tuple(channel for channel in (WEBPUSH, FCM, APNS, FPAS) if _module(channel).enabled(settings))
 
 
 def check_target(channel: str, document: dict[str, Any], settings: Settings, *, canary: bool,
@@ -50,9 +54,14 @@ def check_target(channel: str, document: dict[str, Any], settings: Settings, *, 
         return checked
     if channel not in (WEBPUSH, FCM, APNS) or not _module(channel).enabled(settings):
         raise Rejected(CHANNEL_UNAVAILABLE, f"channel {channel[:40]!r}: this deployment delivers through "
-                                            f"{', '.join(('live',) + enabled_channels(settings))}")
+                                            f"{', '.join(('live',) + _registrable(settings))}")
     target: dict[str, Any] = _module(channel).check_target(document, settings, canary=canary)
     return target
+
+
+def _registrable(settings: Settings) -> tuple[str, ...]:
+    """The channels a device registers with through /api/v1/devices (not FPAS)."""
+    return tuple(channel for channel in enabled_channels(settings) if channel != FPAS)
 
 
 def make_senders(settings: Settings) -> dict[str, Sender]:

@@ -37,7 +37,7 @@ from tocsin.delivery.queue import canary_subject, enqueue, node_token
 from tocsin.errors import StoreUnavailable
 from tocsin.pipeline.index import Active, ActiveIndex
 from tocsin.settings import Settings
-from tocsin.store.base import Records
+from tocsin.store.base import Records, alert_id_for
 
 log = logging.getLogger(__name__)
 
@@ -354,6 +354,8 @@ class Dispatcher:
             status=active.alert.status.value, ttl_s=max(0, int(delivery.expires_at - time.time())),
             headline=(info.headline or info.event) if info else "",
             body=((info.description or "")[:BODY_CHARS]) if info else "",
+            msg_type=active.alert.msg_type.value,  # FPAS
+            references=tuple(alert_id_for(r.sender, r.identifier) for r in active.alert.references),
         )
 
 

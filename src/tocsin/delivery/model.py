@@ -19,6 +19,8 @@ from tocsin.store.base import Envelope
 # The channels a device may register with besides "live" (SSE or WebSocket while connected).
 WEBPUSH, FCM, APNS = "webpush", "fcm", "apns"
 PUSH_CHANNELS = (WEBPUSH, FCM, APNS)
+# The FPAS client API's subscriptions (channels/fpas.py, api/fpas.py).
+FPAS = "fpas"
 # A CAP route's deliveries (routes.py): not a device channel.
 CAP = "cap"
 
@@ -113,6 +115,10 @@ class Push:
     # verifies the signed payload and may replace or withdraw it.
     headline: str = ""
     body: str = ""
+    # FPAS (channels/fpas.py): the alert's msgType and the ids of the alerts it references
+    # (an Update or Cancel), which its pushes name.
+    msg_type: str = "Alert"
+    references: tuple[str, ...] = ()
 
 
 class Sender(Protocol):
