@@ -176,6 +176,29 @@ async def test_an_alert_its_update_and_its_cancel_are_pushed_as_added_update_rem
     assert fake.undecryptable == 0
 
 
+async def test_an_alert_that_expires_is_pushed_as_removed_once_and_a_replaced_one_is_not(
+    http: httpx.AsyncClient, fake: FakePushService, clock: FakeClock
+) -> None:
+    (_, kde), (_, warn), (_, lyon) = [await subscribe(http, fake, box) for subscribe, box in (
+        (kpublicalerts_subscribe, PARIS), (fosswarn_subscribe, PARIS), (kpublicalerts_subscribe, LYON))]
+    lasting, _ = await issue(http, expires_in_s=600)
+    replaced, replaced_ref = await issue(http, expires_in_s=600)
+    update, _ = await issue(http, msg_type="Update", references=replaced_ref, expires_in_s=600)
+    # subscribe, added x2, update + removed of the replaced one
+    await until(lambda: len(kde.received) == 5 and len(warn.received) == 5, timeout_s=15)
+
+    clock.advance(601)  # the three expire: the node's index forgets them within a second
+    await until(lambda: len(kde.received) == 7 and len(warn.received) == 7, timeout_s=15)
+    for sub in (kde, warn):
+        assert sorted(pushes(sub)[5:], key=lambda p: p["alert_id"]) == sorted(
+            [{"type": "removed", "alert_id": lasting}, {"type": "removed", "alert_id": update}],
+            key=lambda p: p["alert_id"])
+        # The replaced alert was withdrawn by its Update, once: not again at its expiry.
+        assert pushes(sub).count({"type": "removed", "alert_id": replaced}) == 1
+    assert [p["type"] for p in pushes(lyon)] == ["subscribe"]
+    assert (await http.get("/alert/area", params={k: str(v) for k, v in PARIS.items()})).json() == []
+
+
 async def test_heartbeat_renews_and_answers_404_once_the_subscription_is_gone(
     http: httpx.AsyncClient, fake: FakePushService, clock: FakeClock
 ) -> None:

@@ -25,7 +25,7 @@ import httpx
 
 from tocsin.channels import webpush
 from tocsin.delivery.http import gateway_client
-from tocsin.delivery.model import FPAS, Delivery, Outcome, Push, Result
+from tocsin.delivery.model import EXPIRED, FPAS, Delivery, Outcome, Push, Result
 from tocsin.errors import CHANNEL_UNAVAILABLE, Rejected
 from tocsin.settings import Settings
 
@@ -74,8 +74,10 @@ def confirmation(confirmation_id: str) -> bytes:
 def payloads_for(push: Push) -> list[bytes]:
     """What one alert becomes for an FPAS client: an Alert is `added`; an Update is `update`
     of itself and `removed` of what it replaces; a Cancel is `removed` of what it cancels
-    (of itself when it names nothing)."""
+    (of itself when it names nothing); an alert that expired is `removed` of itself."""
     alert_id = push.delivery.alert_id
+    if push.msg_type == EXPIRED:
+        return [payload("removed", alert_id)]
     withdrawn = [payload("removed", ref) for ref in push.references[:MAX_REMOVED]]
     if push.msg_type == "Cancel":
         return withdrawn or [payload("removed", alert_id)]

@@ -31,7 +31,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from tocsin.api.device_records import LIVE
 from tocsin.cap.model import Alert, Info
-from tocsin.delivery.model import Delivery, Outcome, Push, Result, Sender, pointer_payload, push_payload, topic_for
+from tocsin.delivery.model import EXPIRED, Delivery, Outcome, Push, Result, Sender, pointer_payload, push_payload, topic_for
 from tocsin.delivery.progress import Progress
 from tocsin.delivery.queue import canary_subject, enqueue, node_token
 from tocsin.errors import StoreUnavailable
@@ -268,7 +268,8 @@ class Dispatcher:
     async def _conclude(self, msg: Any, delivery: Delivery, push: Push, result: Result) -> None:
         if result.outcome is Outcome.SENT:
             await msg.ack()
-            self._progress.finished(delivery.alert_id, delivery.channel, Outcome.SENT)
+            if not delivery.removal:  # a withdrawal is not the alert's delivery
+                self._progress.finished(delivery.alert_id, delivery.channel, Outcome.SENT)
             for hook in self.on_sent:
                 try:
                     hook(delivery, push)
@@ -293,7 +294,8 @@ class Dispatcher:
 
     async def _give_up(self, msg: Any, delivery: Delivery, outcome: Outcome, reason: str) -> None:
         await msg.term()
-        self._progress.finished(delivery.alert_id, delivery.channel, outcome, reason)
+        if not delivery.removal:
+            self._progress.finished(delivery.alert_id, delivery.channel, outcome, reason)
 
     async def _remove(self, delivery: Delivery, push: Push) -> None:
         """The gateway says the registration is gone: delete it, unless it changed meanwhile
@@ -320,6 +322,8 @@ class Dispatcher:
             await msg.ack()
             self.forwarded += 1
             return None
+        if delivery.removal:  # FPAS: an expired alert's withdrawal, which the index no longer holds
+            return self.removal_for(delivery, record)
         index = self._parts.index
         active = index.active.get(delivery.seq)
         if active is None:
@@ -340,6 +344,11 @@ class Dispatcher:
             found = self._payloads[key] = (push_payload(envelope, active.stored.seq, pointer_url=url),
                                            pointer_payload(envelope, active.stored.seq, pointer_url=url))
         return found
+
+    @staticmethod
+    def removal_for(delivery: Delivery, record: dict[str, Any]) -> Push:
+        return Push(delivery=delivery, target=record["push"], payload=b"", pointer=b"", topic="", severity="Unknown",
+                    status="Actual", ttl_s=max(0, int(delivery.expires_at - time.time())), msg_type=EXPIRED)
 
     def push_for(self, delivery: Delivery, active: Active, record: dict[str, Any]) -> Push:
         envelope = active.stored.envelope

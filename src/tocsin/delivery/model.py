@@ -19,8 +19,10 @@ from tocsin.store.base import Envelope
 # The channels a device may register with besides "live" (SSE or WebSocket while connected).
 WEBPUSH, FCM, APNS = "webpush", "fcm", "apns"
 PUSH_CHANNELS = (WEBPUSH, FCM, APNS)
-# The FPAS client API's subscriptions (channels/fpas.py, api/fpas.py).
+# The FPAS client API's subscriptions (channels/fpas.py, api/fpas.py), and the `msg_type`
+# of the push that withdraws an alert once it expired (Delivery.removal).
 FPAS = "fpas"
+EXPIRED = "Expired"
 # A CAP route's deliveries (routes.py): not a device channel.
 CAP = "cap"
 
@@ -60,17 +62,23 @@ class Delivery:
     destination: str  # a device id, or a route name for CAP
     expires_at: float  # Unix seconds: never sent after, given up at
     urgent: bool  # Extreme Actual: dispatched before anything else
+    # FPAS: not the alert but its withdrawal once it expired (planner.withdrawals), sent
+    # without the alert, which the index no longer holds.
+    removal: bool = False
 
     @property
     def msg_id(self) -> str:
         """The work queue's dedupe id: a planner that plans an alert twice enqueues it once."""
-        return f"{self.alert_id}.{self.channel}.{self.destination}"
+        return f"{self.alert_id}.{self.channel}.{self.destination}" + (".removed" if self.removal else "")
 
     def to_bytes(self) -> bytes:
-        return json.dumps({
+        fields: dict[str, object] = {
             "alert_id": self.alert_id, "seq": self.seq, "channel": self.channel,
             "destination": self.destination, "expires_at": self.expires_at, "urgent": self.urgent,
-        }, separators=(",", ":")).encode()
+        }
+        if self.removal:
+            fields["removal"] = True
+        return json.dumps(fields, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Delivery:
@@ -84,7 +92,7 @@ class Delivery:
             found = cls(
                 alert_id=str(data["alert_id"]), seq=int(data["seq"]), channel=str(data["channel"]),
                 destination=str(data["destination"]), expires_at=float(data["expires_at"]),
-                urgent=bool(data["urgent"]),
+                urgent=bool(data["urgent"]), removal=data.get("removal") is True,
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"delivery message lacks a field: {exc}") from None
@@ -116,7 +124,7 @@ class Push:
     headline: str = ""
     body: str = ""
     # FPAS (channels/fpas.py): the alert's msgType and the ids of the alerts it references
-    # (an Update or Cancel), which its pushes name.
+    # (an Update or Cancel), which its pushes name; EXPIRED for an expired alert's withdrawal.
     msg_type: str = "Alert"
     references: tuple[str, ...] = ()
 

@@ -13,6 +13,12 @@ alert is planned by one node at a time (docs/delivery.md, "Planner"):
 - the plan reads this node's follower index (the cover, Update/Cancel references and the
   expiry are the follower's): it waits, bounded, until the follower is past the alert. An
   alert the index does not hold once past it (expired, unreadable) is acked without plan.
+
+FPAS subscriptions are also told when an alert expires (`removed`, docs/fpas.md): when the
+index forgets an expired alert that no Update or Cancel replaced, the node's primary process
+enqueues one withdrawal per FPAS subscription in its area. Every node does so within seconds
+of the expiry, and the work queue's message ids (alert, channel, destination, "removed") keep
+each once; the index is swept once a second so that this does not wait for the next alert.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from tocsin.api.device_index import DeviceIndex
-from tocsin.cap.model import Severity, Status
-from tocsin.delivery.model import CAP, Delivery
+from tocsin.cap.model import MsgType, Severity, Status
+from tocsin.delivery.model import CAP, FPAS, Delivery
 from tocsin.delivery.progress import Progress
 from tocsin.delivery.queue import ATOMIC_BATCH, PLANNER_CONSUMER, enqueue_batch
 from tocsin.errors import StoreUnavailable
@@ -48,6 +54,10 @@ CONSUMER = PLANNER_CONSUMER
 FOLLOWER_WAIT_S = 3.0
 
 RoutesFor = Callable[[str], Sequence[str]]
+# FPAS: an expired alert's withdrawal waits this long at most for a phone that is offline.
+REMOVAL_TTL_S = 24 * 3600.0
+# How often the index forgets what expired, when no alert fanned out to do it.
+SWEEP_S = 1.0
 
 
 def no_routes(status: str) -> list[str]:
@@ -58,6 +68,19 @@ def is_urgent(active: Active) -> bool:
     """Extreme Actual: dispatched before anything else."""
     alert = active.alert
     return alert.status is Status.ACTUAL and any(info.severity is Severity.EXTREME for info in alert.infos)
+
+
+def withdraws_on_expiry(active: Active, index: ActiveIndex) -> bool:
+    """FPAS: an expired alert is withdrawn unless an Update or Cancel did it already (or it
+    is a Cancel, which withdrew what it cancelled and was never shown)."""
+    return active.alert.msg_type is not MsgType.CANCEL and active.stored.envelope.alert_id not in index.superseded
+
+
+def withdrawals(active: Active, members: Sequence[tuple[str, str]], now: float) -> list[Delivery]:
+    """An expired alert's `removed` pushes, one per FPAS subscription."""
+    seq, alert_id = active.stored.seq, str(active.stored.envelope.alert_id)
+    return [Delivery(alert_id=alert_id, seq=seq, channel=FPAS, destination=device_id,
+                     expires_at=now + REMOVAL_TTL_S, urgent=False, removal=True) for device_id, _ in members]
 
 
 def deliveries(active: Active, members: Sequence[tuple[str, str]], routes: Sequence[str]) -> list[Delivery]:
@@ -99,6 +122,11 @@ class Planner:
         self._routes_for = routes_for
         self.planned = 0  # alerts this node planned (tests, status)
         self._behind_seq = 0  # an alert handed back because the follower had not reached it
+        # FPAS: this process enqueues the withdrawals of expired alerts (the node's primary).
+        self._withdraws = FPAS in self._channels and settings.primary
+        self._withdrawing: set[asyncio.Task[int]] = set()
+        if self._withdraws:
+            index.on_expired.append(self._expired)
 
     def consumer_config(self) -> ConsumerConfig:
         s = self._settings
@@ -109,7 +137,44 @@ class Planner:
         )
 
     async def run(self) -> None:
-        """Plan alerts until cancelled; a lost store is waited out."""
+        """Plan alerts until cancelled; a lost store is waited out. With FPAS withdrawals,
+        sweep the index too."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._plan(), name="planner-pull")
+            if self._withdraws:
+                tasks.create_task(self._sweep(), name="planner-sweep")
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            self._index.prune_if_due()
+
+    def _expired(self, gone: list[Active]) -> None:
+        """The index forgets `gone` (index.on_expired): withdraw them, off the prune's path."""
+        expired = [active for active in gone if withdraws_on_expiry(active, self._index)]
+        if expired:
+            task = asyncio.get_running_loop().create_task(self.withdraw(expired), name="planner-withdraw")
+            self._withdrawing.add(task)
+            task.add_done_callback(self._withdrawing.discard)
+
+    async def withdraw(self, expired: Sequence[Active]) -> int:
+        """Enqueue the `removed` pushes of alerts that expired; returns how many. A store
+        that does not take them is logged: the other nodes enqueue the same (and FPAS
+        clients drop expired alerts themselves)."""
+        now = time.time()
+        planned = [delivery for active in expired
+                   for delivery in withdrawals(active, self._devices.members(
+                       None if active.everywhere else active.cover, active.alert.status.value, (FPAS,)), now)]
+        try:
+            await enqueue_all(self._nc, self._js, self._settings, planned)
+        except (StoreUnavailable, nats.errors.Error, asyncio.TimeoutError) as exc:
+            log.warning("expired alerts' withdrawals not enqueued", extra={"error": repr(exc)[:200]})
+            return 0
+        if planned:
+            log.info("expired alerts withdrawn", extra={"alerts": len(expired), "deliveries": len(planned)})
+        return len(planned)
+
+    async def _plan(self) -> None:
         while True:
             try:
                 subscription = await self._js.pull_subscribe(

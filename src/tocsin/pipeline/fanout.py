@@ -28,8 +28,10 @@ class FanOut:
         self._index = index
         self._live = live
         self._duplicates = duplicates  # told of every alert fanned out (any node accepted it)
-        # How many live devices took each active alert (for the alert's status).
+        # How many live devices took each active alert (for the alert's status); bounded
+        # memory: a probe every few seconds would otherwise grow this forever.
         self.offered: dict[AlertId, int] = {}
+        index.on_expired.append(self._forget)
 
     def take(self, stored: Stored) -> None:
         """Index one stored alert and offer it to the live devices it concerns, in one go."""
@@ -114,6 +116,8 @@ class FanOut:
         self.offered[env.alert_id] = offered
         if self._duplicates is not None and active.alert.status.value != "System":
             self._duplicates.note(active.alert, env.alert_id, env.issuer, env.accepted_at)
-        for gone in self._index.prune_if_due():
-            # Bounded memory: a probe every few seconds would otherwise grow this forever.
-            self.offered.pop(gone.stored.envelope.alert_id, None)
+        self._index.prune_if_due()
+
+    def _forget(self, gone: list[Active]) -> None:
+        for active in gone:
+            self.offered.pop(active.stored.envelope.alert_id, None)

@@ -83,6 +83,9 @@ class ActiveIndex:
         self.last_seq = 0
         self.last_id = ""  # the alert at last_seq
         self._next_prune = clock()
+        # Told of the alerts each prune forgets, before they are forgotten (`superseded`
+        # still says which were replaced): the fan-out's counts, FPAS withdrawals.
+        self.on_expired: list[Callable[[list[Active]], None]] = []
 
     def add(self, stored: Stored) -> Active | None:
         """Record the alert as seen and, unless expired or unreadable, as active."""
@@ -273,6 +276,9 @@ class ActiveIndex:
         self._next_prune = now + timedelta(seconds=1)
         expired = [seq for seq, a in self.active.items() if a.expires_at <= now]
         gone = [self.active.pop(seq) for seq in expired]
+        if gone:
+            for hook in self.on_expired:
+                hook(gone)
         for active in gone:
             self._forget(active)
         return gone
