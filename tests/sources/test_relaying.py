@@ -1,0 +1,132 @@
+"""A source's alerts reach this deployment's stream once, marked relayed and signed by it;
+its Update and Cancel become an Update and Cancel here; re-polls take nothing twice."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import httpx
+
+from tests.samples import alert_xml
+from tests.sources.conftest import add_source, wait_status
+from tests.sources.feeds import CAP, Publisher, embedded_atom, linked_atom, rss
+from tests.sources.signer import authority
+from tocsin.app import Node
+from tocsin.cap.model import MsgType
+from tocsin.cap.parse import parse_stored
+from tocsin.signing import verify
+from tocsin.sources.relay import relayed_from
+from tocsin.store.base import alert_id_for
+
+SENDER = "alerts@weather.test.example"
+ATOM = "application/atom+xml"
+
+
+def counted(name: str, n: int):  # type: ignore[no-untyped-def]
+    return lambda s: (s.get("counts") or {}).get(name, 0) >= n
+
+
+async def stored(node: Node, identifier: str, sender: str = SENDER):  # type: ignore[no-untyped-def]
+    return await node.services.store.get(alert_id_for(sender, identifier))
+
+
+async def test_a_linked_feed_is_relayed_once_marked_with_its_source(node: Node, http: httpx.AsyncClient,
+                                                                     feeds: Publisher) -> None:
+    sent = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
+    feeds.docs["/cap/w1.xml"] = (alert_xml(identifier="W-1", sender=SENDER, sent=sent), CAP)
+    feeds.docs["/feed.atom"] = (linked_atom([("urn:w1", "/cap/w1.xml")]), ATOM)
+    await add_source(http, "weather", f"{feeds.url}/feed.atom")
+
+    status = await wait_status(http, "weather", counted("relayed", 1))
+    assert status["state"] == "ok" and status["last_alert"]["identifier"] == "W-1"
+    first = await stored(node, "W-1")
+    alert = parse_stored(first.envelope.payload)
+    assert relayed_from(alert) == "weather"  # inside the signed bytes
+    assert first.envelope.issuer == "source:weather"
+    signer = node.services.signer
+    assert verify({signer.kid: signer.public_jwk()}, first.envelope.kid, first.envelope.payload, first.envelope.sig)
+
+    # Re-polls: conditional (304), and the CAP is never fetched again.
+    status = await wait_status(http, "weather", counted("not_modified", 2))
+    assert feeds.hits["/cap/w1.xml"] == 1
+    assert any(path == "/feed.atom" and etag for path, etag, _ in feeds.conditional)
+
+    # The source updates, then cancels: both arrive, in order, as Update and Cancel here.
+    ref = f"{SENDER},W-1,{sent.isoformat()}"
+    feeds.docs["/cap/w2.xml"] = (alert_xml(identifier="W-2", sender=SENDER, msg_type="Update", references=ref,
+                                           headline="Crue: la Seine monte encore"), CAP)
+    feeds.docs["/cap/w3.xml"] = (alert_xml(identifier="W-3", sender=SENDER, msg_type="Cancel", references=ref), CAP)
+    feeds.docs["/feed.atom"] = (linked_atom([("urn:w3", "/cap/w3.xml"), ("urn:w2", "/cap/w2.xml"),
+                                             ("urn:w1", "/cap/w1.xml")]), ATOM)
+    await wait_status(http, "weather", counted("relayed", 3))
+    update, cancel = await stored(node, "W-2"), await stored(node, "W-3")
+    assert update.seq < cancel.seq  # oldest entry first
+    for one, kind in ((update, MsgType.UPDATE), (cancel, MsgType.CANCEL)):
+        relayed = parse_stored(one.envelope.payload)
+        assert relayed.msg_type is kind and relayed_from(relayed) == "weather"
+        assert [(r.sender, r.identifier) for r in relayed.references] == [(SENDER, "W-1")]
+    assert feeds.hits["/cap/w1.xml"] == 1 and feeds.hits["/cap/w2.xml"] == 1 and feeds.hits["/cap/w3.xml"] == 1
+
+
+async def test_an_rss_index_and_an_embedded_atom_feed_are_relayed(node: Node, http: httpx.AsyncClient,
+                                                                   feeds: Publisher) -> None:
+    feeds.docs["/cap/ny-1.xml"] = (alert_xml(identifier="NY-1", sender=SENDER), CAP)
+    feeds.docs["/index.rss"] = (rss([("NY-1", "/cap/ny-1.xml")]), "application/rss+xml")
+    feeds.docs["/naad.atom"] = (embedded_atom([("urn:e1", alert_xml(identifier="E-1", sender=SENDER))]), ATOM)
+    await add_source(http, "ny", f"{feeds.url}/index.rss")
+    await add_source(http, "naad", f"{feeds.url}/naad.atom")
+    await wait_status(http, "ny", counted("relayed", 1))
+    await wait_status(http, "naad", counted("relayed", 1))
+    assert relayed_from(parse_stored((await stored(node, "NY-1")).envelope.payload)) == "ny"
+    assert relayed_from(parse_stored((await stored(node, "E-1")).envelope.payload)) == "naad"
+
+
+async def test_the_same_alert_from_two_sources_is_stored_once(node: Node, http: httpx.AsyncClient,
+                                                              feeds: Publisher) -> None:
+    feeds.docs["/cap/d.xml"] = (alert_xml(identifier="D-1", sender=SENDER), CAP)
+    feeds.docs["/a.atom"] = (linked_atom([("urn:d", "/cap/d.xml")]), ATOM)
+    await add_source(http, "first", f"{feeds.url}/a.atom")
+    await wait_status(http, "first", counted("relayed", 1))
+    await add_source(http, "second", f"{feeds.url}/a.atom")
+    # The second source relays the same CAP with its own mark: a conflict of identity, refused.
+    status = await wait_status(http, "second", counted("refused", 1))
+    assert status["last_refusal"]["code"] == "alert.identity-conflict"
+
+
+async def test_under_require_signed_only_caps_signed_by_its_key_are_relayed(node: Node, http: httpx.AsyncClient,
+                                                                           feeds: Publisher) -> None:
+    weather, forger = authority(), authority()
+    feeds.docs["/signed.atom"] = (embedded_atom([
+        ("urn:s1", weather.sign(alert_xml(identifier="S-1", sender=SENDER))),
+        ("urn:s2", alert_xml(identifier="S-2", sender=SENDER)),
+        ("urn:s3", forger.sign(alert_xml(identifier="S-3", sender=SENDER))),
+    ]), ATOM)
+    feeds.docs["/cap/s4.xml"] = (weather.sign(alert_xml(identifier="S-4", sender=SENDER)), CAP)
+    feeds.docs["/linked.atom"] = (linked_atom([("urn:s4", "/cap/s4.xml")]), ATOM)
+    keys = {"signatures": "require-signed", "keys": [weather.cert_pem]}
+    await add_source(http, "signed", f"{feeds.url}/signed.atom", **keys)
+    await add_source(http, "linked", f"{feeds.url}/linked.atom", **keys)
+    status = await wait_status(http, "signed", lambda s: sum((s.get("counts") or {}).get(k, 0)
+                                                             for k in ("relayed", "refused")) >= 3)
+    assert status["counts"]["relayed"] == 1 and status["counts"]["refused"] == 2
+    await wait_status(http, "linked", counted("relayed", 1))
+    relayed = parse_stored((await stored(node, "S-1")).envelope.payload)
+    assert relayed.extensions == ()  # the source's signature checked here, not passed on
+    assert parse_stored((await stored(node, "S-4")).envelope.payload).identifier == "S-4"
+    for identifier in ("S-2", "S-3"):
+        try:
+            await stored(node, identifier)
+        except Exception as exc:  # AlertNotFound: never stored
+            assert type(exc).__name__ == "AlertNotFound"
+        else:
+            raise AssertionError(f"{identifier} was relayed")
+
+
+async def test_a_source_relays_only_its_senders_and_statuses(node: Node, http: httpx.AsyncClient,
+                                                             feeds: Publisher) -> None:
+    feeds.docs["/cap/x.xml"] = (alert_xml(identifier="X-1", sender="someone@else.example"), CAP)
+    feeds.docs["/cap/t.xml"] = (alert_xml(identifier="T-1", sender=SENDER, status="Test"), CAP)
+    feeds.docs["/mixed.atom"] = (linked_atom([("urn:x", "/cap/x.xml"), ("urn:t", "/cap/t.xml")]), ATOM)
+    await add_source(http, "narrow", f"{feeds.url}/mixed.atom", senders=[SENDER], statuses=["Actual"])
+    status = await wait_status(http, "narrow", counted("refused", 2))
+    assert status["counts"].get("relayed", 0) == 0
