@@ -12,6 +12,7 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
+from tests.conftest import unique_name
 from tests.e2e.conftest import ADMIN_TOKEN, ISSUER_TOKEN
 from tests.sources.conftest import ADMIN, add_source, wait_status
 from tests.sources.feeds import Publisher, linked_atom
@@ -63,23 +64,23 @@ async def test_names_bodies_and_unknown_sources(http: httpx.AsyncClient) -> None
 
 
 async def test_a_source_is_created_replaced_and_removed_and_audited(http: httpx.AsyncClient) -> None:
-    signer = authority()
+    signer, name = authority(), unique_name("audited")  # the audit log is the session's
     body = {"url": "http://127.0.0.1:9/feed.atom", "enabled": False, "signatures": "require-signed",
             "keys": [signer.cert_pem], "senders": ["a@example.org"], "statuses": ["Actual"],
             "territory": {"circles": ["48.85,2.35 20"]}}
-    created = await http.put("/api/v1/admin/sources/s1", json=body, headers=ADMIN)
+    created = await http.put(f"/api/v1/admin/sources/{name}", json=body, headers=ADMIN)
     assert created.status_code == 201
     answer = created.json()
     assert answer["source"]["signatures"] == "require-signed" and answer["status"]["state"] == "disabled"
-    assert answer["source"]["territory"]["circles"] == ["48.85,2.35 20"]
-    replaced = await http.put("/api/v1/admin/sources/s1", json={**body, "interval_s": 300}, headers=ADMIN)
+    assert answer["source"]["territory"]["circles"] == ["48.85,2.35 20.0"]
+    replaced = await http.put(f"/api/v1/admin/sources/{name}", json={**body, "interval_s": 300}, headers=ADMIN)
     assert replaced.status_code == 200 and replaced.json()["source"]["created"] == answer["source"]["created"]
     listed = (await http.get("/api/v1/admin/sources", headers=ADMIN)).json()["sources"]
-    assert [s["name"] for s in listed] == ["s1"]
-    assert (await http.delete("/api/v1/admin/sources/s1", headers=ADMIN)).json()["removed"] is True
-    assert (await http.get("/api/v1/admin/sources/s1", headers=ADMIN)).status_code == 404
-    audit = (await http.get("/api/v1/audit", headers=ADMIN)).json()
-    actions = [e["action"] for e in audit["entries"] if e["action"].startswith("source-")]
+    assert name in [s["name"] for s in listed]
+    assert (await http.delete(f"/api/v1/admin/sources/{name}", headers=ADMIN)).json()["removed"] is True
+    assert (await http.get(f"/api/v1/admin/sources/{name}", headers=ADMIN)).status_code == 404
+    audit = (await http.get("/api/v1/audit", params={"subject": name}, headers=ADMIN)).json()
+    actions = [e["action"] for e in audit["entries"] if e["subject"] == name]
     assert actions == ["source-created", "source-changed", "source-removed"]
 
 

@@ -14,11 +14,13 @@ from tests.sources.signer import authority
 from tocsin.app import Node
 from tocsin.cap.model import MsgType
 from tocsin.cap.parse import parse_stored
+from tocsin.errors import AlertNotFound
 from tocsin.signing import verify
 from tocsin.sources.relay import relayed_from
 from tocsin.store.base import alert_id_for
 
 SENDER = "alerts@weather.test.example"
+LYON_BOX = "45.70,4.75 45.70,4.95 45.82,4.95 45.82,4.75 45.70,4.75"
 ATOM = "application/atom+xml"
 
 
@@ -28,6 +30,14 @@ def counted(name: str, n: int):  # type: ignore[no-untyped-def]
 
 async def stored(node: Node, identifier: str, sender: str = SENDER):  # type: ignore[no-untyped-def]
     return await node.services.store.get(alert_id_for(sender, identifier))
+
+
+async def is_stored(node: Node, identifier: str, sender: str = SENDER) -> bool:
+    try:
+        await stored(node, identifier, sender)
+    except AlertNotFound:
+        return False
+    return True
 
 
 async def test_a_linked_feed_is_relayed_once_marked_with_its_source(node: Node, http: httpx.AsyncClient,
@@ -113,20 +123,24 @@ async def test_under_require_signed_only_caps_signed_by_its_key_are_relayed(node
     relayed = parse_stored((await stored(node, "S-1")).envelope.payload)
     assert relayed.extensions == ()  # the source's signature checked here, not passed on
     assert parse_stored((await stored(node, "S-4")).envelope.payload).identifier == "S-4"
-    for identifier in ("S-2", "S-3"):
-        try:
-            await stored(node, identifier)
-        except Exception as exc:  # AlertNotFound: never stored
-            assert type(exc).__name__ == "AlertNotFound"
-        else:
-            raise AssertionError(f"{identifier} was relayed")
+    assert not await is_stored(node, "S-2") and not await is_stored(node, "S-3")
 
 
 async def test_a_source_relays_only_its_senders_and_statuses(node: Node, http: httpx.AsyncClient,
                                                              feeds: Publisher) -> None:
     feeds.docs["/cap/x.xml"] = (alert_xml(identifier="X-1", sender="someone@else.example"), CAP)
     feeds.docs["/cap/t.xml"] = (alert_xml(identifier="T-1", sender=SENDER, status="Test"), CAP)
-    feeds.docs["/mixed.atom"] = (linked_atom([("urn:x", "/cap/x.xml"), ("urn:t", "/cap/t.xml")]), ATOM)
-    await add_source(http, "narrow", f"{feeds.url}/mixed.atom", senders=[SENDER], statuses=["Actual"])
-    status = await wait_status(http, "narrow", counted("refused", 2))
-    assert status["counts"].get("relayed", 0) == 0
+    feeds.docs["/cap/p.xml"] = (alert_xml(identifier="P-1", sender=SENDER), CAP)  # over Paris
+    feeds.docs["/cap/l.xml"] = (alert_xml(identifier="L-1", sender=SENDER, polygon=LYON_BOX), CAP)
+    feeds.docs["/mixed.atom"] = (linked_atom([("urn:x", "/cap/x.xml"), ("urn:t", "/cap/t.xml"), ("urn:p", "/cap/p.xml"),
+                                              ("urn:l", "/cap/l.xml")]), ATOM)
+    await add_source(http, "narrow", f"{feeds.url}/mixed.atom", senders=[SENDER], statuses=["Actual"],
+                     territory={"circles": ["45.76,4.84 30"]})  # around Lyon
+    status = await wait_status(http, "narrow", lambda s: sum((s.get("counts") or {}).get(k, 0)
+                                                             for k in ("relayed", "refused")) >= 4)
+    assert status["counts"] == {**status["counts"], "relayed": 1, "refused": 3}
+    assert (await stored(node, "L-1")).envelope.issuer == "source:narrow"
+    # Oldest first: L-1 relayed, P-1 outside the territory, T-1 a Test, X-1 another sender (named last).
+    assert status["last_refusal"]["code"] == "policy.sender-not-allowed"
+    for identifier, sender in (("P-1", SENDER), ("T-1", SENDER), ("X-1", "someone@else.example")):
+        assert not await is_stored(node, identifier, sender)
