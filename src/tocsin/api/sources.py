@@ -7,15 +7,13 @@ last alert, last error, consecutive errors, next poll). Every change is audited.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from tocsin.api.admin import Admin, admin_for, path_param
-from tocsin.api.alerts import read_body
-from tocsin.api.cap_routes import _audited_url
+from tocsin.api.admin import Admin, admin_for, path_param, put_versioned
+from tocsin.api.cap_routes import audited_url, json_object
 from tocsin.delivery.routes import NAME
 from tocsin.errors import SOURCE_INVALID, SOURCE_UNKNOWN, Rejected
 from tocsin.sources.breaker import NEW
@@ -23,7 +21,6 @@ from tocsin.sources.model import MAX_SOURCES, Source, from_body, invalid
 from tocsin.sources.poller import lease_key, status_key
 from tocsin.store.audit import Action
 
-_CAS_TRIES = 8
 # What an answer shows of a status record (its `taken` keys are the poller's own business).
 _SHOWN = ("state", "consecutive_errors", "next_poll_at", "last_poll", "last_success", "last_alert", "last_error",
           "last_refusal", "counts", "etag", "last_modified")
@@ -59,15 +56,8 @@ async def _known(admin: Admin, name: str) -> Source:
 
 
 async def _body(admin: Admin) -> dict[str, Any]:
-    raw = await read_body(admin.request, admin.services.settings.max_admin_body_bytes)
-    try:
-        data = json.loads(raw) if raw.strip() else None
-    except (ValueError, UnicodeDecodeError):
-        raise invalid("body", "not JSON") from None
-    if not isinstance(data, dict):
-        raise invalid("body", "a JSON object with url, and optionally interval_s, signatures, keys, senders, "
-                              "statuses, territory, enabled")
-    return data
+    return await json_object(admin, invalid, "a JSON object with url, and optionally interval_s, signatures, "
+                                             "keys, senders, statuses, territory, enabled")
 
 
 async def list_sources(request: Request) -> Response:
@@ -89,27 +79,20 @@ async def put_source(request: Request) -> Response:
     admin = await _deployment_admin(request)
     name = path_param(request, "name")
     body = await _body(admin)
-    records, book = admin.services.store.sources, admin.services.sources
+    book = admin.services.sources
     now = admin.now.isoformat()
-    for _ in range(_CAS_TRIES):
-        found = await records.get_versioned(name) if NAME.fullmatch(name) else None
-        old = Source.from_json(found[0]) if found is not None else None
-        source = from_body(name, body, old, actor=admin.actor, now=now)
-        if found is None:
-            if len(book) >= MAX_SOURCES:
-                raise invalid("name", f"this deployment holds its limit of {MAX_SOURCES} sources")
-            if await records.create(name, source.as_json()):
-                break
-        elif await records.replace(name, source.as_json(), found[1]):
-            break
-    else:
-        raise Rejected(SOURCE_INVALID, "the source kept changing; try again")
+    source, created = await put_versioned(
+        admin.services.store.sources, name,
+        lambda record: from_body(name, body, Source.from_json(record) if record else None, actor=admin.actor, now=now),
+        at_limit=lambda: invalid("name", f"this deployment holds its limit of {MAX_SOURCES} sources")
+        if len(book) >= MAX_SOURCES else None,
+        busy=Rejected(SOURCE_INVALID, "the source kept changing; try again"))
     book[name] = source.as_json()  # this node polls it at once; the mirror follows
-    await admin.audit(Action.SOURCE_CREATED if found is None else Action.SOURCE_CHANGED, name, admin.issuer.name, {
-        "url": _audited_url(source.url), "signatures": source.signatures, "keys": len(source.keys),
+    await admin.audit(Action.SOURCE_CREATED if created else Action.SOURCE_CHANGED, name, admin.issuer.name, {
+        "url": audited_url(source.url), "signatures": source.signatures, "keys": len(source.keys),
         "senders": list(source.senders), "statuses": list(source.statuses), "enabled": source.enabled})
     status = await admin.services.store.source_status.get(status_key(name))
-    return _answer(source, status, 201 if found is None else 200)
+    return _answer(source, status, 201 if created else 200)
 
 
 async def delete_source(request: Request) -> Response:
@@ -122,7 +105,7 @@ async def delete_source(request: Request) -> Response:
     for key in (status_key(source.name), lease_key(source.name)):
         await services.store.source_status.delete(key)
         services.source_status.pop(key, None)
-    await admin.audit(Action.SOURCE_REMOVED, source.name, admin.issuer.name, {"url": _audited_url(source.url)})
+    await admin.audit(Action.SOURCE_REMOVED, source.name, admin.issuer.name, {"url": audited_url(source.url)})
     return JSONResponse({"source": source.as_json(), "removed": True})
 
 

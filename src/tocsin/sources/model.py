@@ -11,15 +11,16 @@ territory it may alert, under the name `source:<name>`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tocsin.delivery.routes import NAME, check_url
-from tocsin.errors import SOURCE_INVALID, Rejected, Violation
+from tocsin.delivery.routes import check_name as route_name
+from tocsin.delivery.routes import check_url, field_refusal
+from tocsin.errors import SOURCE_INVALID, Rejected
 from tocsin.geo.territory import Territory, TerritoryInvalid
 from tocsin.policy import Approval, ApprovalMode, Issuer, Role
 from tocsin.sources.xmlsig import KeyInvalid, PublicKey, load_key
+from tocsin.store.book import Book
 
 # What a source may relay; System is this deployment's own (its probes), Draft is never sent.
 STATUSES = ("Actual", "Exercise", "Test")
@@ -44,14 +45,11 @@ RELAYED_CODE_PREFIX = "tocsin-relayed:"
 
 def invalid(path: str, detail: str) -> Rejected:
     """422 source.invalid naming the exact field."""
-    return Rejected(SOURCE_INVALID, f"{path}: {detail}", violations=(
-        Violation(problem=SOURCE_INVALID, path=path, detail=detail, kind="policy"),))
+    return field_refusal(SOURCE_INVALID, path, detail)
 
 
 def check_name(raw: object) -> str:
-    if not isinstance(raw, str) or not NAME.fullmatch(raw):
-        raise invalid("name", "1 to 63 of a-z, 0-9 and '-', starting with a letter or digit")
-    return raw
+    return route_name(raw, invalid)  # the same rule: a bucket key and a NATS token
 
 
 def _url(raw: object) -> str:
@@ -198,37 +196,15 @@ def from_body(name: str, body: dict[str, Any], old: Source | None, *, actor: str
     return source
 
 
-class SourceBook(MutableMapping[str, dict[str, Any]]):
+class SourceBook(Book[Source]):
     """Every source record, as the node's mirror of the sources bucket holds them.
     Unreadable records poll nothing."""
 
     def __init__(self) -> None:
-        self._records: dict[str, dict[str, Any]] = {}
-        self._sources: dict[str, Source] = {}
-
-    def __getitem__(self, key: str) -> dict[str, Any]:
-        return self._records[key]
-
-    def __setitem__(self, key: str, value: dict[str, Any]) -> None:
-        self._records[key] = value
-        source = Source.from_json(value) if isinstance(value, dict) else None
-        if source is not None and source.name == key:
-            self._sources[key] = source
-        else:
-            self._sources.pop(key, None)
-
-    def __delitem__(self, key: str) -> None:
-        del self._records[key]
-        self._sources.pop(key, None)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._records)
-
-    def __len__(self) -> int:
-        return len(self._records)
+        super().__init__(Source.from_json, lambda source: source.name)
 
     def source(self, name: str) -> Source | None:
-        return self._sources.get(name)
+        return self.value(name)
 
     def sources(self) -> list[Source]:
-        return [self._sources[name] for name in sorted(self._sources)]
+        return self.values_by_name()
