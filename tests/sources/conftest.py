@@ -24,7 +24,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 def source_settings(tmp_path: Path, nats_server: NatsServer, **changes: Any) -> Settings:
     """Short timeouts and backoff, a breaker that opens after three failures, its own buckets."""
     base: dict[str, Any] = dict(
-        sources_bucket=unique_name("SOURCES_T"), source_fetch_timeout_s=0.5, source_poll_deadline_s=5.0,
+        sources_bucket=unique_name("SOURCES_T"), source_fetch_timeout_s=2.0, source_poll_deadline_s=8.0,
         source_backoff_base_s=0.1, source_backoff_max_s=2.0, source_breaker_errors=3, source_breaker_open_s=600.0,
         source_max_feed_bytes=256 * 1024,
     )

@@ -144,3 +144,18 @@ async def test_a_source_relays_only_its_senders_and_statuses(node: Node, http: h
     assert status["last_refusal"]["code"] == "policy.sender-not-allowed"
     for identifier, sender in (("P-1", SENDER), ("T-1", SENDER), ("X-1", "someone@else.example")):
         assert not await is_stored(node, identifier, sender)
+
+
+async def test_a_cap_that_could_not_be_fetched_is_fetched_again_though_the_feed_is_unchanged(
+        node: Node, http: httpx.AsyncClient, feeds: Publisher) -> None:
+    feeds.docs["/cap/late.xml"] = (alert_xml(identifier="LATE-1", sender=SENDER), CAP)
+    feeds.modes["/cap/late.xml"] = "500"
+    feeds.docs["/late.atom"] = (linked_atom([("urn:late", "/cap/late.xml")]), ATOM)
+    await add_source(http, "late", f"{feeds.url}/late.atom")
+    status = await wait_status(http, "late", lambda s: s["counts"].get("polls", 0) >= 2)
+    assert status["state"] == "ok"  # the feed was read: the source is fine, one of its CAPs is not
+    assert status["last_refusal"]["code"] == "fetch.http-500" and not status.get("etag")
+    del feeds.modes["/cap/late.xml"]
+    await wait_status(http, "late", counted("relayed", 1))
+    assert (await stored(node, "LATE-1")).envelope.issuer == "source:late"
+    await wait_status(http, "late", counted("not_modified", 1))  # once taken, polls are conditional again

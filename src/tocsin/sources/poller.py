@@ -121,7 +121,11 @@ class SourcePoller:
         """Poll `source` if this node takes its lease and it is still due; whether it polled."""
         lease = lease_key(source.name)
         ttl_s = self.settings.source_poll_deadline_s + 5.0
-        if not await self._records.create(lease, {"node": self.settings.node_name}, ttl_s=ttl_s):
+        try:
+            if not await self._records.create(lease, {"node": self.settings.node_name}, ttl_s=ttl_s):
+                return False
+        except (StoreUnavailable, StoreFull) as exc:  # no lease, no poll this time (NATS is read elsewhere)
+            log.debug("source lease not taken", extra={"source": source.name, "error": repr(exc)[:200]})
             return False
         try:
             status = await self._records.get(status_key(source.name)) or {}
@@ -187,17 +191,23 @@ class SourcePoller:
         taken = set(status.get("taken") or [])
         done.taken = [e.key for e in entries if e.key in taken]  # the feed's current entries only
         done.read = True
-        fetched = 0
+        fetched, left = 0, 0
         for entry in reversed(entries):
             if entry.key in taken:
                 continue
             if entry.link is not None:
                 if fetched >= s.source_max_new_per_poll:
-                    continue  # the rest wait for the next poll
+                    left += 1  # waits for the next poll
+                    continue
                 fetched += 1
             if await self._entry(client, source, entry, done):
                 done.taken.append(entry.key)
-        # Validators only once the entries are taken: a 304 must never hide an entry not read.
+            else:
+                left += 1
+        # Validators only once every entry is taken: a 304 must never hide an entry not read
+        # (a CAP that could not be fetched is fetched again from an unconditional poll).
+        if left:
+            return {**status, "etag": "", "last_modified": ""}
         return {**status, "etag": got.etag, "last_modified": got.last_modified}
 
     async def _entry(self, client: httpx.AsyncClient, source: Source, entry: Entry, done: _Poll) -> bool:
