@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from tocsin.audience import RELAYED_CODE_PREFIX
 from tocsin.delivery.routes import check_name as route_name
 from tocsin.delivery.routes import check_url, field_refusal
 from tocsin.errors import SOURCE_INVALID, Rejected
@@ -40,7 +41,6 @@ DEFAULT_INTERVAL_S = 60.0
 # The issuer name a relayed alert is stored under, and the CAP <code> that marks it relayed
 # inside the bytes the deployment signs (a device tells it from its own authorities' alerts).
 ISSUER_PREFIX = "source:"
-RELAYED_CODE_PREFIX = "tocsin-relayed:"
 
 
 def invalid(path: str, detail: str) -> Rejected:

@@ -19,10 +19,12 @@ from tocsin.cap.model import Alert
 from tocsin.cap.xmltree import Element, read_xml
 from tocsin.errors import CapInvalid, Rejected
 from tocsin.pipeline.accept import Accept
-from tocsin.sources.model import RELAYED_CODE_PREFIX, REQUIRE_SIGNED, Source
+from tocsin.audience import RELAYED_CODE_PREFIX, relayed_from
+from tocsin.sources.model import REQUIRE_SIGNED, Source
 from tocsin.sources.xmlsig import SignatureInvalid, verify
 
 RELAYED, KNOWN, REFUSED = "relayed", "known", "refused"
+__all__ = ["relay", "relayed_from", "mark", "check_signature", "Relayed"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,15 +37,6 @@ class Relayed:
     identifier: str = ""
     code: str = ""
     detail: str = ""
-
-
-def relayed_from(alert: Alert) -> str | None:
-    """The source a relayed alert came from (its `tocsin-relayed:` code), None for an alert
-    this deployment's own authorities issued."""
-    for code in alert.codes:
-        if code.startswith(RELAYED_CODE_PREFIX):
-            return code[len(RELAYED_CODE_PREFIX):]
-    return None
 
 
 def mark(alert: Alert, source: Source) -> Alert:
