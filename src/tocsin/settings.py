@@ -252,7 +252,8 @@ class Settings:
     # Entries read from one feed; a feed with more is refused as a whole (not truncated:
     # which entries a source drops would be a guess).
     source_max_entries: int = 500
-    # CAP documents one poll fetches; the rest wait for the next poll.
+    # New entries one poll reads (a CAP fetched or embedded: each costs an accept); the rest
+    # wait for the next poll.
     source_max_new_per_poll: int = 50
     # After a failure a source waits base x 2^(errors-1), at most max, jittered by up to half.
     source_backoff_base_s: float = 30.0

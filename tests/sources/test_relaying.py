@@ -4,16 +4,19 @@ its Update and Cancel become an Update and Cancel here; re-polls take nothing tw
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 
+from tests.e2e.conftest import running_node
 from tests.samples import alert_xml
-from tests.sources.conftest import add_source, wait_status
+from tests.sources.conftest import add_source, source_settings, wait_status
 from tests.sources.feeds import CAP, Publisher, embedded_atom, linked_atom, rss
 from tests.sources.signer import authority
 from tocsin.app import Node
 from tocsin.cap.model import MsgType
 from tocsin.cap.parse import parse_stored
+from tocsin.cluster.nats_server import NatsServer
 from tocsin.errors import AlertNotFound
 from tocsin.signing import verify
 from tocsin.sources.relay import relayed_from
@@ -159,3 +162,23 @@ async def test_a_cap_that_could_not_be_fetched_is_fetched_again_though_the_feed_
     await wait_status(http, "late", counted("relayed", 1))
     assert (await stored(node, "LATE-1")).envelope.issuer == "source:late"
     await wait_status(http, "late", counted("not_modified", 1))  # once taken, polls are conditional again
+
+
+async def test_a_poll_reads_at_most_its_bound_of_new_entries_and_the_next_polls_the_rest(
+        tmp_path: Path, nats_server: NatsServer, feeds: Publisher) -> None:
+    settings = source_settings(tmp_path, nats_server, source_max_new_per_poll=2)
+    async with running_node(settings) as node, httpx.AsyncClient(base_url=node.url, timeout=10) as http:
+        entries = []
+        for n in range(5):
+            feeds.docs[f"/cap/b{n}.xml"] = (alert_xml(identifier=f"B-{n}", sender=SENDER), CAP)
+            entries.insert(0, (f"urn:b{n}", f"/cap/b{n}.xml"))
+        feeds.docs["/bulk.atom"] = (linked_atom(entries), ATOM)
+        await add_source(http, "bulk", f"{feeds.url}/bulk.atom")
+        first = await wait_status(http, "bulk", lambda s: s["counts"].get("polls", 0) >= 1)
+        # Two a poll, oldest first; no validators kept while entries wait.
+        assert first["counts"]["relayed"] == min(5, 2 * first["counts"]["polls"])
+        assert first["counts"]["relayed"] == 5 or not first.get("etag")
+        status = await wait_status(http, "bulk", lambda s: s["counts"].get("not_modified", 0) >= 1)
+        assert status["counts"]["relayed"] == 5 and status["counts"]["polls"] >= 4
+        assert all(feeds.hits[f"/cap/b{n}.xml"] == 1 for n in range(5))
+        assert (await stored(node, "B-4")).envelope.issuer == "source:bulk"

@@ -114,6 +114,12 @@ class SourcePoller:
             await self.poll_if_leased(client, source)
         except Exception as exc:  # one source's trouble never stops the poller
             log.error("source poll failed", extra={"source": source.name, "error": repr(exc)[:300]})
+            # Backed off on this node all the same: a poll that fails this way must not
+            # start again at the next tick.
+            key, now = status_key(source.name), self._clock()
+            self.status[key] = failed(self.status.get(key) or {}, now=now, at=_iso(now), interval_s=source.interval_s,
+                                      backoff=self._backoff, jitter=self._jitter, reason="internal",
+                                      detail=repr(exc)[:300])
         finally:
             self._polling.discard(source.name)
 
@@ -134,8 +140,8 @@ class SourcePoller:
             status = await self.poll(client, source, status)
             if self.book.source(source.name) is None:
                 return True  # removed while it was polled: its status left with it
-            await self._records.put(status_key(source.name), status)
             self.status[status_key(source.name)] = status  # this node sees it at once; the mirror follows
+            await self._records.put(status_key(source.name), status)
             return True
         finally:
             await self._records.delete(lease)
@@ -195,11 +201,10 @@ class SourcePoller:
         for entry in reversed(entries):
             if entry.key in taken:
                 continue
-            if entry.link is not None:
-                if fetched >= s.source_max_new_per_poll:
-                    left += 1  # waits for the next poll
-                    continue
-                fetched += 1
+            if fetched >= s.source_max_new_per_poll:
+                left += 1  # waits for the next poll (each CAP read costs an accept)
+                continue
+            fetched += 1
             if await self._entry(client, source, entry, done):
                 done.taken.append(entry.key)
             else:
