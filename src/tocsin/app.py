@@ -34,6 +34,7 @@ from tocsin.delivery.channels import enabled_channels
 from tocsin.delivery.model import APNS, FCM, WEBPUSH
 from tocsin.delivery.progress import Progress, ProgressRecords
 from tocsin.delivery.route_worker import RouteWorker, route_checks
+from tocsin.sources.poller import SourcePoller
 from tocsin.delivery.channels import make_senders
 from tocsin.delivery.dispatcher import Dispatcher, Parts
 from tocsin.delivery.model import Sender
@@ -432,6 +433,11 @@ async def open_node(
             status=services.route_status, signer=signer, routes=store.routes,
             finished=services.progress.finished,
         )
+        # SOURCES: relayed CAP feeds (sources/poller.py), started with the other tasks.
+        services.source_poller = SourcePoller(
+            settings=settings, book=services.sources, status=services.source_status, records=store.source_status,
+            accept=accept,
+        )
         areas_mirror = await _start_areas_mirror(services)
         stack.callback(areas_mirror.cancel)
         services.edge = Edge.from_settings(settings, lambda code: services.metrics.refused.labels(code).inc())
@@ -578,6 +584,8 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         relay = tasks.create_task(health.relay.run(), name="canary-relay") if health.relay else None
         # ROUTES: the routes and their status mirrored, and every route's worker on this node.
         route_tasks = _start_routes(tasks, node.services)
+        # SOURCES: the sources and their status mirrored, and this node's poller.
+        route_tasks += _start_sources(tasks, node.services)
         peers = tasks.create_task(node.peers.run(), name="worker-peers") if node.peers else None
         parent = (tasks.create_task(_exit_with_parent(node, os.getppid()), name="worker-parent")
                   if node.settings.is_worker else None)
@@ -665,6 +673,22 @@ def _start_routes(tasks: asyncio.TaskGroup, services: Services) -> list[asyncio.
     if services.settings.is_issuer_worker:  # WORKERS: the routes are posted from the other workers
         return mirrors
     return [*mirrors, tasks.create_task(worker.run(), name="route-worker")]
+
+
+def _start_sources(tasks: asyncio.TaskGroup, services: Services) -> list[asyncio.Task[None]]:
+    """SOURCES: the sources bucket and its status bucket mirrored, and the poller (one a
+    node; the issuer worker polls nothing: issuers keep its loop to themselves)."""
+    poller = services.source_poller
+    if poller is None:
+        return []
+    store = services.store
+    mirrors = [
+        tasks.create_task(store.sources.mirror(services.sources), name="sources-mirror"),
+        tasks.create_task(store.source_status.mirror(services.source_status), name="source-status-mirror"),
+    ]
+    if services.settings.is_issuer_worker:
+        return mirrors
+    return [*mirrors, tasks.create_task(poller.run(), name="source-poller")]
 
 
 def stop_on_signals(node: Node) -> None:

@@ -41,3 +41,18 @@ def expires_at(alert: Alert, default_lifetime: timedelta = DEFAULT_LIFETIME) -> 
     plus the default lifetime (no info, or an info without `expires`)."""
     expires = alert.expires
     return expires if expires is not None else alert.sent + default_lifetime
+
+
+# SOURCES: an alert relayed from another authority's feed carries this CAP <code> with the
+# source's name, inside the bytes the deployment signs (docs/sources.md); a device shows it
+# as coming from that source, never as one of this deployment's own authorities' alerts.
+RELAYED_CODE_PREFIX = "tocsin-relayed:"
+
+
+def relayed_from(alert: Alert) -> str | None:
+    """The source a relayed alert came from, None for an alert this deployment's own
+    authorities issued."""
+    for code in alert.codes:
+        if code.startswith(RELAYED_CODE_PREFIX):
+            return code[len(RELAYED_CODE_PREFIX):]
+    return None

@@ -315,6 +315,9 @@ RECEIPT_RATE_LIMITED = Problem(
 EVENT_UNKNOWN = Problem("event.unknown", 404, "No active alert with this id.")
 ROUTE_INVALID = Problem("route.invalid", 422, "The CAP route is not valid.")
 ROUTE_UNKNOWN = Problem("route.unknown", 404, "No CAP route with this name.")
+# SOURCES: other authorities' CAP feeds relayed (docs/sources.md).
+SOURCE_INVALID = Problem("source.invalid", 422, "The CAP source is not valid.")
+SOURCE_UNKNOWN = Problem("source.unknown", 404, "No CAP source with this name.")
 NODE_NOT_READY = Problem(
     "node.not-ready", 503, "This node cannot deliver right now; connect to another node and resume."
 )

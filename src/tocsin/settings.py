@@ -239,6 +239,31 @@ class Settings:
     # The routes bucket (one record per route) and beside it `<name>_STATUS` (each route's
     # last deliveries and link test, and the link-test lease).
     routes_bucket: str = "TOCSIN_ROUTES"
+    # SOURCES (docs/sources.md): other authorities' CAP feeds this deployment relays. The
+    # sources bucket (one record per source) and beside it `<name>_STATUS` (each source's
+    # status and its poll lease).
+    sources_bucket: str = "TOCSIN_SOURCES"
+    # One GET (a feed or a linked CAP), connection to last byte; a slower answer is cut off.
+    source_fetch_timeout_s: float = 10.0
+    # One whole poll of one source (the feed and the CAPs it links); also its lease's life.
+    source_poll_deadline_s: float = 60.0
+    # A feed larger than this is cut off unread (the NWS national index is about 300 KB).
+    source_max_feed_bytes: int = 2 * 2**20
+    # Entries read from one feed; a feed with more is refused as a whole (not truncated:
+    # which entries a source drops would be a guess).
+    source_max_entries: int = 500
+    # New entries one poll reads (a CAP fetched or embedded: each costs an accept); the rest
+    # wait for the next poll.
+    source_max_new_per_poll: int = 50
+    # After a failure a source waits base x 2^(errors-1), at most max, jittered by up to half.
+    source_backoff_base_s: float = 30.0
+    source_backoff_max_s: float = 3600.0
+    # This many failures in a row open the source's circuit: no poll for breaker_open_s,
+    # then one trial poll (half-open) that closes it again or opens it for another period.
+    source_breaker_errors: int = 5
+    source_breaker_open_s: float = 900.0
+    # Sources one node polls at the same time (each in its own task, under its deadline).
+    source_concurrency: int = 8
     # Restart back-off for the embedded nats-server child.
     nats_restart_delay_s: float = 0.5
     # In a cluster, a node red for this long closes its device streams so that they resume

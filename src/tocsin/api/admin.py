@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -45,6 +45,7 @@ from tocsin.errors import (
 )
 from tocsin.policy import Issuer, Role
 from tocsin.store.audit import Action, AuditEntry
+from tocsin.store.base import Records
 
 # A record changed by two admins at once is read and decided again at most this often.
 _CAS_TRIES = 8
@@ -112,6 +113,37 @@ async def body_of(admin: Admin) -> dict[str, Any]:
 
 def path_param(request: Request, name: str) -> str:
     return str(request.path_params[name])[:200]
+
+
+class Recorded(Protocol):
+    def as_json(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=Recorded)
+
+
+async def put_versioned(records: Records, key: str, build: Callable[[dict[str, Any] | None], R], *,
+                        at_limit: Callable[[], Rejected | None], busy: Rejected, tries: int = 8) -> tuple[R, bool]:
+    """Create or replace the record at `key` with what `build(the record there, or None)`
+    makes, compare-and-set: when another write came first, built again from that one.
+    Returns the value written and whether it was created (CAP routes, sources).
+
+    Raises:
+        Rejected: what `build` raises, what `at_limit` returns before a creation, or `busy`
+            when the record kept changing.
+    """
+    for _ in range(tries):
+        found = await records.get_versioned(key)
+        value = build(found[0] if found is not None else None)
+        if found is None:
+            refusal = at_limit()
+            if refusal is not None:
+                raise refusal
+            if await records.create(key, value.as_json()):
+                return value, True
+        elif await records.replace(key, value.as_json(), found[1]):
+            return value, False
+    raise busy
 
 
 async def org_of(admin: Admin, name: str) -> Organisation:

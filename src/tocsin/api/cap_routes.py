@@ -9,21 +9,19 @@ A PUT makes the route's consumer at once, a DELETE removes it and what waits on 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from tocsin.api.admin import Admin, admin_for, path_param
+from tocsin.api.admin import Admin, admin_for, path_param, put_versioned
 from tocsin.api.alerts import read_body
 from tocsin.delivery.route_worker import RouteWorker, route_status
 from tocsin.delivery.routes import MAX_ROUTES, NAME, NatsErrors, Route, from_body, invalid
 from tocsin.errors import ROUTE_INVALID, ROUTE_UNKNOWN, Rejected, StoreUnavailable
 from tocsin.store.audit import Action
-
-_CAS_TRIES = 8
-
 
 async def _deployment_admin(request: Request) -> Admin:
     admin = await admin_for(request)
@@ -51,18 +49,23 @@ async def _known(admin: Admin, name: str) -> Route:
     return route
 
 
-async def _body(admin: Admin) -> dict[str, Any]:
+async def json_object(admin: Admin, refuse: Callable[[str, str], Rejected], expected: str) -> dict[str, Any]:
+    """The request's JSON object, or `refuse("body", ...)` (routes, sources)."""
     raw = await read_body(admin.request, admin.services.settings.max_admin_body_bytes)
     try:
         data = json.loads(raw) if raw.strip() else None
     except (ValueError, UnicodeDecodeError):
-        raise invalid("body", "not JSON") from None
+        raise refuse("body", "not JSON") from None
     if not isinstance(data, dict):
-        raise invalid("body", "a JSON object with url, and optionally statuses, token, enabled")
+        raise refuse("body", expected)
     return data
 
 
-def _audited_url(url: str) -> str:
+async def _body(admin: Admin) -> dict[str, Any]:
+    return await json_object(admin, invalid, "a JSON object with url, and optionally statuses, token, enabled")
+
+
+def audited_url(url: str) -> str:
     """The URL without its query (which may hold a key) for the audit log."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
@@ -86,26 +89,19 @@ async def put_route(request: Request) -> Response:
     body = await _body(admin)
     records, book = admin.services.store.routes, admin.services.routes
     now = admin.now.isoformat()
-    for _ in range(_CAS_TRIES):
-        found = await records.get_versioned(name) if NAME.fullmatch(name) else None
-        old = Route.from_json(found[0]) if found is not None else None
-        route = from_body(name, body, old, actor=admin.actor, now=now)
-        if found is None:
-            if len(book) >= MAX_ROUTES:
-                raise invalid("name", f"this deployment holds its limit of {MAX_ROUTES} routes")
-            if await records.create(name, route.as_json()):
-                break
-        elif await records.replace(name, route.as_json(), found[1]):
-            break
-    else:
-        raise Rejected(ROUTE_INVALID, "the route kept changing; try again")
+    route, created = await put_versioned(
+        records, name,
+        lambda record: from_body(name, body, Route.from_json(record) if record else None, actor=admin.actor, now=now),
+        at_limit=lambda: invalid("name", f"this deployment holds its limit of {MAX_ROUTES} routes")
+        if len(book) >= MAX_ROUTES else None,
+        busy=Rejected(ROUTE_INVALID, "the route kept changing; try again"))
     book[name] = route.as_json()  # this node routes with it at once; the mirror follows
     await _make_consumer(admin, name)
     token = "set" if "token" in body and route.token else "removed" if "token" in body else (
         "kept" if route.token else "none")
-    await admin.audit(Action.ROUTE_CREATED if found is None else Action.ROUTE_CHANGED, name, admin.issuer.name, {
-        "url": _audited_url(route.url), "statuses": list(route.statuses), "enabled": route.enabled, "token": token})
-    return _answer(admin, route, 201 if found is None else 200)
+    await admin.audit(Action.ROUTE_CREATED if created else Action.ROUTE_CHANGED, name, admin.issuer.name, {
+        "url": audited_url(route.url), "statuses": list(route.statuses), "enabled": route.enabled, "token": token})
+    return _answer(admin, route, 201 if created else 200)
 
 
 def _worker(admin: Admin) -> RouteWorker:
@@ -136,7 +132,7 @@ async def delete_route(request: Request) -> Response:
     except NatsErrors as exc:
         # The record is gone: every node's route worker removes a consumer left over.
         raise StoreUnavailable("route consumer", repr(exc)) from exc
-    await admin.audit(Action.ROUTE_REMOVED, route.name, admin.issuer.name, {"url": _audited_url(route.url)})
+    await admin.audit(Action.ROUTE_REMOVED, route.name, admin.issuer.name, {"url": audited_url(route.url)})
     return JSONResponse({"route": route.public_json(), "removed": True})
 
 

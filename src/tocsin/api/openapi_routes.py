@@ -13,12 +13,13 @@ _NAME = {"name": "name", "in": "path", "required": True,
 
 
 def _admin(catalog: list[Problem], op_id: str, summary: str, ok: Json, *, body: str | None = None,
-           params: tuple[Json, ...] = (_NAME,)) -> Json:
-    """A deployment admin's operation, with the routes' problems in place of the accounts'."""
+           params: tuple[Json, ...] = (_NAME,), prefix: str = "route.") -> Json:
+    """A deployment admin's operation, with the routes' problems (or `prefix`'s: a source's)
+    in place of the accounts'."""
     operation = _op(catalog, op_id, summary, ok, body=body, params=params)
     responses = operation["responses"]
     del responses["409"]
-    responses.update({"404": _problems(catalog, 404, ("route.",)), "422": _problems(catalog, 422, ("route.",))})
+    responses.update({"404": _problems(catalog, 404, (prefix,)), "422": _problems(catalog, 422, (prefix,))})
     if body is None:
         del responses["413"], responses["422"]
     return operation

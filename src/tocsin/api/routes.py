@@ -10,6 +10,7 @@ from tocsin.api import (
     admin_routes, alerts, areas, audit, cap_routes, devices, drafts, preview, public, push_public, receipts, streams,
 )
 from tocsin.api import fpas  # FPAS
+from tocsin.api import sources  # SOURCES
 from tocsin.api.fastpath import SseFastPath
 from tocsin.api.headers import EdgeHeaders
 from tocsin.api.problems import HANDLERS
@@ -62,6 +63,9 @@ ROUTES = [
     Route("/alert/{alert_id}.xml", fpas.alert_cap, methods=["GET"]),
     Route("/alert/{alert_id}", fpas.alert, methods=["GET"]),
     Route("/config/server_status", fpas.server_status, methods=["GET"]),
+    # SOURCES: relayed CAP feeds (api/sources.py, docs/sources.md)
+    Route("/api/v1/admin/sources", sources.list_sources, methods=["GET"]),
+    Route("/api/v1/admin/sources/{name}", sources.source, methods=["GET", "PUT", "DELETE"]),
 ]
 
 

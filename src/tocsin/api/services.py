@@ -22,6 +22,8 @@ from tocsin.api.ttl_cache import TtlCache
 from tocsin.channels.live import LiveRegistry
 from tocsin.delivery.route_worker import RouteWorker
 from tocsin.delivery.routes import RouteBook
+from tocsin.sources.model import SourceBook
+from tocsin.sources.poller import SourcePoller
 from tocsin.delivery.model import Sender
 from tocsin.delivery.progress import Progress
 from tocsin.geo.gazetteer_mirror import AreasMirror
@@ -247,6 +249,11 @@ class Services:
     routes: RouteBook = field(default_factory=RouteBook)
     route_status: dict[str, dict[str, Any]] = field(default_factory=dict)
     route_worker: RouteWorker | None = None
+    # SOURCES: the sources bucket and its status bucket mirrored (app.py runs the mirrors),
+    # and the poller (app.py starts it; None in ASGI-only tests) (sources/).
+    sources: SourceBook = field(default_factory=SourceBook)
+    source_status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source_poller: SourcePoller | None = None
     # CORE (delivery/): the senders this node delivers through, by channel (app.py: the
     # configured channels' `make_senders`, or the ones a test gives).
     senders: dict[str, Sender] = field(default_factory=dict)

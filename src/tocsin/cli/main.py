@@ -118,6 +118,10 @@ def _register_optional() -> None:
     from tocsin.cli.routes_cmd import routes
 
     cli.add_command(routes)
+    # SOURCES: relayed CAP feeds over the admin API
+    from tocsin.cli.sources_cmd import sources
+
+    cli.add_command(sources)
 
 
 _register_optional()

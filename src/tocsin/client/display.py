@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from tocsin.audience import expires_at
+from tocsin.audience import expires_at, relayed_from
 from tocsin.cap.model import Alert, Info
 from tocsin.client.decide import Kind
 from tocsin.client.state import Identity
@@ -43,6 +43,9 @@ class Display:
     senders: tuple[str, ...] = ()
     # The device's places (their names) inside the shown info's areas; shown once for all.
     places: tuple[str, ...] = ()
+    # SOURCES: the source it was relayed from (another authority's feed), "" when this
+    # deployment's own authorities issued it (docs/sources.md).
+    relayed_from: str = ""
 
     def as_json(self) -> dict[str, Any]:
         """The display as a JSON object (CAP element names where CAP has one)."""
@@ -65,6 +68,7 @@ class Display:
             "replaces": [{"sender": sender, "identifier": identifier} for sender, identifier in self.replaces],
             "senders": list(self.senders or (self.sender,)),
             "places": list(self.places),
+            "relayed_from": self.relayed_from or None,
         }
 
 
@@ -96,6 +100,7 @@ def make_display(
         replaces=replaces,
         senders=senders,
         places=places,
+        relayed_from=relayed_from(alert) or "",
     )
 
 
@@ -139,9 +144,10 @@ def terminal_line(display: Display) -> str:
                         display.language, display.node),
     )
     where = f" (for {', '.join(map(terminal_text, display.places))})" if display.places else ""
+    relayed = f"relayed from {terminal_text(display.relayed_from)}: " if display.relayed_from else ""
     return (
         f"{tag}{kind}{event}: {headline}{where} "
-        f"[{sender} {identifier}, {language or '-'}, after {display.delay_s:.1f} s via {node}]"
+        f"[{relayed}{sender} {identifier}, {language or '-'}, after {display.delay_s:.1f} s via {node}]"
     )
 
 

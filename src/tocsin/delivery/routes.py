@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,8 +28,9 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from tocsin.delivery.queue import route_subject
-from tocsin.errors import ROUTE_INVALID, Rejected, Violation
+from tocsin.errors import ROUTE_INVALID, Problem, Rejected, Violation
 from tocsin.settings import Settings
+from tocsin.store.book import Book
 
 # A route's name: a NATS subject token, a consumer name and a bucket key all at once.
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -46,15 +47,20 @@ MAX_ROUTES = 256
 CONSUMER_PREFIX = "route-"
 
 
+def field_refusal(problem: Problem, path: str, detail: str) -> Rejected:
+    """`problem` (422) naming the exact field: a route's, or a source's (sources/model.py)."""
+    return Rejected(problem, f"{path}: {detail}", violations=(
+        Violation(problem=problem, path=path, detail=detail, kind="policy"),))
+
+
 def invalid(path: str, detail: str) -> Rejected:
     """422 route.invalid naming the exact field."""
-    return Rejected(ROUTE_INVALID, f"{path}: {detail}", violations=(
-        Violation(problem=ROUTE_INVALID, path=path, detail=detail, kind="policy"),))
+    return field_refusal(ROUTE_INVALID, path, detail)
 
 
-def check_name(raw: object) -> str:
+def check_name(raw: object, refuse: Callable[[str, str], Rejected] = invalid) -> str:
     if not isinstance(raw, str) or not NAME.fullmatch(raw):
-        raise invalid("name", "1 to 63 of a-z, 0-9 and '-', starting with a letter or digit")
+        raise refuse("name", "1 to 63 of a-z, 0-9 and '-', starting with a letter or digit")
     return raw
 
 
@@ -184,47 +190,25 @@ def from_body(name: str, body: dict[str, Any], old: Route | None, *, actor: str,
     return route
 
 
-class RouteBook(MutableMapping[str, dict[str, Any]]):
+class RouteBook(Book[Route]):
     """Every route record, as the node's mirror of the routes bucket holds them.
 
     The bucket mirror (`KvRecords.mirror`) writes the raw records in; the planner reads
     `names_for`, the route worker `routes`. Unreadable records route nothing."""
 
     def __init__(self) -> None:
-        self._records: dict[str, dict[str, Any]] = {}
-        self._routes: dict[str, Route] = {}
-
-    def __getitem__(self, key: str) -> dict[str, Any]:
-        return self._records[key]
-
-    def __setitem__(self, key: str, value: dict[str, Any]) -> None:
-        self._records[key] = value
-        route = Route.from_json(value) if isinstance(value, dict) else None
-        if route is not None and route.name == key:
-            self._routes[key] = route
-        else:
-            self._routes.pop(key, None)
-
-    def __delitem__(self, key: str) -> None:
-        del self._records[key]
-        self._routes.pop(key, None)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._records)
-
-    def __len__(self) -> int:
-        return len(self._records)
+        super().__init__(Route.from_json, lambda route: route.name)
 
     def route(self, name: str) -> Route | None:
-        return self._routes.get(name)
+        return self.value(name)
 
     def routes(self) -> list[Route]:
-        return [self._routes[name] for name in sorted(self._routes)]
+        return self.values_by_name()
 
     def names_for(self, status: str) -> list[str]:
         """The enabled routes that forward alerts of this CAP status, by name (the planner's
         `routes_for`). Draft: none, ever."""
-        return sorted(name for name, route in self._routes.items() if route.wants(status))
+        return sorted(name for name, route in self.items_parsed() if route.wants(status))
 
 
 # Consumers on the DELIVERIES work queue, one per route.

@@ -61,6 +61,10 @@ class Action(StrEnum):
     ROUTE_CHANGED = "route-changed"
     ROUTE_REMOVED = "route-removed"
     ROUTE_TESTED = "route-tested"
+    # SOURCES: relayed CAP feeds (docs/sources.md).
+    SOURCE_CREATED = "source-created"
+    SOURCE_CHANGED = "source-changed"
+    SOURCE_REMOVED = "source-removed"
 
 
 def subject_token(subject: str) -> str:

@@ -218,6 +218,13 @@ class Store(AlertStore, Protocol):
     @property
     def route_status(self) -> Records: ...
 
+    # SOURCES: relayed CAP feeds and their status (sources/).
+    @property
+    def sources(self) -> Records: ...
+
+    @property
+    def source_status(self) -> Records: ...
+
     @property
     def audit(self) -> AuditLog: ...
 

@@ -198,6 +198,8 @@ class JetStreamStore:
         self._areas: KvRecords | None = None
         self._routes: KvRecords | None = None
         self._route_status: KvRecords | None = None
+        self._sources: KvRecords | None = None
+        self._source_status: KvRecords | None = None
         self._audit: JetStreamAuditLog | None = None
         self._progress: KvRecords | None = None
 
@@ -258,6 +260,18 @@ class JetStreamStore:
         return self._route_status
 
     @property
+    def sources(self) -> Records:
+        """Relayed CAP sources, one record per source name (sources/model.py)."""
+        assert self._sources is not None, "ensure() first"
+        return self._sources
+
+    @property
+    def source_status(self) -> Records:
+        """Each source's poll status and poll lease (sources/poller.py)."""
+        assert self._source_status is not None, "ensure() first"
+        return self._source_status
+
+    @property
     def audit(self) -> AuditLog:
         """The append-only record of every action (store/audit.py)."""
         assert self._audit is not None, "ensure() first"
@@ -298,6 +312,10 @@ class JetStreamStore:
             self._routes = KvRecords(await self._bucket(s.routes_bucket, max_value_size=16384), deadline_s)
             self._route_status = KvRecords(await self._bucket(f"{s.routes_bucket}_STATUS", max_value_size=16384),
                                            deadline_s)
+            # SOURCES: relayed CAP feeds and their status (sources/model.py, sources/poller.py).
+            self._sources = KvRecords(await self._bucket(s.sources_bucket, max_value_size=65536), deadline_s)
+            self._source_status = KvRecords(await self._bucket(f"{s.sources_bucket}_STATUS", max_value_size=65536),
+                                            deadline_s)
             audit = JetStreamAuditLog(self._js, s)
             await audit.ensure()
             self._audit = audit

@@ -1,0 +1,1 @@
+"""Aggregator mode: other authorities' CAP feeds polled, checked and relayed (docs/sources.md)."""
