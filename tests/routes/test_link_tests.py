@@ -80,7 +80,10 @@ async def test_link_tests_come_from_one_node_at_a_time(node: Node, receiver: Rec
     """Two nodes on the same buckets, each testing every second: the lease lets one test
     through per interval, not one per node."""
     second = node.settings.replace(data_dir=tmp_path / "second", node_name=unique_name("lnode"), listen="127.0.0.1:0")
-    async with running_node(second), httpx.AsyncClient(base_url=node.url, timeout=5) as http:
+    async with running_node(second) as other, httpx.AsyncClient(base_url=node.url, timeout=5) as http:
+        # Its own data directory, so its own key: whichever node holds the lease, the
+        # receiver must know its key (a test refused as unsigned is not a test that came).
+        trust(receiver, other)
         await add_route(http, "single", receiver.url)
         await until_async(lambda: _links(receiver, 1), timeout_s=10)
         started = receiver.links()[0].at
