@@ -9,6 +9,7 @@ from starlette.types import ASGIApp
 from tocsin.api import (
     admin_routes, alerts, areas, audit, cap_routes, devices, drafts, preview, public, push_public, receipts, streams,
 )
+from tocsin.api import feeds
 from tocsin.api.fastpath import SseFastPath
 from tocsin.api.headers import EdgeHeaders
 from tocsin.api.problems import HANDLERS
@@ -54,6 +55,9 @@ ROUTES = [
     Route("/api/v1/admin/routes", cap_routes.list_routes, methods=["GET"]),
     Route("/api/v1/admin/routes/{name}", cap_routes.route, methods=["GET", "PUT", "DELETE"]),
     Route("/api/v1/admin/routes/{name}/test", cap_routes.test_route, methods=["POST"]),
+    # FEEDS: the CAP Atom feeds (api/feeds.py, docs/feeds.md)
+    Route("/feeds/alerts.atom", feeds.alerts_feed, methods=["GET"]),
+    Route("/feeds/areas/{scheme}/{code}.atom", feeds.area_feed, methods=["GET"]),
 ]
 
 
