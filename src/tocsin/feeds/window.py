@@ -168,16 +168,18 @@ class FeedWindow:
         """
         try:
             if is_public(active.alert):
-                self._add(entry_for(active), active.alert)
+                alert = active.alert
+                self.add(entry_for(active), [alert_id_for(r.sender, r.identifier) for r in alert.references])
         except Exception:  # a bug here must not stop the follower
             log.exception("feed entry not made", extra={"seq": active.stored.seq})
 
-    def _add(self, entry: FeedEntry, alert: Alert) -> None:
+    def add(self, entry: FeedEntry, referenced: list[str]) -> None:
+        """Keep the entry; the entries of the alert ids it references are superseded as of
+        its sent. An entry without cells or geocodes takes those of what it references."""
         known = self.entries.get(entry.alert_id)
         if known is not None and replace(known, superseded_at=None) == entry:
             return  # a redelivery, or an alert read back after a restart
         self._forget_rewound(entry)
-        referenced = [alert_id_for(r.sender, r.identifier) for r in alert.references]
         if not entry.cells and not entry.geocodes:  # goes where what it references went
             earlier = [self.entries[r] for r in referenced if r in self.entries]
             entry = replace(entry, cells=tuple(sorted({c for e in earlier for c in e.cells})),
