@@ -7,9 +7,11 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import h3
+
 from tests.feeds import atomcheck
 from tocsin.feeds.atom import FeedHead, render
-from tocsin.feeds.window import FeedEntry, FeedWindow
+from tocsin.feeds.window import FeedEntry, FeedWindow, coarsened
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 HEAD = FeedHead(feed_id="urn:uuid:00000000-0000-0000-0000-000000000001", title="Alerts",
@@ -78,9 +80,9 @@ def window(now: list[datetime], **options: float) -> FeedWindow:
 def test_the_window_holds_at_most_its_entries_dropping_the_first_due_out() -> None:
     now = [NOW]
     feed = window(now, max_entries=3)
-    for n in range(5):
-        feed.add(entry(n, expires_at=NOW + timedelta(hours=10 - n)), [])
-    assert sorted(feed.entries) == [f"{n:032x}" for n in (2, 3, 4)] and feed.dropped == 2
+    for n, hours in enumerate((5, 1, 9, 7, 3)):  # expiring in that many hours
+        feed.add(entry(n, expires_at=NOW + timedelta(hours=hours)), [])
+    assert sorted(feed.entries) == [f"{n:032x}" for n in (0, 2, 3)] and feed.dropped == 2
 
 
 def test_an_update_without_area_takes_the_cells_of_what_it_references() -> None:
@@ -117,3 +119,10 @@ def test_a_rewound_stream_drops_what_was_at_and_after_the_reused_seq() -> None:
         feed.add(entry(n), [])
     feed.add(entry(9, seq=2), [])
     assert sorted(e.seq for e in feed.entries.values()) == [1, 2]
+
+
+def test_a_wide_cover_is_kept_as_coarser_cells_that_still_hold_it() -> None:
+    fine = frozenset(h3.grid_disk("861f8d8a7ffffff", 20))  # 1,261 cells at resolution 6
+    kept = coarsened(fine, most=100)
+    assert len(kept) <= 100
+    assert all(any(h3.cell_to_parent(cell, h3.get_resolution(k)) == k for k in kept) for cell in fine)

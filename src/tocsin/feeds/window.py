@@ -26,6 +26,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import h3
+
 from tocsin.cap.compose import cap_time
 from tocsin.cap.model import Alert, MsgType, Scope, Status
 from tocsin.secret_file import write_secret
@@ -42,9 +44,9 @@ SAVE_S = 2.0
 TITLE_MAX = 300
 SUMMARY_MAX = 1000
 AREA_DESC_MAX = 500
-# An entry keeps at most this many compacted cells (the membership of an area's feed); an
-# alert drawn wider keeps none and is matched by geocode only (counted: `cells_dropped`).
-MAX_ENTRY_CELLS = 2000
+# An entry keeps at most this many cells (the membership of an area's feed, feeds/areas.py):
+# a wider cover is kept as coarser parents, which only errs towards showing it in more feeds.
+MAX_ENTRY_CELLS = 500
 FEED_MSG_TYPES = (MsgType.ALERT, MsgType.UPDATE, MsgType.CANCEL)
 FILE_VERSION = 1
 
@@ -124,7 +126,6 @@ def entry_for(active: Active) -> FeedEntry:
     info = alert.infos[0] if alert.infos else None
     areas = [area for i in alert.infos for area in i.areas]
     title = (info.headline or info.event) if info is not None else ""
-    cells = tuple(sorted(active.cover.cells))
     return FeedEntry(
         alert_id=active.stored.envelope.alert_id, seq=active.stored.seq,
         identifier=alert.identifier, sender=alert.sender, sent=alert.sent.astimezone(UTC),
@@ -139,8 +140,19 @@ def entry_for(active: Active) -> FeedEntry:
         certainty=info.certainty.value if info is not None else "",
         area_desc="; ".join(dict.fromkeys(a.area_desc for a in areas))[:AREA_DESC_MAX],
         geocodes=tuple(dict.fromkeys((g.value_name, g.value) for a in areas for g in a.geocodes)),
-        cells=cells if len(cells) <= MAX_ENTRY_CELLS else (),
+        cells=coarsened(active.cover.cells),
     )
+
+
+def coarsened(cells: frozenset[str], most: int = MAX_ENTRY_CELLS) -> tuple[str, ...]:
+    """`cells`, each replaced by its parent one resolution coarser at a time until at most
+    `most` remain (a superset of the ground they cover)."""
+    kept = set(cells)
+    res = max((h3.get_resolution(c) for c in kept), default=0)
+    while len(kept) > most and res > 0:
+        res -= 1
+        kept = {c if h3.get_resolution(c) <= res else str(h3.cell_to_parent(c, res)) for c in kept}
+    return tuple(sorted(kept))
 
 
 class FeedWindow:
