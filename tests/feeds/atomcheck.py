@@ -51,8 +51,9 @@ def _date(element: etree._Element, where: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def entries(body: bytes) -> list[Entry]:
-    """The feed's entries, after checking the feed and each entry against RFC 4287 §4.1."""
+def entries(body: bytes, *, cap_links: bool = True) -> list[Entry]:
+    """The feed's entries, after checking the feed and each entry against RFC 4287 §4.1 and,
+    with `cap_links`, that each links exactly one CAP (`type="application/cap+xml"`)."""
     feed = parse(body)
     assert feed.tag == f"{ATOM}feed", f"the root is {feed.tag}, not atom:feed"
     _iri(_one(feed, "id", "feed").text, "feed")
@@ -80,9 +81,9 @@ def entries(body: bytes) -> list[Entry]:
         assert len(alternates) == len(set(alternates)), f"{where}: two alternate links of one type"
         assert alternates or entry.find(f"{ATOM}content") is not None, f"{where}: neither content nor alternate link"
         caps = [link.get("href") for link in links if link.get("type") == "application/cap+xml"]
-        assert len(caps) == 1, f"{where}: {len(caps)} links to a CAP"
+        assert len(caps) == 1 or not cap_links, f"{where}: {len(caps)} links to a CAP"
         cap = {child.tag.removeprefix(CAP): child.text or "" for child in entry if str(child.tag).startswith(CAP)}
-        found.append(Entry(id=entry_id, title=title, cap_href=str(caps[0]), cap=cap))
+        found.append(Entry(id=entry_id, title=title, cap_href=str(caps[0]) if caps else "", cap=cap))
     return found
 
 
