@@ -126,3 +126,12 @@ def test_a_wide_cover_is_kept_as_coarser_cells_that_still_hold_it() -> None:
     kept = coarsened(fine, most=100)
     assert len(kept) <= 100
     assert all(any(h3.cell_to_parent(cell, h3.get_resolution(k)) == k for k in kept) for cell in fine)
+
+
+def test_an_alert_read_back_again_leaves_the_later_entries_alone() -> None:
+    now = [NOW]
+    feed = window(now)
+    for n in (3, 5, 7):
+        feed.add(entry(n), [])
+    feed.add(entry(3, title="read back after a restart, a little different"), [])
+    assert sorted(e.seq for e in feed.entries.values()) == [3, 5, 7]

@@ -212,7 +212,11 @@ class FeedWindow:
         self._changed()
 
     def _forget_rewound(self, entry: FeedEntry) -> None:
-        """The stream reused a seq (index.py `_went_back`): what was at or after it is gone."""
+        """The stream reused a seq (index.py `_went_back`): another alert is at this entry's
+        seq, so what was at or after it is gone. (An alert read back again, after a restart,
+        finds itself at its seq and changes nothing.)"""
+        if not any(e.seq == entry.seq and e.alert_id != entry.alert_id for e in self.entries.values()):
+            return
         rewound = [e.alert_id for e in self.entries.values() if e.seq >= entry.seq and e.alert_id != entry.alert_id]
         for alert_id in rewound:
             del self.entries[alert_id]
