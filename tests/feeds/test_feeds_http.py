@@ -8,6 +8,7 @@ feed shows the alerts that reach into it; an unknown area is a 404 problem.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from urllib.parse import urljoin
 
@@ -17,7 +18,8 @@ from lxml import etree
 from tests.cap.capdata import official_schema
 from tests.feeds import atomcheck
 from tests.feeds.conftest import NICE_BOX, issue
-from tests.waiting import until_async
+from tests.waiting import until, until_async
+from tocsin.api.feeds import BUILDS_WAITING
 from tocsin.app import Node
 
 FEED = "/feeds/alerts.atom"
@@ -145,3 +147,27 @@ async def test_an_unknown_area_is_a_404_problem(http: httpx.AsyncClient) -> None
 async def test_feeds_are_readable_from_any_origin(node: Node, http: httpx.AsyncClient) -> None:
     response = await http.get(FEED, headers={"Origin": "https://example.org"})
     assert response.headers["access-control-allow-origin"] == "*"
+
+
+async def test_head_answers_the_headers_without_the_body(http: httpx.AsyncClient) -> None:
+    await issue(http, "FEED-HEAD")
+    full = await feed_with(http, FEED, "FEED-HEAD")
+    head = await http.head(FEED)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["etag"] == full.headers["etag"]
+
+
+async def test_area_feeds_waiting_to_be_built_are_bounded(node: Node, http: httpx.AsyncClient) -> None:
+    feeds = node.services.feeds
+    assert feeds is not None
+    codes = [f"{n:02}" for n in range(1, 20)]  # 19 départements, none of them 29
+    async with feeds._building:  # a build in progress: the requests for the others wait
+        waiting = [asyncio.create_task(http.get(f"/feeds/areas/INSEE-DEP/{code}.atom")) for code in codes]
+        await until(lambda: feeds._waiting >= BUILDS_WAITING, timeout_s=10)
+        refused = await http.get("/feeds/areas/INSEE-DEP/29.atom")
+        assert refused.status_code == 503 and refused.json()["code"] == "feed.busy"
+        assert refused.headers["retry-after"] == "5"
+    answers = await asyncio.gather(*waiting)
+    assert sum(a.status_code == 200 for a in answers) == BUILDS_WAITING
+    assert {a.json()["code"] for a in answers if a.status_code != 200} <= {"feed.busy"}
+    assert (await http.get("/feeds/areas/INSEE-DEP/29.atom")).status_code == 200
