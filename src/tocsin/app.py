@@ -23,6 +23,7 @@ from tocsin.accounts import grant
 from tocsin.accounts.bootstrap import bootstrap_admin
 from tocsin.accounts.file import apply_accounts_file
 from tocsin.api.device_snapshots import SnapshotKeeper, mirror_with_snapshot
+from tocsin.api.feeds import open_feeds
 from tocsin.api.lifecycle import sweep_forever
 from tocsin.api.listener import Edge, edge_protocols
 from tocsin.api.routes import make_app
@@ -427,6 +428,7 @@ async def open_node(
             settings=settings, store=store, accept=accept, pipeline=pipeline, live=live, signer=signer, clock=clock
         )
         services.progress = _progress(services, store.progress)
+        services.feeds = open_feeds(services)  # FEEDS: before the follower runs (docs/feeds.md)
         # ROUTES: CAP forwarding (delivery/route_worker.py), started with the other tasks.
         services.route_worker = RouteWorker(
             settings=settings, js=store.jetstream, store=store, book=services.routes, status_records=store.route_status,
@@ -581,6 +583,8 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         sweep = tasks.create_task(sweep_forever(node.services), name="lifecycle-sweep")
         accounts = tasks.create_task(store.accounts.mirror(node.services.accounts.mirror), name="accounts-mirror")
         progress = tasks.create_task(node.services.progress.run(), name="delivery-progress")
+        feeds = node.services.feeds  # FEEDS: the feed window recorded as it changes
+        feed_window = tasks.create_task(feeds.run(), name="feed-window") if feeds is not None else None
         relay = tasks.create_task(health.relay.run(), name="canary-relay") if health.relay else None
         # ROUTES: the routes and their status mirrored, and every route's worker on this node.
         route_tasks = _start_routes(tasks, node.services)
@@ -632,6 +636,9 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
         sweep.cancel()
         accounts.cancel()
         progress.cancel()
+        if feed_window is not None and feeds is not None:
+            feed_window.cancel()
+            feeds.stop()
         await _last_flush(node.services.progress)
         if health.prober is not None:
             await _forget_push_canaries(node.services, health.prober)

@@ -221,6 +221,11 @@ GAZETTEER_INVALID = Problem(
 )
 NAMED_AREA_NOT_FOUND = Problem("area.not-found", 404, "No named area with this scheme and code.")
 
+# FEEDS: the CAP Atom feeds (api/feeds.py, docs/feeds.md)
+FEED_BUSY = Problem(
+    "feed.busy", 503, "This node is building as many area feeds as may wait; retry shortly, or ask another node.",
+)
+
 # Audit log
 AUDIT_QUERY_INVALID = Problem("audit.query-invalid", 400, "The audit query is not valid.")
 

@@ -336,6 +336,18 @@ class Settings:
     # "issuer": the worker that alone serves TOCSIN_ISSUER_LISTEN (when it is set), holding
     # no device and sending nothing to gateways, so that no fan-out delays an issuer.
     worker_role: str = ""
+    # FEEDS: the CAP Atom feeds (docs/feeds.md). An alert stays in the feed this long after
+    # it expired or an Update or Cancel superseded it (aggregators ask for 24-48 h); at most
+    # TOCSIN_RETENTION_AFTER_EXPIRY_S, so that every linked CAP is still in the stream.
+    feed_window_s: float = 24 * 3600.0
+    # A feed's bytes at most (aggregators refuse about a megabyte): the oldest entries go.
+    feed_max_bytes: int = 900_000
+    # Entries the window holds at most (its memory); past it, the one due out first goes.
+    feed_max_entries: int = 2_000
+    # Cache-Control max-age of a feed: how stale a cache in between may serve it.
+    feed_max_age_s: int = 30
+    # The feeds' title (and author name); an area feed adds the area's name.
+    feed_title: str = "Public alerts"
 
     # FPAS: the FOSS Public Alert Server client API (docs/fpas.md). The push servers
     # (UnifiedPush distributors, Web Push services) a subscription's endpoint may name:
@@ -498,3 +510,18 @@ def _check(settings: Settings) -> None:
                             f"({settings.worker_count}); the supervisor sets them")
     if settings.replicas not in (1, 3, 5):
         raise SettingsError(f"TOCSIN_REPLICAS must be 1, 3 or 5, got {settings.replicas}")
+    _check_feeds(settings)
+
+
+def _check_feeds(settings: Settings) -> None:
+    """FEEDS: the feed settings (docs/feeds.md)."""
+    if not 0 <= settings.feed_window_s <= settings.retention_after_expiry_s:
+        raise SettingsError(f"TOCSIN_FEED_WINDOW_S must be within 0..TOCSIN_RETENTION_AFTER_EXPIRY_S "
+                            f"({settings.retention_after_expiry_s:g}): a feed links CAP the stream still holds; "
+                            f"got {settings.feed_window_s:g}")
+    if not 10_000 <= settings.feed_max_bytes <= 16 * 1024**2:
+        raise SettingsError(f"TOCSIN_FEED_MAX_BYTES must be within 10000..16777216, got {settings.feed_max_bytes}")
+    if not 1 <= settings.feed_max_entries <= 100_000 or not 0 <= settings.feed_max_age_s <= 86_400:
+        raise SettingsError("TOCSIN_FEED_MAX_ENTRIES must be within 1..100000, TOCSIN_FEED_MAX_AGE_S within 0..86400")
+    if not settings.feed_title.strip() or len(settings.feed_title) > 200:
+        raise SettingsError("TOCSIN_FEED_TITLE must be a text of 1 to 200 characters")

@@ -22,7 +22,8 @@ HTML = (
     (b"x-frame-options", b"DENY"),
 )
 # GETs a page of any origin may read.
-PUBLIC_READS = ("/api/v1/alerts/", "/api/v1/stream", "/.well-known/tocsin/", "/status", "/readyz", "/livez", "/openapi.json")
+PUBLIC_READS = ("/api/v1/alerts/", "/api/v1/stream", "/.well-known/tocsin/", "/status", "/readyz", "/livez", "/openapi.json",
+                "/feeds/")  # FEEDS
 # Cross-origin requests a browser must ask for first: path -> (method, request headers).
 PREFLIGHTS = {
     "/api/v1/devices": (b"POST", b"content-type"),

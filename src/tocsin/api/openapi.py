@@ -51,6 +51,7 @@ def document(base_url: str) -> Json:
     from tocsin.api.openapi_routes import routes_paths, routes_schemas  # ROUTES
     from tocsin.api.openapi_fpas import fpas_paths, fpas_schemas  # FPAS
     from tocsin.api.openapi_sources import sources_paths, sources_schemas  # SOURCES
+    from tocsin.api.openapi_feeds import feeds_paths  # FEEDS
 
     catalog = problem_catalog()
     spec: Json = {
@@ -76,7 +77,7 @@ def document(base_url: str) -> Json:
         "paths": _merge(_issuer_paths(catalog), _preview_paths(catalog), _lifecycle_paths(catalog),
                         _device_paths(catalog), _public_paths(), admin_paths(catalog), areas_paths(catalog),
                         webpush_paths(catalog), routes_paths(catalog), receipts_paths(catalog),
-                        fpas_paths(catalog), sources_paths(catalog)),
+                        fpas_paths(catalog), sources_paths(catalog), feeds_paths(catalog)),
         "components": _components(catalog),
         "x-problem-codes": [{"code": p.code, "status": p.status, "title": p.title} for p in catalog],
     }

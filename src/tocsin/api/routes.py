@@ -11,6 +11,7 @@ from tocsin.api import (
 )
 from tocsin.api import fpas  # FPAS
 from tocsin.api import sources  # SOURCES
+from tocsin.api import feeds
 from tocsin.api.fastpath import SseFastPath
 from tocsin.api.headers import EdgeHeaders
 from tocsin.api.problems import HANDLERS
@@ -66,6 +67,9 @@ ROUTES = [
     # SOURCES: relayed CAP feeds (api/sources.py, docs/sources.md)
     Route("/api/v1/admin/sources", sources.list_sources, methods=["GET"]),
     Route("/api/v1/admin/sources/{name}", sources.source, methods=["GET", "PUT", "DELETE"]),
+    # FEEDS: the CAP Atom feeds (api/feeds.py, docs/feeds.md)
+    Route("/feeds/alerts.atom", feeds.alerts_feed, methods=["GET"]),
+    Route("/feeds/areas/{scheme}/{code}.atom", feeds.area_feed, methods=["GET"]),
 ]
 
 

@@ -8,7 +8,7 @@ import collections
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -35,6 +35,9 @@ from tocsin.prober.probe import ProbeResult, Prober
 from tocsin.settings import Settings
 from tocsin.signing import SigningKey
 from tocsin.store.base import Store
+
+if TYPE_CHECKING:  # FEEDS: api/feeds.py uses this module
+    from tocsin.api.feeds import Feeds
 
 
 # A wrong token is remembered this long (a token created elsewhere meanwhile waits as long).
@@ -257,6 +260,9 @@ class Services:
     # CORE (delivery/): the senders this node delivers through, by channel (app.py: the
     # configured channels' `make_senders`, or the ones a test gives).
     senders: dict[str, Sender] = field(default_factory=dict)
+    # FEEDS: the CAP Atom feeds and their window (api/feeds.py; app.py makes it; None in
+    # ASGI-only tests: the feed routes then answer 404).
+    feeds: Feeds | None = None
 
     def __post_init__(self) -> None:
         s = self.settings

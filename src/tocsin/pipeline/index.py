@@ -82,6 +82,9 @@ class ActiveIndex:
         self.superseded: dict[AlertId, int] = {}
         self.last_seq = 0
         self.last_id = ""  # the alert at last_seq
+        # FEEDS: told of every alert registered (feeds/window.py keeps the public ones past
+        # their expiry); each must not raise.
+        self.observers: list[Callable[[Active], None]] = []
         self._next_prune = clock()
         # Told of the alerts each prune forgets, before they are forgotten (`superseded`
         # still says which were replaced): the fan-out's counts, FPAS withdrawals.
@@ -193,6 +196,8 @@ class ActiveIndex:
         self.by_id[stored.envelope.alert_id] = active
         for earlier in referenced:
             self.superseded.setdefault(earlier.stored.envelope.alert_id, stored.seq)
+        for observe in self.observers:
+            observe(active)
         return active
 
     def _referenced(self, alert: Alert) -> list[Active]:
