@@ -3,6 +3,8 @@ a source was configured with, never against the certificate the CAP itself carri
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.datafiles import CAP_DATA
@@ -57,3 +59,26 @@ def test_the_naad_fixture_is_refused_with_a_key_it_was_not_signed_by() -> None:
 def test_a_key_that_is_not_pem_is_refused() -> None:
     with pytest.raises(KeyInvalid):
         load_key("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+
+
+# Real signatures made by another implementation: IPAWS-OPEN's, RSA-SHA256 over exclusive
+# C14N, each verified with the certificate the alert carries (here the test's only trust).
+IPAWS_SIGNED = sorted(p.name for p in (CAP_DATA / "valid").glob("us-ipaws-*-signed.xml"))
+
+
+def _carried_certificate(cap: bytes) -> str:
+    found = re.search(rb"<(?:\w+:)?X509Certificate>\s*([^<]+?)\s*</(?:\w+:)?X509Certificate>", cap)
+    assert found is not None
+    body = re.sub(rb"\s+", b"", found.group(1)).decode()
+    lines = "\n".join(body[i:i + 64] for i in range(0, len(body), 64))
+    return f"-----BEGIN CERTIFICATE-----\n{lines}\n-----END CERTIFICATE-----\n"
+
+
+@pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")
+@pytest.mark.parametrize("name", IPAWS_SIGNED)
+def test_a_real_issuers_signature_verifies_and_a_changed_byte_does_not(name: str) -> None:
+    cap = (CAP_DATA / "valid" / name).read_bytes()
+    certificate = _carried_certificate(cap)
+    check(cap, certificate)
+    changed = cap.replace(b"<status>", b"<status> ", 1)  # one byte of the signed alert
+    assert changed != cap and reason(changed, certificate) == "digest-mismatch"
