@@ -33,12 +33,22 @@ async def start_node(
     cm = open_node(settings, clock=clock, **options) if clock else open_node(settings, **options)
     node = await cm.__aenter__()
     task = asyncio.get_running_loop().create_task(run_node(node, started.set_result))
-    async with asyncio.timeout(20):
-        await asyncio.wait([started, task], return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
+    try:
+        async with asyncio.timeout(20):
+            await asyncio.wait([started, task], return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                await cm.__aexit__(None, None, None)
+                task.result()  # raises what stopped the node
+            await node.services.pipeline.follower.caught_up.wait()
+    except BaseException:
+        # A start that did not finish stops what it started: a node left running in the
+        # session's loop would hang the whole run at its end.
+        if not task.done():
+            node.server.should_exit = True
+            task.cancel()
+            await asyncio.wait([task], timeout=20)
             await cm.__aexit__(None, None, None)
-            task.result()  # raises what stopped the node
-        await node.services.pipeline.follower.caught_up.wait()
+        raise
     return node, task, cm
 
 
