@@ -162,9 +162,7 @@ class Planner:
         that does not take them is logged: the other nodes enqueue the same (and FPAS
         clients drop expired alerts themselves)."""
         now = time.time()
-        planned = [delivery for active in expired
-                   for delivery in withdrawals(active, self._devices.members(
-                       None if active.everywhere else active.cover, active.alert.status.value, (FPAS,)), now)]
+        planned = [d for active in expired for d in withdrawals(active, self._members(active, (FPAS,)), now)]
         try:
             await enqueue_all(self._nc, self._js, self._settings, planned)
         except (StoreUnavailable, nats.errors.Error, asyncio.TimeoutError) as exc:
@@ -173,6 +171,10 @@ class Planner:
         if planned:
             log.info("expired alerts withdrawn", extra={"alerts": len(expired), "deliveries": len(planned)})
         return len(planned)
+
+    def _members(self, active: Active, channels: Sequence[str]) -> list[tuple[str, str]]:
+        """(device id, channel) of the devices on `channels` the alert reaches."""
+        return self._devices.members(None if active.everywhere else active.cover, active.alert.status.value, channels)
 
     async def _plan(self) -> None:
         while True:
@@ -233,9 +235,7 @@ class Planner:
 
     async def plan(self, active: Active, *, still_working: Callable[[], Any] | None = None) -> int:
         """Enqueue the alert's deliveries; returns how many (duplicates included)."""
-        status = active.alert.status.value
-        members = self._devices.members(None if active.everywhere else active.cover, status, self._channels)
-        planned = deliveries(active, members, self._routes_for(status))
+        planned = deliveries(active, self._members(active, self._channels), self._routes_for(active.alert.status.value))
         await enqueue_all(self._nc, self._js, self._settings, planned, still_working=still_working)
         alert_id = str(active.stored.envelope.alert_id)
         counts: dict[str, int] = {}
