@@ -124,7 +124,9 @@ class Plan:
         # ids would be a rate's cost in nats-server memory, not a year's.
         return {**PROBE_ENV, "TOCSIN_RETENTION_AFTER_EXPIRY_S": f"{self.retention_after_expiry_s:.3f}",
                 "TOCSIN_DUPLICATE_WINDOW_S": f"{max(1.0, self.scaled(120.0)):.3f}",
-                "TOCSIN_DEFAULT_LIFETIME_S": f"{self.default_lifetime_s:.3f}"}
+                "TOCSIN_DEFAULT_LIFETIME_S": f"{self.default_lifetime_s:.3f}",
+                # The Atom feeds' window (docs/feeds.md), scaled: within the retention, as it must be.
+                "TOCSIN_FEED_WINDOW_S": f"{min(self.scaled(24 * 3600.0), self.retention_after_expiry_s):.3f}"}
 
 
 MODES = {

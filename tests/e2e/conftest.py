@@ -24,17 +24,23 @@ ADMIN_TOKEN = "tca_test-admin-token"
 # admin is a person, so its Actual alerts wait for a second person (docs/lifecycle.md).
 ISSUER_TOKEN = "tci_test-automated-source"
 
+# Nodes started and not yet stopped: a test that fails between its start_node and stop_node
+# leaves its node in the session's loop, and a loop closed with a node's listener still open
+# never finishes closing (uvloop waits on it): stop_leftover_nodes stops them at the session's end.
+_running: dict[int, tuple[Node, asyncio.Task[None], object]] = {}
+
 
 async def start_node(
-    settings: Settings, clock: Callable[[], datetime] | None = None, **options: Any
+    settings: Settings, clock: Callable[[], datetime] | None = None, *, start_s: float = 20.0, **options: Any
 ) -> tuple[Node, asyncio.Task[None], object]:
-    """`options`: open_node's other keywords (CORE: `senders`, `routes_for`)."""
+    """`start_s`: the deadline for serving and catching up; `options`: open_node's other
+    keywords (CORE: `senders`, `routes_for`)."""
     started: asyncio.Future[Node] = asyncio.get_running_loop().create_future()
     cm = open_node(settings, clock=clock, **options) if clock else open_node(settings, **options)
     node = await cm.__aenter__()
     task = asyncio.get_running_loop().create_task(run_node(node, started.set_result))
     try:
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(start_s):
             await asyncio.wait([started, task], return_when=asyncio.FIRST_COMPLETED)
             if task.done():
                 await cm.__aexit__(None, None, None)
@@ -49,14 +55,28 @@ async def start_node(
             await asyncio.wait([task], timeout=20)
             await cm.__aexit__(None, None, None)
         raise
+    _running[id(node)] = (node, task, cm)
     return node, task, cm
 
 
 async def stop_node(node: Node, task: asyncio.Task[None], cm: object) -> None:
+    _running.pop(id(node), None)
     node.server.should_exit = True
     async with asyncio.timeout(20):
         await task
     await cm.__aexit__(None, None, None)  # type: ignore[attr-defined]
+
+
+async def stop_leftover_nodes() -> list[str]:
+    """Stop every node a test left running; their names, for the report."""
+    names = []
+    for node, task, cm in list(_running.values()):
+        names.append(node.settings.node_name)
+        try:
+            await stop_node(node, task, cm)
+        except BaseException:  # noqa: BLE001 - a node that stops badly still must not hang the run
+            task.cancel()
+    return names
 
 
 def node_settings(tmp_path: Path, nats_server: NatsServer, **changes: object) -> Settings:

@@ -60,9 +60,9 @@ async def _preload(server: NatsServer, stream: str, data_dir: Path) -> Envelope:
         await nc.close()
 
 
-async def _time_to_caught_up(settings: Any) -> tuple[float, Any]:
+async def _time_to_caught_up(settings: Any, start_s: float = 20.0) -> tuple[float, Any]:
     started = time.monotonic()
-    running = await start_node(settings)
+    running = await start_node(settings, start_s=start_s)
     return time.monotonic() - started, running
 
 
@@ -92,7 +92,7 @@ async def test_a_restart_with_100000_expired_alerts_in_history_reads_none_of_the
         settings = node_settings(tmp_path / "node", server, stream="HISTORY", stream_max_bytes=BYTES)
         # First start, no recorded position: every message is read, but an expired one only
         # by its header: one alert parsed, the active one.
-        first_s, running = await _time_to_caught_up(settings)
+        first_s, running = await _time_to_caught_up(settings, start_s=120.0)  # 100,000 headers read
         node = running[0]
         try:
             assert list(node.services.pipeline.index.by_id) == [active.alert_id]
