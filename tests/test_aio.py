@@ -9,7 +9,7 @@ import pytest
 
 import tocsin  # noqa: F401 - importing tocsin installs aio.wait_for on 3.11
 from tocsin import aio
-from tocsin.aio import stop_if_cancelled, wait_for
+from tocsin.aio import wait_for
 
 
 async def _cancel_as_the_result_arrives() -> asyncio.Task[int]:
@@ -53,28 +53,3 @@ async def test_a_result_in_time_is_returned() -> None:
     ready.set_result("ready")
     assert await wait_for(ready, 0) == "ready"
 
-
-async def test_a_loop_that_took_its_cancel_for_an_error_stops_before_it_retries() -> None:
-    retries = 0
-    started = asyncio.Event()
-
-    async def retrying() -> None:
-        nonlocal retries
-        while True:
-            try:
-                started.set()
-                await asyncio.sleep(10)
-            except asyncio.CancelledError:  # as a library that turns it into its own error
-                stop_if_cancelled()
-                retries += 1
-
-    task = asyncio.create_task(retrying())
-    await started.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(task, 2.0)
-    assert retries == 0
-
-
-async def test_outside_a_cancel_it_does_nothing() -> None:
-    stop_if_cancelled()

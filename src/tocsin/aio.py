@@ -10,9 +10,12 @@ which cannot drop a cancellation; `install()` (run when tocsin is imported) give
 implementation, for tocsin's own code and for its libraries, which look `asyncio.wait_for`
 up when they call it.
 
-A cancellation can also reach a retry loop turned into a library's error (nats-py answers a
-cancelled `next_msg` on a closing connection with ConnectionClosedError): such loops call
-`stop_if_cancelled()` before they retry.
+Not done: stopping a retry loop whenever its task "is being cancelled" (`Task.cancelling()`).
+On 3.11 that count is not to be trusted: a TaskGroup whose child fails while the group's
+owner already waits at the end of its `async with` cancels the owner and never takes that
+back, so the follower (which restarts its TaskGroup after every store error) would count as
+cancelled for the rest of its life (seen: a node that never followed again after its
+nats-server was paused).
 """
 
 from __future__ import annotations
@@ -50,14 +53,3 @@ def install() -> None:
     if sys.version_info < (3, 12):
         asyncio.wait_for = asyncio.tasks.wait_for = wait_for  # type: ignore[assignment]
 
-
-def stop_if_cancelled() -> None:
-    """Raise CancelledError when the running task was asked to stop: for a loop about to
-    retry after an error that may be a cancellation in disguise.
-
-    Raises:
-        asyncio.CancelledError: the current task is being cancelled.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError

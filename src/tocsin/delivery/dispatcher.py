@@ -29,7 +29,6 @@ import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from tocsin.aio import stop_if_cancelled
 from tocsin.api.device_records import LIVE
 from tocsin.cap.model import Alert, Info
 from tocsin.delivery.model import EXPIRED, Delivery, Outcome, Push, Result, Sender, pointer_payload, push_payload, topic_for
@@ -185,7 +184,6 @@ class Dispatcher:
                     own = await self._subscribe(LANE + node_token(self._settings.node_name))
                     await self._pull(urgent, normal, own)
                 except (nats.errors.Error, StoreUnavailable, OSError) as exc:
-                    stop_if_cancelled()
                     log.warning("dispatcher waiting for the store", extra={"error": repr(exc)[:200]})
                     await asyncio.sleep(1.0)
         finally:

@@ -36,7 +36,6 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from tocsin.aio import stop_if_cancelled
 from tocsin.api.device_index import DeviceIndex
 from tocsin.cap.model import MsgType, Severity, Status
 from tocsin.delivery.model import CAP, FPAS, Delivery
@@ -186,7 +185,6 @@ class Planner:
                 )
                 await self._pull(subscription)
             except (nats.errors.Error, StoreUnavailable, OSError) as exc:
-                stop_if_cancelled()
                 log.warning("planner waiting for the store", extra={"error": repr(exc)[:200]})
                 await asyncio.sleep(1.0)
 

@@ -37,7 +37,6 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from tocsin.aio import stop_if_cancelled
 from tocsin.cap.compose import simple_alert
 from tocsin.client.backoff import Backoff
 from tocsin.delivery.http import gateway_client
@@ -351,7 +350,6 @@ class RouteWorker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the loop must outlive any fault of the bus
-                stop_if_cancelled()
                 log.warning("route loop restarting", extra={"route": name, "error": repr(exc)[:200]})
                 await asyncio.sleep(1.0)
 

@@ -18,7 +18,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from tocsin.aio import stop_if_cancelled
 from tocsin.errors import StoreUnavailable
 from tocsin.store.base import AlertStore, Stored
 
@@ -90,7 +89,6 @@ class Follower:
             await self._restore()
         try:
             while True:
-                stop_if_cancelled()  # an error below may have been a cancellation (aio.py)
                 try:
                     async with asyncio.TaskGroup() as tasks:
                         follower = tasks.create_task(self._follow(), name="follow")

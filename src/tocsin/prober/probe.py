@@ -24,7 +24,6 @@ from typing import Any
 
 import httpx
 
-from tocsin.aio import stop_if_cancelled
 from tocsin.cap.compose import simple_alert
 from tocsin.policy import Issuer
 from tocsin.delivery.model import FCM, APNS
@@ -213,7 +212,6 @@ class Prober:
             try:
                 await self._run_once()
             except Exception as exc:
-                stop_if_cancelled()
                 log.error("prober failed; restarting", extra={"node": self.node}, exc_info=exc)
             await asyncio.sleep(max(self.interval_s, 0.5))
 

@@ -34,7 +34,6 @@ from nats.js.api import (
 )
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from tocsin.aio import stop_if_cancelled
 from tocsin.delivery import queue as deliveries
 from tocsin.loopback import is_loopback, url_is_loopback
 from tocsin.errors import AlertNotFound, RecordsFull, StoreFull, StoreMisconfigured, StoreUnavailable, TocsinError
@@ -401,7 +400,6 @@ class JetStreamStore:
                 after = None
                 continue
             except Exception as exc:  # a cache: nothing it meets may stop the node
-                stop_if_cancelled()
                 log.warning("device feed restarting", extra={"error": repr(exc)[:200]})
             after = None
             await asyncio.sleep(retry_s)
