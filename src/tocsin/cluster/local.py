@@ -7,6 +7,7 @@ paused by its pid; DIR/cluster.json lists every node's name, URLs and pids.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -268,16 +269,20 @@ class LocalCluster:
         }
 
     def signal(self, name: str, sig: signal.Signals, *, nats: bool = True, tocsin: bool = True) -> None:
-        """Send a signal to the node's processes by pid (SIGKILL, SIGSTOP, SIGCONT, ...)."""
+        """Send a signal to the node's processes by pid (SIGKILL, SIGSTOP, SIGCONT, ...): to
+        tocsin's whole process group, so that a node of several workers (docs/workers.md) is
+        frozen or killed whole, its supervisor and every worker, as a host that fails."""
         pids = self.pids(name)
-        for kind, pid in pids.items():
-            if pid is not None and ((kind == "nats" and nats) or (kind == "tocsin" and tocsin)):
-                os.kill(pid, sig)
+        if nats and pids["nats"] is not None:
+            os.kill(pids["nats"], sig)
+        if tocsin and pids["tocsin"] is not None:
+            os.killpg(pids["tocsin"], sig)  # started in a session of its own: its group
 
     async def kill(self, name: str, *, nats: bool = True, tocsin: bool = True) -> None:
-        """kill -9 the node's processes and reap them."""
+        """kill -9 the node's processes (tocsin's whole process group) and reap them."""
         if tocsin and (process := self.tocsin.get(name)) and process.returncode is None:
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
         if nats and (server := self.nats.get(name)):
             await server.kill()

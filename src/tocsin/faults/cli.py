@@ -3,6 +3,7 @@
     tocsin-faults --all                  every fault, full durations -> docs/reliability-report.md
     tocsin-faults --only F05,F06         these faults
     tocsin-faults --only F01 --ci        the CI variant (shorter, lower rates)
+    tocsin-faults --all --workers 2      every node a supervisor and two workers (docs/workers.md)
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--render", type=Path, metavar="RESULTS_JSON",
                        help="only write the report again from a run's results.json")
     parser.add_argument("--ci", action="store_true", help="the short CI variant of each fault")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="each node's worker processes (TOCSIN_WORKERS; 0: one per core; default: the node's)")
     parser.add_argument("--workdir", type=Path, default=None, help="where histories and cluster data go")
     parser.add_argument("--report", type=Path, default=Path("docs/reliability-report.md"))
     parser.add_argument("--no-report", action="store_true")
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{fault_id}: {SCENARIOS[fault_id].fault} ...", flush=True)
         started = time.monotonic()
         try:
-            result = asyncio.run(run_scenario(SCENARIOS[fault_id], workdir, ci=args.ci))
+            result = asyncio.run(run_scenario(SCENARIOS[fault_id], workdir, ci=args.ci, workers=args.workers))
         except Exception as exc:  # a harness error is a failed run, reported as such
             logging.exception("fault run failed")
             result = Result(fault=fault_id, violations=[f"the run itself failed: {exc!r}"[:400]])

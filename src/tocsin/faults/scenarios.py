@@ -31,6 +31,7 @@ from tocsin.faults.inproc import InProcessNode
 from tocsin.faults.push import CROWD_POLYGON
 from tocsin.faults.workload import SENDER, alert_xml
 from tocsin.store.base import alert_id_for
+from tocsin.workers import cores_available
 
 Inject = Callable[[Run, bool], Awaitable[None]]
 Prepare = Callable[[Run, bool], Awaitable[None]]
@@ -658,7 +659,10 @@ SLOW_PUSH_S = 1.0
 
 
 def _slots(run: Run) -> int:
-    return run.options.push_concurrency
+    """The sends one node can have in flight: each of its workers' dispatchers has its own
+    push_concurrency (docs/workers.md)."""
+    workers = int(run.options.env.get("TOCSIN_WORKERS", "1"))
+    return run.options.push_concurrency * (workers or cores_available())
 
 
 def _taken_before(run: Run, at: float) -> int:
@@ -993,13 +997,16 @@ SCENARIOS: dict[str, Scenario] = {s.id: s for s in _matrix()}
 CI_SUBSET = ("F01", "F02", "F03", "F04", "F07", "F08", "F09", "F12", "F16", "F19", "F28-dispatcher")
 
 
-async def run_scenario(scenario: Scenario, workdir: Path, *, ci: bool = False) -> Result:
-    """Set up, run, check; every process is stopped whatever happens."""
+async def run_scenario(scenario: Scenario, workdir: Path, *, ci: bool = False, workers: int | None = None) -> Result:
+    """Set up, run, check; every process is stopped whatever happens. `workers`: each node's
+    TOCSIN_WORKERS (docs/workers.md; default: the node's own default)."""
     started = time.monotonic()
     reason = scenario.needs()
     if reason:
         return Result(fault=scenario.id, skipped=reason)
     options = scenario.options_for(ci)
+    if workers is not None:
+        options = replace(options, env={**options.env, "TOCSIN_WORKERS": str(workers)})
     if os.environ.get("TOCSIN_FAULTS_SEED"):
         options = replace(options, seed=int(os.environ["TOCSIN_FAULTS_SEED"]))
     async with Run(workdir / scenario.id, scenario.id, options) as run:
