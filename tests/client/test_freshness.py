@@ -89,6 +89,20 @@ async def test_a_red_node_whose_canary_is_fresh_still_delivers() -> None:
         assert not await DeliveringNodes(http).is_delivering(C)
 
 
+async def test_a_red_node_judged_by_the_canary_of_the_devices_channel() -> None:
+    """Web Push late on every node (a planner cut off with the one plan in flight): a live
+    device still moves to a node whose SSE canary is fresh, and not to one whose is not."""
+    def red(request: httpx.Request) -> httpx.Response:
+        sse_fresh = request.url.host == "c"
+        return httpx.Response(503, json={"ready": False, "failing": ["canary", "canary:webpush"], "checks": {
+            "canary": {"ok": False}, "canary:webpush": {"ok": False}, "canary:sse": {"ok": sse_fresh}}})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(red)) as http:
+        assert await move_target(STALE, A, [A, B, C], DeliveringNodes(http)) == C
+        assert not await DeliveringNodes(http).is_delivering(B)
+        assert not await DeliveringNodes(http, channel="webpush").is_delivering(C)
+
+
 async def test_an_unreachable_node_is_not_ready() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)

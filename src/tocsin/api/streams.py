@@ -72,19 +72,25 @@ def new_connection(device_id: str, record: dict[str, Any], protocol: Protocol, d
     )
 
 
+# The canary whose probes take the live devices' path (prober/canary.py).
+LIVE_CANARY = "sse"
+
 def freshness(services: Services) -> dict[str, Any]:
     """What every keepalive tells a device about this node (docs/api.md, "Keepalives").
 
     `canary_age_s`: seconds since this node last displayed one of its own probes on its
-    canary (since its prober started, if none yet); past `stale_after_s` (two probe
-    intervals, the limit `/readyz` judges by) the device moves to a ready node. Both are
-    left out when the node has no prober: then only silence moves a device.
+    live canary, the path of the devices that read this (SSE; WebSocket shares it), or, with
+    no live canary, on any (since its prober started, if none yet); past `stale_after_s`
+    (two probe intervals, the limit `/readyz` judges by) the device moves to a node whose
+    live canary is fresh (client/freshness.py). Both are left out when the node has no
+    prober: then only silence moves a device.
     """
     body: dict[str, Any] = {"node": services.settings.node_name, "interval_s": services.settings.sse_keepalive_s}
     prober = services.prober
     if prober is None:
         return body
-    ages = [age for channel in prober.channels if (age := prober.canary_age_s(channel)) is not None]
+    channels = [LIVE_CANARY] if LIVE_CANARY in prober.channels else list(prober.channels)
+    ages = [age for channel in channels if (age := prober.canary_age_s(channel)) is not None]
     if ages:
         age = min(ages)
     else:

@@ -78,14 +78,21 @@ class NodeStale(Exception):
         self.freshness = freshness
 
 
-def _canary_is_fresh(response: httpx.Response) -> bool:
-    """A red readiness document whose canary check passes: the node delivers."""
+def _canary_is_fresh(response: httpx.Response, channel: str) -> bool:
+    """A red readiness document whose canary on `channel` passes: the node delivers on the
+    device's own path. Not the node's whole `canary` check: a Web Push canary late on every
+    node at once (the planner's one message in flight held by a node that was cut off, until
+    its ack_wait) made every node count as not delivering, and a live device stayed on a node
+    cut off from its peers (F06). A node that reports no `canary:<channel>` is judged by its
+    `canary`."""
     try:
         report = response.json()
     except ValueError:
         return False
     checks = report.get("checks") if isinstance(report, dict) else None
-    canary = checks.get("canary") if isinstance(checks, dict) else None
+    if not isinstance(checks, dict):
+        return False
+    canary = checks.get(f"canary:{channel}", checks.get("canary"))
     return isinstance(canary, dict) and canary.get("ok") is True
 
 
@@ -103,8 +110,10 @@ class DeliveringNodes:
         ttl_s: float = 1.0,
         timeout_s: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
+        channel: str = "sse",
     ) -> None:
         self._http = http
+        self._channel = channel  # the canary that measures the devices' path (SSE and WebSocket: the live one)
         self._ttl_s = ttl_s
         self._timeout_s = timeout_s
         self._monotonic = monotonic
@@ -113,7 +122,8 @@ class DeliveringNodes:
         self.asked = 0
 
     async def is_delivering(self, url: str) -> bool:
-        """Whether the node at `url` delivers: `/readyz` 200, or red with a fresh canary."""
+        """Whether the node at `url` delivers: `/readyz` 200, or red with a fresh canary on
+        the devices' channel."""
         lock = self._locks.setdefault(url, asyncio.Lock())
         async with lock:  # concurrent askers wait for the one request in flight
             cached = self._answers.get(url)
@@ -122,7 +132,7 @@ class DeliveringNodes:
             self.asked += 1
             try:
                 response = await self._http.get(url + READYZ_PATH, timeout=self._timeout_s)
-                ready = response.status_code == 200 or _canary_is_fresh(response)
+                ready = response.status_code == 200 or _canary_is_fresh(response, self._channel)
             except (httpx.HTTPError, OSError):
                 ready = False
             self._answers[url] = (self._monotonic(), ready)
