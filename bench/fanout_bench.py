@@ -492,6 +492,7 @@ class Bench:
                 settled = wait_ready(phase.url, READY_TIMEOUT_S)
                 say(f"{system} x{devices}: /readyz green {settled:.1f} s after the fleet was ready")
             spy = self.profiler(phase, devices)
+            writes_before = accept_writes(phase.url) if system.startswith("tocsin") else None
             rounds = []
             for n in range(1, self.args.rounds + 1):
                 time.sleep(ROUND_GAP_S)
@@ -503,6 +504,7 @@ class Bench:
                 result = fleet.expect("round", 120)
                 result["server_cpu_s"] = cpu_s(phase.pids()) - server_cpu
                 rounds.append(result)
+            writes = accept_writes(phase.url, since=writes_before) if writes_before is not None else None
             burst = None
             if self.args.burst:
                 time.sleep(ROUND_GAP_S)
@@ -527,10 +529,52 @@ class Bench:
             phase.stop()
         result = summarize(system, devices, ready, rounds, burst, summary)
         result["fleets"] = count
+        if writes is not None:
+            result["accept_writes_ms"] = writes
+            result["fsync_ms"] = round(fsync_ms(self.workdir), 3)  # the disk tocsin's data is on
         result["server_rss_mb"] = {"before": round(rss_before, 1), "connected": round(rss_after, 1)}
         result["kb_per_device"] = round((rss_after - rss_before) * 1024 / devices, 2)
         say(line_for(result))
         return result
+
+
+def accept_writes(url: str, since: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The node's accept times of its two durable writes (`tocsin_accept_phase_seconds`,
+    docs/health.md): publish (JetStream and its fsync) and ledger (SQLite and its fsync), which
+    run side by side. With `since`: the mean of each over the accepts after that reading."""
+    import httpx
+
+    totals: dict[str, float] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("tocsin_accept_phase_seconds_") and "{" in line:
+            name, value = line.rsplit(" ", 1)
+            totals[name] = float(value)
+    if since is None:
+        return totals
+    out: dict[str, Any] = {}
+    for phase in ("publish", "ledger"):
+        count = totals.get(f'tocsin_accept_phase_seconds_count{{phase="{phase}"}}', 0.0) - \
+            since.get(f'tocsin_accept_phase_seconds_count{{phase="{phase}"}}', 0.0)
+        total = totals.get(f'tocsin_accept_phase_seconds_sum{{phase="{phase}"}}', 0.0) - \
+            since.get(f'tocsin_accept_phase_seconds_sum{{phase="{phase}"}}', 0.0)
+        out[phase] = round(total / count * 1000, 2) if count else float("nan")
+        out["accepts"] = int(count)
+    return out
+
+
+def fsync_ms(directory: Path, samples: int = 50) -> float:
+    """The median time of a 1 KB write and its fsync in `directory`: this disk's cost of one sync."""
+    path = directory / "fsync-probe"
+    times = []
+    with open(path, "wb") as f:
+        for _ in range(samples):
+            started = time.perf_counter()
+            f.write(b"x" * 1024)
+            f.flush()
+            os.fsync(f.fileno())
+            times.append(time.perf_counter() - started)
+    path.unlink()
+    return statistics.median(times) * 1000
 
 
 class IssuerProbe:
@@ -743,6 +787,17 @@ def ratios(results: list[dict[str, Any]]) -> list[str]:
             f"{'met' if tr >= 0.6 * py else 'NOT met'}); = {tr / rate('mosquitto'):.1f}x mosquitto "
             f"{rate('mosquitto'):.0f}/s (target >= 2x: {'met' if tr >= 2 * rate('mosquitto') else 'NOT met'})",
         ]
+        writes = t.get("accept_writes_ms")
+        if writes and "mosquitto" in by:
+            m, disk = by["mosquitto"], t.get("fsync_ms", float("nan"))
+            syncs = writes["publish"] + writes["ledger"]
+            out.append(
+                f"  N={n}: first device: tocsin-sse {t['first_median_ms']:.1f} ms, mosquitto {m['first_median_ms']:.1f} ms;"
+                f" last: tocsin-sse {tl:.1f} ms, mosquitto {mq:.1f} ms. Of tocsin's, accept's two durable writes (side"
+                f" by side, mean over {writes['accepts']} accepts): publish {writes['publish']:.2f} ms, ledger"
+                f" {writes['ledger']:.2f} ms; one fsync on this disk {disk:.2f} ms. Target last <= mosquitto + 1 ms +"
+                f" both writes = {mq + 1 + syncs:.1f} ms: {'met' if tl <= mq + 1 + syncs else 'NOT met'}"
+                f" (tocsin without the writes: {tl - syncs:.1f} ms)")
         for name, w in sorted(by.items()):
             if not name.startswith("tocsin-sse/w"):
                 continue

@@ -423,6 +423,7 @@ async def open_node(
             gate=Gate(settings.accept_slots, max_waiting=settings.accept_max_waiting),
             duplicates=pipeline.duplicates,
             gazetteer=gazetteer, territory_margin_m=settings.territory_margin_m,
+            timed=lambda phase, seconds: services.metrics.accept_phase_seconds.labels(phase).observe(seconds),
         )
         services = Services(
             settings=settings, store=store, accept=accept, pipeline=pipeline, live=live, signer=signer, clock=clock

@@ -82,6 +82,21 @@ async def test_metrics_follow_prometheus_conventions(fast_node: Node, http: http
         assert name in text, name
 
 
+async def test_accept_times_its_two_durable_writes_apart(fast_node: Node, http: httpx.AsyncClient) -> None:
+    # The canary's alerts are accepted like any: each a publish and a ledger row, timed apart.
+    await Readyz(fast_node.url).until(http, ready=True, within_s=GREEN_WITHIN_S)
+    samples = {}
+    for line in (await http.get(f"{fast_node.url}/metrics")).text.splitlines():
+        if line.startswith("tocsin_accept_phase_seconds_"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    publish = samples['tocsin_accept_phase_seconds_count{phase="publish"}']
+    ledger = samples['tocsin_accept_phase_seconds_count{phase="ledger"}']
+    assert publish >= 1 and ledger >= 1, samples
+    assert samples['tocsin_accept_phase_seconds_sum{phase="publish"}'] > 0
+    assert samples['tocsin_accept_phase_seconds_sum{phase="ledger"}'] > 0
+
+
 async def test_status_page_in_html_and_json(fast_node: Node, http: httpx.AsyncClient) -> None:
     await Readyz(fast_node.url).until(http, ready=True, within_s=GREEN_WITHIN_S)
     page = await http.get(f"{fast_node.url}/status", headers={"Accept": "text/html"})

@@ -60,6 +60,7 @@ class Metrics:
     accepted: Counter = field(init=False)
     refused: Counter = field(init=False)
     accept_seconds: Histogram = field(init=False)
+    accept_phase_seconds: Histogram = field(init=False)
     # The reconciler calls republished.inc(n) for each alert it had to publish again.
     republished: Counter = field(init=False)
     probes: Counter = field(init=False)
@@ -77,6 +78,13 @@ class Metrics:
             "tocsin_accept_seconds",
             "Time from request to durable acknowledgement.",
             buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.accept_phase_seconds = Histogram(
+            "tocsin_accept_phase_seconds",
+            "Time of each durable write of an accept, side by side: publish (JetStream, with the "
+            "stream's fsync) and ledger (the SQLite row, with its fsync).",
+            ["phase"], buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
             registry=r,
         )
         self.republished = Counter(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -141,8 +142,12 @@ class Accept:
         duplicates: Duplicates | None = None,
         gazetteer: Gazetteer | None = None,
         territory_margin_m: float = 0.0,
+        timed: Callable[[str, float], None] = lambda phase, seconds: None,
     ) -> None:
         self._store = store
+        # How long each of the two durable writes took ("publish": JetStream, its fsync on the
+        # stream's leader; "ledger": the SQLite row and its fsync), for /metrics.
+        self._timed = timed
         self.gazetteer = gazetteer if gazetteer is not None else Gazetteer()
         # How far an area may pass its issuer's territory (settings.territory_margin_m).
         self.territory_margin_m = territory_margin_m
@@ -206,7 +211,7 @@ class Accept:
         )
         self._check_size(stored_bytes(envelope))
         recording = asyncio.create_task(self._record(envelope, original, probe=issuer.probe))
-        publishing = asyncio.create_task(self._store.put(envelope))
+        publishing = asyncio.create_task(self._timing("publish", self._store.put(envelope)))
         for task in (recording, publishing):
             # If this handler is cancelled, both go on (the alert may still be stored and
             # recorded); their outcome is then read here rather than reported as lost.
@@ -314,8 +319,15 @@ class Accept:
 
     async def _record(self, envelope: Envelope, original: bytes | None, *, probe: bool) -> bool:
         """Write the ledger row; whether this attempt owns it."""
-        writing = self._ledger.record(envelope, original, probe=probe)
+        writing = self._timing("ledger", self._ledger.record(envelope, original, probe=probe))
         return await self._in_ledger("ledger write failed", envelope, writing, False)
+
+    async def _timing(self, phase: str, write: Awaitable[T]) -> T:
+        started = time.perf_counter()
+        try:
+            return await write
+        finally:
+            self._timed(phase, time.perf_counter() - started)
 
     async def _withdraw(self, envelope: Envelope, *, probe: bool) -> None:
         withdrawal = self._ledger.withdraw(envelope.alert_id, self._clock(), probe=probe)
