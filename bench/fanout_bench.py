@@ -790,14 +790,15 @@ def ratios(results: list[dict[str, Any]]) -> list[str]:
         writes = t.get("accept_writes_ms")
         if writes and "mosquitto" in by:
             m, disk = by["mosquitto"], t.get("fsync_ms", float("nan"))
-            syncs = writes["publish"] + writes["ledger"]
+            # The two writes run side by side: the alert waits for the longer one.
+            waited = max(writes["publish"], writes["ledger"])
             out.append(
                 f"  N={n}: first device: tocsin-sse {t['first_median_ms']:.1f} ms, mosquitto {m['first_median_ms']:.1f} ms;"
                 f" last: tocsin-sse {tl:.1f} ms, mosquitto {mq:.1f} ms. Of tocsin's, accept's two durable writes (side"
                 f" by side, mean over {writes['accepts']} accepts): publish {writes['publish']:.2f} ms, ledger"
-                f" {writes['ledger']:.2f} ms; one fsync on this disk {disk:.2f} ms. Target last <= mosquitto + 1 ms +"
-                f" both writes = {mq + 1 + syncs:.1f} ms: {'met' if tl <= mq + 1 + syncs else 'NOT met'}"
-                f" (tocsin without the writes: {tl - syncs:.1f} ms)")
+                f" {writes['ledger']:.2f} ms, the longer {waited:.2f} ms; one fsync on this disk {disk:.2f} ms. Target"
+                f" last <= mosquitto + 1 ms + the writes = {mq + 1 + waited:.1f} ms: {'met' if tl <= mq + 1 + waited else 'NOT met'}"
+                f" (tocsin less the writes: {tl - waited:.1f} ms)")
         for name, w in sorted(by.items()):
             if not name.startswith("tocsin-sse/w"):
                 continue
