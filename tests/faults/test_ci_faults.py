@@ -33,3 +33,14 @@ async def test_fault_keeps_every_invariant(fault_id: str, tmp_path: Path) -> Non
         assert result.push_expected > 0 and result.push_lost == 0 and result.push_astray == 0, result.notes
         assert result.push_received == result.push_expected + result.push_repeats
         assert result.push_repeats <= result.push_repeat_bound, result.notes
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_a_cold_restart_of_nodes_of_two_workers_keeps_every_invariant(tmp_path: Path) -> None:
+    # F08 (kill everything, restart in random order) with each node a supervisor and two
+    # workers: a node's kill takes its whole process group (docs/workers.md).
+    result = await run_scenario(SCENARIOS["F08"], tmp_path, ci=True, workers=2)
+    assert result.skipped is None, result.skipped
+    assert result.violations == [], "F08 with 2 workers (" + str(tmp_path) + "): " + "\n".join(result.violations)
+    assert result.acked > 0 and result.lost == 0 and result.duplicated == 0
