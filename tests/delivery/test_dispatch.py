@@ -105,6 +105,32 @@ async def test_each_push_device_in_the_area_gets_the_alert_once(tmp_path: Path, 
         assert "planner" not in {c.name for c in await run.node.services.store.consumer_health()}
 
 
+async def test_the_planner_sets_its_own_short_ack_wait_on_the_consumer_it_finds(tmp_path: Path, nats_server: Any) -> None:
+    """Every later alert's pushes wait behind a planner that died mid-alert for the consumer's
+    ack_wait: the planner's own (5 s by default), set on a consumer an older node made with
+    the deliveries' 30 s."""
+    settings = fast(tmp_path, nats_server, planner_ack_wait_s=6.0)
+    async with running(settings) as run:
+        await until_async(lambda: _planner_ack_wait_is(run, 6.0), 10)
+        planner = run.node.planner
+        assert planner is not None
+        old = planner.consumer_config()
+        old.ack_wait = 30.0
+        await run.node.services.store.jetstream.add_consumer(settings.stream, config=old)  # as an older node left it
+        assert await _planner_ack_wait_is(run, 30.0)
+    async with running(settings) as run:
+        # The next start puts its own back, and plans as before.
+        await until_async(lambda: _planner_ack_wait_is(run, 6.0), 10)
+        await run.register("paris-0")
+        await run.issue(alert_xml())
+        await until(lambda: len(run.gateway.sent()) >= 1, 10)
+
+
+async def _planner_ack_wait_is(run: Running, seconds: float) -> bool:
+    info = await run.node.services.store.jetstream.consumer_info(run.node.settings.stream, "planner")
+    return float(info.config.ack_wait or 0) == seconds
+
+
 async def _empty(run: Running) -> bool:
     return await run.queued() == 0
 

@@ -7,7 +7,8 @@ alert is planned by one node at a time (docs/delivery.md, "Planner"):
   keeps order (a Cancel only after the Alert it cancels): that holds only if the Alert's
   route message is enqueued before the Cancel's, whichever node plans each;
 - explicit acks after the last enqueue; `in_progress()` while it works, so a large alert is
-  not handed to another node; a node that dies mid-alert is replaced after `ack_wait`, and
+  not handed to another node; a node that dies mid-alert is replaced after its own short
+  `ack_wait` (TOCSIN_PLANNER_ACK_WAIT_S: every later alert's pushes wait behind it), and
   its replacement enqueues everything again: the work queue's message ids (alert, channel,
   destination) keep none twice;
 - the plan reads this node's follower index (the cover, Update/Cancel references and the
@@ -132,7 +133,7 @@ class Planner:
         s = self._settings
         return ConsumerConfig(
             durable_name=CONSUMER, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=s.delivery_ack_wait_s, max_deliver=-1, max_ack_pending=1,
+            ack_wait=s.planner_ack_wait_s, max_deliver=-1, max_ack_pending=1,
             filter_subject=f"{s.stream}.>",
         )
 
@@ -183,10 +184,20 @@ class Planner:
                     f"{self._settings.stream}.>", durable=CONSUMER, stream=self._settings.stream,
                     config=self.consumer_config(),
                 )
+                await self._keep_ack_wait(subscription)
                 await self._pull(subscription)
             except (nats.errors.Error, StoreUnavailable, OSError) as exc:
                 log.warning("planner waiting for the store", extra={"error": repr(exc)[:200]})
                 await asyncio.sleep(1.0)
+
+    async def _keep_ack_wait(self, subscription: JetStreamContext.PullSubscription) -> None:
+        """A consumer made with another ack_wait (an older node's, another node's setting) is
+        updated to this node's: pull_subscribe keeps a durable's config as it found it."""
+        info = await subscription.consumer_info()
+        wanted = self._settings.planner_ack_wait_s
+        if info.config.ack_wait is None or abs(float(info.config.ack_wait) - wanted) > 0.001:
+            await self._js.add_consumer(self._settings.stream, config=self.consumer_config())
+            log.info("planner consumer's ack_wait set", extra={"was_s": info.config.ack_wait, "now_s": wanted})
 
     async def _pull(self, subscription: JetStreamContext.PullSubscription) -> None:
         while True:
@@ -227,7 +238,7 @@ class Planner:
             if time.monotonic() > deadline:
                 self._behind_seq = seq
                 raise TimeoutError(f"this node's follower is not at seq {seq}")
-            if time.monotonic() - last_word > self._settings.delivery_ack_wait_s / 3:
+            if time.monotonic() - last_word > self._settings.planner_ack_wait_s / 3:
                 await msg.in_progress()
                 last_word = time.monotonic()
             await asyncio.sleep(0.02)
