@@ -190,7 +190,10 @@ class Settings:
     # The planner holding an alert this long without a word is taken as dead and another node
     # plans it. Short: the cluster plans one alert at a time, so every push and CAP delivery of
     # every later alert waits behind a node that died mid-plan (it says "in progress" after
-    # each batch, so a long plan is not taken from a live planner).
+    # each batch, so a long plan is not taken from a live planner). A batch whose commit takes
+    # longer (an election: up to 10 s) lets another node plan the same alert meanwhile: the
+    # work queue's message ids keep each delivery once, and the alert is still the only one
+    # in flight, so order holds.
     planner_ack_wait_s: float = 5.0
     # Sends in flight at once on this node (all channels); 0 turns the dispatchers off.
     dispatch_concurrency: int = 64
@@ -503,9 +506,8 @@ def _check(settings: Settings) -> None:
     if settings.delivery_ack_wait_s < 2 * settings.push_timeout_s:
         raise SettingsError("TOCSIN_DELIVERY_ACK_WAIT_S must be at least twice TOCSIN_PUSH_TIMEOUT_S: "
                             "a send in flight must not be handed to another dispatcher")
-    if not 3 * settings.publish_timeout_s <= settings.planner_ack_wait_s <= 3600:
-        raise SettingsError("TOCSIN_PLANNER_ACK_WAIT_S must be within 3 x TOCSIN_PUBLISH_TIMEOUT_S..3600 "
-                            f"(a batch's publish must fit in it), got {settings.planner_ack_wait_s}")
+    if not 1 <= settings.planner_ack_wait_s <= 3600:
+        raise SettingsError(f"TOCSIN_PLANNER_ACK_WAIT_S must be within 1..3600, got {settings.planner_ack_wait_s}")
     if settings.dispatch_concurrency < 0 or settings.breaker_failures < 1:
         raise SettingsError("TOCSIN_DISPATCH_CONCURRENCY must be 0 or more, TOCSIN_BREAKER_FAILURES 1 or more")
     if settings.worker_role not in ("", "issuer") or (settings.worker_role and not settings.issuer_listen):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats.js.errors
 
 from tocsin.app import Node
 from tocsin.api.device_records import record_json, renew_if_due
@@ -127,7 +128,10 @@ async def test_the_planner_sets_its_own_short_ack_wait_on_the_consumer_it_finds(
 
 
 async def _planner_ack_wait_is(run: Running, seconds: float) -> bool:
-    info = await run.node.services.store.jetstream.consumer_info(run.node.settings.stream, "planner")
+    try:
+        info = await run.node.services.store.jetstream.consumer_info(run.node.settings.stream, "planner")
+    except nats.js.errors.NotFoundError:  # the planner has not made it yet
+        return False
     return float(info.config.ack_wait or 0) == seconds
 
 
