@@ -35,6 +35,8 @@ def fast_settings(data_dir: Path, nats: NatsServer, **changes: Any) -> Settings:
         nats_monitor_url=nats.monitor_url,
         node_name=unique_name("hnode"),
         stream=unique_name("ALERTS_H"),
+        # Its own: routes another test made (schemathesis makes some) would show in /readyz.
+        routes_bucket=unique_name("ROUTES_H"),
         # Small: every test's stream and buckets stay reserved on the session's server.
         device_bucket_max_bytes=8 * 1024 * 1024,
         progress_max_bytes=1024 * 1024,

@@ -196,7 +196,12 @@ class Planner:
         info = await subscription.consumer_info()
         wanted = self._settings.planner_ack_wait_s
         if info.config.ack_wait is None or abs(float(info.config.ack_wait) - wanted) > 0.001:
-            await self._js.add_consumer(self._settings.stream, config=self.consumer_config())
+            try:
+                await self._js.add_consumer(self._settings.stream, config=self.consumer_config())
+            except nats.js.errors.APIError as exc:  # refused: plan with the consumer as it is
+                log.warning("planner consumer's ack_wait not changed", extra={
+                    "was_s": info.config.ack_wait, "wanted_s": wanted, "error": repr(exc)[:200]})
+                return
             log.info("planner consumer's ack_wait set", extra={"was_s": info.config.ack_wait, "now_s": wanted})
 
     async def _pull(self, subscription: JetStreamContext.PullSubscription) -> None:
