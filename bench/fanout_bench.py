@@ -543,22 +543,19 @@ def accept_writes(url: str, since: dict[str, Any] | None = None) -> dict[str, An
     docs/health.md): publish (JetStream and its fsync) and ledger (SQLite and its fsync), which
     run side by side. With `since`: the mean of each over the accepts after that reading."""
     import httpx
+    from prometheus_client.parser import text_string_to_metric_families
 
-    totals: dict[str, float] = {}
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith("tocsin_accept_phase_seconds_") and "{" in line:
-            name, value = line.rsplit(" ", 1)
-            totals[name] = float(value)
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    totals = {(s.name, s.labels["phase"]): s.value for family in text_string_to_metric_families(text)
+              if family.name == "tocsin_accept_phase_seconds" for s in family.samples if "phase" in s.labels}
     if since is None:
         return totals
-    out: dict[str, Any] = {}
+    delta = {key: value - since.get(key, 0.0) for key, value in totals.items()}
+    out: dict[str, Any] = {"accepts": int(delta.get(("tocsin_accept_phase_seconds_count", "publish"), 0))}
     for phase in ("publish", "ledger"):
-        count = totals.get(f'tocsin_accept_phase_seconds_count{{phase="{phase}"}}', 0.0) - \
-            since.get(f'tocsin_accept_phase_seconds_count{{phase="{phase}"}}', 0.0)
-        total = totals.get(f'tocsin_accept_phase_seconds_sum{{phase="{phase}"}}', 0.0) - \
-            since.get(f'tocsin_accept_phase_seconds_sum{{phase="{phase}"}}', 0.0)
+        count = delta.get(("tocsin_accept_phase_seconds_count", phase), 0.0)
+        total = delta.get(("tocsin_accept_phase_seconds_sum", phase), 0.0)
         out[phase] = round(total / count * 1000, 2) if count else float("nan")
-        out["accepts"] = int(count)
     return out
 
 

@@ -36,10 +36,7 @@ async def wait_for(awaitable: Awaitable[T], timeout: float | None) -> T:
         if future.done():
             return future.result()
         future.cancel()
-        try:
-            await asyncio.wait([future])
-        finally:
-            future.cancel()
+        await asyncio.wait([future])
         try:
             return future.result()
         except asyncio.CancelledError as exc:

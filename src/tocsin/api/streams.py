@@ -21,6 +21,7 @@ from tocsin.audience import Audience
 from tocsin.channels.live import (
     Connection, ConnectionDropped, Event, Protocol, keepalive_sse, keepalive_ws,
 )
+from tocsin.prober.canary import SseCanary
 from tocsin.errors import EVENT_ID_INVALID, HTTP_VERSION, NODE_NOT_READY, TOO_MANY_STREAMS, Rejected
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,9 @@ def new_connection(device_id: str, record: dict[str, Any], protocol: Protocol, d
     )
 
 
-# The canary whose probes take the live devices' path (prober/canary.py).
-LIVE_CANARY = "sse"
+# The canary whose probes take the live devices' path.
+LIVE_CANARY = SseCanary.channel
+
 
 def freshness(services: Services) -> dict[str, Any]:
     """What every keepalive tells a device about this node (docs/api.md, "Keepalives").
