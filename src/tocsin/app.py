@@ -49,8 +49,9 @@ from tocsin.pipeline import build_pipeline
 from tocsin.geo.covering import CoverWorker
 from tocsin.geo.gazetteer import Gazetteer, builtin
 from tocsin.geo.gazetteer_mirror import AreasMirror
-from tocsin.pipeline.accept import Accept, Bounds, Retention
+from tocsin.pipeline.accept import Accept, Bounds, EarlyPolicy, Retention
 from tocsin.pipeline.duplicates import Duplicates
+from tocsin.pipeline.early import signed_by
 from tocsin.pipeline.gate import Gate
 from tocsin.pipeline.reconcile import Reconciler
 from tocsin.policy import AlertLimits
@@ -293,7 +294,7 @@ def _health(node: Node) -> _Health:
     worker = services.route_worker
     if worker is not None:
         readiness.advisory = lambda: route_checks(worker.report())
-    services.metrics.watch(services.live, readiness, prober, services.progress)
+    services.metrics.watch(services.live, readiness, prober, services.progress, services.pipeline.early)
     return _Health(prober=prober, readiness=readiness, heartbeat=heartbeat, relay=relay)
 
 
@@ -408,6 +409,7 @@ async def open_node(
             store, live, default_lifetime_s=settings.default_lifetime_s,
             position_file=settings.data_dir / f"follower-position{settings.worker_suffix}.json", clock=clock,
             duplicates=Duplicates(window_s=settings.same_message_window_s, max_entries=settings.same_message_max_entries),
+            verify_early=signed_by(signer),
         )
         covers = CoverWorker()
         stack.callback(covers.close)
@@ -424,6 +426,8 @@ async def open_node(
             duplicates=pipeline.duplicates,
             gazetteer=gazetteer, territory_margin_m=settings.territory_margin_m,
             timed=lambda phase, seconds: services.metrics.accept_phase_seconds.labels(phase).observe(seconds),
+            early=EarlyPolicy(after_s=settings.early_after_s, announce=store.announce,
+                              known=pipeline.index.by_id.__contains__) if settings.early_after_s > 0 else None,
         )
         services = Services(
             settings=settings, store=store, accept=accept, pipeline=pipeline, live=live, signer=signer, clock=clock
@@ -555,6 +559,8 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
     async with asyncio.TaskGroup() as tasks:
         pipeline = node.services.pipeline
         follower = tasks.create_task(pipeline.follower.run(), name="follow")
+        early = (tasks.create_task(node.services.store.listen_early(pipeline.early.take, pipeline.early.listening),
+                                   name="early-copies") if pipeline.early is not None else None)
         checkpoint = (
             tasks.create_task(pipeline.checkpoint.run(pipeline.follower.caught_up), name="follow-position")
             if pipeline.checkpoint is not None else None
@@ -623,7 +629,7 @@ async def _run_tasks(node: Node, sockets: list[socket.socket], ready: Callable[[
             await node.dispatcher.drain(timeout_s=2.0)
             dispatcher.cancel()
         follower.cancel()
-        for task in (checkpoint, reconciler, snapshots):
+        for task in (checkpoint, reconciler, snapshots, early):
             if task is not None:
                 task.cancel()
         keepalive.cancel()

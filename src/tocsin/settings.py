@@ -50,6 +50,10 @@ class Settings:
     # A stream leader election takes about 5 s (RELIABILITY.md); publishes are retried with
     # the same message id for this long before the issuer gets a 503 with Retry-After.
     publish_deadline_s: float = 10.0
+    # An alert whose durable publish is unacknowledged this long (an election) is also sent
+    # to every node's live devices ahead of storage, without a cursor (pipeline/early.py);
+    # the issuer is still answered only once it is stored. 0 sends no early copies.
+    early_after_s: float = 0.5
     # NATS credentials (docs/security.md, NATS). The embedded server makes its own (a
     # random password in DATA_DIR/keys/nats-password); for an existing cluster, the user
     # and a file holding the password (never the password itself in the environment).
@@ -506,6 +510,9 @@ def _check(settings: Settings) -> None:
     if settings.delivery_ack_wait_s < 2 * settings.push_timeout_s:
         raise SettingsError("TOCSIN_DELIVERY_ACK_WAIT_S must be at least twice TOCSIN_PUSH_TIMEOUT_S: "
                             "a send in flight must not be handed to another dispatcher")
+    if not 0 <= settings.early_after_s <= settings.publish_deadline_s:
+        raise SettingsError(f"TOCSIN_EARLY_AFTER_S must be within 0..TOCSIN_PUBLISH_DEADLINE_S "
+                            f"({settings.publish_deadline_s:g}), got {settings.early_after_s}")
     if not 1 <= settings.planner_ack_wait_s <= 3600:
         raise SettingsError(f"TOCSIN_PLANNER_ACK_WAIT_S must be within 1..3600, got {settings.planner_ack_wait_s}")
     if settings.dispatch_concurrency < 0 or settings.breaker_failures < 1:

@@ -77,11 +77,14 @@ async def on_rejected(request: Request, exc: Exception) -> Response:
 
 async def on_store_unavailable(request: Request, exc: Exception) -> Response:
     log.warning("store unavailable", extra={"path": request.url.path, "error": str(exc)})
-    detail = (
-        "the alert was not confirmed as stored; retry (the same alert is never stored twice)"
-        if isinstance(exc, StoreUnavailable) and exc.operation == "publish"
-        else "the replicated store did not answer in time; retry"
-    )
+    operation = exc.operation if isinstance(exc, StoreUnavailable) else ""
+    if operation == "publish":
+        detail = "the alert was not confirmed as stored; retry (the same alert is never stored twice)"
+    elif operation == "publish-early":
+        detail = ("the alert was not confirmed as stored, but it went to live devices ahead of storage; this "
+                  "node's ledger holds it and stores it once the store is back; retry (it is stored once)")
+    else:
+        detail = "the replicated store did not answer in time; retry"
     return problem_response(
         STORE_UNAVAILABLE,
         detail,

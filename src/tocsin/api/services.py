@@ -31,6 +31,7 @@ from tocsin.health.readiness import Readiness
 from tocsin.health.workers import WorkerPeers
 from tocsin.pipeline.accept import Accept
 from tocsin.pipeline import Pipeline
+from tocsin.pipeline.early import EarlyCopies
 from tocsin.prober.probe import ProbeResult, Prober
 from tocsin.settings import Settings
 from tocsin.signing import SigningKey
@@ -123,17 +124,18 @@ class Metrics:
             self.probe_seconds.labels(result.channel).observe(result.latency_s)
 
     def watch(self, live: LiveRegistry, readiness: Readiness | None, prober: Prober | None,
-              progress: Progress | None = None) -> None:
+              progress: Progress | None = None, early: EarlyCopies | None = None) -> None:
         """Read the node's in-memory counters at each scrape (no bookkeeping on the hot path)."""
-        self.registry.register(_NodeCollector(live, readiness, prober, progress))
+        self.registry.register(_NodeCollector(live, readiness, prober, progress, early))
 
 
 class _NodeCollector(Collector):
     """Values owned by lower layers, read when /metrics is scraped."""
 
     def __init__(self, live: LiveRegistry, readiness: Readiness | None, prober: Prober | None,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, early: EarlyCopies | None = None) -> None:
         self._live = live
+        self._early = early
         self._readiness = readiness
         self._prober = prober
         self._progress = progress
@@ -167,6 +169,14 @@ class _NodeCollector(Collector):
                 value = self._prober.canary_age_s(channel)
                 age.add_metric([channel], float("inf") if value is None else value)
             yield age
+        if self._early is not None:
+            early = CounterMetricFamily("tocsin_early_copies", "Early copies (alerts sent to live devices before "
+                                        "they were stored: an election) by outcome: offered to this node's devices, "
+                                        "or dropped (held copies full, or not signed with this node's key).",
+                                        labels=["outcome"])
+            early.add_metric(["offered"], self._early.heard)
+            early.add_metric(["dropped"], self._early.dropped)
+            yield early
         if self._readiness is not None:
             yield from self._readiness_metrics(self._readiness)
         if self._progress is not None:

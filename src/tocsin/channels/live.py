@@ -183,6 +183,25 @@ class Connection:
         self.last_seq = event.seq
         return True
 
+    def offer_early(self, event: Event) -> bool:
+        """Send an early copy (pipeline/early.py): it has no seq, so none is checked or kept
+        (`last_seq` stays); False when the device was dropped, or is too far behind and is now."""
+        if self.dropped:
+            return False
+        transport = self.transport
+        if transport is None:
+            try:
+                self.queue.put_nowait(event.for_protocol(self.protocol))
+            except asyncio.QueueFull:
+                self.drop()
+                return False
+            return True
+        if transport.get_write_buffer_size() > self.max_buffer or transport.is_closing():
+            self.drop()
+            return False
+        transport.write(event.sse_chunk if self.protocol is Protocol.SSE else event.ws_frame)
+        return True
+
     def write_raw(self, data: bytes) -> None:
         """Write already framed bytes (replay, keepalive) on the fast path."""
         if self.transport is not None and not self.dropped and not self.transport.is_closing():
@@ -314,6 +333,17 @@ class LiveRegistry:
             if lost[protocol]:
                 self.dropped[protocol] += lost[protocol]
         return sent[Protocol.SSE] + sent[Protocol.WS]
+
+    def publish_early(self, event: Event, connections: Iterable[Connection]) -> int:
+        """Offer an early copy (pipeline/early.py) to these connections; how many took it."""
+        sent = 0
+        for connection in connections:
+            if connection.offer_early(event):
+                sent += 1
+                self.queued[connection.protocol] += 1
+            else:
+                self.dropped[connection.protocol] += 1
+        return sent
 
     async def publish_in_batches(self, event: Event, connections: Iterable[Connection], batch: int) -> int:
         """`publish`, yielding to the event loop after every `batch` connections.

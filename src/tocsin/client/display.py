@@ -26,7 +26,8 @@ class Display:
     headline: str
     language: str
     alert_id: str
-    seq: int
+    # None: shown from its early copy, before it was stored (pipeline/early.py).
+    seq: int | None
     node: str
     displayed_at: datetime
     delay_s: float
@@ -73,7 +74,7 @@ class Display:
 
 
 def make_display(
-    alert: Alert, info: Info | None, *, alert_id: str, seq: int, node: str, now: datetime,
+    alert: Alert, info: Info | None, *, alert_id: str, seq: int | None, node: str, now: datetime,
     kind: Kind = Kind.ALERT, replaces: tuple[Identity, ...] = (), places: tuple[str, ...] = (),
 ) -> Display:
     """What the user is shown for `alert`, in `info`'s language, at `now`, as `kind`."""

@@ -91,6 +91,8 @@ class WatchStats:
     disconnects: int = 0
     registrations: int = 0
     events: int = 0
+    # Of them, early copies: alerts sent before they were stored (an election), no cursor.
+    early: int = 0
     bad_signatures: int = 0
     # Key-set statements refused: not signed by a trusted key, or badly signed.
     statements_refused: int = 0
@@ -420,29 +422,36 @@ class Watcher:
 
     async def _on_alert(self, payload: dict[str, Any], url: str) -> None:
         seq = payload.get("seq")
-        if not isinstance(seq, int) or isinstance(seq, bool):
+        cursor = payload.get("event_id")
+        # An early copy (null seq and cursor): the alert ahead of its storage, during an
+        # election. Shown like any alert (once: its stored copy follows and is a repeat by
+        # identity), and the cursor stays where it was.
+        early = seq is None and cursor is None
+        if not early and (not isinstance(seq, int) or isinstance(seq, bool)):
             self.stats.invalid += 1
             return
-        cursor = payload.get("event_id")
-        cursor = cursor if isinstance(cursor, str) else str(seq)
-        if cursor == self.state.cursor:
-            return
+        if not early:
+            cursor = cursor if isinstance(cursor, str) else str(seq)
+            if cursor == self.state.cursor:
+                return
         # No skipping by seq: a stream that lost its tail reuses seqs for new alerts, and
         # the node then replays everything active; repeats are dropped by identity.
         self.stats.events += 1
+        self.stats.early += early
         kid = payload.get("kid")
         if isinstance(kid, str) and kid not in self.state.keys:
             await self._on_unknown_key(kid, url)
         display = self._check(payload, seq, url)
-        self.state.last_seq = seq
-        self.state.cursor = cursor
+        if not early:
+            self.state.last_seq = seq
+            self.state.cursor = cursor
         self.state.prune(self._now())
         # Saved before it is shown: a crash may lose a display, never repeat one.
         self._save()
         if display is not None:
             await self._emit(display)
 
-    def _check(self, payload: dict[str, Any], seq: int, url: str) -> Display | None:
+    def _check(self, payload: dict[str, Any], seq: int | None, url: str) -> Display | None:
         """Verify, parse and decide; a Display when the alert is to be shown."""
         cap, kid, sig = payload.get("cap"), payload.get("kid"), payload.get("sig")
         if not (isinstance(cap, str) and isinstance(kid, str) and isinstance(sig, str)):

@@ -50,6 +50,7 @@ _IDENTIFIER = re.compile(r"<identifier>([^<]*)</identifier>")
 _SENDER = re.compile(r"<sender>([^<]*)</sender>")
 _EXPIRES = re.compile(r"<expires>([^<]*)</expires>")
 _DATA_SEQ = re.compile(r'\{"seq":(\d+),')
+_EARLY = '{"seq":null,'
 
 
 @dataclass(slots=True, kw_only=True)
@@ -240,6 +241,9 @@ class Fleet:
                 self.synced_count += 1
                 if self.synced_count >= len(self.devices):
                     self.synced.set()
+        elif event.event == "alert" and event.data.startswith(_EARLY):
+            # An early copy (pipeline/early.py): shown by identity, the cursor stays.
+            self._on_alert(device, None, event.data)
         elif event.event == "alert" and event.last_event_id:
             device.event_id = event.last_event_id
             # The alert's own seq starts its data (`{"seq":N,`); the event id may be a burst
@@ -247,12 +251,13 @@ class Fleet:
             seq = _DATA_SEQ.match(event.data)
             self._on_alert(device, int(seq.group(1)) if seq else int(device.event_id.split(".")[0]), event.data)
 
-    def _on_alert(self, device: Device, seq: int, key: str) -> None:
+    def _on_alert(self, device: Device, seq: int | None, key: str) -> None:
         checked = self.checked.get(key)
         if checked is None:
             checked = self.checked[key] = self._check(key)
-        stale = seq <= device.cursor
-        device.cursor = max(device.cursor, seq)
+        stale = seq is not None and seq <= device.cursor
+        if seq is not None:
+            device.cursor = max(device.cursor, seq)
         if not checked.sig_ok:
             why = "bad signature"
         elif not checked.identity_ok:

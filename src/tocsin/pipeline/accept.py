@@ -98,6 +98,21 @@ class Bounds:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class EarlyPolicy:
+    """When accept sends an alert's early copy (pipeline/early.py), and how."""
+
+    # The durable publish unacknowledged this long (an election) sends the early copy.
+    after_s: float
+    # Sends it to every node (JetStreamStore.announce).
+    announce: Callable[[Envelope], Awaitable[None]]
+    # Whether this node holds an alert of this id already (its index): then no early copy.
+    known: Callable[[AlertId], bool]
+    # How long the check that the store holds no alert of this id may take (an election:
+    # replicas still answer direct reads); past it the copy goes.
+    check_s: float = 0.25
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Vetted:
     """An alert that passed every check before storage: its areas resolved (geocodes given
     their gazetteer polygons), and the canonical CAP that would be signed."""
@@ -143,8 +158,11 @@ class Accept:
         gazetteer: Gazetteer | None = None,
         territory_margin_m: float = 0.0,
         timed: Callable[[str, float], None] = lambda phase, seconds: None,
+        early: EarlyPolicy | None = None,
     ) -> None:
         self._store = store
+        # Early copies (pipeline/early.py): None sends none.
+        self._early = early
         # How long each of the two durable writes took ("publish": JetStream, its fsync on the
         # stream's leader; "ledger": the SQLite row and its fsync), for /metrics.
         self._timed = timed
@@ -210,6 +228,7 @@ class Accept:
             cover=tuple(sorted(cover.cells)) if cover is not None else None,
         )
         self._check_size(stored_bytes(envelope))
+        early = False
         recording = asyncio.create_task(self._record(envelope, original, probe=issuer.probe))
         publishing = asyncio.create_task(self._timing("publish", self._store.put(envelope)))
         for task in (recording, publishing):
@@ -223,11 +242,25 @@ class Accept:
             await asyncio.sleep(0)
             await asyncio.sleep(0)
             self._prepared(envelope.alert_id, payload, alert, cover)
+            early = not issuer.probe and await self._early_unless_stored(publishing, envelope)
             stored = await publishing
             if not stored.created and stored.envelope.payload != payload:
                 raise identity_conflict(alert, stored)
-        except (StoreUnavailable, StoreFull, Rejected):
-            # Refused: the ledger row this attempt wrote must never be published later.
+        except StoreUnavailable as exc:
+            owned = await recording
+            if early and owned:
+                # Live devices have it: the ledger row stays, and the reconciler stores the
+                # alert once the stream is back (the issuer is told so, and may retry).
+                log.error("alert sent early but not stored; the reconciler stores it",
+                          extra={"alert_id": envelope.alert_id, "error": str(exc)[:200]})
+                raise StoreUnavailable("publish-early", str(exc)) from exc
+            if owned:  # refused: the ledger row this attempt wrote must never be published later
+                await self._withdraw(envelope, probe=issuer.probe)
+            raise
+        except (StoreFull, Rejected):
+            if early:
+                log.error("alert sent early, then refused by the store; live devices show it until it expires",
+                          extra={"alert_id": envelope.alert_id})
             if await recording:
                 await self._withdraw(envelope, probe=issuer.probe)
             raise
@@ -240,6 +273,31 @@ class Accept:
                        "status": alert.status.value, "msg_type": alert.msg_type.value},
             )
         return stored
+
+    async def _early_unless_stored(self, publishing: asyncio.Task[Stored], envelope: Envelope) -> bool:
+        """Wait for the durable publish; if it is not acknowledged within the early policy's
+        `after_s` and no alert of this id is stored, send the early copy. Whether it was sent."""
+        policy = self._early
+        if policy is None:
+            return False
+        done, _ = await asyncio.wait([publishing], timeout=policy.after_s)
+        if done or policy.known(envelope.alert_id):
+            return False
+        try:
+            async with asyncio.timeout(policy.check_s):
+                await self._store.get(envelope.alert_id)
+            return False  # stored already (by this publish, or an earlier one): no early copy
+        except AlertNotFound:
+            pass
+        except (StoreUnavailable, TimeoutError):
+            pass  # the store cannot tell while it elects its leader: an identity taken is rare
+        try:
+            await policy.announce(envelope)
+        except StoreUnavailable as exc:
+            log.warning("early copy not sent", extra={"alert_id": envelope.alert_id, "error": str(exc)[:200]})
+            return False
+        log.info("alert not yet stored; early copy sent", extra={"alert_id": envelope.alert_id})
+        return True
 
     async def check_references(self, alert: Alert, issuer: Issuer) -> list[Stored]:
         """An Update or Cancel names alerts tocsin holds, of an organisation the issuer may

@@ -51,15 +51,15 @@ class Handoff:
         if len(self._prepared) > PREPARED_MAX:
             del self._prepared[next(iter(self._prepared))]
 
-    def parsed(self, stored: Stored) -> tuple[Alert, Shape | None]:
+    def parsed(self, stored: Stored, *, keep: bool = False) -> tuple[Alert, Shape | None]:
         """The stored alert and, when known, its areas and cover: from `prepare` when it holds
-        these bytes, else parsed here with the cover stored beside it.
+        these bytes (taken, unless `keep`), else parsed here with the cover stored beside it.
 
         Raises:
             CapInvalid: the payload is not a valid alert.
         """
         env = stored.envelope
-        prepared = self._prepared.pop(env.alert_id, None)
+        prepared = self._prepared.get(env.alert_id) if keep else self._prepared.pop(env.alert_id, None)
         if prepared is not None and prepared[0] == env.payload:
             return prepared[1], prepared[2]
         alert = parse_stored(env.payload)

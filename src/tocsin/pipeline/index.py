@@ -72,7 +72,8 @@ class ActiveIndex:
         on_rewind: Callable[[], None] = lambda: None,
     ) -> None:
         self._handoff = handoff
-        self._lifetime = timedelta(seconds=default_lifetime_s)
+        # How long an alert without its own expiry stays active.
+        self.lifetime = timedelta(seconds=default_lifetime_s)
         self._clock = clock
         self._on_rewind = on_rewind
         self.active: dict[int, Active] = {}
@@ -99,7 +100,7 @@ class ActiveIndex:
             self._seen(stored)
             return None
         alert, shaped, until = read
-        shaped = shaped or self._referenced_shape(alert) or shape_of(drawn_areas(alert))
+        shaped = shaped or self.referenced_shape(alert) or shape_of(drawn_areas(alert))
         self._seen(stored)
         return self._register(stored, alert, shaped, until)
 
@@ -119,7 +120,7 @@ class ActiveIndex:
             self._seen(stored)
             return None
         alert, shaped, until = read
-        shaped = shaped or self._referenced_shape(alert)
+        shaped = shaped or self.referenced_shape(alert)
         if shaped is None:
             shaped = await asyncio.to_thread(shape_of, drawn_areas(alert))
         self._seen(stored)
@@ -144,7 +145,7 @@ class ActiveIndex:
             self._seen(stored)
             if got is not None:
                 alert, shaped, until = got
-                shaped = shaped or self._referenced_shape(alert) or ((), Cover(cells=frozenset()))
+                shaped = shaped or self.referenced_shape(alert) or ((), Cover(cells=frozenset()))
                 added.append(self._register(stored, alert, shaped, until))
         return added
 
@@ -155,32 +156,42 @@ class ActiveIndex:
     def _seen(self, stored: Stored) -> None:
         self.last_seq, self.last_id = stored.seq, stored.envelope.alert_id
 
-    def _read(self, stored: Stored) -> tuple[Alert, Shape | None, datetime] | None:
+    def _read(self, stored: Stored, *, keep: bool = False) -> tuple[Alert, Shape | None, datetime] | None:
         """The alert, when it is readable and has not expired; changes nothing here.
 
         An alert whose envelope says it has expired is not parsed at all: a restart or a
-        new node reads expired history at the cost of its headers only.
+        new node reads expired history at the cost of its headers only. `keep`: leave the
+        handoff's parsed copy for the stored copy to take (an early copy reads it too).
         """
         now = self._clock()
         if stored.envelope.expires_at is not None and stored.envelope.expires_at <= now:
             return None
         try:
-            alert, shaped = self._handoff.parsed(stored)
+            alert, shaped = self._handoff.parsed(stored, keep=keep)
         except CapInvalid as exc:
             log.error("stored alert unreadable", extra={"seq": stored.seq, "error": str(exc)})
             return None
-        until = expires_at(alert, self._lifetime)
+        until = expires_at(alert, self.lifetime)
         if until <= now:
             return None
         return alert, shaped, until
 
+    def read_early(self, stored: Stored) -> tuple[Alert, Shape | None, datetime] | None:
+        """`_read` for an alert not yet stored (early.py): the handoff keeps its parsed copy."""
+        return self._read(stored, keep=True)
+
+    def widened(self, alert: Alert, cover: Cover, referenced: list[Active] | None = None) -> Cover:
+        """An Update with its own area also reaches the devices that showed what it replaces
+        (`referenced`, the active alerts it references): one outside the new area hears of it."""
+        referenced = self._referenced(alert) if referenced is None else referenced
+        if referenced and drawn_areas(alert):
+            return Cover(cells=cover.cells.union(*(r.cover.cells for r in referenced)))
+        return cover
+
     def _register(self, stored: Stored, alert: Alert, shaped: Shape, until: datetime) -> Active:
         areas, cover = shaped
         referenced = self._referenced(alert)
-        if referenced and drawn_areas(alert):
-            # An Update with its own area also reaches the devices that showed what it
-            # replaces: one outside the new area hears of it.
-            cover = Cover(cells=cover.cells.union(*(r.cover.cells for r in referenced)))
+        cover = self.widened(alert, cover, referenced)
         active = Active(
             stored=stored,
             alert=alert,
@@ -247,7 +258,7 @@ class ActiveIndex:
         self.superseded.clear()
         self.last_seq, self.last_id = 0, ""
 
-    def _referenced_shape(self, alert: Alert) -> Shape | None:
+    def referenced_shape(self, alert: Alert) -> Shape | None:
         """A Cancel or Update without an area goes where the alerts it references went, with
         their covers (nothing computed again); None for an alert that draws its own areas."""
         if drawn_areas(alert):

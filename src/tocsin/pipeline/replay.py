@@ -17,6 +17,7 @@ from tocsin.channels.live import Connection, Event, LiveRegistry
 from tocsin.store.base import AlertStore
 
 if TYPE_CHECKING:  # index encodes events, whose ids are made here
+    from tocsin.pipeline.early import EarlyCopies
     from tocsin.pipeline.index import ActiveIndex, Clock
 
 log = logging.getLogger(__name__)
@@ -97,11 +98,15 @@ def parse_event_id(raw: str) -> tuple[int, str | None]:
 class Replay:
     """Attaches live connections, with what they missed since their cursor."""
 
-    def __init__(self, store: AlertStore, index: ActiveIndex, live: LiveRegistry, *, clock: Clock) -> None:
+    def __init__(
+        self, store: AlertStore, index: ActiveIndex, live: LiveRegistry, *, clock: Clock,
+        early: EarlyCopies | None = None,
+    ) -> None:
         self._store = store
         self._index = index
         self._live = live
         self._clock = clock
+        self._early = early
 
     async def resume_after(self, raw: str | None) -> After:
         """The seq after which to replay for a device that sent this cursor (0: none sent),
@@ -138,7 +143,8 @@ class Replay:
         The live queue starts after this node's last seq, never after a cursor beyond it:
         a burst fans out in priority order (fanout.py), so a connection's place must not
         fall inside the next burst's seqs; a device that resumes on a node behind its
-        cursor may get those alerts again, and drops them by identity.
+        cursor may get those alerts again, and drops them by identity. Last, the early
+        copies this node holds for the device (early.py: alerts not yet stored, no cursor).
         """
         self._live.add(connection)
         connection.last_seq = self._index.last_seq
@@ -152,4 +158,6 @@ class Replay:
                 continue
             if any(active.reaches(cell) for cell in connection.cells):
                 missed.append(active.event)
+        if self._early is not None:
+            missed += self._early.replay_for(connection)
         return missed

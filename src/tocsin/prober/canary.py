@@ -146,7 +146,7 @@ class SseCanary:
                     self.connected_at = now
                 elif event.event == "alert":
                     data = json.loads(event.data)
-                    self._last_seq = max(self._last_seq, int(data.get("seq", 0)))
+                    self._last_seq = max(self._last_seq, int(data.get("seq") or 0))  # null: an early copy
                     seen(str(data.get("id", "")), now, live)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import hashlib
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NewType, Protocol
@@ -161,6 +161,14 @@ class AlertStore(Protocol):
     async def consumer_health(self) -> list[ConsumerHealth]: ...
 
     def follow(self, after_seq: int = 0) -> AsyncIterator[Stored]: ...
+
+    async def announce(self, envelope: Envelope) -> None:
+        """An early copy of the envelope to every node, stored nowhere (pipeline/early.py)."""
+        ...
+
+    async def listen_early(self, take: Callable[[Envelope], Awaitable[object]], listening: asyncio.Event) -> None:
+        """Hand each early copy heard to `take`, until cancelled."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

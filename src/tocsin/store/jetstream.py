@@ -13,7 +13,7 @@ import math
 import random
 import re
 import ssl
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.client import Server as NatsServerRef
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -69,6 +70,17 @@ _STREAM_FIELDS = (
     "subjects", "storage", "num_replicas", "discard", "max_bytes", "max_msg_size", "max_msgs_per_subject",
     "discard_new_per_subject", "duplicate_window", "deny_delete", "deny_purge", "allow_direct", "allow_msg_ttl",
 )
+
+
+# Early copies waiting for this node's handler at most (pipeline/early.py).
+EARLY_PENDING = 256
+EARLY_PENDING_BYTES = 64 * 1024 * 1024
+
+
+def early_subject(stream: str) -> str:
+    """The core NATS subject of a stream's early copies (pipeline/early.py): not under the
+    stream's own subjects (`<stream>.>`), so JetStream never stores what is sent there."""
+    return f"tocsin.early.{stream}"
 
 
 def subject_for(stream: str, alert_id: AlertId) -> str:
@@ -453,6 +465,40 @@ class JetStreamStore:
         log.warning("publish not acknowledged", extra={"alert_id": envelope.alert_id, "attempts": attempt,
                                                        "error": repr(last_error)[:200]})
         raise StoreUnavailable("publish", repr(last_error)) from last_error
+
+    async def announce(self, envelope: Envelope) -> None:
+        """An early copy of `envelope` to every node (pipeline/early.py): core NATS, on a
+        subject outside every stream, so nothing stores it and nothing acknowledges it.
+
+        Raises:
+            StoreUnavailable: not sent (the connection is closed, or its buffer is full).
+        """
+        try:
+            await self._nc.publish(early_subject(self.stream), envelope.payload, headers=_headers(envelope))
+        except nats.errors.Error as exc:
+            raise StoreUnavailable("early copy", repr(exc)) from exc
+
+    async def listen_early(self, take: Callable[[Envelope], Awaitable[object]], listening: asyncio.Event) -> None:
+        """Hand each early copy heard to `take`, one at a time, until cancelled; `listening`
+        is set once the server has the subscription. What waits is bounded (EARLY_PENDING):
+        past it the server's slow-consumer rule drops copies, which only makes them late."""
+
+        async def heard(msg: Msg) -> None:
+            alert_id = AlertId((msg.headers or {}).get("Nats-Msg-Id", ""))
+            if len(msg.data) <= self._settings.max_stored_bytes:
+                await take(_envelope(alert_id, msg.data, msg.headers or {}))
+
+        subscription = await self._nc.subscribe(early_subject(self.stream), cb=heard,
+                                                pending_msgs_limit=EARLY_PENDING,
+                                                pending_bytes_limit=EARLY_PENDING_BYTES)
+        try:
+            await self._nc.flush()
+            listening.set()
+            await asyncio.Event().wait()
+        finally:
+            listening.clear()
+            with contextlib.suppress(nats.errors.Error):
+                await subscription.unsubscribe()
 
     async def get(self, alert_id: AlertId) -> Stored:
         """The stored alert with this id.
