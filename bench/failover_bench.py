@@ -73,6 +73,7 @@ class Issuer:
             record["status"] = response.status_code
             if response.status_code == 201:
                 record["seq"] = int(response.json()["seq"])
+                record["id"] = str(response.json()["id"])
             else:
                 record["problem"] = response.text[:200]
         except httpx.HTTPError as exc:
@@ -113,7 +114,9 @@ def issuer_view(sent: list[dict[str, Any]], killed_at: float) -> dict[str, Any]:
 async def scenario(name: str, workdir: Path, devices: int, interval_s: float, profile: Path | None) -> dict[str, Any]:
     from tocsin.cluster.local import LocalCluster
 
-    local = LocalCluster(workdir / name, nodes=3, extra_env=FLEET_ENV)
+    # Each surviving node takes about half the fleet, but the first may take more: room for all.
+    local = LocalCluster(workdir / name, nodes=3,
+                         extra_env={**FLEET_ENV, "TOCSIN_MAX_CONNECTIONS": str(devices + 2000)})
     fleet: Fleet | None = None
     try:
         await local.start()
@@ -153,7 +156,8 @@ async def scenario(name: str, workdir: Path, devices: int, interval_s: float, pr
         cpu = {key: round(proc_cpu_s(pid) - before[key], 2) for key, pid in watched.items()}
         await issuer.close()
         issued = {str(r["seq"]): r["sent_at"] for r in issuer.sent if r.get("status") == 201}
-        fleet.send(cmd="failover", killed_at=killed_at, issued=issued, timeout_s=60)
+        ids = {str(r["seq"]): r["id"] for r in issuer.sent if r.get("status") == 201}
+        fleet.send(cmd="failover", killed_at=killed_at, issued=issued, ids=ids, timeout_s=60)
         result = await asyncio.to_thread(fleet.expect, "failover", 120)
         fleet.send(cmd="stop")
         summary = await asyncio.to_thread(fleet.expect, "summary", 120)
@@ -181,7 +185,11 @@ def table(report: dict[str, Any]) -> str:
             f"{f['deliveries_missing']}, duplicates {f['duplicates']}",
             f"  reconnected elsewhere: p50 {f['reconnect_p50_s']:.2f} s, max {f['reconnect_max_s']:.2f} s after the kill",
             f"  GAP (kill -> every device back and caught up): p50 {f['gap_p50_s']:.2f} s, max {f['gap_max_s']:.2f} s"
-            f"  target < 5 s: {'met' if f['gap_max_s'] < 5 and not f['not_caught_up'] else 'NOT met'}",
+            f"  target < 2 s: {'met' if f['gap_max_s'] < 2 and not f['not_caught_up'] else 'NOT met'}",
+            f"  NEW ALERTS ({f['alerts_after_kill']} issued after the kill; from the issue, or the device's return"
+            f" if later, until the device has it): p50 {f['new_alert_p50_s']:.2f} s, max {f['new_alert_max_s']:.2f} s"
+            f"  target < 2 s: {'met' if f['new_alert_max_s'] < 2 else 'NOT met'}; early copies received"
+            f" {f['early_copies']}",
             f"  issuer, alerts sent after the kill: {i['sent_after_kill']}, answers {i['statuses']}, answer p50 "
             f"{i['answer_p50_s']:.2f} s max {i['answer_max_s']:.2f} s; first acknowledged write "
             f"{i['first_ack_after_kill_s']:.2f} s after the kill; unanswered {i['unanswered']}",

@@ -115,6 +115,8 @@ class Device:
     lost_at: float | None = None
     resynced_at: float | None = None
     reconnects: int = 0
+    # Early copies (tocsin's pipeline/early.py: no seq yet): alert id -> first receipt time.
+    early: dict[str, float] = field(default_factory=dict)
 
 
 class FleetEvents:
@@ -153,6 +155,10 @@ class FleetEvents:
             waiting = self._waiting.get(seq)
             if waiting and self.arrivals[seq] >= waiting[0]:
                 waiting[1].set()
+
+    def on_early(self, device: Device, alert_id: str, at: float) -> None:
+        """An early copy (no seq: sent before it was stored); matched to its seq by id later."""
+        device.early.setdefault(alert_id, at)
 
     def on_lost(self, device: Device, why: str) -> None:
         device.closed = why
@@ -216,8 +222,11 @@ class LiveClient(asyncio.Protocol):
 # chunk; `synced` has no id. Scanning the raw stream finds them without de-chunking: the JSON
 # in `data:` holds no raw newline, so `event: ` is always a field. bytes.find, not a regex:
 # a regex over a 1 KB event costs ~20 us in CPython, find ~1 us.
-_TAIL = 64  # longer than any partial `id: ...\nevent: ...` line pair
+_TAIL = 128  # longer than any partial `id: ...\nevent: ...` line pair, or an early copy's head
 _DATA_SEQ = b'data: {"seq":'
+# An early copy (no seq yet), then its alert id (32 hex digits).
+_DATA_EARLY = b'data: {"seq":null,"event_id":null,"id":"'
+_EARLY_LEN = len(_DATA_EARLY) + 32
 
 
 class SseClient(LiveClient):
@@ -255,6 +264,15 @@ class SseClient(LiveClient):
             if end < 0:
                 break
             kind = buf[at + 7 : end]
+            early = buf[end + 1 : end + 1 + _EARLY_LEN] if kind == b"alert" else b""
+            if early and _DATA_EARLY.startswith(early[: len(_DATA_EARLY)]):
+                # An early copy, or the start of any alert's data line (`data: {"seq":`).
+                if len(early) < _EARLY_LEN:
+                    break  # not all here yet: read on (the tail keeps this event)
+                self.events.on_early(self.device, early[len(_DATA_EARLY) :].decode(), now)
+                last = end
+                at = buf.find(b"event: ", end)
+                continue
             head = buf[end + 1 : end + 1 + len(_DATA_SEQ) + 21]  # 20 digits and a comma
             if kind == b"alert" and (_DATA_SEQ.startswith(head) or (head.startswith(_DATA_SEQ) and b"," not in head)):
                 break  # its data line has not all arrived: read on (the tail keeps this event)
@@ -274,6 +292,7 @@ class SseClient(LiveClient):
 
 
 _ALERT_PREFIX = b'{"type":"alert","seq":'
+_ALERT_EARLY = b'{"type":"alert","seq":null,"event_id":null,"id":"'
 _SYNCED = b'"synced"'  # tocsin writes `{"type": "synced", ...}` (json.dumps' default separators)
 
 
@@ -333,7 +352,10 @@ class WsClient(LiveClient):
             i += header + length
             opcode = b0 & 0x0F
             if opcode == 1:
-                if payload.startswith(_ALERT_PREFIX):
+                if payload.startswith(_ALERT_EARLY):
+                    start = len(_ALERT_EARLY)
+                    self.events.on_early(self.device, payload[start : start + 32].decode(), now)
+                elif payload.startswith(_ALERT_PREFIX):
                     end = payload.index(b",", len(_ALERT_PREFIX))
                     self.events.on_alert(self.device, int(payload[len(_ALERT_PREFIX) : end]), now)
                 elif _SYNCED in payload[:24]:
@@ -678,9 +700,21 @@ def _all_first(arrivals: list[int], first: set[int]) -> bool:
     return set(arrivals[: len(first)]) == first
 
 
-def failover_stats(devices: list[Device], killed_at: float, issued: dict[int, float]) -> dict[str, Any]:
+def failover_stats(devices: list[Device], killed_at: float, issued: dict[int, float],
+                   ids: dict[int, str] | None = None) -> dict[str, Any]:
     """Per device: from the kill until it is back (synced elsewhere) and holds every alert
-    issued up to then; the gap is the largest of these over the devices that were cut off."""
+    issued up to then; the gap is the largest of these over the devices that were cut off.
+
+    With `ids` (seq -> alert id), an early copy counts as the alert (tocsin sends one while the
+    stream cannot store: an election), and each alert issued after the kill is timed from its
+    issue, or from the device's return if that came later, until the device has it: the
+    "new alert" figure (what an election costs a device that is connected)."""
+    ids = ids or {}
+    for d in devices:
+        for seq, alert_id in ids.items():
+            got = d.early.get(alert_id)
+            if got is not None and got < d.received.get(seq, float("inf")):
+                d.received[seq] = got
     cut = [d for d in devices if d.lost_at is not None and d.lost_at >= killed_at - 1]
     back, gaps, missing = [], [], 0
     for d in cut:
@@ -695,6 +729,11 @@ def failover_stats(devices: list[Device], killed_at: float, issued: dict[int, fl
         gaps.append(max([d.resynced_at, *(d.received[s] for s in owed)]) - killed_at)
     back.sort()
     gaps.sort()
+    after = [s for s, at in issued.items() if at > killed_at]
+    waits = sorted(
+        d.received[s] - max(issued[s], d.resynced_at or 0.0)
+        for d in devices if d.inside for s in after if s in d.received
+    )
     all_missing = sum(1 for d in devices if d.inside for s in issued if s not in d.received)
     return {
         "devices": len(devices),
@@ -707,6 +746,10 @@ def failover_stats(devices: list[Device], killed_at: float, issued: dict[int, fl
         "gap_p50_s": percentile(gaps, 50),
         "gap_max_s": gaps[-1] if gaps else float("nan"),
         "alerts_issued": len(issued),
+        "alerts_after_kill": len(after),
+        "new_alert_p50_s": percentile(waits, 50),
+        "new_alert_max_s": waits[-1] if waits else float("nan"),
+        "early_copies": sum(len(d.early) for d in devices),
         "deliveries_missing": all_missing,
         "duplicates": sum(len(d.duplicates) for d in devices),
     }
@@ -765,7 +808,8 @@ async def serve_commands(devices: list[Device], events: FleetEvents, round_timeo
             seqs += list(issued)
             await wait_all(events, sorted(issued), expected, float(command.get("timeout_s", 30)))
             await asyncio.sleep(SETTLE_S)
-            stats = failover_stats(devices, float(command["killed_at"]), issued)
+            ids = {int(s): str(i) for s, i in command.get("ids", {}).items()}
+            stats = failover_stats(devices, float(command["killed_at"]), issued, ids)
         else:
             raise ValueError(f"unknown command {kind!r}")
         # A message usually arrives before its command does, so CPU is counted from the end

@@ -13,10 +13,10 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tocsin.audience import DEFAULT_LIFETIME_S, expires_at
 from tocsin.cap.model import Alert, MsgType
@@ -112,6 +112,39 @@ class EarlyPolicy:
     check_s: float = 0.25
 
 
+class EarlyWatch:
+    """One accept's early copy: its timer task, and what the accept tells it."""
+
+    def __init__(self) -> None:
+        self.envelope: Envelope | None = None  # the accept's own, once sealed (its ledger row too)
+        self.stored = False  # the store acknowledged it: no early copy
+        self.begun = False  # past its timer: it will decide, and may send
+        self.sent = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, sending: Coroutine[Any, Any, None]) -> None:
+        self._task = asyncio.create_task(sending)
+        self._task.add_done_callback(_outcome_read)
+
+    def sealed(self, envelope: Envelope) -> None:
+        self.envelope = envelope
+
+    async def settle(self) -> bool:
+        """Whether the early copy went out: one not begun now never will, one begun is
+        waited for (it is a read and a publish)."""
+        if self._task is None:
+            return self.sent
+        if not self.begun:
+            self._task.cancel()
+        await asyncio.wait([self._task])
+        return self.sent
+
+    def stop(self) -> None:
+        """The accept is over (stored, refused or cancelled): a copy not begun is not sent."""
+        if self._task is not None and not self.begun:
+            self._task.cancel()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Vetted:
     """An alert that passed every check before storage: its areas resolved (geocodes given
@@ -200,18 +233,81 @@ class Accept:
         vetted = self.vet(alert, issuer, self._clock())
         alert, payload = vetted.alert, vetted.payload
         await self.check_references(alert, issuer)
+        # From here the alert may go out early if it is not stored soon (an election), also
+        # while it waits in the gate behind alerts whose publishes are held too.
+        watch = self._watch_early(alert, issuer, payload, original)
         try:
             async with self._gate.enter(rank(alert), probe=issuer.probe) as entry:
-                stored = await self._store_once(alert, issuer, original, payload)
+                stored = await self._store_once(alert, issuer, original, payload, watch)
         except GateFull:
             raise Rejected(ACCEPT_BUSY, "too many alerts wait to be stored; retry", headers={"Retry-After": "1"}) from None
+        finally:
+            if watch is not None:
+                watch.stop()
         duplicate_of = None
         if self._duplicates is not None and not issuer.probe:
             duplicate_of = self._duplicates.check(alert, stored.envelope.alert_id, issuer.name, stored.envelope.accepted_at)
         return Accepted(alert=alert, stored=stored, entry=entry, duplicate_of=duplicate_of)
 
-    async def _store_once(self, alert: Alert, issuer: Issuer, original: bytes | None, payload: bytes) -> Stored:
+    async def _store_once(
+        self, alert: Alert, issuer: Issuer, original: bytes | None, payload: bytes, watch: EarlyWatch | None
+    ) -> Stored:
         """Cover, sign, record and publish `payload` (vetted); returns once both are durable."""
+        envelope, cover = await self._seal(alert, issuer, payload)
+        if watch is not None:
+            watch.sealed(envelope)
+        recording = asyncio.create_task(self._record(envelope, original, probe=issuer.probe))
+        publishing = asyncio.create_task(self._timing("publish", self._store.put(envelope)))
+        for task in (recording, publishing):
+            # If this handler is cancelled, both go on (the alert may still be stored and
+            # recorded); their outcome is then read here rather than reported as lost.
+            task.add_done_callback(_outcome_read)
+        try:
+            # Two turns of the loop: the publish is on the wire (nats-py writes from its
+            # flusher task) and the ledger's thread has started. Then, while both wait for
+            # their fsyncs, hand this node's follower the parsed alert and its cover.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            self._prepared(envelope.alert_id, payload, alert, cover)
+            stored = await publishing
+            if watch is not None:
+                watch.stored = True
+            if not stored.created and stored.envelope.payload != payload:
+                raise identity_conflict(alert, stored)
+        except StoreUnavailable as exc:
+            owned = await recording
+            if watch is not None and await watch.settle():
+                # Live devices have it: the ledger row stays, and the reconciler stores the
+                # alert once the stream is back (the issuer is told so, and may retry).
+                log.error("alert sent early but not stored; the reconciler stores it",
+                          extra={"alert_id": envelope.alert_id, "error": str(exc)[:200]})
+                raise StoreUnavailable("publish-early", str(exc)) from exc
+            if owned:  # refused: the ledger row this attempt wrote must never be published later
+                await self._withdraw(envelope, probe=issuer.probe)
+            raise
+        except (StoreFull, Rejected):
+            if watch is not None and await watch.settle():
+                log.error("alert sent early, then refused by the store; live devices show it until it expires",
+                          extra={"alert_id": envelope.alert_id})
+            if await recording:
+                await self._withdraw(envelope, probe=issuer.probe)
+            raise
+        # The ledger holds the alert before the issuer hears of it.
+        await recording
+        if stored.created:
+            log.info(
+                "alert accepted",
+                extra={"alert_id": envelope.alert_id, "seq": stored.seq, "issuer": issuer.name,
+                       "status": alert.status.value, "msg_type": alert.msg_type.value},
+            )
+        return stored
+
+    async def _seal(self, alert: Alert, issuer: Issuer, payload: bytes) -> tuple[Envelope, Cover | None]:
+        """The envelope to store `payload` (vetted) in: its cover computed, signed, sized.
+
+        Raises:
+            Rejected: 422 policy.cover-too-slow, 413 alert.stored-too-large.
+        """
         now = self._clock()
         cover = await self.cover(alert)
         expires_at = self.expires_at(alert)
@@ -228,76 +324,51 @@ class Accept:
             cover=tuple(sorted(cover.cells)) if cover is not None else None,
         )
         self._check_size(stored_bytes(envelope))
-        early = False
-        recording = asyncio.create_task(self._record(envelope, original, probe=issuer.probe))
-        publishing = asyncio.create_task(self._timing("publish", self._store.put(envelope)))
-        for task in (recording, publishing):
-            # If this handler is cancelled, both go on (the alert may still be stored and
-            # recorded); their outcome is then read here rather than reported as lost.
-            task.add_done_callback(_outcome_read)
-        try:
-            # Two turns of the loop: the publish is on the wire (nats-py writes from its
-            # flusher task) and the ledger's thread has started. Then, while both wait for
-            # their fsyncs, hand this node's follower the parsed alert and its cover.
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
-            self._prepared(envelope.alert_id, payload, alert, cover)
-            early = not issuer.probe and await self._early_unless_stored(publishing, envelope)
-            stored = await publishing
-            if not stored.created and stored.envelope.payload != payload:
-                raise identity_conflict(alert, stored)
-        except StoreUnavailable as exc:
-            owned = await recording
-            if early and owned:
-                # Live devices have it: the ledger row stays, and the reconciler stores the
-                # alert once the stream is back (the issuer is told so, and may retry).
-                log.error("alert sent early but not stored; the reconciler stores it",
-                          extra={"alert_id": envelope.alert_id, "error": str(exc)[:200]})
-                raise StoreUnavailable("publish-early", str(exc)) from exc
-            if owned:  # refused: the ledger row this attempt wrote must never be published later
-                await self._withdraw(envelope, probe=issuer.probe)
-            raise
-        except (StoreFull, Rejected):
-            if early:
-                log.error("alert sent early, then refused by the store; live devices show it until it expires",
-                          extra={"alert_id": envelope.alert_id})
-            if await recording:
-                await self._withdraw(envelope, probe=issuer.probe)
-            raise
-        # The ledger holds the alert before the issuer hears of it.
-        await recording
-        if stored.created:
-            log.info(
-                "alert accepted",
-                extra={"alert_id": envelope.alert_id, "seq": stored.seq, "issuer": issuer.name,
-                       "status": alert.status.value, "msg_type": alert.msg_type.value},
-            )
-        return stored
+        return envelope, cover
 
-    async def _early_unless_stored(self, publishing: asyncio.Task[Stored], envelope: Envelope) -> bool:
-        """Wait for the durable publish; if it is not acknowledged within the early policy's
-        `after_s` and no alert of this id is stored, send the early copy. Whether it was sent."""
-        policy = self._early
-        if policy is None:
-            return False
-        done, _ = await asyncio.wait([publishing], timeout=policy.after_s)
-        if done or policy.known(envelope.alert_id):
-            return False
-        try:
-            async with asyncio.timeout(policy.check_s):
-                await self._store.get(envelope.alert_id)
-            return False  # stored already (by this publish, or an earlier one): no early copy
-        except AlertNotFound:
-            pass
-        except (StoreUnavailable, TimeoutError):
-            pass  # the store cannot tell while it elects its leader: an identity taken is rare
+    def _watch_early(self, alert: Alert, issuer: Issuer, payload: bytes, original: bytes | None) -> EarlyWatch | None:
+        """Start the timer of this accept's early copy (none for a probe, or without a policy)."""
+        if self._early is None or issuer.probe:
+            return None
+        watch = EarlyWatch()
+        watch.start(self._send_early(watch, self._early, alert, issuer, payload, original))
+        return watch
+
+    async def _send_early(self, watch: EarlyWatch, policy: EarlyPolicy, alert: Alert, issuer: Issuer,
+                          payload: bytes, original: bytes | None) -> None:
+        """After `policy.after_s`, unless the alert is stored by then or its identity is taken:
+        send its early copy (pipeline/early.py). An alert still waiting in the gate is sealed
+        here, and its ledger row written first: once devices may show it, the reconciler must
+        be able to store it whatever becomes of this request."""
+        await asyncio.sleep(policy.after_s)
+        watch.begun = True
+        envelope = watch.envelope
+        if envelope is None:
+            try:
+                envelope, _ = await self._seal(alert, issuer, payload)
+            except Rejected:
+                return  # the accept meets the same refusal when it gets its turn
+        if watch.stored or policy.known(envelope.alert_id) or not await self._identity_free(envelope.alert_id, policy):
+            return
+        if watch.envelope is None:
+            await self._record(envelope, original, probe=False)
         try:
             await policy.announce(envelope)
         except StoreUnavailable as exc:
             log.warning("early copy not sent", extra={"alert_id": envelope.alert_id, "error": str(exc)[:200]})
-            return False
+            return
+        watch.sent = True
         log.info("alert not yet stored; early copy sent", extra={"alert_id": envelope.alert_id})
-        return True
+
+    async def _identity_free(self, alert_id: AlertId, policy: EarlyPolicy) -> bool:
+        """No alert of this id is stored, or the store cannot tell within `policy.check_s`
+        (while it elects its leader; an identity taken then is rare, docs/architecture.md)."""
+        try:
+            async with asyncio.timeout(policy.check_s):
+                await self._store.get(alert_id)
+        except (AlertNotFound, StoreUnavailable, TimeoutError):
+            return True
+        return False
 
     async def check_references(self, alert: Alert, issuer: Issuer) -> list[Stored]:
         """An Update or Cancel names alerts tocsin holds, of an organisation the issuer may
