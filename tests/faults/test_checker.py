@@ -135,6 +135,18 @@ def test_a_device_that_moves_within_the_bound_passes() -> None:
     assert result.max_stranded_s == 6.9 and result.violations == []
 
 
+def test_an_early_copy_shown_on_a_cut_off_node_starts_no_stranding_clock() -> None:
+    """Device 0's node, cut off from 10 s to 22.5 s, shows its own alerts' early copies at once
+    (no seq: nobody else can deliver them before they are stored); device 1 has them once
+    stored, at 22.5 s. Device 1 was not stranded: no node could deliver them before."""
+    entries = timeline({0: at_once, 1: stuck_from_10_to_22})
+    for e in entries:
+        if e["k"] == "d" and e["dev"] == 0 and 10 <= e["t"] < 22.5:
+            e["seq"] = None
+    result = check("T", entries, timeline_final(), Expect(max_stranded_s=10.0))
+    assert result.max_stranded_s < 0.5 and result.violations == [], result.violations
+
+
 def test_a_gap_while_no_node_delivers_is_not_stranding() -> None:
     """Every node down from 10 s to 25 s: every device waits, the device gap is long, but no
     node was delivering meanwhile, so no device was stranded."""

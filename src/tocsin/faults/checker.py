@@ -298,21 +298,24 @@ class Checker:
     def stranded(self, displays: list[dict[str, Any]], start: float, end: float) -> None:
         """How long a device went without an alert while a node was delivering it.
 
-        Measured per alert: from the first display of the alert on any device (some node
-        delivers it from then on) to its display on each device inside its area. A device
-        gap while no node delivers (every node down, no quorum) delays the first display
-        too, so it is not counted; a device left on a bad node while others deliver is.
-        Alerts first shown in the window [start, end] of the device-gap figure count.
+        Measured per alert: from the first display of its stored copy on any device (every
+        delivering node delivers it from then on) to its display on each device inside its
+        area. A device gap while no node delivers (every node down, no quorum) delays the
+        first display too, so it is not counted; a device left on a bad node while others
+        deliver is. An early copy (no seq: pipeline/early.py) counts as the device's display
+        but starts no clock: a node cut off from the others shows its own alerts early to its
+        own devices, which no other node can deliver before the alert is stored. Alerts first
+        shown in the window [start, end] of the device-gap figure count.
         """
         r, x = self.result, self.expect
         first: dict[str, float] = {}
         for d in displays:
-            if d["id"] not in first or d["t"] < first[d["id"]]:
+            if d.get("seq") is not None and (d["id"] not in first or d["t"] < first[d["id"]]):
                 first[d["id"]] = d["t"]
         worst: tuple[float, dict[str, Any]] | None = None
         for d in displays:
-            begun = first[d["id"]]
-            if start <= begun <= end and (worst is None or d["t"] - begun > worst[0]):
+            begun = first.get(d["id"])
+            if begun is not None and start <= begun <= end and (worst is None or d["t"] - begun > worst[0]):
                 worst = (d["t"] - begun, d)
         r.max_stranded_s = round(worst[0], 2) if worst else 0.0
         if x.max_stranded_s is not None and worst is not None and worst[0] > x.max_stranded_s:
