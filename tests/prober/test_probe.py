@@ -119,3 +119,20 @@ async def test_each_probe_takes_a_fresh_connection_so_no_idle_timeout_can_refuse
     finally:
         listener.close()
         await listener.wait_closed()
+
+
+async def test_a_canary_stream_is_reopened_only_for_a_probe_lost_while_it_was_live() -> None:
+    """A stream that synced after the lost probe was issued had it only by replay (the probe came
+    while the canary was between streams): dropping it would lose the next probe in the gap,
+    and so on (a repaired channel stayed red). One live at the probe's issue, or one that never
+    synced (a channel that writes nothing), is reopened."""
+    from tocsin.prober.canary import SseCanary
+
+    async with httpx.AsyncClient() as http:
+        canary = SseCanary(http, lambda forget: None, read_timeout_s=5.0)
+        for connected_at, issued, reopened in ((10.0, 9.5, False), (10.0, 10.5, True), (None, 9.5, True)):
+            async with asyncio.timeout(None) as scope:
+                canary._scope, canary.connected_at = scope, connected_at
+                canary.reconnect(issued)
+                assert (scope.when() is not None) is reopened, (connected_at, issued)
+                scope.reschedule(None)

@@ -39,7 +39,9 @@ class Canary(Protocol):
 
     async def run(self, seen: Seen) -> None: ...
 
-    def reconnect(self) -> None: ...
+    def reconnect(self, issued: float) -> None:
+        """Probes were lost, the last of them issued at `issued` (monotonic)."""
+        ...
 
 
 async def canary_token(
@@ -98,8 +100,16 @@ class SseCanary:
     def is_connected(self) -> bool:
         return self._connected
 
-    def reconnect(self) -> None:
-        """Drop the current stream (probes stopped arriving on it) and open a new one."""
+    def reconnect(self, issued: float) -> None:
+        """Drop the current stream (probes stopped arriving on it) and open a new one.
+
+        Not a stream that synced after the last lost probe was issued: it had that probe by
+        replay only (issued while the canary was between streams), which says nothing of its
+        own silence. Dropping it would lose the next probe in the reconnect's gap, and that
+        one would drop the next stream, for as long as the gap swallows a probe each time
+        (seen: a repaired channel that stayed red over 15 s)."""
+        if self.connected_at is not None and self.connected_at > issued:
+            return
         scope = self._scope
         if scope is not None and not scope.expired():  # rescheduling an expired scope asserts
             scope.reschedule(asyncio.get_running_loop().time())

@@ -342,17 +342,17 @@ class Prober:
         late = [aid for aid, p in self._pending.items() if now - p.issued > self.deadline_s]
         overflow = max(0, len(self._pending) - len(late) - MAX_PENDING)
         late += [aid for aid in list(self._pending)[:overflow] if aid not in late]
-        missed: set[str] = set()
+        missed: dict[str, float] = {}  # channel -> when the last probe it lost was issued
         for alert_id in late:
             pending = self._pending.pop(alert_id)
             for channel in sorted(pending.channels):
                 self._result(channel, Outcome.LOST, None, alert_id)
-                missed.add(channel)
-        for channel in missed:
+                missed[channel] = max(missed.get(channel, pending.issued), pending.issued)
+        for channel, issued in missed.items():
             canary = self._canaries.get(channel)
             # A stream open but silent (a channel that accepts and never writes) is reopened.
             if canary is not None:
-                canary.reconnect()
+                canary.reconnect(issued)
 
     def _result(self, channel: str, outcome: Outcome, latency_s: float | None, alert_id: str) -> None:
         health = self.channels.setdefault(channel, ChannelHealth())

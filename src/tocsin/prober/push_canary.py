@@ -157,7 +157,7 @@ class _Renewing:
         self.registration = registration
         self._renew = asyncio.Event()
 
-    def reconnect(self) -> None:
+    def reconnect(self, issued: float) -> None:
         """Probes were lost: register again (a registration removed as gone comes back)."""
         at = self.registration.registered_at
         if at is None or time.monotonic() - at >= RENEW_EVERY_S:
