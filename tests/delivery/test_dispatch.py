@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import nats.js.errors
 
 from tocsin.app import Node
@@ -116,9 +117,16 @@ async def test_the_planner_sets_its_own_short_ack_wait_on_the_consumer_it_finds(
         planner = run.node.planner
         assert planner is not None
         old = planner.consumer_config()
-        old.ack_wait = 30.0
-        await run.node.services.store.jetstream.add_consumer(settings.stream, config=old)  # as an older node left it
-        assert await _planner_ack_wait_is(run, 30.0)
+    # As an older node left it, while no planner runs (a running one sets its own back at
+    # each subscribe, which a change made beside it would race).
+    old.ack_wait = 30.0
+    nc = await nats.connect(nats_server.client_url)
+    try:
+        js = nc.jetstream()
+        await js.add_consumer(settings.stream, config=old)
+        assert float((await js.consumer_info(settings.stream, "planner")).config.ack_wait or 0) == 30.0
+    finally:
+        await nc.close()
     async with running(settings) as run:
         # The next start puts its own back, and plans as before.
         await until_async(lambda: _planner_ack_wait_is(run, 6.0), 10)
