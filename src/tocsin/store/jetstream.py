@@ -100,11 +100,6 @@ async def connect(
 ) -> Client:
     """Connect with tocsin's safe client settings: reconnect forever, ping often, jitter.
 
-    The first of `servers` first (its own host's nats-server, listed first: docs/cluster.md), not
-    a random one: a node whose tocsin is connected to another host's nats-server loses its
-    link when that host fails, and on a real network notices only after its pings go unanswered.
-    Reconnects go to a random known server after a jittered delay.
-
     Then refuse a NATS that lets anonymous clients in beyond loopback, unless allowed.
 
     Raises:
@@ -117,7 +112,6 @@ async def connect(
         password=password or None,
         tls=_tls(settings),
         allow_reconnect=True,
-        dont_randomize=True,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=2,
