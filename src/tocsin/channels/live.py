@@ -175,12 +175,17 @@ class Connection:
             return False
         if event.seq <= self.last_seq:
             return True
+        if not self._enqueue(event):
+            return False
+        self.last_seq = event.seq
+        return True
+
+    def _enqueue(self, event: Event) -> bool:
         try:
             self.queue.put_nowait(event.for_protocol(self.protocol))
         except asyncio.QueueFull:
             self.drop()
             return False
-        self.last_seq = event.seq
         return True
 
     def offer_early(self, event: Event) -> bool:
@@ -190,12 +195,7 @@ class Connection:
             return False
         transport = self.transport
         if transport is None:
-            try:
-                self.queue.put_nowait(event.for_protocol(self.protocol))
-            except asyncio.QueueFull:
-                self.drop()
-                return False
-            return True
+            return self._enqueue(event)
         if transport.get_write_buffer_size() > self.max_buffer or transport.is_closing():
             self.drop()
             return False
@@ -302,18 +302,22 @@ class LiveRegistry:
                 found |= members
         return found
 
-    def publish(self, event: Event, connections: Iterable[Connection]) -> int:
-        """Offer one event to the given connections; returns how many took it.
+    def publish(self, event: Event, connections: Iterable[Connection], *, early: bool = False) -> int:
+        """Offer one event to the given connections (those whose audience receives its
+        status); returns how many took it.
 
         The hot loop (`write_each`: in C when built, else `_write_each_py`): per device, the
         checks and one write of bytes encoded once per protocol. No logging, no task, no
         await; counters are summed once per call. Connections off the fast path, or
         already past this seq, go through `offer`; those too far behind are cut off.
+        `early`: an early copy (pipeline/early.py), which has no seq to check or keep.
         """
         if event.status == "Actual":
             targets = connections if isinstance(connections, list) else list(connections)
         else:
             targets = [c for c in connections if c.audience.receives(event.status)]
+        if early:
+            return self._publish_early(event, targets)
         sent_sse, sent_ws, to_drop, to_offer = write_each(
             targets, event.seq, Protocol.SSE, event.sse_chunk, event.ws_frame
         )
@@ -334,8 +338,8 @@ class LiveRegistry:
                 self.dropped[protocol] += lost[protocol]
         return sent[Protocol.SSE] + sent[Protocol.WS]
 
-    def publish_early(self, event: Event, connections: Iterable[Connection]) -> int:
-        """Offer an early copy (pipeline/early.py) to these connections; how many took it."""
+    def _publish_early(self, event: Event, connections: list[Connection]) -> int:
+        """`publish` of an early copy: each connection through `offer_early`, counted alike."""
         sent = 0
         for connection in connections:
             if connection.offer_early(event):
@@ -345,7 +349,8 @@ class LiveRegistry:
                 self.dropped[connection.protocol] += 1
         return sent
 
-    async def publish_in_batches(self, event: Event, connections: Iterable[Connection], batch: int) -> int:
+    async def publish_in_batches(self, event: Event, connections: Iterable[Connection], batch: int, *,
+                                 early: bool = False) -> int:
         """`publish`, yielding to the event loop after every `batch` connections.
 
         So that one alert's fan-out to many devices does not hold up the rest of the node
@@ -356,5 +361,5 @@ class LiveRegistry:
         for start in range(0, len(pending), batch):
             if start:
                 await asyncio.sleep(0)
-            delivered += self.publish(event, pending[start : start + batch])
+            delivered += self.publish(event, pending[start : start + batch], early=early)
         return delivered

@@ -126,17 +126,12 @@ class EarlyWatch:
         self._task = asyncio.create_task(sending)
         self._task.add_done_callback(_outcome_read)
 
-    def sealed(self, envelope: Envelope) -> None:
-        self.envelope = envelope
-
     async def settle(self) -> bool:
         """Whether the early copy went out: one not begun now never will, one begun is
         waited for (it is a read and a publish)."""
-        if self._task is None:
-            return self.sent
-        if not self.begun:
-            self._task.cancel()
-        await asyncio.wait([self._task])
+        self.stop()
+        if self._task is not None:
+            await asyncio.wait([self._task])
         return self.sent
 
     def stop(self) -> None:
@@ -255,7 +250,7 @@ class Accept:
         """Cover, sign, record and publish `payload` (vetted); returns once both are durable."""
         envelope, cover = await self._seal(alert, issuer, payload)
         if watch is not None:
-            watch.sealed(envelope)
+            watch.envelope = envelope
         recording = asyncio.create_task(self._record(envelope, original, probe=issuer.probe))
         publishing = asyncio.create_task(self._timing("publish", self._store.put(envelope)))
         for task in (recording, publishing):

@@ -23,7 +23,6 @@ is dropped, and so is one whose alert this node already holds.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -31,9 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from tocsin.channels.live import Connection, Event, LiveRegistry, http_chunk, ws_text_frame
+from tocsin.channels.live import Connection, Event, LiveRegistry
 from tocsin.correction import is_correction
 from tocsin.geo.cells import Cover
+from tocsin.pipeline.encode import encode_early
+from tocsin.pipeline.fanout import FANOUT_BATCH
 from tocsin.pipeline.handoff import drawn_areas, shape_of
 from tocsin.pipeline.index import Active, ActiveIndex, Clock
 from tocsin.signing import SigningKey, verify
@@ -46,20 +47,7 @@ EARLY_MAX = 256
 # An early copy is replayed to devices that connect for this long at most (its stored copy
 # normally follows within the publish deadline, 10 s; or the reconciler stores it later).
 HOLD_S = 60.0
-# The devices written to before the loop runs again (as fanout.FANOUT_BATCH).
-EARLY_BATCH = 1024
 _ALERT_ID = re.compile(r"[0-9a-f]{32}")
-
-
-def encode_early(envelope: Envelope, status: str) -> Event:
-    """The alert's event without a cursor, framed for SSE and WebSocket (encode.py's form,
-    with `seq` and `event_id` null and no SSE `id:` field)."""
-    body = {"seq": None, "event_id": None, "id": envelope.alert_id, "kid": envelope.kid, "sig": envelope.sig,
-            "cap": envelope.payload.decode("utf-8")}
-    data = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-    sse = f"event: alert\ndata: {data}\n\n".encode()
-    ws = json.dumps({"type": "alert", **body}, ensure_ascii=False, separators=(",", ":"))
-    return Event(seq=0, status=status, sse=sse, ws=ws, sse_chunk=http_chunk(sse), ws_frame=ws_text_frame(ws))
 
 
 def signed_by(signer: SigningKey) -> Callable[[Envelope], bool]:
@@ -137,15 +125,8 @@ class EarlyCopies:
             return 0  # unreadable or expired, or its stored copy came first while it was read
         self.held[alert_id] = early
         self.heard += 1
-        targets = self._live.matching(early.reaches)
-        if early.event.status != "Actual":
-            targets = {c for c in targets if c.audience.receives(early.event.status)}
-        pending = list(targets)
-        offered = 0
-        for start in range(0, len(pending), EARLY_BATCH):
-            if start:
-                await asyncio.sleep(0)
-            offered += self._live.publish_early(early.event, pending[start : start + EARLY_BATCH])
+        offered = await self._live.publish_in_batches(early.event, self._live.matching(early.reaches), FANOUT_BATCH,
+                                                      early=True)
         log.info("early copy offered", extra={"alert_id": alert_id, "devices": offered})
         return offered
 
